@@ -1,0 +1,40 @@
+# Two entry points: `make run` (the default job) and `make test` (the test suite).
+# Each creates .venv if missing and installs the CPU build of torch and protosphere with its dev extras.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CONFIG ?= configs/default.yaml
+ARGS ?=
+
+.PHONY: run test install data bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# a local wheel (pip find-links) first, else the official CPU wheel index; never the multi-GB CUDA build
+	@$(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
+	  || $(PY) -m pip install -q --no-index torch==$(TORCH_VERSION) 2>/dev/null \
+	  || $(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_INDEX)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+data: install
+	@$(PY) -m protosphere.cli datasets --ensure fashion_mnist \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && echo "installing the Debian package dataset-fashion-mnist" \
+	       && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+	       && $(PY) -m protosphere.cli datasets --ensure fashion_mnist; }
+
+run: data
+	$(PY) -m protosphere.cli run $(CONFIG) --overwrite $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+bench: install
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,119 @@
+"""Command line: ``protosphere run | datasets`` (and more as the library grows).
+
+Every error a user can cause is printed as one sentence on stderr with exit status 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ProtosphereError
+
+
+def _accuracy_table(results: dict):
+    from rich.table import Table
+
+    tables = []
+    headline = results["headline_classifier"]
+    for setting, matrix in results["accuracy"][headline].items():
+        num_tasks = len(matrix[0])
+        table = Table(title=f"{results['method']} — {setting.replace('_', '-')} accuracy (%) [{headline}] "
+                            f"row = after task t, column = test task j")
+        table.add_column("after", justify="right")
+        for j in range(num_tasks):
+            table.add_column(f"T{j + 1}", justify="right")
+        table.add_column("avg seen", justify="right")
+        for t, row in enumerate(matrix):
+            seen = row[: t + 1]
+            table.add_row(f"T{t + 1}", *[f"{a:.1f}" if j <= t else f"[dim]{a:.1f}[/]" for j, a in enumerate(row)],
+                          f"[bold]{sum(seen) / len(seen):.2f}[/]")
+        tables.append(table)
+    return tables
+
+
+def _summary_lines(results: dict) -> list[str]:
+    lines = []
+    for classifier, settings in results["metrics"].items():
+        for setting, m in settings.items():
+            def fmt(key):
+                value = m.get(key)
+                return "n/a" if value is None else f"{value:.2f}"
+
+            lines.append(f"{classifier:>18} {setting:>8}: final avg acc {fmt('final_average_accuracy')}  "
+                         f"avg incremental {fmt('average_incremental_accuracy')}  forgetting "
+                         f"{fmt('average_forgetting')}  BWT {fmt('backward_transfer')}  FWT {fmt('forward_transfer')}")
+    nc = next((n for n in reversed(results.get("neural_collapse") or []) if n), None)
+    if nc:
+        keys = [k for k in ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4") if k in nc]
+        lines.append("neural collapse (test features, seen classes): "
+                     + "  ".join(f"{k} {nc[k]:.4f}" for k in keys))
+    return lines
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from .config import load_config
+    from .runner import run
+
+    console = Console()
+    if not console.is_terminal:  # logs and CI: wide lines, no live bars
+        console = Console(width=160)
+    config = load_config(args.config, args.overrides)
+    results, run_dir = run(config, resume=args.resume, overwrite=args.overwrite, console=console,
+                           show_progress=not args.no_progress and console.is_terminal)
+    for table in _accuracy_table(results):
+        console.print(table)
+    for line in _summary_lines(results):
+        console.print(line)
+    console.print(f"results: {run_dir / 'results.json'}  ({results['timings']['total_s']:.1f} s)")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import dataset_status, format_dataset_status, load_dataset
+
+    if args.ensure:
+        for name in args.ensure:
+            dataset = load_dataset(name, download=True)
+            print(f"{dataset.name}: {len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, "
+                  f"{dataset.num_classes} classes, verified, from {dataset.source}")
+        return 0
+    print(format_dataset_status(dataset_status()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protosphere",
+                                     description="Prototype contrast on the unit hypersphere: continual learning "
+                                                 "with neural-collapse prototypes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train and evaluate one config")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 seed=1")
+    p.add_argument("--resume", action="store_true", help="continue the run in runs/<name> from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete runs/<name> first if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("datasets", help="where each dataset is found and how to get the missing ones")
+    p.add_argument("--ensure", nargs="+", metavar="NAME",
+                   help="load and verify these datasets, downloading into the user cache when they are missing")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ProtosphereError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

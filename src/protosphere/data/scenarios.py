@@ -1,0 +1,202 @@
+"""Continual-learning scenarios: how a dataset becomes a sequence of tasks.
+
+* **class-IL** — the classes are split into tasks in a class order (given, seeded shuffle, or natural). Labels are
+  re-indexed so that task t owns a contiguous block of label ids; the original ids stay in ``Scenario.class_order``.
+  Task-IL evaluation uses the same tasks with logits masked to each task's classes.
+* **data-IL** — every task has all classes; the training set is cut into disjoint, class-stratified shards.
+* **domain-IL** — every task has all classes in a different domain: FMNIST-style rotations (seeded angle per task) or
+  pixel permutations (task 0 keeps the identity).
+
+Images are kept as uint8 tensors (N, C, H, W) on the host; the engine moves one task at a time to the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ScenarioError
+
+
+@dataclass
+class Task:
+    index: int
+    classes: tuple[int, ...]
+    train_images: torch.Tensor  # uint8 (N, C, H, W)
+    train_labels: torch.Tensor  # int64 (N,)
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_labels.shape[0])
+
+
+@dataclass
+class Scenario:
+    name: str
+    kind: str
+    tasks: list[Task]
+    num_classes: int
+    class_order: list[int]
+    class_names: list[str]
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def task_il(self) -> bool:
+        """Task-IL evaluation (masking to the task's classes) only makes sense when tasks own disjoint classes."""
+        return self.kind == "class_il"
+
+    def classes_up_to(self, task: int) -> list[int]:
+        return sorted({c for t in self.tasks[: task + 1] for c in t.classes})
+
+
+def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def _subset(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Class-stratified random subset of indices (sorted), at least one sample per present class."""
+    if fraction >= 1.0:
+        return np.arange(len(labels))
+    keep = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        count = max(1, int(round(len(rows) * fraction)))
+        keep.append(rng.choice(rows, size=count, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def split_classes(num_classes: int, num_tasks: int, classes_per_task: list[int] | None = None) -> list[list[int]]:
+    """Consecutive blocks of re-indexed class ids, one per task (equal split unless sizes are given)."""
+    if classes_per_task is None:
+        if num_tasks > num_classes:
+            raise ScenarioError(
+                f"Cannot split {num_classes} classes into {num_tasks} tasks: at least one task would be empty; "
+                f"set scenario.num_tasks to at most {num_classes}."
+            )
+        base, rest = divmod(num_classes, num_tasks)
+        classes_per_task = [base + (1 if t < rest else 0) for t in range(num_tasks)]
+    total = sum(classes_per_task)
+    if total != num_classes:
+        raise ScenarioError(
+            f"scenario.classes_per_task sums to {total} but the dataset has {num_classes} classes; "
+            f"make the sizes add up to {num_classes}."
+        )
+    blocks, start = [], 0
+    for size in classes_per_task:
+        blocks.append(list(range(start, start + size)))
+        start += size
+    return blocks
+
+
+def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate a uint8 (N, C, H, W) batch about the centre by `degrees` (bilinear, zero fill)."""
+    if degrees % 360 == 0:
+        return images.clone()
+    theta = math.radians(degrees)
+    matrix = torch.tensor([[math.cos(theta), -math.sin(theta), 0.0], [math.sin(theta), math.cos(theta), 0.0]])
+    out = torch.empty_like(images)
+    for start in range(0, len(images), 4096):
+        chunk = images[start : start + 4096].float()
+        grid = F.affine_grid(matrix.expand(len(chunk), 2, 3), list(chunk.shape), align_corners=False)
+        rotated = F.grid_sample(chunk, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[start : start + 4096] = rotated.round().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def permute_pixels(images: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = images.shape
+    return images.reshape(n, c, h * w)[:, :, permutation].reshape(n, c, h, w).contiguous()
+
+
+def build_scenario(dataset, kind: str = "class_il", num_tasks: int = 5, *, classes_per_task: list[int] | None = None,
+                   class_order: list[int] | None = None, shuffle_classes: bool = False, seed: int = 0,
+                   train_fraction: float = 1.0, domain: str = "rotation", max_rotation: float = 180.0) -> Scenario:
+    """Split an :class:`~protosphere.data.ImageDataset` into tasks. One ``seed`` fixes class order, shards, domains."""
+    rng = np.random.default_rng(seed)
+    num_classes = dataset.num_classes
+    train_keep = _subset(dataset.train_labels, train_fraction, rng)
+    train_x, train_y = _to_nchw(dataset.train_images[train_keep]), dataset.train_labels[train_keep]
+    test_x, test_y = _to_nchw(dataset.test_images), dataset.test_labels
+    mean, std = dataset.channel_stats()
+    names = list(dataset.class_names)
+    common = dict(image_shape=tuple(train_x.shape[1:]), mean=tuple(mean), std=tuple(std))
+
+    if kind == "class_il":
+        if class_order is not None:
+            if sorted(class_order) != list(range(num_classes)):
+                raise ScenarioError(
+                    f"scenario.class_order must be a permutation of 0..{num_classes - 1} "
+                    f"({dataset.name} has {num_classes} classes), got {class_order}."
+                )
+            order = list(class_order)
+        elif shuffle_classes:
+            order = rng.permutation(num_classes).tolist()
+        else:
+            order = list(range(num_classes))
+        blocks = split_classes(num_classes, num_tasks, classes_per_task)
+        relabel = np.empty(num_classes, dtype=np.int64)
+        relabel[order] = np.arange(num_classes)
+        train_new = torch.from_numpy(relabel[train_y])
+        test_new = torch.from_numpy(relabel[test_y])
+        tasks = []
+        for index, block in enumerate(blocks):
+            block_t = torch.tensor(block)
+            train_rows = torch.isin(train_new, block_t).nonzero().flatten()
+            test_rows = torch.isin(test_new, block_t).nonzero().flatten()
+            if len(train_rows) == 0:
+                raise ScenarioError(f"Task {index} (classes {block}) has no training images; "
+                                    f"raise data.train_fraction or use fewer tasks.")
+            tasks.append(Task(index, tuple(block), train_x[train_rows], train_new[train_rows],
+                              test_x[test_rows], test_new[test_rows]))
+        return Scenario(f"seq-{dataset.name}", kind, tasks, num_classes, order, [names[c] for c in order], **common)
+
+    if kind not in ("data_il", "domain_il"):
+        raise ScenarioError(f"Unknown scenario kind {kind!r}; use class_il, data_il or domain_il.")
+    all_classes = tuple(range(num_classes))
+    train_y_t, test_y_t = torch.from_numpy(train_y), torch.from_numpy(test_y)
+    if kind == "data_il":
+        shards: list[list[int]] = [[] for _ in range(num_tasks)]
+        for c in range(num_classes):
+            rows = rng.permutation(np.flatnonzero(train_y == c))
+            for t, part in enumerate(np.array_split(rows, num_tasks)):
+                shards[t].extend(part.tolist())
+        tasks = []
+        for t, rows in enumerate(shards):
+            if not rows:
+                raise ScenarioError(f"Data-IL shard {t} is empty: {len(train_y)} training images cannot fill "
+                                    f"{num_tasks} shards; use fewer tasks.")
+            rows_t = torch.tensor(sorted(rows))
+            tasks.append(Task(t, all_classes, train_x[rows_t], train_y_t[rows_t], test_x, test_y_t))
+        return Scenario(f"{dataset.name}-data-il", kind, tasks, num_classes, list(all_classes), names, **common)
+
+    tasks = []
+    domains = []
+    generator = torch.Generator().manual_seed(seed)
+    for t in range(num_tasks):
+        if domain == "rotation":
+            angle = 0.0 if t == 0 else float(torch.rand((), generator=generator)) * max_rotation
+            domains.append(angle)
+            make = lambda x, a=angle: rotate_images(x, a)  # noqa: E731
+        elif domain == "permutation":
+            pixels = train_x.shape[2] * train_x.shape[3]
+            perm = torch.arange(pixels) if t == 0 else torch.randperm(pixels, generator=generator)
+            domains.append(t)
+            make = lambda x, p=perm: permute_pixels(x, p)  # noqa: E731
+        else:
+            raise ScenarioError(f"Unknown domain {domain!r}; use rotation or permutation.")
+        tasks.append(Task(t, all_classes, make(train_x), train_y_t, make(test_x), test_y_t))
+    return Scenario(f"{dataset.name}-{domain}-domain-il", kind, tasks, num_classes, list(all_classes), names,
+                    extra={"domains": domains}, **common)

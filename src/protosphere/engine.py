@@ -1,0 +1,357 @@
+"""The continual loop: tasks → epochs → steps, evaluation after every task, checkpoints, logs.
+
+The engine owns devices, processes, precision, files and progress display (through lightning-fabric and rich); it
+knows nothing of losses. A method sees batches, a :class:`~protosphere.methods.base.StepContext` and a ``gather``
+function; the engine sees a scalar loss and a dict of detached loss terms.
+
+Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end) hold the method's state (parameters,
+replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far. They are
+written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, and are
+read with ``weights_only=True``. Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved
+state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+
+from . import __version__
+from .config import RunConfig, dump_config
+from .errors import RunError
+from .losses._checks import set_validation
+from .methods.base import Method, StepContext, TaskContext
+from .optim import build_optimizer, lr_factor, set_lr
+
+CHECKPOINT_VERSION = 1
+
+
+def config_fingerprint(config: RunConfig) -> str:
+    """Hash of everything that changes the numbers (not the run's name, output place or devices)."""
+    data = config.model_dump(mode="json")
+    for key in ("name", "output_dir"):
+        data.pop(key, None)
+    data.pop("fabric", None)
+    data["train"].pop("log_every_n_steps", None)
+    data["train"].pop("checkpoint_every_n_steps", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.csv in long form (one value per row), appended and flushed as the run goes."""
+
+    FIELDS = ("time", "task", "epoch", "step", "split", "name", "value")
+
+    def __init__(self, path: Path, enabled: bool = True, append: bool = False):
+        self.enabled = enabled
+        self.start = time.time()
+        if not enabled:
+            return
+        new = not (append and path.exists())
+        self.file = open(path, "a" if not new else "w", newline="")
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(self.FIELDS)
+
+    def log(self, split: str, values: dict, task: int, epoch: int | None = None, step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        elapsed = f"{time.time() - self.start:.3f}"
+        for name, value in values.items():
+            if value is None:
+                continue
+            self.writer.writerow((elapsed, task, "" if epoch is None else epoch, "" if step is None else step, split,
+                                  name, f"{float(value):.6g}"))
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+
+
+class Engine:
+    def __init__(self, config: RunConfig, run_dir: Path, fabric: Fabric, console=None, show_progress: bool = True):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.fabric = fabric
+        self.console = console
+        self.show_progress = show_progress and fabric.is_global_zero
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+
+    # ----------------------------------------------------------------------------------------------------------
+    def fit(self, scenario, method: Method, resume: dict | None = None) -> dict:
+        cfg, fabric = self.config, self.fabric
+        device = fabric.device
+        if fabric.world_size > 1:
+            method.gather = lambda tensor: fabric.all_gather(tensor, sync_grads=True).flatten(0, 1)
+        method = method.to(device)
+        model = fabric.setup_module(method)
+        model.mark_forward_method("training_step")
+        test_sets = [(t.test_images.to(device), t.test_labels.to(device)) for t in scenario.tasks]
+
+        state = resume or {}
+        results = state.get("results") or {"accuracy": {}, "random_init": None, "neural_collapse": [],
+                                           "timings": {"tasks": []}, "nc_epochs": []}
+        start_task = state.get("task", 0)
+        in_task = state.get("phase") == "in_task"
+        start_step = state.get("step", 0) if in_task else 0
+        if state.get("phase") == "task_done":
+            start_task += 1
+        if state.get("method") is not None and not in_task:
+            method.load_state_dict(state["method"])
+        if state.get("rng") is not None and not in_task:
+            torch.set_rng_state(state["rng"]["torch"])
+
+        log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None)
+        if results["random_init"] is None and cfg.eval.random_init_baseline:
+            results["random_init"] = self.evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1)
+
+        global_step = state.get("global_step", 0)
+        set_validation(True)
+        progress = self._progress()
+        try:
+            for t in range(start_task, scenario.num_tasks):
+                task = scenario.tasks[t]
+                context = TaskContext(
+                    index=t, classes=task.classes, seen_classes=scenario.classes_up_to(t), num_tasks=scenario.num_tasks,
+                    train_images=task.train_images.to(device), train_labels=task.train_labels.to(device),
+                    previous_classes=scenario.classes_up_to(t - 1) if t > 0 else [],
+                    previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]],
+                )
+                method.train()
+                method.begin_task(context)
+                optimizer = fabric.setup_optimizers(build_optimizer(cfg.optimizer, method.parameters()))
+                if in_task and t == start_task:
+                    method.load_state_dict(state["method"])
+                    optimizer.load_state_dict(state["optimizer"])
+                    torch.set_rng_state(state["rng"]["torch"])
+                images, labels = method.training_data(context)
+                images, labels = images.to(device), labels.to(device)
+                epochs = cfg.train.epochs_for(t)
+                batch = cfg.train.batch_size
+                # an incomplete last batch is dropped (as in Co2L/Mammoth) unless it is the only one
+                steps_per_epoch = max(1, len(labels) // batch)
+                total = epochs * steps_per_epoch
+                first = start_step if (in_task and t == start_task) else 0
+                task_start, seen_images = time.perf_counter(), 0
+                bar = progress.add_task(f"task {t + 1}/{scenario.num_tasks}", total=total, completed=first,
+                                        loss="", speed="") if progress else None
+                nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)
+                for step in range(first, total):
+                    epoch, index = divmod(step, steps_per_epoch)
+                    if index == 0 or step == first:
+                        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(
+                            cfg.seed * 1_000_003 + t * 1009 + epoch)).to(device)
+                    rows = order[index * batch : (index + 1) * batch]
+                    x = images[rows].float().div_(255)
+                    if cfg.model.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, steps_per_epoch))
+                    ctx = StepContext(task=t, epoch=epoch, step=step, steps_in_task=total, global_step=global_step)
+                    output = model.training_step(x, labels[rows], ctx)
+                    if global_step == 0:
+                        set_validation(False)  # the first step checked every loss input; later steps skip syncs
+                    nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(output.loss.detach()),
+                                               torch.tensor(step, device=device), nonfinite_at)
+                    optimizer.zero_grad(set_to_none=True)
+                    fabric.backward(output.loss)
+                    optimizer.step()
+                    global_step += 1
+                    seen_images += len(rows)
+                    last = step == total - 1
+                    if (step + 1) % cfg.train.log_every_n_steps == 0 or last:
+                        self._check_finite(nonfinite_at, output, t)
+                        terms = {"loss": float(output.loss), **{k: float(v) for k, v in output.terms.items()}}
+                        speed = seen_images / max(1e-9, time.perf_counter() - task_start)
+                        log.log("train", {**terms, "lr": optimizer.param_groups[0]["lr"], "img_per_s": speed},
+                                t, epoch, step)
+                        if bar is not None:
+                            progress.update(bar, completed=step + 1, loss=f"loss {terms['loss']:.4f}",
+                                            speed=f"{speed:,.0f} img/s",
+                                            description=f"task {t + 1}/{scenario.num_tasks} epoch {epoch + 1}/{epochs}")
+                    every = cfg.train.checkpoint_every_n_steps
+                    if every and (step + 1) % every == 0 and not last:
+                        self._save("last.ckpt", method, optimizer, results, t, "in_task", step + 1, global_step)
+                train_time = time.perf_counter() - task_start
+                method.end_task(context)
+
+                eval_start = time.perf_counter()
+                row = self.evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1, prepare=context)
+                for classifier, settings in row.items():
+                    for setting, accuracies in settings.items():
+                        results["accuracy"].setdefault(classifier, {}).setdefault(setting, []).append(accuracies)
+                nc = self.neural_collapse(method, scenario, test_sets, t) if cfg.eval.neural_collapse else None
+                results["neural_collapse"].append(nc)
+                eval_time = time.perf_counter() - eval_start
+                results["timings"]["tasks"].append({"task": t, "train_s": train_time, "eval_s": eval_time,
+                                                    "images": seen_images,
+                                                    "img_per_s": seen_images / max(train_time, 1e-9)})
+                headline = next(iter(row))
+                log.log("test", {f"{c}/{s}/task{j}": a for c, ss in row.items() for s, accs in ss.items()
+                                 for j, a in enumerate(accs) if j <= t}, t)
+                if nc:
+                    log.log("test", {f"nc/{k}": v for k, v in nc.items() if isinstance(v, (int, float))}, t)
+                self._save(f"task-{t}.ckpt", method, optimizer, results, t, "task_done", 0, global_step)
+                if self.console is not None and fabric.is_global_zero:
+                    seen = row[headline]["class_il"][: t + 1]
+                    self.console.print(
+                        f"[bold]task {t + 1}/{scenario.num_tasks}[/] {headline} class-IL accuracy on seen tasks: "
+                        + " ".join(f"{a:.1f}" for a in seen) + f"  (mean {np.mean(seen):.2f}; "
+                        f"train {train_time:.1f}s, {seen_images / max(train_time, 1e-9):,.0f} img/s)")
+                in_task = False
+        finally:
+            if progress:
+                progress.stop()
+            log.close()
+            set_validation(True)
+        return results
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _check_finite(self, nonfinite_at: torch.Tensor, output, task: int) -> None:
+        step = int(nonfinite_at)
+        if step < 0:
+            return
+        bad = [name for name, value in output.terms.items() if not torch.isfinite(value).all()]
+        terms = f" (non-finite terms now: {', '.join(bad)})" if bad else ""
+        raise RunError(
+            f"The loss became NaN/inf at task {task}, step {step}{terms}; the last good checkpoint in "
+            f"{self.checkpoint_dir} is kept — lower optimizer.lr or check the data, then rerun or --resume."
+        )
+
+    def _progress(self):
+        if not self.show_progress:
+            return None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+                            transient=False)
+        progress.start()
+        return progress
+
+    def _save(self, name: str, method, optimizer, results, task: int, phase: str, step: int, global_step: int):
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": config_fingerprint(self.config),
+            "method": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "task": task, "phase": phase, "step": step, "global_step": global_step,
+            "results": json.loads(json.dumps(results)),
+        }
+        if self.fabric.is_global_zero:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(state, self.checkpoint_dir / name)
+            if name != "last.ckpt":
+                atomic_torch_save(state, self.checkpoint_dir / "last.ckpt")
+                if not self.config.train.keep_checkpoints and task > 0:
+                    (self.checkpoint_dir / f"task-{task - 1}.ckpt").unlink(missing_ok=True)
+        self.fabric.barrier()
+
+    @torch.no_grad()
+    def evaluate(self, method: Method, scenario, test_sets, up_to: int, prepare: TaskContext | None = None) -> dict:
+        """Accuracy (%) of every classifier on every task's test set: {classifier: {class_il|task_il: [T]}}."""
+        was_training = method.training
+        method.eval()
+        if prepare is not None and hasattr(method, "prepare_evaluation"):
+            method.prepare_evaluation(prepare)
+        batch = self.config.eval.batch_size
+        row: dict = {}
+        for name, classify in method.classifiers().items():
+            class_il, task_il = [], []
+            for j, (images, labels) in enumerate(test_sets[: up_to + 1]):
+                correct = correct_task = 0
+                classes = torch.tensor(scenario.tasks[j].classes, device=labels.device)
+                for start in range(0, len(labels), batch):
+                    x = images[start : start + batch].float().div_(255)
+                    if self.config.model.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    logits = classify(x).float()
+                    y = labels[start : start + batch]
+                    correct += int((logits.argmax(1) == y).sum())
+                    if scenario.task_il:
+                        masked = logits[:, classes]
+                        correct_task += int((classes[masked.argmax(1)] == y).sum())
+                class_il.append(100.0 * correct / len(labels))
+                task_il.append(100.0 * correct_task / len(labels))
+            row[name] = {"class_il": class_il, **({"task_il": task_il} if scenario.task_il else {})}
+        method.train(was_training)
+        return row
+
+    @torch.no_grad()
+    def neural_collapse(self, method: Method, scenario, test_sets, task: int) -> dict | None:
+        """NC metrics on test-split encoder features of the classes seen so far."""
+        from .metrics.neural_collapse import neural_collapse
+
+        was_training = method.training
+        method.eval()
+        seen = scenario.classes_up_to(task)
+        if len(seen) < 2:
+            method.train(was_training)
+            return None
+        feats, labs = [], []
+        batch = self.config.eval.batch_size
+        tasks = range(task + 1) if scenario.kind == "class_il" else [task]
+        for j in tasks:
+            images, labels = test_sets[j]
+            for start in range(0, len(labels), batch):
+                x = images[start : start + batch].float().div_(255)
+                feats.append(method.features(x).float().cpu())
+                labs.append(labels[start : start + batch].cpu())
+        features, labels = torch.cat(feats), torch.cat(labs)
+        remap = torch.full((scenario.num_classes,), -1, dtype=torch.long)
+        remap[torch.tensor(seen)] = torch.arange(len(seen))
+        weights = method.classifier_weights()
+        if weights is not None:
+            weights = weights.detach().float().cpu()[torch.tensor(seen)]
+        metrics = neural_collapse(features, remap[labels], weights)
+        method.train(was_training)
+        return {"split": "test", "classes": len(seen), **metrics}
+
+
+def environment() -> dict:
+    import lightning_fabric
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "protosphere": __version__, "torch": torch.__version__, "lightning_fabric": lightning_fabric.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+    }
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+
+
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))

@@ -1,0 +1,122 @@
+"""Input checks shared by the losses.
+
+Shape checks are free and always run. Value checks (unit norm, finiteness, label range) need a device-to-host sync, so
+they run only while :func:`validation_enabled` is true. It is on by default, so direct calls are always checked; the
+engine checks the first training step of a run and then switches the value checks off for speed (its non-finite-loss
+guard covers the rest of the run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+_VALIDATE = True
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+def validation_enabled() -> bool:
+    return _VALIDATE
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn the value checks (unit norm, NaN, label range) of every loss on or off."""
+    global _VALIDATE
+    _VALIDATE = bool(enabled)
+
+
+@contextlib.contextmanager
+def validation(enabled: bool):
+    """Context manager form of :func:`set_validation`."""
+    previous = _VALIDATE
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        set_validation(previous)
+
+
+def check_matrix(x: torch.Tensor, name: str, loss: str, rows: int | None = None, dim: int | None = None) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{loss}: `{name}` must be a 2-D tensor (rows, dim), got {shape}.")
+    if rows is not None and x.shape[0] != rows:
+        raise ValueError(f"{loss}: `{name}` has {x.shape[0]} rows but {rows} were expected; pass row-aligned tensors.")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{loss}: `{name}` has dimension {x.shape[1]} but {dim} was expected; use the same embedding size.")
+    if not x.is_floating_point():
+        raise ValueError(f"{loss}: `{name}` must be a floating-point tensor, got {x.dtype}.")
+
+
+def check_finite(x: torch.Tensor, name: str, loss: str) -> None:
+    if _VALIDATE and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{loss}: `{name}` contains NaN or inf; check the model output and the learning rate.")
+
+
+def check_unit_rows(x: torch.Tensor, name: str, loss: str) -> None:
+    """Rows must be L2-normalised: losses never re-normalise (see DESIGN §3), so a raw input is an error, not a fix."""
+    check_finite(x, name, loss)
+    if _VALIDATE and x.numel():
+        norms = x.detach().float().norm(dim=1)
+        worst = float((norms - 1).abs().max())
+        if worst > UNIT_NORM_TOLERANCE:
+            raise ValueError(
+                f"{loss}: rows of `{name}` must have unit L2 norm (largest deviation {worst:.3g}); "
+                f"apply torch.nn.functional.normalize(x, dim=1) before the loss."
+            )
+
+
+def check_labels(labels: torch.Tensor, rows: int, loss: str, num_classes: int | None = None,
+                 allow_unlabeled: bool = False) -> None:
+    """Labels are a 1-D integer tensor of length `rows`, in [0, num_classes) (or -1 for unlabeled when allowed)."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != rows:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{loss}: `labels` must be a 1-D tensor with one entry per row ({rows}), got {shape}.")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{loss}: `labels` must be an integer tensor, got {labels.dtype}.")
+    if not _VALIDATE or labels.numel() == 0:
+        return
+    low = -1 if allow_unlabeled else 0
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < low:
+        what = "-1 (unlabeled) or a class index" if allow_unlabeled else "a class index >= 0"
+        raise ValueError(f"{loss}: label {lo} is invalid; every label must be {what}.")
+    if num_classes is not None and hi >= num_classes:
+        raise ValueError(
+            f"{loss}: label {hi} is outside the {num_classes} prototypes (valid labels 0..{num_classes - 1}); "
+            f"build the prototypes for the whole label space."
+        )
+
+
+# --- numerics helpers shared by the losses (added with contrastive/distillation/prototype losses) -------------------
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a loss computes in: float32 for half/bfloat16 (and float32) inputs, float64 stays float64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def autocast_off(x: torch.Tensor):
+    """A context that disables autocast on `x`'s device while a loss runs (no-op when autocast is off).
+
+    Under autocast a matmul would run in half precision even on float32 inputs; the losses' log-sum-exp over
+    temperature-scaled similarities needs float32 at least.
+    """
+    device_type = x.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # older torch or a device type autocast does not know
+        enabled = device_type == "cuda" and torch.is_autocast_enabled()
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def check_temperature(value: float, name: str, loss: str) -> None:
+    """Temperatures are positive finite numbers (checked always; they are Python numbers, no sync)."""
+    try:
+        ok = float(value) > 0 and float(value) != float("inf")
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{loss}: `{name}` must be a positive number, got {value!r}.")

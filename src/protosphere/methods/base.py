@@ -1,0 +1,175 @@
+"""What every method is: a module that turns a batch into a loss, plus hooks at task boundaries.
+
+A method never touches devices, processes or files. The engine hands it batches of images as floats in [0, 1] on the
+training device, a :class:`StepContext` saying where in the run it is, and a ``gather`` function that concatenates a
+tensor across processes with gradients (the identity on one process). Everything a method keeps between steps (replay
+buffer, past model, queues, prototypes) lives in the module, so ``state_dict`` is its whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import MethodConfig
+
+
+@dataclass
+class StepContext:
+    task: int
+    epoch: int
+    step: int  # step within the task, 0-based
+    steps_in_task: int
+    global_step: int
+
+
+@dataclass
+class TaskContext:
+    index: int
+    classes: tuple[int, ...]
+    seen_classes: list[int]  # every class of tasks 0..index
+    num_tasks: int
+    train_images: torch.Tensor  # uint8 (N, C, H, W), on the training device
+    train_labels: torch.Tensor
+    previous_classes: list[int] = field(default_factory=list)  # every class of tasks 0..index-1
+    previous: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # earlier tasks' training data
+
+    def seen_mask(self, num_classes: int, device=None) -> torch.Tensor:
+        mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
+        mask[self.seen_classes] = True
+        return mask
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Transforms:
+    train: Callable[[torch.Tensor], torch.Tensor]  # augmentation + normalisation
+    eval: Callable[[torch.Tensor], torch.Tensor]  # normalisation only
+
+
+def frozen_copy(module: nn.Module, train_mode_bn: bool = False) -> nn.Module:
+    """A detached snapshot for distillation: no gradients, eval mode unless train-mode BatchNorm is asked for."""
+    snapshot = copy.deepcopy(module)
+    for parameter in snapshot.parameters():
+        parameter.requires_grad_(False)
+    snapshot.train(train_mode_bn)
+    snapshot.keep_train_mode = train_mode_bn
+    return snapshot
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``config_class`` and implement :meth:`training_step` and :meth:`logits`."""
+
+    config_class: type[MethodConfig] = MethodConfig
+
+    def __init__(self, config: MethodConfig, backbone: nn.Module, num_classes: int, transforms: Transforms):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.transforms = transforms
+        self.gather: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+        self.task: TaskContext | None = None
+        # kept out of the module tree (so DDP and optimisers never see them) but saved with the state_dict
+        self._tracked: dict = {}
+        self._snapshot_sources: dict[str, Callable[[], nn.Module]] = {}
+        self._snapshots: dict[str, nn.Module] = {}
+
+    # state kept outside parameters -----------------------------------------------------------------------------
+    def track_state(self, name: str, obj) -> None:
+        """Save ``obj`` (anything with state_dict/load_state_dict, e.g. a replay buffer) with the method."""
+        self._tracked[name] = obj
+
+    def register_snapshot(self, name: str, source: Callable[[], nn.Module], train_mode_bn: bool = False) -> None:
+        """Declare a frozen copy (e.g. the past model) that :meth:`take_snapshot` refreshes from ``source()``."""
+        self._snapshot_sources[name] = (source, train_mode_bn)
+
+    def take_snapshot(self, name: str) -> nn.Module:
+        source, train_mode_bn = self._snapshot_sources[name]
+        self._snapshots[name] = frozen_copy(source(), train_mode_bn)
+        return self._snapshots[name]
+
+    def snapshot(self, name: str) -> nn.Module | None:
+        return self._snapshots.get(name)
+
+    def get_extra_state(self):
+        return {
+            "tracked": {name: obj.state_dict() for name, obj in self._tracked.items()},
+            "snapshots": {name: module.state_dict() for name, module in self._snapshots.items()},
+        }
+
+    def set_extra_state(self, state) -> None:
+        for name, obj_state in state["tracked"].items():
+            self._tracked[name].load_state_dict(obj_state)
+        self._snapshots = {}
+        for name, module_state in state["snapshots"].items():
+            self.take_snapshot(name).load_state_dict(module_state)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for module in self._snapshots.values():  # follow .to(device) / .double() like registered modules
+            module._apply(fn, *args, **kwargs)
+        return self
+
+    # hooks -----------------------------------------------------------------------------------------------------
+    def begin_task(self, task: TaskContext) -> None:
+        self.task = task
+
+    def training_data(self, task: TaskContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (images, labels) the engine shuffles into this task's batches."""
+        return task.train_images, task.train_labels
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor, step: StepContext) -> StepOutput:
+        raise NotImplementedError
+
+    def end_task(self, task: TaskContext) -> None:
+        pass
+
+    # evaluation ------------------------------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder features of un-augmented images (floats in [0, 1])."""
+        return self.backbone(self.transforms.eval(images))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def classifiers(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Named classifiers to evaluate after each task; the first one is the headline."""
+        return {"head": self.logits}
+
+    def classifier_weights(self) -> torch.Tensor | None:
+        """(K, d) weights of the feature classifier, for the NC3/NC4 metrics (None when there is none)."""
+        return None
+
+
+
+class SupervisedMethod(Method):
+    """A backbone with a linear classifier over the whole label space (the usual continual-learning baselines)."""
+
+    def __init__(self, config, backbone, num_classes, transforms):
+        super().__init__(config, backbone, num_classes, transforms)
+        self.classifier = nn.Linear(backbone.out_dim, num_classes)
+
+    def forward(self, normalized_images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(normalized_images))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self(self.transforms.eval(images))
+
+    def classifier_weights(self) -> torch.Tensor:
+        return self.classifier.weight
+
+    def cross_entropy(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented forward pass and CE loss; returns (loss, logits)."""
+        logits = self(self.transforms.train(images))
+        return F.cross_entropy(logits, labels), logits

@@ -1,0 +1,157 @@
+"""Turn a validated :class:`RunConfig` into a finished run directory: data, scenario, model, method, engine, results."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig
+from .errors import ConfigError, RunError
+
+
+def build_fabric(config: RunConfig):
+    from lightning_fabric import Fabric
+
+    fc = config.fabric
+    if fc.threads is not None:
+        torch.set_num_threads(fc.threads)
+    return Fabric(accelerator=fc.accelerator, devices=fc.devices, num_nodes=fc.num_nodes, strategy=fc.strategy,
+                  precision=fc.precision)
+
+
+def build_scenario_from_config(config: RunConfig):
+    from .data import load_dataset
+    from .data.scenarios import build_scenario
+
+    kwargs = {"image_size": config.data.image_size} if config.data.image_size else {}
+    dataset = load_dataset(config.data.dataset, root=config.data.root, download=config.data.download, **kwargs)
+    sc = config.scenario
+    return build_scenario(dataset, sc.kind, sc.num_tasks, classes_per_task=sc.classes_per_task,
+                          class_order=sc.class_order, shuffle_classes=sc.shuffle_classes, seed=config.seed,
+                          train_fraction=config.data.train_fraction, domain=sc.domain, max_rotation=sc.max_rotation)
+
+
+def build_method(config: RunConfig, scenario):
+    from .data.augment import build_augmentation
+    from .methods import method_class
+    from .methods.base import Transforms
+    from .models import build_backbone
+
+    channels, size = scenario.image_shape[0], scenario.image_shape[1]
+    kwargs = {"hidden": tuple(config.model.mlp_hidden)} if config.model.backbone == "mlp" else {}
+    backbone = build_backbone(config.model.backbone, in_channels=channels, image_size=size, **kwargs)
+    if config.model.channels_last and config.model.backbone != "mlp":
+        backbone = backbone.to(memory_format=torch.channels_last)
+    augment = build_augmentation(config.train.augmentation, image_size=size, channels=channels, mean=scenario.mean,
+                                 std=scenario.std, flip=config.train.flip)
+    normalize = build_augmentation("none", image_size=size, channels=channels, mean=scenario.mean, std=scenario.std)
+    cls = method_class(config.method.name)
+    try:
+        return cls(config.method, backbone, scenario.num_classes, Transforms(augment, normalize))
+    except ValueError as exc:  # e.g. an ETF dimension too small for the label space
+        raise ConfigError(f"method `{config.method.name}`: {exc}") from None
+
+
+def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite contradict each other; pass one of them.")
+    run_dir = Path(config.output_dir) / config.name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise RunError(
+                f"Output directory {run_dir} already exists; pass --resume to continue that run, --overwrite to "
+                f"replace it, or name=<new name> for a new run."
+            )
+    elif resume:
+        raise RunError(f"Cannot resume: {run_dir} holds no run; start it without --resume.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"Cannot write to output directory {run_dir} ({exc.strerror}); choose a writable "
+                       f"output_dir=... or fix its permissions.") from None
+    return run_dir
+
+
+def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
+    from .engine import CHECKPOINT_VERSION, config_fingerprint
+
+    path = run_dir / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        raise RunError(f"Cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
+                       f"rerun with --overwrite.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise RunError(f"Cannot resume: checkpoint {path} is unreadable ({type(exc).__name__}); "
+                       f"delete it to fall back to a task checkpoint, or rerun with --overwrite.") from None
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise RunError(f"Checkpoint {path} has format version {state.get('version')}, this protosphere reads "
+                       f"{CHECKPOINT_VERSION}; rerun with --overwrite.")
+    if state.get("fingerprint") != config_fingerprint(config):
+        raise RunError(f"Checkpoint {path} was written by a different config; resume with the run's own "
+                       f"{run_dir / 'config.yaml'} or start a new run with --overwrite.")
+    return state
+
+
+def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
+        show_progress: bool = True) -> tuple[dict, Path]:
+    from .engine import Engine, environment, write_config, write_results
+    from .metrics.continual import summarize
+
+    started = time.time()
+    run_dir = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    if resume and (run_dir / "results.json").exists():
+        import json
+
+        return json.loads((run_dir / "results.json").read_text()), run_dir
+    state = load_checkpoint(run_dir, config) if resume else None
+    write_config(run_dir, config)
+
+    fabric = build_fabric(config)
+    fabric.launch()
+    fabric.seed_everything(config.seed, verbose=False)
+    scenario = build_scenario_from_config(config)
+    method = build_method(config, scenario)
+    engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress)
+    raw = engine.fit(scenario, method, resume=state)
+
+    random_init = raw["random_init"]
+    metrics = {}
+    for classifier, settings in raw["accuracy"].items():
+        metrics[classifier] = {}
+        for setting, matrix in settings.items():
+            baseline = random_init[classifier][setting] if random_init and classifier in random_init else None
+            metrics[classifier][setting] = summarize(matrix, baseline)
+    results = {
+        "name": config.name,
+        "status": "complete",
+        "seed": config.seed,
+        "method": config.method.name,
+        "headline_classifier": next(iter(raw["accuracy"])),
+        "scenario": {
+            "name": scenario.name, "kind": scenario.kind, "num_tasks": scenario.num_tasks,
+            "num_classes": scenario.num_classes, "class_order": scenario.class_order,
+            "class_names": scenario.class_names, "tasks": [list(t.classes) for t in scenario.tasks],
+            **scenario.extra,
+        },
+        "accuracy": raw["accuracy"],
+        "metrics": metrics,
+        "random_init": random_init,
+        "neural_collapse": raw["neural_collapse"],
+        "timings": {**raw["timings"], "total_s": time.time() - started},
+        "environment": {**environment(),
+                        "device": str(fabric.device), "world_size": fabric.world_size,
+                        "precision": config.fabric.precision},
+        "config": config.model_dump(mode="json"),
+    }
+    if fabric.is_global_zero:
+        write_results(run_dir, results)
+    return results, run_dir
