@@ -1,0 +1,122 @@
+"""One entry point for every dataset by name, and the report behind ``protosphere datasets``."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+from typing import Callable, Iterable
+
+from protosphere.data import cifar, image_folder, mnist, tiny_imagenet
+from protosphere.data.base import DatasetStatus, ImageDataset
+from protosphere.data.digits import load_digits
+from protosphere.errors import DatasetError
+
+__all__ = ["DATASET_NAMES", "load_dataset", "dataset_status", "format_dataset_status"]
+
+DATASET_NAMES: tuple[str, ...] = (
+    "fashion_mnist",
+    "mnist",
+    "digits",
+    "cifar10",
+    "cifar100",
+    "tiny_imagenet",
+    "imagenet100",
+)
+
+# native square size of the datasets whose images are not resized
+_FIXED_SIZE = {"fashion_mnist": 28, "mnist": 28, "digits": 8, "cifar10": 32, "cifar100": 32}
+
+
+def _normalise(name: str) -> str:
+    if not isinstance(name, str):
+        raise DatasetError(f"a dataset name must be a string, got {name!r}; use one of {', '.join(DATASET_NAMES)}.")
+    key = name.strip().lower().replace("-", "_")
+    if key not in DATASET_NAMES:
+        close = difflib.get_close_matches(key, DATASET_NAMES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        extra = " (DomainNet is loaded per domain with protosphere.data.load_domainnet)" if key == "domainnet" else ""
+        raise DatasetError(f"unknown dataset {name!r}{extra}; {hint}known datasets: {', '.join(DATASET_NAMES)}.")
+    return key
+
+
+def load_dataset(
+    name: str, root: str | os.PathLike | None = None, download: bool = False, *, image_size: int | None = None
+) -> ImageDataset:
+    """Load dataset ``name`` (one of :data:`DATASET_NAMES`) into memory.
+
+    ``root`` restricts the search to that folder (or ``root/<name>/``); without it the dataset is looked for in
+    ``$PROTOSPHERE_DATA/<name>/``, system packages and the user cache. ``download=True`` fetches missing
+    downloadable datasets (Fashion-MNIST, MNIST, CIFAR-10/100, Tiny-ImageNet) from their official sources and
+    verifies them. ``image_size`` resizes datasets stored as image files (Tiny-ImageNet, ImageNet-100; default 64);
+    datasets stored as arrays keep their native size.
+    """
+    key = _normalise(name)
+    if key in _FIXED_SIZE and image_size is not None and image_size != _FIXED_SIZE[key]:
+        raise DatasetError(
+            f"{key} images are {_FIXED_SIZE[key]}×{_FIXED_SIZE[key]} and are not resized on loading, but image_size="
+            f"{image_size!r} was requested; drop the setting (resize in the augmentation instead)."
+        )
+    size = 64 if image_size is None else image_size
+    if key == "fashion_mnist":
+        return mnist.load_fashion_mnist(root, download)
+    if key == "mnist":
+        return mnist.load_mnist(root, download)
+    if key == "digits":
+        return load_digits()
+    if key == "cifar10":
+        return cifar.load_cifar10(root, download)
+    if key == "cifar100":
+        return cifar.load_cifar100(root, download)
+    if key == "tiny_imagenet":
+        return tiny_imagenet.load_tiny_imagenet(root, download, image_size=size)
+    if key == "imagenet100":
+        if download:
+            raise DatasetError(f"ImageNet-100 cannot be downloaded automatically; {image_folder.IMAGENET100_HOW}.")
+        return image_folder.load_imagenet100(root, image_size=size)
+    raise AssertionError(key)  # unreachable: _normalise admits only DATASET_NAMES
+
+
+def _status(name: str, locate: Callable[[], object], how: str) -> DatasetStatus:
+    try:
+        found = locate()
+    except DatasetError as exc:  # e.g. an incomplete folder: report it instead of failing the whole listing
+        return DatasetStatus(name, False, None, str(exc))
+    if isinstance(found, tuple):
+        found = found[1]
+    return DatasetStatus(name, found is not None, None if found is None else str(found), how)
+
+
+def dataset_status() -> list[DatasetStatus]:
+    """Where each dataset (and DomainNet) would be loaded from without ``root``, and how to get missing ones."""
+    sklearn_found = importlib.util.find_spec("sklearn") is not None
+    return [
+        _status("fashion_mnist", lambda: mnist.find_idx_dataset(mnist.FASHION_MNIST), mnist.how_to_get(mnist.FASHION_MNIST)),
+        _status("mnist", lambda: mnist.find_idx_dataset(mnist.MNIST), mnist.how_to_get(mnist.MNIST)),
+        DatasetStatus(
+            "digits",
+            sklearn_found,
+            "bundled with scikit-learn" if sklearn_found else None,
+            "install scikit-learn with `pip install scikit-learn`",
+        ),
+        _status("cifar10", lambda: cifar.find_cifar(cifar.CIFAR10), cifar.how_to_get(cifar.CIFAR10)),
+        _status("cifar100", lambda: cifar.find_cifar(cifar.CIFAR100), cifar.how_to_get(cifar.CIFAR100)),
+        _status("tiny_imagenet", tiny_imagenet.find_tiny_imagenet, tiny_imagenet.how_to_get()),
+        _status("imagenet100", image_folder.find_imagenet100, image_folder.IMAGENET100_HOW),
+        _status("domainnet", image_folder.find_domainnet, image_folder.DOMAINNET_HOW),
+    ]
+
+
+def format_dataset_status(statuses: Iterable[DatasetStatus]) -> str:
+    """A plain-text table (dataset, status, location) followed by how to get each missing dataset."""
+    statuses = list(statuses)
+    rows = [("dataset", "status", "location")] + [
+        (s.name, "found" if s.found else "missing", s.location or "-") for s in statuses
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows]
+    missing = [s for s in statuses if not s.found]
+    if missing:
+        lines += ["", "To get the missing datasets:"]
+        lines += [f"  {s.name}: {s.how_to_get}" for s in missing]
+    return "\n".join(lines)
