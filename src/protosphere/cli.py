@@ -104,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may come after options (`run cfg.yaml --overwrite seed=1`), which argparse leaves unparsed
+    leftover = [e for e in extra if not (args.command == "run" and "=" in e and not e.startswith("-"))]
+    if leftover:
+        parser.error(f"unrecognized arguments: {' '.join(leftover)}")
+    if args.command == "run":
+        args.overrides = list(args.overrides) + [e for e in extra if e not in leftover]
     try:
         return args.func(args)
     except ProtosphereError as exc:

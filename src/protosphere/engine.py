@@ -123,22 +123,27 @@ class Engine:
         if state.get("rng") is not None and not in_task:
             torch.set_rng_state(state["rng"]["torch"])
 
+        def task_context(t: int) -> TaskContext:
+            task = scenario.tasks[t]
+            return TaskContext(
+                index=t, classes=task.classes, seen_classes=scenario.classes_up_to(t), num_tasks=scenario.num_tasks,
+                train_images=task.train_images.to(device), train_labels=task.train_labels.to(device),
+                previous_classes=scenario.classes_up_to(t - 1) if t > 0 else [],
+                previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]],
+            )
+
         log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None)
         if results["random_init"] is None and cfg.eval.random_init_baseline:
-            results["random_init"] = self.evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1)
+            # the untrained model under the same classifiers (fitted on task 0 where they need data): FWT's b_j
+            results["random_init"] = self.evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1,
+                                                   prepare=task_context(0))
 
         global_step = state.get("global_step", 0)
         set_validation(True)
         progress = self._progress()
         try:
             for t in range(start_task, scenario.num_tasks):
-                task = scenario.tasks[t]
-                context = TaskContext(
-                    index=t, classes=task.classes, seen_classes=scenario.classes_up_to(t), num_tasks=scenario.num_tasks,
-                    train_images=task.train_images.to(device), train_labels=task.train_labels.to(device),
-                    previous_classes=scenario.classes_up_to(t - 1) if t > 0 else [],
-                    previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]],
-                )
+                context = task_context(t)
                 method.train()
                 method.begin_task(context)
                 optimizer = fabric.setup_optimizers(build_optimizer(cfg.optimizer, method.parameters()))
@@ -182,7 +187,7 @@ class Engine:
                     last = step == total - 1
                     if (step + 1) % cfg.train.log_every_n_steps == 0 or last:
                         self._check_finite(nonfinite_at, output, t)
-                        terms = {"loss": float(output.loss), **{k: float(v) for k, v in output.terms.items()}}
+                        terms = {"loss": float(output.loss.detach()), **{k: float(v) for k, v in output.terms.items()}}
                         speed = seen_images / max(1e-9, time.perf_counter() - task_start)
                         log.log("train", {**terms, "lr": optimizer.param_groups[0]["lr"], "img_per_s": speed},
                                 t, epoch, step)
@@ -276,7 +281,7 @@ class Engine:
         """Accuracy (%) of every classifier on every task's test set: {classifier: {class_il|task_il: [T]}}."""
         was_training = method.training
         method.eval()
-        if prepare is not None and hasattr(method, "prepare_evaluation"):
+        if prepare is not None:
             method.prepare_evaluation(prepare)
         batch = self.config.eval.batch_size
         row: dict = {}

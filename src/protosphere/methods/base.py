@@ -143,6 +143,9 @@ class Method(nn.Module):
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def prepare_evaluation(self, task: TaskContext) -> None:
+        """Fit whatever the classifiers need (class means, a linear probe) after ``task``; eval mode, no grad."""
+
     def classifiers(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Named classifiers to evaluate after each task; the first one is the headline."""
         return {"head": self.logits}

@@ -1,0 +1,148 @@
+"""Train-step throughput of every method next to the bare backbone, measured side by side in one run.
+
+For each method, a task-1 state is prepared (task 0 trained for a few steps, so replay buffers are full and past-model
+snapshots exist); then ``--steps`` full training steps (augmentation, replay, distillation, loss, backward, SGD step)
+are timed on the same batches as a "bare" step: the same backbone + linear head, one forward/backward of the stream
+batch without augmentation, plus the SGD step. Timings interleave the two (bare, method, bare, method, ...) so that
+machine load affects both alike; the ratio method/bare is the method's overhead (ER/DER++ also push the replay batch
+through the network, so ~2× is their floor).
+
+    python benchmarks/throughput.py [--batch-size 256] [--steps 20] [--methods er der++ ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from protosphere.config import validate_config
+from protosphere.data import load_dataset
+from protosphere.data.scenarios import build_scenario
+from protosphere.engine import environment
+from protosphere.methods import method_names
+from protosphere.methods.base import StepContext, TaskContext
+from protosphere.optim import build_optimizer
+from protosphere.runner import build_method
+
+DEFAULT_METHOD_SETTINGS = {
+    "er": {"buffer_size": 500},
+    "der++": {"buffer_size": 500},
+}
+
+
+def context_for(scenario, t: int, device) -> TaskContext:
+    task = scenario.tasks[t]
+    return TaskContext(index=t, classes=task.classes, seen_classes=scenario.classes_up_to(t),
+                       num_tasks=scenario.num_tasks, train_images=task.train_images.to(device),
+                       train_labels=task.train_labels.to(device),
+                       previous_classes=scenario.classes_up_to(t - 1) if t > 0 else [],
+                       previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]])
+
+
+def batches(context: TaskContext, batch_size: int, count: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        rows = torch.randint(len(context.train_labels), (batch_size,), generator=generator)
+        x = context.train_images[rows].float().div_(255).contiguous(memory_format=torch.channels_last)
+        yield x, context.train_labels[rows]
+
+
+def bench_method(name: str, scenario, args, device) -> dict:
+    settings = {"name": name, **DEFAULT_METHOD_SETTINGS.get(name, {})}
+    config = validate_config({"method": settings, "model": {"backbone": args.backbone},
+                              "train": {"batch_size": args.batch_size, "augmentation": args.augmentation},
+                              "optimizer": {"lr": 0.01}})
+    torch.manual_seed(0)
+    method = build_method(config, scenario).to(device)
+    method.train()
+    first = context_for(scenario, 0, device)
+    method.begin_task(first)
+    optimizer = build_optimizer(config.optimizer, method.parameters())
+    for i, (x, y) in enumerate(batches(first, args.batch_size, args.warmup_task0_steps, seed=1)):
+        out = method.training_step(x, y, StepContext(0, 0, i, args.warmup_task0_steps, i))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    method.end_task(first)
+    second = context_for(scenario, 1, device)
+    method.begin_task(second)
+    optimizer = build_optimizer(config.optimizer, method.parameters())
+
+    bare_head = torch.nn.Linear(method.backbone.out_dim, scenario.num_classes).to(device)
+    bare_params = list(method.backbone.parameters()) + list(bare_head.parameters())
+    bare_optimizer = torch.optim.SGD(bare_params, lr=1e-6, momentum=0.9)
+    normalize = method.transforms.eval
+
+    def bare_step(x, y):
+        loss = F.cross_entropy(bare_head(method.backbone(normalize(x))), y)
+        bare_optimizer.zero_grad()
+        loss.backward()
+        bare_optimizer.step()
+
+    def method_step(x, y, i):
+        out = method.training_step(x, y, StepContext(1, 0, i, args.steps, i))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+
+    bare_times, method_times = [], []
+    data = list(batches(second, args.batch_size, args.steps + args.warmup, seed=2))
+    for i, (x, y) in enumerate(data):
+        start = time.perf_counter()
+        bare_step(x, y)
+        middle = time.perf_counter()
+        method_step(x, y, i)
+        end = time.perf_counter()
+        if i >= args.warmup:
+            bare_times.append(middle - start)
+            method_times.append(end - middle)
+    bare, meth = statistics.median(bare_times), statistics.median(method_times)
+    return {"method": name, "bare_img_s": args.batch_size / bare, "method_img_s": args.batch_size / meth,
+            "ratio": meth / bare}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=None)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup-task0-steps", type=int, default=5)
+    parser.add_argument("--backbone", default="small_cnn")
+    parser.add_argument("--augmentation", default="supervised")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scenario = build_scenario(load_dataset(args.dataset), "class_il", 5, train_fraction=0.2)
+    names = args.methods or [m for m in method_names()]
+    env = environment()
+    lines = [
+        f"# protosphere train-step throughput — {args.dataset}, {args.backbone}, batch {args.batch_size}, "
+        f"augmentation {args.augmentation}, median of {args.steps} steps",
+        f"# machine: {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
+        f"gpu: {env['gpu']}, torch {env['torch']}, python {platform.python_version()}",
+        f"# command: python benchmarks/throughput.py {' '.join(sys.argv[1:])}".rstrip(),
+        f"{'method':<12} {'bare img/s':>11} {'method img/s':>13} {'ratio':>7}",
+    ]
+    print("\n".join(lines), flush=True)
+    for name in names:
+        row = bench_method(name, scenario, args, device)
+        line = f"{row['method']:<12} {row['bare_img_s']:>11,.0f} {row['method_img_s']:>13,.0f} {row['ratio']:>7.2f}"
+        print(line, flush=True)
+        lines.append(line)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

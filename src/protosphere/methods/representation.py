@@ -1,0 +1,115 @@
+"""Shared base of the representation-learning methods (contrastive, prototype, self-supervised).
+
+Such a method trains an encoder + projection head with a loss on L2-normalised projections and is judged by
+classifiers fitted on frozen features after each task (two-stage evaluation):
+
+* ``nearest_prototype`` — argmax over fixed prototypes in projection space (no stored data needed; only for methods
+  that own prototypes, i.e. set ``self.prototypes``);
+* ``ncm`` — nearest class mean of normalised encoder features; means are recomputed for every class present in the
+  evaluation data and kept from earlier tasks for the others (memory-free runs keep old means as they were);
+* ``linear_probe`` — a linear layer on frozen encoder features trained on the evaluation data (current task + replay
+  buffer) with class-balanced sampling, the Co2L protocol;
+* ``knn`` — weighted k-nearest neighbours on cosine similarity (for self-supervised runs).
+
+``evaluation_data`` says which stored data a classifier may use; subclasses with a buffer add its rows.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..config import MethodConfig
+from ..evaluation import fit_linear_probe, knn_logits, ncm_logits, nearest_prototype_logits
+from ..models import ProjectionHead
+from .base import Method, TaskContext
+
+Classifier = Literal["nearest_prototype", "ncm", "linear_probe", "knn"]
+
+
+class RepresentationConfig(MethodConfig):
+    projection_dim: int = Field(128, ge=1)
+    projection_hidden: int | None = Field(None, ge=1, description="default: the encoder's feature size")
+    projection_batch_norm: bool = False
+    classifiers: list[Classifier] = Field(default_factory=lambda: ["ncm", "linear_probe"])
+    probe_epochs: int = Field(10, ge=1)
+    probe_lr: float = Field(0.1, gt=0)
+    probe_batch_size: int = Field(256, ge=1)
+    probe_class_balanced: bool = True
+    probe_schedule: Literal["cosine", "step", "constant"] = "cosine"
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+
+
+class RepresentationMethod(Method):
+    config_class = RepresentationConfig
+
+    def __init__(self, config, backbone, num_classes, transforms):
+        super().__init__(config, backbone, num_classes, transforms)
+        hidden = config.projection_hidden or backbone.out_dim
+        self.projector = ProjectionHead(backbone.out_dim, hidden, config.projection_dim,
+                                        batch_norm=config.projection_batch_norm)
+        self.register_buffer("class_means", torch.zeros(num_classes, backbone.out_dim))
+        self.prototypes: torch.Tensor | None = None
+        self._probe: torch.nn.Linear | None = None
+        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # training helpers --------------------------------------------------------------------------------------------
+    def embed(self, normalized_images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm projections (N, projection_dim) of already transformed images."""
+        return F.normalize(self.projector(self.backbone(normalized_images)), dim=1)
+
+    def forward(self, normalized_images: torch.Tensor) -> torch.Tensor:
+        return self.embed(normalized_images)
+
+    def two_views(self, images: torch.Tensor) -> torch.Tensor:
+        """Two independent augmentations stacked as ``cat(view1, view2)`` (2B, C, H, W)."""
+        return torch.cat([self.transforms.train(images), self.transforms.train(images)])
+
+    # evaluation -------------------------------------------------------------------------------------------------
+    def evaluation_data(self, task: TaskContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (uint8) and labels the classifiers may be fitted on after ``task``: its training data by default."""
+        return task.train_images, task.train_labels
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size]
+            x = x.float().div(255) if x.dtype == torch.uint8 else x
+            chunks.append(self.features(x).float())
+        return torch.cat(chunks)
+
+    def prepare_evaluation(self, task: TaskContext) -> None:
+        cfg = self.config
+        images, labels = self.evaluation_data(task)
+        features = self.encode(images)
+        normalized = F.normalize(features, dim=1)
+        present = labels.unique()
+        for c in present.tolist():
+            self.class_means[c] = F.normalize(normalized[labels == c].mean(0), dim=0)
+        if "linear_probe" in cfg.classifiers:
+            self._probe = fit_linear_probe(features, labels, self.num_classes, epochs=cfg.probe_epochs,
+                                           lr=cfg.probe_lr, batch_size=cfg.probe_batch_size,
+                                           class_balanced=cfg.probe_class_balanced, seed=task.index,
+                                           schedule=cfg.probe_schedule).to(features.device)
+        if "knn" in cfg.classifiers:
+            self._bank = (normalized, labels)
+
+    def classifiers(self):
+        table = {
+            "nearest_prototype": lambda x: nearest_prototype_logits(self(self.transforms.eval(x)), self.prototypes),
+            "ncm": lambda x: ncm_logits(self.features(x), self.class_means),
+            "linear_probe": lambda x: self._probe(self.features(x)),
+            "knn": lambda x: knn_logits(self._bank[0], self._bank[1], F.normalize(self.features(x), dim=1),
+                                        self.num_classes, k=self.config.knn_k,
+                                        temperature=self.config.knn_temperature),
+        }
+        names = [n for n in self.config.classifiers if n != "nearest_prototype" or self.prototypes is not None]
+        return {name: table[name] for name in names}
+
+    def classifier_weights(self):
+        return self.class_means
