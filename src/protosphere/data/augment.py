@@ -1,0 +1,466 @@
+"""Batched image augmentation in plain torch, on whatever device the batch is on.
+
+Every transform takes a float batch ``(B, C, H, W)`` with values in [0, 1] (a ``uint8`` batch is converted with
+``/ 255`` first) and draws its random parameters **once per sample** from ``generator`` (a ``torch.Generator``) or,
+when ``generator is None``, from the global RNG of the batch's device. No Python loop runs over samples. Passing a
+generator that lives on the batch's device keeps every draw on the device; a generator on another device draws there and
+the (tiny) parameter tensors are copied over. The same generator state always gives the same output.
+
+Presets (:func:`build_augmentation`), each ending with per-channel normalisation ``(x − mean) / std``:
+
+- ``"none"``: normalisation only; also the evaluation transform (:func:`build_eval_transform`).
+- ``"supervised"``: random crop with zero padding (``padding = image_size // 8`` by default: 4 px at 32×32, 3 px at
+  28×28, 8 px at 64×64), then horizontal flip with p = 0.5 (``flip=False`` turns it off, e.g. for MNIST digits, whose
+  mirror images are other shapes; Fashion-MNIST flips are fine). The standard CIFAR recipe
+  (RandomCrop(32, padding=4) + RandomHorizontalFlip).
+- ``"contrastive"``: the SimCLR/SupCon/Co2L recipe. RandomResizedCrop(scale 0.2–1.0, ratio 3/4–4/3) and horizontal
+  flip (p = 0.5), then, for colour data (C = 3), ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1)
+  applied with p = 0.8 and RandomGrayscale with p = 0.2; for grayscale data (C = 1), brightness and contrast jitter
+  (0.4, 0.4) with p = 0.8 and nothing else.
+
+Implementation notes (differences from torchvision are deliberate and listed here):
+
+- RandomResizedCrop draws a crop box as torchvision does (10 attempts of area ∈ scale·H·W and log-uniform aspect ratio,
+  the first box that fits wins, else the whole image clipped to the ratio range, centred), but keeps the box size and
+  position **continuous** instead of rounding to whole pixels. The box is resampled to the input size with one
+  per-sample affine sampling grid and ``F.grid_sample`` (bilinear, ``align_corners=False``, border padding); the flip
+  is folded into the same grid (a negated x scale). With ``align_corners=False`` a full-image box maps every output
+  pixel centre onto the same input pixel centre, so scale (1, 1) without flip reproduces the input up to float
+  rounding (< 1e-5). No antialiasing is needed: the crop is never larger than the output, so it is only upsampled.
+- ColorJitter applies its four operations in a **fixed order** (brightness, contrast, saturation, hue) rather than in
+  a random order per call; each factor is drawn per sample (brightness, contrast, saturation ∈ [max(0, 1−s), 1+s],
+  hue shift ∈ [−h, h]), and every operation clamps to [0, 1], as in torchvision. Contrast blends with the mean of the
+  image's luma; saturation with the per-pixel luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B). Hue is shifted exactly
+  in HSV space (the colour model of torchvision's ``adjust_hue``) with a vectorised closed form that leaves
+  saturation and value unchanged (see ``_shift_hue``).
+- Grayscale uses the same luma, copied into the three channels.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from protosphere.errors import ConfigError
+
+__all__ = [
+    "PRESETS",
+    "BatchTransform",
+    "Compose",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
+    "ColorJitter",
+    "RandomGrayscale",
+    "TwoViews",
+    "views",
+    "build_augmentation",
+    "build_eval_transform",
+]
+
+PRESETS = ("none", "supervised", "contrastive")
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+def _rand(shape: Sequence[int], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform [0, 1) float32 draws of ``shape`` on ``x``'s device, from ``generator`` or the device's global RNG."""
+    if generator is None:
+        return torch.rand(tuple(shape), device=x.device)
+    out = torch.rand(tuple(shape), generator=generator, device=generator.device)
+    return out.to(x.device, non_blocking=True)
+
+
+def _bernoulli(p: float, n: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Bool (n,) mask, True with probability p."""
+    return _rand((n,), x, generator) < p
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB → (B, 1, H, W) ITU-R 601 luma."""
+    r, g, b = x.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of RGB ``x`` (B, 3, H, W) in [0, 1] by ``shift`` (B, 1, 1) turns, keeping S and V.
+
+    Exact HSV arithmetic without materialising S: with V = max, Δ = max − min and hue sector h₆ = 6·H ∈ [0, 6),
+    channel n ∈ {5, 3, 1} (R, G, B) of the result is ``V − Δ·clamp(min(k, 4 − k), 0, 1)``, ``k = (n + h₆) mod 6``
+    (the closed-form HSV → RGB map, since V·S = Δ). Grey pixels (Δ = 0) are unchanged.
+    """
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    delta = maxc - torch.minimum(torch.minimum(r, g), b)
+    d = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h6 = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    h6 = h6 + 6.0 * shift
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h6 + n, 6.0)
+        out.append(maxc - delta * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(out, 1)
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(x) or x.dim() != 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"augmentation expects a (B, C, H, W) image tensor, got {shape}")
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if not x.is_floating_point():
+        raise ValueError(f"augmentation expects a float (values in [0, 1]) or uint8 batch, got dtype {x.dtype}")
+    return x
+
+
+# -------------------------------------------------------------------------------------------------------- transforms
+class BatchTransform(nn.Module):
+    """Base class: ``forward(x, generator=None)`` maps ``(B, C, H, W)`` to ``(B, C, H, W)``."""
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def views(self, x: torch.Tensor, n: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` independently augmented views stacked as ``(n·B, C, H, W)``: rows ``k·B … (k+1)·B − 1`` are view
+        ``k`` (the order of ``torch.cat([t(x), t(x)])``)."""
+        return views(self, x, n, generator)
+
+
+class Normalize(BatchTransform):
+    """``(x − mean) / std`` per channel; ``mean``, ``std``: one value per channel (or one value for all)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean_t.numel() == 0 or std_t.numel() == 0:
+            raise ConfigError("Normalisation mean and std must not be empty")
+        if bool((std_t <= 0).any()):
+            raise ConfigError(f"Normalisation std must be positive, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        for name, t in (("mean", self.mean), ("std", self.std)):
+            if t.shape[1] not in (1, x.shape[1]):
+                raise ValueError(f"normalisation {name} has {t.shape[1]} values but the batch has {x.shape[1]} channels")
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class RandomCrop(BatchTransform):
+    """Random ``H × W`` crop of the zero-padded image (``padding`` pixels on each side), integer offsets drawn
+    uniformly per sample in ``[0, 2·padding]``. ``padding = 0`` is the identity."""
+
+    def __init__(self, padding: int) -> None:
+        super().__init__()
+        if padding < 0:
+            raise ConfigError(f"Crop padding must be ≥ 0, got {padding}")
+        self.padding = int(padding)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        p = self.padding
+        if p == 0:
+            return x
+        B, C, H, W = x.shape
+        offsets = (_rand((2, B), x, generator) * (2 * p + 1)).long().clamp_(max=2 * p)
+        Wp = W + 2 * p
+        xp = F.pad(x, (p, p, p, p)).flatten(2)  # (B, C, Hp·Wp)
+        rows = offsets[0].view(B, 1, 1) + torch.arange(H, device=x.device).view(1, H, 1)
+        cols = offsets[1].view(B, 1, 1) + torch.arange(W, device=x.device).view(1, 1, W)
+        index = (rows * Wp + cols).view(B, 1, H * W).expand(B, C, H * W)
+        return xp.gather(2, index).view(B, C, H, W)
+
+
+class RandomHorizontalFlip(BatchTransform):
+    """Mirror each sample left–right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        mask = _bernoulli(self.p, x.shape[0], x, generator).view(-1, 1, 1, 1)
+        return torch.where(mask, x.flip(-1), x)
+
+
+class RandomResizedCrop(BatchTransform):
+    """RandomResizedCrop to the input size with an optional horizontal flip folded into the same sampling grid.
+
+    Box: area fraction ∈ ``scale``, aspect ratio w/h log-uniform in ``ratio``; up to 10 attempts per sample, first one
+    that fits; fallback: the whole image clipped to the ratio range, centred. Size and position are continuous (see the
+    module docstring). Resampling: bilinear ``grid_sample``, ``align_corners=False``, border padding.
+
+    :meth:`sample_boxes` returns the boxes that ``forward`` would use for the same generator state.
+    """
+
+    def __init__(
+        self,
+        scale: tuple[float, float] = (0.2, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        flip_p: float = 0.5,
+        attempts: int = 10,
+    ) -> None:
+        super().__init__()
+        scale = (float(scale[0]), float(scale[1]))
+        ratio = (float(ratio[0]), float(ratio[1]))
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ConfigError(f"RandomResizedCrop scale must satisfy 0 < min ≤ max ≤ 1, got {scale}")
+        if not 0.0 < ratio[0] <= ratio[1]:
+            raise ConfigError(f"RandomResizedCrop ratio must satisfy 0 < min ≤ max, got {ratio}")
+        self.scale, self.ratio, self.flip_p, self.attempts = scale, ratio, float(flip_p), int(attempts)
+
+    def sample_boxes(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample crop boxes in pixels for batch ``x``: ``(top, left, height, width)``, each float32 (B,)."""
+        B, _, H, W = x.shape
+        u = _rand((4, B, self.attempts), x, generator)
+        area = H * W * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[0])
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
+        w = torch.sqrt(area * aspect)
+        h = torch.sqrt(area / aspect)
+        fits = (w <= W) & (h <= H)
+        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # first attempt that fits (0 if none)
+        w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+        top = u[2].gather(1, first).squeeze(1) * (H - h)
+        left = u[3].gather(1, first).squeeze(1) * (W - w)
+        # fallback (torchvision): whole image, aspect clipped to the ratio range, centred
+        in_ratio = W / H
+        if in_ratio < self.ratio[0]:
+            fw, fh = float(W), W / self.ratio[0]
+        elif in_ratio > self.ratio[1]:
+            fw, fh = H * self.ratio[1], float(H)
+        else:
+            fw, fh = float(W), float(H)
+        ok = fits.any(1)
+        h = torch.where(ok, h, torch.full_like(h, fh))
+        w = torch.where(ok, w, torch.full_like(w, fw))
+        top = torch.where(ok, top, torch.full_like(top, (H - fh) / 2))
+        left = torch.where(ok, left, torch.full_like(left, (W - fw) / 2))
+        return top, left, h, w
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        B, _, H, W = x.shape
+        top, left, h, w = self.sample_boxes(x, generator)
+        flip = _bernoulli(self.flip_p, B, x, generator)
+        # normalised coordinates (align_corners=False): pixel edge 0 ↦ −1, edge W ↦ +1; output pixel centres
+        xs = (2.0 * torch.arange(W, device=x.device, dtype=torch.float32) + 1.0) / W - 1.0
+        ys = (2.0 * torch.arange(H, device=x.device, dtype=torch.float32) + 1.0) / H - 1.0
+        sx = torch.where(flip, -w / W, w / W)
+        cx = (2.0 * left + w) / W - 1.0
+        cy = (2.0 * top + h) / H - 1.0
+        gx = sx[:, None] * xs[None, :] + cx[:, None]  # (B, W)
+        gy = (h / H)[:, None] * ys[None, :] + cy[:, None]  # (B, H)
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (B, H, W, 2)
+        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class ColorJitter(BatchTransform):
+    """Colour jitter applied to each sample with probability ``p``: brightness, contrast, saturation, hue in that fixed
+    order, factors drawn per sample (see the module docstring). On 1-channel batches saturation and hue must be 0."""
+
+    def __init__(
+        self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1, p: float = 0.8
+    ) -> None:
+        super().__init__()
+        for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if v < 0:
+                raise ConfigError(f"ColorJitter {name} must be ≥ 0, got {v}")
+        if not 0 <= hue <= 0.5:
+            raise ConfigError(f"ColorJitter hue must be in [0, 0.5], got {hue}")
+        self.brightness, self.contrast, self.saturation, self.hue = (
+            float(brightness), float(contrast), float(saturation), float(hue)
+        )
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        B, C = x.shape[:2]
+        colour = C == 3
+        if not colour and (self.saturation > 0 or self.hue > 0):
+            raise ValueError(f"saturation and hue jitter need 3-channel RGB input, got {C} channel(s)")
+        u = _rand((5, B), x, generator)
+        apply = (u[0] < self.p).view(B, 1, 1, 1)
+
+        def factor(row: torch.Tensor, s: float) -> torch.Tensor:
+            lo, hi = max(0.0, 1.0 - s), 1.0 + s
+            return (lo + (hi - lo) * row).to(x.dtype).view(B, 1, 1, 1)
+
+        y = x
+        if self.brightness > 0:
+            y = (y * factor(u[1], self.brightness)).clamp(0.0, 1.0)
+        if self.contrast > 0:
+            c = factor(u[2], self.contrast)
+            mean = (_luma(y) if colour else y).mean(dim=(1, 2, 3), keepdim=True)
+            y = (c * y + (1.0 - c) * mean).clamp(0.0, 1.0)
+        if colour and self.saturation > 0:
+            s = factor(u[3], self.saturation)
+            y = (s * y + (1.0 - s) * _luma(y)).clamp(0.0, 1.0)
+        if colour and self.hue > 0:
+            shift = (-self.hue + 2.0 * self.hue * u[4]).to(x.dtype).view(B, 1, 1)
+            y = _shift_hue(y, shift)
+        return torch.where(apply, y, x)
+
+
+class RandomGrayscale(BatchTransform):
+    """Replace each RGB sample by its luma in all three channels with probability ``p``."""
+
+    def __init__(self, p: float = 0.2) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        if x.shape[1] != 3:
+            raise ValueError(f"RandomGrayscale needs 3-channel RGB input, got {x.shape[1]} channel(s)")
+        mask = _bernoulli(self.p, x.shape[0], x, generator).view(-1, 1, 1, 1)
+        return torch.where(mask, _luma(x).expand_as(x), x)
+
+
+class Compose(BatchTransform):
+    """Apply ``transforms`` in order, passing the generator to each, then ``normalize``.
+
+    ``channels`` (if given) is checked against the batch. Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``, float.
+    """
+
+    def __init__(
+        self, transforms: Sequence[BatchTransform], normalize: Normalize, channels: int | None = None, preset: str = ""
+    ) -> None:
+        super().__init__()
+        self.transforms = nn.ModuleList(transforms)
+        self.normalize = normalize
+        self.channels = channels
+        self.preset = preset
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        if self.channels is not None and x.shape[1] != self.channels:
+            raise ValueError(
+                f"augmentation '{self.preset or 'custom'}' was built for {self.channels} channel(s) but got a batch "
+                f"of shape {tuple(x.shape)}"
+            )
+        for t in self.transforms:
+            x = t(x, generator)
+        return self.normalize(x)
+
+    def extra_repr(self) -> str:
+        return f"preset={self.preset!r}, channels={self.channels}"
+
+
+def views(
+    transform: nn.Module, x: torch.Tensor, n: int = 2, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``n`` independently augmented views of ``x`` stacked as ``(n·B, C, H, W)``, view 1's rows first:
+    ``torch.cat([transform(x, generator) for _ in range(n)])``."""
+    if n < 1:
+        raise ValueError(f"views needs n ≥ 1, got {n}")
+    return torch.cat([transform(x, generator) for _ in range(n)], dim=0)
+
+
+class TwoViews(nn.Module):
+    """Wrap a transform so that ``forward(x, generator)`` returns ``n`` (default 2) stacked views ``(n·B, C, H, W)``."""
+
+    def __init__(self, transform: nn.Module, n: int = 2) -> None:
+        super().__init__()
+        self.transform = transform
+        self.n = int(n)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return views(self.transform, x, self.n, generator)
+
+
+# ---------------------------------------------------------------------------------------------------------- builders
+_OPTIONS = {"flip", "padding", "scale", "ratio", "jitter", "jitter_p", "grayscale_p"}
+
+
+def build_eval_transform(mean: Sequence[float] | float, std: Sequence[float] | float) -> Compose:
+    """Evaluation transform: ``(x − mean) / std`` only (the ``"none"`` preset)."""
+    return Compose([], Normalize(mean, std), channels=None, preset="none")
+
+
+def build_augmentation(
+    preset: str,
+    image_size: int,
+    channels: int,
+    mean: Sequence[float] | float,
+    std: Sequence[float] | float,
+    **options,
+) -> Compose:
+    """Build a batched augmentation pipeline; call it as ``aug(x, generator=None)`` on ``(B, channels, H, W)``.
+
+    Args:
+        preset: ``"none"``, ``"supervised"`` or ``"contrastive"`` (see the module docstring).
+        image_size: side of the (square) training images; sets the default crop padding.
+        channels: 1 (grayscale) or 3 (RGB); selects the colour operations of ``"contrastive"``.
+        mean, std: per-channel normalisation statistics.
+        **options: ``flip`` (bool, default True; supervised and contrastive), ``padding`` (int, default
+            ``image_size // 8``; supervised), ``scale`` (default (0.2, 1.0)), ``ratio`` (default (3/4, 4/3)),
+            ``jitter`` ((brightness, contrast, saturation, hue), default (0.4, 0.4, 0.4, 0.1); saturation and hue
+            are ignored for 1 channel), ``jitter_p`` (default 0.8), ``grayscale_p`` (default 0.2; RGB only) — the last
+            five for contrastive. Options a preset does not use are ignored.
+
+    Raises:
+        ConfigError: unknown preset or option (closest name suggested), mean/std of the wrong length, bad values.
+    """
+    key = str(preset).lower()
+    if key not in PRESETS:
+        close = difflib.get_close_matches(key, PRESETS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(PRESETS)}."
+        raise ConfigError(f"Unknown augmentation preset '{preset}'; {hint}")
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(_OPTIONS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"Unknown augmentation option(s) {', '.join(unknown)}{hint}; allowed: {', '.join(sorted(_OPTIONS))}"
+        )
+    channels, image_size = int(channels), int(image_size)
+    if channels not in (1, 3):
+        raise ConfigError(f"Augmentation supports 1 or 3 channels, got {channels}")
+    if image_size < 1:
+        raise ConfigError(f"Augmentation image_size must be positive, got {image_size}")
+    normalize = Normalize(mean, std)
+    for name, t in (("mean", normalize.mean), ("std", normalize.std)):
+        if t.shape[1] not in (1, channels):
+            raise ConfigError(f"Normalisation {name} has {t.shape[1]} values but the data has {channels} channel(s)")
+
+    flip = bool(options.get("flip", True))
+    transforms: list[BatchTransform] = []
+    if key == "supervised":
+        padding = options.get("padding")
+        transforms.append(RandomCrop(image_size // 8 if padding is None else int(padding)))
+        if flip:
+            transforms.append(RandomHorizontalFlip(0.5))
+    elif key == "contrastive":
+        transforms.append(
+            RandomResizedCrop(
+                tuple(options.get("scale", (0.2, 1.0))),
+                tuple(options.get("ratio", (3.0 / 4.0, 4.0 / 3.0))),
+                flip_p=0.5 if flip else 0.0,
+            )
+        )
+        jitter = tuple(float(v) for v in options.get("jitter", (0.4, 0.4, 0.4, 0.1)))
+        if len(jitter) != 4:
+            raise ConfigError(f"jitter must be (brightness, contrast, saturation, hue), got {jitter}")
+        jitter_p = float(options.get("jitter_p", 0.8))
+        if channels == 3:
+            transforms.append(ColorJitter(*jitter, p=jitter_p))
+            transforms.append(RandomGrayscale(float(options.get("grayscale_p", 0.2))))
+        else:
+            transforms.append(ColorJitter(jitter[0], jitter[1], 0.0, 0.0, p=jitter_p))
+    return Compose(transforms, normalize, channels=channels, preset=key)

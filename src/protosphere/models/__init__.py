@@ -1,0 +1,38 @@
+"""Backbones (MLP, small CNN, CIFAR ResNet-18 full and reduced) and heads (projection, predictor, linear, fixed
+prototypes, mixture of experts)."""
+
+from protosphere.models.backbones import (
+    BACKBONES,
+    MLP,
+    BasicBlock,
+    CifarResNet18,
+    SmallCNN,
+    build_backbone,
+    count_parameters,
+    to_channels_last,
+)
+from protosphere.models.heads import (
+    FixedPrototypeClassifier,
+    LinearClassifier,
+    MixtureOfExperts,
+    MoEOutput,
+    Predictor,
+    ProjectionHead,
+)
+
+__all__ = [
+    "BACKBONES",
+    "MLP",
+    "BasicBlock",
+    "CifarResNet18",
+    "SmallCNN",
+    "build_backbone",
+    "count_parameters",
+    "to_channels_last",
+    "FixedPrototypeClassifier",
+    "LinearClassifier",
+    "MixtureOfExperts",
+    "MoEOutput",
+    "Predictor",
+    "ProjectionHead",
+]

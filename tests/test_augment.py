@@ -1,0 +1,255 @@
+import colorsys
+import math
+
+import pytest
+import torch
+
+from protosphere.data.augment import (
+    ColorJitter,
+    RandomCrop,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    TwoViews,
+    _shift_hue,
+    build_augmentation,
+    build_eval_transform,
+    views,
+)
+from protosphere.errors import ConfigError
+
+MEAN3, STD3 = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+MEAN1, STD1 = (0.286,), (0.353,)
+SETTINGS = [(1, 28, MEAN1, STD1), (3, 32, MEAN3, STD3)]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _images(b, c, s, seed=0):
+    return torch.rand(b, c, s, s, generator=_gen(seed))
+
+
+@pytest.mark.parametrize("preset", ["none", "supervised", "contrastive"])
+@pytest.mark.parametrize("channels,size,mean,std", SETTINGS)
+@pytest.mark.parametrize("batch", [1, 6])
+def test_shapes_dtypes(preset, channels, size, mean, std, batch):
+    aug = build_augmentation(preset, size, channels, mean, std)
+    x = _images(batch, channels, size)
+    y = aug(x, generator=_gen(1))
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    y2 = aug(x)  # global RNG
+    assert y2.shape == x.shape
+
+
+def test_none_is_exact_normalisation():
+    x = _images(5, 3, 32)
+    expected = (x - torch.tensor(MEAN3).view(1, 3, 1, 1)) / torch.tensor(STD3).view(1, 3, 1, 1)
+    assert torch.equal(build_augmentation("none", 32, 3, MEAN3, STD3)(x), expected)
+    assert torch.equal(build_eval_transform(MEAN3, STD3)(x), expected)
+    assert torch.equal(build_augmentation("none", 32, 3, MEAN3, STD3)(x, generator=_gen(3)), expected)
+
+
+def test_uint8_input():
+    x8 = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    aug = build_augmentation("none", 28, 1, MEAN1, STD1)
+    torch.testing.assert_close(aug(x8), aug(x8.float() / 255))
+
+
+def test_resized_crop_full_scale_is_identity():
+    x = _images(8, 3, 32)
+    rrc = RandomResizedCrop(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)
+    torch.testing.assert_close(rrc(x, _gen(0)), x, atol=1e-5, rtol=0)
+    x1 = _images(3, 1, 28)
+    aug = build_augmentation(
+        "contrastive", 28, 1, MEAN1, STD1, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, jitter_p=0.0
+    )
+    torch.testing.assert_close(aug(x1, _gen(0)), build_eval_transform(MEAN1, STD1)(x1), atol=1e-4, rtol=0)
+
+
+def test_resized_crop_flip_probability():
+    x = _images(4000, 1, 6)
+    y = RandomResizedCrop(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.5)(x, _gen(0))
+    same = (y - x).abs().flatten(1).amax(1) < 1e-5
+    flipped = (y - x.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+    assert bool((same ^ flipped).all())  # every sample is exactly one of the two
+    assert abs(flipped.float().mean().item() - 0.5) < 0.04
+
+
+def test_horizontal_flip_probability():
+    x = _images(4000, 1, 5)
+    y = RandomHorizontalFlip(0.5)(x, _gen(1))
+    flipped = torch.isclose(y, x.flip(-1)).flatten(1).all(1)
+    assert bool((flipped | torch.isclose(y, x).flatten(1).all(1)).all())
+    assert abs(flipped.float().mean().item() - 0.5) < 0.04
+
+
+def test_crop_boxes_within_scale_and_ratio():
+    x = torch.zeros(20000, 1, 32, 32)
+    top, left, h, w = RandomResizedCrop().sample_boxes(x, _gen(0))
+    area = h * w / (32 * 32)
+    assert area.min() >= 0.2 - 1e-5 and area.max() <= 1 + 1e-5
+    aspect = w / h
+    assert aspect.min() >= 0.75 - 1e-5 and aspect.max() <= 4 / 3 + 1e-5
+    assert top.min() >= 0 and left.min() >= 0
+    assert (top + h).max() <= 32 + 1e-4 and (left + w).max() <= 32 + 1e-4
+    # the area distribution spans the whole range (uniform draws, truncated by fitting)
+    assert area.min() < 0.25 and area.max() > 0.95
+
+
+def test_crop_boxes_fallback_when_nothing_fits():
+    # ratio range excludes the (square) image and every box is too wide: fallback = centred, clipped to the ratio
+    x = torch.zeros(50, 1, 16, 16)
+    top, left, h, w = RandomResizedCrop(scale=(1.0, 1.0), ratio=(2.0, 2.0)).sample_boxes(x, _gen(0))
+    torch.testing.assert_close(w, torch.full((50,), 16.0))
+    torch.testing.assert_close(h, torch.full((50,), 8.0))
+    torch.testing.assert_close(top, torch.full((50,), 4.0))
+
+
+def test_resized_crop_content_is_the_box():
+    # a linear ramp image: bilinear resampling of a box reproduces the ramp restricted to the box exactly
+    S = 16
+    ramp = ((torch.arange(S, dtype=torch.float32) + 0.5) / S).view(1, 1, 1, S).expand(3, 1, S, S).contiguous()
+    rrc = RandomResizedCrop(flip_p=0.0)
+    top, left, h, w = rrc.sample_boxes(ramp, _gen(5))
+    y = rrc(ramp, _gen(5))
+    centres = (torch.arange(S, dtype=torch.float32) + 0.5) / S
+    for b in range(3):
+        xs = (left[b] + centres * w[b]).clamp(0.5, S - 0.5) / S  # border padding clamps to edge pixel centres
+        torch.testing.assert_close(y[b, 0, 0], xs, atol=1e-5, rtol=0)
+
+
+def test_supervised_crop_is_padded_shift():
+    p, S = 4, 32
+    x = _images(64, 3, S, seed=2) + 0.1  # no zeros inside the image
+    y = RandomCrop(p)(x, _gen(0))
+    xp = torch.nn.functional.pad(x, (p, p, p, p))
+    offsets = set()
+    for b in range(64):
+        found = [
+            (i, j)
+            for i in range(2 * p + 1)
+            for j in range(2 * p + 1)
+            if torch.equal(y[b], xp[b, :, i : i + S, j : j + S])
+        ]
+        assert len(found) == 1
+        offsets.add(found[0])
+    assert len(offsets) > 20  # offsets vary over the 81 possibilities
+    assert torch.equal(RandomCrop(0)(x, _gen(0)), x)
+
+
+def test_supervised_no_flip_no_padding_is_identity():
+    x = _images(4, 1, 28)
+    aug = build_augmentation("supervised", 28, 1, MEAN1, STD1, flip=False, padding=0)
+    assert torch.equal(aug(x, _gen(0)), build_eval_transform(MEAN1, STD1)(x))
+    assert build_augmentation("supervised", 32, 3, MEAN3, STD3).transforms[0].padding == 4
+    assert build_augmentation("supervised", 28, 1, MEAN1, STD1).transforms[0].padding == 3
+
+
+@pytest.mark.parametrize("preset", ["supervised", "contrastive"])
+@pytest.mark.parametrize("channels,size,mean,std", SETTINGS)
+def test_seeded_reproducibility(preset, channels, size, mean, std):
+    aug = build_augmentation(preset, size, channels, mean, std)
+    x = _images(16, channels, size)
+    a = aug(x, generator=_gen(7))
+    b = aug(x, generator=_gen(7))
+    c = aug(x, generator=_gen(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    torch.manual_seed(3)
+    d = aug(x)
+    torch.manual_seed(3)
+    assert torch.equal(d, aug(x))
+
+
+def test_grayscale_equal_channels():
+    x = _images(32, 3, 8)
+    y = RandomGrayscale(p=1.0)(x, _gen(0))
+    assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])
+    torch.testing.assert_close(y[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+    # in the contrastive pipeline with p = 0.2: about a fifth of the samples are grey, the rest are not
+    aug = build_augmentation("contrastive", 8, 3, 0.5, 0.25, jitter_p=0.0)
+    x = _images(3000, 3, 8)
+    y = aug(x, _gen(1))
+    grey = ((y[:, 0] - y[:, 1]).abs().amax((1, 2)) < 1e-6) & ((y[:, 1] - y[:, 2]).abs().amax((1, 2)) < 1e-6)
+    assert abs(grey.float().mean().item() - 0.2) < 0.04
+
+
+def test_shift_hue_matches_colorsys():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 4, 4)
+    x[0, :, 0, 0] = 0.5  # a grey pixel
+    x[1, :, 0, 0] = torch.tensor([0.2, 0.9, 0.9])  # ties between channels
+    shifts = torch.tensor([0.1, -0.07, 0.0]).view(3, 1, 1)
+    y = _shift_hue(x, shifts)
+    for b in range(3):
+        for i in range(4):
+            for j in range(4):
+                h, s, v = colorsys.rgb_to_hsv(*x[b, :, i, j].tolist())
+                ref = colorsys.hsv_to_rgb((h + shifts[b].item()) % 1.0, s, v)
+                torch.testing.assert_close(y[b, :, i, j], torch.tensor(ref), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_shift_hue(x, torch.ones(3, 1, 1)), x, atol=1e-5, rtol=0)
+
+
+def test_color_jitter_per_sample_factors():
+    x = 0.5 * _images(500, 3, 4) + 0.05  # values in [0.05, 0.55]: brightness ≤ 1.4 never clips
+    y = ColorJitter(0.4, 0.0, 0.0, 0.0, p=1.0)(x, _gen(0))
+    ratio = (y / x).flatten(1)
+    torch.testing.assert_close(ratio.amin(1), ratio.amax(1), atol=1e-5, rtol=1e-5)  # one factor per sample
+    factors = ratio[:, 0]
+    assert factors.min() >= 0.6 - 1e-5 and factors.max() <= 1.4 + 1e-5
+    assert factors.std() > 0.15  # ≈ 0.8/sqrt(12) = 0.23
+    # p: about 80 % of the samples change
+    changed = (ColorJitter(p=0.8)(x, _gen(1)) - x).abs().flatten(1).amax(1) > 0
+    assert abs(changed.float().mean().item() - 0.8) < 0.06
+    # grayscale input: brightness/contrast only
+    g = _images(10, 1, 6)
+    assert ColorJitter(0.4, 0.4, 0.0, 0.0, p=1.0)(g, _gen(0)).shape == g.shape
+    with pytest.raises(ValueError, match="3-channel"):
+        ColorJitter()(g)
+
+
+def test_contrastive_grayscale_has_no_colour_ops():
+    aug = build_augmentation("contrastive", 28, 1, MEAN1, STD1)
+    kinds = [type(t).__name__ for t in aug.transforms]
+    assert kinds == ["RandomResizedCrop", "ColorJitter"]
+    assert aug.transforms[1].saturation == 0 and aug.transforms[1].hue == 0
+    colour = build_augmentation("contrastive", 32, 3, MEAN3, STD3)
+    assert [type(t).__name__ for t in colour.transforms] == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale"]
+
+
+def test_views_order_and_shape():
+    aug = build_augmentation("contrastive", 32, 3, MEAN3, STD3)
+    x = _images(5, 3, 32)
+    v = views(aug, x, 2, generator=_gen(4))
+    g = _gen(4)
+    expected = torch.cat([aug(x, g), aug(x, g)])
+    assert v.shape == (10, 3, 32, 32) and torch.equal(v, expected)
+    assert not torch.equal(v[:5], v[5:])
+    assert torch.equal(aug.views(x, 3, generator=_gen(4))[:10], v)
+    assert torch.equal(TwoViews(aug)(x, _gen(4)), v)
+
+
+def test_batch_of_one_all_transforms():
+    x = _images(1, 3, 9)
+    for t in (RandomCrop(2), RandomHorizontalFlip(), RandomResizedCrop(), ColorJitter(p=1.0), RandomGrayscale(1.0)):
+        assert t(x, _gen(0)).shape == (1, 3, 9, 9)
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="contrastive"):
+        build_augmentation("contrastiv", 32, 3, MEAN3, STD3)
+    with pytest.raises(ConfigError, match="flip"):
+        build_augmentation("supervised", 32, 3, MEAN3, STD3, flipp=True)
+    with pytest.raises(ConfigError, match="3 values"):
+        build_augmentation("none", 28, 1, MEAN3, STD3)
+    aug = build_augmentation("none", 28, 1, MEAN1, STD1)
+    with pytest.raises(ValueError, match="channel"):
+        aug(torch.rand(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        aug(torch.rand(28, 28))
+    with pytest.raises(ConfigError):
+        RandomResizedCrop(scale=(0.0, 1.0))
+    assert math.isclose(build_augmentation("contrastive", 32, 3, MEAN3, STD3).transforms[0].ratio[0], 0.75)

@@ -1,0 +1,217 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from protosphere.errors import ConfigError
+from protosphere.models import (
+    BACKBONES,
+    FixedPrototypeClassifier,
+    LinearClassifier,
+    MixtureOfExperts,
+    Predictor,
+    ProjectionHead,
+    build_backbone,
+    count_parameters,
+    to_channels_last,
+)
+
+EXPECTED_DIM = {"mlp": 100, "small_cnn": 256, "resnet18": 512, "resnet18_reduced": 160}
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_out_dim(name, channels, size):
+    torch.manual_seed(0)
+    net = build_backbone(name, channels, size)
+    assert net.out_dim == EXPECTED_DIM[name]
+    out = net(torch.rand(2, channels, size, size))
+    assert out.shape == (2, net.out_dim) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18_reduced", "small_cnn"])
+def test_out_dim_64(name):
+    net = build_backbone(name, 3, 64).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 64, 64)).shape == (1, EXPECTED_DIM[name])
+
+
+@pytest.mark.parametrize("size", [8, 9, 13, 28])
+def test_small_cnn_any_size(size):
+    net = build_backbone("small_cnn", 1, size)
+    assert net(torch.rand(2, 1, size, size)).shape == (2, 256)
+
+
+def test_parameter_counts():
+    small = count_parameters(build_backbone("small_cnn", 1, 28))
+    assert 0.4e6 * 0.85 <= small <= 0.4e6 * 1.15
+    assert 0.4e6 * 0.85 <= count_parameters(build_backbone("small_cnn", 3, 32)) <= 0.4e6 * 1.15
+    full = count_parameters(build_backbone("resnet18", 3, 32))
+    assert abs(full - 11.17e6) / 11.17e6 < 0.01
+    reduced = count_parameters(build_backbone("resnet18_reduced", 3, 32))
+    assert abs(reduced - 1.09e6) / 1.09e6 < 0.02
+
+
+def test_mlp_is_mammoth_network():
+    net = build_backbone("mlp", 1, 28)
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 100), (100, 100)]
+    assert count_parameters(nn.Sequential(net, LinearClassifier(net.out_dim, 10))) == 89610  # Mammoth MNISTMLP
+    custom = build_backbone("mlp", 1, 28, hidden=(256, 64, 32))
+    assert custom.out_dim == 32 and custom(torch.rand(3, 1, 28, 28)).shape == (3, 32)
+    # any (B, C, H, W) with the right number of elements per row
+    assert net(torch.rand(4, 784)).shape == (4, 100)
+
+
+def test_resnet_structure():
+    net = build_backbone("resnet18", 3, 64)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    blocks = [len(getattr(net, f"layer{i}")) for i in range(1, 5)]
+    assert blocks == [2, 2, 2, 2]
+    assert build_backbone("resnet18", 3, 32, nf=20).out_dim == 160
+    assert build_backbone("resnet18", 3, 64, stem_stride=2).conv1.stride == (2, 2)
+
+
+@pytest.mark.parametrize("name,channels,size", [("small_cnn", 1, 28), ("small_cnn", 3, 32), ("resnet18_reduced", 3, 32)])
+def test_channels_last_matches_contiguous(name, channels, size):
+    torch.manual_seed(0)
+    net = build_backbone(name, channels, size)
+    x = torch.rand(4, channels, size, size)
+    fast = to_channels_last(build_backbone(name, channels, size))
+    fast.load_state_dict(net.state_dict())
+    assert fast.channels_last
+    assert any(
+        m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+        for m in fast.modules()
+        if isinstance(m, nn.Conv2d) and m.in_channels > 1
+    )
+    torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)  # train mode (batch statistics)
+    net.eval()
+    fast.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+def test_channels_last_noop_for_mlp():
+    net = build_backbone("mlp", 1, 28)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert to_channels_last(net) is net
+    assert not hasattr(net, "channels_last")
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_gradients_flow(name):
+    torch.manual_seed(0)
+    channels, size = (1, 28) if name in ("mlp", "small_cnn") else (3, 16)
+    kwargs = {"nf": 8} if name == "resnet18" else {}  # same code path as nf=64, faster
+    net = build_backbone(name, channels, size, **kwargs)
+    head = LinearClassifier(net.out_dim, 5)
+    loss = F.cross_entropy(head(net(torch.rand(4, channels, size, size))), torch.arange(4))
+    loss.backward()
+    for pname, p in list(net.named_parameters()) + list(head.named_parameters()):
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+    assert sum(float(p.grad.abs().sum()) for p in net.parameters()) > 0
+
+
+def test_build_backbone_errors():
+    with pytest.raises(ConfigError, match="small_cnn"):
+        build_backbone("small_cn", 1, 28)
+    with pytest.raises(ConfigError, match="width"):
+        build_backbone("resnet18", 3, 32, width=3)
+    with pytest.raises(ConfigError, match="image_size"):
+        build_backbone("small_cnn", 1, 4)
+
+
+def test_count_parameters_trainable_only():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    assert count_parameters(net) == 16 + 10
+    net[0].requires_grad_(False)
+    assert count_parameters(net, trainable_only=True) == 10
+
+
+# --------------------------------------------------------------------------------------------------------- heads
+def _layer_types(module):
+    return [type(m) for m in module.net]
+
+
+def test_projection_head():
+    head = ProjectionHead(512, 512, 128)
+    assert _layer_types(head) == [nn.Linear, nn.ReLU, nn.Linear]
+    assert head(torch.randn(3, 512)).shape == (3, 128)
+    bn = ProjectionHead(512, 2048, 128, batch_norm=True)
+    assert _layer_types(bn) == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert bn.net[0].out_features == 2048 and bn(torch.randn(3, 512)).shape == (3, 128)
+    assert _layer_types(ProjectionHead(8, 16, 4, num_layers=1)) == [nn.Linear]
+    three = ProjectionHead(8, 16, 4, num_layers=3)
+    assert _layer_types(three) == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    with pytest.raises(ConfigError):
+        ProjectionHead(8, 16, 4, num_layers=0)
+
+
+def test_predictor():
+    pred = Predictor(128)
+    assert _layer_types(pred) == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert pred.net[0].out_features == 2048
+    assert pred(torch.randn(5, 128)).shape == (5, 128)
+
+
+def test_linear_classifier():
+    clf = LinearClassifier(10, 3)
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(clf(x), x @ clf.weight.T + clf.fc.bias)
+
+
+def test_fixed_prototype_classifier():
+    torch.manual_seed(0)
+    protos = F.normalize(torch.randn(5, 8), dim=1)
+    clf = FixedPrototypeClassifier(protos)
+    assert count_parameters(clf) == 0 and list(clf.parameters()) == []
+    assert "prototypes" in clf.state_dict()
+    x = torch.randn(6, 8, requires_grad=True)
+    logits = clf(x)
+    torch.testing.assert_close(logits, F.normalize(x, dim=1) @ protos.T)
+    torch.testing.assert_close(clf(3.0 * x), logits)  # scale invariant
+    logits.sum().backward()
+    assert x.grad is not None
+    protos[0] = 0.0  # the classifier keeps its own copy
+    assert clf.prototypes[0].abs().sum() > 0
+    new = F.normalize(torch.randn(5, 8), dim=1)
+    clf.set_prototypes(new)
+    torch.testing.assert_close(clf.prototypes, new)
+    with pytest.raises(ValueError):
+        clf.set_prototypes(torch.randn(4, 8))
+
+
+def test_mixture_of_experts():
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(16, 8, num_experts=3, hidden_dim=32)
+    x = torch.randn(7, 16)
+    out = moe.forward_all(x)
+    assert out.experts.shape == (7, 3, 8) and out.gate.shape == (7, 3) and out.output.shape == (7, 8)
+    torch.testing.assert_close(out.gate.sum(1), torch.ones(7))
+    assert (out.gate >= 0).all()
+    manual = sum(out.gate[:, e : e + 1] * moe.experts[e](x) for e in range(3))
+    torch.testing.assert_close(out.output, manual)
+    torch.testing.assert_close(moe(x), out.output)
+    moe(x).pow(2).sum().backward()
+    for name, p in moe.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_mixture_of_experts_add_expert():
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(16, 8, num_experts=1, hidden_dim=32)
+    x = torch.randn(5, 16)
+    before_expert = moe.experts[0](x).detach()
+    before_logits = moe.gate(x).detach()
+    assert moe.add_expert() == 1 and moe.num_experts == 2
+    out = moe.forward_all(x)
+    assert out.experts.shape == (5, 2, 8) and out.gate.shape == (5, 2)
+    torch.testing.assert_close(out.experts[:, 0], before_expert)
+    torch.testing.assert_close(moe.gate(x)[:, :1], before_logits)
+    torch.testing.assert_close(out.gate.sum(1), torch.ones(5))
+    assert count_parameters(moe) == 2 * count_parameters(moe.experts[0]) + 16 * 2 + 2
