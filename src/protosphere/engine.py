@@ -9,6 +9,11 @@ replay buffer, past-model snapshots, queues), optimiser, RNG states, progress an
 written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, and are
 read with ``weights_only=True``. Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved
 state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
+Under DDP a checkpoint also holds every rank's own state (RNG states, replay buffers), gathered to rank 0, and
+``metrics.csv`` is cut back to what it held at the checkpoint, so a resumed run logs every step once.
+
+Under DDP ``train.batch_size`` is the global batch: each rank trains on its own slice of it and methods see the
+global batch through ``gather`` (see :mod:`protosphere.distributed` for why no loss scaling is needed).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from lightning_fabric import Fabric
 
 from . import __version__
 from .config import RunConfig, dump_config
-from .errors import RunError
+from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
+from .errors import ConfigError, RunError
 from .losses._checks import set_validation
 from .methods.base import Method, StepContext, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
@@ -63,12 +69,15 @@ class MetricsLog:
 
     FIELDS = ("time", "task", "epoch", "step", "split", "name", "value")
 
-    def __init__(self, path: Path, enabled: bool = True, append: bool = False):
+    def __init__(self, path: Path, enabled: bool = True, append: bool = False, truncate_to: int | None = None):
         self.enabled = enabled
         self.start = time.time()
         if not enabled:
             return
         new = not (append and path.exists())
+        if not new and truncate_to is not None and path.stat().st_size > truncate_to:
+            with open(path, "r+b") as f:  # drop rows logged after the checkpoint we resume from
+                f.truncate(truncate_to)
         self.file = open(path, "a" if not new else "w", newline="")
         self.writer = csv.writer(self.file)
         if new:
@@ -85,6 +94,9 @@ class MetricsLog:
                                   name, f"{float(value):.6g}"))
         self.file.flush()
 
+    def tell(self) -> int | None:
+        return self.file.tell() if self.enabled else None
+
     def close(self) -> None:
         if self.enabled:
             self.file.close()
@@ -96,15 +108,24 @@ class Engine:
         self.run_dir = Path(run_dir)
         self.fabric = fabric
         self.console = console
-        self.show_progress = show_progress and fabric.is_global_zero
+        self.show_progress = show_progress and fabric is not None and fabric.is_global_zero
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
     # ----------------------------------------------------------------------------------------------------------
     def fit(self, scenario, method: Method, resume: dict | None = None) -> dict:
         cfg, fabric = self.config, self.fabric
         device = fabric.device
-        if fabric.world_size > 1:
-            method.gather = lambda tensor: fabric.all_gather(tensor, sync_grads=True).flatten(0, 1)
+        rank, world_size = fabric.global_rank, fabric.world_size
+        if world_size > 1:
+            if cfg.train.batch_size % world_size:
+                raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be divisible "
+                                  f"by the number of processes ({world_size}); use a multiple of {world_size}.")
+            method.gather = gather_with_grad(fabric)
+            if resume is None and rank > 0:  # independent augmentations per rank (rank 0 keeps the 1-process stream)
+                torch.manual_seed(cfg.seed + 1_000_003 * rank)
+        if resume is not None and resume.get("world_size", 1) != world_size:
+            raise RunError(f"The checkpoint was written by {resume.get('world_size', 1)} process(es) and this run has "
+                           f"{world_size}; resume with the same fabric.devices and fabric.num_nodes.")
         method = method.to(device)
         model = fabric.setup_module(method)
         model.mark_forward_method("training_step")
@@ -119,9 +140,7 @@ class Engine:
         if state.get("phase") == "task_done":
             start_task += 1
         if state.get("method") is not None and not in_task:
-            method.load_state_dict(state["method"])
-        if state.get("rng") is not None and not in_task:
-            torch.set_rng_state(state["rng"]["torch"])
+            self._restore(state, method)
 
         def task_context(t: int) -> TaskContext:
             task = scenario.tasks[t]
@@ -132,7 +151,9 @@ class Engine:
                 previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]],
             )
 
-        log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None)
+        log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None,
+                         truncate_to=state.get("metrics_bytes"))
+        self._log = log
         if results["random_init"] is None and cfg.eval.random_init_baseline:
             # the untrained model under the same classifiers (fitted on task 0 where they need data): FWT's b_j
             results["random_init"] = self.evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1,
@@ -148,9 +169,8 @@ class Engine:
                 method.begin_task(context)
                 optimizer = fabric.setup_optimizers(build_optimizer(cfg.optimizer, method.parameters()))
                 if in_task and t == start_task:
-                    method.load_state_dict(state["method"])
+                    self._restore(state, method)
                     optimizer.load_state_dict(state["optimizer"])
-                    torch.set_rng_state(state["rng"]["torch"])
                 images, labels = method.training_data(context)
                 images, labels = images.to(device), labels.to(device)
                 epochs = cfg.train.epochs_for(t)
@@ -162,31 +182,32 @@ class Engine:
                 task_start, seen_images = time.perf_counter(), 0
                 bar = progress.add_task(f"task {t + 1}/{scenario.num_tasks}", total=total, completed=first,
                                         loss="", speed="") if progress else None
-                nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)
+                nonfinite: dict = {}  # term names -> step at which each first became non-finite (-1: never)
                 for step in range(first, total):
                     epoch, index = divmod(step, steps_per_epoch)
                     if index == 0 or step == first:
-                        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(
-                            cfg.seed * 1_000_003 + t * 1009 + epoch)).to(device)
-                    rows = order[index * batch : (index + 1) * batch]
+                        order = epoch_order(cfg.seed, t, epoch, len(labels)).to(device)
+                    rows = shard_rows(order[index * batch : (index + 1) * batch], rank, world_size)
                     x = images[rows].float().div_(255)
                     if cfg.model.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, steps_per_epoch))
                     ctx = StepContext(task=t, epoch=epoch, step=step, steps_in_task=total, global_step=global_step)
                     output = model.training_step(x, labels[rows], ctx)
-                    if global_step == 0:
-                        set_validation(False)  # the first step checked every loss input; later steps skip syncs
-                    nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(output.loss.detach()),
-                                               torch.tensor(step, device=device), nonfinite_at)
+                    set_validation(False)  # the first step checked every loss input; later steps skip syncs
+                    self._track_finite(nonfinite, output, step)
                     optimizer.zero_grad(set_to_none=True)
                     fabric.backward(output.loss)
                     optimizer.step()
                     global_step += 1
-                    seen_images += len(rows)
+                    seen_images += len(rows) * world_size
                     last = step == total - 1
+                    every = cfg.train.checkpoint_every_n_steps
+                    save = bool(every) and (step + 1) % every == 0 and not last
+                    if save:
+                        self._check_finite(nonfinite, t)  # never checkpoint a model that saw a NaN/inf loss
                     if (step + 1) % cfg.train.log_every_n_steps == 0 or last:
-                        self._check_finite(nonfinite_at, output, t)
+                        self._check_finite(nonfinite, t)
                         terms = {"loss": float(output.loss.detach()), **{k: float(v) for k, v in output.terms.items()}}
                         speed = seen_images / max(1e-9, time.perf_counter() - task_start)
                         log.log("train", {**terms, "lr": optimizer.param_groups[0]["lr"], "img_per_s": speed},
@@ -195,8 +216,7 @@ class Engine:
                             progress.update(bar, completed=step + 1, loss=f"loss {terms['loss']:.4f}",
                                             speed=f"{speed:,.0f} img/s",
                                             description=f"task {t + 1}/{scenario.num_tasks} epoch {epoch + 1}/{epochs}")
-                    every = cfg.train.checkpoint_every_n_steps
-                    if every and (step + 1) % every == 0 and not last:
+                    if save:
                         self._save("last.ckpt", method, optimizer, results, t, "in_task", step + 1, global_step)
                 train_time = time.perf_counter() - task_start
                 method.end_task(context)
@@ -233,16 +253,52 @@ class Engine:
         return results
 
     # ----------------------------------------------------------------------------------------------------------
-    def _check_finite(self, nonfinite_at: torch.Tensor, output, task: int) -> None:
-        step = int(nonfinite_at)
-        if step < 0:
+    @staticmethod
+    def _track_finite(nonfinite: dict, output, step: int) -> None:
+        """Record, without a host sync, the first step at which the loss or each of its terms is NaN/inf."""
+        names = ("loss", *output.terms)
+        values = torch.stack([output.loss.detach().float().reshape(()),
+                              *(v.detach().float().reshape(()) for v in output.terms.values())])
+        first = nonfinite.get(names)
+        if first is None:
+            first = nonfinite[names] = torch.full((len(names),), -1, dtype=torch.long, device=values.device)
+        nonfinite[names] = torch.where((first < 0) & ~torch.isfinite(values), step, first)
+
+    def _check_finite(self, nonfinite: dict, task: int) -> None:
+        bad: dict[str, int] = {}
+        for names, first in nonfinite.items():
+            if self.fabric.world_size > 1:  # every rank stops together, at the earliest bad step of any rank
+                never = torch.iinfo(torch.long).max
+                first = self.fabric.all_reduce(torch.where(first < 0, never, first),
+                                               reduce_op=torch.distributed.ReduceOp.MIN)
+                first = torch.where(first == never, -1, first)
+            for name, step in zip(names, first.tolist()):
+                if step >= 0:
+                    bad[name] = min(step, bad.get(name, step))
+        if not bad:
             return
-        bad = [name for name, value in output.terms.items() if not torch.isfinite(value).all()]
-        terms = f" (non-finite terms now: {', '.join(bad)})" if bad else ""
+        step = min(bad.values())
+        terms = [name for name, s in bad.items() if s == step and name != "loss"] or ["loss"]
+        good = self.checkpoint_dir / "last.ckpt"
+        kept = f"the last good checkpoint {good} is kept" if good.exists() else "no checkpoint was written yet"
         raise RunError(
-            f"The loss became NaN/inf at task {task}, step {step}{terms}; the last good checkpoint in "
-            f"{self.checkpoint_dir} is kept — lower optimizer.lr or check the data, then rerun or --resume."
+            f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); {kept} — "
+            f"lower optimizer.lr or check the data, then rerun or --resume."
         )
+
+    def _restore(self, state: dict, method: Method) -> None:
+        """Load a checkpoint's method state and this rank's own state (RNG, replay buffers) over ``method``."""
+        device = self.fabric.device
+        method.load_state_dict(state["method"])
+        own = state["ranks"][self.fabric.global_rank] if state.get("ranks") else None
+        if own is not None:
+            for name, obj_state in own["tracked"].items():
+                method._tracked[name].load_state_dict(obj_state)
+        for obj in method._tracked.values():  # checkpoints load on the CPU; stored tensors belong on the device
+            data = getattr(obj, "data", None)
+            if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+                obj.data = {key: value.to(device) for key, value in data.items()}
+        set_rng_state((own or state)["rng"], device)
 
     def _progress(self):
         if not self.show_progress:
@@ -258,15 +314,23 @@ class Engine:
         return progress
 
     def _save(self, name: str, method, optimizer, results, task: int, phase: str, step: int, global_step: int):
+        device = self.fabric.device
         state = {
             "version": CHECKPOINT_VERSION,
             "fingerprint": config_fingerprint(self.config),
             "method": method.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": rng_state(device),
             "task": task, "phase": phase, "step": step, "global_step": global_step,
             "results": json.loads(json.dumps(results)),
+            "world_size": self.fabric.world_size,
+            "metrics_bytes": self._log.tell() if getattr(self, "_log", None) is not None else None,
         }
+        if self.fabric.world_size > 1:  # what differs between ranks: RNG streams and replay buffers
+            state["ranks"] = gather_objects(self.fabric, {
+                "rng": rng_state(device),
+                "tracked": {name: obj.state_dict() for name, obj in method._tracked.items()},
+            })
         if self.fabric.is_global_zero:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             atomic_torch_save(state, self.checkpoint_dir / name)
@@ -335,6 +399,11 @@ class Engine:
         metrics = neural_collapse(features, remap[labels], weights)
         method.train(was_training)
         return {"split": "test", "classes": len(seen), **metrics}
+
+
+def epoch_order(seed: int, task: int, epoch: int, size: int) -> torch.Tensor:
+    """The shuffled row order of one epoch of one task (the same on every rank; each takes its slice of a batch)."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + task * 1009 + epoch))
 
 
 def environment() -> dict:

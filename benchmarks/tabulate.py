@@ -1,0 +1,56 @@
+"""Mean ± std over seeds of finished runs, one row per config, as a Markdown table with the command behind each row.
+
+    python benchmarks/tabulate.py RUNS_DIR CONFIG.yaml [CONFIG.yaml ...]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def fmt(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def main(argv) -> int:
+    runs, configs = Path(argv[0]), argv[1:]
+    rows, environment = [], None
+    for config in configs:
+        stem = Path(config).stem
+        results = [json.loads(p.read_text()) for p in sorted(runs.glob(f"{stem}-seed*/results.json"))]
+        results = [r for r in results if r.get("status") == "complete"]
+        if not results:
+            rows.append(f"| {stem} | (no finished run) | | | | | |")
+            continue
+        environment = environment or results[0]["environment"]
+        head = results[0]["headline_classifier"]
+        get = lambda r, s, k: r["metrics"][head].get(s, {}).get(k)  # noqa: E731
+        seeds = ",".join(str(r["seed"]) for r in results)
+        minutes = statistics.mean(r["timings"]["total_s"] for r in results) / 60
+        rows.append(
+            f"| {stem} | {fmt([get(r, 'class_il', 'final_average_accuracy') for r in results])} "
+            f"| {fmt([get(r, 'task_il', 'final_average_accuracy') for r in results])} "
+            f"| {fmt([get(r, 'class_il', 'average_incremental_accuracy') for r in results])} "
+            f"| {fmt([get(r, 'class_il', 'average_forgetting') for r in results])} "
+            f"| {len(results)} ({seeds}) | {minutes:.1f} "
+            f"| `protosphere run {config} seed=S fabric.threads=1` |"
+        )
+    print("| config | class-IL final avg acc (%) | task-IL final avg acc (%) | class-IL avg incremental acc (%) "
+          "| class-IL forgetting | seeds | min/run | command |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if environment:
+        print(f"\nMachine: {environment['cpu']} ({environment['cpu_count']} cores; each run single-threaded, two "
+              f"runs at a time), torch {environment['torch']}, python {environment['python']}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
