@@ -1,11 +1,11 @@
-"""Train-step throughput of every method next to the bare backbone, measured side by side in one run.
+"""Train-step throughput (img/s) of every method next to the bare backbone, measured side by side in one run.
 
 For each method, a task-1 state is prepared (task 0 trained for a few steps, so replay buffers are full and past-model
 snapshots exist); then ``--steps`` full training steps (augmentation, replay, distillation, loss, backward, SGD step)
-are timed on the same batches as a "bare" step: the same backbone + linear head, one forward/backward of the stream
-batch without augmentation, plus the SGD step. Timings interleave the two (bare, method, bare, method, ...) so that
-machine load affects both alike; the ratio method/bare is the method's overhead (ER/DER++ also push the replay batch
-through the network, so ~2× is their floor).
+are timed on the same batches as two "bare" steps: the same backbone + a linear head, forward/backward of the stream
+batch without augmentation (1 view) or of the batch twice (2 views), plus the SGD step. Timings interleave the three
+so that machine load affects all alike; the ratio method/bare is the method's overhead (ER/DER++ also push the replay
+batch through the network, so ~2× the 1-view step is their floor; two-view methods compare with the 2-view step).
 
     python benchmarks/throughput.py [--batch-size 256] [--steps 20] [--methods er der++ ...] [--out FILE]
 """
@@ -86,26 +86,38 @@ def bench_method(name: str, scenario, args, device) -> dict:
         loss.backward()
         bare_optimizer.step()
 
+    def bare_two_view_step(x, y):
+        both = torch.cat([x, x])
+        loss = F.cross_entropy(bare_head(method.backbone(normalize(both))), torch.cat([y, y]))
+        bare_optimizer.zero_grad()
+        loss.backward()
+        bare_optimizer.step()
+
+    total = args.steps + args.warmup
+
     def method_step(x, y, i):
-        out = method.training_step(x, y, StepContext(1, 0, i, args.steps, i))
+        out = method.training_step(x, y, StepContext(1, 0, i, total, i))
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
 
-    bare_times, method_times = [], []
+    bare_times, bare2_times, method_times = [], [], []
     data = list(batches(second, args.batch_size, args.steps + args.warmup, seed=2))
     for i, (x, y) in enumerate(data):
-        start = time.perf_counter()
+        t0 = time.perf_counter()
         bare_step(x, y)
-        middle = time.perf_counter()
+        t1 = time.perf_counter()
+        bare_two_view_step(x, y)
+        t2 = time.perf_counter()
         method_step(x, y, i)
-        end = time.perf_counter()
+        t3 = time.perf_counter()
         if i >= args.warmup:
-            bare_times.append(middle - start)
-            method_times.append(end - middle)
-    bare, meth = statistics.median(bare_times), statistics.median(method_times)
-    return {"method": name, "bare_img_s": args.batch_size / bare, "method_img_s": args.batch_size / meth,
-            "ratio": meth / bare}
+            bare_times.append(t1 - t0)
+            bare2_times.append(t2 - t1)
+            method_times.append(t3 - t2)
+    bare, bare2, meth = (statistics.median(t) for t in (bare_times, bare2_times, method_times))
+    return {"method": name, "bare_img_s": args.batch_size / bare, "bare2_img_s": args.batch_size / bare2,
+            "method_img_s": args.batch_size / meth, "ratio": meth / bare, "ratio2": meth / bare2}
 
 
 def main(argv=None) -> int:
@@ -131,12 +143,15 @@ def main(argv=None) -> int:
         f"# machine: {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
         f"gpu: {env['gpu']}, torch {env['torch']}, python {platform.python_version()}",
         f"# command: python benchmarks/throughput.py {' '.join(sys.argv[1:])}".rstrip(),
-        f"{'method':<12} {'bare img/s':>11} {'method img/s':>13} {'ratio':>7}",
+        "# bare = backbone + linear head forward/backward + SGD step on the stream batch (1 view) or on the batch twice "
+        "(2 views, what two-view methods push through the network); img/s counts stream images",
+        f"{'method':<12} {'bare 1-view':>12} {'bare 2-view':>12} {'method':>9} {'vs 1-view':>10} {'vs 2-view':>10}",
     ]
     print("\n".join(lines), flush=True)
     for name in names:
         row = bench_method(name, scenario, args, device)
-        line = f"{row['method']:<12} {row['bare_img_s']:>11,.0f} {row['method_img_s']:>13,.0f} {row['ratio']:>7.2f}"
+        line = (f"{row['method']:<12} {row['bare_img_s']:>12,.0f} {row['bare2_img_s']:>12,.0f} "
+                f"{row['method_img_s']:>9,.0f} {row['ratio']:>10.2f} {row['ratio2']:>10.2f}")
         print(line, flush=True)
         lines.append(line)
     if args.out:

@@ -1,6 +1,6 @@
 """Mean ± std over seeds of finished runs, one row per config, as a Markdown table with the command behind each row.
 
-    python benchmarks/tabulate.py RUNS_DIR CONFIG.yaml [CONFIG.yaml ...]
+    python benchmarks/summarize_runs.py RUNS_DIR CONFIG.yaml [CONFIG.yaml ...]
 """
 
 from __future__ import annotations
