@@ -18,8 +18,13 @@ def build_fabric(config: RunConfig):
     fc = config.fabric
     if fc.threads is not None:
         torch.set_num_threads(fc.threads)
-    return Fabric(accelerator=fc.accelerator, devices=fc.devices, num_nodes=fc.num_nodes, strategy=fc.strategy,
-                  precision=fc.precision)
+    try:
+        return Fabric(accelerator=fc.accelerator, devices=fc.devices, num_nodes=fc.num_nodes, strategy=fc.strategy,
+                      precision=fc.precision)
+    except (ValueError, RuntimeError, TypeError) as exc:  # e.g. an unknown strategy, more devices than exist
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"Invalid fabric settings (accelerator={fc.accelerator}, devices={fc.devices}, "
+                          f"strategy={fc.strategy}, precision={fc.precision}): {reason}") from None
 
 
 def build_scenario_from_config(config: RunConfig):
@@ -55,20 +60,49 @@ def build_method(config: RunConfig, scenario):
         raise ConfigError(f"method `{config.method.name}`: {exc}") from None
 
 
-def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """The checks of :func:`prepare_run_dir`, without touching anything (so a run that fails later leaves no trace)."""
     if resume and overwrite:
         raise RunError("--resume and --overwrite contradict each other; pass one of them.")
     run_dir = Path(config.output_dir) / config.name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not resume:
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite and not resume:
             raise RunError(
                 f"Output directory {run_dir} already exists; pass --resume to continue that run, --overwrite to "
                 f"replace it, or name=<new name> for a new run."
             )
     elif resume:
         raise RunError(f"Cannot resume: {run_dir} holds no run; start it without --resume.")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"Cannot write to output directory {run_dir} ({existing} is not a directory); choose a "
+                       f"writable output_dir=....")
+    return run_dir
+
+
+def check_same_config(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to resume a run directory whose config.yaml differs from ``config`` in anything that changes numbers."""
+    from .config import read_yaml, validate_config
+    from .engine import config_fingerprint
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    try:
+        saved = validate_config(read_yaml(path), source=str(path))
+    except ConfigError:
+        saved = None
+    if saved is None or config_fingerprint(saved) != config_fingerprint(config):
+        raise RunError(f"The run in {run_dir} was made with a different config; resume with the run's own "
+                       f"{path} and no changed overrides, or start a new run with --overwrite.")
+
+
+def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    run_dir = check_run_dir(config, resume=resume, overwrite=overwrite)
+    if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -106,20 +140,38 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     from .engine import Engine, environment, write_config, write_results
     from .metrics.continual import summarize
 
+    from .distributed import rank_zero_first
+
     started = time.time()
-    run_dir = prepare_run_dir(config, resume=resume, overwrite=overwrite)
-    if resume and (run_dir / "results.json").exists():
+    # Under DDP every process runs this function (torchrun / SLURM start them all; fabric.launch() starts the others
+    # on one machine), so rank 0 alone checks and creates the run directory and the others follow its verdict.
+    fabric = build_fabric(config)
+    fabric.launch()
+    run_dir = Path(config.output_dir) / config.name
+    loaded: dict = {}
+
+    def check() -> bool:
+        check_run_dir(config, resume=resume, overwrite=overwrite)
+        if not resume:
+            return False
+        check_same_config(run_dir, config)
+        if (run_dir / "results.json").exists():
+            return True
+        loaded["state"] = load_checkpoint(run_dir, config)  # validates version and config fingerprint
+        return False
+
+    if rank_zero_first(fabric, check):
         import json
 
         return json.loads((run_dir / "results.json").read_text()), run_dir
-    state = load_checkpoint(run_dir, config) if resume else None
-    write_config(run_dir, config)
+    state = (loaded.get("state") or load_checkpoint(run_dir, config)) if resume else None
 
-    fabric = build_fabric(config)
-    fabric.launch()
+    # everything that can still fail on bad input (data, scenario, method) fails before anything is written
     fabric.seed_everything(config.seed, verbose=False)
     scenario = build_scenario_from_config(config)
     method = build_method(config, scenario)
+    rank_zero_first(fabric, lambda: (prepare_run_dir(config, resume=resume, overwrite=overwrite),
+                                     write_config(run_dir, config)))
     engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress)
     raw = engine.fit(scenario, method, resume=state)
 

@@ -1,0 +1,231 @@
+"""The bad-input catalogue, through the CLI: every problem a user can cause ends with exit status 2, exactly one line on
+stderr starting with ``error:``, and nothing half-written (no results.json, no new run directory for problems found
+before training, existing checkpoints untouched)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protosphere.cli import main
+from protosphere.config import MethodConfig
+from protosphere.methods import _REGISTRY, register
+from protosphere.methods.base import StepOutput, SupervisedMethod
+
+DIGITS = (
+    "data: {dataset: digits, train_fraction: 0.3}\n"
+    "scenario: {num_tasks: 2}\n"
+    "model: {backbone: mlp, mlp_hidden: [16]}\n"
+    "method: {name: finetune}\n"
+    "train: {epochs: 1, batch_size: 16, augmentation: none, log_every_n_steps: 50}\n"
+    "eval: {neural_collapse: false, random_init_baseline: false}\n"
+    "fabric: {threads: 1}\n"
+)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An isolated world: empty PROTOSPHERE_DATA and download cache, a config file and an output folder."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    data.mkdir()
+    cache.mkdir()
+    monkeypatch.setenv("PROTOSPHERE_DATA", str(data))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    config = tmp_path / "cfg.yaml"
+    config.write_text(DIGITS + f"output_dir: {tmp_path / 'runs'}\nname: run\n")
+    return {"tmp": tmp_path, "data": data, "cache": cache, "config": str(config), "run": tmp_path / "runs" / "run"}
+
+
+def fails(capsys, args: list[str]) -> str:
+    """Run the CLI, check exit 2 and one `error:` line on stderr, return that line."""
+    capsys.readouterr()
+    code = main(["run", *args, "--no-progress"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------------- datasets
+def idx_bytes(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_mnist(folder: Path, images: int = 60000, gz: bool = True) -> dict[str, Path]:
+    """The four MNIST files with the right headers (zero pixels; small test split for speed where allowed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"train-images-idx3-ubyte": np.zeros((images, 28, 28)), "train-labels-idx1-ubyte": np.zeros(images),
+              "t10k-images-idx3-ubyte": np.zeros((10, 28, 28)), "t10k-labels-idx1-ubyte": np.zeros(10)}
+    paths = {}
+    for stem, array in arrays.items():
+        path = folder / (stem + (".gz" if gz else ""))
+        payload = idx_bytes(array)
+        path.write_bytes(gzip.compress(payload, compresslevel=1) if gz else payload)
+        paths[stem] = path
+    return paths
+
+
+def test_missing_dataset(env, capsys):
+    line = fails(capsys, [env["config"], "data.dataset=mnist"])
+    assert "MNIST" in line or "mnist" in line
+    assert not env["run"].exists()
+
+
+def test_truncated_gz(env, capsys):
+    paths = write_mnist(env["data"] / "mnist", images=10)
+    data = paths["train-images-idx3-ubyte"].read_bytes()
+    paths["train-images-idx3-ubyte"].write_bytes(data[: len(data) // 2])
+    line = fails(capsys, [env["config"], "data.dataset=mnist"])
+    assert "train-images" in line
+    assert not env["run"].exists()
+
+
+def test_wrong_magic_number(env, capsys):
+    paths = write_mnist(env["data"] / "mnist", images=10, gz=False)
+    raw = bytearray(paths["train-images-idx3-ubyte"].read_bytes())
+    raw[:4] = b"\x12\x34\x56\x78"
+    paths["train-images-idx3-ubyte"].write_bytes(bytes(raw))
+    line = fails(capsys, [env["config"], "data.dataset=mnist"])
+    assert "magic" in line and "train-images" in line
+    assert not env["run"].exists()
+
+
+def test_checksum_mismatch(env, capsys):
+    write_mnist(env["cache"] / "protosphere" / "mnist", images=10)  # the download cache holds only official files
+    line = fails(capsys, [env["config"], "data.dataset=mnist"])
+    assert "MD5" in line or "checksum" in line.lower()
+    assert not env["run"].exists()
+
+
+@pytest.mark.parametrize("dataset,archive", [("cifar10", "cifar-10-python.tar.gz"),
+                                             ("tiny_imagenet", "tiny-imagenet-200.zip")])
+def test_corrupt_archive(env, capsys, dataset, archive):
+    root = env["tmp"] / "archives"
+    root.mkdir()
+    (root / archive).write_bytes(b"PK\x03\x04 this is not a real archive" * 10)
+    line = fails(capsys, [env["config"], f"data.dataset={dataset}", f"data.root={root}"])
+    assert archive in line or str(root) in line
+    assert not env["run"].exists()
+
+
+# --------------------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("override,needle", [
+    ("trian.epochs=2", "did you mean `train`"),
+    ("train.epoch=2", "did you mean `train.epochs`"),
+    ("train.epochs=many", "train.epochs"),
+    ("optimizer.lr=-1", "optimizer.lr"),
+    ("fabric.precision=fp8", "fabric.precision"),
+    ("method.buffer_size=10", "method.buffer_size"),  # finetune has no buffer
+    ("fabric.strategy=warp_drive", "fabric"),
+])
+def test_unknown_or_ill_typed_config(env, capsys, override, needle):
+    line = fails(capsys, [env["config"], override])
+    assert needle in line
+    assert not env["run"].exists()
+
+
+def test_etf_dimension_too_small(env, capsys):
+    from protosphere.geometry import simplex_etf
+
+    with pytest.raises(ValueError, match="9"):
+        simplex_etf(10, 8)
+    if "fnc2" in _REGISTRY:  # digits has 10 classes: the ETF needs projection_dim >= 9
+        line = fails(capsys, [env["config"], "method.name=fnc2", "method.projection_dim=8"])
+        assert "9" in line
+        assert not env["run"].exists()
+
+
+# ------------------------------------------------------------------------------------------------------- scenario
+@pytest.mark.parametrize("override", ["scenario.class_order=[0,0,1,2,3,4,5,6,7,8]",
+                                      "scenario.class_order=[0,1,2,3,4,5,6,7,8,12]",
+                                      "scenario.class_order=[0,1,2]"])
+def test_labels_outside_the_scenario(env, capsys, override):
+    fails(capsys, [env["config"], override])
+    assert not env["run"].exists()
+
+
+def test_empty_task(env, capsys):
+    line = fails(capsys, [env["config"], "scenario.num_tasks=11"])
+    assert "task" in line.lower()
+    assert not env["run"].exists()
+
+
+# ------------------------------------------------------------------------------------------------ output / resume
+def test_output_directory_conflicts(env, capsys):
+    assert main(["run", env["config"], "--no-progress"]) == 0
+    before = snapshot(env["run"])
+    assert "--resume" in fails(capsys, [env["config"]])  # exists: refuse without --resume / --overwrite
+    fails(capsys, [env["config"], "--resume", "--overwrite"])
+    # a changed config must not resume the run, finished or interrupted, and must not touch it
+    assert "different config" in fails(capsys, [env["config"], "--resume", "seed=1"])
+    (env["run"] / "results.json").unlink()
+    before.pop("results.json")
+    assert "different config" in fails(capsys, [env["config"], "--resume", "optimizer.lr=0.5"])
+    assert snapshot(env["run"]) == before
+    other = env["tmp"] / "runs" / "other"
+    assert "holds no run" in fails(capsys, [env["config"], "name=other", "--resume"])
+    assert not other.exists()
+
+
+def test_unwritable_output_directory(env, capsys):
+    blocker = env["tmp"] / "a-file"
+    blocker.write_text("not a folder")
+    line = fails(capsys, [env["config"], f"output_dir={blocker / 'x'}"])
+    assert "output" in line.lower()
+    assert blocker.read_text() == "not a folder"
+
+
+# ----------------------------------------------------------------------------------------------------- NaN / inf
+class NaNConfig(MethodConfig):
+    name: str = "nan_at_step"
+    nan_task: int = 1
+    nan_step: int = 4
+
+
+@pytest.fixture
+def nan_method():
+    @register("nan_at_step")
+    class NaNAtStep(SupervisedMethod):
+        config_class = NaNConfig
+
+        def training_step(self, images, labels, step):
+            loss, _ = self.cross_entropy(images, labels)
+            if (step.task, step.step) == (self.config.nan_task, self.config.nan_step):
+                bad = loss * float("nan")
+                return StepOutput(loss + bad, {"ce": loss.detach(), "exploding": bad.detach()})
+            return StepOutput(loss, {"ce": loss.detach(), "exploding": torch.zeros(())})
+
+    yield
+    _REGISTRY.pop("nan_at_step", None)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(env, capsys, nan_method):
+    line = fails(capsys, [env["config"], "method.name=nan_at_step", "train.checkpoint_every_n_steps=3",
+                          "train.log_every_n_steps=100"])
+    assert "NaN/inf" in line and "task 1, step 4" in line and "exploding" in line and "last.ckpt" in line
+    assert not (env["run"] / "results.json").exists()
+    state = torch.load(env["run"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (state["task"], state["phase"], state["step"]) == (1, "in_task", 3)  # saved before the bad step
+    assert all(torch.isfinite(v).all() for v in state["method"].values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point())
+    assert (env["run"] / "checkpoints" / "task-0.ckpt").exists()
+
+
+def test_absurd_learning_rate(env, capsys):
+    line = fails(capsys, [env["config"], "optimizer.lr=1e30", "optimizer.momentum=0"])
+    assert "NaN/inf" in line and "task 0" in line
+    assert not (env["run"] / "results.json").exists()

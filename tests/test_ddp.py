@@ -1,0 +1,209 @@
+"""DDP on 2 CPU processes (gloo): gathered contrastive losses equal single-process training on the global batch, and
+replay buffers are per rank.
+
+One subprocess runs this file as a script; lightning-fabric's launcher starts the second rank by re-running it. Each
+rank checks, for every contrastive loss and for one method step, that the loss and the parameter gradients after
+DDP's averaging equal the single-process ones on the same global batch (no world-size scaling: the gather's backward
+sums over ranks and DDP averages, see protosphere.distributed). Both ranks then run the real engine through the CLI
+(ER on sklearn digits, fabric.devices=2 fabric.strategy=ddp), and the test checks each rank's replay buffer against
+that rank's own shard of the stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+GLOBAL_BATCH, WORLD = 8, 2
+
+
+# ---------------------------------------------------------------------------------------------------------- worker
+def _compare(fabric, build, loss_fn, inputs):
+    """Loss and averaged gradients of ``loss_fn`` under DDP (local slices, gathered) vs one process (whole batch)."""
+    from protosphere.distributed import gather_with_grad, shard_rows
+
+    torch.manual_seed(0)
+    module = build()
+    reference = copy.deepcopy(module)
+    rows = shard_rows(torch.arange(GLOBAL_BATCH), fabric.global_rank, fabric.world_size)
+    ddp = fabric.setup_module(module)
+    loss = loss_fn(ddp, [x[rows] for x in inputs], gather_with_grad(fabric))
+    fabric.backward(loss)
+    ref_loss = loss_fn(reference, inputs, lambda t: t)
+    ref_loss.backward()
+    loss_err = abs(float(loss) - float(ref_loss))
+    grad_err = max(float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
+                   for p, q in zip(module.parameters(), reference.parameters()))
+    return {"loss": float(ref_loss), "loss_err": loss_err, "grad_err": grad_err}
+
+
+def _loss_checks(fabric) -> dict:
+    from protosphere import losses
+    from protosphere.geometry import simplex_etf
+
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(GLOBAL_BATCH, 6, generator=g), torch.randn(GLOBAL_BATCH, 6, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1, 1, 3, 0])
+    prototypes = simplex_etf(4, 5, seed=0)
+
+    def linear():
+        return torch.nn.Linear(6, 5)
+
+    def embed(m, x):
+        return F.normalize(m(x), dim=1)
+
+    def supcon(m, xs, gather):
+        return losses.supcon(gather(embed(m, xs[0])), gather(xs[1]), temperature=0.5)
+
+    def nt_xent(m, xs, gather):
+        return losses.nt_xent(gather(embed(m, xs[0])), gather(embed(m, xs[1])), temperature=0.5)
+
+    def asymmetric(m, xs, gather):
+        return losses.asymmetric_supcon(gather(embed(m, xs[0])), gather(xs[1]), [1, 3], temperature=0.5)
+
+    def fnc2(m, xs, gather):
+        labels = gather(xs[1])
+        return losses.fnc2(gather(embed(m, xs[0])), labels, prototypes, [0, 1, 2, 3], temperature=0.5,
+                           anchor_mask=labels != 0)
+
+    out = {name: _compare(fabric, linear, fn, inputs) for name, fn, inputs in [
+        ("supcon", supcon, [x1, y]), ("nt_xent", nt_xent, [x1, x2]), ("asymmetric_supcon", asymmetric, [x1, y]),
+        ("fnc2", fnc2, [x1, y])]}
+    out["method_step"] = _method_check(fabric)
+    return out
+
+
+def _method_check(fabric) -> dict:
+    """One training step of a RepresentationMethod whose loss is SupCon on the gathered batch, as the engine runs it."""
+    from protosphere.config import MethodConfig
+    from protosphere.distributed import gather_with_grad, shard_rows
+    from protosphere.losses import supcon
+    from protosphere.methods.base import StepContext, StepOutput, Transforms
+    from protosphere.methods.representation import RepresentationConfig, RepresentationMethod
+    from protosphere.models import build_backbone
+
+    class TinySupCon(RepresentationMethod):
+        def training_step(self, images, labels, step):
+            z = self.gather(self.embed(self.transforms.train(images)))
+            loss = supcon(z, self.gather(labels), temperature=0.5)
+            return StepOutput(loss, {"supcon": loss.detach()})
+
+    torch.manual_seed(0)
+    config = RepresentationConfig(name="tiny", projection_dim=4)
+    assert isinstance(config, MethodConfig)
+    identity = Transforms(lambda x: x, lambda x: x)
+    method = TinySupCon(config, build_backbone("mlp", in_channels=1, image_size=4, hidden=(12,)), 4, identity)
+    reference = copy.deepcopy(method)
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(GLOBAL_BATCH, 1, 4, 4, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    ctx = StepContext(task=0, epoch=0, step=0, steps_in_task=1, global_step=0)
+    rows = shard_rows(torch.arange(GLOBAL_BATCH), fabric.global_rank, fabric.world_size)
+    method.gather = gather_with_grad(fabric)
+    model = fabric.setup_module(method)
+    model.mark_forward_method("training_step")
+    out = model.training_step(images[rows], labels[rows], ctx)
+    fabric.backward(out.loss)
+    ref = reference.training_step(images, labels, ctx)
+    ref.loss.backward()
+    grad_err = max(float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
+                   for p, q in zip(method.parameters(), reference.parameters()) if q.grad is not None)
+    return {"loss": float(ref.loss), "loss_err": abs(float(out.loss) - float(ref.loss)), "grad_err": grad_err}
+
+
+def _worker(out: Path, run_args: list[str]) -> None:
+    from lightning_fabric import Fabric
+
+    from protosphere.cli import main
+
+    torch.set_num_threads(1)
+    fabric = Fabric(accelerator="cpu", devices=WORLD, strategy="ddp")
+    fabric.launch()
+    checks = _loss_checks(fabric)
+    # the real engine, through the CLI, in the same two processes (the runner's Fabric reuses the process group)
+    code = main(["run", *run_args, "--no-progress"])
+    if fabric.global_rank == 0:
+        out.write_text(json.dumps({"checks": checks, "rank0_exit": code}))
+    else:
+        out.with_name(out.name + ".rank1").write_text(json.dumps({"checks": checks, "exit": code}))
+
+
+# ----------------------------------------------------------------------------------------------------------- tests
+def _digits_config(path: Path, output: Path) -> Path:
+    path.write_text(
+        "scenario: {num_tasks: 2, class_order: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}\n"
+        "model: {backbone: mlp, mlp_hidden: [32]}\n"
+        "method: {name: er, buffer_size: 40}\n"
+        "train: {epochs: 1, batch_size: 16, augmentation: none, log_every_n_steps: 10}\n"
+        "data: {dataset: digits, train_fraction: 0.4}\n"
+        "optimizer: {lr: 0.05}\n"
+        "eval: {neural_collapse: false, random_init_baseline: false}\n"
+        f"output_dir: {output}\n"
+        "name: ddp\n"
+    )
+    return path
+
+
+def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
+    config = _digits_config(tmp_path / "digits.yaml", tmp_path / "runs")
+    out = tmp_path / "ddp.json"
+    run_args = [str(config), "fabric.devices=2", "fabric.strategy=ddp", "fabric.accelerator=cpu", "fabric.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out), *run_args], env=env,
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rank1 = json.loads(out.with_name(out.name + ".rank1").read_text())
+    assert result["rank0_exit"] == 0 and rank1["exit"] == 0
+    for checks in (result["checks"], rank1["checks"]):
+        for name, c in checks.items():
+            assert c["loss_err"] < 1e-5, (name, c)
+            assert c["grad_err"] < 1e-5, (name, c)
+            assert c["loss"] > 0, (name, c)
+
+    # per-rank replay buffers: each holds only rows of its own shard of the stream
+    from protosphere.config import load_config
+    from protosphere.distributed import shard_rows
+    from protosphere.engine import epoch_order
+    from protosphere.runner import build_scenario_from_config
+
+    cfg = load_config(config)
+    state = torch.load(tmp_path / "runs" / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    scenario = build_scenario_from_config(cfg)
+    streams = [set(), set()]
+    for t, task in enumerate(scenario.tasks):
+        n, batch = len(task.train_labels), cfg.train.batch_size
+        order = epoch_order(cfg.seed, t, 0, n)
+        for step in range(n // batch):
+            for rank in range(2):
+                for row in shard_rows(order[step * batch : (step + 1) * batch], rank, 2).tolist():
+                    streams[rank].add(task.train_images[row].float().div(255).numpy().tobytes())
+    assert not streams[0] & streams[1] or len(streams[0] & streams[1]) < 5  # disjoint shards (up to duplicate images)
+    buffers = []
+    for rank in range(2):
+        buffer = state["ranks"][rank]["tracked"]["buffer"]
+        examples = buffer["data"]["examples"][: int(buffer["size"])]
+        keys = {e.numpy().tobytes() for e in examples}
+        assert int(buffer["size"]) == 40
+        assert keys <= streams[rank], f"rank {rank}'s buffer holds rows from another rank's shard"
+        assert keys - streams[1 - rank], f"rank {rank}'s buffer is indistinguishable from the other rank's"
+        buffers.append(keys)
+    assert buffers[0] != buffers[1]
+    results = json.loads((tmp_path / "runs" / "ddp" / "results.json").read_text())
+    assert results["environment"]["world_size"] == 2
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]), sys.argv[2:])
