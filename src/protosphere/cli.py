@@ -1,4 +1,4 @@
-"""Command line: ``protosphere run | datasets`` (and more as the library grows).
+"""Command line: ``protosphere run | report | compare | datasets`` (and more as the library grows).
 
 Every error a user can cause is printed as one sentence on stderr with exit status 2; nothing else is caught.
 """
@@ -63,6 +63,10 @@ def cmd_run(args) -> int:
     config = load_config(args.config, args.overrides)
     results, run_dir = run(config, resume=args.resume, overwrite=args.overwrite, console=console,
                            show_progress=not args.no_progress and console.is_terminal)
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP only the first process reports
+        return 0
     for table in _accuracy_table(results):
         console.print(table)
     for line in _summary_lines(results):
@@ -84,6 +88,36 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .report.html import load_results
+
+    for run_dir in args.run_dirs:
+        path = write_report(run_dir, load_results(run_dir))
+        print(f"report: {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from rich.console import Console
+
+    from .report.compare import compare
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    compare(args.configs, seeds=args.seeds, out=args.out, overrides=args.overrides, overwrite=args.overwrite,
+            console=console, show_progress=not args.no_progress and console.is_terminal)
+    return 0
+
+
+def _split_configs_and_overrides(args) -> None:
+    """`compare a.yaml b.yaml key=value ...`: positional words with `=` are overrides, the rest configs."""
+    words = list(args.configs)
+    args.configs = [w for w in words if "=" not in w]
+    args.overrides = [w for w in words if "=" in w]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protosphere",
                                      description="Prototype contrast on the unit hypersphere: continual learning "
@@ -100,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensure", nargs="+", metavar="NAME",
                    help="load and verify these datasets, downloading into the user cache when they are missing")
     p.set_defaults(func=cmd_datasets)
+    p = sub.add_parser("report", help="re-render runs/<name>/report.html (and plots/) from results.json")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, e.g. runs/fnc2-seed0")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("compare", help="run or reuse configs × seeds on one scenario; table of mean ± std")
+    p.add_argument("configs", nargs="+", metavar="CONFIG.yaml | key=value",
+                   help="YAML configs sharing dataset, scenario kind and number of tasks, then dotted key=value "
+                        "overrides applied to all of them")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per config (default 3)")
+    p.add_argument("--out", default=None, help="directory for the runs and compare.{md,json,html} "
+                                               "(default: <output_dir of the first config>/compare)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rerun runs in --out that belong to a different config instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -107,15 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options (`run cfg.yaml --overwrite seed=1`), which argparse leaves unparsed
-    leftover = [e for e in extra if not (args.command == "run" and "=" in e and not e.startswith("-"))]
+    leftover = [e for e in extra
+                if not (args.command in ("run", "compare") and "=" in e and not e.startswith("-"))]
     if leftover:
         parser.error(f"unrecognized arguments: {' '.join(leftover)}")
     if args.command == "run":
         args.overrides = list(args.overrides) + [e for e in extra if e not in leftover]
+    if args.command == "compare":
+        _split_configs_and_overrides(args)
+        args.overrides += [e for e in extra if e not in leftover]
     try:
         return args.func(args)
     except ProtosphereError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, even for wrapped library text
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

@@ -158,7 +158,8 @@ def fit_linear_probe(
             for group in optimizer.param_groups:
                 group["lr"] = current_lr
             idx = order[start : start + batch_size]
-            loss = F.cross_entropy(probe(x_all[idx]), y_all[idx])
+            with torch.enable_grad():  # callers (the engine's evaluation) run under no_grad
+                loss = F.cross_entropy(probe(x_all[idx]), y_all[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,412 @@
+"""``protosphere compare A.yaml B.yaml ... --seeds N``: configs × seeds, side by side, mean ± std.
+
+For each config and seed s in 0..N−1 the run ``<out>/<stem>-seed<s>`` is reused when its ``results.json`` is complete
+and was produced by the same config (same :func:`~protosphere.engine.config_fingerprint`), resumed when it stopped
+part-way with a checkpoint of the same config, and trained otherwise. The table (rows = configs) is printed with rich
+and written as ``compare.md``, ``compare.json`` and ``compare.html`` (with plots) in ``<out>``.
+
+Means and standard deviations are over seeds; the std is the sample standard deviation (n − 1 in the denominator),
+absent for a single seed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, RunError
+
+SETTINGS = ("class_il", "task_il")
+METRIC_KEYS = ("final_average_accuracy", "average_incremental_accuracy", "average_forgetting", "backward_transfer",
+               "forward_transfer")
+LOWER_IS_BETTER = {"average_forgetting"}
+
+
+@dataclass
+class Column:
+    key: str  # "<classifier or 'headline'>/<setting>/<metric>"
+    title: str
+    classifier: str | None  # None = each row's headline classifier
+    setting: str
+    metric: str
+
+
+@dataclass
+class Entry:
+    path: Path
+    label: str
+    configs: list = field(default_factory=list)  # RunConfig per seed
+    results: list = field(default_factory=list)  # results dict per seed
+    status: list = field(default_factory=list)  # "reused" | "resumed" | "trained" per seed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------------------------
+def mean_std(values: Sequence[float | None]) -> dict:
+    """``{"mean", "std", "n", "values"}`` over the non-None values; std is the sample std (None for n < 2)."""
+    kept = [float(v) for v in values if v is not None]
+    if not kept:
+        return {"mean": None, "std": None, "n": 0, "values": list(values)}
+    array = np.asarray(kept, dtype=np.float64)
+    std = float(array.std(ddof=1)) if len(kept) > 1 else None
+    return {"mean": float(array.mean()), "std": std, "n": len(kept), "values": list(values)}
+
+
+def format_mean_std(stat: dict, digits: int = 2) -> str:
+    if stat.get("mean") is None:
+        return "n/a"
+    if stat.get("std") is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def metric_value(results: dict, classifier: str | None, setting: str, metric: str) -> float | None:
+    classifier = classifier or results.get("headline_classifier")
+    return (((results.get("metrics") or {}).get(classifier) or {}).get(setting) or {}).get(metric)
+
+
+def seen_curve(results: dict, classifier: str | None = None, setting: str = "class_il") -> list[float] | None:
+    """Mean accuracy on the tasks seen so far, after each task (the curve whose mean is avg incremental acc)."""
+    classifier = classifier or results.get("headline_classifier")
+    matrix = ((results.get("accuracy") or {}).get(classifier) or {}).get(setting)
+    if not matrix:
+        return None
+    return [float(np.mean(row[: t + 1])) for t, row in enumerate(matrix)]
+
+
+def build_columns(all_results: Sequence[Sequence[dict]]) -> list[Column]:
+    """Headline-classifier columns, then one class-IL column per classifier of representation methods."""
+    has_task_il = any("task_il" in (r.get("metrics") or {}).get(r.get("headline_classifier"), {})
+                      for rs in all_results for r in rs)
+    columns = [Column("headline/class_il/final_average_accuracy", "class-IL final acc", None, "class_il",
+                      "final_average_accuracy")]
+    if has_task_il:
+        columns.append(Column("headline/task_il/final_average_accuracy", "task-IL final acc", None, "task_il",
+                              "final_average_accuracy"))
+    columns += [
+        Column("headline/class_il/average_incremental_accuracy", "class-IL avg incremental acc", None, "class_il",
+               "average_incremental_accuracy"),
+        Column("headline/class_il/average_forgetting", "class-IL forgetting", None, "class_il", "average_forgetting"),
+    ]
+    classifiers: list[str] = []
+    for rs in all_results:
+        for r in rs:
+            names = list(r.get("metrics") or {})
+            if len(names) > 1:
+                classifiers += [n for n in names if n not in classifiers]
+    for name in classifiers:
+        columns.append(Column(f"{name}/class_il/final_average_accuracy", f"class-IL [{name}]", name, "class_il",
+                              "final_average_accuracy"))
+        if has_task_il:
+            columns.append(Column(f"{name}/task_il/final_average_accuracy", f"task-IL [{name}]", name, "task_il",
+                                  "final_average_accuracy"))
+    return columns
+
+
+def summarize_rows(entries: Sequence[Entry], columns: Sequence[Column]) -> list[dict]:
+    rows = []
+    for entry in entries:
+        first = entry.results[0]
+        values = {c.key: mean_std([metric_value(r, c.classifier, c.setting, c.metric) for r in entry.results])
+                  for c in columns}
+        all_metrics: dict = {}
+        for classifier in first.get("metrics") or {}:
+            for setting in (first["metrics"][classifier] or {}):
+                for metric in METRIC_KEYS:
+                    all_metrics.setdefault(classifier, {}).setdefault(setting, {})[metric] = mean_std(
+                        [metric_value(r, classifier, setting, metric) for r in entry.results])
+        curves = [seen_curve(r) for r in entry.results]
+        curve = None
+        if all(c is not None for c in curves) and len({len(c) for c in curves}) == 1:
+            array = np.asarray(curves, dtype=np.float64)
+            curve = {"mean": array.mean(0).tolist(),
+                     "std": (array.std(0, ddof=1) if len(curves) > 1 else np.zeros(array.shape[1])).tolist()}
+        rows.append({
+            "label": entry.label, "config": str(entry.path), "method": first.get("method"),
+            "headline_classifier": first.get("headline_classifier"),
+            "runs": [r.get("name") for r in entry.results], "seeds": [r.get("seed") for r in entry.results],
+            "status": list(entry.status), "values": values, "metrics": all_metrics,
+            "class_il_seen_curve": curve,
+        })
+    return rows
+
+
+def best_labels(rows: Sequence[dict], columns: Sequence[Column]) -> dict[str, str | None]:
+    """Label of the row with the best mean per column (max, min for forgetting); None when fewer than two rows."""
+    best: dict[str, str | None] = {}
+    for c in columns:
+        scored = [(row["values"][c.key]["mean"], row["label"]) for row in rows
+                  if row["values"][c.key]["mean"] is not None]
+        if len(scored) < 2:
+            best[c.key] = None
+            continue
+        pick = min(scored) if c.metric in LOWER_IS_BETTER else max(scored)
+        best[c.key] = pick[1]
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# configs and runs
+# ---------------------------------------------------------------------------------------------------------------
+def _labels(paths: Sequence[Path]) -> list[str]:
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        dup = next(p for p in paths if resolved.count(p.resolve()) > 1)
+        raise ConfigError(f"Config {dup} is given twice; pass each config once (use --seeds for repeats).")
+    labels = [p.stem for p in paths]
+    if len(set(labels)) != len(labels):
+        labels = [f"{p.parent.name}-{p.stem}" if labels.count(p.stem) > 1 else p.stem for p in paths]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("Two configs have the same file name and folder name, so their runs would share a "
+                          "directory; rename one of them.")
+    return labels
+
+
+def scenario_key(config) -> tuple:
+    return (config.data.dataset, config.scenario.kind, config.scenario.num_tasks)
+
+
+def check_same_scenario(paths: Sequence[Path], configs: Sequence) -> None:
+    keys = [scenario_key(c) for c in configs]
+    if len(set(keys)) > 1:
+        described = "; ".join(f"{p}: dataset {k[0]}, {k[1]}, {k[2]} tasks" for p, k in zip(paths, keys))
+        raise ConfigError(f"The configs do not share one scenario ({described}); compare configs with the same "
+                          f"data.dataset, scenario.kind and scenario.num_tasks (override them, e.g. "
+                          f"scenario.num_tasks={keys[0][2]}).")
+
+
+def run_fingerprint(results: dict) -> str | None:
+    """Fingerprint of the config a results.json was produced by (None when it cannot be told)."""
+    from ..config import validate_config
+    from ..engine import config_fingerprint
+
+    if results.get("fingerprint"):
+        return results["fingerprint"]
+    if not isinstance(results.get("config"), dict):
+        return None
+    try:
+        return config_fingerprint(validate_config(results["config"]))
+    except Exception:  # noqa: BLE001 - an older or foreign schema: not reusable
+        return None
+
+
+def reusable_results(run_dir: Path, config) -> dict | None:
+    """The finished results in ``run_dir`` when they were produced by ``config``; None otherwise."""
+    from ..engine import config_fingerprint
+
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("status") != "complete":
+        return None
+    return results if run_fingerprint(results) == config_fingerprint(config) else None
+
+
+def obtain(config, overwrite: bool, console=None, show_progress: bool = False) -> tuple[dict, str]:
+    """Reuse, resume or train the run of ``config``; returns (results, how)."""
+    from .. import runner
+
+    run_dir = Path(config.output_dir) / config.name
+    found = reusable_results(run_dir, config)
+    if found is not None:
+        return found, "reused"
+    occupied = run_dir.exists() and any(run_dir.iterdir())
+    if occupied and not overwrite:
+        if (run_dir / "results.json").is_file():
+            raise RunError(f"{run_dir} holds a finished run of a different config; pass --overwrite to rerun it "
+                           f"with this one, or choose another --out.")
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            try:
+                runner.load_checkpoint(run_dir, config)
+            except RunError:
+                raise RunError(f"{run_dir} holds an unfinished run of a different config (or an unreadable "
+                               f"checkpoint); pass --overwrite to rerun it, or choose another --out.") from None
+            results, _ = runner.run(config, resume=True, console=console, show_progress=show_progress)
+            return results, "resumed"
+        raise RunError(f"{run_dir} exists but holds no results or checkpoint; pass --overwrite to rerun it, or "
+                       f"choose another --out.")
+    results, _ = runner.run(config, overwrite=occupied, console=console, show_progress=show_progress)
+    return results, "trained"
+
+
+def command_line(paths: Sequence[Path], seeds: int, out: Path, overrides: Sequence[str], overwrite: bool) -> str:
+    parts = ["protosphere", "compare", *map(str, paths), "--seeds", str(seeds), "--out", str(out)]
+    if overwrite:
+        parts.append("--overwrite")
+    return shlex.join(parts + list(overrides))
+
+
+def default_out(configs: Sequence) -> Path:
+    return Path(configs[0].output_dir) / "compare"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------------------------------
+def to_markdown(summary: dict) -> str:
+    columns = summary["columns"]
+    best = summary["best"]
+    head = ["config", "method", "classifier", *[c["title"] for c in columns]]
+    lines = [f"# protosphere compare — {summary['scenario']['description']}", "",
+             f"Mean ± sample std over seeds {', '.join(map(str, summary['seeds']))} (n = {len(summary['seeds'])}); "
+             f"accuracies in %, forgetting in percentage points (lower is better); **bold** = best mean; "
+             f"[clf] columns: that classifier; the others: each row's headline classifier.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(columns)]
+    for row in summary["rows"]:
+        cells = []
+        for c in columns:
+            text = format_mean_std(row["values"][c["key"]])
+            cells.append(f"**{text}**" if best.get(c["key"]) == row["label"] else text)
+        lines.append("| " + " | ".join([row["label"], str(row["method"]), str(row["headline_classifier"]), *cells])
+                     + " |")
+    lines += ["", "Command:", "", "```", summary["command"], "```", ""]
+    lines += ["Runs: " + "; ".join(f"{row['label']}: " + ", ".join(
+        f"{name} ({how})" for name, how in zip(row["runs"], row["status"])) for row in summary["rows"]), ""]
+    return "\n".join(lines)
+
+
+def rich_table(summary: dict):
+    from rich.table import Table
+
+    table = Table(title=f"compare — {summary['scenario']['description']} — mean ± std over "
+                        f"{len(summary['seeds'])} seed(s)")
+    table.add_column("config", style="bold")
+    table.add_column("method")
+    table.add_column("classifier")
+    for c in summary["columns"]:
+        table.add_column(c["title"], justify="right")
+    for row in summary["rows"]:
+        cells = []
+        for c in summary["columns"]:
+            text = format_mean_std(row["values"][c["key"]])
+            cells.append(f"[bold green]{text}[/]" if summary["best"].get(c["key"]) == row["label"] else text)
+        table.add_row(row["label"], str(row["method"]), str(row["headline_classifier"]), *cells)
+    return table
+
+
+def to_html(summary: dict, out: Path) -> str:
+    from . import plots
+    from .html import clear_pngs, esc, figure, page
+
+    plot_dir = out / "plots"
+    clear_pngs(plot_dir)
+    columns, rows, best = summary["columns"], summary["rows"], summary["best"]
+    labels = [r["label"] for r in rows]
+    series = {}
+    for key, name in (("headline/class_il/final_average_accuracy", "class-IL"),
+                      ("headline/task_il/final_average_accuracy", "task-IL")):
+        if any(c["key"] == key for c in columns):
+            series[name] = ([r["values"][key]["mean"] for r in rows], [r["values"][key]["std"] for r in rows])
+    parts = [f"<header><h1>Comparison — {esc(summary['scenario']['description'])}</h1>"
+             f"<div class=\"meta\"><span>seeds <b>{esc(', '.join(map(str, summary['seeds'])))}</b></span>"
+             f"<span>output <b>{esc(summary['out'])}</b></span></div></header>",
+             f"<h3>Command</h3><pre>{esc(summary['command'])}</pre>", "<h2>Results</h2>"]
+    head = "".join(f"<th>{esc(c['title'])}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for c in columns:
+            stat = row["values"][c["key"]]
+            text = esc(format_mean_std(stat))
+            bold = best.get(c["key"]) == row["label"]
+            value = "null" if stat["mean"] is None else repr(stat["mean"])
+            std = "null" if stat["std"] is None else repr(stat["std"])
+            cells.append(f'<td data-key="{esc(row["label"] + "|" + c["key"])}" data-mean="{value}" '
+                         f'data-std="{std}">{"<b>" + text + "</b>" if bold else text}</td>')
+        links = " ".join(f'<a href="{esc(name)}/report.html">s{esc(seed)}</a>'
+                         for name, seed in zip(row["runs"], row["seeds"]))
+        body.append(f"<tr><td class=\"l\"><b>{esc(row['label'])}</b></td><td class=\"l\">{esc(row['method'])}</td>"
+                    f"<td class=\"l\">{esc(row['headline_classifier'])}</td>{''.join(cells)}"
+                    f"<td class=\"l\">{links}</td></tr>")
+    parts.append("<table><thead><tr><th class=\"l\">config</th><th class=\"l\">method</th><th class=\"l\">classifier"
+                 f"</th>{head}<th class=\"l\">runs</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
+    parts.append(f'<p class="note">Mean ± sample std over {len(summary["seeds"])} seed(s); accuracies in %, '
+                 f"forgetting in percentage points (lower is better); bold = best mean. Columns without [classifier] "
+                 f"use each row's headline classifier.</p>")
+    figs = ['<div class="row">']
+    if series:
+        bars = plots.compare_bars(labels, series, plot_dir / "compare_final_accuracy.png")
+        figs.append(figure(bars, "final average accuracy", "Final average accuracy (headline classifier), "
+                                                            "mean ± std over seeds."))
+    curves = {r["label"]: (r["class_il_seen_curve"]["mean"], r["class_il_seen_curve"]["std"]) for r in rows
+              if r.get("class_il_seen_curve")}
+    if curves:
+        path = plots.compare_curves(curves, plot_dir / "compare_seen_accuracy.png")
+        figs.append(figure(path, "accuracy on seen tasks", "Class-IL accuracy on the tasks seen so far after each "
+                                                            "task (headline classifier); band = ± std over seeds."))
+    figs.append("</div>")
+    parts.append("\n".join(figs))
+    return page(f"protosphere compare — {summary['scenario']['description']}", "\n".join(parts),
+                footer="Data: <code>compare.json</code>.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------------------------
+def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path | None = None,
+            overrides: Sequence[str] = (), overwrite: bool = False, console=None,
+            show_progress: bool = False) -> dict:
+    """Run or reuse every config × seed, then write ``compare.{md,json,html}`` in ``out``; returns the summary."""
+    from ..config import load_config
+    from .html import atomic_write
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
+    if not config_paths:
+        raise ConfigError("compare needs at least one config file.")
+    paths = [Path(p) for p in config_paths]
+    labels = _labels(paths)
+    overrides = list(overrides)
+    base = [load_config(p, overrides) for p in paths]
+    check_same_scenario(paths, base)
+    out = Path(out) if out is not None else default_out(base)
+    entries = [Entry(p, label) for p, label in zip(paths, labels)]
+    for entry in entries:
+        for s in range(seeds):
+            entry.configs.append(load_config(entry.path, overrides + [f"seed={s}", f"name={entry.label}-seed{s}",
+                                                                       f"output_dir={out}"]))
+    total, done = seeds * len(entries), 0
+    for entry in entries:
+        for config in entry.configs:
+            done += 1
+            if console is not None:
+                console.print(f"[bold][{done}/{total}][/] {config.name} …")
+            results, how = obtain(config, overwrite, console=console, show_progress=show_progress)
+            entry.results.append(results)
+            entry.status.append(how)
+            if console is not None:
+                fa = metric_value(results, None, "class_il", "final_average_accuracy")
+                console.print(f"[bold][{done}/{total}][/] {config.name}: {how}, class-IL final avg acc "
+                              f"{'n/a' if fa is None else f'{fa:.2f}'}")
+    columns = build_columns([e.results for e in entries])
+    rows = summarize_rows(entries, columns)
+    dataset, kind, num_tasks = scenario_key(base[0])
+    summary = {
+        "command": command_line(paths, seeds, out, overrides, overwrite),
+        "out": str(out),
+        "seeds": list(range(seeds)),
+        "scenario": {"dataset": dataset, "kind": kind, "num_tasks": num_tasks,
+                     "description": f"{dataset}, {kind.replace('_', '-')}, {num_tasks} tasks"},
+        "std": "sample standard deviation over seeds (ddof=1); null for one seed",
+        "columns": [c.__dict__ for c in columns],
+        "rows": rows,
+        "best": best_labels(rows, columns),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "compare.json", json.dumps(summary, indent=2))
+    atomic_write(out / "compare.md", to_markdown(summary))
+    atomic_write(out / "compare.html", to_html(summary, out))
+    if console is not None:
+        console.print(rich_table(summary))
+        console.print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.html'}")
+    return summary

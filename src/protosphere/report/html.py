@@ -1,0 +1,515 @@
+"""``runs/<name>/report.html``: one self-contained page (inline CSS, PNGs as base64 data URIs) for a finished run.
+
+The report is rendered from ``results.json`` alone, plus ``embeddings.npz`` when the run saved one (see
+:func:`save_embedding_snapshot`); every part whose data is absent (task-IL, NC metrics, a second task, embeddings,
+timings) is left out. The PNGs are also kept under ``runs/<name>/plots/`` for papers and slides.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RunError
+from . import plots
+
+HEADLINE_METRICS = [
+    ("final_average_accuracy", "final avg acc", "mean accuracy over all tasks after the last one (%)"),
+    ("average_incremental_accuracy", "avg incremental acc",
+     "mean over time of the accuracy on the tasks seen so far (%)"),
+    ("average_forgetting", "forgetting", "mean over earlier tasks of best − final accuracy (pp, lower is better)"),
+    ("backward_transfer", "BWT", "mean of final − just-learned accuracy over earlier tasks (pp)"),
+    ("forward_transfer", "FWT", "mean accuracy on a task before learning it, minus a random-init model (pp)"),
+]
+EMBEDDINGS_FILE = "embeddings.npz"
+NC_SHORT = {"within_class_effective_rank": "eff. rank (within)", "between_class_effective_rank": "eff. rank (between)",
+            "max_angle": "max-angle"}
+
+CSS = """
+:root { --fg:#1f2328; --muted:#656d76; --line:#d8dee4; --bg:#f6f8fa; --accent:#4C72B0; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: var(--fg); background: #fff; }
+main { max-width: 1320px; margin: 0 auto; padding: 24px 32px 48px; }
+header { border-bottom: 1px solid var(--line); padding-bottom: 12px; margin-bottom: 8px; }
+h1 { font-size: 24px; margin: 0 0 4px; }
+h2 { font-size: 18px; margin: 28px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+.meta { color: var(--muted); font-size: 13px; }
+.meta span { margin-right: 14px; white-space: nowrap; }
+.meta b { color: var(--fg); font-weight: 600; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0 4px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 150px;
+        background: var(--bg); }
+.card .value { font-size: 26px; font-weight: 650; font-variant-numeric: tabular-nums; }
+.card .label { color: var(--muted); font-size: 12px; }
+table { border-collapse: collapse; margin: 8px 0; font-variant-numeric: tabular-nums; font-size: 13px; }
+th, td { border-bottom: 1px solid var(--line); padding: 5px 12px; text-align: right; }
+th { background: var(--bg); font-weight: 600; }
+td.l, th.l { text-align: left; }
+tr.headline td { font-weight: 600; }
+.na { color: var(--muted); }
+figure { margin: 10px 0 18px; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
+figcaption { color: var(--muted); font-size: 12.5px; margin-top: 4px; max-width: 900px; }
+.row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.row > figure { flex: 0 1 auto; display: table; }
+.row > figure > figcaption { display: table-caption; caption-side: bottom; }
+details { border: 1px solid var(--line); border-radius: 6px; padding: 6px 12px; margin: 10px 0; background: var(--bg); }
+details > summary { cursor: pointer; font-weight: 600; }
+pre { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; overflow-x: auto;
+      font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.note { color: var(--muted); font-style: italic; }
+.warn { border-left: 4px solid #C44E52; background: #fdf2f2; padding: 8px 12px; border-radius: 4px; }
+code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--bg); padding: 1px 4px;
+       border-radius: 4px; }
+footer { margin-top: 36px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 8px; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small HTML helpers (shared with compare.py)
+# ---------------------------------------------------------------------------------------------------------------
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def number_cell(value: Any, key: str | None = None, digits: int = 2) -> str:
+    """A right-aligned cell; ``data-key``/``data-value`` carry the exact number for tools and tests."""
+    attrs = f' data-key="{esc(key)}"' if key else ""
+    if value is None:
+        return f'<td class="na"{attrs} data-value="null">n/a</td>'
+    return f'<td{attrs} data-value="{float(value)!r}">{fmt(value, digits)}</td>'
+
+
+def image_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+
+
+def figure(path: Path | None, alt: str, caption: str = "") -> str:
+    if path is None:
+        return ""
+    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f"<figure>{image_tag(path, alt)}{cap}</figure>"
+
+
+def page(title: str, body: str, footer: str = "") -> str:
+    stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    from .. import __version__
+
+    foot = f"<footer>{footer} Rendered {esc(stamp)} by protosphere {esc(__version__)}.</footer>"
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}\n{foot}\n"
+            "</main>\n</body>\n</html>\n")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def clear_pngs(folder: Path) -> None:
+    """Remove the PNGs a previous rendering left, so a re-render never shows a stale picture."""
+    if folder.is_dir():
+        for png in folder.glob("*.png"):
+            png.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------------------------
+def load_results(run_dir: str | Path) -> dict:
+    """``results.json`` of a run directory; :class:`RunError` with one sentence when it is missing or unreadable."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a directory; pass a run directory such as runs/<name>.")
+    if not path.is_file():
+        raise RunError(f"{run_dir} has no results.json (the run has not finished or this is not a run directory); "
+                       f"finish it with `protosphere run CONFIG --resume` or pass runs/<name>.")
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path} is not readable JSON ({type(exc).__name__}); rerun the run to rewrite it.") from None
+    if not isinstance(results, dict) or "accuracy" not in results:
+        raise RunError(f"{path} is not a protosphere results file (no `accuracy`); pass a run directory.")
+    return results
+
+
+def save_embedding_snapshot(run_dir: str | Path, features, labels, prototypes=None, max_points: int = 3000,
+                            seed: int = 0) -> Path:
+    """Write ``run_dir/embeddings.npz`` for the report's sphere picture and prototype–class-mean cosine matrix.
+
+    Args:
+        features: (N, d) features (tensor or array; normalised here).
+        labels: (N,) integer class labels (indices into the scenario's label space).
+        prototypes: optional (K, d) prototypes/classifier weights over the whole label space (row k = class k),
+            in the same space as ``features``.
+        max_points: at most this many rows are kept (a seeded random subset) for the picture; the class means and
+            the cosine matrix use all N rows.
+
+    Stored arrays: ``features`` (float32), ``labels`` (int64), ``classes`` (sorted present labels), ``class_means``
+    (unit-norm mean of the unit-norm features per present class) and, with prototypes, ``prototypes`` (float32) and
+    ``cosine`` (C_present × C_present: cos(class mean of class a, prototype of class b)).
+    """
+    f = _to_numpy(features).astype(np.float64)
+    y = _to_numpy(labels).astype(np.int64).reshape(-1)
+    if f.ndim != 2 or len(f) != len(y):
+        raise ValueError(f"features must be (N, d) and labels (N,), got {f.shape} and {y.shape}.")
+    z = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    classes = np.unique(y)
+    means = np.stack([z[y == c].mean(0) for c in classes]) if len(classes) else np.zeros((0, f.shape[1]))
+    means = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    keep = np.arange(len(y))
+    if len(y) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(y), size=max_points, replace=False))
+    arrays = {"features": f[keep].astype(np.float32), "labels": y[keep], "classes": classes,
+              "class_means": means.astype(np.float32)}
+    if prototypes is not None:
+        w = _to_numpy(prototypes).astype(np.float64)
+        if w.ndim != 2 or w.shape[1] != f.shape[1]:
+            raise ValueError(f"prototypes must be (K, {f.shape[1]}) to match the features, got {w.shape}.")
+        arrays["prototypes"] = w.astype(np.float32)
+        present = classes[classes < len(w)]
+        wn = w[present] / np.maximum(np.linalg.norm(w[present], axis=1, keepdims=True), 1e-12)
+        arrays["cosine"] = (means[np.isin(classes, present)] @ wn.T).astype(np.float32)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / EMBEDDINGS_FILE
+    tmp = run_dir / f".{EMBEDDINGS_FILE}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def load_embeddings(run_dir: Path, results: dict) -> dict | None:
+    """Features/labels/prototypes from ``results["embeddings"]`` or ``embeddings.npz`` (None when neither exists)."""
+    source = results.get("embeddings")
+    data: dict[str, np.ndarray] = {}
+    if isinstance(source, dict) and source.get("features") is not None and source.get("labels") is not None:
+        data = {k: np.asarray(v) for k, v in source.items() if v is not None and not isinstance(v, str)}
+    elif (run_dir / EMBEDDINGS_FILE).is_file():
+        try:
+            with np.load(run_dir / EMBEDDINGS_FILE, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{run_dir / EMBEDDINGS_FILE} is unreadable ({exc}); the report leaves embeddings out.",
+                          stacklevel=2)
+            return None
+    if "features" not in data or "labels" not in data or len(data["labels"]) == 0:
+        return None
+    if "cosine" not in data and data.get("prototypes") is not None:
+        labels = data["labels"].astype(np.int64)
+        protos = data["prototypes"].astype(np.float64)
+        if protos.ndim == 2 and protos.shape[1] == data["features"].shape[1]:
+            z = data["features"].astype(np.float64)
+            z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+            classes = np.unique(labels)
+            classes = classes[classes < len(protos)]
+            means = np.stack([z[labels == c].mean(0) for c in classes])
+            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+            w = protos[classes] / np.maximum(np.linalg.norm(protos[classes], axis=1, keepdims=True), 1e-12)
+            data["classes"], data["cosine"] = classes, means @ w.T
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------------
+def headline_table(results: dict) -> str:
+    """Every classifier × setting with the five continual metrics; the headline classifier first and in bold."""
+    metrics = results.get("metrics") or {}
+    headline = results.get("headline_classifier")
+    order = sorted(metrics, key=lambda c: c != headline)
+    head = "".join(f'<th title="{esc(tip)}">{esc(label)}</th>' for _, label, tip in HEADLINE_METRICS)
+    rows = []
+    for classifier in order:
+        for setting, m in metrics[classifier].items():
+            cells = "".join(number_cell(m.get(key), f"{classifier}/{setting}/{key}") for key, _, _ in HEADLINE_METRICS)
+            mark = " ★" if classifier == headline else ""
+            cls = ' class="headline"' if classifier == headline else ""
+            rows.append(f"<tr{cls}><td class=\"l\">{esc(classifier)}{mark}</td>"
+                        f"<td class=\"l\">{esc(plots.setting_label(setting))}</td>{cells}</tr>")
+    return (f'<table class="headline-numbers"><thead><tr><th class="l">classifier</th><th class="l">setting</th>{head}'
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _cards(results: dict) -> str:
+    headline = results.get("headline_classifier")
+    settings = (results.get("metrics") or {}).get(headline) or {}
+    cards = []
+    for setting, m in settings.items():
+        cards.append((f"{plots.setting_label(setting)} final avg acc", m.get("final_average_accuracy"), "%"))
+    if "class_il" in settings:
+        m = settings["class_il"]
+        cards.append(("class-IL avg incremental acc", m.get("average_incremental_accuracy"), "%"))
+        if m.get("average_forgetting") is not None:
+            cards.append(("class-IL forgetting", m.get("average_forgetting"), " pp"))
+    if (results.get("timings") or {}).get("total_s") is not None:
+        cards.append(("wall time", results["timings"]["total_s"], " s"))
+    body = "".join(f'<div class="card"><div class="value">{fmt(v, 1) if v is not None else "n/a"}'
+                   f'<small>{esc(unit) if v is not None else ""}</small></div>'
+                   f'<div class="label">{esc(label)}</div></div>' for label, v, unit in cards)
+    return f'<div class="cards">{body}</div>'
+
+
+def _meta(results: dict) -> str:
+    sc = results.get("scenario") or {}
+    env = results.get("environment") or {}
+    items = [
+        ("method", results.get("method")),
+        ("scenario", f"{sc.get('name', '?')} ({plots.setting_label(sc.get('kind', '?'))}, "
+                     f"{sc.get('num_tasks', '?')} tasks, {sc.get('num_classes', '?')} classes)"),
+        ("seed", results.get("seed")),
+        ("headline classifier", results.get("headline_classifier")),
+        ("status", results.get("status")),
+        ("device", env.get("gpu") or env.get("device")),
+        ("world size", env.get("world_size")),
+        ("precision", env.get("precision")),
+    ]
+    return '<div class="meta">' + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in items
+                                          if v is not None) + "</div>"
+
+
+def _config_block(results: dict, run_dir: Path) -> str:
+    import yaml
+
+    text = None
+    if results.get("config") is not None:
+        text = yaml.safe_dump(results["config"], sort_keys=False)
+    elif (run_dir / "config.yaml").is_file():
+        text = (run_dir / "config.yaml").read_text()
+    if text is None:
+        return ""
+    return f"<details><summary>Resolved config (YAML)</summary><pre>{esc(text)}</pre></details>"
+
+
+def _task_il_note(results: dict) -> str:
+    kind = (results.get("scenario") or {}).get("kind")
+    any_task_il = any("task_il" in s for s in (results.get("metrics") or {}).values())
+    if any_task_il:
+        return ""
+    return (f'<p class="note">No task-IL numbers: the {esc(plots.setting_label(kind or "?"))} scenario has no task '
+            f"identities to mask with.</p>")
+
+
+def _classifier_sections(results: dict, plot_dir: Path, figures: list[Path]) -> str:
+    accuracy = results.get("accuracy") or {}
+    metrics = results.get("metrics") or {}
+    headline = results.get("headline_classifier")
+    parts = []
+    for classifier in sorted(accuracy, key=lambda c: c != headline):
+        matrices = accuracy[classifier]
+        if not matrices:
+            continue
+        num_tasks = len(next(iter(matrices.values())))
+        safe = _slug(classifier)
+        title = f"{classifier}{' (headline)' if classifier == headline else ''}"
+        section = [f"<h3>Classifier <code>{esc(classifier)}</code>{' — headline' if classifier == headline else ''}"
+                   f"</h3>"]
+        heat = plots.accuracy_heatmaps(matrices, plot_dir / f"accuracy_matrix_{safe}.png")
+        figures.append(heat)
+        section.append(figure(heat, f"accuracy matrix {title}",
+                              "Accuracy (%) on the test data of task j (column) after training task t (row). "
+                              "Hatched cells above the diagonal are tasks not trained yet."))
+        if num_tasks > 1:
+            lines = plots.accuracy_over_time(matrices, plot_dir / f"accuracy_over_time_{safe}.png")
+            figures.append(lines)
+            section.append(figure(lines, f"accuracy over time {title}",
+                                  "Accuracy of each task from the moment it is learned; the thick black line is "
+                                  "the mean over the tasks seen so far (its mean is the average incremental "
+                                  "accuracy)."))
+            forgetting = {s: m.get("forgetting") for s, m in (metrics.get(classifier) or {}).items()
+                          if m.get("forgetting")}
+            if forgetting:
+                bars = plots.forgetting_bars(forgetting, plot_dir / f"forgetting_{safe}.png")
+                figures.append(bars)
+                section.append(figure(bars, f"forgetting {title}",
+                                      "Forgetting per task: best accuracy at any evaluation after learning it, "
+                                      "minus the final accuracy (percentage points; the last task cannot be "
+                                      "forgotten)."))
+        else:
+            section.append('<p class="note">One task: nothing to forget, no accuracy over time.</p>')
+        parts.append("\n".join(section))
+    return "\n".join(parts)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text))
+
+
+def _nc_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
+    entries = results.get("neural_collapse") or []
+    epochs = [e for e in (results.get("nc_epochs") or []) if isinstance(e, dict)]
+    if not any(entries) and not epochs:
+        return ""
+    parts = ["<h2>Neural collapse</h2>"]
+    if any(entries):
+        last = next(e for e in reversed(entries) if e)
+        split = last.get("split", "test")
+        path = plots.nc_over_tasks(entries, plot_dir / "nc_over_tasks.png")
+        if path is not None:
+            figures.append(path)
+            parts.append(figure(path, "neural collapse metrics over tasks",
+                                f"NC metrics on {esc(split)}-split encoder features of the classes seen so far, "
+                                f"after each task (lower is more collapsed; gaps: fewer than two classes seen)."))
+        keys = plots._nc_keys([last])
+        head = "".join(f'<th title="{esc(plots.NC_LABELS.get(k, k))}">{esc(NC_SHORT.get(k, k))}</th>' for k in keys)
+        cells = "".join(number_cell(last.get(k), f"nc/{k}", 4) for k in keys)
+        parts.append(f"<table><thead><tr><th class=\"l\">after last task</th>{head}</tr></thead>"
+                     f"<tbody><tr><td class=\"l\">{esc(last.get('classes', '?'))} classes, {esc(split)}</td>{cells}"
+                     f"</tr></tbody></table>")
+    if epochs:
+        segments: list[list] = []  # [first, last, label] of each task's epochs
+        for i, e in enumerate(epochs):
+            task = e.get("task")
+            if segments and task is not None and task == epochs[i - 1].get("task"):
+                segments[-1][1] = i
+            else:
+                segments.append([i, i, f"T{task + 1}" if task is not None else str(i + 1)])
+        path = plots.nc_over_tasks(epochs, plot_dir / "nc_over_epochs.png", xlabel="epochs, grouped by task",
+                                   segments=[tuple(s) for s in segments])
+        if path is not None:
+            figures.append(path)
+            parts.append(figure(path, "neural collapse metrics over epochs",
+                                "NC metrics during training, per epoch (dashed lines: task boundaries)."))
+    return "\n".join(parts)
+
+
+def _embedding_section(results: dict, run_dir: Path, plot_dir: Path, figures: list[Path]) -> str:
+    data = load_embeddings(run_dir, results)
+    if data is None:
+        return ""
+    names = (results.get("scenario") or {}).get("class_names")
+    parts = ["<h2>Embeddings on the sphere</h2>", '<div class="row">']
+    sphere = plots.embedding_sphere(data["features"], data["labels"], plot_dir / "embedding_sphere.png",
+                                    prototypes=data.get("prototypes"), class_names=names)
+    figures.append(sphere)
+    stars = " Stars: the prototypes of the classes shown, projected the same way." if data.get(
+        "prototypes") is not None else ""
+    parts.append(figure(sphere, "embeddings on the sphere",
+                        f"{len(data['labels'])} test embeddings, L2-normalised, projected on their top-3 principal "
+                        f"directions and put back on the unit sphere; colour = class.{stars}"))
+    if data.get("cosine") is not None and np.asarray(data["cosine"]).size:
+        classes = np.asarray(data.get("classes", np.arange(len(data["cosine"])))).astype(int)
+        label = [names[c] if names and c < len(names) else str(c) for c in classes]
+        cos = plots.cosine_matrix(np.asarray(data["cosine"]), plot_dir / "prototype_cosine.png", label, label)
+        figures.append(cos)
+        diag = np.diag(np.asarray(data["cosine"], dtype=float))
+        parts.append(figure(cos, "cosine of class means and prototypes",
+                            f"cos(class mean of class a, prototype of class b); the diagonal is the alignment of "
+                            f"each class with its own prototype (mean {diag.mean():.3f}, min {diag.min():.3f})."))
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _timings_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
+    timings = results.get("timings") or {}
+    tasks = [t for t in timings.get("tasks") or [] if isinstance(t, dict)]
+    if not tasks and timings.get("total_s") is None:
+        return ""
+    parts = ["<h2>Timings</h2>"]
+    if tasks:
+        path = plots.timings(tasks, plot_dir / "timings.png")
+        figures.append(path)
+        rows = "".join(f"<tr><td class=\"l\">T{int(t.get('task', i)) + 1}</td>"
+                       + number_cell(t.get("train_s"), digits=2) + number_cell(t.get("eval_s"), digits=2)
+                       + (f"<td>{int(t['images']):,}</td>" if t.get("images") is not None
+                          else '<td class="na">n/a</td>')
+                       + number_cell(t.get("img_per_s"), digits=0) + "</tr>"
+                       for i, t in enumerate(tasks))
+        train = sum(float(t.get("train_s") or 0) for t in tasks)
+        evals = sum(float(t.get("eval_s") or 0) for t in tasks)
+        images = sum(int(t.get("images") or 0) for t in tasks)
+        rows += (f"<tr class=\"headline\"><td class=\"l\">all</td>{number_cell(train)}{number_cell(evals)}"
+                 f"<td>{images:,}</td>{number_cell(images / train if train > 0 else None, digits=0)}</tr>")
+        table = ("<table><thead><tr><th class=\"l\">task</th><th>train (s)</th><th>eval (s)</th><th>images</th>"
+                 f"<th>img/s</th></tr></thead><tbody>{rows}</tbody></table>")
+        picture = figure(path, "timings per task", "Seconds per task (train + evaluation) and training throughput.")
+        parts.append(f'<div class="row">{picture}<div>{table}</div></div>')
+    env = results.get("environment") or {}
+    total = timings.get("total_s")
+    facts = [("total wall time", f"{total:.1f} s" if total is not None else None), ("device", env.get("device")),
+             ("GPU", env.get("gpu")), ("CPU", env.get("cpu")), ("torch threads", env.get("torch_threads")),
+             ("torch", env.get("torch")), ("lightning-fabric", env.get("lightning_fabric")),
+             ("python", env.get("python")), ("platform", env.get("platform"))]
+    parts.append('<div class="meta">' + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in facts
+                                                if v is not None) + "</div>")
+    return "\n".join(parts)
+
+
+def render_report(run_dir: str | Path, results: dict) -> str:
+    """Write ``plots/*.png`` for ``results`` and return the report's HTML text."""
+    run_dir = Path(run_dir)
+    plot_dir = run_dir / "plots"
+    clear_pngs(plot_dir)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    figures: list[Path] = []
+    name = results.get("name") or run_dir.name
+    body = [f"<header><h1>{esc(name)}</h1>{_meta(results)}</header>"]
+    if results.get("status") not in (None, "complete"):
+        body.append(f'<p class="warn">This run is not complete (status: {esc(results.get("status"))}); the numbers '
+                    f"cover the tasks finished so far.</p>")
+    body.append(_cards(results))
+    body.append(_config_block(results, run_dir))
+    body.append("<h2>Headline numbers</h2>")
+    body.append(headline_table(results))
+    body.append('<p class="note">Accuracies in %, forgetting/BWT/FWT in percentage points; ★ = headline classifier. '
+                "n/a: the metric needs a second task (forgetting, BWT, FWT) or a random-init baseline (FWT).</p>")
+    body.append(_task_il_note(results))
+    body.append("<h2>Accuracy</h2>")
+    body.append(_classifier_sections(results, plot_dir, figures))
+    body.append(_nc_section(results, plot_dir, figures))
+    body.append(_embedding_section(results, run_dir, plot_dir, figures))
+    body.append(_timings_section(results, plot_dir, figures))
+    return page(f"protosphere report — {name}", "\n".join(p for p in body if p),
+                footer=f"Source: <code>{esc(run_dir / 'results.json')}</code>; plots in "
+                       f"<code>{esc(plot_dir)}</code>.")
+
+
+def write_report(run_dir: str | Path, results: dict | None = None) -> Path:
+    """Render ``run_dir/report.html`` (and ``run_dir/plots/*.png``) from ``results`` or ``run_dir/results.json``."""
+    run_dir = Path(run_dir)
+    if results is None:
+        results = load_results(run_dir)
+    text = render_report(run_dir, results)
+    path = run_dir / "report.html"
+    atomic_write(path, text)
+    return path
+
+
+def try_write_report(run_dir: str | Path, results: dict | None = None, console=None) -> Path | None:
+    """:func:`write_report` that never raises: a failure becomes a warning (results.json is already safe)."""
+    try:
+        return write_report(run_dir, results)
+    except Exception as exc:  # noqa: BLE001 - a plotting bug must not fail a finished run
+        message = (f"could not write {Path(run_dir) / 'report.html'} ({type(exc).__name__}: {exc}); results.json "
+                   f"is intact — retry with `protosphere report {run_dir}`.")
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {message}")
+        else:
+            warnings.warn(message, stacklevel=2)
+        return None

@@ -1,0 +1,303 @@
+"""Reports (report.html, plots) and ``compare`` (mean ± std, reuse of finished runs, scenario check)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protosphere import runner
+from protosphere.errors import ConfigError, RunError
+from protosphere.metrics.continual import summarize
+from protosphere.report import save_embedding_snapshot, write_report
+from protosphere.report.compare import compare, format_mean_std, mean_std
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_results(num_tasks=3, task_il=True, nc=True, classifiers=("head",), seed=0, method="er", config=None,
+                 value=None, nc_epochs=False) -> dict:
+    """A results dict shaped like runner.run's; with ``value`` every accuracy equals it (known metrics)."""
+    rng = np.random.default_rng(seed)
+    accuracy, metrics = {}, {}
+    for c in classifiers:
+        accuracy[c], metrics[c] = {}, {}
+        for setting in ("class_il", "task_il") if task_il else ("class_il",):
+            if value is None:
+                matrix = np.tril(rng.uniform(20, 100, (num_tasks, num_tasks))).round(3).tolist()
+            else:
+                matrix = np.full((num_tasks, num_tasks), float(value)).tolist()
+            accuracy[c][setting] = matrix
+            metrics[c][setting] = summarize(matrix, [10.0] * num_tasks)
+    nc_list = [None] + [{"split": "test", "classes": 2 * (t + 1), "nc1": 0.1 * (t + 1), "equinorm": 0.2,
+                         "equiangularity": 0.3, "max_angle": 0.05 * t, "nc3": 0.9, "nc4": 0.01,
+                         "within_class_effective_rank": 3.0 + t, "between_class_effective_rank": 1.0 + t}
+                        for t in range(1, num_tasks)] if nc else [None] * num_tasks
+    results = {
+        "name": f"{method}-seed{seed}", "status": "complete", "seed": seed, "method": method,
+        "headline_classifier": classifiers[0],
+        "scenario": {"name": "seq-digits", "kind": "class_il" if task_il else "domain_il", "num_tasks": num_tasks,
+                     "num_classes": 2 * num_tasks, "class_order": list(range(2 * num_tasks)),
+                     "class_names": [str(i) for i in range(2 * num_tasks)],
+                     "tasks": [[2 * t, 2 * t + 1] for t in range(num_tasks)]},
+        "accuracy": accuracy, "metrics": metrics, "random_init": None, "neural_collapse": nc_list,
+        "timings": {"tasks": [{"task": t, "train_s": 0.5 + t, "eval_s": 0.1, "images": 1000,
+                               "img_per_s": 1000 / (0.5 + t)} for t in range(num_tasks)], "total_s": 9.0},
+        "environment": {"device": "cpu", "world_size": 1, "precision": "32-true", "torch": "x"},
+        "config": config if config is not None else {"name": f"{method}-seed{seed}", "seed": seed,
+                                                      "method": {"name": method}},
+    }
+    if nc_epochs:
+        results["nc_epochs"] = [{"task": t, "epoch": e, "nc1": 1.0 / (1 + e + t), "equinorm": 0.1}
+                                for t in range(num_tasks) for e in range(2)]
+    return results
+
+
+def write_run(run_dir: Path, results: dict) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def check_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 50 and image.size[1] > 50
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report.html
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    """One report with every optional part (rendered once: plotting is the slow part of these tests)."""
+    results = fake_results(num_tasks=3, classifiers=("ncm", "linear_probe"), nc_epochs=True)
+    run_dir = write_run(tmp_path_factory.mktemp("report") / "run", results)
+    rng = np.random.default_rng(0)
+    prototypes = np.linalg.qr(rng.normal(size=(8, 6)))[0].T  # 6 orthonormal rows in 8-d
+    labels = rng.integers(0, 6, 300)
+    save_embedding_snapshot(run_dir, prototypes[labels] * 2 + 0.3 * rng.normal(size=(300, 8)), labels, prototypes)
+    return run_dir, results, write_report(run_dir)
+
+
+def test_report_is_self_contained_with_valid_pngs(full_report):
+    run_dir, _, path = full_report
+    text = path.read_text()
+    assert path == run_dir / "report.html"
+    sources = re.findall(r"""src\s*=\s*["']([^"']*)""", text, flags=re.I)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"<(link|script|iframe)\b", text, flags=re.I)
+    assert not re.search(r"url\(|@import|https?://", text, flags=re.I)
+    pngs = sorted((run_dir / "plots").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"accuracy_matrix_ncm.png", "accuracy_over_time_linear_probe.png", "forgetting_ncm.png",
+            "nc_over_tasks.png", "nc_over_epochs.png", "embedding_sphere.png", "prototype_cosine.png",
+            "timings.png"} <= names
+    import base64
+
+    for png in pngs:
+        check_png(png)
+        assert base64.b64encode(png.read_bytes()).decode() in text  # every plot is embedded
+    assert len(sources) == len(pngs)
+    assert "<details>" in text and "Resolved config (YAML)" in text
+
+
+def test_headline_numbers_equal_results_json(full_report):
+    _, _, path = full_report
+    results = json.loads((path.parent / "results.json").read_text())
+    text = path.read_text()
+    cells = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', text))
+    checked = 0
+    for classifier, settings in results["metrics"].items():
+        for setting, m in settings.items():
+            for key in ("final_average_accuracy", "average_incremental_accuracy", "average_forgetting",
+                        "backward_transfer", "forward_transfer"):
+                raw = cells[f"{classifier}/{setting}/{key}"]
+                assert float(raw) == m[key]
+                shown = re.search(rf'data-key="{classifier}/{setting}/{key}"[^>]*>([^<]*)<', text).group(1)
+                assert shown == f"{m[key]:.2f}"
+                checked += 1
+    assert checked == 2 * 2 * 5
+
+
+def test_report_without_optional_parts(tmp_path):
+    results = fake_results(num_tasks=1, task_il=False, nc=False)
+    del results["timings"]
+    results["neural_collapse"] = [None]
+    run_dir = write_run(tmp_path / "run", results)
+    text = write_report(run_dir).read_text()
+    names = {p.name for p in (run_dir / "plots").glob("*.png")}
+    assert names == {"accuracy_matrix_head.png"}
+    assert "Neural collapse" not in text and "Embeddings" not in text
+    cells = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', text))
+    assert cells["head/class_il/average_forgetting"] == "null"
+    assert "No task-IL numbers" in text
+
+
+def test_rerender_removes_stale_plots(tmp_path):
+    run_dir = write_run(tmp_path / "run", fake_results(num_tasks=1, task_il=False, nc=False))
+    save_embedding_snapshot(run_dir, np.random.default_rng(0).normal(size=(40, 5)), np.arange(40) % 4)
+    write_report(run_dir)
+    assert (run_dir / "plots" / "embedding_sphere.png").exists()
+    (run_dir / "embeddings.npz").unlink()
+    write_report(run_dir)
+    assert not (run_dir / "plots" / "embedding_sphere.png").exists()
+
+
+def test_report_on_directory_without_results(tmp_path, capsys):
+    from protosphere.cli import main
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="no results.json"):
+        write_report(tmp_path / "empty")
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no results.json" in err and err.count("\n") == 1
+
+
+def test_embedding_snapshot_contents(tmp_path):
+    rng = np.random.default_rng(1)
+    prototypes = np.linalg.qr(rng.normal(size=(10, 4)))[0].T  # 4 classes, 10-d
+    labels = np.repeat(np.arange(4), 50)
+    features = 5 * prototypes[labels] + 0.01 * rng.normal(size=(200, 10))
+    path = save_embedding_snapshot(tmp_path, features, labels, prototypes, max_points=80)
+    with np.load(path) as npz:
+        assert npz["features"].shape == (80, 10) and npz["labels"].shape == (80,)
+        assert npz["classes"].tolist() == [0, 1, 2, 3]
+        np.testing.assert_allclose(npz["cosine"], np.eye(4), atol=1e-3)
+    with pytest.raises(ValueError):
+        save_embedding_snapshot(tmp_path, features, labels, prototypes[:, :3])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------------------------
+def test_mean_std_known_values():
+    stat = mean_std([1.0, 2.0, 3.0, 4.0])
+    assert stat["mean"] == 2.5 and stat["n"] == 4
+    assert stat["std"] == pytest.approx(np.sqrt(5 / 3), abs=1e-12)  # sample std (n − 1)
+    assert format_mean_std(stat) == "2.50 ± 1.29"
+    assert mean_std([7.0]) == {"mean": 7.0, "std": None, "n": 1, "values": [7.0]}
+    assert format_mean_std(mean_std([7.0])) == "7.00"
+    assert mean_std([None, 2.0, 4.0])["mean"] == 3.0
+    assert format_mean_std(mean_std([None, None])) == "n/a"
+
+
+BASE = {"er": 50.0, "finetune": 30.0}
+STEP = {"er": 2.0, "finetune": 3.0}
+
+
+def write_configs(folder: Path, num_tasks=(3, 3)) -> list[Path]:
+    paths = []
+    for (name, extra), tasks in zip((("er", ", buffer_size: 20"), ("finetune", "")), num_tasks):
+        path = folder / f"{name}.yaml"
+        path.write_text(f"data: {{dataset: digits}}\nscenario: {{num_tasks: {tasks}}}\nmodel: {{backbone: mlp}}\n"
+                        f"method: {{name: {name}{extra}}}\ntrain: {{epochs: 1}}\n")
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    calls = []
+
+    def run(config, resume=False, overwrite=False, console=None, show_progress=True):
+        calls.append((config.name, config.seed, resume, overwrite))
+        method = config.method.name
+        results = fake_results(num_tasks=config.scenario.num_tasks, seed=config.seed, method=method,
+                               config=config.model_dump(mode="json"),
+                               value=BASE[method] + STEP[method] * config.seed)
+        results["name"] = config.name
+        run_dir = runner.prepare_run_dir(config, resume=resume, overwrite=overwrite)
+        (run_dir / "results.json").write_text(json.dumps(results))
+        return results, run_dir
+
+    monkeypatch.setattr(runner, "run", run)
+    return calls
+
+
+def test_compare_mean_std_and_reuse(tmp_path, fake_run):
+    paths = write_configs(tmp_path)
+    out = tmp_path / "out"
+    summary = compare(paths, seeds=3, out=out, overrides=["optimizer.lr=0.01"])
+    assert [c[:2] for c in fake_run] == [(f"{m}-seed{s}", s) for m in ("er", "finetune") for s in range(3)]
+    rows = {r["label"]: r for r in summary["rows"]}
+    er = rows["er"]["values"]["headline/class_il/final_average_accuracy"]
+    assert er["mean"] == pytest.approx(52.0) and er["std"] == pytest.approx(2.0)
+    ft = rows["finetune"]["values"]["headline/task_il/final_average_accuracy"]
+    assert ft["mean"] == pytest.approx(33.0) and ft["std"] == pytest.approx(3.0)
+    assert rows["er"]["values"]["headline/class_il/average_forgetting"]["mean"] == 0.0
+    assert rows["er"]["status"] == ["trained"] * 3
+
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["rows"][0]["values"]["headline/class_il/final_average_accuracy"]["mean"] == pytest.approx(52.0)
+    markdown = (out / "compare.md").read_text()
+    assert "| er | er | head | **52.00 ± 2.00** |" in markdown and "33.00 ± 3.00" in markdown
+    assert "protosphere compare" in markdown and "optimizer.lr=0.01" in markdown and "--seeds 3" in markdown
+    html = (out / "compare.html").read_text()
+    assert 'data-mean="52.0"' in html and not re.search(r"""src=["'](?!data:)""", html)
+    for png in (out / "plots").glob("*.png"):
+        check_png(png)
+
+    # the same command again reuses all six finished runs
+    again = compare(paths, seeds=3, out=out, overrides=["optimizer.lr=0.01"])
+    assert len(fake_run) == 6
+    assert all(s == "reused" for r in again["rows"] for s in r["status"])
+    # one more seed trains only the new runs
+    compare(paths, seeds=4, out=out, overrides=["optimizer.lr=0.01"])
+    assert [c[0] for c in fake_run[6:]] == ["er-seed3", "finetune-seed3"]
+    # a different config never silently reuses a run: refused, then rerun with --overwrite
+    with pytest.raises(RunError, match="different config"):
+        compare(paths, seeds=1, out=out, overrides=["optimizer.lr=0.02"])
+    assert len(fake_run) == 8
+    compare(paths, seeds=1, out=out, overrides=["optimizer.lr=0.02"], overwrite=True)
+    assert [c[0] for c in fake_run[8:]] == ["er-seed0", "finetune-seed0"]
+
+
+def test_compare_refuses_different_scenarios(tmp_path, fake_run, capsys):
+    from protosphere.cli import main
+
+    paths = write_configs(tmp_path, num_tasks=(3, 5))
+    with pytest.raises(ConfigError, match="do not share one scenario"):
+        compare(paths, seeds=2, out=tmp_path / "out")
+    assert fake_run == []
+    assert main(["compare", *map(str, paths), "--seeds", "1", "--out", str(tmp_path / "out")]) == 2
+    assert "scenario.num_tasks" in capsys.readouterr().err
+    # an override that makes them agree is applied to all configs
+    compare(paths, seeds=1, out=tmp_path / "out", overrides=["scenario.num_tasks=3"])
+    assert len(fake_run) == 2
+
+
+def test_compare_cli_parses_overrides_and_options(tmp_path, fake_run):
+    from protosphere.cli import main
+
+    paths = write_configs(tmp_path)
+    out = tmp_path / "cli-out"
+    assert main(["compare", str(paths[0]), str(paths[1]), "train.epochs=2", "--seeds", "2", "--out", str(out),
+                 "optimizer.lr=0.3", "--no-progress"]) == 0
+    assert len(fake_run) == 4
+    saved = json.loads((out / "compare.json").read_text())
+    assert "train.epochs=2" in saved["command"] and "optimizer.lr=0.3" in saved["command"]
+    config = json.loads((out / "er-seed1" / "results.json").read_text())["config"]
+    assert config["train"]["epochs"] == 2 and config["optimizer"]["lr"] == 0.3 and config["seed"] == 1
+
+
+def test_try_write_report_never_raises(tmp_path, monkeypatch):
+    from protosphere.report import plots, try_write_report
+
+    run_dir = write_run(tmp_path / "run", fake_results(num_tasks=1, task_il=False, nc=False))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(plots, "accuracy_heatmaps", broken)
+    with pytest.warns(UserWarning, match="results.json is intact"):
+        assert try_write_report(run_dir) is None
+    assert (run_dir / "results.json").exists() and not (run_dir / "report.html").exists()
