@@ -42,6 +42,7 @@ class ScenarioConfig(Section):
     shuffle_classes: bool = False
     domain: Literal["rotation", "permutation"] = "rotation"
     max_rotation: float = Field(180.0, ge=0, le=360)
+    imbalance_ratio: float | None = Field(None, gt=0, le=1, description="long-tail profile n_min/n_max (e.g. 0.01)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ScenarioConfig":
@@ -92,6 +93,29 @@ class EvalConfig(Section):
     batch_size: int = Field(256, ge=1)
     random_init_baseline: bool = True
     neural_collapse: bool = True
+    per_epoch: bool = Field(False, description="also evaluate accuracy and NC metrics after every epoch")
+    corruptions: list[str] | None = Field(None, description="corruptions applied to the test set after the last task")
+    corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    embeddings: bool = Field(True, description="save test embeddings for the report's sphere picture")
+
+    @field_validator("corruptions")
+    @classmethod
+    def _known_corruptions(cls, value):
+        from .data.corruptions import CORRUPTIONS
+
+        for name in value or []:
+            if name not in CORRUPTIONS:
+                close = difflib.get_close_matches(name, CORRUPTIONS, n=1)
+                hint = f"did you mean {close[0]!r}" if close else f"choose from {', '.join(CORRUPTIONS)}"
+                raise ValueError(f"unknown corruption {name!r}; {hint}")
+        return value
+
+    @field_validator("corruption_severities")
+    @classmethod
+    def _severities(cls, value):
+        if not value or any(s not in (1, 2, 3, 4, 5) for s in value):
+            raise ValueError("severities must be a non-empty list of integers 1..5")
+        return value
 
 
 class FabricConfig(Section):

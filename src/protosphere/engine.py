@@ -133,7 +133,7 @@ class Engine:
 
         state = resume or {}
         results = state.get("results") or {"accuracy": {}, "random_init": None, "neural_collapse": [],
-                                           "timings": {"tasks": []}, "nc_epochs": []}
+                                           "timings": {"tasks": []}, "per_epoch": []}
         start_task = state.get("task", 0)
         in_task = state.get("phase") == "in_task"
         start_step = state.get("step", 0) if in_task else 0
@@ -216,6 +216,8 @@ class Engine:
                             progress.update(bar, completed=step + 1, loss=f"loss {terms['loss']:.4f}",
                                             speed=f"{speed:,.0f} img/s",
                                             description=f"task {t + 1}/{scenario.num_tasks} epoch {epoch + 1}/{epochs}")
+                    if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
+                        self._epoch_evaluation(method, scenario, test_sets, context, results, log, t, epoch)
                     if save:
                         self._save("last.ckpt", method, optimizer, results, t, "in_task", step + 1, global_step)
                 train_time = time.perf_counter() - task_start
@@ -237,6 +239,10 @@ class Engine:
                                  for j, a in enumerate(accs) if j <= t}, t)
                 if nc:
                     log.log("test", {f"nc/{k}": v for k, v in nc.items() if isinstance(v, (int, float))}, t)
+                if cfg.eval.per_epoch:
+                    results["per_epoch"].append({"task": t, "epoch": epochs - 1, "accuracy": row, "neural_collapse": nc})
+                if t == scenario.num_tasks - 1:
+                    self._final_extras(method, scenario, test_sets, results)
                 self._save(f"task-{t}.ckpt", method, optimizer, results, t, "task_done", 0, global_step)
                 if self.console is not None and fabric.is_global_zero:
                     seen = row[headline]["class_il"][: t + 1]
@@ -251,6 +257,50 @@ class Engine:
             log.close()
             set_validation(True)
         return results
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _epoch_evaluation(self, method, scenario, test_sets, context, results, log, task, epoch) -> None:
+        row = self.evaluate(method, scenario, test_sets, up_to=task, prepare=context)
+        nc = self.neural_collapse(method, scenario, test_sets, task) if self.config.eval.neural_collapse else None
+        results["per_epoch"].append({"task": task, "epoch": epoch, "accuracy": row, "neural_collapse": nc})
+        values = {f"{c}/{s}/mean_seen": float(np.mean(a[: task + 1])) for c, ss in row.items() for s, a in ss.items()}
+        if nc:
+            values.update({f"nc/{k}": v for k, v in nc.items() if isinstance(v, (int, float))})
+        log.log("epoch", values, task, epoch)
+
+    @torch.no_grad()
+    def _final_extras(self, method, scenario, test_sets, results) -> None:
+        """After the last task: corruption robustness and an embedding snapshot for the report."""
+        cfg = self.config
+        was_training = method.training
+        method.eval()
+        seen = range(scenario.num_tasks) if scenario.kind == "class_il" else [scenario.num_tasks - 1]
+        images = torch.cat([test_sets[j][0] for j in seen])
+        labels = torch.cat([test_sets[j][1] for j in seen])
+        if cfg.eval.corruptions:
+            from .data.corruptions import evaluate_corruptions
+
+            results["corruptions"] = {
+                name: evaluate_corruptions(lambda x, c=classify: c(self._eval_layout(x)), images, labels,
+                                           cfg.eval.corruptions, cfg.eval.corruption_severities,
+                                           batch_size=cfg.eval.batch_size, seed=cfg.seed)
+                for name, classify in method.classifiers().items()
+            }
+        if cfg.eval.embeddings and (self.fabric is None or self.fabric.is_global_zero):
+            from .report import save_embedding_snapshot
+
+            prototypes = getattr(method, "prototypes", None)
+            embed = (lambda x: method(method.transforms.eval(x))) if prototypes is not None else method.features
+            batch = cfg.eval.batch_size
+            features = torch.cat([embed(self._eval_layout(images[i : i + batch].float().div(255))).float().cpu()
+                                  for i in range(0, len(labels), batch)])
+            weights = prototypes if prototypes is not None else method.classifier_weights()
+            save_embedding_snapshot(self.run_dir, features, labels.cpu(),
+                                    None if weights is None else weights.detach().float().cpu())
+        method.train(was_training)
+
+    def _eval_layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.config.model.channels_last else x
 
     # ----------------------------------------------------------------------------------------------------------
     @staticmethod

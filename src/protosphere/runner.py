@@ -15,11 +15,16 @@ from .errors import ConfigError, RunError
 def build_fabric(config: RunConfig):
     from lightning_fabric import Fabric
 
+    from .methods import method_class
+
     fc = config.fabric
     if fc.threads is not None:
         torch.set_num_threads(fc.threads)
+    strategy = fc.strategy
+    if strategy == "ddp" and getattr(method_class(config.method.name), "unused_parameters", False):
+        strategy = "ddp_find_unused_parameters_true"  # e.g. a predictor idle until the second task
     try:
-        return Fabric(accelerator=fc.accelerator, devices=fc.devices, num_nodes=fc.num_nodes, strategy=fc.strategy,
+        return Fabric(accelerator=fc.accelerator, devices=fc.devices, num_nodes=fc.num_nodes, strategy=strategy,
                       precision=fc.precision)
     except (ValueError, RuntimeError, TypeError) as exc:  # e.g. an unknown strategy, more devices than exist
         reason = " ".join(str(exc).split())
@@ -34,6 +39,10 @@ def build_scenario_from_config(config: RunConfig):
     kwargs = {"image_size": config.data.image_size} if config.data.image_size else {}
     dataset = load_dataset(config.data.dataset, root=config.data.root, download=config.data.download, **kwargs)
     sc = config.scenario
+    if sc.imbalance_ratio is not None:
+        from .data.imbalance import long_tail_dataset
+
+        dataset = long_tail_dataset(dataset, sc.imbalance_ratio, seed=config.seed)
     return build_scenario(dataset, sc.kind, sc.num_tasks, classes_per_task=sc.classes_per_task,
                           class_order=sc.class_order, shuffle_classes=sc.shuffle_classes, seed=config.seed,
                           train_fraction=config.data.train_fraction, domain=sc.domain, max_rotation=sc.max_rotation)
@@ -137,7 +146,7 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
 
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
         show_progress: bool = True) -> tuple[dict, Path]:
-    from .engine import Engine, environment, write_config, write_results
+    from .engine import Engine, config_fingerprint, environment, write_config, write_results
     from .metrics.continual import summarize
 
     from .distributed import rank_zero_first
@@ -198,6 +207,12 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         "metrics": metrics,
         "random_init": random_init,
         "neural_collapse": raw["neural_collapse"],
+        "per_epoch": raw.get("per_epoch", []),
+        "nc_epochs": [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in raw.get("per_epoch", [])
+                      if e.get("neural_collapse")],
+        **({"corruptions": raw["corruptions"]} if "corruptions" in raw else {}),
+        **({"embeddings": raw["embeddings"]} if "embeddings" in raw else {}),
+        "fingerprint": config_fingerprint(config),
         "timings": {**raw["timings"], "total_s": time.time() - started},
         "environment": {**environment(),
                         "device": str(fabric.device), "world_size": fabric.world_size,
@@ -206,4 +221,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     }
     if fabric.is_global_zero:
         write_results(run_dir, results)
+        from .report import try_write_report
+
+        try_write_report(run_dir, results, console=console)  # a plotting failure is a warning, never a lost run
     return results, run_dir

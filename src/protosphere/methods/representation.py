@@ -54,7 +54,7 @@ class RepresentationMethod(Method):
                                         batch_norm=config.projection_batch_norm)
         self.register_buffer("class_means", torch.zeros(num_classes, backbone.out_dim))
         self.prototypes: torch.Tensor | None = None
-        self._probe: torch.nn.Linear | None = None
+        self._fitted: dict = {}  # the linear probe, refitted after every task; not part of the trained model
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # training helpers --------------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ class RepresentationMethod(Method):
         for c in present.tolist():
             self.class_means[c] = F.normalize(normalized[labels == c].mean(0), dim=0)
         if "linear_probe" in cfg.classifiers:
-            self._probe = fit_linear_probe(features, labels, self.num_classes, epochs=cfg.probe_epochs,
+            self._fitted["probe"] = fit_linear_probe(features, labels, self.num_classes, epochs=cfg.probe_epochs,
                                            lr=cfg.probe_lr, batch_size=cfg.probe_batch_size,
                                            class_balanced=cfg.probe_class_balanced, seed=task.index,
                                            schedule=cfg.probe_schedule).to(features.device)
@@ -103,13 +103,18 @@ class RepresentationMethod(Method):
         table = {
             "nearest_prototype": lambda x: nearest_prototype_logits(self(self.transforms.eval(x)), self.prototypes),
             "ncm": lambda x: ncm_logits(self.features(x), self.class_means),
-            "linear_probe": lambda x: self._probe(self.features(x)),
+            "linear_probe": lambda x: self._fitted["probe"](self.features(x)),
             "knn": lambda x: knn_logits(self._bank[0], self._bank[1], F.normalize(self.features(x), dim=1),
                                         self.num_classes, k=self.config.knn_k,
                                         temperature=self.config.knn_temperature),
+            **self.extra_classifiers(),
         }
         names = [n for n in self.config.classifiers if n != "nearest_prototype" or self.prototypes is not None]
         return {name: table[name] for name in names}
+
+    def extra_classifiers(self) -> dict:
+        """Classifiers a subclass adds to the table above, by name (selected through ``config.classifiers``)."""
+        return {}
 
     def classifier_weights(self):
         return self.class_means

@@ -1,0 +1,71 @@
+"""Losses on the unit hypersphere: pure functions (+ thin nn.Module wrappers), no state, no I/O (DESIGN §3)."""
+
+from ._checks import set_validation, validation
+from .contrastive import AsymmetricSupConLoss, FNC2Loss, SupConLoss, asymmetric_supcon, fnc2, supcon
+from .distillation import HSDLoss, IRDLoss, PRDLoss, hsd, hsd_alpha, ird, prd
+from .prototype import DRLoss, dr_loss, inverse_frequency_weights
+from .normalized import (
+    CLOPLoss,
+    NONLLoss,
+    NormFaceLoss,
+    NTCELoss,
+    SupervisedNTXentLoss,
+    clop,
+    nonl,
+    normface,
+    ntce,
+    supervised_ntxent,
+)
+from .self_supervised import (
+    CaSSLeDistillLoss,
+    MoCoInfoNCELoss,
+    NTXentLoss,
+    PNRMoCoLoss,
+    PNRSimCLRLoss,
+    cassle_distill,
+    moco_infonce,
+    nt_xent,
+    pnr_moco,
+    pnr_simclr,
+)
+
+__all__ = [
+    "set_validation",
+    "validation",
+    "supcon",
+    "asymmetric_supcon",
+    "fnc2",
+    "SupConLoss",
+    "AsymmetricSupConLoss",
+    "FNC2Loss",
+    "ird",
+    "prd",
+    "hsd",
+    "hsd_alpha",
+    "IRDLoss",
+    "PRDLoss",
+    "HSDLoss",
+    "dr_loss",
+    "inverse_frequency_weights",
+    "DRLoss",
+    "normface",
+    "ntce",
+    "nonl",
+    "clop",
+    "supervised_ntxent",
+    "NormFaceLoss",
+    "NTCELoss",
+    "NONLLoss",
+    "CLOPLoss",
+    "SupervisedNTXentLoss",
+    "nt_xent",
+    "moco_infonce",
+    "pnr_moco",
+    "pnr_simclr",
+    "cassle_distill",
+    "NTXentLoss",
+    "MoCoInfoNCELoss",
+    "PNRMoCoLoss",
+    "PNRSimCLRLoss",
+    "CaSSLeDistillLoss",
+]

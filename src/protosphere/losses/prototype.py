@@ -1,0 +1,106 @@
+"""Alignment of features with fixed prototypes: the NC-FSCIL / Neural Collapse Terminus misalignment (DR) loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import (
+    autocast_off,
+    check_finite,
+    check_labels,
+    check_matrix,
+    check_unit_rows,
+    compute_dtype,
+    validation_enabled,
+)
+
+__all__ = ["dr_loss", "inverse_frequency_weights", "DRLoss"]
+
+
+def inverse_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    r"""Class-balanced weights ``c_k = 1/N_k`` for the classes present in ``labels`` and 0 for the others.
+
+    Pass the labels of the **globally gathered** batch under DDP (NCT counts classes in the whole batch). Computed
+    with ``index_add`` (no host sync).
+
+    Args:
+        labels: (N,) integer labels in ``[0, num_classes)``.
+        num_classes: K.
+
+    Returns:
+        (K,) float32 tensor on the labels' device.
+    """
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"inverse_frequency_weights: `num_classes` must be >= 1, got {num_classes}.")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError("inverse_frequency_weights: `labels` must be a 1-D integer tensor.")
+    check_labels(labels, labels.shape[0], "inverse_frequency_weights", num_classes=num_classes)
+    counts = torch.zeros(num_classes, dtype=torch.float32, device=labels.device)
+    counts.index_add_(0, labels, torch.ones(labels.shape[0], dtype=torch.float32, device=labels.device))
+    return torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
+
+
+def dr_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
+            class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Misalignment / dot-regression (DR) loss (Yang et al., "Neural Collapse Inspired Feature-Classifier Alignment for
+    Few-Shot Class-Incremental Learning" — NC-FSCIL, ICLR 2023; used by Neural Collapse Terminus, NCT)::
+
+        loss = ½ Σ_i a_i (z_i·w_{y_i} − 1)²
+        a_i  = 1/N                       (class_weights is None)
+        a_i  = c_{y_i} / Σ_j c_{y_j}     (per-class weights c, e.g. :func:`inverse_frequency_weights`)
+
+    Only the target prototype enters. With ``c_k = 1/N_k`` this equals the official ``ETFHead(with_len=True)`` target
+    rescaling. The loss weight (10; 50 for distillation) is applied by the method, not here.
+
+    Args:
+        z: (N, d) L2-normalised features.
+        labels: (N,) integer labels in ``[0, K)``.
+        prototypes: (K, d) unit-norm prototypes (e.g. simplex-ETF rows), detached inside.
+        class_weights: optional (K,) non-negative per-class weights; the weights of the classes present must not
+            all be 0.
+
+    Returns:
+        A scalar tensor (float32, or float64 for float64 input).
+
+    Under DDP: the loss is computed on the rows it is given; the engine gathers the global batch with gradients
+    before calling it (and class counts for the weights come from that global batch).
+    """
+    loss = "dr_loss"
+    check_matrix(z, "z", loss)
+    check_matrix(prototypes, "prototypes", loss, dim=z.shape[1])
+    num_classes = prototypes.shape[0]
+    check_labels(labels, z.shape[0], loss, num_classes=num_classes)
+    check_unit_rows(z, "z", loss)
+    check_unit_rows(prototypes, "prototypes", loss)
+    if class_weights is not None:
+        if not isinstance(class_weights, torch.Tensor) or tuple(class_weights.shape) != (num_classes,):
+            got = tuple(class_weights.shape) if isinstance(class_weights, torch.Tensor) else type(class_weights).__name__
+            raise ValueError(f"{loss}: `class_weights` must be a tensor of shape ({num_classes},) (one weight per "
+                             f"prototype), got {got}.")
+        check_finite(class_weights, "class_weights", loss)
+        if validation_enabled() and bool((class_weights < 0).any()):
+            raise ValueError(f"{loss}: `class_weights` must be non-negative.")
+    if z.shape[0] == 0:
+        raise ValueError(f"{loss}: `z` has no rows.")
+    with autocast_off(z):
+        dtype = compute_dtype(z)
+        z = z.to(dtype)
+        target = prototypes.detach().to(device=z.device, dtype=dtype).index_select(0, labels)
+        sq = ((z * target).sum(dim=1) - 1.0).square()
+        if class_weights is None:
+            return 0.5 * sq.mean()
+        a = class_weights.detach().to(device=z.device, dtype=dtype).index_select(0, labels)
+        total = a.sum()
+        if validation_enabled() and not bool(total > 0):
+            raise ValueError(f"{loss}: the class weights of the labels in the batch sum to 0; give present classes "
+                             f"a positive weight.")
+        return 0.5 * (a * sq).sum() / total
+
+
+class DRLoss(nn.Module):
+    """Module form of :func:`dr_loss`: ``DRLoss()(z, labels, prototypes=P, class_weights=None)``."""
+
+    def forward(self, z, labels, *, prototypes, class_weights=None):
+        return dr_loss(z, labels, prototypes, class_weights)

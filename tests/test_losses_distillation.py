@@ -1,0 +1,306 @@
+"""ird, prd, hsd, hsd_alpha, dr_loss and inverse_frequency_weights against slow per-sample references."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from protosphere.losses import (
+    DRLoss,
+    HSDLoss,
+    IRDLoss,
+    PRDLoss,
+    dr_loss,
+    hsd,
+    hsd_alpha,
+    inverse_frequency_weights,
+    ird,
+    prd,
+    validation,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# slow references: per-sample Python loops in float64, naive exp/log (float64 holds exp(100))
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _dot(a, b):
+    return (a * b).sum()
+
+
+def ref_ird(z, z_past, kc, kp):
+    z, zp = z.double(), z_past.double().detach()
+    n = z.shape[0]
+    total = z.sum() * 0
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        den_p = sum(torch.exp(_dot(z[i], z[k]) / kc) for k in others)
+        den_q = sum(torch.exp(_dot(zp[i], zp[k]) / kp) for k in others)
+        for j in others:
+            p = torch.exp(_dot(z[i], z[j]) / kc) / den_p
+            q = torch.exp(_dot(zp[i], zp[j]) / kp) / den_q
+            total = total - q * torch.log(p)
+    return total / n
+
+
+def ref_prd(z, z_past, w, tc, tp):
+    z, zp, w = z.double(), z_past.double().detach(), w.double()
+    n, k = z.shape[0], w.shape[0]
+    total = z.sum() * 0
+    for i in range(n):
+        den_p = sum(torch.exp(_dot(z[i], w[c]) / tc) for c in range(k))
+        den_q = sum(torch.exp(_dot(zp[i], w[c]) / tp) for c in range(k))
+        for c in range(k):
+            total = total - torch.exp(_dot(zp[i], w[c]) / tp) / den_q * torch.log(torch.exp(_dot(z[i], w[c]) / tc) / den_p)
+    return total / n
+
+
+def ref_dr(z, labels, w, class_weights=None):
+    z, w = z.double(), w.double()
+    n = z.shape[0]
+    if class_weights is None:
+        a = [1.0 / n] * n
+    else:
+        raw = [float(class_weights[int(y)]) for y in labels]
+        a = [r / sum(raw) for r in raw]
+    total = z.sum() * 0
+    for i in range(n):
+        total = total + a[i] * (_dot(z[i], w[int(labels[i])]) - 1) ** 2
+    return 0.5 * total
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+def unit(n, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1).to(dtype)
+
+
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+
+
+def value_and_grad(fn, z):
+    z = z.detach().clone().requires_grad_(True)
+    value = fn(z)
+    (grad,) = torch.autograd.grad(value, z)
+    return value, grad
+
+
+def assert_matches(fn, ref, z, dtype):
+    value, grad = value_and_grad(fn, z.to(dtype))
+    ref_value, ref_grad = value_and_grad(ref, z.double())
+    assert value.dtype == dtype
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(value.double(), ref_value, **TOL[dtype])
+    scale = max(1.0, float(ref_grad.abs().max()))
+    torch.testing.assert_close(grad.double() / scale, ref_grad / scale, **TOL[dtype])
+
+
+def close_past(z, seed, noise=0.3):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(z.double() + noise * torch.randn(z.shape, generator=g, dtype=torch.float64), dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ird / prd / hsd against the references
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 3, 10])
+@pytest.mark.parametrize("temps", [(0.2, 0.01), (0.5, 0.5), (0.1, 0.2)])
+def test_ird_matches_reference(dtype, n, temps):
+    z = unit(n, 6, seed=n)
+    zp = close_past(z, seed=1)
+    assert_matches(lambda x: ird(x, zp.to(x.dtype), *temps), lambda x: ref_ird(x, zp, *temps), z, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 1), (9, 4), (12, 7)])
+@pytest.mark.parametrize("temps", [(0.2, 0.1), (0.5, 0.05)])
+def test_prd_matches_reference(dtype, n, k, temps):
+    z, w = unit(n, 8, seed=n), unit(k, 8, seed=100 + k)
+    zp = close_past(z, seed=2)
+    assert_matches(lambda x: prd(x, zp.to(x.dtype), w.to(x.dtype), *temps), lambda x: ref_prd(x, zp, w, *temps), z,
+                   dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 1.0])
+def test_hsd_matches_reference(dtype, alpha):
+    z, w = unit(8, 6, seed=3), unit(3, 6, seed=4)
+    zp = close_past(z, seed=5)
+    assert_matches(lambda x: hsd(x, zp.to(x.dtype), w.to(x.dtype), alpha, (0.3, 0.05), (0.2, 0.1)),
+                   lambda x: alpha * ref_ird(x, zp, 0.3, 0.05) + (1 - alpha) * ref_prd(x, zp, w, 0.2, 0.1), z, dtype)
+
+
+def test_hsd_endpoints_equal_ird_and_prd():
+    z, w = unit(10, 5, seed=1), unit(4, 5, seed=2)
+    zp = close_past(z, seed=3)
+    assert torch.equal(hsd(z, zp, w, 1.0), ird(z, zp, 0.2, 0.01))
+    assert torch.equal(hsd(z, zp, w, 0.0), prd(z, zp, w, 0.2, 0.1))
+    mixed = hsd(z, zp, w, torch.tensor(0.4, dtype=torch.float64))
+    torch.testing.assert_close(mixed, 0.4 * ird(z, zp) + 0.6 * prd(z, zp, w), rtol=1e-12, atol=0)
+
+
+def test_ird_with_same_model_is_the_entropy():
+    z = unit(9, 4, seed=7)
+    p = torch.softmax((z @ z.T / 0.3).masked_fill(torch.eye(9, dtype=torch.bool), float("-inf")), dim=1)
+    entropy = -(p * torch.log(p).masked_fill(torch.eye(9, dtype=torch.bool), 0)).sum(1).mean()
+    torch.testing.assert_close(ird(z, z, 0.3, 0.3), entropy, rtol=1e-12, atol=1e-12)
+    # Gibbs: a different past model only raises the cross-entropy above the target's entropy
+    assert ird(z, close_past(z, seed=1), 0.3, 0.3) > ird(close_past(z, seed=1), close_past(z, seed=1), 0.3, 0.3)
+
+
+def test_ird_and_prd_do_not_backpropagate_into_the_past():
+    z, w = unit(6, 4, seed=1).requires_grad_(True), unit(3, 4, seed=2).requires_grad_(True)
+    zp = close_past(z.detach(), seed=4).requires_grad_(True)
+    for value in (ird(z, zp), prd(z, zp, w), hsd(z, zp, w, 0.5)):
+        gz, gp, gw = torch.autograd.grad(value, (z, zp, w), allow_unused=True)
+        assert gz is not None and torch.isfinite(gz).all() and gz.abs().sum() > 0
+        assert gp is None and gw is None
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_low_precision_input_returns_float32(low):
+    z, w = unit(64, 16, seed=0).to(low), unit(5, 16, seed=1).to(low)
+    zp = close_past(z.double(), seed=2).to(low)
+    labels = torch.arange(64) % 5
+    with validation(False):
+        for value in (ird(z, zp), prd(z, zp, w), hsd(z, zp, w, 0.5), dr_loss(z, labels, w),
+                      dr_loss(z, labels, w, inverse_frequency_weights(labels, 5))):
+            assert value.dtype == torch.float32 and torch.isfinite(value)
+
+
+def test_autocast_does_not_lower_precision():
+    z, w = unit(32, 8, seed=0, dtype=torch.float32), unit(4, 8, seed=1, dtype=torch.float32)
+    zp = close_past(z, seed=2).float()
+    plain = (ird(z, zp), prd(z, zp, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = (ird(z, zp), prd(z, zp, w))
+    for a, b in zip(plain, auto):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hsd_alpha schedules
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_hsd_alpha_endpoints(schedule):
+    assert hsd_alpha(0, 11, schedule) == 1.0
+    assert hsd_alpha(10, 11, schedule) == pytest.approx(0.0, abs=1e-15)
+    assert hsd_alpha(5, 11, schedule) == pytest.approx(0.5)
+    assert hsd_alpha(0, 1, schedule) == 1.0  # S = 1
+    values = [hsd_alpha(s, 11, schedule) for s in range(11)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_hsd_alpha_shapes():
+    assert hsd_alpha(3, 11) == pytest.approx(0.7)  # linear is the default
+    assert hsd_alpha(3, 11, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
+    assert hsd_alpha(0, 5, "constant", alpha0=0.3) == 0.3
+    assert hsd_alpha(4, 5, "constant", alpha0=0.3) == 0.3
+    assert hsd_alpha(2, 5, "constant") == 1.0
+
+
+@pytest.mark.parametrize("args", [(0, 10, "exp"), (10, 10, "linear"), (-1, 10, "linear"), (0, 0, "linear"),
+                                  (0, 3, "constant", 1.5)])
+def test_hsd_alpha_bad_arguments(args):
+    with pytest.raises(ValueError):
+        hsd_alpha(*args)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dr_loss and inverse_frequency_weights
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("labels", [[0, 1, 2, 1, 0, 0, 3], [2, 2, 2], [4]])
+def test_dr_loss_matches_reference(dtype, weighted, labels):
+    labels = torch.tensor(labels)
+    w = unit(5, 6, seed=1)
+    z = unit(len(labels), 6, seed=2)
+    cw = inverse_frequency_weights(labels, 5).double() if weighted else None
+    assert_matches(lambda x: dr_loss(x, labels, w.to(x.dtype), cw), lambda x: ref_dr(x, labels, w, cw), z, dtype)
+
+
+def test_dr_loss_arbitrary_class_weights_and_alignment():
+    labels = torch.tensor([0, 1, 1, 2])
+    w = unit(3, 4, seed=1)
+    z = unit(4, 4, seed=2)
+    cw = torch.tensor([0.5, 2.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(dr_loss(z, labels, w, cw), ref_dr(z, labels, w, cw))
+    assert dr_loss(w[labels], labels, w).item() == pytest.approx(0.0, abs=1e-12)  # aligned with the targets
+    assert dr_loss(-w[labels], labels, w).item() == pytest.approx(2.0)  # opposite: ½ (−1 − 1)²
+
+
+def test_inverse_frequency_weights():
+    labels = torch.tensor([0, 0, 0, 2, 3, 3])
+    c = inverse_frequency_weights(labels, 5)
+    assert c.dtype == torch.float32
+    torch.testing.assert_close(c, torch.tensor([1 / 3, 0.0, 1.0, 0.5, 0.0]))
+    # with c_k = 1/N_k every present class gets the same total weight
+    a = c[labels] / c[labels].sum()
+    totals = torch.zeros(5).index_add_(0, labels, a)
+    torch.testing.assert_close(totals[[0, 2, 3]], torch.full((3,), 1 / 3))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _bad_calls():
+    z, w = unit(4, 3, seed=0), unit(2, 3, seed=1)
+    zp = close_past(z, seed=1)
+    nan = z.clone()
+    nan[0, 0] = float("nan")
+    labels = torch.tensor([0, 1, 1, 0])
+    return [
+        ("ird rows", lambda: ird(z, zp[:3]), "rows"),
+        ("ird dim", lambda: ird(z, unit(4, 5, seed=3)), "dimension"),
+        ("ird one row", lambda: ird(z[:1], zp[:1]), "at least 2"),
+        ("ird non-unit", lambda: ird(z, zp * 2), "unit L2 norm"),
+        ("ird nan", lambda: ird(nan, zp), "NaN"),
+        ("ird temperature", lambda: ird(z, zp, past_temperature=-0.1), "past_temperature"),
+        ("prd empty", lambda: prd(z, zp, w[:0]), "empty"),
+        ("prd proto dim", lambda: prd(z, zp, unit(2, 4, seed=3)), "dimension"),
+        ("prd proto non-unit", lambda: prd(z, zp, w * 0.3), "unit L2 norm"),
+        ("hsd alpha", lambda: hsd(z, zp, w, 1.5), "alpha"),
+        ("hsd empty", lambda: hsd(z, zp, w[:0], 0.5), "empty"),
+        ("hsd rows", lambda: hsd(z, zp[:2], w, 0.5), "rows"),
+        ("dr label outside", lambda: dr_loss(z, torch.tensor([0, 1, 2, 0]), w), "outside the 2"),
+        ("dr labels length", lambda: dr_loss(z, labels[:3], w), "labels"),
+        ("dr non-unit", lambda: dr_loss(z * 2, labels, w), "unit L2 norm"),
+        ("dr nan", lambda: dr_loss(nan, labels, w), "NaN"),
+        ("dr weight shape", lambda: dr_loss(z, labels, w, torch.ones(3)), "class_weights"),
+        ("dr weight negative", lambda: dr_loss(z, labels, w, torch.tensor([1.0, -1.0])), "non-negative"),
+        ("dr weights zero", lambda: dr_loss(z, labels, w, torch.zeros(2)), "sum to 0"),
+        ("ifw label outside", lambda: inverse_frequency_weights(torch.tensor([0, 3]), 2), "outside"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_calls(), ids=lambda c: c[0])
+def test_bad_input_raises_value_error(case):
+    _, call, match = case
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# module wrappers (one call shape: loss(z, labels, **extra); the distillation losses ignore labels)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_wrappers_call_the_functions():
+    z, w = unit(6, 4, seed=0), unit(3, 4, seed=1)
+    zp = close_past(z, seed=2)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.equal(IRDLoss(0.3, 0.05)(z, None, z_past=zp), ird(z, zp, 0.3, 0.05))
+    assert torch.equal(PRDLoss()(z, labels, z_past=zp, prototypes=w), prd(z, zp, w))
+    assert torch.equal(HSDLoss()(z, None, z_past=zp, prototypes_old=w, alpha=0.3), hsd(z, zp, w, 0.3))
+    assert torch.equal(DRLoss()(z, labels, prototypes=w), dr_loss(z, labels, w))
+    assert "past_temperature=0.05" in repr(IRDLoss(0.3, 0.05))

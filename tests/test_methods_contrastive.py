@@ -1,0 +1,407 @@
+"""co2l, fnc2 and nct: each training step equals the explicit composition of the DESIGN §3 losses on the same
+augmented views; task-boundary hooks (past-model snapshot, Co2L memory, MoE experts); configs; an engine smoke run."""
+
+import copy
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protosphere.config import load_config, validate_config
+from protosphere.errors import ConfigError
+from protosphere.geometry import simplex_etf
+from protosphere.losses import asymmetric_supcon, dr_loss, fnc2, hsd, hsd_alpha, inverse_frequency_weights, ird, prd
+from protosphere.methods import method_class
+from protosphere.methods.base import StepContext, TaskContext, Transforms
+from protosphere.models import build_backbone
+
+K, SIZE, TASKS = 6, 8, [(0, 1), (2, 3), (4, 5)]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def noisy(x):  # a random "augmentation" drawn from the global RNG, so reseeding replays it exactly
+    return x + 0.1 * torch.randn_like(x)
+
+
+def make_method(name, **settings):
+    settings = {"projection_dim": 8, "projection_hidden": 16, **settings}
+    cls = method_class(name)
+    config = cls.config_class(name=name, **settings)
+    backbone = build_backbone("mlp", in_channels=1, image_size=SIZE, hidden=(16,))
+    return cls(config, backbone, K, Transforms(train=noisy, eval=lambda x: x))
+
+
+def tiny_tasks(per_class=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = []
+    for classes in TASKS:
+        labels = torch.tensor(classes).repeat_interleave(per_class)
+        data.append((torch.randint(0, 256, (len(labels), 1, SIZE, SIZE), generator=g, dtype=torch.uint8), labels))
+    return data
+
+
+def context(data, t):
+    seen = sorted(c for cs in TASKS[: t + 1] for c in cs)
+    return TaskContext(index=t, classes=TASKS[t], seen_classes=seen, num_tasks=len(TASKS), train_images=data[t][0],
+                       train_labels=data[t][1], previous_classes=seen[: -len(TASKS[t])] if t else [],
+                       previous=list(data[:t]))
+
+
+def step_ctx(task, step=0, total=10):
+    return StepContext(task=task, epoch=0, step=step, steps_in_task=total, global_step=step)
+
+
+def perturb(module, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def enter_task(method, data, t):
+    """Run the hooks up to task t; returns the model as it was at the start of t (the expected past model)."""
+    for s in range(t + 1):
+        ctx = context(data, s)
+        past = copy.deepcopy(nn.Sequential(method.backbone, method.projector)).eval()
+        method.begin_task(ctx)
+        if s < t:
+            perturb(method, seed=s + 10)  # "training" of task s
+    perturb(method, seed=99)  # the current model moves away from the snapshot
+    return ctx, past
+
+
+def batch(method, ctx, n=12):
+    images, labels = method.training_data(ctx)
+    rows = torch.cat([torch.arange(n // 2), torch.arange(len(labels) - n // 2, len(labels))])  # buffer rows last
+    return images[rows].float().div(255), labels[rows]
+
+
+def views_and_embed(method, x, seed):
+    torch.manual_seed(seed)
+    views = torch.cat([noisy(x), noisy(x)])
+    return views, F.normalize(method.projector(method.backbone(views)), dim=1)
+
+
+# ------------------------------------------------------------------------------------------------ co2l
+@pytest.mark.parametrize("buffer_size", [0, 8])
+def test_co2l_step_is_asymmetric_supcon_plus_ird(buffer_size):
+    method, data = make_method("co2l", buffer_size=buffer_size, distill_weight=0.7), tiny_tasks()
+    ctx, past = enter_task(method, data, 1)
+    x, y = batch(method, ctx)
+    assert (buffer_size > 0) == bool(torch.isin(y, torch.tensor(ctx.previous_classes)).any())
+    torch.manual_seed(5)
+    out = method.training_step(x, y, step_ctx(1))
+    views, z = views_and_embed(method, x, 5)
+    with torch.no_grad():
+        z_past = F.normalize(past(views), dim=1)
+    y2 = y.repeat(2)
+    expected = asymmetric_supcon(z, y2, TASKS[1], 0.5, 0.07) + 0.7 * ird(z, z_past, 0.2, 0.01)
+    torch.testing.assert_close(out.loss, expected)
+    assert set(out.terms) == {"asym_supcon", "ird"}
+
+    method0, data = make_method("co2l"), tiny_tasks()
+    method0.begin_task(context(data, 0))
+    x, y = data[0][0][:8].float() / 255, data[0][1][:8]
+    torch.manual_seed(3)
+    out = method0.training_step(x, y, step_ctx(0))
+    _, z = views_and_embed(method0, x, 3)
+    torch.testing.assert_close(out.loss, asymmetric_supcon(z, y.repeat(2), TASKS[0], 0.5, 0.07))
+    assert "ird" not in out.terms and method0.snapshot("past") is None
+
+
+@pytest.mark.parametrize("bn", ["eval", "train"])
+def test_past_model_taken_at_task_start_and_frozen_during_task(bn):
+    method, data = make_method("co2l", past_model_bn=bn), tiny_tasks()
+    method.begin_task(context(data, 0))
+    perturb(method)
+    at_start = copy.deepcopy(nn.Sequential(method.backbone, method.projector).state_dict())
+    method.begin_task(context(data, 1))
+    past = method.snapshot("past")
+    assert past.training == (bn == "train")
+    assert all(not p.requires_grad for p in past.parameters())
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
+    x, y = data[1][0][:8].float() / 255, data[1][1][:8]
+    for s in range(3):
+        out = method.training_step(x, y, step_ctx(1, s))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert all(torch.equal(v, past.state_dict()[k]) for k, v in at_start.items())
+    now = nn.Sequential(method.backbone, method.projector).state_dict()
+    assert any(not torch.equal(now[k], v) for k, v in at_start.items())  # the model itself did train
+    assert not any(p is q for p in past.parameters() for q in method.parameters())
+    method.begin_task(context(data, 2))  # refreshed at the next task start
+    now = nn.Sequential(method.backbone, method.projector).state_dict()
+    assert all(torch.equal(v, method.snapshot("past").state_dict()[k]) for k, v in now.items())
+
+
+def test_co2l_buffer_shrinks_evenly_and_refills_with_previous_task():
+    method, data = make_method("co2l", buffer_size=12), tiny_tasks()
+    method.begin_task(context(data, 0))
+    assert method.buffer.is_empty()
+    assert method.training_data(context(data, 0))[0] is data[0][0]
+    method.begin_task(context(data, 1))
+    assert method.buffer.class_counts() == {0: 6, 1: 6}
+    kept = method.buffer.all()
+    method.begin_task(context(data, 2))
+    assert method.buffer.class_counts() == {0: 3, 1: 3, 2: 3, 3: 3}
+    stored = method.buffer.all()
+    for c in (0, 1):  # the old rows are a subset of what was kept before
+        old = {bytes(x.numpy()) for x in kept["examples"][kept["labels"] == c]}
+        assert {bytes(x.numpy()) for x in stored["examples"][stored["labels"] == c]} <= old
+    pool = {bytes(x.numpy()) for x in data[1][0]}
+    assert all(bytes(x.numpy()) in pool for x in stored["examples"][stored["labels"] >= 2])
+    images, labels = method.training_data(context(data, 2))
+    assert len(labels) == len(data[2][1]) + 12 and torch.equal(labels[: len(data[2][1])], data[2][1])
+    assert torch.equal(method.evaluation_data(context(data, 2))[1], labels)
+    state = method.state_dict()
+    fresh = make_method("co2l", buffer_size=12)
+    fresh.load_state_dict(state)
+    assert fresh.buffer.class_counts() == method.buffer.class_counts()
+
+
+def test_reservoir_replay_batch_joins_the_stream():
+    method, data = make_method("co2l", buffer_size=16, buffer_sampling="reservoir", replay_batch_size=4), tiny_tasks()
+    method.begin_task(context(data, 0))
+    x, y = data[0][0][:8].float() / 255, data[0][1][:8]
+    assert method.replay(x, y)[0].shape[0] == 8 and len(method.buffer) == 8
+    x2, y2 = method.replay(x, y)
+    assert x2.shape[0] == 12 and len(method.buffer) == 16
+    assert torch.allclose(x2[8:] * 255, (x2[8:] * 255).round())  # replayed rows are the stored uint8 images
+
+
+# ------------------------------------------------------------------------------------------------ fnc2
+@pytest.mark.parametrize("distillation", ["hsd", "ird", "prd", "none"])
+@pytest.mark.parametrize("buffer_size", [0, 8])
+def test_fnc2_step_is_fnc2_plus_hsd(distillation, buffer_size):
+    method = make_method("fnc2", buffer_size=buffer_size, distillation=distillation, gamma=1.5, hsd_weight=0.8,
+                         prototype_weight=0.6, temperature=0.4)
+    data = tiny_tasks()
+    ctx, past = enter_task(method, data, 1)
+    x, y = batch(method, ctx)
+    torch.manual_seed(7)
+    out = method.training_step(x, y, step_ctx(1, step=3, total=10))
+    views, z = views_and_embed(method, x, 7)
+    y2 = y.repeat(2)
+    etf = simplex_etf(K, 8, 0)
+    mask = torch.isin(y2, torch.tensor(TASKS[1])) if buffer_size else None
+    expected = fnc2(z, y2, etf, [0, 1, 2, 3], 0.4, 1.5, 0.6, mask)
+    with torch.no_grad():
+        z_past = F.normalize(past(views), dim=1)
+    old = etf[[0, 1]]
+    if distillation == "hsd":
+        alpha = 1 - 3 / 9
+        expected = expected + 0.8 * (alpha * ird(z, z_past, 0.2, 0.01) + (1 - alpha) * prd(z, z_past, old, 0.2, 0.1))
+        assert float(out.terms["hsd_alpha"]) == pytest.approx(alpha)
+    elif distillation == "ird":
+        expected = expected + 0.8 * ird(z, z_past, 0.2, 0.01)
+    elif distillation == "prd":
+        expected = expected + 0.8 * prd(z, z_past, old, 0.2, 0.1)
+    torch.testing.assert_close(out.loss, expected)
+    assert (method.snapshot("past") is None) == (distillation == "none")
+
+
+def test_fnc2_prototypes_fixed_buffer_and_memory_free():
+    method, data = make_method("fnc2"), tiny_tasks()
+    assert "prototypes" in dict(method.named_buffers())
+    assert not any(p is method.prototypes for p in method.parameters())
+    torch.testing.assert_close(method.prototypes, simplex_etf(K, 8, 0))
+    assert method.buffer is None and "buffer" not in method._tracked
+    for t in range(3):
+        ctx = context(data, t)
+        method.begin_task(ctx)
+        images, labels = method.training_data(ctx)
+        assert images is data[t][0] and labels is data[t][1]
+        assert method.evaluation_data(ctx)[1] is data[t][1]
+    with pytest.raises(ConfigError, match="dim >= 5"):
+        from protosphere.runner import build_method
+
+        config = validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"},
+                                  "method": {"name": "fnc2", "projection_dim": 4}})
+        build_method(config, types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_fnc2_alpha_goes_from_one_to_zero_over_the_task(schedule):
+    method, data = make_method("fnc2", hsd_schedule=schedule), tiny_tasks()
+    ctx, _ = enter_task(method, data, 1)
+    x, y = data[1][0][:6].float() / 255, data[1][1][:6]
+    total = 5
+    alphas = [float(method.training_step(x, y, step_ctx(1, s, total)).terms["hsd_alpha"]) for s in range(total)]
+    assert alphas[0] == 1.0 and alphas[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(alphas, alphas[1:]))
+    assert alphas == pytest.approx([hsd_alpha(s, total, schedule) for s in range(total)])
+    if schedule == "linear":
+        assert alphas[2] == pytest.approx(0.5)
+    else:
+        assert alphas[1] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+@pytest.mark.parametrize("buffer_size", [0, 8])
+def test_fnc2_without_old_prototypes_as_negatives(monkeypatch, buffer_size):
+    import protosphere.methods.fnc2 as module
+
+    seen_args = []
+    real = module.fnc2
+    monkeypatch.setattr(module, "fnc2", lambda *a, **k: seen_args.append(a[3]) or real(*a, **k))
+    losses = {}
+    for flag in (True, False):
+        method = make_method("fnc2", buffer_size=buffer_size, old_prototypes_as_negatives=flag, distillation="none")
+        ctx, _ = enter_task(method, tiny_tasks(), 2)
+        x, y = batch(method, ctx)
+        torch.manual_seed(0)
+        losses[flag] = method.training_step(x, y, step_ctx(2)).loss
+    as_list = [sorted(torch.as_tensor(s).tolist()) for s in seen_args]
+    assert as_list[0] == [0, 1, 2, 3, 4, 5]
+    assert as_list[1] == ([4, 5] if buffer_size == 0 else sorted(set(y.tolist()) | {4, 5}))
+    if buffer_size == 0:
+        assert not torch.allclose(losses[True], losses[False])
+
+
+def test_fnc2_diagnostics_alignment_and_old_class_drift():
+    method, data = make_method("fnc2"), tiny_tasks()
+    method.begin_task(context(data, 0))
+    first = method.diagnostics(context(data, 0))
+    assert first["classes"] == [0, 1] and "old_mean_drift" not in first
+    with torch.no_grad():
+        z = F.normalize(method.projector(method.backbone(data[0][0][data[0][1] == 1].float() / 255)), dim=1)
+    expected = F.cosine_similarity(z.mean(0), simplex_etf(K, 8, 0)[1], dim=0)
+    assert first["prototype_alignment_per_class"][1] == pytest.approx(float(expected), abs=1e-5)
+    method.begin_task(context(data, 1))
+    unchanged = method.diagnostics(context(data, 1))
+    assert unchanged["old_classes"] == [0, 1] and unchanged["old_mean_drift"] == pytest.approx(0.0, abs=1e-6)
+    perturb(method, seed=3)
+    moved = method.diagnostics(context(data, 1))
+    assert moved["old_mean_drift"] > 1e-4 and len(moved["prototype_alignment_per_class"]) == 4
+
+
+# ------------------------------------------------------------------------------------------------ nct
+@pytest.mark.parametrize("buffer_size", [0, 8])
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_nct_step_is_dr_plus_dr_distillation(buffer_size, class_balanced):
+    method = make_method("nct", buffer_size=buffer_size, class_balanced=class_balanced)
+    ctx, past = enter_task(method, tiny_tasks(), 1)
+    x, y = batch(method, ctx, n=10)
+    if class_balanced:
+        y = y.clone()
+        y[:7] = y[0]  # an imbalanced batch (7 : 3 or 7 : 1 : 2)
+    torch.manual_seed(2)
+    out = method.training_step(x, y, step_ctx(1))
+    torch.manual_seed(2)
+    view = noisy(x)
+    z = F.normalize(method.projector(method.backbone(view)), dim=1)
+    etf = simplex_etf(K, 8, 0)
+    weights = inverse_frequency_weights(y, K) if class_balanced else None
+    if class_balanced:
+        counts = torch.bincount(y, minlength=K).float()
+        a = 1 / counts[y]
+        manual = 0.5 * (a / a.sum() * ((z * etf[y]).sum(1) - 1) ** 2).sum()
+        torch.testing.assert_close(dr_loss(z, y, etf, weights), manual)
+        assert not torch.allclose(manual, dr_loss(z, y, etf))
+    with torch.no_grad():
+        z_past = F.normalize(past(view), dim=1)
+    rows = torch.isin(y, torch.tensor([0, 1])) if buffer_size else torch.ones_like(y, dtype=torch.bool)
+    assert 0 < rows.sum() <= len(y)
+    distill = dr_loss(z[rows], torch.arange(int(rows.sum())), z_past[rows])  # the t−1 outputs as targets
+    torch.testing.assert_close(out.loss, 10 * dr_loss(z, y, etf, weights) + 50 * distill)
+    assert set(out.terms) == {"dr", "distill"}
+
+
+def test_nct_ce_head_and_two_views():
+    method = make_method("nct", head_loss="ce", head_weight=1.0, ce_temperature=0.2, views=2, distill_weight=0)
+    method.begin_task(context(tiny_tasks(), 0))
+    x, y = tiny_tasks()[0][0][:6].float() / 255, tiny_tasks()[0][1][:6]
+    torch.manual_seed(4)
+    out = method.training_step(x, y, step_ctx(0))
+    _, z = views_and_embed(method, x, 4)
+    torch.testing.assert_close(out.loss, F.cross_entropy(z @ simplex_etf(K, 8, 0).T / 0.2, y.repeat(2)))
+
+
+def test_nct_mixture_of_experts_one_expert_per_task():
+    method, data = make_method("nct", mixture_of_experts=True, distill_weight=2.0), tiny_tasks()
+    counts = []
+    for t in range(3):
+        before = copy.deepcopy(method.projector), copy.deepcopy(method.backbone)
+        method.begin_task(context(data, t))
+        counts.append(method.projector.num_experts)
+        perturb(method.projector, seed=t)
+    assert counts == [1, 2, 3] and method.class_task.tolist() == [0, 0, 1, 1, 2, 2]
+    x, y = data[0][0][:3].float() / 255, data[0][1][:3]
+    x = torch.cat([x, data[2][0][:3].float() / 255])
+    y = torch.cat([y, data[2][1][:3]])
+    torch.manual_seed(1)
+    out = method.training_step(x, y, step_ctx(2))
+    torch.manual_seed(1)
+    view = noisy(x)
+    h = method.backbone(view)
+    mixed = method.projector.forward_all(h)
+    z = F.normalize(mixed.output, dim=1)
+    own = F.normalize(torch.stack([method.projector.experts[e](h[i]) for i, e in enumerate([0, 0, 0, 2, 2, 2])]), dim=1)
+    etf = simplex_etf(K, 8, 0)
+    with torch.no_grad():  # the t−1 model (2 experts) exactly as it was before task 2 added the third
+        old_projector, old_backbone = before
+        z_past = F.normalize(old_projector(old_backbone(view)), dim=1)
+    # `before` was copied before begin_task(2) and before its perturbation → the task-1 end state
+    expected = 10 * dr_loss(z, y, etf) + 10 * dr_loss(own, y, etf) + 2.0 * dr_loss(z, torch.arange(6), z_past)
+    torch.testing.assert_close(out.loss, expected)
+    fresh = make_method("nct", mixture_of_experts=True)
+    fresh.load_state_dict(method.state_dict())
+    assert fresh.projector.num_experts == 3
+    torch.testing.assert_close(fresh.projector(h.detach()), method.projector(h.detach()))
+
+
+# ------------------------------------------------------------------------------------------------ configs, engine
+YAMLS = sorted(CONFIGS.rglob("*.yaml"))
+CLASSES = {"cifar100": 100, "tiny_imagenet": 200, "imagenet100": 100}
+SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "tiny_imagenet": (3, 64, 64), "digits": (1, 8, 8)}
+
+
+def test_method_configs_exist():
+    names = {p.relative_to(CONFIGS).as_posix() for p in YAMLS}
+    for m in ("co2l", "co2l-200", "co2l-500", "fnc2", "fnc2-200", "fnc2-500", "nct", "nct-200"):
+        assert f"seq-fmnist/{m}.yaml" in names
+    for m in ("co2l", "fnc2"):
+        for d in ("seq-cifar10", "seq-cifar100", "seq-tinyimagenet"):
+            for b in (0, 200, 500):
+                assert f"paper/{m}-{d}-{b}.yaml" in names
+    assert "paper/nct-cifar100-50+5x10.yaml" in names
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[p.relative_to(CONFIGS).as_posix() for p in YAMLS])
+def test_every_config_loads_and_builds(path):
+    from protosphere.runner import build_method
+
+    config = load_config(path)
+    assert path.read_text().lstrip().startswith("#")  # each file says where it comes from
+    data = config.data.dataset
+    scenario = types.SimpleNamespace(image_shape=SHAPES.get(data, (1, 28, 28)), num_classes=CLASSES.get(data, 10))
+    scenario.mean = scenario.std = (0.5,) * scenario.image_shape[0]
+    method = build_method(config, scenario)
+    assert method.config.name == config.method.name
+
+
+def test_engine_smoke_run_two_tasks(tmp_path):
+    from protosphere.runner import run
+
+    for name, extra in (("fnc2", {"buffer_size": 20}), ("nct", {}), ("co2l", {"buffer_size": 20})):
+        config = validate_config({
+            "name": name, "output_dir": str(tmp_path), "data": {"dataset": "digits", "train_fraction": 0.5},
+            "scenario": {"num_tasks": 2},
+            "model": {"backbone": "mlp", "mlp_hidden": [32]}, "eval": {"random_init_baseline": False},
+            "method": {"name": name, "projection_dim": 16, "probe_epochs": 2,
+                       "classifiers": ["nearest_prototype", "ncm", "linear_probe"] if name != "co2l"
+                       else ["linear_probe", "ncm"], **extra},
+            "train": {"epochs": 1, "batch_size": 32, "augmentation": "none"},
+            "fabric": {"accelerator": "cpu", "threads": 1}})
+        results, run_dir = run(config, show_progress=False)
+        expected = {"nearest_prototype", "ncm", "linear_probe"} if name != "co2l" else {"ncm", "linear_probe"}
+        assert set(results["accuracy"]) == expected
+        for classifier in expected:
+            matrix = results["accuracy"][classifier]["class_il"]
+            assert len(matrix) == 2 and all(0 <= a <= 100 for row in matrix for a in row)
+        assert results["accuracy"]["ncm"]["class_il"][1][1] > 20  # better than chance on the task just learned
+        assert (run_dir / "results.json").exists()
