@@ -3,8 +3,8 @@
 Such a method trains an encoder + projection head with a loss on L2-normalised projections and is judged by
 classifiers fitted on frozen features after each task (two-stage evaluation):
 
-* ``nearest_prototype`` — argmax over fixed prototypes in projection space (no stored data needed; only for methods
-  that own prototypes, i.e. set ``self.prototypes``);
+* ``nearest_prototype`` — argmax over the fixed prototypes of the classes seen so far, in projection space (no stored
+  data needed; only for methods that own prototypes, i.e. set ``self.prototypes``);
 * ``ncm`` — nearest class mean of normalised encoder features; means are recomputed for every class present in the
   evaluation data and kept from earlier tasks for the others (memory-free runs keep old means as they were);
 * ``linear_probe`` — a linear layer on frozen encoder features trained on the evaluation data (current task + replay
@@ -101,7 +101,7 @@ class RepresentationMethod(Method):
 
     def classifiers(self):
         table = {
-            "nearest_prototype": lambda x: nearest_prototype_logits(self(self.transforms.eval(x)), self.prototypes),
+            "nearest_prototype": self._nearest_seen_prototype,
             "ncm": lambda x: ncm_logits(self.features(x), self.class_means),
             "linear_probe": lambda x: self._fitted["probe"](self.features(x)),
             "knn": lambda x: knn_logits(self._bank[0], self._bank[1], F.normalize(self.features(x), dim=1),
@@ -111,6 +111,14 @@ class RepresentationMethod(Method):
         }
         names = [n for n in self.config.classifiers if n != "nearest_prototype" or self.prototypes is not None]
         return {name: table[name] for name in names}
+
+    def _nearest_seen_prototype(self, x: torch.Tensor) -> torch.Tensor:
+        """Cosine to the fixed prototypes of the classes seen so far (later classes' prototypes exist from the start,
+        but a class-IL learner knows it has not met them yet)."""
+        logits = nearest_prototype_logits(self(self.transforms.eval(x)), self.prototypes)
+        if self.task is None:
+            return logits
+        return logits.masked_fill(~self.task.seen_mask(logits.shape[1], logits.device), float("-inf"))
 
     def extra_classifiers(self) -> dict:
         """Classifiers a subclass adds to the table above, by name (selected through ``config.classifiers``)."""
