@@ -118,6 +118,39 @@ def _split_configs_and_overrides(args) -> None:
     args.overrides = [w for w in words if "=" in w]
 
 
+def cmd_bench(args) -> int:
+    """Run the benchmark scripts of a source checkout and save their output beside them."""
+    import runpy
+    from pathlib import Path
+
+    from .errors import RunError
+
+    root = Path(args.benchmarks)
+    scripts = {"throughput": root / "throughput.py", "losses": root / "losses.py"}
+    missing = [str(p) for p in scripts.values() if not p.exists()]
+    if missing:
+        raise RunError(f"Benchmark scripts not found ({', '.join(missing)}); run `protosphere bench` from a source "
+                       f"checkout or pass --benchmarks DIR.")
+    jobs = [("throughput", ["--out", str(root / "throughput.txt")]),
+            ("throughput", ["--backbone", "mlp", "--batch-size", "10", "--augmentation", "none",
+                            "--methods", "finetune", "er", "der++", "lwf", "--steps", "200",
+                            "--out", str(root / "throughput-mammoth-protocol.txt")]),
+            ("losses", ["--out", str(root / "losses.txt")])]
+    for name, argv in jobs:
+        if args.only and name not in args.only:
+            continue
+        saved = sys.argv
+        sys.argv = [str(scripts[name]), *argv]
+        try:
+            runpy.run_path(str(scripts[name]), run_name="__main__")
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                return int(exc.code)
+        finally:
+            sys.argv = saved
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protosphere",
                                      description="Prototype contrast on the unit hypersphere: continual learning "
@@ -148,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rerun runs in --out that belong to a different config instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("bench", help="throughput (incl. the batch-10 Mammoth protocol) and loss benchmarks")
+    p.add_argument("--benchmarks", default="benchmarks", help="folder holding the benchmark scripts")
+    p.add_argument("--only", nargs="+", choices=["throughput", "losses"], help="run only these")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
