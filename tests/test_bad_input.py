@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
-import shutil
 import struct
 from pathlib import Path
 

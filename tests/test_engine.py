@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from protosphere.buffer import ReplayBuffer
 from protosphere.config import load_config, validate_config

@@ -14,7 +14,7 @@ from torch import nn
 from protosphere.config import load_config, validate_config
 from protosphere.errors import ConfigError
 from protosphere.geometry import simplex_etf
-from protosphere.losses import asymmetric_supcon, dr_loss, fnc2, hsd, hsd_alpha, inverse_frequency_weights, ird, prd
+from protosphere.losses import asymmetric_supcon, dr_loss, fnc2, hsd_alpha, inverse_frequency_weights, ird, prd
 from protosphere.methods import method_class
 from protosphere.methods.base import StepContext, TaskContext, Transforms
 from protosphere.models import build_backbone

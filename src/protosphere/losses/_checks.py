@@ -55,12 +55,19 @@ def check_finite(x: torch.Tensor, name: str, loss: str) -> None:
 
 
 def check_unit_rows(x: torch.Tensor, name: str, loss: str) -> None:
-    """Rows must be L2-normalised: losses never re-normalise (see DESIGN §3), so a raw input is an error, not a fix."""
+    """Rows must be L2-normalised: losses never re-normalise (see DESIGN §3), so a raw input is an error, not a fix.
+
+    The tolerance is ``UNIT_NORM_TOLERANCE``, widened to twice the format's epsilon for float16/bfloat16 rows, which
+    are only unit to about that precision after normalisation.
+    """
     check_finite(x, name, loss)
     if _VALIDATE and x.numel():
+        tolerance = UNIT_NORM_TOLERANCE
+        if x.dtype in (torch.float16, torch.bfloat16):
+            tolerance = max(tolerance, 2 * torch.finfo(x.dtype).eps)
         norms = x.detach().float().norm(dim=1)
         worst = float((norms - 1).abs().max())
-        if worst > UNIT_NORM_TOLERANCE:
+        if worst > tolerance:
             raise ValueError(
                 f"{loss}: rows of `{name}` must have unit L2 norm (largest deviation {worst:.3g}); "
                 f"apply torch.nn.functional.normalize(x, dim=1) before the loss."
@@ -91,9 +98,9 @@ def check_labels(labels: torch.Tensor, rows: int, loss: str, num_classes: int | 
 
 # --- numerics helpers shared by the losses (added with contrastive/distillation/prototype losses) -------------------
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a loss computes in: float32 for half/bfloat16 (and float32) inputs, float64 stays float64."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a loss computes in: float64 if any input is float64, else float32 (half/bfloat16 are promoted)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def autocast_off(x: torch.Tensor):

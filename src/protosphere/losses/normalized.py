@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checks
-from ._checks import autocast_off, check_finite, check_labels, check_matrix, validation_enabled
+from ._checks import autocast_off, check_finite, check_labels, check_matrix, check_unit_rows, compute_dtype, validation_enabled
 
 __all__ = [
     "normface",
@@ -54,33 +53,8 @@ def _autocast_off(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, float32 otherwise (half/bfloat16 are promoted)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _upcast(dtype: torch.dtype, *tensors: torch.Tensor) -> Sequence[torch.Tensor]:
     return tuple(t.to(dtype) for t in tensors)
-
-
-def _check_unit_rows(x: torch.Tensor, name: str, loss: str) -> None:
-    """``_checks.check_unit_rows`` with a tolerance that fits the input's precision.
-
-    float32/float64 rows use ``_checks.UNIT_NORM_TOLERANCE`` unchanged; a row normalised in float16/bfloat16 is only
-    unit to about the format's epsilon (bfloat16: ~4e-3), so low-precision inputs get ``2 * eps`` instead.
-    """
-    if x.dtype in (torch.float16, torch.bfloat16):
-        check_finite(x, name, loss)
-        tolerance = max(_checks.UNIT_NORM_TOLERANCE, 2 * torch.finfo(x.dtype).eps)
-        if validation_enabled() and x.numel():
-            worst = float((x.detach().float().norm(dim=1) - 1).abs().max())
-            if worst > tolerance:
-                raise ValueError(
-                    f"{loss}: rows of `{name}` must have unit L2 norm (largest deviation {worst:.3g}); "
-                    f"apply torch.nn.functional.normalize(x, dim=1) before the loss."
-                )
-        return
-    _checks.check_unit_rows(x, name, loss)
 
 
 def _check_positive(value: float, name: str, loss: str) -> float:
@@ -106,10 +80,10 @@ def _prepare_classwise(u, labels, weights, temperature, loss):
     if weights.shape[0] == 0:
         raise ValueError(f"{loss}: `weights` has no rows; pass one weight vector per class.")
     check_labels(labels, u.shape[0], loss, num_classes=weights.shape[0])
-    _check_unit_rows(u, "u", loss)
+    check_unit_rows(u, "u", loss)
     check_finite(weights, "weights", loss)
     tau = _check_positive(temperature, "temperature", loss)
-    dtype = _compute_dtype(u, weights)
+    dtype = compute_dtype(u, weights)
     u, weights = _upcast(dtype, u, weights)
     w_hat = F.normalize(weights, dim=1)
     return u, labels.long(), w_hat, tau
@@ -254,14 +228,14 @@ def clop(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, prototypes: t
     check_matrix(z2, "z2", loss, rows=z1.shape[0], dim=z1.shape[1])
     check_matrix(prototypes, "prototypes", loss, dim=z1.shape[1])
     check_labels(labels, z1.shape[0], loss, num_classes=prototypes.shape[0], allow_unlabeled=True)
-    _check_unit_rows(z1, "z1", loss)
-    _check_unit_rows(z2, "z2", loss)
-    _check_unit_rows(prototypes, "prototypes", loss)
+    check_unit_rows(z1, "z1", loss)
+    check_unit_rows(z2, "z2", loss)
+    check_unit_rows(prototypes, "prototypes", loss)
     try:
         lam = float(lam)
     except (TypeError, ValueError):
         raise ValueError(f"{loss}: `lam` must be a number, got {lam!r}.") from None
-    dtype = _compute_dtype(z1, z2, prototypes)
+    dtype = compute_dtype(z1, z2, prototypes)
     z1, z2, prototypes = _upcast(dtype, z1, z2, prototypes)
     labels = labels.long()
     labelled = labels != -1
@@ -301,10 +275,10 @@ def supervised_ntxent(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
     _check_nonempty(z1, "z1", loss)
     check_matrix(z2, "z2", loss, rows=z1.shape[0], dim=z1.shape[1])
     check_labels(labels, z1.shape[0], loss, allow_unlabeled=True)
-    _check_unit_rows(z1, "z1", loss)
-    _check_unit_rows(z2, "z2", loss)
+    check_unit_rows(z1, "z1", loss)
+    check_unit_rows(z2, "z2", loss)
     tau = _check_positive(temperature, "temperature", loss)
-    dtype = _compute_dtype(z1, z2)
+    dtype = compute_dtype(z1, z2)
     z1, z2 = _upcast(dtype, z1, z2)
     labels = labels.long()
     n = z1.shape[0]

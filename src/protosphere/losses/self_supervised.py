@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ._checks import check_matrix
-from .normalized import _autocast_off, _check_nonempty, _check_positive, _compute_dtype, _upcast
-from .normalized import _check_unit_rows
+from ._checks import check_unit_rows, compute_dtype
+from .normalized import _autocast_off, _check_nonempty, _check_positive, _upcast
 
 __all__ = [
     "nt_xent",
@@ -41,7 +41,7 @@ def _check_rows(tensors: dict, loss: str, rows: int | None = None, dim: int | No
         if dim is None:
             dim = x.shape[1]
     for name, x in tensors.items():
-        _check_unit_rows(x, name, loss)
+        check_unit_rows(x, name, loss)
 
 
 def _info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, tau: float) -> torch.Tensor:
@@ -81,7 +81,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     loss = "nt_xent"
     _check_rows({"z1": z1, "z2": z2}, loss)
     tau = _check_positive(temperature, "temperature", loss)
-    z1, z2 = _upcast(_compute_dtype(z1, z2), z1, z2)
+    z1, z2 = _upcast(compute_dtype(z1, z2), z1, z2)
     b = z1.shape[0]
     z = torch.cat([z1, z2], dim=0)                                    # (2B, d)
     logits = (z @ z.T / tau).masked_fill(_diag_mask(2 * b, z.device), _NEG_INF)
@@ -113,9 +113,9 @@ def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperat
     loss = "moco_infonce"
     _check_rows({"q": q, "k": k}, loss)
     check_matrix(queue, "queue", loss, dim=q.shape[1])
-    _check_unit_rows(queue, "queue", loss)
+    check_unit_rows(queue, "queue", loss)
     tau = _check_positive(temperature, "temperature", loss)
-    q, k, queue = _upcast(_compute_dtype(q, k, queue), q, k.detach(), queue.detach())
+    q, k, queue = _upcast(compute_dtype(q, k, queue), q, k.detach(), queue.detach())
     return _info_nce(q, k, queue, tau)
 
 
@@ -150,10 +150,10 @@ def pnr_moco(q: torch.Tensor, k: torch.Tensor, p: torch.Tensor, f: torch.Tensor,
     loss = "pnr_moco"
     _check_rows({"q": q, "k": k, "p": p, "f": f}, loss)
     check_matrix(negatives, "negatives", loss, dim=q.shape[1])
-    _check_unit_rows(negatives, "negatives", loss)
+    check_unit_rows(negatives, "negatives", loss)
     tau = _check_positive(temperature, "temperature", loss)
     tau_d = _check_positive(distill_temperature, "distill_temperature", loss)
-    q, k, p, f, negatives = _upcast(_compute_dtype(q, k, p, f, negatives),
+    q, k, p, f, negatives = _upcast(compute_dtype(q, k, p, f, negatives),
                                     q, k.detach(), p, f.detach(), negatives.detach())
     return _info_nce(q, k, negatives, tau) + _info_nce(p, f, negatives, tau_d)
 
@@ -190,7 +190,7 @@ def pnr_simclr(z1: torch.Tensor, z2: torch.Tensor, p1: torch.Tensor, p2: torch.T
     loss = "pnr_simclr"
     _check_rows({"z1": z1, "z2": z2, "p1": p1, "p2": p2, "f1": f1, "f2": f2}, loss)
     tau = _check_positive(temperature, "temperature", loss)
-    dtype = _compute_dtype(z1, z2, p1, p2, f1, f2)
+    dtype = compute_dtype(z1, z2, p1, p2, f1, f2)
     z = torch.cat(_upcast(dtype, z1, z2), dim=0)                      # (2B, d)
     p = torch.cat(_upcast(dtype, p1, p2), dim=0)
     f = torch.cat(_upcast(dtype, f1.detach(), f2.detach()), dim=0)
@@ -232,7 +232,7 @@ def cassle_distill(p: torch.Tensor, f: torch.Tensor, temperature: float = 0.2) -
     loss = "cassle_distill"
     _check_rows({"p": p, "f": f}, loss)
     tau = _check_positive(temperature, "temperature", loss)
-    p, f = _upcast(_compute_dtype(p, f), p, f.detach())
+    p, f = _upcast(compute_dtype(p, f), p, f.detach())
     logits = p @ f.T / tau                                            # (2B, 2B): [i, j] = p_i·f_j / τ
     positive = (p * f).sum(dim=1) / tau
     d_pf = (torch.logsumexp(logits, dim=1) - positive).mean()         # anchors p, candidates f
