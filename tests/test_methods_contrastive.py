@@ -405,3 +405,20 @@ def test_engine_smoke_run_two_tasks(tmp_path):
             assert len(matrix) == 2 and all(0 <= a <= 100 for row in matrix for a in row)
         assert results["accuracy"]["ncm"]["class_il"][1][1] > 20  # better than chance on the task just learned
         assert (run_dir / "results.json").exists()
+
+
+def test_linear_probe_seen_uses_every_seen_task_and_the_task_probe_does_not():
+    data = tiny_tasks(per_class=12)
+    method = make_method("fnc2", classifiers=["linear_probe", "linear_probe_seen"], probe_epochs=30, probe_lr=0.5)
+    ctx, _ = enter_task(method, data, 1)
+    method.eval()
+    method.prepare_evaluation(ctx)
+    old_images, old_labels = data[0]
+    x = old_images.float().div(255)
+    classifiers = method.classifiers()
+    seen_pred = classifiers["linear_probe_seen"](x).argmax(1)
+    task_pred = classifiers["linear_probe"](x).argmax(1)
+    # memory-free: the task probe only ever saw task 1's classes, so it never predicts task 0's
+    assert not torch.isin(task_pred, torch.tensor(TASKS[0])).any()
+    # the seen-data probe was fitted on task 0's rows too (random pixels, but memorised in training)
+    assert (seen_pred == old_labels).float().mean() > 0.5

@@ -39,6 +39,13 @@ class TaskContext:
     previous_classes: list[int] = field(default_factory=list)  # every class of tasks 0..index-1
     previous: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # earlier tasks' training data
 
+    def seen_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images and labels of tasks 0..index (earlier tasks moved to this task's device)."""
+        device = self.train_images.device
+        images = torch.cat([x.to(device) for x, _ in self.previous] + [self.train_images])
+        labels = torch.cat([y.to(device) for _, y in self.previous] + [self.train_labels])
+        return images, labels
+
     def seen_mask(self, num_classes: int, device=None) -> torch.Tensor:
         mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
         mask[self.seen_classes] = True

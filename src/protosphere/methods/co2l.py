@@ -141,7 +141,7 @@ class Co2LConfig(ReplayContrastConfig):
     distill_weight: float = Field(1.0, ge=0, description="λ of IRD")
     ird_current_temperature: float = Field(0.2, gt=0)
     ird_past_temperature: float = Field(0.01, gt=0)
-    classifiers: list[Classifier] = Field(default_factory=lambda: ["linear_probe", "ncm"])
+    classifiers: list[Classifier] = Field(default_factory=lambda: ["linear_probe", "ncm", "linear_probe_seen"])
 
 
 @register("co2l")

@@ -45,7 +45,7 @@ class FNC2Config(ReplayContrastConfig):
     prd_current_temperature: float = Field(0.2, gt=0)
     prd_past_temperature: float = Field(0.1, gt=0)
     etf_seed: int = 0
-    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe"])
+    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
 
 
 @register("fnc2")

@@ -43,7 +43,7 @@ class NCTConfig(ReplayContrastConfig):
     expert_weight: float = Field(1.0, ge=0)
     views: int = Field(1, ge=1, le=2)
     etf_seed: int = 0
-    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe"])
+    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
 
 
 @register("nct")

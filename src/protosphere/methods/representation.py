@@ -9,6 +9,9 @@ classifiers fitted on frozen features after each task (two-stage evaluation):
   evaluation data and kept from earlier tasks for the others (memory-free runs keep old means as they were);
 * ``linear_probe`` — a linear layer on frozen encoder features trained on the evaluation data (current task + replay
   buffer) with class-balanced sampling, the Co2L protocol;
+* ``linear_probe_seen`` — the same probe trained on the training data of every task seen so far: not a continual
+  classifier (it uses data a learner no longer has) but the standard measure of what the representation retains
+  (the CaSSLe/PNR linear-evaluation protocol), reported beside the honest ones;
 * ``knn`` — weighted k-nearest neighbours on cosine similarity (for self-supervised runs).
 
 ``evaluation_data`` says which stored data a classifier may use; subclasses with a buffer add its rows.
@@ -27,7 +30,7 @@ from ..evaluation import fit_linear_probe, knn_logits, ncm_logits, nearest_proto
 from ..models import ProjectionHead
 from .base import Method, TaskContext
 
-Classifier = Literal["nearest_prototype", "ncm", "linear_probe", "knn"]
+Classifier = Literal["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen", "knn"]
 
 
 class RepresentationConfig(MethodConfig):
@@ -96,6 +99,12 @@ class RepresentationMethod(Method):
                                            lr=cfg.probe_lr, batch_size=cfg.probe_batch_size,
                                            class_balanced=cfg.probe_class_balanced, seed=task.index,
                                            schedule=cfg.probe_schedule).to(features.device)
+        if "linear_probe_seen" in cfg.classifiers:
+            seen_images, seen_labels = task.seen_data()
+            self._fitted["probe_seen"] = fit_linear_probe(
+                self.encode(seen_images), seen_labels, self.num_classes, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
+                batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced, seed=task.index,
+                schedule=cfg.probe_schedule).to(features.device)
         if "knn" in cfg.classifiers:
             self._bank = (normalized, labels)
 
@@ -104,6 +113,7 @@ class RepresentationMethod(Method):
             "nearest_prototype": self._nearest_seen_prototype,
             "ncm": lambda x: ncm_logits(self.features(x), self.class_means),
             "linear_probe": lambda x: self._fitted["probe"](self.features(x)),
+            "linear_probe_seen": lambda x: self._fitted["probe_seen"](self.features(x)),
             "knn": lambda x: knn_logits(self._bank[0], self._bank[1], F.normalize(self.features(x), dim=1),
                                         self.num_classes, k=self.config.knn_k,
                                         temperature=self.config.knn_temperature),

@@ -73,12 +73,9 @@ class SelfSupervisedMethod(RepresentationMethod):
         return StepOutput(loss, terms)
 
     def evaluation_data(self, task):
-        if self.config.probe_data == "current" or not task.previous:
+        if self.config.probe_data == "current":
             return task.train_images, task.train_labels
-        device = task.train_images.device
-        images = torch.cat([x.to(device) for x, _ in task.previous] + [task.train_images])
-        labels = torch.cat([y.to(device) for _, y in task.previous] + [task.train_labels])
-        return images, labels
+        return task.seen_data()
 
 
 @register("simclr")
