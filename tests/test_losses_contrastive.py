@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from protosphere.losses import (
     AsymmetricSupConLoss,
@@ -15,6 +14,7 @@ from protosphere.losses import (
     supcon,
     validation,
 )
+from loss_testing import assert_matches, unit, value_and_grad
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -74,11 +74,6 @@ def ref_fnc2(z, labels, prototypes, seen, temperature, gamma, prototype_weight, 
 # helpers
 # ---------------------------------------------------------------------------------------------------------------------
 
-def unit(n, d, seed, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1).to(dtype)
-
-
 LABEL_PATTERNS = {
     "two_views": torch.tensor([0, 1, 2, 1, 3, 0] * 2),
     "with_singletons": torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5]),
@@ -89,24 +84,6 @@ LABEL_PATTERNS = {
     "large_ids": torch.tensor([7, 900, 7, 42, 900, 900, 5]),
 }
 
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-5)}
-
-
-def value_and_grad(fn, z):
-    z = z.detach().clone().requires_grad_(True)
-    value = fn(z)
-    (grad,) = torch.autograd.grad(value, z)
-    return value, grad
-
-
-def assert_matches(fn, ref, z, dtype):
-    value, grad = value_and_grad(fn, z.to(dtype))
-    ref_value, ref_grad = value_and_grad(ref, z.double())
-    assert value.dtype == dtype
-    assert torch.isfinite(grad).all()
-    torch.testing.assert_close(value.double(), ref_value, **TOL[dtype])
-    scale = max(1.0, float(ref_grad.abs().max()))
-    torch.testing.assert_close(grad.double() / scale, ref_grad / scale, **TOL[dtype])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -30,18 +30,18 @@ from . import register
 from .moco import MoCo, MoCoConfig
 
 
-class CaSSLeConfig(MoCoConfig):
-    name: str = "cassle"
+class PastPredictorConfig(MoCoConfig):
     base: Literal["simclr", "moco"] = "moco"
-    distill_weight: float = Field(1.0, ge=0)
     distill_temperature: float = Field(0.2, gt=0)
     predictor_hidden: int = Field(2048, ge=1)
 
 
-@register("cassle")
-class CaSSLe(MoCo):
+class PastPredictorMethod(MoCo):
+    """What CaSSLe and Sy-CON share: a predictor on the projections and a frozen past model (encoder + projector)
+    taken at the start of every task >= 1."""
+
     unused_parameters = True  # the predictor is idle in task 0; DDP must not wait for its gradients
-    config_class = CaSSLeConfig
+    config_class = PastPredictorConfig
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
@@ -52,6 +52,16 @@ class CaSSLe(MoCo):
         super().begin_task(task)
         if task.index > 0:
             self.take_snapshot("past")
+
+
+class CaSSLeConfig(PastPredictorConfig):
+    name: str = "cassle"
+    distill_weight: float = Field(1.0, ge=0)
+
+
+@register("cassle")
+class CaSSLe(PastPredictorMethod):
+    config_class = CaSSLeConfig
 
     def base_loss(self, views, q, step):
         """The base SSL loss; with MoCo it also enqueues this step's keys (after the loss)."""

@@ -29,42 +29,27 @@ The predictor takes no part in task 0, so under ``fabric.strategy=ddp`` the runn
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
-from torch import nn
 
 from ..losses import nt_xent, pnr_moco, pnr_simclr
-from ..models import Predictor
 from . import register
-from .moco import MoCo, MoCoConfig
+from .cassle import PastPredictorConfig, PastPredictorMethod
 
 
-class SyConConfig(MoCoConfig):
+class SyConConfig(PastPredictorConfig):
     name: str = "sycon"
-    base: Literal["simclr", "moco"] = "moco"
-    distill_temperature: float = Field(0.2, gt=0)
-    predictor_hidden: int = Field(2048, ge=1)
 
 
 @register("sycon")
-class SyCon(MoCo):
-    unused_parameters = True  # the predictor is idle in task 0; DDP must not wait for its gradients
+class SyCon(PastPredictorMethod):
     config_class = SyConConfig
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        self.predictor = Predictor(config.projection_dim, config.predictor_hidden)
-        self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector))
         if config.base == "moco":
             self.add_queue("past_queue")
-
-    def begin_task(self, task):
-        super().begin_task(task)
-        if task.index > 0:
-            self.take_snapshot("past")
 
     def training_step(self, images, labels, step):
         cfg, views = self.config, self.views(images)
