@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# a local wheel (pip find-links) first, else the official CPU wheel index; never the multi-GB CUDA build
 	@$(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
-	  || $(PY) -m pip install -q --no-index torch==$(TORCH_VERSION) 2>/dev/null \
+	  || { $(PY) -m pip install -q --no-index --no-deps torch==$(TORCH_VERSION) 2>/dev/null \
+	       && $(PY) -m pip install -q torch==$(TORCH_VERSION); } \
 	  || $(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_INDEX)
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
