@@ -405,6 +405,12 @@ def test_engine_smoke_run_two_tasks(tmp_path):
             assert len(matrix) == 2 and all(0 <= a <= 100 for row in matrix for a in row)
         assert results["accuracy"]["ncm"]["class_il"][1][1] > 20  # better than chance on the task just learned
         assert (run_dir / "results.json").exists()
+        diagnostics = results["diagnostics"]
+        assert len(diagnostics) == 2 and "old_mean_drift" not in diagnostics[0]
+        assert diagnostics[1]["old_classes"] == results["scenario"]["tasks"][0]
+        assert 0 <= diagnostics[1]["old_mean_drift"] <= 2
+        if name != "co2l":  # prototype methods report alignment of class means to their prototypes
+            assert -1 <= diagnostics[1]["prototype_alignment"] <= 1
 
 
 def test_linear_probe_seen_uses_every_seen_task_and_the_task_probe_does_not():

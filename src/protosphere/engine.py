@@ -230,6 +230,11 @@ class Engine:
                         results["accuracy"].setdefault(classifier, {}).setdefault(setting, []).append(accuracies)
                 nc = self.neural_collapse(method, scenario, test_sets, t) if cfg.eval.neural_collapse else None
                 results["neural_collapse"].append(nc)
+                with torch.no_grad():
+                    diagnostics = method.diagnostics(context)
+                results.setdefault("diagnostics", []).append(diagnostics)
+                if diagnostics:
+                    log.log("test", {f"diag/{k}": v for k, v in diagnostics.items() if isinstance(v, (int, float))}, t)
                 eval_time = time.perf_counter() - eval_start
                 results["timings"]["tasks"].append({"task": t, "train_s": train_time, "eval_s": eval_time,
                                                     "images": seen_images,

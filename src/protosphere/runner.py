@@ -207,6 +207,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         "metrics": metrics,
         "random_init": random_init,
         "neural_collapse": raw["neural_collapse"],
+        "diagnostics": raw.get("diagnostics", []),
         "per_epoch": raw.get("per_epoch", []),
         "nc_epochs": [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in raw.get("per_epoch", [])
                       if e.get("neural_collapse")],

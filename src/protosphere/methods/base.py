@@ -157,6 +157,11 @@ class Method(nn.Module):
         """Named classifiers to evaluate after each task; the first one is the headline."""
         return {"head": self.logits}
 
+    def diagnostics(self, task: TaskContext) -> dict | None:
+        """Extra measurements after ``task`` (e.g. prototype alignment, drift of old-class means); called once per
+        task, after evaluation, without gradients. None when a method has none."""
+        return None
+
     def classifier_weights(self) -> torch.Tensor | None:
         """(K, d) weights of the feature classifier, for the NC3/NC4 metrics (None when there is none)."""
         return None
