@@ -19,7 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_results(num_tasks=3, task_il=True, nc=True, classifiers=("head",), seed=0, method="er", config=None,
-                 value=None, nc_epochs=False) -> dict:
+                 value=None, nc_epochs=False, extras=False) -> dict:
     """A results dict shaped like runner.run's; with ``value`` every accuracy equals it (known metrics)."""
     rng = np.random.default_rng(seed)
     accuracy, metrics = {}, {}
@@ -53,7 +53,44 @@ def fake_results(num_tasks=3, task_il=True, nc=True, classifiers=("head",), seed
     if nc_epochs:
         results["nc_epochs"] = [{"task": t, "epoch": e, "nc1": 1.0 / (1 + e + t), "equinorm": 0.1}
                                 for t in range(num_tasks) for e in range(2)]
+    if extras:
+        add_extras(results, num_tasks, classifiers, task_il)
     return results
+
+
+SEVERITIES = [1, 3, 5]
+UNSEEN = -1000.0  # per-epoch accuracy of a task not trained yet: must never enter a mean over seen tasks
+
+
+def add_extras(results: dict, num_tasks: int, classifiers, task_il: bool = True) -> None:
+    """Diagnostics, corruption errors and per-epoch accuracies shaped like the engine's (known numbers)."""
+    diagnostics = []
+    for t in range(num_tasks):
+        classes = list(range(2 * (t + 1)))
+        entry = {"classes": classes, "prototype_alignment_per_class": [0.9 - 0.1 * t - 0.01 * c for c in classes]}
+        entry["prototype_alignment"] = float(np.mean(entry["prototype_alignment_per_class"]))
+        if t:
+            old = list(range(2 * t))
+            entry.update(old_classes=old, old_mean_drift_per_class=[0.05 * t + 0.02 * c for c in old])
+            entry["old_mean_drift"] = float(np.mean(entry["old_mean_drift_per_class"]))
+        diagnostics.append(entry)
+    results["diagnostics"] = diagnostics
+    results["corruptions"] = {
+        c: {"gaussian_noise": [10.0 + k, 20.5 + k, 47.25 + k], "contrast": [5.0 + k, 7.5 + k, 9.125 + k],
+            "pixelate": [30.0 + k, 31.0 + k, 60.0 + k]}
+        for k, c in enumerate(classifiers)}  # every classifier differs, so showing the wrong one fails
+    results["config"].setdefault("eval", {})["corruption_severities"] = SEVERITIES
+    per_epoch = []
+    for t in range(num_tasks):
+        for e in range(2):
+            accuracy = {}
+            for k, c in enumerate(classifiers):
+                seen = [50.0 + 10 * j + 5 * e + k for j in range(t + 1)]
+                accuracy[c] = {"class_il": seen + [UNSEEN] * (num_tasks - t - 1)}
+                if task_il:
+                    accuracy[c]["task_il"] = [a + 20 for a in seen] + [UNSEEN] * (num_tasks - t - 1)
+            per_epoch.append({"task": t, "epoch": e, "accuracy": accuracy, "neural_collapse": None})
+    results["per_epoch"] = per_epoch
 
 
 def write_run(run_dir: Path, results: dict) -> Path:
@@ -78,7 +115,7 @@ def check_png(path: Path) -> None:
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     """One report with every optional part (rendered once: plotting is the slow part of these tests)."""
-    results = fake_results(num_tasks=3, classifiers=("ncm", "linear_probe"), nc_epochs=True)
+    results = fake_results(num_tasks=3, classifiers=("ncm", "linear_probe"), nc_epochs=True, extras=True)
     run_dir = write_run(tmp_path_factory.mktemp("report") / "run", results)
     rng = np.random.default_rng(0)
     prototypes = np.linalg.qr(rng.normal(size=(8, 6)))[0].T  # 6 orthonormal rows in 8-d
@@ -99,7 +136,8 @@ def test_report_is_self_contained_with_valid_pngs(full_report):
     names = {p.name for p in pngs}
     assert {"accuracy_matrix_ncm.png", "accuracy_over_time_linear_probe.png", "forgetting_ncm.png",
             "nc_over_tasks.png", "nc_over_epochs.png", "embedding_sphere.png", "prototype_cosine.png",
-            "timings.png"} <= names
+            "timings.png", "accuracy_over_epochs.png", "alignment_drift.png", "alignment_drift_per_class.png",
+            "corruption_errors.png"} <= names
     import base64
 
     for png in pngs:
@@ -136,9 +174,112 @@ def test_report_without_optional_parts(tmp_path):
     names = {p.name for p in (run_dir / "plots").glob("*.png")}
     assert names == {"accuracy_matrix_head.png"}
     assert "Neural collapse" not in text and "Embeddings" not in text
+    assert not re.search(r"alignment|drift|corruption|over epochs", text, flags=re.I)
     cells = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', text))
     assert cells["head/class_il/average_forgetting"] == "null"
     assert "No task-IL numbers" in text
+
+
+def cells_of(text: str) -> dict[str, str]:
+    return dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', text))
+
+
+def shown_of(text: str, key: str) -> str:
+    return re.search(rf'data-key="{re.escape(key)}"[^>]*>([^<]*)<', text).group(1)
+
+
+def section_of(text: str, title: str) -> str:
+    """The HTML from the <h2> called ``title`` up to the next <h2> (or the footer)."""
+    match = re.search(rf"<h2>{re.escape(title)}</h2>(.*?)(?=<h2>|<footer>)", text, flags=re.S)
+    assert match, f"no section {title!r}"
+    return match.group(1)
+
+
+def test_corruption_table_equals_results(full_report):
+    _, results, path = full_report
+    text = path.read_text()
+    section = section_of(text, "Robustness to corruptions")
+    cells = cells_of(section)
+    errors = results["corruptions"]["ncm"]  # the headline classifier, not linear_probe
+    assert "<code>ncm</code>" in section and "corruption/linear_probe/" not in section
+    assert re.findall(r"<th>severity (\d+)</th>", section) == [str(s) for s in SEVERITIES]
+    for name, values in errors.items():
+        for severity, value in zip(SEVERITIES, values):
+            assert float(cells[f"corruption/ncm/{name}/{severity}"]) == value
+        mean = float(np.mean(values))
+        assert float(cells[f"corruption/ncm/{name}/mean"]) == pytest.approx(mean, abs=1e-12)
+        assert shown_of(section, f"corruption/ncm/{name}/mean") == f"{mean:.2f}"
+    for i, severity in enumerate(SEVERITIES):
+        column = np.mean([v[i] for v in errors.values()])
+        assert float(cells[f"corruption/ncm/all/{severity}"]) == pytest.approx(column, abs=1e-12)
+    overall = np.mean([x for v in errors.values() for x in v])
+    assert float(cells["corruption/ncm/all/mean"]) == pytest.approx(overall, abs=1e-12)
+    assert section.count("<img ") == 1  # the error-vs-severity plot, inline
+
+
+def test_diagnostics_numbers_equal_results(full_report):
+    _, results, path = full_report
+    section = section_of(path.read_text(), "Prototype alignment and drift")
+    cells = cells_of(section)
+    for t, entry in enumerate(results["diagnostics"]):
+        key = f"diagnostics/T{t + 1}"
+        assert float(cells[f"{key}/prototype_alignment"]) == entry["prototype_alignment"]
+        assert shown_of(section, f"{key}/prototype_alignment") == f"{entry['prototype_alignment']:.3f}"
+        if t == 0:
+            assert cells[f"{key}/old_mean_drift"] == "null"  # no drift after the first task
+        else:
+            assert float(cells[f"{key}/old_mean_drift"]) == entry["old_mean_drift"]
+    assert section.count("<img ") == 2  # over tasks, and per class for the last task
+    assert "after task 3" in section
+
+
+def test_epoch_accuracy_is_mean_over_seen_tasks(full_report):
+    _, results, path = full_report
+    text = path.read_text()
+    section = section_of(text, "Neural collapse")  # drawn in the same section as NC over epochs
+    assert "<h3>Accuracy over epochs</h3>" in section
+    cells = cells_of(section)
+    checked = 0
+    for entry in results["per_epoch"]:
+        t, e = entry["task"], entry["epoch"]
+        for setting, values in entry["accuracy"]["ncm"].items():
+            expected = float(np.mean(values[: t + 1]))
+            assert float(cells[f"epoch/T{t + 1}/E{e + 1}/{setting}"]) == pytest.approx(expected, abs=1e-12)
+            checked += 1
+    assert checked == 3 * 2 * 2
+    assert str(UNSEEN) not in section and "-1000" not in section
+
+
+def test_new_sections_fallbacks_and_absence(tmp_path):
+    """Per-epoch accuracy without NC gets its own section; corruption severities default to 1..n and another
+    classifier is shown when the headline one has none; empty or None diagnostics leave the section out."""
+    results = fake_results(num_tasks=2, task_il=False, nc=False, classifiers=("head", "probe"), extras=True)
+    del results["config"]["eval"]
+    del results["corruptions"]["head"]
+    results["diagnostics"] = [None, {"classes": [0, 1, 2, 3]}]
+    del results["timings"]
+    run_dir = write_run(tmp_path / "run", results)
+    text = write_report(run_dir).read_text()
+    per_classifier = ("accuracy_matrix_", "accuracy_over_time_", "forgetting_")
+    names = {p.name for p in (run_dir / "plots").glob("*.png") if not p.name.startswith(per_classifier)}
+    assert names == {"accuracy_over_epochs.png", "corruption_errors.png"}
+    for png in (run_dir / "plots").glob("*.png"):
+        check_png(png)
+    assert "Neural collapse" not in text and "Prototype alignment" not in text
+    epochs = section_of(text, "Accuracy over epochs")
+    assert float(cells_of(epochs)["epoch/T2/E2/class_il"]) == pytest.approx(np.mean([55.0, 65.0]))
+    corruption = section_of(text, "Robustness to corruptions")
+    assert "No corruption numbers for the headline classifier" in corruption and "<code>probe</code>" in corruption
+    assert re.findall(r"<th>severity (\d+)</th>", corruption) == ["1", "2", "3"]
+    assert float(cells_of(corruption)["corruption/probe/contrast/3"]) == 10.125
+
+    for empty in ({"corruptions": {}, "per_epoch": [], "diagnostics": []},
+                  {"corruptions": {"head": {}}, "per_epoch": [{"task": 0, "epoch": 0, "accuracy": {}}],
+                   "diagnostics": [None, None]}):
+        results.update(empty)
+        text = write_report(run_dir, results).read_text()
+        assert not re.search(r"alignment|drift|corruption|over epochs", text, flags=re.I)
+        assert all(p.name.startswith(per_classifier) for p in (run_dir / "plots").glob("*.png"))
 
 
 def test_rerender_removes_stale_plots(tmp_path):

@@ -1,8 +1,9 @@
 """``runs/<name>/report.html``: one self-contained page (inline CSS, PNGs as base64 data URIs) for a finished run.
 
 The report is rendered from ``results.json`` alone, plus ``embeddings.npz`` when the run saved one (see
-:func:`save_embedding_snapshot`); every part whose data is absent (task-IL, NC metrics, a second task, embeddings,
-timings) is left out. The PNGs are also kept under ``runs/<name>/plots/`` for papers and slides.
+:func:`save_embedding_snapshot`); every part whose data is absent (task-IL, NC metrics, a second task, per-epoch
+accuracy, prototype alignment/drift, corruption errors, embeddings, timings) is left out. The PNGs are also kept
+under ``runs/<name>/plots/`` for papers and slides.
 """
 
 from __future__ import annotations
@@ -361,11 +362,93 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text))
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, else None (missing keys, strings, booleans, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    return float(value)
+
+
+def _mean(values: Any) -> float | None:
+    kept = [v for v in (_number(x) for x in (values or [])) if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _epoch_segments(entries: list[dict]) -> list[tuple[int, int, str]]:
+    """(first index, last index, "T<task>") of each run of consecutive entries with the same ``task``."""
+    segments: list[list] = []
+    for i, e in enumerate(entries):
+        task = e.get("task")
+        if segments and task is not None and task == entries[i - 1].get("task"):
+            segments[-1][1] = i
+        else:
+            segments.append([i, i, f"T{task + 1}" if isinstance(task, int) else str(i + 1)])
+    return [tuple(s) for s in segments]
+
+
+def epoch_accuracy(results: dict) -> tuple[str | None, list[dict], dict[str, list[float | None]]]:
+    """Mean accuracy over the tasks seen so far after every epoch (``results["per_epoch"]``), per setting.
+
+    Returns ``(classifier, entries, {setting: [mean or None per entry]})`` for the headline classifier (the first
+    classifier recorded when the headline one is absent); ``(None, [], {})`` without per-epoch accuracies.
+    """
+    entries = [e for e in (results.get("per_epoch") or []) if isinstance(e, dict) and isinstance(e.get("accuracy"),
+                                                                                                   dict)]
+    recorded = [c for e in entries for c in e["accuracy"]]
+    if not recorded:
+        return None, [], {}
+    headline = results.get("headline_classifier")
+    classifier = headline if headline in recorded else recorded[0]
+    settings: list[str] = []
+    for e in entries:
+        for setting in (e["accuracy"].get(classifier) or {}):
+            if setting not in settings:
+                settings.append(setting)
+    series: dict[str, list[float | None]] = {s: [] for s in settings}
+    for e in entries:
+        row = e["accuracy"].get(classifier) or {}
+        task = e.get("task")
+        for setting in settings:
+            values = row.get(setting)
+            if isinstance(values, list) and isinstance(task, int):
+                values = values[: task + 1]  # rows may also hold the not-yet-seen tasks (for FWT)
+            series[setting].append(_mean(values) if isinstance(values, list) else None)
+    if not any(v is not None for values in series.values() for v in values):
+        return None, [], {}
+    return classifier, entries, series
+
+
+def _epoch_accuracy_part(results: dict, plot_dir: Path, figures: list[Path], heading: str) -> str:
+    classifier, entries, series = epoch_accuracy(results)
+    if classifier is None:
+        return ""
+    parts = [heading]
+    path = plots.accuracy_over_epochs(series, plot_dir / "accuracy_over_epochs.png", _epoch_segments(entries))
+    if path is not None:
+        figures.append(path)
+        parts.append(figure(path, "accuracy over epochs",
+                            f"Accuracy (%) of <code>{esc(classifier)}</code> after every epoch, averaged over the "
+                            f"tasks seen so far (dashed lines: task boundaries; the last point of a task is the "
+                            f"mean over seen tasks of that task's row of the accuracy matrix)."))
+    head = "".join(f"<th>{esc(plots.setting_label(s))}</th>" for s in series)
+    rows = []
+    for i, e in enumerate(entries):
+        task, epoch = e.get("task"), e.get("epoch")
+        label = f"T{task + 1}" if isinstance(task, int) else "?"
+        ep = f"{epoch + 1}" if isinstance(epoch, int) else "?"
+        cells = "".join(number_cell(series[s][i], f"epoch/{label}/E{ep}/{s}") for s in series)
+        rows.append(f'<tr><td class="l">{esc(label)}</td><td>{esc(ep)}</td>{cells}</tr>')
+    parts.append(f"<details><summary>Per-epoch numbers ({esc(classifier)}, mean over seen tasks, %)</summary>"
+                 f'<table class="epoch-accuracy"><thead><tr><th class="l">task</th><th>epoch</th>{head}</tr></thead>'
+                 f"<tbody>{''.join(rows)}</tbody></table></details>")
+    return "\n".join(parts)
+
+
 def _nc_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
     entries = results.get("neural_collapse") or []
     epochs = [e for e in (results.get("nc_epochs") or []) if isinstance(e, dict)]
     if not any(entries) and not epochs:
-        return ""
+        return _epoch_accuracy_part(results, plot_dir, figures, "<h2>Accuracy over epochs</h2>")
     parts = ["<h2>Neural collapse</h2>"]
     if any(entries):
         last = next(e for e in reversed(entries) if e)
@@ -383,19 +466,151 @@ def _nc_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
                      f"<tbody><tr><td class=\"l\">{esc(last.get('classes', '?'))} classes, {esc(split)}</td>{cells}"
                      f"</tr></tbody></table>")
     if epochs:
-        segments: list[list] = []  # [first, last, label] of each task's epochs
-        for i, e in enumerate(epochs):
-            task = e.get("task")
-            if segments and task is not None and task == epochs[i - 1].get("task"):
-                segments[-1][1] = i
-            else:
-                segments.append([i, i, f"T{task + 1}" if task is not None else str(i + 1)])
         path = plots.nc_over_tasks(epochs, plot_dir / "nc_over_epochs.png", xlabel="epochs, grouped by task",
-                                   segments=[tuple(s) for s in segments])
+                                   segments=_epoch_segments(epochs))
         if path is not None:
             figures.append(path)
             parts.append(figure(path, "neural collapse metrics over epochs",
                                 "NC metrics during training, per epoch (dashed lines: task boundaries)."))
+    parts.append(_epoch_accuracy_part(results, plot_dir, figures, "<h3>Accuracy over epochs</h3>"))
+    return "\n".join(p for p in parts if p)
+
+
+def _class_label(names: Any, c: Any) -> str:
+    if isinstance(c, int) and isinstance(names, list) and 0 <= c < len(names):
+        return str(names[c])
+    return str(c)
+
+
+def _diagnostics_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
+    """Mean prototype alignment and old-class drift per task (``results["diagnostics"]``); per class for the last."""
+    entries = [e if isinstance(e, dict) else None for e in (results.get("diagnostics") or [])]
+    alignment = [_number(e.get("prototype_alignment")) if e else None for e in entries]
+    drift = [_number(e.get("old_mean_drift")) if e else None for e in entries]
+    has_align = any(v is not None for v in alignment)
+    has_drift = any(v is not None for v in drift)
+    if not has_align and not has_drift:
+        return ""
+    names = (results.get("scenario") or {}).get("class_names")
+    labels = [f"T{t + 1}" for t in range(len(entries))]
+    parts = ["<h2>Prototype alignment and drift</h2>"]
+    path = plots.alignment_drift_over_tasks(alignment, drift, plot_dir / "alignment_drift.png", labels)
+    pictures = []
+    if path is not None:
+        figures.append(path)
+        what = []
+        if has_align:
+            what.append("alignment: mean over the seen classes of cos(class mean, the class's fixed prototype), "
+                        "higher is better")
+        if has_drift:
+            what.append("drift: mean over the earlier tasks' classes of 1 − cos(class mean now, class mean when "
+                        "it was learned), lower is better; none after the first task")
+        pictures.append(figure(path, "prototype alignment and old-class drift over tasks",
+                               "Projection-space class means (training images) after each task. "
+                               + "; ".join(what).capitalize() + "."))
+    # per class, for the last task that recorded per-class values
+    last_t = next((t for t in range(len(entries) - 1, -1, -1) if entries[t] and (
+        entries[t].get("prototype_alignment_per_class") or entries[t].get("old_mean_drift_per_class"))), None)
+    if last_t is not None:
+        e = entries[last_t]
+        panels = []
+        for values_key, classes_key, title, ylabel in (
+                ("prototype_alignment_per_class", "classes", "alignment per class", "cos(class mean, prototype)"),
+                ("old_mean_drift_per_class", "old_classes", "drift per old class", "1 − cos since learned")):
+            values = e.get(values_key) or []
+            classes = e.get(classes_key) or []
+            if not values:
+                continue
+            tick = ([_class_label(names, c) for c in classes] if len(classes) == len(values)
+                    else [str(i) for i in range(len(values))])
+            panels.append((title, tick, values, ylabel))
+        path = plots.per_class_bars(panels, plot_dir / "alignment_drift_per_class.png")
+        if path is not None:
+            figures.append(path)
+            pictures.append(figure(path, f"alignment and drift per class after task {last_t + 1}",
+                                   f"The same per class, after task {last_t + 1}."))
+    parts.append('<div class="row">' + "".join(pictures) + "</div>")
+    head = '<th class="l">after task</th><th>classes seen</th>'
+    if has_align:
+        head += '<th title="mean cos(class mean, prototype)">alignment (mean)</th><th>alignment (min)</th>'
+    if has_drift:
+        head += '<th>old classes</th><th title="mean 1 − cos since learned">drift (mean)</th><th>drift (max)</th>'
+    rows = []
+    for t, e in enumerate(entries):
+        e = e or {}
+        seen = e.get("classes")
+        cells = f'<td class="l">T{t + 1}</td><td>{len(seen) if isinstance(seen, list) else "n/a"}</td>'
+        if has_align:
+            per = [v for v in map(_number, e.get("prototype_alignment_per_class") or []) if v is not None]
+            cells += number_cell(alignment[t], f"diagnostics/T{t + 1}/prototype_alignment", 3)
+            cells += number_cell(min(per) if per else None, digits=3)
+        if has_drift:
+            old = e.get("old_classes")
+            per = [v for v in map(_number, e.get("old_mean_drift_per_class") or []) if v is not None]
+            cells += f"<td>{len(old) if isinstance(old, list) else '–'}</td>"
+            cells += number_cell(drift[t], f"diagnostics/T{t + 1}/old_mean_drift", 3)
+            cells += number_cell(max(per) if per else None, digits=3)
+        rows.append(f"<tr>{cells}</tr>")
+    parts.append(f'<table class="diagnostics"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return "\n".join(parts)
+
+
+def corruption_table(errors: dict[str, list], severities: list, classifier: str) -> str:
+    """Rows = corruptions, columns = severities and the mean; a last row with the mean over corruptions."""
+    head = "".join(f"<th>severity {esc(s)}</th>" for s in severities)
+    rows = []
+    for name, values in errors.items():
+        values = list(values or [])
+        cells = "".join(number_cell(_number(values[i]) if i < len(values) else None,
+                                    f"corruption/{classifier}/{name}/{s}") for i, s in enumerate(severities))
+        cells += number_cell(_mean(values), f"corruption/{classifier}/{name}/mean")
+        rows.append(f'<tr><td class="l">{esc(name)}</td>{cells}</tr>')
+    columns = [_mean([v[i] for v in errors.values() if v and i < len(v)]) for i in range(len(severities))]
+    overall = _mean([x for v in errors.values() for x in (v or [])])
+    cells = "".join(number_cell(m, f"corruption/{classifier}/all/{s}") for m, s in zip(columns, severities))
+    cells += number_cell(overall, f"corruption/{classifier}/all/mean")
+    rows.append(f'<tr class="headline"><td class="l">mean over corruptions</td>{cells}</tr>')
+    return (f'<table class="corruptions"><thead><tr><th class="l">corruption</th>{head}<th>mean</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _corruption_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
+    """Top-1 error under corruptions (``results["corruptions"]``) of the headline classifier, table and plot."""
+    raw = results.get("corruptions")
+    if not isinstance(raw, dict):
+        return ""
+    corruptions = {c: {n: list(v) for n, v in e.items() if isinstance(v, list)} for c, e in raw.items()
+                   if isinstance(e, dict)}
+    corruptions = {c: e for c, e in corruptions.items() if e}
+    if not corruptions:
+        return ""
+    headline = results.get("headline_classifier")
+    classifier = headline if headline in corruptions else next(iter(corruptions))
+    errors = corruptions[classifier]
+    count = max(len(v) for v in errors.values())
+    severities = ((results.get("config") or {}).get("eval") or {}).get("corruption_severities")
+    if not isinstance(severities, list) or len(severities) != count:
+        severities = list(range(1, count + 1))
+    parts = ["<h2>Robustness to corruptions</h2>"]
+    if classifier != headline:
+        parts.append(f'<p class="note">No corruption numbers for the headline classifier; showing '
+                     f"<code>{esc(classifier)}</code>.</p>")
+    order = sorted(corruptions, key=lambda c: c != classifier)
+    by_classifier = {}
+    for c in order:
+        means = [_mean([v[i] for v in corruptions[c].values() if i < len(v)]) for i in range(count)]
+        overall = _mean([x for v in corruptions[c].values() for x in v])
+        by_classifier[f"{c} (mean {fmt(overall, 1)})"] = [np.nan if m is None else m for m in means]
+    path = plots.corruption_errors(errors, severities, plot_dir / "corruption_errors.png", by_classifier,
+                                   title=f"{classifier}, per corruption")
+    figures.append(path)
+    others = (" Right: the mean over corruptions of every classifier (thick black: the one on the left)."
+              if len(by_classifier) > 1 else "")
+    picture = figure(path, "error under corruptions vs severity",
+                     f"Top-1 error (%) after the last task on corrupted test images of the seen tasks, per "
+                     f"corruption and severity (lower is better).{others}")
+    table = corruption_table(errors, severities, classifier)
+    parts.append(f"<h3>Classifier <code>{esc(classifier)}</code>: top-1 error (%)</h3>{table}{picture}")
     return "\n".join(parts)
 
 
@@ -483,6 +698,8 @@ def render_report(run_dir: str | Path, results: dict) -> str:
     body.append("<h2>Accuracy</h2>")
     body.append(_classifier_sections(results, plot_dir, figures))
     body.append(_nc_section(results, plot_dir, figures))
+    body.append(_diagnostics_section(results, plot_dir, figures))
+    body.append(_corruption_section(results, plot_dir, figures))
     body.append(_embedding_section(results, run_dir, plot_dir, figures))
     body.append(_timings_section(results, plot_dir, figures))
     return page(f"protosphere report — {name}", "\n".join(p for p in body if p),

@@ -209,20 +209,11 @@ def nc_over_tasks(entries: Sequence[dict | None], path: Path, xlabel: str = "aft
     for ax, key in zip(axes, keys):
         y = np.array([float(e[key]) if e and isinstance(e.get(key), (int, float)) else np.nan for e in entries])
         ax.plot(x, y, marker="o", markersize=3.5 if len(x) <= 40 else 0, linewidth=1.6, color=color(0))
-        for first, _, _ in (segments or [])[1:]:
-            ax.axvline(first - 0.5, color="#bbbbbb", linewidth=0.8, linestyle="--")
         finite = y[np.isfinite(y)]
         if key == "nc1" and finite.size and finite.min() > 0 and finite.max() / finite.min() > 30:
             ax.set_yscale("log")
         ax.set_title(NC_LABELS.get(key, key), fontsize=9)
-        if segments:
-            step = max(1, math.ceil(len(segments) / 10))
-            shown = segments[::step]
-            ax.set_xticks([(a + b) / 2 for a, b, _ in shown], [label for _, _, label in shown])
-            ax.tick_params(axis="x", length=0)
-        else:
-            _task_ticks(ax, len(x), "x")
-        ax.set_xlim(-0.4, len(x) - 0.6)
+        _segment_axis(ax, len(x), segments)
         _style(ax)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
@@ -372,6 +363,147 @@ def timings(tasks: Sequence[dict], path: Path) -> Path:
         h2, l2 = twin.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
+    return _save(fig, path)
+
+
+def _segment_axis(ax, count: int, segments: Sequence[tuple[int, int, str]] | None) -> None:
+    """x ticks of ``count`` consecutive points: one label per segment (dashed lines between them) or T1..Tn."""
+    for first, _, _ in (segments or [])[1:]:
+        ax.axvline(first - 0.5, color="#bbbbbb", linewidth=0.8, linestyle="--")
+    if segments:
+        step = max(1, math.ceil(len(segments) / 10))
+        shown = segments[::step]
+        ax.set_xticks([(a + b) / 2 for a, b, _ in shown], [label for _, _, label in shown])
+        ax.tick_params(axis="x", length=0)
+    else:
+        _task_ticks(ax, count, "x")
+    ax.set_xlim(-0.4, count - 0.6)
+
+
+def _values(seq: Sequence) -> np.ndarray:
+    return np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in seq])
+
+
+def alignment_drift_over_tasks(alignment: Sequence[float | None], drift: Sequence[float | None], path: Path,
+                               labels: Sequence[str] | None = None) -> Path | None:
+    """Two panels over tasks: mean cos(class mean, own prototype) and mean old-class drift 1 − cos; None = gap."""
+    panels = [(values, title, ylabel, c) for values, title, ylabel, c in (
+        (_values(alignment), "prototype alignment (higher is better)", "mean cos(class mean, prototype)", color(0)),
+        (_values(drift), "old-class mean drift (lower is better)", "mean 1 − cos since learned", color(3)))
+        if np.isfinite(values).any()]
+    if not panels:
+        return None
+    fig = _figure(4.0 * len(panels), 3.0)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (values, title, ylabel, c) in zip(axes, panels):
+        x = np.arange(len(values))
+        ax.plot(x, values, marker="o", markersize=4.5, linewidth=1.8, color=c)
+        if len(x) <= 12:
+            for xi, yi in zip(x, values):
+                if np.isfinite(yi):
+                    ax.annotate(f"{yi:.3f}", (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center",
+                                fontsize=7.5)
+        if labels is not None:
+            step = max(1, math.ceil(len(x) / 20))
+            ax.set_xticks(x[::step], [labels[i] for i in x[::step]])
+        else:
+            _task_ticks(ax, len(x), "x")
+        ax.set_xlim(-0.4, len(x) - 0.6)
+        ax.margins(y=0.2)
+        ax.set_title(title, fontsize=9.5)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_xlabel("after training task", fontsize=9)
+        _style(ax)
+    return _save(fig, path)
+
+
+def per_class_bars(panels: Sequence[tuple[str, Sequence[str], Sequence[float], str]], path: Path,
+                   title: str = "") -> Path | None:
+    """One bar panel per ``(title, class labels, values, y label)``; the mean is drawn as a dashed line."""
+    panels = [p for p in panels if len(p[2])]
+    if not panels:
+        return None
+    longest = max(len(p[2]) for p in panels)
+    width = max(3.6, min(8.0, 1.4 + 0.32 * longest))
+    fig = _figure(width * len(panels), 3.0)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for k, (ax, (name, labels, values, ylabel)) in enumerate(zip(axes, panels)):
+        values = _values(values)
+        x = np.arange(len(values))
+        bars = ax.bar(x, np.nan_to_num(values), 0.72, color=color(0 if k == 0 else 3))
+        if len(values) <= 20:
+            ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "" for v in values], fontsize=6.5,
+                         padding=1.5)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            ax.axhline(finite.mean(), color="black", linewidth=1.0, linestyle="--")
+            name = f"{name} (dashed: mean {finite.mean():.3f})"
+        ax.axhline(0, color="#555555", linewidth=0.8)
+        step = max(1, math.ceil(len(x) / 25))
+        ax.set_xticks(x[::step], [labels[i] for i in x[::step]])
+        ax.set_xlabel("class", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_title(name, fontsize=9.5)
+        ax.margins(y=0.15)
+        _style(ax)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def corruption_errors(errors: dict[str, Sequence[float]], severities: Sequence, path: Path,
+                      by_classifier: dict[str, Sequence[float]] | None = None, title: str = "") -> Path:
+    """Error (%) vs severity, one line per corruption; optionally a second panel with the mean over corruptions of
+    each classifier (``by_classifier``: {classifier: [mean error per severity]})."""
+    panels = 2 if by_classifier and len(by_classifier) > 1 else 1
+    fig = _figure(4.8 * panels + 1.4, 3.4)
+    axes = fig.subplots(1, panels, squeeze=False, sharey=True)[0]
+    x = np.arange(len(severities))
+    many = len(errors) > 10
+
+    def draw(ax, series, heading, offset=0, bold=None):
+        for i, (name, values) in enumerate(series.items()):
+            shade = "black" if name == bold else _cmap_color(i, len(series)) if many else color(i + offset)
+            ax.plot(x[: len(values)], _values(values), marker="o" if offset == 0 else "s", markersize=3.5,
+                    linewidth=2.4 if name == bold else 1.4, color=shade, label=name)
+        ax.set_xticks(x, [str(s) for s in severities])
+        ax.set_xlim(-0.3, len(x) - 0.7 if len(x) > 1 else 0.3)
+        ax.set_xlabel("severity", fontsize=9)
+        ax.set_title(heading, fontsize=9.5)
+        _style(ax)
+        ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+    draw(axes[0], errors, title or "per corruption")
+    if panels == 2:
+        draw(axes[1], by_classifier, "mean over corruptions, per classifier", offset=len(errors) % len(PALETTE),
+             bold=next(iter(by_classifier)))
+    axes[0].set_ylabel("top-1 error (%)", fontsize=9)
+    axes[0].set_ylim(-2, 102)
+    return _save(fig, path)
+
+
+def accuracy_over_epochs(series: dict[str, Sequence[float | None]], path: Path,
+                         segments: Sequence[tuple[int, int, str]] | None = None,
+                         xlabel: str = "epochs, grouped by task", title: str = "") -> Path | None:
+    """Accuracy (%) after every epoch, one line per setting (e.g. class-IL / task-IL mean over seen tasks)."""
+    series = {k: _values(v) for k, v in series.items()}
+    series = {k: v for k, v in series.items() if np.isfinite(v).any()}
+    if not series:
+        return None
+    count = max(len(v) for v in series.values())
+    fig = _figure(max(5.0, min(11.0, 3.2 + 0.18 * count)), 3.2)
+    ax = fig.subplots()
+    for i, (name, values) in enumerate(series.items()):
+        ax.plot(np.arange(len(values)), values, marker="o", markersize=3.5 if count <= 60 else 0, linewidth=1.7,
+                color=color(i), label=setting_label(name))
+    _segment_axis(ax, count, segments)
+    ax.set_ylim(-2, 102)
+    ax.set_ylabel("mean accuracy on seen tasks (%)", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.legend(fontsize=8, frameon=False, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    _style(ax)
     return _save(fig, path)
 
 
