@@ -18,5 +18,5 @@ done | xargs -P "$JOBS" -n 2 sh -c '
   OMP_NUM_THREADS=1 '"$PY"' -m protosphere.cli run "$0" seed=$1 output_dir='"$OUT"' fabric.threads=1 \
     --overwrite --no-progress > "'"$OUT"'/$name.log" 2>&1 || { echo "FAILED: $name (see '"$OUT"'/$name.log)"; exit 1; }
   echo "done: $name"'
-$PY benchmarks/summarize_runs.py "$OUT" "$@" > "$table"
+$PY benchmarks/summarize_runs.py "$OUT" "$@" ${ALL_CLASSIFIERS:+--all-classifiers} > "$table"
 cat "$table"

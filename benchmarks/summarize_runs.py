@@ -1,6 +1,8 @@
 """Mean ± std over seeds of finished runs, one row per config, as a Markdown table with the command behind each row.
 
-    python benchmarks/summarize_runs.py RUNS_DIR CONFIG.yaml [CONFIG.yaml ...]
+    python benchmarks/summarize_runs.py RUNS_DIR CONFIG.yaml [CONFIG.yaml ...] [--all-classifiers]
+
+One row per config with its headline classifier, or one row per config and classifier with --all-classifiers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ def fmt(values):
 
 
 def main(argv) -> int:
+    every_classifier = "--all-classifiers" in argv
+    argv = [a for a in argv if a != "--all-classifiers"]
     runs, configs = Path(argv[0]), argv[1:]
     rows, environment = [], None
     for config in configs:
@@ -27,24 +31,26 @@ def main(argv) -> int:
         results = [json.loads(p.read_text()) for p in sorted(runs.glob(f"{stem}-seed*/results.json"))]
         results = [r for r in results if r.get("status") == "complete"]
         if not results:
-            rows.append(f"| {stem} | (no finished run) | | | | | |")
+            rows.append(f"| {stem} | | (no finished run) | | | | | | |")
             continue
         environment = environment or results[0]["environment"]
-        head = results[0]["headline_classifier"]
-        get = lambda r, s, k: r["metrics"][head].get(s, {}).get(k)  # noqa: E731
         seeds = ",".join(str(r["seed"]) for r in results)
         minutes = statistics.mean(r["timings"]["total_s"] for r in results) / 60
-        rows.append(
-            f"| {stem} | {fmt([get(r, 'class_il', 'final_average_accuracy') for r in results])} "
-            f"| {fmt([get(r, 'task_il', 'final_average_accuracy') for r in results])} "
-            f"| {fmt([get(r, 'class_il', 'average_incremental_accuracy') for r in results])} "
-            f"| {fmt([get(r, 'class_il', 'average_forgetting') for r in results])} "
-            f"| {len(results)} ({seeds}) | {minutes:.1f} "
-            f"| `protosphere run {config} seed=S fabric.threads=1` |"
-        )
-    print("| config | class-IL final avg acc (%) | task-IL final avg acc (%) | class-IL avg incremental acc (%) "
-          "| class-IL forgetting | seeds | min/run | command |")
-    print("|---|---|---|---|---|---|---|---|")
+        classifiers = list(results[0]["metrics"]) if every_classifier else [results[0]["headline_classifier"]]
+        for head in classifiers:
+            get = lambda r, s, k: r["metrics"][head].get(s, {}).get(k)  # noqa: E731
+            mark = " (headline)" if every_classifier and head == results[0]["headline_classifier"] else ""
+            rows.append(
+                f"| {stem} | {head}{mark} | {fmt([get(r, 'class_il', 'final_average_accuracy') for r in results])} "
+                f"| {fmt([get(r, 'task_il', 'final_average_accuracy') for r in results])} "
+                f"| {fmt([get(r, 'class_il', 'average_incremental_accuracy') for r in results])} "
+                f"| {fmt([get(r, 'class_il', 'average_forgetting') for r in results])} "
+                f"| {len(results)} ({seeds}) | {minutes:.1f} "
+                f"| `protosphere run {config} seed=S fabric.threads=1` |"
+            )
+    print("| config | classifier | class-IL final avg acc (%) | task-IL final avg acc (%) "
+          "| class-IL avg incremental acc (%) | class-IL forgetting | seeds | min/run | command |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if environment:
         print(f"\nMachine: {environment['cpu']} ({environment['cpu_count']} cores; each run single-threaded, two "
