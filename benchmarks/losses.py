@@ -250,6 +250,12 @@ def main(argv=None) -> None:
     old = etf[:5]
     cw = L.inverse_frequency_weights(y, 10)
     mask = y >= 5
+    weights = torch.randn(10, 128, device=device)
+    from protosphere.geometry import orthonormal_prototypes
+
+    ortho = orthonormal_prototypes(10, 128).to(device)
+    queue = F.normalize(torch.randn(4096, 128, device=device), dim=1)
+    negatives = F.normalize(torch.randn(8192, 128, device=device), dim=1)
     losses = {
         "supcon": lambda x: L.supcon(x, y),
         "asymmetric_supcon": lambda x: L.asymmetric_supcon(x, y, [5, 6, 7, 8, 9]),
@@ -259,6 +265,17 @@ def main(argv=None) -> None:
         "prd (5 old prototypes)": lambda x: L.prd(x, zp, old),
         "hsd (alpha=0.5)": lambda x: L.hsd(x, zp, old, 0.5),
         "dr_loss (class-balanced)": lambda x: L.dr_loss(x, y, etf, cw),
+        "normface": lambda x: L.normface(x, y, weights, 0.2),
+        "ntce": lambda x: L.ntce(x, y, weights, 0.2),
+        "nonl": lambda x: L.nonl(x, y, weights, 0.1),
+        "nonl (bidirectional)": lambda x: L.nonl(x, y, weights, 0.1, bidirectional=True),
+        "clop": lambda x: L.clop(x[:256], x[256:], y[:256], ortho),
+        "supervised_ntxent": lambda x: L.supervised_ntxent(x[:256], x[256:], y[:256]),
+        "nt_xent": lambda x: L.nt_xent(x[:256], x[256:]),
+        "moco_infonce (queue 4096)": lambda x: L.moco_infonce(x[:256], zp[256:], queue),
+        "pnr_moco (2 x 4096 negatives)": lambda x: L.pnr_moco(x[:256], zp[256:], x[256:], zp[:256], negatives),
+        "pnr_simclr": lambda x: L.pnr_simclr(x[:256], x[256:], x[256:], x[:256], zp[:256], zp[256:]),
+        "cassle_distill": lambda x: L.cassle_distill(x, zp),
     }
     times, bests = interleaved_medians({k: (lambda f=f: fwd_bwd(f, zz)) for k, f in losses.items()}, args.reps, device,
                                        with_min=True)
