@@ -39,7 +39,7 @@ def value_and_grads(fn, inputs):
     return out, torch.autograd.grad(out, inputs)
 
 
-def compare(fn, ref, inputs, dtype):
+def assert_matches_reference(fn, ref, inputs, dtype):
     """fn on `inputs` in `dtype` vs the float64 reference on the same values: value and every gradient."""
     cast = [x.to(dtype) for x in inputs]
     out, grads = value_and_grads(fn, cast)
@@ -122,21 +122,21 @@ LABELS = torch.tensor([0, 1, 2, 0, 1, 3, 3, 0, 2, 1])
 @pytest.mark.parametrize("tau", [0.1, 0.2])
 def test_normface_matches_reference(dtype, tau):
     u, w = unit(10, 6, 0), raw(5, 6, 1)  # class 4 has a weight but no sample
-    compare(lambda u, w: normface(u, LABELS, w, tau), lambda u, w: ref_normface(u, LABELS, w, tau), [u, w], dtype)
+    assert_matches_reference(lambda u, w: normface(u, LABELS, w, tau), lambda u, w: ref_normface(u, LABELS, w, tau), [u, w], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tau", [0.1, 0.2])
 def test_ntce_matches_reference(dtype, tau):
     u, w = unit(10, 6, 2), raw(5, 6, 3)
-    compare(lambda u, w: ntce(u, LABELS, w, tau), lambda u, w: ref_ntce(u, LABELS, w, tau), [u, w], dtype)
+    assert_matches_reference(lambda u, w: ntce(u, LABELS, w, tau), lambda u, w: ref_ntce(u, LABELS, w, tau), [u, w], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_nonl_matches_reference(dtype, bidirectional):
     u, w = unit(10, 6, 4), raw(5, 6, 5)
-    compare(lambda u, w: nonl(u, LABELS, w, 0.1, bidirectional=bidirectional),
+    assert_matches_reference(lambda u, w: nonl(u, LABELS, w, 0.1, bidirectional=bidirectional),
             lambda u, w: ref_nonl(u, LABELS, w, 0.1, bidirectional), [u, w], dtype)
 
 
@@ -145,7 +145,7 @@ def test_nonl_matches_reference(dtype, bidirectional):
 def test_clop_matches_reference(dtype, lam):
     labels = torch.tensor([0, -1, 2, 0, -1, 1, 2, 2])
     z1, z2, a = unit(8, 5, 6), unit(8, 5, 7), unit(3, 5, 8)
-    compare(lambda z1, z2, a: clop(z1, z2, labels, a, lam=lam),
+    assert_matches_reference(lambda z1, z2, a: clop(z1, z2, labels, a, lam=lam),
             lambda z1, z2, a: ref_clop(z1, z2, labels, a, lam), [z1, z2, a], dtype)
 
 
@@ -154,7 +154,7 @@ def test_clop_matches_reference(dtype, lam):
 def test_supervised_ntxent_matches_reference(dtype, tau):
     labels = torch.tensor([0, -1, 2, 0, -1, 1, 2, 2, 5])  # class 1 and class 5: no positive but the other view
     z1, z2 = unit(9, 5, 9), unit(9, 5, 10)
-    compare(lambda z1, z2: supervised_ntxent(z1, z2, labels, tau),
+    assert_matches_reference(lambda z1, z2: supervised_ntxent(z1, z2, labels, tau),
             lambda z1, z2: ref_supervised_ntxent(z1, z2, labels, tau), [z1, z2], dtype)
 
 
@@ -165,11 +165,11 @@ def test_two_rows(dtype):
     labels = torch.tensor([0, 1])
     u, w = unit(2, 4, 11), raw(2, 4, 12)
     for fn, ref in [(normface, ref_normface), (ntce, ref_ntce), (nonl, ref_nonl)]:
-        compare(lambda u, w: fn(u, labels, w, 0.2), lambda u, w: ref(u, labels, w, 0.2), [u, w], dtype)
+        assert_matches_reference(lambda u, w: fn(u, labels, w, 0.2), lambda u, w: ref(u, labels, w, 0.2), [u, w], dtype)
     z1, z2, a = unit(2, 4, 13), unit(2, 4, 14), unit(2, 4, 15)
-    compare(lambda z1, z2, a: clop(z1, z2, labels, a), lambda z1, z2, a: ref_clop(z1, z2, labels, a, 1.0),
+    assert_matches_reference(lambda z1, z2, a: clop(z1, z2, labels, a), lambda z1, z2, a: ref_clop(z1, z2, labels, a, 1.0),
             [z1, z2, a], dtype)
-    compare(lambda z1, z2: supervised_ntxent(z1, z2, torch.tensor([3, 3])),
+    assert_matches_reference(lambda z1, z2: supervised_ntxent(z1, z2, torch.tensor([3, 3])),
             lambda z1, z2: ref_supervised_ntxent(z1, z2, torch.tensor([3, 3]), 0.5), [z1, z2], dtype)
 
 
@@ -213,7 +213,7 @@ def test_nonl_single_class_batch_raises():
 def test_nonl_bidirectional_works_with_one_class(dtype):
     labels = torch.tensor([2, 2, 2])
     u, w = unit(3, 4, 18), raw(3, 4, 19)
-    out = compare(lambda u, w: nonl(u, labels, w, 0.1, bidirectional=True),
+    out = assert_matches_reference(lambda u, w: nonl(u, labels, w, 0.1, bidirectional=True),
                   lambda u, w: ref_nonl(u, labels, w, 0.1, True), [u, w], dtype)
     assert torch.isfinite(out)
     with pytest.raises(ValueError, match="NONL needs"):  # a single class weight leaves nothing to contrast with

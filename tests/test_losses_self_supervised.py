@@ -28,7 +28,7 @@ def leaf(x):
     return x.detach().clone().requires_grad_(True)
 
 
-def compare(fn, ref, inputs, dtype, detached=()):
+def assert_matches_reference(fn, ref, inputs, dtype, detached=()):
     """fn on `inputs` in `dtype` vs the float64 reference on the same values.
 
     Every input requires grad; the value and the gradients of the inputs not in `detached` must match the reference,
@@ -107,14 +107,14 @@ def ref_cassle(p, f, tau):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b", [1, 5])
 def test_nt_xent_matches_reference(dtype, b):
-    compare(lambda z1, z2: nt_xent(z1, z2, 0.2), lambda z1, z2: ref_nt_xent(z1, z2, 0.2),
+    assert_matches_reference(lambda z1, z2: nt_xent(z1, z2, 0.2), lambda z1, z2: ref_nt_xent(z1, z2, 0.2),
             [unit(b, 6, 0), unit(b, 6, 1)], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [0, 1, 7])
 def test_moco_infonce_matches_reference(dtype, m):
-    compare(lambda q, k, queue: moco_infonce(q, k, queue, 0.2), lambda q, k, queue: ref_infonce(q, k, queue, 0.2),
+    assert_matches_reference(lambda q, k, queue: moco_infonce(q, k, queue, 0.2), lambda q, k, queue: ref_infonce(q, k, queue, 0.2),
             [unit(4, 6, 2), unit(4, 6, 3), unit(m, 6, 4)], dtype, detached=(1, 2))
 
 
@@ -122,7 +122,7 @@ def test_moco_infonce_matches_reference(dtype, m):
 @pytest.mark.parametrize("taus", [(0.2, 0.2), (0.1, 0.3)])
 def test_pnr_moco_matches_reference(dtype, taus):
     inputs = [unit(4, 6, s) for s in range(5, 9)] + [unit(6, 6, 9)]
-    compare(lambda q, k, p, f, neg: pnr_moco(q, k, p, f, neg, *taus),
+    assert_matches_reference(lambda q, k, p, f, neg: pnr_moco(q, k, p, f, neg, *taus),
             lambda q, k, p, f, neg: ref_pnr_moco(q, k, p, f, neg, *taus), inputs, dtype, detached=(1, 3, 4))
 
 
@@ -130,14 +130,14 @@ def test_pnr_moco_matches_reference(dtype, taus):
 @pytest.mark.parametrize("b", [1, 4])
 def test_pnr_simclr_matches_reference(dtype, b):
     inputs = [unit(b, 6, s) for s in range(10, 16)]
-    compare(lambda *x: pnr_simclr(*x, temperature=0.2), lambda *x: ref_pnr_simclr(*x, 0.2), inputs, dtype,
+    assert_matches_reference(lambda *x: pnr_simclr(*x, temperature=0.2), lambda *x: ref_pnr_simclr(*x, 0.2), inputs, dtype,
             detached=(4, 5))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [2, 8])
 def test_cassle_distill_matches_reference(dtype, n):
-    compare(lambda p, f: cassle_distill(p, f, 0.2), lambda p, f: ref_cassle(p, f, 0.2),
+    assert_matches_reference(lambda p, f: cassle_distill(p, f, 0.2), lambda p, f: ref_cassle(p, f, 0.2),
             [unit(n, 6, 16), unit(n, 6, 17)], dtype, detached=(1,))
 
 
