@@ -17,6 +17,14 @@ from ._checks import autocast_off, check_matrix, check_temperature, check_unit_r
 __all__ = ["ird", "prd", "hsd", "hsd_alpha", "IRDLoss", "PRDLoss", "HSDLoss"]
 
 
+def _check_old_prototypes(prototypes: torch.Tensor, name: str, z: torch.Tensor, loss: str, why_needed: str) -> None:
+    """Previous-task prototypes (shared by prd and hsd): a non-empty (C_old, d) matrix of unit rows."""
+    check_matrix(prototypes, name, loss, dim=z.shape[1])
+    if prototypes.shape[0] == 0:
+        raise ValueError(f"{loss}: `{name}` is empty; {why_needed}")
+    check_unit_rows(prototypes, name, loss)
+
+
 def _check_pair(z: torch.Tensor, z_past: torch.Tensor, loss: str) -> None:
     check_matrix(z, "z", loss)
     check_matrix(z_past, "z_past", loss, rows=z.shape[0], dim=z.shape[1])
@@ -114,11 +122,8 @@ def prd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, current
     check_temperature(current_temperature, "current_temperature", loss)
     check_temperature(past_temperature, "past_temperature", loss)
     _check_pair(z, z_past, loss)
-    check_matrix(prototypes, "prototypes", loss, dim=z.shape[1])
-    if prototypes.shape[0] == 0:
-        raise ValueError("prd: `prototypes` is empty; it needs the prototypes of at least one previous-task class "
-                         "(do not apply it in the first task).")
-    check_unit_rows(prototypes, "prototypes", loss)
+    _check_old_prototypes(prototypes, "prototypes", z, loss, "it needs the prototypes of at least one previous-task "
+                          "class (do not apply it in the first task).")
     with autocast_off(z):
         return _prd(z, z_past, prototypes, current_temperature, past_temperature)
 
@@ -162,11 +167,8 @@ def hsd(z: torch.Tensor, z_past: torch.Tensor, prototypes_old: torch.Tensor, alp
                     ("prd_temperatures", prd_cur), ("prd_temperatures", prd_past)):
         check_temperature(t, name, loss)
     _check_pair(z, z_past, loss)
-    check_matrix(prototypes_old, "prototypes_old", loss, dim=z.shape[1])
-    if prototypes_old.shape[0] == 0:
-        raise ValueError("hsd: `prototypes_old` is empty; HSD needs at least one previous-task class "
-                         "(it is not applied in the first task).")
-    check_unit_rows(prototypes_old, "prototypes_old", loss)
+    _check_old_prototypes(prototypes_old, "prototypes_old", z, loss, "HSD needs at least one previous-task class (it "
+                          "is not applied in the first task).")
     with autocast_off(z):
         if isinstance(alpha, float) and alpha == 1.0:
             return _ird(z, z_past, ird_cur, ird_past)
