@@ -224,6 +224,12 @@ def test_supcon_and_ntce_run_end_to_end_on_digits(tmp_path):
     assert final["class_mean_ema"] > 70 and final["ncm"] > 70, final
     nc = results["neural_collapse"][-1]
     assert nc["classes"] == 10 and "nc3" in nc and "nc4" in nc
+    # each classifier's fitting and prediction time is recorded: the EMA class means cost nothing to fit (they are
+    # kept during training), the probe trains on the encoded features (the shared encoding is its own entry)
+    timing = results["timings"]["tasks"][-1]["classifiers"]
+    assert set(timing) == {"class_mean_ema", "ncm", "linear_probe", "encode"}
+    assert timing["class_mean_ema"]["fit_s"] == 0.0 and timing["linear_probe"]["fit_s"] > 0
+    assert timing["encode"]["fit_s"] > 0 and all(t["predict_s"] > 0 for n, t in timing.items() if n != "encode")
 
     results = _digits_run(tmp_path, {"name": "ntce", "temperature": 0.2})
     assert results["status"] == "complete" and set(results["accuracy"]) == {"head"}

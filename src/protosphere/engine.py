@@ -127,6 +127,8 @@ class Engine:
             raise RunError(f"The checkpoint was written by {resume.get('world_size', 1)} process(es) and this run has "
                            f"{world_size}; resume with the same fabric.devices and fabric.num_nodes.")
         method = method.to(device)
+        if device.type == "cuda":
+            method.synchronize = lambda: torch.cuda.synchronize(device)
         model = fabric.setup_module(method)
         model.mark_forward_method("training_step")
         test_sets = [(t.test_images.to(device), t.test_labels.to(device)) for t in scenario.tasks]
@@ -236,9 +238,14 @@ class Engine:
                 if diagnostics:
                     log.log("test", {f"diag/{k}": v for k, v in diagnostics.items() if isinstance(v, (int, float))}, t)
                 eval_time = time.perf_counter() - eval_start
+                classifier_s = {name: {"fit_s": method.fit_seconds.get(name, 0.0), "predict_s": seconds}
+                                for name, seconds in self.predict_seconds.items()}
+                if "encode" in method.fit_seconds:
+                    classifier_s["encode"] = {"fit_s": method.fit_seconds["encode"], "predict_s": 0.0}
                 results["timings"]["tasks"].append({"task": t, "train_s": train_time, "eval_s": eval_time,
                                                     "images": seen_images,
-                                                    "img_per_s": seen_images / max(train_time, 1e-9)})
+                                                    "img_per_s": seen_images / max(train_time, 1e-9),
+                                                    "classifiers": classifier_s})
                 headline = next(iter(row))
                 log.log("test", {f"{c}/{s}/task{j}": a for c, ss in row.items() for s, accs in ss.items()
                                  for j, a in enumerate(accs) if j <= t}, t)
@@ -404,7 +411,10 @@ class Engine:
             method.prepare_evaluation(prepare)
         batch = self.config.eval.batch_size
         row: dict = {}
+        self.predict_seconds = {}
         for name, classify in method.classifiers().items():
+            method.synchronize()
+            predict_start = time.perf_counter()
             class_il, task_il = [], []
             for j, (images, labels) in enumerate(test_sets[: up_to + 1]):
                 correct = correct_task = 0
@@ -421,6 +431,8 @@ class Engine:
                         correct_task += int((classes[masked.argmax(1)] == y).sum())
                 class_il.append(100.0 * correct / len(labels))
                 task_il.append(100.0 * correct_task / len(labels))
+            method.synchronize()
+            self.predict_seconds[name] = time.perf_counter() - predict_start
             row[name] = {"class_il": class_il, **({"task_il": task_il} if scenario.task_il else {})}
         method.train(was_training)
         return row

@@ -8,7 +8,9 @@ buffer, past model, queues, prototypes) lives in the module, so ``state_dict`` i
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -91,6 +93,10 @@ class Method(nn.Module):
         self._tracked: dict = {}
         self._snapshot_sources: dict[str, Callable[[], nn.Module]] = {}
         self._snapshots: dict[str, nn.Module] = {}
+        # seconds spent fitting each classifier in the last prepare_evaluation (see fit_timer); the engine sets
+        # `synchronize` so that asynchronous devices are timed to completion
+        self.fit_seconds: dict[str, float] = {}
+        self.synchronize: Callable[[], None] = lambda: None
 
     # state kept outside parameters -----------------------------------------------------------------------------
     def track_state(self, name: str, obj) -> None:
@@ -152,6 +158,17 @@ class Method(nn.Module):
 
     def prepare_evaluation(self, task: TaskContext) -> None:
         """Fit whatever the classifiers need (class means, a linear probe) after ``task``; eval mode, no grad."""
+
+    @contextlib.contextmanager
+    def fit_timer(self, name: str):
+        """``with self.fit_timer("linear_probe"): ...`` adds the block's wall time to ``fit_seconds[name]``."""
+        self.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.synchronize()
+            self.fit_seconds[name] = self.fit_seconds.get(name, 0.0) + time.perf_counter() - start
 
     def classifiers(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Named classifiers to evaluate after each task; the first one is the headline."""

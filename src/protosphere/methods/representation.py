@@ -88,23 +88,27 @@ class RepresentationMethod(Method):
 
     def prepare_evaluation(self, task: TaskContext) -> None:
         cfg = self.config
+        self.fit_seconds = {}
         images, labels = self.evaluation_data(task)
-        features = self.encode(images)
-        normalized = F.normalize(features, dim=1)
-        present = labels.unique()
-        for c in present.tolist():
-            self.class_means[c] = F.normalize(normalized[labels == c].mean(0), dim=0)
+        with self.fit_timer("encode"):  # shared by ncm, linear_probe and knn
+            features = self.encode(images)
+        with self.fit_timer("ncm"):
+            normalized = F.normalize(features, dim=1)
+            for c in labels.unique().tolist():
+                self.class_means[c] = F.normalize(normalized[labels == c].mean(0), dim=0)
         if "linear_probe" in cfg.classifiers:
-            self._fitted["probe"] = fit_linear_probe(features, labels, self.num_classes, epochs=cfg.probe_epochs,
-                                           lr=cfg.probe_lr, batch_size=cfg.probe_batch_size,
-                                           class_balanced=cfg.probe_class_balanced, seed=task.index,
-                                           schedule=cfg.probe_schedule).to(features.device)
+            with self.fit_timer("linear_probe"):
+                self._fitted["probe"] = fit_linear_probe(
+                    features, labels, self.num_classes, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
+                    batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced, seed=task.index,
+                    schedule=cfg.probe_schedule).to(features.device)
         if "linear_probe_seen" in cfg.classifiers:
-            seen_images, seen_labels = task.seen_data()
-            self._fitted["probe_seen"] = fit_linear_probe(
-                self.encode(seen_images), seen_labels, self.num_classes, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced, seed=task.index,
-                schedule=cfg.probe_schedule).to(features.device)
+            with self.fit_timer("linear_probe_seen"):  # its own encoding of all seen data included
+                seen_images, seen_labels = task.seen_data()
+                self._fitted["probe_seen"] = fit_linear_probe(
+                    self.encode(seen_images), seen_labels, self.num_classes, epochs=cfg.probe_epochs,
+                    lr=cfg.probe_lr, batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced,
+                    seed=task.index, schedule=cfg.probe_schedule).to(features.device)
         if "knn" in cfg.classifiers:
             self._bank = (normalized, labels)
 
