@@ -59,6 +59,19 @@ def test_linear_probe_separable_blobs():
     assert not torch.equal(other.weight, probe.weight)
 
 
+def test_linear_probe_min_steps_adds_epochs_to_a_small_set():
+    x, y = _blobs(5)  # 20 rows, batch 8: 3 steps per epoch
+    short = fit_linear_probe(x, y, 4, epochs=2, lr=0.1, batch_size=8, seed=3, min_steps=0)
+    stretched = fit_linear_probe(x, y, 4, epochs=2, lr=0.1, batch_size=8, seed=3, min_steps=30)
+    ten_epochs = fit_linear_probe(x, y, 4, epochs=10, lr=0.1, batch_size=8, seed=3)  # ceil(30 / 3) epochs
+    assert torch.equal(stretched.weight, ten_epochs.weight) and not torch.equal(short.weight, ten_epochs.weight)
+    # already enough steps: unchanged
+    enough = fit_linear_probe(x, y, 4, epochs=10, lr=0.1, batch_size=8, seed=3, min_steps=12)
+    assert torch.equal(enough.weight, ten_epochs.weight)
+    with pytest.raises(ValueError, match="min_steps"):
+        fit_linear_probe(x, y, 4, min_steps=-1)
+
+
 @pytest.mark.parametrize("schedule", ["step", "constant"])
 def test_linear_probe_other_schedules_and_balanced(schedule):
     x, y = _blobs(40, num_classes=3, seed=3)

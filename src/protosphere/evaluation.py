@@ -100,14 +100,17 @@ def fit_linear_probe(
     milestones: Sequence[int] = (60, 75, 90),
     gamma: float = 0.2,
     momentum: float = 0.9,
+    min_steps: int = 0,
 ) -> nn.Linear:
     """Train a linear classifier ``nn.Linear(d, num_classes)`` on frozen features with cross-entropy.
 
-    SGD (momentum 0.9) for ``epochs`` epochs of ceil(N / batch_size) steps. Each epoch is a random permutation of the
-    rows, or — with ``class_balanced`` — N indices drawn with replacement with per-sample weights 1/N_class
-    (:func:`class_balanced_indices`; the Co2L protocol over current task + buffer). The learning rate follows
-    ``schedule``: ``"cosine"`` (per step, from ``lr`` to 0), ``"step"`` (×``gamma`` at each epoch in ``milestones``;
-    Co2L: lr 1, ×0.2 at 60/75/90) or ``"constant"``. Features are used as given (no normalisation), in float32.
+    SGD (momentum 0.9) for ``epochs`` epochs of ceil(N / batch_size) steps, or for as many more epochs as make
+    at least ``min_steps`` steps (a probe on a few hundred labelled rows would otherwise take a handful of steps).
+    Each epoch is a random permutation of the rows, or — with ``class_balanced`` — N indices drawn with replacement
+    with per-sample weights 1/N_class (:func:`class_balanced_indices`; the Co2L protocol over current task +
+    buffer). The learning rate follows ``schedule``: ``"cosine"`` (per step, from ``lr`` to 0), ``"step"``
+    (×``gamma`` at each epoch in ``milestones``; Co2L: lr 1, ×0.2 at 60/75/90) or ``"constant"``.
+    Features are used as given (no normalisation), in float32.
 
     Deterministic given ``seed``: initialisation (nn.Linear's uniform ±1/sqrt(d)) and sampling use a private
     ``torch.Generator``; the global RNG is untouched.
@@ -121,8 +124,9 @@ def fit_linear_probe(
     _check_features_labels(features, labels, num_classes, "fit_linear_probe")
     if schedule not in ("cosine", "step", "constant"):
         raise ValueError(f"fit_linear_probe: schedule must be 'cosine', 'step' or 'constant', got {schedule!r}.")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"fit_linear_probe: epochs and batch_size must be >= 1, got {epochs}, {batch_size}.")
+    if epochs < 1 or batch_size < 1 or min_steps < 0:
+        raise ValueError(f"fit_linear_probe: epochs and batch_size must be >= 1 and min_steps >= 0, got {epochs}, "
+                         f"{batch_size}, {min_steps}.")
     device = features.device
     x_all = features.detach().to(torch.float32)
     y_all = labels.detach().to(device=device, dtype=torch.long)
@@ -137,6 +141,7 @@ def fit_linear_probe(
     optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     steps_per_epoch = math.ceil(n / batch_size)
+    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
     total_steps = epochs * steps_per_epoch
     step = 0
     probe.train()

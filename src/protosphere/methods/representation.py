@@ -39,6 +39,7 @@ class RepresentationConfig(MethodConfig):
     projection_batch_norm: bool = False
     classifiers: list[Classifier] = Field(default_factory=lambda: ["ncm", "linear_probe"])
     probe_epochs: int = Field(10, ge=1)
+    probe_min_steps: int = Field(300, ge=0, description="more probe epochs when its data give fewer steps than this")
     probe_lr: float = Field(0.1, gt=0)
     probe_batch_size: int = Field(256, ge=1)
     probe_class_balanced: bool = True
@@ -101,14 +102,14 @@ class RepresentationMethod(Method):
                 self._fitted["probe"] = fit_linear_probe(
                     features, labels, self.num_classes, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
                     batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced, seed=task.index,
-                    schedule=cfg.probe_schedule).to(features.device)
+                    schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps).to(features.device)
         if "linear_probe_seen" in cfg.classifiers:
             with self.fit_timer("linear_probe_seen"):  # its own encoding of all seen data included
                 seen_images, seen_labels = task.seen_data()
                 self._fitted["probe_seen"] = fit_linear_probe(
                     self.encode(seen_images), seen_labels, self.num_classes, epochs=cfg.probe_epochs,
                     lr=cfg.probe_lr, batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced,
-                    seed=task.index, schedule=cfg.probe_schedule).to(features.device)
+                    seed=task.index, schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps).to(features.device)
         if "knn" in cfg.classifiers:
             self._bank = (normalized, labels)
 

@@ -1,0 +1,145 @@
+"""Neural-collapse tables over seeds from finished non-continual runs (configs/nc/): accuracy of every classifier,
+the final NC metrics, the epochs each run needs to reach the CE baseline's final NC values, each classifier's cost,
+and — when the runs evaluated corruptions (``eval.corruptions``) — the mean corruption error against CE.
+
+    python benchmarks/summarize_nc.py RUNS_DIR BASELINE_STEM STEM [STEM ...]
+
+Runs are ``RUNS_DIR/<stem>-seed<S>/results.json``; every comparison with the baseline pairs runs of the same seed.
+Accuracies are %, mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from protosphere.data.corruptions import mean_corruption_error  # noqa: E402
+
+METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
+
+
+def fmt(values, digits=2):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+def load_runs(runs: Path, stem: str) -> dict[int, dict]:
+    out = {}
+    for path in sorted(runs.glob(f"{stem}-seed*/results.json")):
+        results = json.loads(path.read_text())
+        if results.get("status") == "complete":
+            out[results["seed"]] = results
+    return out
+
+
+def final_accuracy(results: dict, classifier: str) -> float:
+    return results["accuracy"][classifier]["class_il"][-1][0]
+
+
+def nc_history(results: dict) -> list[dict]:
+    """NC metrics after every epoch (``eval.per_epoch``; its last entry is the end of training), or the final
+    metrics alone when the run did not evaluate per epoch."""
+    history = [e for e in results.get("nc_epochs", []) if e]
+    return history or [results["neural_collapse"][-1]]
+
+
+def first_epoch_reaching(history: list[dict], metric: str, target: float) -> int | None:
+    return next((i + 1 for i, e in enumerate(history) if e.get(metric, float("inf")) <= target), None)
+
+
+def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> list[str]:
+    lines = ["| run | classifier | accuracy (%) | seeds | fit s | predict s | "
+             + " | ".join(METRICS) + " | first epoch ≤ CE's final " + " / ".join(METRICS) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    for stem in stems:
+        by_seed = load_runs(runs, stem)
+        if not by_seed:
+            lines.append(f"| {stem} | (no finished run) |")
+            continue
+        seeds = sorted(by_seed)
+        first = by_seed[seeds[0]]
+        nc_cells = " | ".join(fmt([nc_history(r)[-1].get(m) for r in by_seed.values()], 3) for m in METRICS)
+        reached = []
+        for metric in METRICS:
+            per_seed = []
+            for seed in seeds:
+                if seed not in baseline:
+                    continue
+                target = nc_history(baseline[seed])[-1].get(metric)
+                epoch = first_epoch_reaching(nc_history(by_seed[seed]), metric, target) if target is not None else None
+                per_seed.append("—" if epoch is None else str(epoch))
+            reached.append(",".join(per_seed) or "n/a")
+        for i, classifier in enumerate(first["accuracy"]):
+            timing = [sum(t.get("classifiers", {}).get(classifier, {}).get(k, 0.0) for t in r["timings"]["tasks"])
+                      for r in by_seed.values() for k in ("fit_s", "predict_s")]
+            fit, predict = timing[0::2], timing[1::2]
+            has_timing = any("classifiers" in t for r in by_seed.values() for t in r["timings"]["tasks"])
+            head = " (headline)" if classifier == first["headline_classifier"] and len(first["accuracy"]) > 1 else ""
+            lines.append(
+                f"| {stem} | {classifier}{head} | {fmt([final_accuracy(r, classifier) for r in by_seed.values()])} "
+                f"| {','.join(map(str, seeds))} | {fmt(fit, 2) if has_timing else 'n/a'} "
+                f"| {fmt(predict, 2) if has_timing else 'n/a'} | "
+                + (f"{nc_cells} | {' / '.join(reached)} |" if i == 0 else " |" * len(METRICS) + " |"))
+    return lines
+
+
+def corruption_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> list[str]:
+    lines = ["| run | classifier | clean error (%) | mean corrupted error (%) | mCE vs CE (%) | seeds |",
+             "|---|---|---|---|---|---|"]
+    for stem in stems:
+        by_seed = load_runs(runs, stem)
+        if not by_seed or not any("corruptions" in r for r in by_seed.values()):
+            continue
+        first = by_seed[min(by_seed)]
+        classifier = first["headline_classifier"]
+        clean, corrupted, mce, seeds = [], [], [], []
+        for seed, results in sorted(by_seed.items()):
+            errors = (results.get("corruptions") or {}).get(classifier)
+            if not errors:
+                continue
+            errors = {n: v for n, v in errors.items() if isinstance(v, list)}
+            seeds.append(seed)
+            clean.append(100.0 - final_accuracy(results, classifier))
+            corrupted.append(statistics.mean(e for v in errors.values() for e in v))
+            base = baseline.get(seed)
+            if base and base.get("corruptions"):
+                base_errors = base["corruptions"][base["headline_classifier"]]
+                mce.append(mean_corruption_error(errors, {n: base_errors[n] for n in errors}))
+        lines.append(f"| {stem} | {classifier} | {fmt(clean)} | {fmt(corrupted)} | {fmt(mce)} "
+                     f"| {','.join(map(str, seeds))} |")
+    return lines if len(lines) > 2 else []
+
+
+def main(argv) -> int:
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    runs, baseline_stem, stems = Path(argv[0]), argv[1], argv[1:]
+    baseline = load_runs(runs, baseline_stem)
+    if not baseline:
+        print(f"No finished run {baseline_stem}-seed* under {runs}: run the baseline config first.")
+        return 2
+    print("\n".join(accuracy_table(runs, baseline, stems)))
+    corruptions = corruption_table(runs, baseline, stems)
+    if corruptions:
+        print("\nCorruptions (8 types × 5 severities, headline classifier; mCE = mean over corruptions of "
+              "100 · Σ_s E_s / Σ_s E_s^CE, paired by seed):\n")
+        print("\n".join(corruptions))
+    env = baseline[min(baseline)]["environment"]
+    print(f"\nNC metrics on test-split encoder features after the last epoch (DESIGN §6; nc3/nc4 use each method's "
+          f"classifier weights); 'first epoch' lists, per seed, the first epoch whose value is ≤ the same seed's CE "
+          f"final value (— never). fit/predict s: seconds to fit the classifier after training (class-mean EMA: kept "
+          f"during training) and to classify the test set; the shared feature encoding is not included. "
+          f"Machine: {env['cpu']} ({env['cpu_count']} cores; each run single-threaded, two at a time), "
+          f"torch {env['torch']}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
