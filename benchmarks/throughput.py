@@ -13,6 +13,7 @@ batch through the network, so ~2× the 1-view step is their floor; two-view meth
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -93,6 +94,13 @@ def bench_method(name: str, scenario, args, device) -> dict:
         loss.backward()
         bare_optimizer.step()
 
+    past_backbone = copy.deepcopy(method.backbone).eval().requires_grad_(False)
+
+    def bare_two_view_past_step(x, y):  # the floor of any method that distils from a frozen past model
+        bare_two_view_step(x, y)
+        with torch.no_grad():
+            past_backbone(normalize(torch.cat([x, x])))
+
     total = args.steps + args.warmup
 
     def method_step(x, y, i):
@@ -101,7 +109,7 @@ def bench_method(name: str, scenario, args, device) -> dict:
         out.loss.backward()
         optimizer.step()
 
-    bare_times, bare2_times, method_times = [], [], []
+    bare_times, bare2_times, past_times, method_times = [], [], [], []
     data = list(batches(second, args.batch_size, args.steps + args.warmup, seed=2))
     for i, (x, y) in enumerate(data):
         t0 = time.perf_counter()
@@ -109,15 +117,19 @@ def bench_method(name: str, scenario, args, device) -> dict:
         t1 = time.perf_counter()
         bare_two_view_step(x, y)
         t2 = time.perf_counter()
-        method_step(x, y, i)
+        bare_two_view_past_step(x, y)
         t3 = time.perf_counter()
+        method_step(x, y, i)
+        t4 = time.perf_counter()
         if i >= args.warmup:
             bare_times.append(t1 - t0)
             bare2_times.append(t2 - t1)
-            method_times.append(t3 - t2)
-    bare, bare2, meth = (statistics.median(t) for t in (bare_times, bare2_times, method_times))
+            past_times.append(t3 - t2)
+            method_times.append(t4 - t3)
+    bare, bare2, past, meth = (statistics.median(t) for t in (bare_times, bare2_times, past_times, method_times))
     return {"method": name, "bare_img_s": args.batch_size / bare, "bare2_img_s": args.batch_size / bare2,
-            "method_img_s": args.batch_size / meth, "ratio": meth / bare, "ratio2": meth / bare2}
+            "past_img_s": args.batch_size / past, "method_img_s": args.batch_size / meth, "ratio": meth / bare,
+            "ratio2": meth / bare2, "ratio_past": meth / past}
 
 
 def main(argv=None) -> int:
@@ -144,14 +156,18 @@ def main(argv=None) -> int:
         f"gpu: {env['gpu']}, torch {env['torch']}, python {platform.python_version()}",
         f"# command: python benchmarks/throughput.py {' '.join(sys.argv[1:])}".rstrip(),
         "# bare = backbone + linear head forward/backward + SGD step on the stream batch (1 view) or on the batch twice "
-        "(2 views, what two-view methods push through the network); img/s counts stream images",
-        f"{'method':<12} {'bare 1-view':>12} {'bare 2-view':>12} {'method':>9} {'vs 1-view':>10} {'vs 2-view':>10}",
+        "(2 views, what two-view methods push through the network); +past = the 2-view step plus a no-grad forward "
+        "of a frozen copy of the backbone on both views (the floor of past-model distillation); img/s counts stream "
+        "images",
+        f"{'method':<12} {'bare 1-view':>12} {'bare 2-view':>12} {'2-view+past':>12} {'method':>9} {'vs 1-view':>10} "
+        f"{'vs 2-view':>10} {'vs +past':>9}",
     ]
     print("\n".join(lines), flush=True)
     for name in names:
         row = bench_method(name, scenario, args, device)
         line = (f"{row['method']:<12} {row['bare_img_s']:>12,.0f} {row['bare2_img_s']:>12,.0f} "
-                f"{row['method_img_s']:>9,.0f} {row['ratio']:>10.2f} {row['ratio2']:>10.2f}")
+                f"{row['past_img_s']:>12,.0f} {row['method_img_s']:>9,.0f} {row['ratio']:>10.2f} "
+                f"{row['ratio2']:>10.2f} {row['ratio_past']:>9.2f}")
         print(line, flush=True)
         lines.append(line)
     if args.out:
