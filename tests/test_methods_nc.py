@@ -236,3 +236,23 @@ def test_supcon_and_ntce_run_end_to_end_on_digits(tmp_path):
     assert results["accuracy"]["head"]["class_il"][-1][0] > 70
     assert "nc3" in results["neural_collapse"][-1]
     json.dumps(results)
+
+
+@pytest.mark.parametrize("which", ["headline", "all"])
+def test_corruption_suite_runs_after_the_last_task(tmp_path, which):
+    data = {
+        "output_dir": str(tmp_path / "runs"), "name": f"corrupt-{which}", "data": {"dataset": "digits"},
+        "scenario": {"num_tasks": 1}, "model": {"backbone": "mlp", "mlp_hidden": [32]},
+        "method": {"name": "supcon", "probe_epochs": 1, "probe_min_steps": 0, "projection_dim": 16},
+        "train": {"epochs": 1, "batch_size": 128, "augmentation": "none"}, "fabric": {"threads": 1},
+        "eval": {"corruptions": "all", "corruption_severities": [1, 5], "corruption_classifiers": which},
+    }
+    results, _ = run(validate_config(data), show_progress=False)
+    from protosphere.data.corruptions import CORRUPTIONS
+
+    expected = {"class_mean_ema"} if which == "headline" else {"class_mean_ema", "ncm", "linear_probe"}
+    assert set(results["corruptions"]) == expected
+    for errors in results["corruptions"].values():
+        per_type = {k: v for k, v in errors.items() if isinstance(v, list)}
+        assert set(per_type) == set(CORRUPTIONS) and all(len(v) == 2 for v in per_type.values())
+        assert all(0 <= e <= 100 for v in per_type.values() for e in v)

@@ -94,14 +94,20 @@ class EvalConfig(Section):
     random_init_baseline: bool = True
     neural_collapse: bool = True
     per_epoch: bool = Field(False, description="also evaluate accuracy and NC metrics after every epoch")
-    corruptions: list[str] | None = Field(None, description="corruptions applied to the test set after the last task")
+    corruptions: list[str] | None = Field(None, description="corruptions applied to the test set after the last "
+                                         "task; 'all' for the whole suite")
     corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    corruption_classifiers: Literal["headline", "all"] = Field(
+        "headline", description="which classifiers the corruption suite evaluates (each one costs a full pass)")
     embeddings: bool = Field(True, description="save test embeddings for the report's sphere picture")
 
-    @field_validator("corruptions")
+    @field_validator("corruptions", mode="before")
     @classmethod
     def _known_corruptions(cls, value):
         from .data.corruptions import CORRUPTIONS
+
+        if value == "all":
+            return list(CORRUPTIONS)
 
         for name in value or []:
             if name not in CORRUPTIONS:

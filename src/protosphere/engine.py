@@ -292,11 +292,14 @@ class Engine:
         if cfg.eval.corruptions:
             from .data.corruptions import evaluate_corruptions
 
+            classifiers = method.classifiers()
+            if cfg.eval.corruption_classifiers == "headline":
+                classifiers = dict([next(iter(classifiers.items()))])
             results["corruptions"] = {
                 name: evaluate_corruptions(lambda x, c=classify: c(self._eval_layout(x)), images, labels,
                                            cfg.eval.corruptions, cfg.eval.corruption_severities,
                                            batch_size=cfg.eval.batch_size, seed=cfg.seed)
-                for name, classify in method.classifiers().items()
+                for name, classify in classifiers.items()
             }
         if cfg.eval.embeddings and (self.fabric is None or self.fabric.is_global_zero):
             from .report import save_embedding_snapshot
