@@ -1,5 +1,5 @@
-"""DDP on 2 CPU processes (gloo): gathered contrastive losses equal single-process training on the global batch, and
-replay buffers are per rank.
+"""DDP on 2 CPU processes (gloo): gathered contrastive losses equal single-process training on the global batch (also an
+NCT step with a mixture of experts, some of them idle), and replay buffers are per rank.
 
 One subprocess runs this file as a script; lightning-fabric's launcher starts the second rank by re-running it. Each
 rank checks, for every contrastive loss and for one method step, that the loss and the parameter gradients after
@@ -119,6 +119,61 @@ def _method_check(fabric) -> dict:
     return {"loss": float(ref.loss), "loss_err": abs(float(out.loss) - float(ref.loss)), "grad_err": grad_err}
 
 
+def _nct_moe_check() -> dict:
+    """One NCT step with a mixture of experts at task 1 (experts 0 and 1 active, expert 2 idle; the past model mixes
+    expert 0 only) under the Fabric the runner builds for it, against one process on the global batch. The per-rank
+    loss holds local means (own-task expert, distillation), so its mean over ranks is what equals the global loss."""
+    from types import SimpleNamespace
+
+    from protosphere.config import validate_config
+    from protosphere.distributed import gather_with_grad, shard_rows
+    from protosphere.methods.base import StepContext, TaskContext
+    from protosphere.runner import build_fabric, build_method
+
+    config = validate_config({
+        "model": {"backbone": "mlp", "mlp_hidden": [12]}, "train": {"augmentation": "none"},
+        "scenario": {"num_tasks": 3},
+        "method": {"name": "nct", "mixture_of_experts": True, "projection_dim": 5, "projection_hidden": 8,
+                   "distill_weight": 2.0, "class_balanced": True},
+        "fabric": {"accelerator": "cpu", "devices": WORLD, "strategy": "ddp", "threads": 1}})
+    fabric = build_fabric(config)  # the runner's choice of DDP mode for this config
+    find_unused = bool(fabric.strategy._ddp_kwargs.get("find_unused_parameters"))
+    fabric.launch()
+    scenario = SimpleNamespace(image_shape=(1, 4, 4), mean=(0.5,), std=(0.25,), num_classes=6, num_tasks=3)
+    torch.manual_seed(0)
+    method = build_method(config, scenario)
+    g = torch.Generator().manual_seed(3)
+    stored = torch.randint(0, 256, (4, 1, 4, 4), generator=g, dtype=torch.uint8)
+    for t, classes in enumerate([(0, 1), (2, 3)]):
+        method.begin_task(TaskContext(index=t, classes=classes, seen_classes=list(range(2 * t + 2)), num_tasks=3,
+                                      train_images=stored, train_labels=torch.tensor([*classes, *classes]),
+                                      previous_classes=[0, 1] if t else []))
+        with torch.no_grad():  # "training" of task t, the same on every rank (which weights does not matter here)
+            for p in method.parameters():
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    reference = copy.deepcopy(method)
+    images = torch.rand(GLOBAL_BATCH, 1, 4, 4, generator=g)
+    labels = torch.tensor([0, 2, 3, 1, 2, 0, 3, 2])  # old and new classes on both ranks
+    ctx = StepContext(task=1, epoch=0, step=0, steps_in_task=1, global_step=0)
+    rows = shard_rows(torch.arange(GLOBAL_BATCH), fabric.global_rank, fabric.world_size)
+    method.gather = gather_with_grad(fabric)
+    model = fabric.setup_module(method)
+    model.mark_forward_method("training_step")
+    out = model.training_step(images[rows], labels[rows], ctx)
+    fabric.backward(out.loss)
+    ref = reference.training_step(images, labels, ctx)
+    ref.loss.backward()
+    loss = fabric.all_reduce(out.loss.detach(), reduce_op="mean")
+    idle = [name for name, q in reference.named_parameters() if q.grad is None]
+    grad_err = max(float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
+                   for p, q in zip(method.parameters(), reference.parameters()) if q.grad is not None)
+    # None under DDP too, so the optimiser (weight decay, momentum) leaves idle experts as one process does
+    idle_ddp = sorted(name for name, p in method.named_parameters() if p.grad is None)
+    return {"loss": float(ref.loss), "loss_err": abs(float(loss) - float(ref.loss)), "grad_err": grad_err,
+            "terms": sorted(ref.terms), "idle": sorted(idle), "idle_ddp": idle_ddp, "find_unused": find_unused,
+            "gate_grad": [float(r.abs().sum()) for r in reference.projector.gate.weight.grad]}
+
+
 def _worker(out: Path, run_args: list[str]) -> None:
     from lightning_fabric import Fabric
 
@@ -128,6 +183,7 @@ def _worker(out: Path, run_args: list[str]) -> None:
     fabric = Fabric(accelerator="cpu", devices=WORLD, strategy="ddp")
     fabric.launch()
     checks = _loss_checks(fabric)
+    checks["nct_moe_step"] = _nct_moe_check()
     # the real engine, through the CLI, in the same two processes (the runner's Fabric reuses the process group)
     code = main(["run", *run_args, "--no-progress"])
     if fabric.global_rank == 0:
@@ -170,6 +226,13 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
             assert c["loss_err"] < 1e-5, (name, c)
             assert c["grad_err"] < 1e-5, (name, c)
             assert c["loss"] > 0, (name, c)
+        # NCT-MoE at task 1: every term present, the runner asked DDP to find unused parameters, expert 2 idle (no
+        # gradient, with one process or two) and its gate row masked out (zero gradient), rows 0 and 1 learning
+        moe = checks["nct_moe_step"]
+        assert moe["find_unused"] and moe["terms"] == ["distill", "dr", "expert_dr"], moe
+        assert moe["idle"] and all(name.startswith("projector.experts.2.") for name in moe["idle"]), moe
+        assert len(moe["idle"]) == 4 and moe["idle_ddp"] == moe["idle"], moe
+        assert moe["gate_grad"][0] > 0 and moe["gate_grad"][1] > 0 and moe["gate_grad"][2] == 0, moe
 
     # per-rank replay buffers: each holds only rows of its own shard of the stream
     from protosphere.config import load_config

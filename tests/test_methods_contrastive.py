@@ -30,7 +30,7 @@ def noisy(x):  # a random "augmentation" drawn from the global RNG, so reseeding
 def make_method(name, **settings):
     settings = {"projection_dim": 8, "projection_hidden": 16, **settings}
     cls = method_class(name)
-    config = cls.config_class(name=name, **settings)
+    config = cls.resolve_config(cls.config_class(name=name, **settings), types.SimpleNamespace(num_tasks=len(TASKS)))
     backbone = build_backbone("mlp", in_channels=1, image_size=SIZE, hidden=(16,))
     return cls(config, backbone, K, Transforms(train=noisy, eval=lambda x: x))
 
@@ -321,15 +321,44 @@ def test_nct_ce_head_and_two_views():
     torch.testing.assert_close(out.loss, F.cross_entropy(z @ simplex_etf(K, 8, 0).T / 0.2, y.repeat(2)))
 
 
+def mixture(moe, h, n):
+    """The first n experts of ``moe`` mixed by a softmax over their gate rows, written out."""
+    gate = torch.softmax(h @ moe.gate.weight[:n].T + moe.gate.bias[:n], dim=1)
+    return sum(gate[:, e : e + 1] * moe.experts[e](h) for e in range(n))
+
+
 def test_nct_mixture_of_experts_one_expert_per_task():
     method, data = make_method("nct", mixture_of_experts=True, distill_weight=2.0), tiny_tasks()
-    counts = []
+    moe = method.projector
+    assert method.config.num_experts == 3 and moe.num_experts == 3  # one per task of the scenario, from the start
+    assert method.has_unused_parameters(method.config) and not method.has_unused_parameters(make_method("nct").config)
+    params = [id(p) for p in method.parameters()]
+    active, starts = [], []
     for t in range(3):
-        before = copy.deepcopy(method.projector), copy.deepcopy(method.backbone)
-        method.begin_task(context(data, t))
-        counts.append(method.projector.num_experts)
-        perturb(method.projector, seed=t)
-    assert counts == [1, 2, 3] and method.class_task.tolist() == [0, 0, 1, 1, 2, 2]
+        before = copy.deepcopy(moe), copy.deepcopy(method.backbone)
+        method.begin_task(ctx := context(data, t))
+        active.append(moe.active)
+        starts.append(copy.deepcopy(moe))
+        assert [id(p) for p in method.parameters()] == params  # a fixed parameter set (what DDP registered at setup)
+        # "training" of task t: two SGD steps with momentum and weight decay, as the engine runs them
+        optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9, weight_decay=0.01)
+        for s in range(2):
+            x, y = method.training_data(ctx)
+            optimizer.zero_grad(set_to_none=True)
+            out = method.training_step(x[s::4].float() / 255, y[s::4], step_ctx(t, s))
+            out.loss.backward()
+            for e in range(3):  # inactive experts are not evaluated: no gradient at all
+                assert all((p.grad is None) == (e > t) for p in moe.experts[e].parameters()), (t, e)
+            assert moe.gate.weight.grad[t + 1 :].abs().sum() == 0 and moe.gate.bias.grad[t + 1 :].abs().sum() == 0
+            # one active expert: its softmax weight is 1 whatever its logit; from task 1 on the gate learns
+            assert (moe.gate.weight.grad[: t + 1].abs().sum() > 0) == (t > 0)
+            optimizer.step()
+        for e in range(t + 1, 3):  # untouched by the optimiser: experts as initialised, gate rows still zero
+            for p, q in zip(moe.experts[e].parameters(), starts[0].experts[e].parameters()):
+                assert torch.equal(p, q)
+            assert moe.gate.weight[e].abs().sum() == 0 and moe.gate.bias[e] == 0
+    assert active == [1, 2, 3] and method.class_task.tolist() == [0, 0, 1, 1, 2, 2]
+    assert not torch.equal(moe.experts[2].net[0].weight, starts[0].experts[2].net[0].weight)  # trained in task 2
     x, y = data[0][0][:3].float() / 255, data[0][1][:3]
     x = torch.cat([x, data[2][0][:3].float() / 255])
     y = torch.cat([y, data[2][1][:3]])
@@ -338,20 +367,43 @@ def test_nct_mixture_of_experts_one_expert_per_task():
     torch.manual_seed(1)
     view = noisy(x)
     h = method.backbone(view)
-    mixed = method.projector.forward_all(h)
-    z = F.normalize(mixed.output, dim=1)
-    own = F.normalize(torch.stack([method.projector.experts[e](h[i]) for i, e in enumerate([0, 0, 0, 2, 2, 2])]), dim=1)
+    z = F.normalize(mixture(moe, h, 3), dim=1)
+    own = F.normalize(torch.stack([moe.experts[e](h[i]) for i, e in enumerate([0, 0, 0, 2, 2, 2])]), dim=1)
     etf = simplex_etf(K, 8, 0)
-    with torch.no_grad():  # the t−1 model (2 experts) exactly as it was before task 2 added the third
-        old_projector, old_backbone = before
-        z_past = F.normalize(old_projector(old_backbone(view)), dim=1)
-    # `before` was copied before begin_task(2) and before its perturbation → the task-1 end state
+    with torch.no_grad():  # the t−1 model (the end of task 1), mixing its first 2 experts
+        old_moe, old_backbone = before
+        old_h = old_backbone(view)
+        z_past = F.normalize(mixture(old_moe, old_h, 2), dim=1)
+        assert not torch.allclose(z_past, F.normalize(mixture(old_moe, old_h, 3), dim=1))
     expected = 10 * dr_loss(z, y, etf) + 10 * dr_loss(own, y, etf) + 2.0 * dr_loss(z, torch.arange(6), z_past)
     torch.testing.assert_close(out.loss, expected)
+    assert set(out.terms) == {"dr", "expert_dr", "distill"}
     fresh = make_method("nct", mixture_of_experts=True)
+    assert fresh.projector.active == 1
     fresh.load_state_dict(method.state_dict())
-    assert fresh.projector.num_experts == 3
-    torch.testing.assert_close(fresh.projector(h.detach()), method.projector(h.detach()))
+    assert fresh.projector.active == 3 and fresh.snapshot("past")[1].active == 2  # a checkpoint keeps both counts
+    torch.testing.assert_close(fresh.projector(h.detach()), mixture(moe, h.detach(), 3))
+    two = make_method("nct", mixture_of_experts=True, num_experts=2)
+    two.begin_task(context(data, 1))
+    with pytest.raises(ConfigError, match="num_experts is 2"):
+        two.begin_task(context(data, 2))
+    cls = method_class("nct")
+    with pytest.raises(ValueError, match="needs num_experts"):  # built without the runner's resolve_config
+        cls(cls.config_class(mixture_of_experts=True), build_backbone("mlp", in_channels=1, image_size=SIZE), K,
+            Transforms(train=noisy, eval=lambda x: x))
+
+
+def test_nct_runner_gives_one_expert_per_task():
+    from protosphere.runner import build_method
+
+    config = validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"},
+                              "method": {"name": "nct", "projection_dim": 8, "mixture_of_experts": True}})
+    scenario = types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6, num_tasks=4)
+    method = build_method(config, scenario)
+    assert method.config.num_experts == 4 and method.projector.num_experts == 4
+    assert config.method.num_experts is None  # the run's config (config.yaml, fingerprint) is left as written
+    config.method.num_experts = 6
+    assert build_method(config, scenario).projector.num_experts == 6
 
 
 # ------------------------------------------------------------------------------------------------ configs, engine

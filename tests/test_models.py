@@ -202,16 +202,40 @@ def test_mixture_of_experts():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
-def test_mixture_of_experts_add_expert():
+def test_mixture_of_experts_active_experts_only():
     torch.manual_seed(0)
-    moe = MixtureOfExperts(16, 8, num_experts=1, hidden_dim=32)
+    moe = MixtureOfExperts(16, 8, num_experts=3, hidden_dim=32, active=1)
+    assert moe.num_experts == 3 and moe.active == 1
+    assert count_parameters(moe) == 3 * count_parameters(moe.experts[0]) + 16 * 3 + 3  # all allocated up front
+    assert moe.gate.weight[0].abs().sum() > 0 and moe.gate.bias[0] != 0  # the first row keeps nn.Linear's init
+    assert moe.gate.weight[1:].abs().sum() == 0 and moe.gate.bias[1:].abs().sum() == 0  # later rows start at zero
     x = torch.randn(5, 16)
-    before_expert = moe.experts[0](x).detach()
-    before_logits = moe.gate(x).detach()
-    assert moe.add_expert() == 1 and moe.num_experts == 2
+    out = moe.forward_all(x)
+    assert out.experts.shape == (5, 1, 8) and out.gate.shape == (5, 1)
+    torch.testing.assert_close(out.output, moe.experts[0](x))
+    with torch.no_grad():
+        moe.gate.weight[:2].normal_()
+        moe.gate.bias[:2].normal_()
+    moe.active = 2
     out = moe.forward_all(x)
     assert out.experts.shape == (5, 2, 8) and out.gate.shape == (5, 2)
-    torch.testing.assert_close(out.experts[:, 0], before_expert)
-    torch.testing.assert_close(moe.gate(x)[:, :1], before_logits)
-    torch.testing.assert_close(out.gate.sum(1), torch.ones(5))
-    assert count_parameters(moe) == 2 * count_parameters(moe.experts[0]) + 16 * 2 + 2
+    gate = torch.softmax(x @ moe.gate.weight[:2].T + moe.gate.bias[:2], dim=1)  # expert 2 masked out
+    torch.testing.assert_close(out.gate, gate)
+    torch.testing.assert_close(out.output, gate[:, :1] * moe.experts[0](x) + gate[:, 1:] * moe.experts[1](x))
+    torch.testing.assert_close(moe(x, active=3), moe.forward_all(x, active=3).output)
+    assert not torch.allclose(moe(x, active=3), out.output)
+    out.output.pow(2).sum().backward()
+    assert all(p.grad is None for p in moe.experts[2].parameters())  # not evaluated
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for e in moe.experts[:2] for p in e.parameters())
+    assert moe.gate.weight.grad[:2].abs().sum() > 0 and moe.gate.weight.grad[2].abs().sum() == 0
+    assert moe.gate.bias.grad[2] == 0
+    state = moe.state_dict()
+    fresh = MixtureOfExperts(16, 8, num_experts=3, hidden_dim=32, active=1)
+    fresh.load_state_dict(state)
+    assert fresh.active == 2  # saved with the state dict
+    torch.testing.assert_close(fresh(x), moe(x))
+    for bad in (0, 4):
+        with pytest.raises(ConfigError):
+            moe.active = bad
+        with pytest.raises(ConfigError):
+            moe(x, active=bad)

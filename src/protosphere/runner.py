@@ -21,8 +21,8 @@ def build_fabric(config: RunConfig):
     if fc.threads is not None:
         torch.set_num_threads(fc.threads)
     strategy = fc.strategy
-    if strategy == "ddp" and getattr(method_class(config.method.name), "unused_parameters", False):
-        strategy = "ddp_find_unused_parameters_true"  # e.g. a predictor idle until the second task
+    if strategy == "ddp" and method_class(config.method.name).has_unused_parameters(config.method):
+        strategy = "ddp_find_unused_parameters_true"  # e.g. a predictor idle in task 0, NCT experts of later tasks
     try:
         return Fabric(accelerator=fc.accelerator, devices=fc.devices, num_nodes=fc.num_nodes, strategy=strategy,
                       precision=fc.precision)
@@ -64,7 +64,8 @@ def build_method(config: RunConfig, scenario):
     normalize = build_augmentation("none", image_size=size, channels=channels, mean=scenario.mean, std=scenario.std)
     cls = method_class(config.method.name)
     try:
-        return cls(config.method, backbone, scenario.num_classes, Transforms(augment, normalize))
+        return cls(cls.resolve_config(config.method, scenario), backbone, scenario.num_classes,
+                   Transforms(augment, normalize))
     except ValueError as exc:  # e.g. an ETF dimension too small for the label space
         raise ConfigError(f"method `{config.method.name}`: {exc}") from None
 

@@ -80,6 +80,19 @@ class Method(nn.Module):
     """Base class. Subclasses set ``config_class`` and implement :meth:`training_step` and :meth:`logits`."""
 
     config_class: type[MethodConfig] = MethodConfig
+    unused_parameters: bool = False  # some parameters get no gradient in some steps (see has_unused_parameters)
+
+    @classmethod
+    def resolve_config(cls, config: MethodConfig, scenario) -> MethodConfig:
+        """The config the method is built with: ``config`` with what only the scenario knows filled in (a copy; the
+        run's own config, its config.yaml and fingerprint keep the value as written). Default: ``config`` itself."""
+        return config
+
+    @classmethod
+    def has_unused_parameters(cls, config: MethodConfig) -> bool:
+        """Whether a training step may leave parameters without a gradient (e.g. a predictor idle in task 0), so that
+        DDP must look for them (``ddp_find_unused_parameters_true``). Default: the class's ``unused_parameters``."""
+        return cls.unused_parameters
 
     def __init__(self, config: MethodConfig, backbone: nn.Module, num_classes: int, transforms: Transforms):
         super().__init__()

@@ -13,7 +13,13 @@ sample unless ``views: 2``)::
 defaults head_weight 10, distill_weight 50 (NC-FSCIL / NCT). ``class_balanced``: c_k = 1/N_k over the (gathered)
 batch (:func:`~protosphere.losses.inverse_frequency_weights`). ``mixture_of_experts``: the projector is a
 :class:`~protosphere.models.heads.MixtureOfExperts` with one expert per task and a learned gate; besides the mixed
-output, each row's own-task expert is aligned to its prototype (``+ head_weight · expert_weight · dr_loss``).
+output, each row's own-task expert is aligned to its prototype (``+ head_weight · expert_weight · dr_loss``). All
+``num_experts`` experts (default: the scenario's number of tasks, filled in by :meth:`NCT.resolve_config`) exist from
+the start and task t uses the first t+1: the gate's softmax runs over those, the later experts are neither evaluated
+nor trained, and their gate rows stay at zero until their task — the same numbers as adding one expert and one zero
+gate row per task, but with a parameter set fixed before ``fabric.setup_module``, so DDP synchronises every expert
+(with find-unused-parameters on, as the idle experts get no gradient) and checkpoints always have one structure. The
+past model's output is the t−1 model's mixture over its first t experts.
 Buffer, past model and evaluation as in :mod:`~protosphere.methods.co2l` (memory-free by default).
 """
 
@@ -23,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..errors import ConfigError
 from ..geometry import simplex_etf
 from ..losses import dr_loss, inverse_frequency_weights
 from ..models.heads import MixtureOfExperts
@@ -40,6 +47,7 @@ class NCTConfig(ReplayContrastConfig):
     distill_weight: float = Field(50.0, ge=0)
     class_balanced: bool = False
     mixture_of_experts: bool = False
+    num_experts: int | None = Field(None, ge=1, description="experts of the mixture; None: one per task")
     expert_weight: float = Field(1.0, ge=0)
     views: int = Field(1, ge=1, le=2)
     etf_seed: int = 0
@@ -56,34 +64,42 @@ class NCT(ReplayContrastMethod):
         self.register_buffer("prototypes", simplex_etf(num_classes, config.projection_dim, config.etf_seed))
         self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
         if config.mixture_of_experts:
-            self.projector = MixtureOfExperts(backbone.out_dim, config.projection_dim, 1,
-                                              config.projection_hidden or backbone.out_dim)
+            if config.num_experts is None:
+                raise ValueError("mixture_of_experts needs num_experts (one per task; build_method sets it to the "
+                                 "scenario's number of tasks)")
+            self.projector = MixtureOfExperts(backbone.out_dim, config.projection_dim, config.num_experts,
+                                              config.projection_hidden or backbone.out_dim, active=1)
+
+    @classmethod
+    def resolve_config(cls, config, scenario):
+        if config.mixture_of_experts and config.num_experts is None:  # one expert per task
+            return config.model_copy(update={"num_experts": scenario.num_tasks})
+        return config
+
+    @classmethod
+    def has_unused_parameters(cls, config):
+        return config.mixture_of_experts  # the experts of later tasks idle until their task
 
     @property
     def uses_past_model(self):
         return self.config.distill_weight > 0
 
     def begin_task(self, task):
+        moe = self.projector if self.config.mixture_of_experts else None
+        if moe is not None and task.index >= moe.num_experts:
+            raise ConfigError(f"nct: task {task.index + 1} needs expert {task.index + 1} but method.num_experts is "
+                              f"{moe.num_experts}; leave num_experts unset (one per task) or raise it.")
         self.class_task[list(task.classes)] = task.index
-        while self.config.mixture_of_experts and self.projector.num_experts < task.index + 1:
-            self.projector.add_expert()  # before the snapshot, so checkpoints always match the structure
-        super().begin_task(task)
-
-    def load_state_dict(self, state_dict, *args, **kwargs):
-        if self.config.mixture_of_experts:  # a checkpoint of a later task holds more experts
-            experts = {k.split(".")[2] for k in state_dict if k.startswith("projector.experts.")}
-            while self.projector.num_experts < len(experts):
-                self.projector.add_expert()
-        return super().load_state_dict(state_dict, *args, **kwargs)
+        super().begin_task(task)  # the past-model snapshot keeps the t−1 model's t active experts
+        if moe is not None:
+            moe.active = task.index + 1
 
     @torch.no_grad()
     def past_embed(self, views):
         if not self.config.mixture_of_experts:
             return super().past_embed(views)
         backbone, moe = self.snapshot("past")  # the t−1 model: its first t experts and gate rows
-        h, n = backbone(views), self.task.index
-        gate = torch.softmax(moe.gate(h)[:, :n], dim=1)
-        return F.normalize(sum(gate[:, e : e + 1] * moe.experts[e](h) for e in range(n)), dim=1)
+        return F.normalize(moe(backbone(views), active=self.task.index), dim=1)
 
     def head(self, z, y, weights):
         if self.config.head_loss == "dr":

@@ -134,10 +134,10 @@ class FixedPrototypeClassifier(nn.Module):
 
 
 class MoEOutput(NamedTuple):
-    """Output of :meth:`MixtureOfExperts.forward_all`.
+    """Output of :meth:`MixtureOfExperts.forward_all` with A active experts.
 
-    ``output`` (B, out_dim): gate-weighted sum; ``experts`` (B, E, out_dim): every expert's output; ``gate`` (B, E):
-    softmax gate weights (rows sum to 1).
+    ``output`` (B, out_dim): gate-weighted sum; ``experts`` (B, A, out_dim): every active expert's output; ``gate``
+    (B, A): softmax gate weights over the active experts (rows sum to 1).
     """
 
     output: torch.Tensor
@@ -148,57 +148,76 @@ class MoEOutput(NamedTuple):
 class MixtureOfExperts(nn.Module):
     """Mixture of projection experts with a learned softmax gate (the NCT "mixture of experts" heads).
 
-    One expert per task, each a :class:`ProjectionHead` ``in_dim → hidden_dim → out_dim`` (Linear–ReLU–Linear); a linear
-    gate ``g(x) = softmax(x Gᵀ + c)`` over the E experts; the output is ``Σ_e g_e(x) · expert_e(x)``. Methods align
-    expert ``e`` to the prototypes of task ``e`` using ``forward_all(x).experts[:, e]`` and the mixed output for the
-    whole label space; which loss does that is the method's business.
+    ``num_experts`` experts, each a :class:`ProjectionHead` ``in_dim → hidden_dim → out_dim`` (Linear–ReLU–Linear),
+    and a linear gate with one row per expert, of which the first ``active`` are in use: with ``l(x) = x Gᵀ + c``
+    restricted to those rows, ``g(x) = softmax(l(x))`` and the output is ``Σ_{e < active} g_e(x) · expert_e(x)``. The
+    other experts are not evaluated (their parameters get no gradient) and their gate rows are masked out of the
+    softmax (they get a zero gradient). Methods align expert ``e`` to the prototypes of task ``e`` using ``forward_all(x).experts[:, e]``
+    and the mixed output for the whole label space; which loss does that is the method's business.
 
-    Start with ``num_experts`` experts (a fixed count, or 1 and grow) and call :meth:`add_expert` at a task boundary:
-    it appends a freshly initialised expert and one gate row (existing gate rows are kept; the new row starts at zero
-    weight and bias). New parameters must be added to the optimiser (rebuild it after ``add_expert``).
+    Continual use: allocate one expert per task up front and raise ``active`` by one at each task boundary, instead of
+    growing the module. The parameter set is then fixed from construction, which DDP needs (it registers parameters
+    once, at ``setup_module``; parameters created later are never synchronised), as do the optimiser and checkpoints.
+    The gate rows of the experts inactive at construction start at zero weight and bias and stay zero while inactive
+    (zero gradient; weight decay keeps zero at zero), so an expert enters the softmax with logit 0 — the same as
+    appending a freshly initialised expert with a zero gate row at that boundary. Under DDP the inactive experts are
+    unused parameters: use DDP's find-unused-parameters mode. ``active`` is saved with the state dict (extra state), so
+    a loaded checkpoint uses as many experts as the model that wrote it.
 
-    Shapes: ``forward``: ``(B, in_dim)`` → ``(B, out_dim)``; ``forward_all`` returns :class:`MoEOutput`.
+    Shapes: ``forward``: ``(B, in_dim)`` → ``(B, out_dim)``; ``forward_all`` returns :class:`MoEOutput`. Both take an
+    optional ``active`` that overrides the module's own count for one call (e.g. the past model's first t experts).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, num_experts: int = 1, hidden_dim: int = 512) -> None:
+    def __init__(self, in_dim: int, out_dim: int, num_experts: int = 1, hidden_dim: int = 512,
+                 active: int | None = None) -> None:
         super().__init__()
         if num_experts < 1:
             raise ConfigError(f"MixtureOfExperts needs num_experts ≥ 1, got {num_experts}")
         self.in_dim, self.out_dim, self.hidden_dim = int(in_dim), int(out_dim), int(hidden_dim)
-        self.experts = nn.ModuleList(self._new_expert() for _ in range(num_experts))
+        self.experts = nn.ModuleList(
+            ProjectionHead(self.in_dim, self.hidden_dim, self.out_dim) for _ in range(num_experts)
+        )
         self.gate = nn.Linear(self.in_dim, num_experts)
-
-    def _new_expert(self) -> nn.Module:
-        return ProjectionHead(self.in_dim, self.hidden_dim, self.out_dim)
+        self.active = num_experts if active is None else active
+        with torch.no_grad():  # experts activated later enter with logit 0
+            self.gate.weight[self.active :].zero_()
+            self.gate.bias[self.active :].zero_()
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def add_expert(self) -> int:
-        """Append one expert and one gate output; returns the new expert's index. Parameters land on the device and
-        dtype of the existing gate."""
-        ref = self.gate.weight
-        expert = self._new_expert().to(device=ref.device, dtype=ref.dtype)
-        self.experts.append(expert)
-        gate = nn.Linear(self.in_dim, self.num_experts).to(device=ref.device, dtype=ref.dtype)
-        with torch.no_grad():
-            gate.weight.zero_()
-            gate.bias.zero_()
-            gate.weight[:-1].copy_(self.gate.weight)
-            gate.bias[:-1].copy_(self.gate.bias)
-        self.gate = gate
-        return self.num_experts - 1
+    @property
+    def active(self) -> int:
+        """How many experts (the first ones) are in use."""
+        return self._active
 
-    def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax gate ``(B, E)``; rows sum to 1."""
-        return torch.softmax(self.gate(x), dim=-1)
+    @active.setter
+    def active(self, value: int) -> None:
+        self._active = self._check_active(value)
 
-    def forward_all(self, x: torch.Tensor) -> MoEOutput:
-        experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, out_dim)
-        gate = self.gate_weights(x)
+    def _check_active(self, value: int) -> int:
+        if not 1 <= int(value) <= self.num_experts:
+            raise ConfigError(f"MixtureOfExperts has {self.num_experts} experts; cannot use {value} of them")
+        return int(value)
+
+    def get_extra_state(self) -> dict:
+        return {"active": self._active}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.active = state["active"]
+
+    def gate_weights(self, x: torch.Tensor, active: int | None = None) -> torch.Tensor:
+        """Softmax gate ``(B, A)`` over the ``A`` active experts; rows sum to 1."""
+        n = self._active if active is None else self._check_active(active)
+        return torch.softmax(F.linear(x, self.gate.weight[:n], self.gate.bias[:n]), dim=-1)
+
+    def forward_all(self, x: torch.Tensor, active: int | None = None) -> MoEOutput:
+        n = self._active if active is None else self._check_active(active)
+        experts = torch.stack([e(x) for e in self.experts[:n]], dim=1)  # (B, A, out_dim)
+        gate = self.gate_weights(x, n)
         output = torch.einsum("be,bed->bd", gate, experts)
         return MoEOutput(output, experts, gate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_all(x).output
+    def forward(self, x: torch.Tensor, active: int | None = None) -> torch.Tensor:
+        return self.forward_all(x, active).output
