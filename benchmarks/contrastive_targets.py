@@ -12,29 +12,16 @@ longer has.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
-
-def runs_of(root: Path, stem: str) -> dict[int, dict]:
-    out = {}
-    for path in sorted(root.glob(f"{stem}-seed*/results.json")):
-        results = json.loads(path.read_text())
-        if results.get("status") == "complete":
-            out[results["seed"]] = results
-    return out
+from finished_runs import finished_runs as runs_of, mean_std
 
 
 def accuracy(results: dict, classifier: str | None = None) -> float:
     classifier = classifier or results["headline_classifier"]
     return results["metrics"][classifier]["class_il"]["final_average_accuracy"]
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
 
 
 def compare(root: Path, left: str, right: str, left_classifier: str | None = None) -> str:

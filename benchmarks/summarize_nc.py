@@ -10,32 +10,14 @@ Accuracies are %, mean ± std over seeds.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from protosphere.data.corruptions import mean_corruption_error  # noqa: E402
+from finished_runs import finished_runs as load_runs, mean_std as fmt
+from protosphere.data.corruptions import mean_corruption_error
 
 METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
-
-
-def fmt(values, digits=2):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
-
-
-def load_runs(runs: Path, stem: str) -> dict[int, dict]:
-    out = {}
-    for path in sorted(runs.glob(f"{stem}-seed*/results.json")):
-        results = json.loads(path.read_text())
-        if results.get("status") == "complete":
-            out[results["seed"]] = results
-    return out
 
 
 def final_accuracy(results: dict, classifier: str) -> float:

@@ -84,7 +84,6 @@ def _loss_checks(fabric) -> dict:
 def _method_check(fabric) -> dict:
     """One training step of a RepresentationMethod whose loss is SupCon on the gathered batch, as the engine runs it."""
     from protosphere.config import MethodConfig
-    from protosphere.distributed import gather_with_grad, shard_rows
     from protosphere.losses import supcon
     from protosphere.methods.base import StepContext, StepOutput, Transforms
     from protosphere.methods.representation import RepresentationConfig, RepresentationMethod
@@ -106,7 +105,16 @@ def _method_check(fabric) -> dict:
     images = torch.rand(GLOBAL_BATCH, 1, 4, 4, generator=g)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     ctx = StepContext(task=0, epoch=0, step=0, steps_in_task=1, global_step=0)
-    rows = shard_rows(torch.arange(GLOBAL_BATCH), fabric.global_rank, fabric.world_size)
+    out, ref, grad_err = _step_on_ranks_and_alone(fabric, method, reference, images, labels, ctx)
+    return {"loss": float(ref.loss), "loss_err": abs(float(out.loss) - float(ref.loss)), "grad_err": grad_err}
+
+
+def _step_on_ranks_and_alone(fabric, method, reference, images, labels, ctx):
+    """One training step of ``method`` under DDP on this rank's slice of the global batch, and of its copy
+    ``reference`` in this process on the whole batch; returns both outputs and the largest relative gradient gap."""
+    from protosphere.distributed import gather_with_grad, shard_rows
+
+    rows = shard_rows(torch.arange(len(labels)), fabric.global_rank, fabric.world_size)
     method.gather = gather_with_grad(fabric)
     model = fabric.setup_module(method)
     model.mark_forward_method("training_step")
@@ -116,7 +124,7 @@ def _method_check(fabric) -> dict:
     ref.loss.backward()
     grad_err = max(float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
                    for p, q in zip(method.parameters(), reference.parameters()) if q.grad is not None)
-    return {"loss": float(ref.loss), "loss_err": abs(float(out.loss) - float(ref.loss)), "grad_err": grad_err}
+    return out, ref, grad_err
 
 
 def _nct_moe_check() -> dict:
@@ -126,7 +134,6 @@ def _nct_moe_check() -> dict:
     from types import SimpleNamespace
 
     from protosphere.config import validate_config
-    from protosphere.distributed import gather_with_grad, shard_rows
     from protosphere.methods.base import StepContext, TaskContext
     from protosphere.runner import build_fabric, build_method
 
@@ -155,18 +162,9 @@ def _nct_moe_check() -> dict:
     images = torch.rand(GLOBAL_BATCH, 1, 4, 4, generator=g)
     labels = torch.tensor([0, 2, 3, 1, 2, 0, 3, 2])  # old and new classes on both ranks
     ctx = StepContext(task=1, epoch=0, step=0, steps_in_task=1, global_step=0)
-    rows = shard_rows(torch.arange(GLOBAL_BATCH), fabric.global_rank, fabric.world_size)
-    method.gather = gather_with_grad(fabric)
-    model = fabric.setup_module(method)
-    model.mark_forward_method("training_step")
-    out = model.training_step(images[rows], labels[rows], ctx)
-    fabric.backward(out.loss)
-    ref = reference.training_step(images, labels, ctx)
-    ref.loss.backward()
+    out, ref, grad_err = _step_on_ranks_and_alone(fabric, method, reference, images, labels, ctx)
     loss = fabric.all_reduce(out.loss.detach(), reduce_op="mean")
     idle = [name for name, q in reference.named_parameters() if q.grad is None]
-    grad_err = max(float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
-                   for p, q in zip(method.parameters(), reference.parameters()) if q.grad is not None)
     # None under DDP too, so the optimiser (weight decay, momentum) leaves idle experts as one process does
     idle_ddp = sorted(name for name, p in method.named_parameters() if p.grad is None)
     return {"loss": float(ref.loss), "loss_err": abs(float(loss) - float(ref.loss)), "grad_err": grad_err,
