@@ -280,7 +280,7 @@ def main(argv=None) -> None:
     times, bests = interleaved_medians({k: (lambda f=f: fwd_bwd(f, zz)) for k, f in losses.items()}, args.reps, device,
                                        with_min=True)
     emit("each loss's forward+backward on 512 rows x 128-d (2 views x 256), value checks off, as a fraction of one "
-         f"2-view training step")
+         "2-view training step")
     emit(f"  step: {model_name}, {params / 1e6:.2f} M parameters, 2x256 images 1x28x28, SGD, "
          f"SupCon loss -> median {step * 1e3:.1f} ms (best {step_best * 1e3:.1f} ms)")
     emit(f"  {'loss':<40s} {'median':>9s}  {'% of median step':>16s}   {'best':>8s}  {'best/best step':>14s}")
