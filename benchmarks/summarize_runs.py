@@ -1,6 +1,6 @@
 """Mean ± std over seeds of finished runs, one row per config, as a Markdown table with the command behind each row.
 
-    python benchmarks/summarize_runs.py RUNS_DIR CONFIG.yaml [CONFIG.yaml ...] [--all-classifiers]
+    python benchmarks/summarize_runs.py RUNS_DIR CONFIG.yaml [CONFIG.yaml ...] [--all-classifiers] [--seeds 0,1]
 
 One row per config with its headline classifier, or one row per config and classifier with --all-classifiers.
 """
@@ -24,12 +24,18 @@ def fmt(values):
 def main(argv) -> int:
     every_classifier = "--all-classifiers" in argv
     argv = [a for a in argv if a != "--all-classifiers"]
+    only_seeds = None
+    if "--seeds" in argv:  # e.g. --seeds 0: compare one-seed ablations with the same seed of the reference
+        i = argv.index("--seeds")
+        only_seeds = {int(x) for x in argv[i + 1].split(",")}
+        argv = argv[:i] + argv[i + 2:]
     runs, configs = Path(argv[0]), argv[1:]
     rows, environment = [], None
     for config in configs:
         stem = Path(config).stem
         results = [json.loads(p.read_text()) for p in sorted(runs.glob(f"{stem}-seed*/results.json"))]
-        results = [r for r in results if r.get("status") == "complete"]
+        results = [r for r in results if r.get("status") == "complete"
+                   and (only_seeds is None or r["seed"] in only_seeds)]
         if not results:
             rows.append(f"| {stem} | | (no finished run) | | | | | | |")
             continue
