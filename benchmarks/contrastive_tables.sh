@@ -10,9 +10,9 @@ S=configs/seq-fmnist
 A=$S/ablations
 $PY benchmarks/summarize_runs.py "$RUNS" $S/{co2l,co2l-200,co2l-500,fnc2,fnc2-200,fnc2-500,nct,nct-200}.yaml \
   --all-classifiers > benchmarks/seq_fmnist_contrastive.md
-$PY benchmarks/summarize_runs.py "$RUNS" $S/{finetune,lwf,er-200,derpp-200,derpp-500,joint}-e5.yaml \
+$PY benchmarks/summarize_runs.py "$RUNS" $S/{er-200,derpp-200}-e5.yaml \
   > benchmarks/seq_fmnist_baselines_e5.md
-$PY benchmarks/summarize_runs.py "$RUNS" $S/fnc2.yaml $A/fnc2-{gamma0,gamma1,no-old-negatives,ird,prd,cosine,constant,no-distillation}.yaml \
+$PY benchmarks/summarize_runs.py "$RUNS" $S/fnc2.yaml $A/fnc2-{gamma0,gamma1,no-old-negatives,ird,prd,cosine,constant}.yaml \
   --seeds 0 --all-classifiers > benchmarks/seq_fmnist_fnc2_ablations.md
 $PY benchmarks/summarize_runs.py "$RUNS" $A/nct-distill{1,5,10,20,50}.yaml --all-classifiers \
   > benchmarks/seq_fmnist_nct_distill.md
