@@ -97,19 +97,20 @@ class RepresentationMethod(Method):
             normalized = F.normalize(features, dim=1)
             for c in labels.unique().tolist():
                 self.class_means[c] = F.normalize(normalized[labels == c].mean(0), dim=0)
+
+        def probe(x, y):
+            return fit_linear_probe(x, y, self.num_classes, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
+                                    batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced,
+                                    seed=task.index, schedule=cfg.probe_schedule,
+                                    min_steps=cfg.probe_min_steps).to(features.device)
+
         if "linear_probe" in cfg.classifiers:
             with self.fit_timer("linear_probe"):
-                self._fitted["probe"] = fit_linear_probe(
-                    features, labels, self.num_classes, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                    batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced, seed=task.index,
-                    schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps).to(features.device)
+                self._fitted["probe"] = probe(features, labels)
         if "linear_probe_seen" in cfg.classifiers:
             with self.fit_timer("linear_probe_seen"):  # its own encoding of all seen data included
                 seen_images, seen_labels = task.seen_data()
-                self._fitted["probe_seen"] = fit_linear_probe(
-                    self.encode(seen_images), seen_labels, self.num_classes, epochs=cfg.probe_epochs,
-                    lr=cfg.probe_lr, batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced,
-                    seed=task.index, schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps).to(features.device)
+                self._fitted["probe_seen"] = probe(self.encode(seen_images), seen_labels)
         if "knn" in cfg.classifiers:
             self._bank = (normalized, labels)
 
