@@ -48,7 +48,8 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
         first = by_seed[seeds[0]]
         nc_cells = " | ".join(fmt([nc_history(r)[-1].get(m) for r in by_seed.values()], 3) for m in METRICS)
         reached = []
-        for metric in METRICS:
+        per_epoch = all(r.get("nc_epochs") for r in by_seed.values())
+        for metric in METRICS if per_epoch else ():
             per_seed = []
             for seed in seeds:
                 if seed not in baseline:
@@ -67,7 +68,7 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
                 f"| {stem} | {classifier}{head} | {fmt([final_accuracy(r, classifier) for r in by_seed.values()])} "
                 f"| {','.join(map(str, seeds))} | {fmt(fit, 2) if has_timing else 'n/a'} "
                 f"| {fmt(predict, 2) if has_timing else 'n/a'} | "
-                + (f"{nc_cells} | {' / '.join(reached)} |" if i == 0 else " |" * len(METRICS) + " |"))
+                + (f"{nc_cells} | {' / '.join(reached) or 'n/a (no eval.per_epoch)'} |" if i == 0 else " |" * len(METRICS) + " |"))
     return lines
 
 
