@@ -7,18 +7,11 @@ One row per config with its headline classifier, or one row per config and class
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
-
-def fmt(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+from finished_runs import finished_runs, mean_std as fmt
 
 
 def main(argv) -> int:
@@ -33,9 +26,8 @@ def main(argv) -> int:
     rows, environment = [], None
     for config in configs:
         stem = Path(config).stem
-        results = [json.loads(p.read_text()) for p in sorted(runs.glob(f"{stem}-seed*/results.json"))]
-        results = [r for r in results if r.get("status") == "complete"
-                   and (only_seeds is None or r["seed"] in only_seeds)]
+        results = [r for seed, r in sorted(finished_runs(runs, stem).items())
+                   if only_seeds is None or seed in only_seeds]
         if not results:
             rows.append(f"| {stem} | | (no finished run) | | | | | | |")
             continue
