@@ -10,7 +10,7 @@ S=configs/seq-fmnist
 A=$S/ablations
 $PY benchmarks/summarize_runs.py "$RUNS" $S/{co2l,co2l-200,co2l-500,fnc2,fnc2-200,fnc2-500,nct,nct-200}.yaml \
   --all-classifiers > benchmarks/seq_fmnist_contrastive.md
-$PY benchmarks/summarize_runs.py "$RUNS" $S/{er-200,derpp-200}-e5.yaml \
+$PY benchmarks/summarize_runs.py "$RUNS" $S/{finetune,er-200,derpp-200,derpp-500,lwf,joint}-e5.yaml \
   > benchmarks/seq_fmnist_baselines_e5.md
 $PY benchmarks/summarize_runs.py "$RUNS" $S/fnc2.yaml $A/fnc2-{gamma0,gamma1,no-old-negatives,ird,prd,cosine,constant}.yaml \
   --seeds 0 --all-classifiers > benchmarks/seq_fmnist_fnc2_ablations.md

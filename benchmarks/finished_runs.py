@@ -23,3 +23,27 @@ def mean_std(values, digits: int = 2) -> str:
         return "n/a"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+_RUN_ONLY = {"name", "output_dir", "seed", "fabric.threads"}  # set per run by the scripts, not part of the experiment
+
+
+def overrides_of(config_path: str, results: dict) -> list[str]:
+    """The ``key=value`` overrides that turn ``config_path`` into the config a finished run used, so that a table's
+    command reproduces the run exactly (e.g. ``train.epochs=1`` for a shortened protocol)."""
+    from protosphere.config import load_config
+
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    declared = leaves(load_config(config_path).model_dump(mode="json"))
+    used = leaves(results["config"])
+    return [f"{key}={json.dumps(value, separators=(',', ':')) if not isinstance(value, str) else value}"
+            for key, value in used.items()
+            if key not in _RUN_ONLY and declared.get(key, object()) != value]

@@ -11,7 +11,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from finished_runs import finished_runs, mean_std as fmt
+from finished_runs import finished_runs, mean_std as fmt, overrides_of
 
 
 def main(argv) -> int:
@@ -44,7 +44,7 @@ def main(argv) -> int:
                 f"| {fmt([get(r, 'class_il', 'average_incremental_accuracy') for r in results])} "
                 f"| {fmt([get(r, 'class_il', 'average_forgetting') for r in results])} "
                 f"| {len(results)} ({seeds}) | {minutes:.1f} "
-                f"| `protosphere run {config} seed=S fabric.threads=1` |"
+                f"| `{' '.join(['protosphere run', config, 'seed=S', 'fabric.threads=1', *overrides_of(config, results[0])])}` |"
             )
     print("| config | classifier | class-IL final avg acc (%) | task-IL final avg acc (%) "
           "| class-IL avg incremental acc (%) | class-IL forgetting | seeds | min/run | command |")
