@@ -226,7 +226,8 @@ class Engine:
                 method.end_task(context)
 
                 eval_start = time.perf_counter()
-                row = self.evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1, prepare=context)
+                row, predict_seconds = self._timed_evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1,
+                                                            prepare=context)
                 for classifier, settings in row.items():
                     for setting, accuracies in settings.items():
                         results["accuracy"].setdefault(classifier, {}).setdefault(setting, []).append(accuracies)
@@ -239,7 +240,7 @@ class Engine:
                     log.log("test", {f"diag/{k}": v for k, v in diagnostics.items() if isinstance(v, (int, float))}, t)
                 eval_time = time.perf_counter() - eval_start
                 classifier_s = {name: {"fit_s": method.fit_seconds.get(name, 0.0), "predict_s": seconds}
-                                for name, seconds in self.predict_seconds.items()}
+                                for name, seconds in predict_seconds.items()}
                 if "encode" in method.fit_seconds:
                     classifier_s["encode"] = {"fit_s": method.fit_seconds["encode"], "predict_s": 0.0}
                 results["timings"]["tasks"].append({"task": t, "train_s": train_time, "eval_s": eval_time,
@@ -405,16 +406,21 @@ class Engine:
                     (self.checkpoint_dir / f"task-{task - 1}.ckpt").unlink(missing_ok=True)
         self.fabric.barrier()
 
-    @torch.no_grad()
     def evaluate(self, method: Method, scenario, test_sets, up_to: int, prepare: TaskContext | None = None) -> dict:
         """Accuracy (%) of every classifier on every task's test set: {classifier: {class_il|task_il: [T]}}."""
+        return self._timed_evaluate(method, scenario, test_sets, up_to, prepare)[0]
+
+    @torch.no_grad()
+    def _timed_evaluate(self, method: Method, scenario, test_sets, up_to: int,
+                        prepare: TaskContext | None = None) -> tuple[dict, dict[str, float]]:
+        """``evaluate`` and the seconds each classifier took to predict the test sets."""
         was_training = method.training
         method.eval()
         if prepare is not None:
             method.prepare_evaluation(prepare)
         batch = self.config.eval.batch_size
         row: dict = {}
-        self.predict_seconds = {}
+        predict_seconds: dict[str, float] = {}
         for name, classify in method.classifiers().items():
             method.synchronize()
             predict_start = time.perf_counter()
@@ -435,10 +441,10 @@ class Engine:
                 class_il.append(100.0 * correct / len(labels))
                 task_il.append(100.0 * correct_task / len(labels))
             method.synchronize()
-            self.predict_seconds[name] = time.perf_counter() - predict_start
+            predict_seconds[name] = time.perf_counter() - predict_start
             row[name] = {"class_il": class_il, **({"task_il": task_il} if scenario.task_il else {})}
         method.train(was_training)
-        return row
+        return row, predict_seconds
 
     @torch.no_grad()
     def neural_collapse(self, method: Method, scenario, test_sets, task: int) -> dict | None:
