@@ -59,15 +59,17 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
                 per_seed.append("—" if epoch is None else str(epoch))
             reached.append(",".join(per_seed) or "n/a")
         for i, classifier in enumerate(first["accuracy"]):
-            timing = [sum(t.get("classifiers", {}).get(classifier, {}).get(k, 0.0) for t in r["timings"]["tasks"])
-                      for r in by_seed.values() for k in ("fit_s", "predict_s")]
-            fit, predict = timing[0::2], timing[1::2]
-            has_timing = any("classifiers" in t for r in by_seed.values() for t in r["timings"]["tasks"])
+            # runs written before per-classifier timings were recorded have none: average over the runs that do
+            timed = {seed: r for seed, r in by_seed.items() if all("classifiers" in t for t in r["timings"]["tasks"])}
+            fit, predict = ([sum(t["classifiers"].get(classifier, {}).get(k, 0.0) for t in r["timings"]["tasks"])
+                             for r in timed.values()] for k in ("fit_s", "predict_s"))
+            partial = f" (seeds {','.join(map(str, timed))})" if timed and len(timed) < len(by_seed) else ""
+            fit_cell = fmt(fit, 2) + partial if timed else "n/a"
+            predict_cell = fmt(predict, 2) + partial if timed else "n/a"
             head = " (headline)" if classifier == first["headline_classifier"] and len(first["accuracy"]) > 1 else ""
             lines.append(
                 f"| {stem} | {classifier}{head} | {fmt([final_accuracy(r, classifier) for r in by_seed.values()])} "
-                f"| {','.join(map(str, seeds))} | {fmt(fit, 2) if has_timing else 'n/a'} "
-                f"| {fmt(predict, 2) if has_timing else 'n/a'} | "
+                f"| {','.join(map(str, seeds))} | {fit_cell} | {predict_cell} | "
                 + (f"{nc_cells} | {' / '.join(reached) or 'n/a (no eval.per_epoch)'} |" if i == 0 else " |" * len(METRICS) + " |"))
     return lines
 
