@@ -65,8 +65,10 @@ def main(argv) -> int:
             for batch in sorted({k[2] for k in cells if k[0] == fraction and k[1] == lam}):
                 row = [show(cells.get((fraction, lam, batch, lr), {"state": "missing"})) for lr in lrs]
                 print(f"| {batch} | " + " | ".join(row) + " |")
-            bad = sum(c["state"] != "ok" for k, c in cells.items() if k[0] == fraction and k[1] == lam)
-            print(f"\ncollapsed or diverged: {bad} of {sum(1 for k in cells if k[0] == fraction and k[1] == lam)} cells")
+            states = [c["state"] for k, c in cells.items() if k[0] == fraction and k[1] == lam]
+            bad, unfinished = sum(s in ("collapsed", "NaN") for s in states), states.count("missing")
+            print(f"\ncollapsed or diverged: {bad} of {len(states) - unfinished} finished cells"
+                  + (f" ({unfinished} not finished)" if unfinished else ""))
     print("\nCell: linear-probe / nearest-prototype accuracy (%) on the test set; rank: between-class / within-class "
           "effective rank of the test features (K − 1 = 9 at most between classes).")
     return 0
