@@ -101,6 +101,31 @@ def corruption_table(runs: Path, baseline: dict[int, dict], stems: list[str]) ->
     return lines if len(lines) > 2 else []
 
 
+def epochs_table(runs: Path, stems: list[str]) -> list[str]:
+    """Headline accuracy and NC metrics after every epoch (runs with ``eval.per_epoch``), mean ± std over seeds."""
+    rows, epochs = [], 0
+    for stem in stems:
+        by_seed = {s: r for s, r in load_runs(runs, stem).items() if r.get("per_epoch")}
+        if not by_seed:
+            continue
+        head = by_seed[min(by_seed)]["headline_classifier"]
+        series = {"accuracy (%)": [[e["accuracy"][head]["class_il"][0] for e in r["per_epoch"]]
+                                   for r in by_seed.values()]}
+        for metric in ("nc1", "equiangularity", "max_angle", "nc3"):
+            series[metric] = [[(e.get("neural_collapse") or {}).get(metric) for e in r["per_epoch"]]
+                              for r in by_seed.values()]
+        for name, per_seed in series.items():
+            length = min(len(v) for v in per_seed)
+            epochs = max(epochs, length)
+            digits = 2 if name.startswith("accuracy") else 3
+            cells = [fmt([v[i] for v in per_seed], digits) for i in range(length)]
+            rows.append((f"| {stem} ({head}) | {name} | " + " | ".join(cells) + f" | {len(by_seed)} |"))
+    if not rows:
+        return []
+    return (["| run | metric | " + " | ".join(f"epoch {i + 1}" for i in range(epochs)) + " | seeds |",
+             "|---|---|" + "---|" * epochs + "---|"] + rows)
+
+
 def main(argv) -> int:
     if len(argv) < 2:
         print(__doc__)
@@ -111,6 +136,10 @@ def main(argv) -> int:
         print(f"No finished run {baseline_stem}-seed* under {runs}: run the baseline config first.")
         return 2
     print("\n".join(accuracy_table(runs, baseline, stems)))
+    over_epochs = epochs_table(runs, stems)
+    if over_epochs:
+        print("\nOver epochs (headline classifier; test split; mean ± std over seeds):\n")
+        print("\n".join(over_epochs))
     corruptions = corruption_table(runs, baseline, stems)
     if corruptions:
         print("\nCorruptions (8 types × 5 severities, headline classifier; mCE = mean over corruptions of "
