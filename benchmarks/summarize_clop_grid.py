@@ -30,7 +30,8 @@ def cell(run: Path) -> dict:
     between, within = nc.get("between_class_effective_rank"), nc.get("within_class_effective_rank")
     collapsed = (between is not None and between < 2) or acc.get("linear_probe", 100) < 50
     return {"state": "collapsed" if collapsed else "ok", "acc": acc, "between": between, "within": within,
-            "seconds": r["timings"]["total_s"]}
+            "seconds": r["timings"]["total_s"],
+            "init_probe": ((r.get("random_init") or {}).get("linear_probe") or {}).get("class_il", [None])[0]}
 
 
 def show(c: dict) -> str:
@@ -69,6 +70,10 @@ def main(argv) -> int:
             bad, unfinished = sum(s in ("collapsed", "NaN") for s in states), states.count("missing")
             print(f"\ncollapsed or diverged: {bad} of {len(states) - unfinished} finished cells"
                   + (f" ({unfinished} not finished)" if unfinished else ""))
+    init = {k[0]: c["init_probe"] for k, c in sorted(cells.items()) if c.get("init_probe") is not None}
+    if init:
+        print("\nThe same linear probe on the untrained network (random initialisation, seed as above), the floor a "
+              "cell must beat: " + ", ".join(f"{v:.1f} % with {f:.0%} labels" for f, v in init.items()) + ".")
     print("\nCell: linear-probe / nearest-prototype accuracy (%) on the test set; rank: between-class / within-class "
           "effective rank of the test features (K − 1 = 9 at most between classes).")
     return 0
