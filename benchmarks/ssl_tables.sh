@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The Seq-FashionMNIST tables of the continual self-supervised methods, from finished runs under runs/ssl. Run them
+# first, e.g. on the short CPU protocol (1 epoch per task):
+#   OUT=runs/ssl EXTRA="train.epochs=1" benchmarks/run_seq_fmnist.sh /tmp/ssl.md configs/ssl/{simclr,moco,cassle,sycon}-class-il.yaml
+# (likewise -data-il, -domain-il, and SEEDS=1 for the sycon-queue-*/sycon-predictor-* ablations); then
+#   benchmarks/ssl_tables.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+RUNS=${RUNS:-runs/ssl}
+S=configs/ssl
+for scenario in class-il data-il domain-il; do
+  $PY benchmarks/summarize_runs.py "$RUNS" $S/{simclr,moco,cassle,sycon}-$scenario.yaml --all-classifiers
+  echo
+done > benchmarks/seq_fmnist_ssl.md
+$PY benchmarks/summarize_runs.py "$RUNS" $S/sycon-queue-{1k,16k,65k}.yaml $S/sycon-class-il.yaml \
+  $S/sycon-predictor-{256,1024,4096}.yaml --seeds 0 > benchmarks/seq_fmnist_ssl_ablations.md
+$PY benchmarks/ssl_targets.py "$RUNS" > benchmarks/ssl_targets.md
+wc -l benchmarks/seq_fmnist_ssl.md benchmarks/seq_fmnist_ssl_ablations.md benchmarks/ssl_targets.md
