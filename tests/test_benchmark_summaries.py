@@ -1,0 +1,65 @@
+"""The scripts under benchmarks/ that turn finished runs into the published tables: the command column must
+reproduce each run (every override it used), and the CLOP grid must not count unfinished cells as collapsed."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from protosphere.config import load_config
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ssl" / "moco-class-il.yaml")
+
+
+@pytest.fixture(autouse=True)
+def benchmarks_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+def finished(root: Path, stem: str, seed: int, overrides: list[str], accuracy: float = 80.0) -> dict:
+    config = load_config(CONFIG, [*overrides, f"seed={seed}", f"name={stem}-seed{seed}", f"output_dir={root}"])
+    results = {"status": "complete", "seed": seed, "headline_classifier": "linear_probe",
+               "config": config.model_dump(mode="json"), "timings": {"total_s": 60.0},
+               "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "python": "p"},
+               "metrics": {"linear_probe": {"class_il": {"final_average_accuracy": accuracy}}}}
+    run = root / f"{stem}-seed{seed}"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def test_overrides_of_names_exactly_what_differs_from_the_config(tmp_path):
+    from finished_runs import overrides_of
+
+    same = finished(tmp_path, "moco-class-il", 0, ["fabric.threads=1"])
+    assert overrides_of(CONFIG, same) == []  # seed, name, output dir and threads are per-run, not the experiment
+    shortened = finished(tmp_path, "other", 0, ["train.epochs=1", "method.queue_size=1024"])
+    assert sorted(overrides_of(CONFIG, shortened)) == ["method.queue_size=1024", "train.epochs=1"]
+
+
+def test_summary_table_command_reproduces_the_runs(tmp_path, capsys):
+    import summarize_runs
+
+    for seed, acc in ((0, 70.0), (1, 80.0)):
+        finished(tmp_path, "moco-class-il", seed, ["train.epochs=1"], acc)
+    assert summarize_runs.main([str(tmp_path), CONFIG]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| moco-class-il"))
+    assert "75.00 ± 7.07" in row and "2 (0,1)" in row
+    assert row.rstrip(" |").endswith("train.epochs=1`")
+
+
+def test_clop_grid_counts_unfinished_cells_apart(tmp_path, capsys):
+    import summarize_clop_grid
+
+    run = tmp_path / "clop-f0.1-lam1.0-b32-lr0.05"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({
+        "accuracy": {"linear_probe": {"class_il": [[40.0]]}},
+        "neural_collapse": [{"between_class_effective_rank": 3.0, "within_class_effective_rank": 9.0}],
+        "timings": {"total_s": 1.0}}))
+    (tmp_path / "clop-f0.1-lam1.0-b32-lr5.log").write_text("still running")
+    assert summarize_clop_grid.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "collapsed or diverged: 1 of 1 finished cells (1 not finished)" in out  # the probe below 50 %
