@@ -16,4 +16,9 @@ done > benchmarks/seq_fmnist_ssl.md
 $PY benchmarks/summarize_runs.py "$RUNS" $S/sycon-queue-{1k,16k,65k}.yaml $S/sycon-class-il.yaml \
   $S/sycon-predictor-{256,1024,4096}.yaml --seeds 0 > benchmarks/seq_fmnist_ssl_ablations.md
 $PY benchmarks/ssl_targets.py "$RUNS" > benchmarks/ssl_targets.md
-wc -l benchmarks/seq_fmnist_ssl.md benchmarks/seq_fmnist_ssl_ablations.md benchmarks/ssl_targets.md
+# the configs' own 5-epoch schedule, where it was run (OUT=runs/ssl-e5 SEEDS=1 benchmarks/run_seq_fmnist.sh ...)
+if [ -d "${RUNS_E5:-runs/ssl-e5}" ]; then
+  $PY benchmarks/summarize_runs.py "${RUNS_E5:-runs/ssl-e5}" $S/{simclr,moco,cassle,sycon}-class-il.yaml --all-classifiers \
+    > benchmarks/seq_fmnist_ssl_e5.md
+fi
+wc -l benchmarks/seq_fmnist_ssl*.md benchmarks/ssl_targets.md
