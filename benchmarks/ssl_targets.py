@@ -25,7 +25,11 @@ def main(argv) -> int:
         rows += [compare(root, sycon, f"{plain}-{scenario}") for plain in ("moco", "simclr")]
     print("| target | left, class-IL (%) | right, class-IL (%) | margin | verdict | seeds |")
     print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    missing = [r for r in rows if "no shared finished seeds" in r]
+    print("\n".join(r for r in rows if r not in missing))
+    if missing:
+        print("\nNot compared (no seed finished on both sides): "
+              + "; ".join(r.split("|")[1].strip() for r in missing) + ".")
     print("\nEvery method is scored with the linear probe on frozen features over all classes seen so far, fitted after "
           "the last task (the CaSSLe protocol); a margin within one standard deviation of either side is not a "
           "difference these seeds can resolve.")
