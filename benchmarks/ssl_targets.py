@@ -4,7 +4,8 @@ accuracy — checked from finished runs measured side by side (same machine, see
     python benchmarks/ssl_targets.py [RUNS_DIR]          (default runs/ssl)
 
 Fine-tuning is shown for both plain learners: MoCo v2+ (the base Sy-CON and CaSSLe are built on here, so the fair
-reference) and SimCLR. Data-IL and domain-IL rows are shown where those runs exist.
+reference) and SimCLR; the SimCLR-based Sy-CON and CaSSLe (``*-simclr-class-il``) are compared with SimCLR. Data-IL
+and domain-IL rows are shown where those runs exist.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def main(argv) -> int:
         rows += [compare(root, sycon, cassle)]
         rows += [compare(root, cassle, f"{plain}-{scenario}") for plain in ("moco", "simclr")]
         rows += [compare(root, sycon, f"{plain}-{scenario}") for plain in ("moco", "simclr")]
+    # the same order with SimCLR as the base of both stability methods (class-IL only)
+    rows += [compare(root, "sycon-simclr-class-il", "cassle-simclr-class-il"),
+             compare(root, "cassle-simclr-class-il", "simclr-class-il"),
+             compare(root, "sycon-simclr-class-il", "simclr-class-il")]
     print("| target | left, class-IL (%) | right, class-IL (%) | margin | verdict | seeds |")
     print("|---|---|---|---|---|---|")
     missing = [r for r in rows if "no shared finished seeds" in r]
