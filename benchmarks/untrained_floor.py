@@ -59,7 +59,8 @@ def main(argv) -> int:
     for path in configs:
         results = [floor(load_config(path, [*overrides, f"seed={s}"])) for s in seeds]
         for name in results[0]:
-            print(f"| {Path(path).stem} | {name} | {mean_std([r[name] for r in results])} "
+            label = Path(path).stem + (f" ({' '.join(overrides)})" if overrides else "")
+            print(f"| {label} | {name} | {mean_std([r[name] for r in results])} "
                   f"| {','.join(map(str, seeds))} |")
     return 0
 

@@ -63,3 +63,21 @@ def test_clop_grid_counts_unfinished_cells_apart(tmp_path, capsys):
     assert summarize_clop_grid.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "collapsed or diverged: 1 of 1 finished cells (1 not finished)" in out  # the probe below 50 %
+
+
+def test_untrained_floor_names_its_overrides_and_is_reproducible(capsys):
+    from untrained_floor import main
+
+    argv = [CONFIG, "--seeds", "0", "data.dataset=digits", "model.backbone=mlp", "method.probe_epochs=1",
+            "method.probe_min_steps=10"]
+    main(argv)
+    first = capsys.readouterr().out
+    main(argv)
+    assert capsys.readouterr().out == first  # same seed, same untrained network, same floor
+    rows = {line.split("|")[2].strip(): line.split("|") for line in first.splitlines()[2:]}
+    assert set(rows) == {"linear_probe", "knn"}
+    for cells in rows.values():
+        assert cells[1].strip() == ("moco-class-il (data.dataset=digits model.backbone=mlp method.probe_epochs=1 "
+                                    "method.probe_min_steps=10)")
+    # random features keep digits' neighbourhoods: kNN far above the 10 % of chance
+    assert 50.0 < float(rows["knn"][3].split("±")[0]) <= 100.0
