@@ -22,7 +22,7 @@ $PY benchmarks/summarize_runs.py "$RUNS" $S/sycon-queue-{1k,16k,65k}.yaml $S/syc
 $PY benchmarks/ssl_targets.py "$RUNS" > benchmarks/ssl_targets.md
 # the configs' own 5-epoch schedule, where it was run (OUT=runs/ssl-e5 SEEDS=1 benchmarks/run_seq_fmnist.sh ...)
 if [ -d "${RUNS_E5:-runs/ssl-e5}" ]; then
-  $PY benchmarks/summarize_runs.py "${RUNS_E5:-runs/ssl-e5}" $S/{moco,sycon}-class-il.yaml --all-classifiers \
+  $PY benchmarks/summarize_runs.py "${RUNS_E5:-runs/ssl-e5}" $S/{moco,cassle,sycon}-class-il.yaml --all-classifiers \
     > benchmarks/seq_fmnist_ssl_e5.md
 fi
 wc -l benchmarks/seq_fmnist_ssl*.md benchmarks/ssl_targets.md
