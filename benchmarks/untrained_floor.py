@@ -17,6 +17,7 @@ import torch
 
 from finished_runs import mean_std
 from protosphere.config import load_config
+from protosphere.evaluation import accuracy
 from protosphere.methods.base import TaskContext
 from protosphere.runner import build_method, build_scenario_from_config
 
@@ -39,9 +40,9 @@ def floor(config) -> dict[str, float]:
     for name, classify in method.classifiers().items():
         per_task = []
         for t in scenario.tasks:
-            correct = sum(int((classify(t.test_images[i:i + 256].float().div_(255)).argmax(1)
-                               == t.test_labels[i:i + 256]).sum()) for i in range(0, len(t.test_labels), 256))
-            per_task.append(100.0 * correct / len(t.test_labels))
+            logits = torch.cat([classify(t.test_images[i:i + 256].float().div_(255))
+                                for i in range(0, len(t.test_labels), 256)])
+            per_task.append(accuracy(logits, t.test_labels))
         out[name] = statistics.mean(per_task)
     return out
 
