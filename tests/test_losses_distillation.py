@@ -114,6 +114,52 @@ def test_hsd_matches_reference(dtype, alpha):
                    lambda x: alpha * ref_ird(x, zp, 0.3, 0.05) + (1 - alpha) * ref_prd(x, zp, w, 0.2, 0.1), z, dtype)
 
 
+def official_hsd(features, features_past, set_prototypes, alpha_balance_distillation, current_temp, past_temp,
+                 current_temp_sprd, past_temp_sprd):
+    """The authors' HSD (dangtrunganh/samix @ eaea3ef36ddd5c3ebce13535039044a798ebdc03, src/distillation/stab_loss.py:
+    ``compute_ird`` lines 4–16, ``compute_sprd`` 19–23, ``compute_distillation_loss`` branch ``hsd`` 43–59),
+    transcribed with ``.cuda()`` removed and the frozen model's output passed in."""
+    def compute_ird(f, temp):
+        sim = torch.div(torch.matmul(f, f.T), temp)
+        logits_mask = torch.scatter(torch.ones_like(sim), 1, torch.arange(sim.size(0)).view(-1, 1), 0)
+        logits_max, _ = torch.max(sim * logits_mask, dim=1, keepdim=True)
+        sim = sim - logits_max.detach()
+        rows = sim.size(0)
+        return torch.exp(sim[logits_mask.bool()].view(rows, -1)) / torch.exp(
+            sim[logits_mask.bool()].view(rows, -1)).sum(dim=1, keepdim=True)
+
+    def compute_sprd(f, prototypes, temp):
+        sim = torch.div(torch.matmul(f, prototypes.T), temp)
+        logits_max, _ = torch.max(sim, dim=1, keepdim=True)
+        sim = sim - logits_max.detach()
+        return torch.exp(sim) / torch.exp(sim).sum(dim=1, keepdim=True)
+
+    logits1 = compute_ird(features, current_temp)
+    logits1_proto = compute_sprd(features, set_prototypes, current_temp_sprd)
+    with torch.no_grad():
+        logits2 = compute_ird(features_past, past_temp)
+        logits2_proto = compute_sprd(features_past, set_prototypes, past_temp_sprd)
+    return (1 - alpha_balance_distillation) * (-logits2 * torch.log(logits1)).sum(1).mean() \
+        + alpha_balance_distillation * (-logits2_proto * torch.log(logits1_proto)).sum(1).mean()
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.9, 0.5, 0.0])
+@pytest.mark.parametrize("seen", [4, 10])
+def test_hsd_equals_the_authors_code(alpha, seen):
+    """Value and gradient equal the authors' code, with their temperatures (IRD 0.2/0.01, S-PRD 0.2/0.1), the
+    prototypes of every seen class and their alpha_balance_distillation = 1 − α."""
+    z, w = unit(24, 16, seed=seen), unit(10, 16, seed=7)[:seen]
+    zp = close_past(z, seed=5)
+    zz = z.clone().requires_grad_(True)
+    ours = hsd(zz, zp, w, alpha)
+    (g_ours,) = torch.autograd.grad(ours, zz)
+    zz = z.clone().requires_grad_(True)
+    theirs = official_hsd(zz, zp, w, 1 - alpha, 0.2, 0.01, 0.2, 0.1)
+    (g_theirs,) = torch.autograd.grad(theirs, zz)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-8, atol=1e-11)
+
+
 def test_hsd_endpoints_equal_ird_and_prd():
     z, w = unit(10, 5, seed=1), unit(4, 5, seed=2)
     zp = close_past(z, seed=3)
@@ -178,15 +224,44 @@ def test_hsd_alpha_endpoints(schedule):
 
 
 def test_hsd_alpha_shapes():
-    assert hsd_alpha(3, 11) == pytest.approx(0.7)  # linear is the default
+    assert hsd_alpha(3, 11, "linear") == pytest.approx(0.7)
     assert hsd_alpha(3, 11, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
     assert hsd_alpha(0, 5, "constant", alpha0=0.3) == 0.3
     assert hsd_alpha(4, 5, "constant", alpha0=0.3) == 0.3
     assert hsd_alpha(2, 5, "constant") == 1.0
 
 
+def official_alpha_balance(epoch, epochs, main_mark, second_mark):
+    """dangtrunganh/samix @ eaea3ef, main_train.py lines 96–105 (epoch = 1…epochs, marks in epochs)."""
+    if epoch < main_mark:
+        return 0
+    elif main_mark <= epoch < second_mark:
+        return (epoch - main_mark) / epochs
+    return (second_mark - main_mark) / epochs
+
+
+@pytest.mark.parametrize("epochs,marks", [(100, (30, 80)), (100, (40, 80)), (10, (3, 8)), (50, (15, 40))])
+def test_hsd_alpha_official_schedule_equals_the_authors_code(epochs, marks):
+    steps_per_epoch = 7
+    total = epochs * steps_per_epoch
+    fractions = (marks[0] / epochs, marks[1] / epochs)
+    for step in range(total):
+        epoch = step // steps_per_epoch + 1
+        expected = 1 - official_alpha_balance(epoch, epochs, *marks)
+        assert hsd_alpha(step, total, "official", epochs=epochs, marks=fractions) == pytest.approx(expected, abs=1e-12)
+    assert hsd_alpha(0, total, epochs=epochs, marks=fractions) == 1.0  # official is the default
+    assert hsd_alpha(total - 1, total, epochs=epochs, marks=fractions) == pytest.approx(1 - fractions[1] + fractions[0])
+
+
+def test_hsd_alpha_official_on_the_cpu_schedule():
+    # 5 epochs, marks 0.3/0.8: epoch 1 → 1, epoch 2 → 1 − 0.5/5, epoch 3 → 1 − 1.5/5, epochs 4–5 → 0.5
+    values = [hsd_alpha(s, 50, "official", epochs=5) for s in range(0, 50, 10)]
+    assert values == pytest.approx([1.0, 0.9, 0.7, 0.5, 0.5])
+
+
 @pytest.mark.parametrize("args", [(0, 10, "exp"), (10, 10, "linear"), (-1, 10, "linear"), (0, 0, "linear"),
-                                  (0, 3, "constant", 1.5)])
+                                  (0, 3, "constant", 1.5), (0, 10, "official", 1.0, 0),
+                                  (0, 10, "official", 1.0, 2, (0.8, 0.3))])
 def test_hsd_alpha_bad_arguments(args):
     with pytest.raises(ValueError):
         hsd_alpha(*args)
@@ -279,6 +354,7 @@ def test_wrappers_call_the_functions():
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     assert torch.equal(IRDLoss(0.3, 0.05)(z, None, z_past=zp), ird(z, zp, 0.3, 0.05))
     assert torch.equal(PRDLoss()(z, labels, z_past=zp, prototypes=w), prd(z, zp, w))
-    assert torch.equal(HSDLoss()(z, None, z_past=zp, prototypes_old=w, alpha=0.3), hsd(z, zp, w, 0.3))
+    assert torch.equal(HSDLoss()(z, zp, w, 0.3), hsd(z, zp, w, 0.3))
+    assert torch.equal(HSDLoss((0.3, 0.05))(z, z_past=zp, prototypes=w, alpha=0.3), hsd(z, zp, w, 0.3, (0.3, 0.05)))
     assert torch.equal(DRLoss()(z, labels, prototypes=w), dr_loss(z, labels, w))
     assert "past_temperature=0.05" in repr(IRDLoss(0.3, 0.05))

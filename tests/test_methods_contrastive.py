@@ -51,8 +51,9 @@ def context(data, t):
                        previous=list(data[:t]))
 
 
-def step_ctx(task, step=0, total=10):
-    return StepContext(task=task, epoch=0, step=step, steps_in_task=total, global_step=step)
+def step_ctx(task, step=0, total=10, epochs=1):
+    return StepContext(task=task, epoch=step * epochs // total, step=step, steps_in_task=total, global_step=step,
+                       epochs_in_task=epochs)
 
 
 def perturb(module, seed=1):
@@ -177,32 +178,46 @@ def test_reservoir_replay_batch_joins_the_stream():
 # ------------------------------------------------------------------------------------------------ fnc2
 @pytest.mark.parametrize("distillation", ["hsd", "ird", "prd", "none"])
 @pytest.mark.parametrize("buffer_size", [0, 8])
-def test_fnc2_step_is_fnc2_plus_hsd(distillation, buffer_size):
-    method = make_method("fnc2", buffer_size=buffer_size, distillation=distillation, gamma=1.5, hsd_weight=0.8,
-                         prototype_weight=0.6, temperature=0.4)
+@pytest.mark.parametrize("predictor", [None, 12])
+def test_fnc2_step_is_fnc2_plus_hsd(distillation, buffer_size, predictor):
+    method = make_method("fnc2", buffer_size=buffer_size, distillation=distillation, gamma=2, hsd_weight=0.8,
+                         temperature=0.4, base_temperature=0.1, distill_predictor_hidden=predictor)
     data = tiny_tasks()
     ctx, past = enter_task(method, data, 1)
     x, y = batch(method, ctx)
     torch.manual_seed(7)
-    out = method.training_step(x, y, step_ctx(1, step=3, total=10))
+    out = method.training_step(x, y, step_ctx(1, step=7, total=10, epochs=5))
     views, z = views_and_embed(method, x, 7)
     y2 = y.repeat(2)
     etf = simplex_etf(K, 8, 0)
-    mask = torch.isin(y2, torch.tensor(TASKS[1])) if buffer_size else None
-    expected = fnc2(z, y2, etf, [0, 1, 2, 3], 0.4, 1.5, 0.6, mask)
+    expected = fnc2(z, y2, etf, TASKS[1], [0, 1], 0.4, 0.1, 2)  # current task's classes anchor, old prototypes negatives
     with torch.no_grad():
         z_past = F.normalize(past(views), dim=1)
-    old = etf[[0, 1]]
+    if predictor is not None and distillation != "none":
+        z = F.normalize(method.distill_predictor(z), dim=1)
+    seen = etf[[0, 1, 2, 3]]  # the prototypes of every seen class, the current task's included
     if distillation == "hsd":
-        alpha = 1 - 3 / 9
-        expected = expected + 0.8 * (alpha * ird(z, z_past, 0.2, 0.01) + (1 - alpha) * prd(z, z_past, old, 0.2, 0.1))
+        alpha = 1 - (0.8 - 0.3)  # step 7 of 10 over 5 epochs is epoch 4 ≥ 0.8 · 5: α is at its floor (marks 0.3/0.8)
+        expected = expected + 0.8 * (alpha * ird(z, z_past, 0.2, 0.01) + (1 - alpha) * prd(z, z_past, seen, 0.2, 0.1))
         assert float(out.terms["hsd_alpha"]) == pytest.approx(alpha)
     elif distillation == "ird":
         expected = expected + 0.8 * ird(z, z_past, 0.2, 0.01)
     elif distillation == "prd":
-        expected = expected + 0.8 * prd(z, z_past, old, 0.2, 0.1)
+        expected = expected + 0.8 * prd(z, z_past, seen, 0.2, 0.1)
     torch.testing.assert_close(out.loss, expected)
     assert (method.snapshot("past") is None) == (distillation == "none")
+
+
+def test_fnc2_past_model_keeps_train_mode_batch_norm_as_the_authors_code():
+    method = make_method("fnc2", projection_batch_norm=True)
+    data = tiny_tasks()
+    enter_task(method, data, 1)
+    past = method.snapshot("past")
+    assert past.training and any(isinstance(m, nn.BatchNorm1d) and m.training for m in past.modules())
+    assert not any(p.requires_grad for p in past.parameters())
+    eval_past = make_method("fnc2", projection_batch_norm=True, past_model_bn="eval")
+    enter_task(eval_past, data, 1)
+    assert not eval_past.snapshot("past").training
 
 
 def test_fnc2_prototypes_fixed_buffer_and_memory_free():
@@ -225,29 +240,30 @@ def test_fnc2_prototypes_fixed_buffer_and_memory_free():
         build_method(config, types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6))
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_fnc2_alpha_goes_from_one_to_zero_over_the_task(schedule):
+@pytest.mark.parametrize("schedule", ["official", "linear", "cosine"])
+def test_fnc2_alpha_schedule_over_the_task(schedule):
     method, data = make_method("fnc2", hsd_schedule=schedule), tiny_tasks()
     ctx, _ = enter_task(method, data, 1)
     x, y = data[1][0][:6].float() / 255, data[1][1][:6]
-    total = 5
-    alphas = [float(method.training_step(x, y, step_ctx(1, s, total)).terms["hsd_alpha"]) for s in range(total)]
-    assert alphas[0] == 1.0 and alphas[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(a > b for a, b in zip(alphas, alphas[1:]))
-    assert alphas == pytest.approx([hsd_alpha(s, total, schedule) for s in range(total)])
-    if schedule == "linear":
-        assert alphas[2] == pytest.approx(0.5)
+    epochs, per_epoch = 10, 2
+    total = epochs * per_epoch
+    alphas = [float(method.training_step(x, y, step_ctx(1, s, total, epochs)).terms["hsd_alpha"])
+              for s in range(total)]
+    assert alphas == pytest.approx([hsd_alpha(s, total, schedule, epochs=epochs) for s in range(total)])
+    assert alphas[0] == 1.0 and all(a >= b for a, b in zip(alphas, alphas[1:]))
+    if schedule == "official":  # 1 up to epoch 3 (= 0.3 · 10), then −0.1 per epoch, 0.5 from epoch 8 (= 0.8 · 10)
+        assert alphas[::per_epoch] == pytest.approx([1, 1, 1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5, 0.5])
     else:
-        assert alphas[1] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+        assert alphas[-1] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("buffer_size", [0, 8])
 def test_fnc2_without_old_prototypes_as_negatives(monkeypatch, buffer_size):
     import protosphere.methods.fnc2 as module
 
-    seen_args = []
+    calls = []
     real = module.fnc2
-    monkeypatch.setattr(module, "fnc2", lambda *a, **k: seen_args.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(module, "fnc2", lambda *a, **k: calls.append((a[3], a[4])) or real(*a, **k))
     losses = {}
     for flag in (True, False):
         method = make_method("fnc2", buffer_size=buffer_size, old_prototypes_as_negatives=flag, distillation="none")
@@ -255,11 +271,9 @@ def test_fnc2_without_old_prototypes_as_negatives(monkeypatch, buffer_size):
         x, y = batch(method, ctx)
         torch.manual_seed(0)
         losses[flag] = method.training_step(x, y, step_ctx(2)).loss
-    as_list = [sorted(torch.as_tensor(s).tolist()) for s in seen_args]
-    assert as_list[0] == [0, 1, 2, 3, 4, 5]
-    assert as_list[1] == ([4, 5] if buffer_size == 0 else sorted(set(y.tolist()) | {4, 5}))
-    if buffer_size == 0:
-        assert not torch.allclose(losses[True], losses[False])
+    assert [list(c) for c, _ in calls] == [[4, 5], [4, 5]]
+    assert [list(p) for _, p in calls] == [[0, 1, 2, 3], []]
+    assert not torch.allclose(losses[True], losses[False])
 
 
 def test_fnc2_diagnostics_alignment_and_old_class_drift():
@@ -457,6 +471,10 @@ def test_engine_smoke_run_two_tasks(tmp_path):
             assert len(matrix) == 2 and all(0 <= a <= 100 for row in matrix for a in row)
         assert results["accuracy"]["ncm"]["class_il"][1][1] > 20  # better than chance on the task just learned
         assert (run_dir / "results.json").exists()
+        assert set(results["classifier_data"]) == expected
+        assert "training buffer (20 samples)" in results["classifier_data"]["linear_probe"] or name == "nct"
+        if name == "nct":  # memory-free: the probe's 200 classifier-only samples are named
+            assert "200 classifier-only samples" in results["classifier_data"]["linear_probe"]
         diagnostics = results["diagnostics"]
         assert len(diagnostics) == 2 and "old_mean_drift" not in diagnostics[0]
         assert diagnostics[1]["old_classes"] == results["scenario"]["tasks"][0]
@@ -473,6 +491,7 @@ def test_linear_probe_seen_uses_every_seen_task_and_the_task_probe_does_not(seed
     data[0] = (torch.cat([dark, dark + 192]), data[0][1])
     torch.manual_seed(seed)  # the network's initialisation
     method = make_method("fnc2", classifiers=["linear_probe", "linear_probe_seen"], probe_epochs=30, probe_lr=0.5)
+    method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=0))  # strictly the last task
     ctx, _ = enter_task(method, data, 1)
     method.eval()
     method.prepare_evaluation(ctx)
@@ -481,7 +500,77 @@ def test_linear_probe_seen_uses_every_seen_task_and_the_task_probe_does_not(seed
     classifiers = method.classifiers()
     seen_pred = classifiers["linear_probe_seen"](x).argmax(1)
     task_pred = classifiers["linear_probe"](x).argmax(1)
-    # memory-free: the task probe only ever saw task 1's classes, so it never predicts task 0's
+    # memory-free without classifier-only samples: the task probe only ever saw task 1's classes
     assert not torch.isin(task_pred, torch.tensor(TASKS[0])).any()
     # the seen-data probe was fitted on task 0's rows too
     assert (seen_pred == old_labels).float().mean() > 0.9
+
+
+# ------------------------------------------------------------------------------------------------ probe buffer
+@pytest.mark.parametrize("name", ["co2l", "fnc2", "nct"])
+@pytest.mark.parametrize("sampling", ["co2l", "reservoir"])
+def test_probe_buffer_is_filled_as_a_training_buffer_of_that_size(name, sampling):
+    data = tiny_tasks(per_class=10)
+    probe = make_method(name, buffer_sampling=sampling)
+    probe.configure_evaluation(types.SimpleNamespace(probe_buffer_size=8))
+    trained = make_method(name, buffer_size=8, buffer_sampling=sampling)
+    assert probe.buffer is None and probe.probe_buffer.capacity == 8 and trained.probe_buffer is None
+    for t in range(3):
+        ctx = context(data, t)
+        for method in (probe, trained):
+            method.begin_task(ctx)
+            if sampling == "reservoir":
+                for start in range(0, 20, 5):
+                    method.replay(ctx.train_images[start:start + 5].float().div(255), ctx.train_labels[start:start + 5])
+    stored, expected = probe.probe_buffer.all(), trained.buffer.all()
+    assert torch.equal(stored["labels"], expected["labels"]) and torch.equal(stored["examples"], expected["examples"])
+    assert len(stored["labels"]) == 8 and set(stored["labels"].tolist()) <= {0, 1, 2, 3, 4, 5}
+
+
+def test_probe_buffer_never_enters_representation_training():
+    data = tiny_tasks()
+    losses = []
+    for size in (0, 200):
+        torch.manual_seed(0)
+        method = make_method("fnc2")
+        method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=size))
+        ctx, _ = enter_task(method, data, 2)
+        images, labels = method.training_data(ctx)
+        assert images is data[2][0] and labels is data[2][1]
+        assert method.evaluation_data(ctx)[1] is data[2][1]  # NCM sees no stored data either
+        x, y = images[:8].float().div(255), labels[:8]
+        assert torch.equal(method.replay(x, y)[1], y)
+        torch.manual_seed(1)
+        losses.append(method.training_step(x, y, step_ctx(2)).loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    assert method.probe_buffer is not None and len(method.probe_buffer) > 0
+
+
+def test_memory_free_probe_sees_the_classifier_only_samples():
+    data = tiny_tasks(per_class=12)
+    g = torch.Generator().manual_seed(0)  # task 0's classes made separable: dark images vs bright ones
+    dark = torch.randint(0, 64, (12, 1, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    data[0] = (torch.cat([dark, dark + 192]), data[0][1])
+    torch.manual_seed(0)
+    method = make_method("fnc2", classifiers=["linear_probe", "ncm"], probe_epochs=30, probe_lr=0.5)
+    method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=None))  # the default: 200
+    assert method.probe_buffer.capacity == 200
+    ctx, _ = enter_task(method, data, 1)
+    assert sorted(method.probe_buffer.class_counts()) == [0, 1]  # task 0's rows, stored at the start of task 1
+    method.eval()
+    method.prepare_evaluation(ctx)
+    old_images, old_labels = data[0]
+    task_pred = method.classifiers()["linear_probe"](old_images.float().div(255)).argmax(1)
+    assert (task_pred == old_labels).float().mean() > 0.9
+    assert "200 classifier-only samples" in method.classifier_data()["linear_probe"]
+    assert "classifier-only" not in method.classifier_data()["ncm"]
+
+
+def test_probe_buffer_size_with_a_training_buffer():
+    method = make_method("fnc2", buffer_size=50)
+    method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=None))
+    method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=50))
+    assert method.probe_buffer is None
+    assert "training buffer (50 samples)" in method.classifier_data()["linear_probe"]
+    with pytest.raises(ValueError, match="memory-free"):
+        method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=200))

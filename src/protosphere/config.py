@@ -100,6 +100,10 @@ class EvalConfig(Section):
     corruption_classifiers: Literal["headline", "all"] = Field(
         "headline", description="which classifiers the corruption suite evaluates (each one costs a full pass)")
     embeddings: bool = Field(True, description="save test embeddings for the report's sphere picture")
+    probe_buffer_size: int | None = Field(
+        None, ge=0, description="two-stage methods (co2l, fnc2, nct) without a training buffer: samples stored only "
+        "for the linear probe, filled as a training buffer of that size would be (default 200, Co2L's protocol; 0 = "
+        "the last task alone); with a training buffer the probe uses that buffer")
 
     @field_validator("corruptions", mode="before")
     @classmethod

@@ -194,7 +194,8 @@ class Engine:
                     if cfg.model.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, steps_per_epoch))
-                    ctx = StepContext(task=t, epoch=epoch, step=step, steps_in_task=total, global_step=global_step)
+                    ctx = StepContext(task=t, epoch=epoch, step=step, steps_in_task=total, global_step=global_step,
+                                      epochs_in_task=epochs)
                     output = model.training_step(x, labels[rows], ctx)
                     set_validation(False)  # the first step checked every loss input; later steps skip syncs
                     self._track_finite(nonfinite, output, step)

@@ -64,8 +64,10 @@ def build_method(config: RunConfig, scenario):
     normalize = build_augmentation("none", image_size=size, channels=channels, mean=scenario.mean, std=scenario.std)
     cls = method_class(config.method.name)
     try:
-        return cls(cls.resolve_config(config.method, scenario), backbone, scenario.num_classes,
-                   Transforms(augment, normalize))
+        method = cls(cls.resolve_config(config.method, scenario), backbone, scenario.num_classes,
+                     Transforms(augment, normalize))
+        method.configure_evaluation(config.eval)
+        return method
     except ValueError as exc:  # e.g. an ETF dimension too small for the label space
         raise ConfigError(f"method `{config.method.name}`: {exc}") from None
 
@@ -198,6 +200,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         "seed": config.seed,
         "method": config.method.name,
         "headline_classifier": next(iter(raw["accuracy"])),
+        "classifier_data": {name: text for name, text in method.classifier_data().items() if name in raw["accuracy"]},
         "scenario": {
             "name": scenario.name, "kind": scenario.kind, "num_tasks": scenario.num_tasks,
             "num_classes": scenario.num_classes, "class_order": scenario.class_order,

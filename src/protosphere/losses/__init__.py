@@ -2,7 +2,7 @@
 
 from ._checks import set_validation, validation
 from .contrastive import AsymmetricSupConLoss, FNC2Loss, SupConLoss, asymmetric_supcon, fnc2, supcon
-from .distillation import HSDLoss, IRDLoss, PRDLoss, hsd, hsd_alpha, ird, prd
+from .distillation import HSD_SCHEDULES, HSDLoss, IRDLoss, PRDLoss, hsd, hsd_alpha, ird, prd
 from .prototype import DRLoss, dr_loss, inverse_frequency_weights
 from .normalized import (
     CLOPLoss,
@@ -42,6 +42,7 @@ __all__ = [
     "prd",
     "hsd",
     "hsd_alpha",
+    "HSD_SCHEDULES",
     "IRDLoss",
     "PRDLoss",
     "HSDLoss",

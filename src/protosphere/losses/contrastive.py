@@ -176,115 +176,83 @@ def asymmetric_supcon(z: torch.Tensor, labels: torch.Tensor, current_classes: Se
 
 
 def fnc2(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-         seen_classes: Sequence[int] | torch.Tensor, temperature: float = 0.5, gamma: float = 2.0,
-         prototype_weight: float = 1.0, anchor_mask: torch.Tensor | None = None) -> torch.Tensor:
+         current_classes: Sequence[int] | torch.Tensor, previous_classes: Sequence[int] | torch.Tensor,
+         temperature: float = 0.5, base_temperature: float = 0.07, gamma: int = 1) -> torch.Tensor:
     r"""Focal neural-collapse contrastive loss (FNC2; Dang et al., "Memory-efficient Continual Learning with Neural
-    Collapse Contrastive", WACV 2025, arXiv 2412.02865).
+    Collapse Contrastive", WACV 2025, arXiv 2412.02865), as the authors' code computes it (dangtrunganh/samix
+    ``src/plas_losses/main_loss_fnc2.py``, ``FNC2.compute_fnc2_loss`` and ``forward``).
 
-    **This is protosphere's reconstruction**: the paper's code is not public, so the equation below is the contract
-    (DESIGN §3), built from the paper's description. With ``w_k = prototypes[k]`` (fixed, e.g. simplex-ETF rows, no
-    gradient) and for anchor i::
+    The diagonal of the similarity matrix is replaced by the row's own prototype, which makes the prototype one
+    positive among the same-class rows; previous-task prototypes join the denominator as negatives (pseudo-replay)::
 
-        A(i) = {z_j : j ≠ i} ∪ {w_c : c ∈ seen_classes},   P(i) = {j ≠ i : y_j = y_i}
-        D_i  = Σ_{a∈A(i)} exp(z_i·a/τ),   c_ij = exp(z_i·z_j/τ)/D_i,   r_i = exp(z_i·w_{y_i}/τ)/D_i
-        ℓ_i  = −mean_{j∈P(i)} (1−c_ij)^γ log c_ij  −  λ · (1−r_i)^γ log r_i
-        loss = (1/N) Σ_i m_i ℓ_i
+        s_ij = z_i·z_j/τ (j ≠ i),   s_ii = z_i·w_{y_i}/τ
+        D_i  = Σ_{j≠i} exp(s_ij) + Σ_{c∈previous_classes} exp(z_i·w_c/τ)
+        log p_ij = s_ij − log D_i,   P(i) = {j : y_j = y_i}  (j = i included)
+        ℓ_i  = −(τ/τ_base) · Σ_{j∈P(i)} (1 − p_ij)^γ log p_ij / |P(i)|
+        loss = (1/N) Σ_i 1[y_i ∈ current_classes] · ℓ_i
 
-    with λ = ``prototype_weight`` and m = ``anchor_mask`` (all ones by default). The sample term is 0 when P(i) is
-    empty; the focal factors are not detached. Previous-task prototypes in ``seen_classes`` act as negatives
-    (pseudo-replay). With γ = 0, λ = 0 and no seen classes this equals ``supcon(z, labels, τ, τ)``; with an anchor mask,
-    ``asymmetric_supcon`` likewise. For γ = 0 no N×N mask is built; for γ > 0 a boolean N×N positive mask is.
+    The own prototype and the other current-task prototypes are not in D_i, so p_ii may exceed 1; the focal weight is
+    not detached and γ must be a non-negative integer (the official ``type=int``). Rows of other classes (buffer rows)
+    are negatives, and positives of rows of their own class, but anchor nothing; they count in the mean. With γ = 0,
+    no previous classes and every row a current one, the only difference from ``supcon`` is the diagonal positive.
 
     Args:
-        z: (N, d) L2-normalised embeddings.
+        z: (N, d) L2-normalised embeddings, all views stacked ``cat(view1, view2)`` (plus buffer rows).
         labels: (N,) integer labels in ``[0, K)``.
-        prototypes: (K, d) unit-norm prototypes of the whole label space (detached inside).
-        seen_classes: classes seen so far (previous tasks and the current one), a sequence of int or 1-D tensor.
-        temperature: τ.
-        gamma: focusing parameter γ ≥ 0.
-        prototype_weight: λ ≥ 0; when λ > 0 every label must be in ``seen_classes``.
-        anchor_mask: optional bool (N,); rows with False are negatives/positives only (Co2L-style buffer rows).
+        prototypes: (K, d) unit-norm prototypes of the whole label space (the fixed simplex ETF; detached inside).
+        current_classes: the current task's classes (anchors), a sequence of int or a 1-D integer tensor.
+        previous_classes: the classes of earlier tasks, whose prototypes are negatives (the official rows
+            ``[:min(current_classes)]``; a list makes any class order work). Empty in the first task.
+        temperature: τ (the authors' scripts: 0.5).
+        base_temperature: τ_base (0.07); the loss is scaled by τ/τ_base.
+        gamma: focusing parameter γ ∈ {0, 1, 2, …} (the scripts: 1).
 
     Returns:
         A scalar tensor (float32, or float64 for float64 input).
 
-    Under DDP: the loss is computed on the rows it is given; the engine gathers the global batch with gradients
-    before calling it.
+    Memory: one N×N float matrix and one N×N bool mask. Under DDP: the loss is computed on the rows it is given; the
+    method gathers the global batch with gradients before calling it.
     """
     loss = "fnc2"
     check_temperature(temperature, "temperature", loss)
-    gamma, prototype_weight = float(gamma), float(prototype_weight)
-    if not gamma >= 0:
-        raise ValueError(f"{loss}: `gamma` must be >= 0, got {gamma!r}.")
-    if not prototype_weight >= 0:
-        raise ValueError(f"{loss}: `prototype_weight` must be >= 0, got {prototype_weight!r}.")
+    check_temperature(base_temperature, "base_temperature", loss)
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma != int(gamma) or gamma < 0:
+        raise ValueError(f"{loss}: `gamma` must be a non-negative integer (p_ii may exceed 1, so a fractional power "
+                         f"is undefined), got {gamma!r}.")
+    gamma = int(gamma)
     check_matrix(z, "z", loss)
     check_matrix(prototypes, "prototypes", loss, dim=z.shape[1])
     n, num_classes = z.shape[0], prototypes.shape[0]
     check_labels(labels, n, loss, num_classes=num_classes)
     check_unit_rows(z, "z", loss)
     check_unit_rows(prototypes, "prototypes", loss)
-    if anchor_mask is not None:
-        if not isinstance(anchor_mask, torch.Tensor) or anchor_mask.dtype != torch.bool \
-                or tuple(anchor_mask.shape) != (n,):
-            got = (anchor_mask.dtype, tuple(anchor_mask.shape)) if isinstance(anchor_mask, torch.Tensor) \
-                else type(anchor_mask).__name__
-            raise ValueError(f"{loss}: `anchor_mask` must be a bool tensor of shape ({n},), got {got}.")
-    seen = _class_tensor(seen_classes, loss, "seen_classes", labels.device, num_classes=num_classes)
-    if prototype_weight > 0 and n > 0:
-        if seen.numel() == 0:
-            raise ValueError(f"{loss}: prototype_weight > 0 needs every label in `seen_classes`, but it is empty; "
-                             f"pass the previous and current classes.")
-        if validation_enabled():
-            missing = ~torch.isin(labels, seen)
-            if bool(missing.any()):
-                bad = int(labels[missing][0])
-                raise ValueError(f"{loss}: label {bad} is not in `seen_classes`; with prototype_weight > 0 every "
-                                 f"label must be a seen class (add the current task's classes).")
+    current = _class_tensor(current_classes, loss, "current_classes", labels.device, num_classes=num_classes)
+    previous = _class_tensor(previous_classes, loss, "previous_classes", labels.device, num_classes=num_classes)
+    if n == 1 and previous.numel() == 0:
+        raise ValueError(f"{loss}: one row and no previous class leave the denominator empty; pass at least 2 rows.")
 
     with autocast_off(z):
         dtype = compute_dtype(z)
         z = z.to(dtype)
         w = prototypes.detach().to(device=z.device, dtype=dtype)
-        zs = z * (1.0 / temperature)
-
-        # log D_i over the other rows and the seen prototypes
-        parts = []
-        if n >= 2:
-            logits = torch.mm(zs, z.t())
-            logits.diagonal().fill_(float("-inf"))
-            parts.append(torch.logsumexp(logits, dim=1))
-        if seen.numel():
-            parts.append(torch.logsumexp(torch.mm(zs, w.index_select(0, seen.to(z.device)).t()), dim=1))
-        if not parts:  # one row and nothing to contrast with: no term is defined
-            return z.sum() * 0.0
-        log_d = parts[0] if len(parts) == 1 else torch.logaddexp(parts[0], parts[1])
-
-        per_anchor = torch.zeros_like(log_d)
-        if n >= 2:
-            if gamma == 0:
-                class_sum, counts = _same_class_sums(z, labels)
-                n_pos = counts - 1
-                pos_sum = ((class_sum - z) * zs).sum(dim=1)
-                sample = torch.where(n_pos > 0, log_d - pos_sum / n_pos.clamp_min(1), torch.zeros_like(log_d))
-            else:
-                pos = labels.unsqueeze(1) == labels.unsqueeze(0)
-                pos.fill_diagonal_(False)
-                n_pos = pos.sum(dim=1)
-                # log c_ij on positives; a harmless constant elsewhere so no inf/NaN enters the backward pass
-                log_c = torch.where(pos, logits - log_d.unsqueeze(1), logits.new_tensor(-1.0))
-                del logits
-                focal = (-torch.expm1(log_c)).clamp_min(0.0).pow(gamma)  # (1 − c_ij)^γ
-                term = torch.where(pos, focal * log_c, log_c.new_zeros(())).sum(dim=1)
-                sample = -term / n_pos.clamp_min(1)
-            per_anchor = per_anchor + sample
-        if prototype_weight > 0:
-            log_r = (zs * w.index_select(0, labels.to(z.device))).sum(dim=1) - log_d
-            proto = -log_r if gamma == 0 else -(-torch.expm1(log_r)).clamp_min(0.0).pow(gamma) * log_r
-            per_anchor = per_anchor + prototype_weight * proto
-        if anchor_mask is not None:
-            per_anchor = per_anchor * anchor_mask.to(device=z.device, dtype=dtype)
-        return per_anchor.sum() / n
+        labels = labels.to(z.device)
+        zs, logits = _masked_gram(z, temperature) if n >= 2 else (z * (1.0 / temperature), None)
+        log_d = [torch.logsumexp(logits, dim=1)] if logits is not None else []
+        if previous.numel():
+            log_d.append(torch.logsumexp(torch.mm(zs, w.index_select(0, previous.to(z.device)).t()), dim=1))
+        log_d = log_d[0] if len(log_d) == 1 else torch.logaddexp(log_d[0], log_d[1])
+        own = (zs * w.index_select(0, labels)).sum(dim=1)  # s_ii := z_i·w_{y_i}/τ
+        if logits is None:
+            logits = own.unsqueeze(1)
+        else:
+            logits = torch.diagonal_scatter(logits, own)
+        log_p = logits - log_d.unsqueeze(1)
+        del logits
+        positive = labels.unsqueeze(1) == labels.unsqueeze(0)  # the diagonal (own prototype) included
+        weighted = log_p if gamma == 0 else (-torch.expm1(log_p)).pow(gamma) * log_p
+        per_anchor = -torch.where(positive, weighted, weighted.new_zeros(())).sum(dim=1) / positive.sum(dim=1)
+        anchors = torch.isin(labels, current).to(dtype)
+        return (per_anchor * anchors).sum() * (temperature / base_temperature / n)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -327,11 +295,15 @@ class AsymmetricSupConLoss(_FunctionalLoss):
 
 
 class FNC2Loss(_FunctionalLoss):
-    """Module form of :func:`fnc2`:
-    ``FNC2Loss(temperature=0.5, gamma=2.0, prototype_weight=1.0)(z, labels, prototypes=P, seen_classes=[...],
-    anchor_mask=None)``."""
+    """Module form of :func:`fnc2`: ``FNC2Loss(temperature=0.5, base_temperature=0.07, gamma=1)(z, labels,
+    prototypes, current_classes, previous_classes)`` (the per-call tensors positionally or by keyword)."""
 
     _fn = staticmethod(fnc2)
 
-    def __init__(self, temperature: float = 0.5, gamma: float = 2.0, prototype_weight: float = 1.0):
-        super().__init__(temperature=temperature, gamma=gamma, prototype_weight=prototype_weight)
+    def __init__(self, temperature: float = 0.5, base_temperature: float = 0.07, gamma: int = 1):
+        super().__init__(temperature=temperature, base_temperature=base_temperature, gamma=gamma)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
+                current_classes: Sequence[int] | torch.Tensor, previous_classes: Sequence[int] | torch.Tensor
+                ) -> torch.Tensor:
+        return fnc2(z, labels, prototypes, current_classes, previous_classes, **self.hyper_parameters)

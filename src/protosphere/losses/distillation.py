@@ -14,7 +14,7 @@ from torch import nn
 
 from ._checks import autocast_off, check_matrix, check_temperature, check_unit_rows, compute_dtype
 
-__all__ = ["ird", "prd", "hsd", "hsd_alpha", "IRDLoss", "PRDLoss", "HSDLoss"]
+__all__ = ["ird", "prd", "hsd", "hsd_alpha", "HSD_SCHEDULES", "IRDLoss", "PRDLoss", "HSDLoss"]
 
 
 def _check_old_prototypes(prototypes: torch.Tensor, name: str, z: torch.Tensor, loss: str, why_needed: str) -> None:
@@ -128,29 +128,33 @@ def prd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, current
         return _prd(z, z_past, prototypes, current_temperature, past_temperature)
 
 
-def hsd(z: torch.Tensor, z_past: torch.Tensor, prototypes_old: torch.Tensor, alpha,
+def hsd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, alpha,
         ird_temperatures: tuple[float, float] = (0.2, 0.01),
         prd_temperatures: tuple[float, float] = (0.2, 0.1)) -> torch.Tensor:
-    r"""Hardness–softness distillation (FNC2 + HSD; Dang et al., WACV 2025, arXiv 2412.02865)::
+    r"""Hardness–softness distillation (FNC2 + HSD; Dang et al., WACV 2025, arXiv 2412.02865), as the authors' code
+    computes it (dangtrunganh/samix ``src/distillation/stab_loss.py``, ``compute_distillation_loss``, branch ``hsd``)::
 
-        hsd = α · ird(z, z_past, *ird_temperatures) + (1 − α) · prd(z, z_past, prototypes_old, *prd_temperatures)
+        hsd = α · ird(z, z_past, *ird_temperatures) + (1 − α) · prd(z, z_past, prototypes, *prd_temperatures)
 
-    α comes from :func:`hsd_alpha` (linear decay from 1 to 0 within a task by default). FNC2's HSD temperatures are not
-    published; the defaults are Co2L's (IRD) and CCLIS's (S-PRD). When α is exactly 1 (or 0) the other term is not
-    computed, so ``hsd(α=1) == ird`` and ``hsd(α=0) == prd`` exactly. Not applied in the first task.
+    α weighs IRD (the paper's convention; the code's ``alpha_balance_distillation`` is 1 − α) and comes from
+    :func:`hsd_alpha`. ``prototypes`` are the fixed prototypes of **every class seen so far, the current task's
+    included** (the scripts' ``--filter_distillation_point``, ``get_prototypes``). The scripts' temperatures are the
+    defaults: IRD 0.2 / 0.01 (``--current_temp``/``--past_temp``), S-PRD 0.2 / 0.1 (``--current_temp_sprd``/
+    ``--past_temp_sprd``). When α is exactly 1 (or 0) the other term is not computed, so ``hsd(α=1) == ird`` and
+    ``hsd(α=0) == prd`` exactly. Not applied in the first task.
 
     Args:
         z: (N, d) L2-normalised current-model embeddings.
         z_past: (N, d) past-model embeddings of the same augmented rows (detached).
-        prototypes_old: (C_old, d) prototypes of all previous-task classes.
-        alpha: blend weight in [0, 1] (float or 0-d tensor).
+        prototypes: (C_seen, d) prototypes of the classes seen so far.
+        alpha: IRD weight in [0, 1] (float or 0-d tensor).
         ird_temperatures: (κ_cur, κ_past) of :func:`ird`.
         prd_temperatures: (τ_cur, τ_past) of :func:`prd`.
 
     Returns:
         A scalar tensor (float32, or float64 for float64 input).
 
-    Under DDP: the loss is computed on the rows it is given; the engine gathers the global batch with gradients
+    Under DDP: the loss is computed on the rows it is given; the method gathers the global batch with gradients
     before calling it.
     """
     loss = "hsd"
@@ -167,30 +171,38 @@ def hsd(z: torch.Tensor, z_past: torch.Tensor, prototypes_old: torch.Tensor, alp
                     ("prd_temperatures", prd_cur), ("prd_temperatures", prd_past)):
         check_temperature(t, name, loss)
     _check_pair(z, z_past, loss)
-    _check_old_prototypes(prototypes_old, "prototypes_old", z, loss, "HSD needs at least one previous-task class (it "
-                          "is not applied in the first task).")
+    _check_old_prototypes(prototypes, "prototypes", z, loss, "pass the prototypes of the classes seen so far.")
     with autocast_off(z):
         if isinstance(alpha, float) and alpha == 1.0:
             return _ird(z, z_past, ird_cur, ird_past)
         if isinstance(alpha, float) and alpha == 0.0:
-            return _prd(z, z_past, prototypes_old, prd_cur, prd_past)
+            return _prd(z, z_past, prototypes, prd_cur, prd_past)
         return alpha * _ird(z, z_past, ird_cur, ird_past) \
-            + (1 - alpha) * _prd(z, z_past, prototypes_old, prd_cur, prd_past)
+            + (1 - alpha) * _prd(z, z_past, prototypes, prd_cur, prd_past)
 
 
-def hsd_alpha(step: int, total_steps: int, schedule: str = "linear", alpha0: float = 1.0) -> float:
-    r"""HSD blend weight α at step s = 0…S−1 of a task of S steps (DESIGN §3).
+HSD_SCHEDULES = ("official", "linear", "cosine", "constant")
 
-    - ``"linear"`` (default): α = 1 − s/(S−1)
-    - ``"cosine"``: α = ½(1 + cos(π s/(S−1)))
-    - ``"constant"``: α = α₀
+
+def hsd_alpha(step: int, total_steps: int, schedule: str = "official", alpha0: float = 1.0, epochs: int = 1,
+              marks: tuple[float, float] = (0.3, 0.8)) -> float:
+    r"""HSD's IRD weight α at step s = 0…S−1 of a task of S steps spread over E = ``epochs`` epochs (DESIGN §3).
+
+    - ``"official"`` (default; dangtrunganh/samix ``main_train.py``, ``--main_mark``/``second_mark``), per epoch
+      e = 1…E (the epoch of step s is ⌊s·E/S⌋ + 1), with marks (m, s_m) = ``marks``::
+
+          α = 1                     for e < m·E
+          α = 1 − (e − m·E)/E       for m·E ≤ e < s_m·E
+          α = 1 − (s_m − m)         for e ≥ s_m·E
+
+      so α goes 1 → 0.5 with the default marks (0.3, 0.8) (0.4 on Tiny-ImageNet) and stays there.
+    - ``"linear"``: α = 1 − s/(S−1);  ``"cosine"``: α = ½(1 + cos(π s/(S−1)));  ``"constant"``: α = α₀.
 
     For S = 1 the linear and cosine schedules give α = 1. Returns a Python float in [0, 1].
     """
-    schedules = ("linear", "cosine", "constant")
-    if schedule not in schedules:
-        raise ValueError(f"hsd_alpha: unknown schedule {schedule!r}; choose one of {', '.join(schedules)}.")
-    total_steps, step = int(total_steps), int(step)
+    if schedule not in HSD_SCHEDULES:
+        raise ValueError(f"hsd_alpha: unknown schedule {schedule!r}; choose one of {', '.join(HSD_SCHEDULES)}.")
+    total_steps, step, epochs = int(total_steps), int(step), int(epochs)
     if total_steps < 1:
         raise ValueError(f"hsd_alpha: `total_steps` must be >= 1, got {total_steps}.")
     if not 0 <= step < total_steps:
@@ -200,6 +212,18 @@ def hsd_alpha(step: int, total_steps: int, schedule: str = "linear", alpha0: flo
         if not 0.0 <= alpha0 <= 1.0:
             raise ValueError(f"hsd_alpha: `alpha0` must be in [0, 1], got {alpha0!r}.")
         return alpha0
+    if schedule == "official":
+        main, second = (float(m) for m in marks)
+        if epochs < 1:
+            raise ValueError(f"hsd_alpha: `epochs` must be >= 1, got {epochs}.")
+        if not 0.0 <= main <= second <= 1.0:
+            raise ValueError(f"hsd_alpha: `marks` must satisfy 0 <= first <= second <= 1, got {marks!r}.")
+        epoch = step * epochs // total_steps + 1
+        if epoch < main * epochs:
+            return 1.0
+        if epoch < second * epochs:
+            return 1.0 - (epoch - main * epochs) / epochs
+        return 1.0 - (second - main)
     if total_steps == 1:
         return 1.0
     frac = step / (total_steps - 1)
@@ -242,17 +266,16 @@ class PRDLoss(nn.Module):
 
 
 class HSDLoss(nn.Module):
-    """Module form of :func:`hsd`:
-    ``HSDLoss(ird_temperatures=(0.2, 0.01), prd_temperatures=(0.2, 0.1))(z, None, z_past=zp, prototypes_old=P_old,
-    alpha=a)``."""
+    """Module form of :func:`hsd`: ``HSDLoss(ird_temperatures=(0.2, 0.01), prd_temperatures=(0.2, 0.1))(z, z_past,
+    prototypes, alpha)`` (the per-call tensors positionally or by keyword)."""
 
     def __init__(self, ird_temperatures: tuple[float, float] = (0.2, 0.01),
                  prd_temperatures: tuple[float, float] = (0.2, 0.1)):
         super().__init__()
         self.ird_temperatures, self.prd_temperatures = tuple(ird_temperatures), tuple(prd_temperatures)
 
-    def forward(self, z, labels=None, *, z_past, prototypes_old, alpha):
-        return hsd(z, z_past, prototypes_old, alpha, self.ird_temperatures, self.prd_temperatures)
+    def forward(self, z, z_past, prototypes, alpha):
+        return hsd(z, z_past, prototypes, alpha, self.ird_temperatures, self.prd_temperatures)
 
     def extra_repr(self) -> str:
         return f"ird_temperatures={self.ird_temperatures}, prd_temperatures={self.prd_temperatures}"

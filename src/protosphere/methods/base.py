@@ -28,6 +28,7 @@ class StepContext:
     step: int  # step within the task, 0-based
     steps_in_task: int
     global_step: int
+    epochs_in_task: int = 1
 
 
 @dataclass
@@ -148,6 +149,14 @@ class Method(nn.Module):
         return self
 
     # hooks -----------------------------------------------------------------------------------------------------
+    def configure_evaluation(self, evaluation) -> None:
+        """Take the run's evaluation settings (``eval:`` section) that change what a method stores, e.g. a
+        classifier-only buffer; called once after construction. Default: nothing to take."""
+
+    def classifier_data(self) -> dict[str, str]:
+        """Which data each classifier was fitted on, in words; empty when a method says nothing."""
+        return {}
+
     def begin_task(self, task: TaskContext) -> None:
         self.task = task
 

@@ -82,6 +82,14 @@ class CLOP(RepresentationMethod):
         mask = self.labelled(task)
         return task.train_images[mask], task.train_labels[mask]
 
+    def classifier_data(self):
+        data = super().classifier_data()
+        if self.config.label_fraction < 1:
+            labelled = f"the labelled {self.config.label_fraction:.0%} of the current task's training data"
+            data.update(ncm=labelled + "; earlier means kept for the other classes", linear_probe=labelled,
+                        knn=labelled)
+        return data
+
     def training_step(self, images, labels, step):
         cfg = self.config
         z1, z2 = self.embed(self.two_views(images)).chunk(2)

@@ -31,6 +31,8 @@ from . import register
 from .base import StepOutput
 from .representation import Classifier, RepresentationConfig, RepresentationMethod
 
+DEFAULT_PROBE_BUFFER = 200  # Co2L §5.3 / the FNC2 authors: the classifier of a memory-free run sees 200 stored samples
+
 
 class ReplayContrastConfig(RepresentationConfig):
     buffer_size: int = Field(0, ge=0, description="0 = memory-free")
@@ -47,24 +49,45 @@ class ReplayContrastMethod(RepresentationMethod):
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        self.buffer = None
-        if config.buffer_size > 0:
-            policy = "class_balanced" if config.buffer_sampling == "class_balanced" else "reservoir"
-            self.buffer = ReplayBuffer(config.buffer_size, policy)
-            self.track_state("buffer", self.buffer)
+        self.buffer = self._new_buffer(config.buffer_size, "buffer")
+        # memory-free runs: a classifier-only buffer for the linear probe (DESIGN "Two-stage evaluation")
+        self.probe_buffer = self._new_buffer(DEFAULT_PROBE_BUFFER if self.buffer is None else 0, "probe_buffer")
         self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector),
                                train_mode_bn=config.past_model_bn == "train")
         self.register_buffer("learned_means", torch.zeros(num_classes, config.projection_dim))
 
+    def _new_buffer(self, size: int, name: str) -> ReplayBuffer | None:
+        self._tracked.pop(name, None)
+        if size == 0:
+            return None
+        policy = "class_balanced" if self.config.buffer_sampling == "class_balanced" else "reservoir"
+        buffer = ReplayBuffer(size, policy)
+        self.track_state(name, buffer)
+        return buffer
+
+    def configure_evaluation(self, evaluation) -> None:
+        size = evaluation.probe_buffer_size
+        if size is None:
+            return
+        if self.buffer is not None:
+            if size != self.buffer.capacity:
+                raise ValueError(f"eval.probe_buffer_size={size} is for memory-free runs; with a training buffer "
+                                 f"(buffer_size={self.buffer.capacity}) the probe uses that buffer, so leave it unset.")
+            return
+        self.probe_buffer = self._new_buffer(size, "probe_buffer")
+
     def begin_task(self, task):
         super().begin_task(task)
-        if task.index > 0 and self.buffer is not None and self.config.buffer_sampling == "co2l":
-            self._co2l_memory(task)
+        if task.index > 0 and self.config.buffer_sampling == "co2l":
+            for buffer in (self.buffer, self.probe_buffer):
+                if buffer is not None:
+                    self._co2l_memory(task, buffer)
         if task.index > 0 and self.uses_past_model:
             self.take_snapshot("past")
 
-    def _co2l_memory(self, task):
-        buffer, (images, labels) = self.buffer, task.previous[-1]
+    @staticmethod
+    def _co2l_memory(task, buffer):
+        images, labels = task.previous[-1]
         if not buffer.is_empty():
             buffer.shrink_per_class(buffer.capacity // len(task.previous_classes))
         new, free = labels.unique().tolist(), buffer.capacity - len(buffer)
@@ -82,23 +105,48 @@ class ReplayContrastMethod(RepresentationMethod):
         return self.evaluation_data(task)
 
     def evaluation_data(self, task):
-        if self.buffer is None or self.buffer.is_empty():
+        return self._with_rows(task, self.buffer)
+
+    def classifier_only_rows(self, task):
+        if self.probe_buffer is None or self.probe_buffer.is_empty():
+            return None
+        stored = self.probe_buffer.all()
+        return stored["examples"], stored["labels"]
+
+    @staticmethod
+    def _with_rows(task, buffer):
+        """The task's training data followed by a buffer's rows (uint8 in every sampling mode)."""
+        if buffer is None or buffer.is_empty():
             return task.train_images, task.train_labels
-        stored = self.buffer.all()  # uint8 rows in every sampling mode
-        device = task.train_images.device
+        stored, device = buffer.all(), task.train_images.device
         return (torch.cat([task.train_images, stored["examples"].to(device)]),
                 torch.cat([task.train_labels, stored["labels"].to(device)]))
 
+    def classifier_data(self):
+        data = super().classifier_data()
+        if self.buffer is not None:
+            stored = f"the current task + the training buffer ({self.buffer.capacity} samples)"
+            data.update(ncm=stored + "; earlier means kept for classes not in it", linear_probe=stored)
+        elif self.probe_buffer is not None:
+            data["linear_probe"] = (f"the current task + {self.probe_buffer.capacity} classifier-only samples "
+                                    f"(eval.probe_buffer_size; never used in representation training)")
+        return data
+
     def replay(self, images, labels):
-        """ER-style modes: append a replay batch, then offer the stream batch to the buffer (identity otherwise)."""
-        if self.buffer is None or self.config.buffer_sampling == "co2l":
+        """ER-style modes: append a replay batch, then offer the stream batch to the buffer (identity otherwise).
+        A classifier-only buffer is offered the stream the same way and never joins the batch."""
+        if self.config.buffer_sampling == "co2l":
             return images, labels
-        x, y = images, labels
-        if not self.buffer.is_empty():
-            drawn = self.buffer.sample(self.config.replay_batch_size or len(images))
+        x, y, size = images, labels, self.config.replay_batch_size or len(images)
+        if self.buffer is not None and not self.buffer.is_empty():
+            drawn = self.buffer.sample(size)
             x = torch.cat([images, drawn["examples"].to(images.dtype).div(255)])
             y = torch.cat([labels, drawn["labels"]])
-        self.buffer.add(labels, examples=images.mul(255).round().to(torch.uint8))
+        if self.probe_buffer is not None and not self.probe_buffer.is_empty():
+            self.probe_buffer.sample(size)  # drawn and dropped: its generator then stores what a training buffer would
+        for buffer in (self.buffer, self.probe_buffer):
+            if buffer is not None:
+                buffer.add(labels, examples=images.mul(255).round().to(torch.uint8))
         return x, y
 
     @torch.no_grad()

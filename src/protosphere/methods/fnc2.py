@@ -1,29 +1,31 @@
 """FNC2 + HSD — focal neural-collapse contrastive learning with hardness–softness distillation (Dang et al.,
-"Memory-efficient Continual Learning with Neural Collapse Contrastive", WACV 2025, arXiv 2412.02865).
+"Memory-efficient Continual Learning with Neural Collapse Contrastive", WACV 2025, arXiv 2412.02865), wired as the
+authors' code (dangtrunganh/samix ``main_train.py``, run "without SAMix" with ``--loss fnc2``).
 
-The paper's code is not public: this method, like :func:`protosphere.losses.fnc2`, is **protosphere's
-reconstruction** from the paper's description. One simplex ETF for the whole label space is fixed in projection space
-(a buffer, never trained); a batch is two augmented views ``cat(view1, view2)`` (plus replayed rows)::
+One simplex ETF for the whole label space is fixed in projection space (a buffer, never trained); a batch is two
+augmented views ``cat(view1, view2)`` (plus Co2L-style buffer rows)::
 
-    loss = fnc2(z, y, ETF, seen_classes, τ, γ, prototype_weight, anchor_mask)
-           + λ_hsd · hsd(z, z_past, ETF[previous classes], α)                       (from task 1 on)
-    α = hsd_alpha(step, steps_in_task, schedule)  — 1 → 0 over each task by default (IRD first, then S-PRD)
+    loss = fnc2(z, y, ETF, current classes, previous classes, τ, τ_base, γ)
+           + λ_hsd · hsd(z', z_past, ETF[seen classes], α)                          (from task 1 on)
+    α = hsd_alpha(step, steps_in_task, "official", epochs=E, marks=(0.3, 0.8))  — 1 → 0.5 within each task
 
-``seen_classes`` = previous + current classes (old prototypes act as negatives: pseudo-replay without memory);
-``anchor_mask`` = current-task rows when a buffer exists, all rows memory-free. Ablations: ``distillation: ird``
-(Co2L's IRD alone), ``prd`` (S-PRD alone, CCLIS — Kim et al., AAAI 2024), ``none``; ``old_prototypes_as_negatives:
-false`` contrasts against the current classes' prototypes only (plus, with a buffer, those of the classes present in
-the batch, which the prototype term needs). Memory-free by default (``buffer_size: 0``); buffer handling, past model
-and two-stage evaluation as in :mod:`~protosphere.methods.co2l`. Headline classifier: nearest ETF prototype.
+z' is z, or ``normalize(predictor(z))`` with the optional distillation predictor (``distill_predictor_hidden``,
+the authors' later ``--predictor_hidden_dim 128``). The past model is a copy of encoder + projector taken at the start
+of each task and kept in train mode (BatchNorm on batch statistics, like the official ``copy.deepcopy`` of a model in
+train mode). Ablations: ``old_prototypes_as_negatives: false`` (no pseudo-replay), ``distillation: ird | prd | none``,
+``hsd_schedule: linear | cosine | constant``. Memory-free by default (``buffer_size: 0``): the representation never
+sees stored data, and the linear probe — the headline, as in the paper — is fitted on the last task plus
+``eval.probe_buffer_size`` (200) classifier-only samples; nearest prototype and NCM use no stored data at all.
 """
 
 from typing import Literal
 
-import torch
-from pydantic import Field
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
 
 from ..geometry import simplex_etf
-from ..losses import fnc2, hsd, hsd_alpha, ird, prd
+from ..losses import HSD_SCHEDULES, fnc2, hsd, hsd_alpha, ird, prd
 from . import register
 from .base import StepOutput
 from .co2l import ReplayContrastConfig, ReplayContrastMethod
@@ -33,29 +35,49 @@ from .representation import Classifier
 class FNC2Config(ReplayContrastConfig):
     name: str = "fnc2"
     temperature: float = Field(0.5, gt=0)
-    gamma: float = Field(2.0, ge=0, description="focal focusing parameter γ")
-    prototype_weight: float = Field(1.0, ge=0)
+    base_temperature: float = Field(0.07, gt=0)
+    gamma: int = Field(1, ge=0, description="focal focusing parameter γ (an integer: p_ii may exceed 1)")
     old_prototypes_as_negatives: bool = True
     distillation: Literal["hsd", "ird", "prd", "none"] = "hsd"
     hsd_weight: float = Field(1.0, ge=0, description="λ_hsd, the weight of the distillation term")
-    hsd_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    hsd_schedule: Literal[HSD_SCHEDULES] = "official"
+    hsd_marks: tuple[float, float] = Field((0.3, 0.8), description="official schedule: α starts to fall at the first "
+                                           "fraction of the task's epochs and stops at the second")
     hsd_alpha0: float = Field(1.0, ge=0, le=1, description="α of the constant schedule")
     ird_current_temperature: float = Field(0.2, gt=0)
     ird_past_temperature: float = Field(0.01, gt=0)
     prd_current_temperature: float = Field(0.2, gt=0)
     prd_past_temperature: float = Field(0.1, gt=0)
+    distill_predictor_hidden: int | None = Field(None, ge=1, description="hidden width of the distillation "
+                                                 "predictor (Linear–BN–ReLU–Linear) before HSD; off by default")
+    past_model_bn: Literal["eval", "train"] = "train"
     etf_seed: int = 0
-    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
+    classifiers: list[Classifier] = Field(
+        default_factory=lambda: ["linear_probe", "nearest_prototype", "ncm", "linear_probe_seen"])
+
+    @field_validator("hsd_marks")
+    @classmethod
+    def _ordered_marks(cls, marks):
+        if not 0 <= marks[0] <= marks[1] <= 1:
+            raise ValueError(f"needs 0 <= first <= second <= 1 (fractions of a task's epochs), got {list(marks)}")
+        return marks
 
 
 @register("fnc2")
 class FNC2(ReplayContrastMethod):
     config_class = FNC2Config
 
+    @classmethod
+    def has_unused_parameters(cls, config):
+        return config.distill_predictor_hidden is not None  # the predictor is idle in the first task
+
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
         del self.prototypes  # the base's plain attribute becomes a fixed buffer (saved, moved, never trained)
         self.register_buffer("prototypes", simplex_etf(num_classes, config.projection_dim, config.etf_seed))
+        hidden, dim = config.distill_predictor_hidden, config.projection_dim
+        self.distill_predictor = None if hidden is None else nn.Sequential(
+            nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
     @property
     def uses_past_model(self):
@@ -66,26 +88,25 @@ class FNC2(ReplayContrastMethod):
         x, y = self.replay(images, labels)
         views = self.two_views(x)
         z, y2 = self.gather(self.embed(views)), self.gather(y.repeat(2))
-        current = torch.tensor(task.classes, device=y2.device)
-        anchors = torch.isin(y2, current) if self.buffer is not None else None
-        if cfg.old_prototypes_as_negatives:
-            seen = task.seen_classes
-        else:
-            seen = current if self.buffer is None else torch.cat([current, y2]).unique()
-        loss = main = fnc2(z, y2, self.prototypes, seen, cfg.temperature, cfg.gamma, cfg.prototype_weight, anchors)
+        previous = task.previous_classes if cfg.old_prototypes_as_negatives else []
+        loss = main = fnc2(z, y2, self.prototypes, task.classes, previous, cfg.temperature, cfg.base_temperature,
+                           cfg.gamma)
         terms = {"fnc2": main.detach()}
         if self.snapshot("past") is not None and self.uses_past_model:
-            z_past, old = self.gather(self.past_embed(views)), self.prototypes[task.previous_classes]
+            z_past, seen = self.gather(self.past_embed(views)), self.prototypes[task.seen_classes]
+            if self.distill_predictor is not None:
+                z = F.normalize(self.distill_predictor(z), dim=1)
             ird_t = (cfg.ird_current_temperature, cfg.ird_past_temperature)
             prd_t = (cfg.prd_current_temperature, cfg.prd_past_temperature)
             if cfg.distillation == "hsd":
-                alpha = hsd_alpha(step.step, step.steps_in_task, cfg.hsd_schedule, cfg.hsd_alpha0)
-                distill = hsd(z, z_past, old, alpha, ird_t, prd_t)
-                terms["hsd_alpha"] = torch.tensor(alpha)
+                alpha = hsd_alpha(step.step, step.steps_in_task, cfg.hsd_schedule, cfg.hsd_alpha0,
+                                  epochs=step.epochs_in_task, marks=cfg.hsd_marks)
+                distill = hsd(z, z_past, seen, alpha, ird_t, prd_t)
+                terms["hsd_alpha"] = z.new_tensor(alpha)
             elif cfg.distillation == "ird":
                 distill = ird(z, z_past, *ird_t)
             else:
-                distill = prd(z, z_past, old, *prd_t)
+                distill = prd(z, z_past, seen, *prd_t)
             loss = loss + cfg.hsd_weight * distill
             terms[cfg.distillation] = distill.detach()
         return StepOutput(loss, terms)

@@ -78,6 +78,21 @@ class RepresentationMethod(Method):
         """Images (uint8) and labels the classifiers may be fitted on after ``task``: its training data by default."""
         return task.train_images, task.train_labels
 
+    def classifier_only_rows(self, task: TaskContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Stored (images, labels) that only the linear probe sees, after the evaluation data (a memory-free run's
+        classifier-only buffer); None by default."""
+        return None
+
+    def classifier_data(self) -> dict[str, str]:
+        """Which data each classifier was fitted on, in words (results.json, console summary, report)."""
+        return {
+            "nearest_prototype": "no stored data (the fixed prototypes of the seen classes)",
+            "ncm": "the current task's training data; earlier means kept for the other classes",
+            "linear_probe": "the current task's training data",
+            "linear_probe_seen": "the training data of every task seen so far (not a continual classifier)",
+            "knn": "the current task's training data",
+        }
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         chunks = []
@@ -106,7 +121,12 @@ class RepresentationMethod(Method):
 
         if "linear_probe" in cfg.classifiers:
             with self.fit_timer("linear_probe"):
-                self._fitted["probe"] = probe(features, labels)
+                extra = self.classifier_only_rows(task)
+                if extra is not None:
+                    features_x = torch.cat([features, self.encode(extra[0].to(images.device))])
+                    self._fitted["probe"] = probe(features_x, torch.cat([labels, extra[1].to(labels.device)]))
+                else:
+                    self._fitted["probe"] = probe(features, labels)
         if "linear_probe_seen" in cfg.classifiers:
             with self.fit_timer("linear_probe_seen"):  # its own encoding of all seen data included
                 seen_images, seen_labels = task.seen_data()

@@ -77,6 +77,13 @@ class SelfSupervisedMethod(RepresentationMethod):
             return task.train_images, task.train_labels
         return task.seen_data()
 
+    def classifier_data(self):
+        data = super().classifier_data()
+        if self.config.probe_data == "seen":
+            seen = "the training data of every task seen so far (the CaSSLe/PNR linear evaluation)"
+            data.update(ncm=seen, linear_probe=seen, knn=seen)
+        return data
+
 
 @register("simclr")
 class SimCLR(SelfSupervisedMethod):
