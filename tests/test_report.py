@@ -442,3 +442,19 @@ def test_try_write_report_never_raises(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="results.json is intact"):
         assert try_write_report(run_dir) is None
     assert (run_dir / "results.json").exists() and not (run_dir / "report.html").exists()
+
+
+def test_report_and_console_say_which_data_each_classifier_saw(tmp_path):
+    from protosphere.cli import _summary_lines
+
+    results = fake_results(num_tasks=2, classifiers=("linear_probe", "ncm"), nc=False)
+    results["classifier_data"] = {"linear_probe": "the current task + 200 classifier-only samples",
+                                  "ncm": "the current task's training data"}
+    text = write_report(write_run(tmp_path / "run", results)).read_text()
+    assert "Fitted on the current task + 200 classifier-only samples." in text
+    assert text.count("200 classifier-only samples") == 3  # its class-IL and task-IL rows, and its section
+    lines = _summary_lines(results)
+    assert any(line.strip() == "linear_probe fitted on the current task + 200 classifier-only samples"
+               for line in lines)
+    del results["classifier_data"]  # runs written before the field existed still render
+    assert "Fitted on" not in write_report(write_run(tmp_path / "old", results)).read_text()

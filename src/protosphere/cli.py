@@ -43,6 +43,8 @@ def _summary_lines(results: dict) -> list[str]:
             lines.append(f"{classifier:>18} {setting:>8}: final avg acc {fmt('final_average_accuracy')}  "
                          f"avg incremental {fmt('average_incremental_accuracy')}  forgetting "
                          f"{fmt('average_forgetting')}  BWT {fmt('backward_transfer')}  FWT {fmt('forward_transfer')}")
+    for classifier, data in (results.get("classifier_data") or {}).items():
+        lines.append(f"{classifier:>18} fitted on {data}")
     nc = next((n for n in reversed(results.get("neural_collapse") or []) if n), None)
     if nc:
         keys = [k for k in ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4") if k in nc]

@@ -244,6 +244,7 @@ def headline_table(results: dict) -> str:
     """Every classifier × setting with the five continual metrics; the headline classifier first and in bold."""
     metrics = results.get("metrics") or {}
     headline = results.get("headline_classifier")
+    fitted_on = results.get("classifier_data") or {}
     order = sorted(metrics, key=lambda c: c != headline)
     head = "".join(f'<th title="{esc(tip)}">{esc(label)}</th>' for _, label, tip in HEADLINE_METRICS)
     rows = []
@@ -253,9 +254,10 @@ def headline_table(results: dict) -> str:
             mark = " ★" if classifier == headline else ""
             cls = ' class="headline"' if classifier == headline else ""
             rows.append(f"<tr{cls}><td class=\"l\">{esc(classifier)}{mark}</td>"
-                        f"<td class=\"l\">{esc(plots.setting_label(setting))}</td>{cells}</tr>")
+                        f"<td class=\"l\">{esc(plots.setting_label(setting))}</td>{cells}"
+                        f"<td class=\"l\">{esc(fitted_on.get(classifier, ''))}</td></tr>")
     return (f'<table class="headline-numbers"><thead><tr><th class="l">classifier</th><th class="l">setting</th>{head}'
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f'<th class="l">fitted on</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
 def _cards(results: dict) -> str:
@@ -331,6 +333,8 @@ def _classifier_sections(results: dict, plot_dir: Path, figures: list[Path]) -> 
         title = f"{classifier}{' (headline)' if classifier == headline else ''}"
         section = [f"<h3>Classifier <code>{esc(classifier)}</code>{' — headline' if classifier == headline else ''}"
                    f"</h3>"]
+        if classifier in (results.get("classifier_data") or {}):
+            section.append(f'<p class="note">Fitted on {esc(results["classifier_data"][classifier])}.</p>')
         heat = plots.accuracy_heatmaps(matrices, plot_dir / f"accuracy_matrix_{safe}.png")
         figures.append(heat)
         section.append(figure(heat, f"accuracy matrix {title}",
