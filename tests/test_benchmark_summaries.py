@@ -81,3 +81,23 @@ def test_untrained_floor_names_its_overrides_and_is_reproducible(capsys):
                                     "method.probe_min_steps=10)")
     # random features keep digits' neighbourhoods: kNN far above the 10 % of chance
     assert 50.0 < float(rows["knn"][3].split("±")[0]) <= 100.0
+
+
+def test_contrastive_targets_margin_factor_spread_and_published_baseline(tmp_path, monkeypatch):
+    import contrastive_targets as targets
+
+    for seed, (left, right) in enumerate([(80.0, 70.0), (82.0, 72.0), (84.0, 74.0)]):
+        finished(tmp_path, "fnc2", seed, [], left)
+        finished(tmp_path, "co2l", seed, [], right)
+    finished(tmp_path, "co2l", 3, [], 10.0)  # a seed the left side lacks is left out of the paired comparison
+    row = targets.compare(tmp_path, "fnc2", "co2l", "linear_probe", "linear_probe")
+    assert "| 82.00 ± 2.00 | 72.00 ± 2.00 | +10.00 | met | 0,1,2 |" in row
+    row = targets.compare(tmp_path, "fnc2", "co2l", "linear_probe", "linear_probe", factor=1.2)
+    assert "| -4.40 | missed (within the spread) |" in row  # |82 − 86.4| ≤ 2 + 1.2 · 2
+    table = tmp_path / "published.md"
+    table.write_text("| config | classifier | class-IL | task-IL | inc | forg | seeds | min | cmd |\n"
+                     "| derpp-200-e5 | head | 76.57 ± 2.47 | 96.17 ± 0.16 | 1 | 1 | 3 (0,1,2) | 8.6 | `x` |\n")
+    monkeypatch.setattr(targets, "PUBLISHED", [table])
+    row = targets.compare(tmp_path, "fnc2", "derpp-200-e5", "linear_probe", factor=0.9)
+    assert "76.57 ± 2.47 (3 (0,1,2) from published.md)" in row and f"{82 - 0.9 * 76.57:+.2f}" in row
+    assert "no shared finished seeds" in targets.compare(tmp_path, "fnc2", "er-200-e5", "linear_probe")
