@@ -227,3 +227,58 @@ def test_absurd_learning_rate(env, capsys):
     line = fails(capsys, [env["config"], "optimizer.lr=1e30", "optimizer.momentum=0"])
     assert "NaN/inf" in line and "task 0" in line
     assert not (env["run"] / "results.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- nothing lost, ever
+def fake_run_folder(folder: Path, name: str) -> None:
+    """What a protosphere run leaves: a config.yaml naming the run, and its results."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"name: {name}\nseed: 0\n")
+    (folder / "results.json").write_text(f'{{"name": "{name}", "status": "complete"}}')
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../x", "runs with space", "a:b"])
+def test_run_name_is_one_plain_folder_name(env, capsys, name):
+    fake_run_folder(env["tmp"] / "runs" / "earlier", "earlier")
+    (env["tmp"] / "notes.txt").write_text("the user's own file")
+    before = snapshot(env["tmp"])
+    line = fails(capsys, [env["config"], f"name={name}", "--overwrite"])
+    assert "`name`" in line and "plain folder name" in line
+    assert snapshot(env["tmp"]) == before
+
+
+def test_overwrite_removes_only_a_run_folder(env, capsys):
+    env["run"].mkdir(parents=True)
+    (env["run"] / "thesis.tex").write_text("months of work")
+    (env["run"] / "config.yaml").write_text("name: something-else\n")  # not the config of a run named `run`
+    before = snapshot(env["run"])
+    line = fails(capsys, [env["config"], "--overwrite"])
+    assert "not" in line and "run folder" in line and str(env["run"]) in line
+    assert snapshot(env["run"]) == before
+    link = env["tmp"] / "runs" / "linked"
+    link.symlink_to(env["run"], target_is_directory=True)
+    (env["run"] / "config.yaml").write_text("name: linked\n")
+    fails(capsys, [env["config"], "name=linked", "--overwrite"])  # a link is never followed into a removal
+    assert (env["run"] / "thesis.tex").exists()
+
+
+def test_run_folder_marker(tmp_path):
+    from protosphere.runner import holds_run
+
+    fake_run_folder(tmp_path / "mine", "mine")
+    assert holds_run(tmp_path / "mine")
+    (tmp_path / "mine" / "config.yaml").unlink()
+    assert holds_run(tmp_path / "mine")  # results.json alone names it too
+    (tmp_path / "mine" / "results.json").write_text("[1, 2]")
+    assert not holds_run(tmp_path / "mine") and not holds_run(tmp_path / "absent")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "config.yaml").write_text("data: {dataset: digits}\n")  # a user's config, no run name
+    assert not holds_run(tmp_path / "home")
+
+
+def test_derived_run_name_is_a_plain_folder_name(tmp_path):
+    from protosphere.config import load_config
+
+    path = tmp_path / "my exp (v2).yaml"
+    path.write_text(DIGITS)
+    assert load_config(path).name == "my-exp-v2-seed0"

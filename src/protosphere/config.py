@@ -11,6 +11,7 @@ that section (see :mod:`protosphere.methods`).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,8 +140,11 @@ class MethodConfig(Section):
     name: str = "er"
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 class RunConfig(Section):
-    name: str | None = None
+    name: str | None = Field(None, description="the run's folder under output_dir: one plain folder name")
     output_dir: str = "runs"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -151,6 +155,14 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     fabric: FabricConfig = Field(default_factory=FabricConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, value: str | None) -> str | None:
+        if value is not None and (not RUN_NAME.fullmatch(value) or value in (".", "..")):
+            raise ValueError("a run name is one plain folder name (letters, digits and `._-`, not `.` or `..`); "
+                             "put other folders in output_dir=...")
+        return value
 
     @field_validator("method", mode="before")
     @classmethod
@@ -294,6 +306,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = validate_config(data, source=str(path) if path is not None else "config")
     if config.name is None:
         stem = Path(path).stem if path is not None else config.method.name
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "run"  # a plain folder name (see RunConfig)
         config.name = f"{stem}-seed{config.seed}"
     return config
 

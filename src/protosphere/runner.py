@@ -70,6 +70,25 @@ def build_method(config: RunConfig, scenario):
         raise ConfigError(f"method `{config.method.name}`: {exc}") from None
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a folder a protosphere run wrote: a real folder (not a link) whose config.yaml or
+    results.json is a mapping naming this folder. Only such a folder is ever removed (``--overwrite``)."""
+    import json
+
+    import yaml
+
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        return False
+    for file, parse in (("config.yaml", yaml.safe_load), ("results.json", json.loads)):
+        try:
+            data = parse((run_dir / file).read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("name") == run_dir.name:
+            return True
+    return False
+
+
 def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """The checks of :func:`prepare_run_dir`, without touching anything (so a run that fails later leaves no trace)."""
     if resume and overwrite:
@@ -80,6 +99,11 @@ def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = Fal
             raise RunError(
                 f"Output directory {run_dir} already exists; pass --resume to continue that run, --overwrite to "
                 f"replace it, or name=<new name> for a new run."
+            )
+        if overwrite and not holds_run(run_dir):
+            raise RunError(
+                f"--overwrite removes only a protosphere run folder, and {run_dir} is not one (no config.yaml or "
+                f"results.json of a run named {config.name}); choose another name=... or move its files away."
             )
     elif resume:
         raise RunError(f"Cannot resume: {run_dir} holds no run; start it without --resume.")
