@@ -282,3 +282,77 @@ def test_derived_run_name_is_a_plain_folder_name(tmp_path):
     path = tmp_path / "my exp (v2).yaml"
     path.write_text(DIGITS)
     assert load_config(path).name == "my-exp-v2-seed0"
+
+
+# ------------------------------------------------------------------------------ NaN/inf state and resumed NaN/inf
+class PoisonConfig(MethodConfig):
+    name: str = "poison"
+    poison_task: int = 1
+    poison_step: int = 3
+    what: str = "buffer"  # buffer: a NaN buffer with a finite loss; input: NaN rows into a checked loss
+
+
+@pytest.fixture
+def poison_method():
+    import torch.nn.functional as F
+
+    from protosphere.losses import supcon
+
+    @register("poison")
+    class Poison(SupervisedMethod):
+        config_class = PoisonConfig
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.register_buffer("running_means", torch.zeros(3))
+
+        def training_step(self, images, labels, step):
+            loss, _ = self.cross_entropy(images, labels)
+            poisoned = (step.task, step.step) == (self.config.poison_task, self.config.poison_step)
+            if self.config.what == "buffer":
+                self.running_means.add_(float("nan") if poisoned else 0.0)  # the loss itself stays finite
+                return StepOutput(loss, {"ce": loss.detach()})
+            z = F.normalize(self.backbone(self.transforms.train(images)), dim=1)
+            contrast = supcon(z * float("nan") if poisoned else z, labels)  # the loss checks its inputs when asked
+            return StepOutput(loss + contrast, {"ce": loss.detach(), "supcon": contrast.detach()})
+
+    yield
+    _REGISTRY.pop("poison", None)
+
+
+def finite_checkpoint(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                yield from tensors(value)
+
+    assert all(torch.isfinite(t).all() for t in tensors(state["method"]) if t.is_floating_point())
+    return state
+
+
+def test_nonfinite_state_is_never_checkpointed(env, capsys, poison_method):
+    args = [env["config"], "method.name=poison", "train.checkpoint_every_n_steps=3", "train.log_every_n_steps=100"]
+    line = fails(capsys, args)
+    assert "NaN/inf" in line and "running_means" in line and "task 1" in line and "last.ckpt" in line
+    assert "optimizer.lr=0.005" in line and "--resume" not in line  # advice the user can follow
+    state = finite_checkpoint(env["run"] / "checkpoints" / "last.ckpt")
+    assert (state["task"], state["phase"], state["step"]) == (1, "in_task", 3)
+    assert not (env["run"] / "results.json").exists()
+    # resuming repeats the same steps, so it stops the same way: one line, the good checkpoint untouched
+    before = snapshot(env["run"] / "checkpoints")
+    assert "running_means" in fails(capsys, [*args, "--resume"])
+    assert snapshot(env["run"] / "checkpoints") == before
+
+
+def test_resume_into_a_nonfinite_step_stops_cleanly(env, capsys, poison_method):
+    # the poisoned step is the first one a resumed run takes: a NaN/inf stop, not a loss's input-check traceback
+    args = [env["config"], "method.name=poison", "method.what=input", "train.checkpoint_every_n_steps=3",
+            "train.log_every_n_steps=100"]
+    assert "supcon" in fails(capsys, args)
+    assert finite_checkpoint(env["run"] / "checkpoints" / "last.ckpt")["step"] == 3
+    line = fails(capsys, [*args, "--resume"])
+    assert "NaN/inf" in line and "task 1, step 3" in line

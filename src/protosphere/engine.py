@@ -52,6 +52,18 @@ def config_fingerprint(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def nonfinite_names(state, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in a nested state (a state_dict, extra state) holding NaN/inf."""
+    if isinstance(state, torch.Tensor):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        return [name for key, value in state.items()
+                for name in nonfinite_names(value, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(state, (list, tuple)):
+        return [name for i, value in enumerate(state) for name in nonfinite_names(value, f"{prefix}.{i}")]
+    return []
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -162,7 +174,9 @@ class Engine:
                                                    prepare=task_context(0))
 
         global_step = state.get("global_step", 0)
-        set_validation(True)
+        # the losses check their inputs on the first step of a run (a bug shows at once); a resumed run passed that
+        # check before, and a NaN/inf it meets now is a numerical failure, which the non-finite guard reports
+        set_validation(resume is None)
         progress = self._progress()
         try:
             for t in range(start_task, scenario.num_tasks):
@@ -345,12 +359,27 @@ class Engine:
             return
         step = min(bad.values())
         terms = [name for name, s in bad.items() if s == step and name != "loss"] or ["loss"]
+        raise RunError(f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); "
+                       f"{self._nonfinite_advice()}")
+
+    def _nonfinite_advice(self) -> str:
+        """What is kept after a NaN/inf stop and what the user can do (the same config would fail the same way, and a
+        changed config cannot --resume)."""
         good = self.checkpoint_dir / "last.ckpt"
         kept = f"the last good checkpoint {good} is kept" if good.exists() else "no checkpoint was written yet"
-        raise RunError(
-            f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); {kept} — "
-            f"lower optimizer.lr or check the data, then rerun or --resume."
-        )
+        return (f"{kept}; start again with a lower learning rate, e.g. --overwrite "
+                f"optimizer.lr={self.config.optimizer.lr / 10:g} (or a new name=...), or check the data.")
+
+    def _check_finite_state(self, method: Method, task: int) -> None:
+        """Never checkpoint a model with a NaN/inf parameter or buffer (a loss can stay finite while they are not)."""
+        bad = nonfinite_names(method.state_dict())
+        flag = torch.tensor(float(bool(bad)), device=self.fabric.device)
+        if self.fabric.world_size > 1:  # every rank stops together when any rank's state went bad
+            flag = self.fabric.all_reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX)
+        if float(flag) > 0:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") if bad else "on rank > 0"
+            raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
+                           f"{self._nonfinite_advice()}")
 
     def _restore(self, state: dict, method: Method) -> None:
         """Load a checkpoint's method state and this rank's own state (RNG, replay buffers) over ``method``."""
@@ -380,6 +409,7 @@ class Engine:
         return progress
 
     def _save(self, name: str, method, optimizer, results, task: int, phase: str, step: int, global_step: int):
+        self._check_finite_state(method, task)
         device = self.fabric.device
         state = {
             "version": CHECKPOINT_VERSION,
