@@ -356,3 +356,39 @@ def test_resume_into_a_nonfinite_step_stops_cleanly(env, capsys, poison_method):
     assert finite_checkpoint(env["run"] / "checkpoints" / "last.ckpt")["step"] == 3
     line = fails(capsys, [*args, "--resume"])
     assert "NaN/inf" in line and "task 1, step 3" in line
+
+
+# ------------------------------------------------------------------------------------ checkpoint fallback on resume
+def test_missing_or_corrupt_last_checkpoint_falls_back_to_a_task_checkpoint(env, capsys):
+    import json
+    import shutil
+
+    args = [env["config"], "scenario.num_tasks=3", "scenario.classes_per_task=[4,3,3]"]
+    assert main(["run", *args, "--no-progress"]) == 0
+    full = json.loads((env["run"] / "results.json").read_text())
+    runs = env["tmp"] / "runs"
+    for name, damage in (("missing", "unlink"), ("truncated", "truncate")):
+        run = runs / name
+        shutil.copytree(env["run"], run)
+        (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("name: run", f"name: {name}"))
+        (run / "results.json").unlink()
+        (run / "checkpoints" / "task-2.ckpt").unlink()  # the newest task checkpoint that reads is task-1
+        last = run / "checkpoints" / "last.ckpt"
+        if damage == "unlink":
+            last.unlink()
+        else:
+            last.write_bytes(last.read_bytes()[:1000])
+        capsys.readouterr()
+        assert main(["run", *args, f"name={name}", "--resume", "--no-progress"]) == 0
+        assert "task-1.ckpt" in capsys.readouterr().out
+        resumed = json.loads((run / "results.json").read_text())
+        assert resumed["accuracy"] == full["accuracy"] and resumed["metrics"] == full["metrics"]
+    # nothing readable at all: one line naming what was tried, nothing touched
+    run = runs / "truncated"
+    (run / "results.json").unlink()
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        path.write_bytes(b"not a checkpoint")
+    before = snapshot(run)
+    line = fails(capsys, [*args, "name=truncated", "--resume"])
+    assert "no checkpoint" in line and "last.ckpt" in line and "task-0.ckpt" in line and "--overwrite" in line
+    assert snapshot(run) == before

@@ -149,24 +149,38 @@ def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = F
 
 
 def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
+    """The newest readable checkpoint of ``run_dir``: ``last.ckpt``, or when it is missing or unreadable (a truncated
+    copy, a full disk) the ``task-<t>.ckpt`` of the latest task that reads. ``state["loaded_from"]`` names the file."""
     from .engine import CHECKPOINT_VERSION, config_fingerprint
 
-    path = run_dir / "checkpoints" / "last.ckpt"
-    if not path.exists():
-        raise RunError(f"Cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
-                       f"rerun with --overwrite.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise RunError(f"Cannot resume: checkpoint {path} is unreadable ({type(exc).__name__}); "
-                       f"delete it to fall back to a task checkpoint, or rerun with --overwrite.") from None
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise RunError(f"Checkpoint {path} has format version {state.get('version')}, this protosphere reads "
-                       f"{CHECKPOINT_VERSION}; rerun with --overwrite.")
-    if state.get("fingerprint") != config_fingerprint(config):
-        raise RunError(f"Checkpoint {path} was written by a different config; resume with the run's own "
-                       f"{run_dir / 'config.yaml'} or start a new run with --overwrite.")
-    return state
+    folder = run_dir / "checkpoints"
+    tasks = sorted(folder.glob("task-*.ckpt"), reverse=True,
+                   key=lambda p: int(p.stem[5:]) if p.stem[5:].isdigit() else -1)
+    unreadable = []
+    for path in [folder / "last.ckpt", *tasks]:
+        if not path.is_file():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file
+            unreadable.append(f"{path.name} ({type(exc).__name__})")
+            continue
+        if not isinstance(state, dict):
+            unreadable.append(f"{path.name} (not a protosphere checkpoint)")
+            continue
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise RunError(f"Checkpoint {path} has format version {state.get('version')}, this protosphere reads "
+                           f"{CHECKPOINT_VERSION}; rerun with --overwrite.")
+        if state.get("fingerprint") != config_fingerprint(config):
+            raise RunError(f"Checkpoint {path} was written by a different config; resume with the run's own "
+                           f"{run_dir / 'config.yaml'} or start a new run with --overwrite.")
+        state["loaded_from"] = str(path)
+        return state
+    if unreadable:
+        raise RunError(f"Cannot resume: no checkpoint in {folder} is readable ({', '.join(unreadable)}); rerun with "
+                       f"--overwrite.")
+    raise RunError(f"Cannot resume: {folder} holds no checkpoint (the run stopped before its first one); rerun "
+                   f"with --overwrite.")
 
 
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
@@ -199,6 +213,10 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
 
         return json.loads((run_dir / "results.json").read_text()), run_dir
     state = (loaded.get("state") or load_checkpoint(run_dir, config)) if resume else None
+    if state is not None and Path(state["loaded_from"]).name != "last.ckpt" and console is not None \
+            and fabric.is_global_zero:
+        console.print(f"note: {run_dir / 'checkpoints' / 'last.ckpt'} is missing or unreadable; resuming from "
+                      f"{state['loaded_from']}")
 
     # everything that can still fail on bad input (data, scenario, method) fails before anything is written
     fabric.seed_everything(config.seed, verbose=False)
