@@ -392,3 +392,26 @@ def test_missing_or_corrupt_last_checkpoint_falls_back_to_a_task_checkpoint(env,
     line = fails(capsys, [*args, "name=truncated", "--resume"])
     assert "no checkpoint" in line and "last.ckpt" in line and "task-0.ckpt" in line and "--overwrite" in line
     assert snapshot(run) == before
+
+
+# ------------------------------------------------------------------------------------- configs without a method
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "seed: 1\n", "method:\n"])
+def test_config_without_a_method_is_the_validated_default(tmp_path, text):
+    from protosphere.config import load_config
+    from protosphere.methods import method_class
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    config = load_config(path)
+    assert type(config.method) is method_class("er").config_class and config.method.buffer_size == 200
+    assert load_config(path, ["method.buffer_size=50"]).method.buffer_size == 50
+
+
+@pytest.mark.parametrize("text", ["42\n", "just a sentence\n", "- data\n- method\n", "false\n"])
+def test_config_that_is_not_a_mapping(env, capsys, text):
+    path = env["tmp"] / "scalar.yaml"
+    path.write_text(text)
+    for overrides in ([], ["seed=1"]):
+        line = fails(capsys, [str(path), *overrides])
+        assert str(path) in line and "mapping" in line
+    assert not (env["tmp"] / "runs").exists()

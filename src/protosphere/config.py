@@ -150,7 +150,7 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=MethodConfig)
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=MethodConfig, validate_default=True)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -296,7 +296,12 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"Config file {path} is not valid YAML{where}; fix the syntax.") from None
-    return data or {}
+    if data is None:  # an empty file: every default
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must be a YAML mapping of sections (data, scenario, method, ...), "
+                          f"got a {type(data).__name__}; see configs/ for examples.")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
