@@ -415,3 +415,46 @@ def test_config_that_is_not_a_mapping(env, capsys, text):
         line = fails(capsys, [str(path), *overrides])
         assert str(path) in line and "mapping" in line
     assert not (env["tmp"] / "runs").exists()
+
+
+# ------------------------------------------------------------------------------- processes, class split, data hints
+def test_sizes_the_processes_must_divide():
+    from protosphere.config import load_config
+    from protosphere.errors import ConfigError
+    from protosphere.runner import build_method, build_scenario_from_config, check_processes
+
+    config = load_config(None, ["data.dataset=digits", "model.backbone=mlp", "method.name=er",
+                                "method.buffer_size=40", "train.batch_size=16"])
+    for world in (1, 2, 4, 8):
+        check_processes(config, world)
+    config.method.buffer_size = 42
+    with pytest.raises(ConfigError, match=r"method.buffer_size=42 is the global replay memory.*divisible by 4.*40"):
+        check_processes(config, 4)
+    config.method.buffer_size = 40
+    config.train.batch_size = 15
+    with pytest.raises(ConfigError, match="train.batch_size=15 is the global batch"):
+        check_processes(config, 2)
+    scenario = build_scenario_from_config(config)
+    assert build_method(config, scenario).buffer.capacity == 40
+    assert build_method(config, scenario, world_size=4).buffer.capacity == 10  # each rank's share of the memory
+    assert config.method.buffer_size == 40  # the run's config (config.yaml, fingerprint) keeps the global value
+
+
+def test_uneven_class_split_is_said(env, capsys):
+    from protosphere.config import load_config
+    from protosphere.runner import build_scenario_from_config, scenario_notes
+
+    config = load_config(env["config"], ["scenario.num_tasks=3"])
+    notes = scenario_notes(config, build_scenario_from_config(config))
+    assert notes and "10 classes" in notes[0] and "4/3/3" in notes[0] and "scenario.classes_per_task" in notes[0]
+    config = load_config(env["config"], ["scenario.num_tasks=3", "scenario.classes_per_task=[4,3,3]"])
+    assert scenario_notes(config, build_scenario_from_config(config)) == []
+    assert main(["run", env["config"], "scenario.num_tasks=3", "--no-progress"]) == 0
+    assert "4/3/3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "tiny_imagenet", "mnist"])
+def test_missing_dataset_hint_speaks_the_cli(env, capsys, dataset):
+    line = fails(capsys, [env["config"], f"data.dataset={dataset}"])
+    assert f"protosphere datasets --ensure {dataset}" in line and "data.download=true" in line
+    assert not env["run"].exists()

@@ -13,7 +13,8 @@ Under DDP a checkpoint also holds every rank's own state (RNG states, replay buf
 ``metrics.csv`` is cut back to what it held at the checkpoint, so a resumed run logs every step once.
 
 Under DDP ``train.batch_size`` is the global batch: each rank trains on its own slice of it and methods see the
-global batch through ``gather`` (see :mod:`protosphere.distributed` for why no loss scaling is needed).
+global batch through ``gather`` (see :mod:`protosphere.distributed` for why no loss scaling is needed); the loss and
+terms it logs are means over the ranks, i.e. the global loss.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class Engine:
                         self._check_finite(nonfinite, t)  # never checkpoint a model that saw a NaN/inf loss
                     if (step + 1) % cfg.train.log_every_n_steps == 0 or last:
                         self._check_finite(nonfinite, t)
-                        terms = {"loss": float(output.loss.detach()), **{k: float(v) for k, v in output.terms.items()}}
+                        terms = self._global_terms(output)
                         speed = seen_images / max(1e-9, time.perf_counter() - task_start)
                         log.log("train", {**terms, "lr": optimizer.param_groups[0]["lr"], "img_per_s": speed},
                                 t, epoch, step)
@@ -343,6 +344,15 @@ class Engine:
         if first is None:
             first = nonfinite[names] = torch.full((len(names),), -1, dtype=torch.long, device=values.device)
         nonfinite[names] = torch.where((first < 0) & ~torch.isfinite(values), step, first)
+
+    def _global_terms(self, output) -> dict[str, float]:
+        """The loss and its terms as logged: under DDP the mean over ranks (the global loss for per-rank terms such as
+        a cross-entropy on local rows; unchanged for losses every rank computes on the gathered batch)."""
+        loss = output.loss.detach().float().reshape(())
+        values = torch.stack([loss, *(v.detach().float().reshape(()).to(loss.device) for v in output.terms.values())])
+        if self.fabric.world_size > 1:
+            values = self.fabric.all_reduce(values, reduce_op="mean")
+        return dict(zip(("loss", *output.terms), values.tolist()))
 
     def _check_finite(self, nonfinite: dict, task: int) -> None:
         bad: dict[str, int] = {}

@@ -48,7 +48,31 @@ def build_scenario_from_config(config: RunConfig):
                           train_fraction=config.data.train_fraction, domain=sc.domain, max_rotation=sc.max_rotation)
 
 
-def build_method(config: RunConfig, scenario):
+def check_processes(config: RunConfig, world_size: int) -> None:
+    """What the number of processes must divide, checked before anything is written: the global batch, and the
+    global replay memory ``method.buffer_size`` (each of W ranks keeps buffer_size / W over its own shard)."""
+    if world_size == 1:
+        return
+    if config.train.batch_size % world_size:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} is the global batch and must be divisible by "
+                          f"the number of processes ({world_size}); use a multiple of {world_size}.")
+    size = getattr(config.method, "buffer_size", 0) or 0
+    if size % world_size:
+        raise ConfigError(f"method.buffer_size={size} is the global replay memory, split evenly over the "
+                          f"{world_size} processes, so it must be divisible by {world_size}; use a multiple of "
+                          f"{world_size}, e.g. {size - size % world_size or world_size}.")
+
+
+def scenario_notes(config: RunConfig, scenario) -> list[str]:
+    """What the user should know about how the scenario was built (e.g. an uneven class split)."""
+    sizes = [len(task.classes) for task in scenario.tasks]
+    if scenario.kind == "class_il" and config.scenario.classes_per_task is None and len(set(sizes)) > 1:
+        return [f"{scenario.num_classes} classes do not split evenly into {scenario.num_tasks} tasks, so the tasks "
+                f"get {'/'.join(map(str, sizes))} classes; set scenario.classes_per_task to choose the sizes."]
+    return []
+
+
+def build_method(config: RunConfig, scenario, world_size: int = 1):
     from .data.augment import build_augmentation
     from .methods import method_class
     from .methods.base import Transforms
@@ -64,8 +88,10 @@ def build_method(config: RunConfig, scenario):
     normalize = build_augmentation("none", image_size=size, channels=channels, mean=scenario.mean, std=scenario.std)
     cls = method_class(config.method.name)
     try:
-        return cls(cls.resolve_config(config.method, scenario), backbone, scenario.num_classes,
-                   Transforms(augment, normalize))
+        method_config = cls.resolve_config(config.method, scenario)
+        if world_size > 1 and getattr(method_config, "buffer_size", 0):  # per-rank share of the global memory
+            method_config = method_config.model_copy(update={"buffer_size": method_config.buffer_size // world_size})
+        return cls(method_config, backbone, scenario.num_classes, Transforms(augment, normalize))
     except ValueError as exc:  # e.g. an ETF dimension too small for the label space
         raise ConfigError(f"method `{config.method.name}`: {exc}") from None
 
@@ -195,6 +221,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     # on one machine), so rank 0 alone checks and creates the run directory and the others follow its verdict.
     fabric = build_fabric(config)
     fabric.launch()
+    check_processes(config, fabric.world_size)
     run_dir = Path(config.output_dir) / config.name
     loaded: dict = {}
 
@@ -221,7 +248,10 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     # everything that can still fail on bad input (data, scenario, method) fails before anything is written
     fabric.seed_everything(config.seed, verbose=False)
     scenario = build_scenario_from_config(config)
-    method = build_method(config, scenario)
+    method = build_method(config, scenario, world_size=fabric.world_size)
+    if console is not None and fabric.is_global_zero:
+        for note in scenario_notes(config, scenario):
+            console.print(f"note: {note}")
     rank_zero_first(fabric, lambda: (prepare_run_dir(config, resume=resume, overwrite=overwrite),
                                      write_config(run_dir, config)))
     engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress)
