@@ -458,3 +458,29 @@ def test_missing_dataset_hint_speaks_the_cli(env, capsys, dataset):
     line = fails(capsys, [env["config"], f"data.dataset={dataset}"])
     assert f"protosphere datasets --ensure {dataset}" in line and "data.download=true" in line
     assert not env["run"].exists()
+
+
+# ------------------------------------------------------------------------------------ the catalogue, end to end
+def test_bad_input_catalogue_end_to_end(tmp_path):
+    """Every bad input of the README's error contract, each as its own process (benchmarks/bad_inputs.py): exit status
+    2, one `error:` line, no traceback, its folder unchanged; and the README states how many cases it covers."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    script = [sys.executable, str(root / "benchmarks" / "bad_inputs.py")]
+    out = tmp_path / "verdicts.json"
+    proc = subprocess.run([*script, "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    cases = json.loads(out.read_text())["cases"]
+    assert all(case["ok"] and case["exit"] == 2 for case in cases)
+    stated = re.search(r"the catalogue, (\d+) bad inputs", " ".join((root / "README.md").read_text().split()))
+    assert stated and int(stated.group(1)) == len(cases) >= 40
+    # two cases as a user starts them: a new interpreter running `python -m protosphere.cli run ...`
+    proc = subprocess.run([*script, "--fresh", "--only", "name-dotdot", "config-scalar"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "2/2 bad inputs" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
