@@ -279,9 +279,14 @@ def test_run_folder_marker(tmp_path):
 def test_derived_run_name_is_a_plain_folder_name(tmp_path):
     from protosphere.config import load_config
 
+    from protosphere.config import plain_name
+
     path = tmp_path / "my exp (v2).yaml"
     path.write_text(DIGITS)
     assert load_config(path).name == "my-exp-v2-seed0"
+    assert plain_name("nct-cifar100-50+5x10") == "nct-cifar100-50-5x10" and plain_name("der++") == "der"
+    (tmp_path / "nct-50+5x10.yaml").write_text(DIGITS)
+    assert load_config(tmp_path / "nct-50+5x10.yaml", ["seed=2"]).name == "nct-50-5x10-seed2"
 
 
 # ------------------------------------------------------------------------------ NaN/inf state and resumed NaN/inf

@@ -143,6 +143,11 @@ class MethodConfig(Section):
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
+def plain_name(text: str) -> str:
+    """``text`` as a run name: every run of other characters (spaces, ``+``, ``/``) becomes one ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
 class RunConfig(Section):
     name: str | None = Field(None, description="the run's folder under output_dir: one plain folder name")
     output_dir: str = "runs"
@@ -311,8 +316,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = validate_config(data, source=str(path) if path is not None else "config")
     if config.name is None:
         stem = Path(path).stem if path is not None else config.method.name
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "run"  # a plain folder name (see RunConfig)
-        config.name = f"{stem}-seed{config.seed}"
+        config.name = f"{plain_name(stem)}-seed{config.seed}"
     return config
 
 
