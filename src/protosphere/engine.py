@@ -6,9 +6,10 @@ function; the engine sees a scalar loss and a dict of detached loss terms.
 
 Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end) hold the method's state (parameters,
 replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far. They are
-written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, and are
-read with ``weights_only=True``. Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved
-state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
+written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, are never
+written while a parameter or buffer holds NaN/inf (the run stops instead), and are read with ``weights_only=True``.
+Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved state over it, so every side effect of
+the hook is restored exactly; batch order is a function of (seed, task, epoch).
 Under DDP a checkpoint also holds every rank's own state (RNG states, replay buffers), gathered to rank 0, and
 ``metrics.csv`` is cut back to what it held at the checkpoint, so a resumed run logs every step once.
 
