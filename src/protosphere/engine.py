@@ -388,7 +388,8 @@ class Engine:
         if self.fabric.world_size > 1:  # every rank stops together when any rank's state went bad
             flag = self.fabric.all_reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX)
         if float(flag) > 0:
-            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") if bad else "on rank > 0"
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            shown = shown or "another process's state"
             raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
                            f"{self._nonfinite_advice()}")
 
