@@ -1,5 +1,6 @@
 # Two entry points: `make run` (the default job) and `make test` (the test suite).
-# Each creates .venv if missing and installs the CPU build of torch and protosphere with its dev extras.
+# Each creates .venv if missing, installs the CPU build of torch and protosphere with its dev extras, and makes sure
+# the real Fashion-MNIST data is there (target `data`): the job trains on it and the real-data tests read it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
@@ -31,7 +32,7 @@ data: install
 run: data
 	$(PY) -m protosphere.cli run $(CONFIG) --overwrite $(ARGS)
 
-test: install
+test: data
 	$(PY) -m pytest $(ARGS)
 
 bench: install

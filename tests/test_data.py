@@ -358,15 +358,17 @@ def test_download_completes_partial_cache(isolated, monkeypatch):
 # ------------------------------------------------------------------------------------------- real Fashion-MNIST data
 
 
-def test_real_fashion_mnist_from_debian_package(monkeypatch):
-    monkeypatch.delenv("PROTOSPHERE_DATA", raising=False)
-    folder = Path("/usr/share/datasets/fashion-mnist")
-    names = [s + ".gz" for s in mnist.IDX_FILES.values()]
-    missing = [n for n in names if not (folder / n).is_file()]
-    assert not missing, (
-        f"Fashion-MNIST files {missing} are absent from {folder}; install them with "
+def test_real_fashion_mnist():
+    """The real data wherever protosphere finds it ($PROTOSPHERE_DATA, the Debian package, the user cache);
+    `make test` makes sure it is there first (Makefile target `data`), as `make run` does."""
+    found = mnist.find_idx_dataset(mnist.FASHION_MNIST)
+    assert found is not None, (
+        "Fashion-MNIST is absent (looked in "
+        + ", ".join(str(d) for _, d in mnist.idx_search_dirs(mnist.FASHION_MNIST))
+        + "); run `make data` (what `make test` does first), or `protosphere datasets --ensure fashion_mnist`, or "
         "`sudo apt-get install dataset-fashion-mnist`"
     )
+    folder = found[1]
     ds = load_dataset("fashion_mnist")  # verifies counts and the pinned content SHA-256 of every file
     assert ds.source == str(folder)
     assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (10000, 28, 28, 1)
@@ -376,6 +378,31 @@ def test_real_fashion_mnist_from_debian_package(monkeypatch):
     assert abs(mean[0] - 0.2860) < 1e-3 and abs(std[0] - 0.3530) < 1e-3
     h = hashlib.sha256(ds.train_images.tobytes()).hexdigest()
     assert h == mnist.FASHION_MNIST.content_sha256["train_images"]
+
+
+def test_real_fashion_mnist_under_protosphere_data(tmp_path, monkeypatch):
+    """The same files under $PROTOSPHERE_DATA are found there first, not in one hard-coded folder."""
+    found = mnist.find_idx_dataset(mnist.FASHION_MNIST)
+    if found is None:
+        pytest.skip("Fashion-MNIST is absent; test_real_fashion_mnist says how to get it")
+    target = tmp_path / "fashion_mnist"
+    target.mkdir()
+    for path in found[2].values():
+        (target / path.name).symlink_to(path)
+    monkeypatch.setenv("PROTOSPHERE_DATA", str(tmp_path))
+    ds = load_dataset("fashion_mnist")
+    assert ds.source == str(target) and ds.train_labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+
+
+def test_make_test_sets_up_the_data_like_make_run():
+    """`make test` depends on the `data` target as `make run` does, and CI runs exactly `make test`."""
+    root = Path(__file__).resolve().parents[1]
+    rules = dict(line.split(":", 1) for line in (root / "Makefile").read_text().splitlines()
+                 if line[:1].isalpha() and ":" in line and "=" not in line.split(":", 1)[0])
+    assert "data" in rules["test"].split() and "data" in rules["run"].split()
+    assert "install" in rules["data"].split()
+    ci = (root / ".ci" / "run").read_text().splitlines()
+    assert "make test" in [line.strip() for line in ci] and "set -euo pipefail" in ci
 
 
 # ----------------------------------------------------------------------------------------------------------- CIFAR

@@ -5,8 +5,9 @@ One subprocess runs this file as a script; lightning-fabric's launcher starts th
 rank checks, for every contrastive loss and for one method step, that the loss and the parameter gradients after
 DDP's averaging equal the single-process ones on the same global batch (no world-size scaling: the gather's backward
 sums over ranks and DDP averages, see protosphere.distributed). Both ranks then run the real engine through the CLI
-(ER on sklearn digits, fabric.devices=2 fabric.strategy=ddp), and the test checks each rank's replay buffer against
-that rank's own shard of the stream.
+(ER on sklearn digits, fabric.devices=2 fabric.strategy=ddp), and the test checks each rank's replay buffer (buffer_size
+/ 2 of the global memory) against that rank's own shard of the stream, that sizes 2 does not divide are refused before
+anything is written, and that the logged loss is the global one (finetune on 2 processes logs what 1 process does).
 """
 
 from __future__ import annotations
@@ -183,10 +184,15 @@ def _worker(out: Path, run_args: list[str]) -> None:
     checks["nct_moe_step"] = _nct_moe_check()
     # the real engine, through the CLI, in the same two processes (the runner's Fabric reuses the process group)
     code = main(["run", *run_args, "--no-progress"])
+    # sizes the 2 processes do not divide are refused before anything is written; a per-rank loss is logged globally
+    refused = {name: main(["run", *run_args, override, f"name={name}", "--no-progress"])
+               for name, override in (("odd-buffer", "method.buffer_size=41"), ("odd-batch", "train.batch_size=15"))}
+    finetune = main(["run", *run_args, "method={name: finetune}", "name=finetune", "--no-progress"])
+    codes = {"exit": code, "refused": refused, "finetune": finetune}
     if fabric.global_rank == 0:
-        out.write_text(json.dumps({"checks": checks, "rank0_exit": code}))
+        out.write_text(json.dumps({"checks": checks, "rank0_exit": code, **codes}))
     else:
-        out.with_name(out.name + ".rank1").write_text(json.dumps({"checks": checks, "exit": code}))
+        out.with_name(out.name + ".rank1").write_text(json.dumps({"checks": checks, **codes}))
 
 
 # ----------------------------------------------------------------------------------------------------------- tests
@@ -218,6 +224,12 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
     result = json.loads(out.read_text())
     rank1 = json.loads(out.with_name(out.name + ".rank1").read_text())
     assert result["rank0_exit"] == 0 and rank1["exit"] == 0
+    for codes in (result, rank1):
+        assert codes["refused"] == {"odd-buffer": 2, "odd-batch": 2} and codes["finetune"] == 0
+    assert not (tmp_path / "runs" / "odd-buffer").exists() and not (tmp_path / "runs" / "odd-batch").exists()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert any("method.buffer_size=41" in line and "global" in line for line in errors), proc.stderr[-2000:]
+    assert any("train.batch_size=15" in line for line in errors), proc.stderr[-2000:]
     for checks in (result["checks"], rank1["checks"]):
         for name, c in checks.items():
             assert c["loss_err"] < 1e-5, (name, c)
@@ -256,13 +268,32 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
         buffer = state["ranks"][rank]["tracked"]["buffer"]
         examples = buffer["data"]["examples"][: int(buffer["size"])]
         keys = {e.numpy().tobytes() for e in examples}
-        assert int(buffer["size"]) == 40
+        assert int(buffer["size"]) == 20  # buffer_size: 40 is the global memory, 40 / 2 per rank
         assert keys <= streams[rank], f"rank {rank}'s buffer holds rows from another rank's shard"
         assert keys - streams[1 - rank], f"rank {rank}'s buffer is indistinguishable from the other rank's"
         buffers.append(keys)
     assert buffers[0] != buffers[1]
     results = json.loads((tmp_path / "runs" / "ddp" / "results.json").read_text())
     assert results["environment"]["world_size"] == 2
+
+    # the logged loss is the global one: finetune on 2 processes trains exactly as on one (per-rank cross-entropies,
+    # gradients averaged by DDP), so its logged losses equal those of one process, not rank 0's half-batch losses
+    from protosphere.cli import main
+
+    assert main(["run", *run_args[:1], "method={name: finetune}", "name=finetune-1", "fabric.threads=1",
+                 "--no-progress"]) == 0
+    losses = [train_losses(tmp_path / "runs" / name) for name in ("finetune", "finetune-1")]
+    assert len(losses[0]) == len(losses[1]) > 3 and losses[0].keys() == losses[1].keys()
+    for key, value in losses[1].items():
+        assert abs(losses[0][key] - value) < 1e-4 * max(1.0, abs(value)), (key, losses[0][key], value)
+
+
+def train_losses(run_dir: Path) -> dict:
+    import csv
+
+    with open(run_dir / "metrics.csv") as f:
+        return {(r["task"], r["step"], r["name"]): float(r["value"]) for r in csv.DictReader(f)
+                if r["split"] == "train" and r["name"] not in ("lr", "img_per_s")}
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from conftest import make_dataset
 
 def digits_config(tmp_path, method, **extra):
     data = {
-        "output_dir": str(tmp_path / "runs"), "name": f"{method['name']}-test",
+        "output_dir": str(tmp_path / "runs"), "name": f"{method['name'].replace('+', 'p')}-test",
         "data": {"dataset": "digits"}, "scenario": {"num_tasks": 5},
         "model": {"backbone": "mlp"}, "method": method,
         "train": {"epochs": 2, "batch_size": 16, "augmentation": "none"},

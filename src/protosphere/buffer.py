@@ -9,7 +9,7 @@
 
 Decisions use the buffer's own CPU generator (saved in the state), so replay is reproducible and resumable; stored
 tensors stay on the device of the data given to :meth:`add`. Under DDP each rank keeps its own buffer over its own
-shard of the stream.
+shard of the stream, with capacity buffer_size / W (the config's ``buffer_size`` is the global memory).
 """
 
 from __future__ import annotations

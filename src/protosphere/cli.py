@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 seed=1")
     p.add_argument("--resume", action="store_true", help="continue the run in runs/<name> from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete runs/<name> first if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace runs/<name> if it holds a protosphere run (nothing else is ever removed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("datasets", help="where each dataset is found and how to get the missing ones")

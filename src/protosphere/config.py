@@ -11,6 +11,7 @@ that section (see :mod:`protosphere.methods`).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,18 +144,34 @@ class MethodConfig(Section):
     name: str = "er"
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def plain_name(text: str) -> str:
+    """``text`` as a run name: every run of other characters (spaces, ``+``, ``/``) becomes one ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
 class RunConfig(Section):
-    name: str | None = None
+    name: str | None = Field(None, description="the run's folder under output_dir: one plain folder name")
     output_dir: str = "runs"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=MethodConfig)
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=MethodConfig, validate_default=True)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     fabric: FabricConfig = Field(default_factory=FabricConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, value: str | None) -> str | None:
+        if value is not None and (not RUN_NAME.fullmatch(value) or value in (".", "..")):
+            raise ValueError("a run name is one plain folder name (letters, digits and `._-`, not `.` or `..`); "
+                             "put other folders in output_dir=...")
+        return value
 
     @field_validator("method", mode="before")
     @classmethod
@@ -288,7 +305,12 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"Config file {path} is not valid YAML{where}; fix the syntax.") from None
-    return data or {}
+    if data is None:  # an empty file: every default
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must be a YAML mapping of sections (data, scenario, method, ...), "
+                          f"got a {type(data).__name__}; see configs/ for examples.")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -298,7 +320,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = validate_config(data, source=str(path) if path is not None else "config")
     if config.name is None:
         stem = Path(path).stem if path is not None else config.method.name
-        config.name = f"{stem}-seed{config.seed}"
+        config.name = f"{plain_name(stem)}-seed{config.seed}"
     return config
 
 

@@ -14,8 +14,10 @@ What is global and what is per rank (see docs/scaling.md):
   (Implementations whose gather returns only the local slice of the gradient, without the sum, must multiply the
   loss by W instead — solo-learn's and SupContrast's GatherLayer sum, like this one.)
   Per-rank terms (a cross-entropy on the local rows) are averaged by DDP to the global mean, as usual.
-* Replay buffers are per rank (each fills from its own shard); MoCo/PNR queues are filled with gathered keys, so they
-  are identical on every rank.
+* Replay buffers are per rank (each fills from its own shard), and ``method.buffer_size`` is the **global** memory:
+  each of W ranks keeps buffer_size / W (the runner refuses a size W does not divide). MoCo/PNR queues are filled with
+  gathered keys, so they are identical on every rank.
+* Logged losses are the global ones: the engine logs the mean over ranks of the loss and every term.
 """
 
 from __future__ import annotations

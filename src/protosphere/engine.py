@@ -6,14 +6,16 @@ function; the engine sees a scalar loss and a dict of detached loss terms.
 
 Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end) hold the method's state (parameters,
 replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far. They are
-written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, and are
-read with ``weights_only=True``. Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved
-state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
+written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, are never
+written while a parameter or buffer holds NaN/inf (the run stops instead), and are read with ``weights_only=True``.
+Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved state over it, so every side effect of
+the hook is restored exactly; batch order is a function of (seed, task, epoch).
 Under DDP a checkpoint also holds every rank's own state (RNG states, replay buffers), gathered to rank 0, and
 ``metrics.csv`` is cut back to what it held at the checkpoint, so a resumed run logs every step once.
 
 Under DDP ``train.batch_size`` is the global batch: each rank trains on its own slice of it and methods see the
-global batch through ``gather`` (see :mod:`protosphere.distributed` for why no loss scaling is needed).
+global batch through ``gather`` (see :mod:`protosphere.distributed` for why no loss scaling is needed); the loss and
+terms it logs are means over the ranks, i.e. the global loss.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ def config_fingerprint(config: RunConfig) -> str:
     data["train"].pop("log_every_n_steps", None)
     data["train"].pop("checkpoint_every_n_steps", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def nonfinite_names(state, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in a nested state (a state_dict, extra state) holding NaN/inf."""
+    if isinstance(state, torch.Tensor):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        return [name for key, value in state.items()
+                for name in nonfinite_names(value, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(state, (list, tuple)):
+        return [name for i, value in enumerate(state) for name in nonfinite_names(value, f"{prefix}.{i}")]
+    return []
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -162,7 +176,9 @@ class Engine:
                                                    prepare=task_context(0))
 
         global_step = state.get("global_step", 0)
-        set_validation(True)
+        # the losses check their inputs on the first step of a run (a bug shows at once); a resumed run passed that
+        # check before, and a NaN/inf it meets now is a numerical failure, which the non-finite guard reports
+        set_validation(resume is None)
         progress = self._progress()
         try:
             for t in range(start_task, scenario.num_tasks):
@@ -211,7 +227,7 @@ class Engine:
                         self._check_finite(nonfinite, t)  # never checkpoint a model that saw a NaN/inf loss
                     if (step + 1) % cfg.train.log_every_n_steps == 0 or last:
                         self._check_finite(nonfinite, t)
-                        terms = {"loss": float(output.loss.detach()), **{k: float(v) for k, v in output.terms.items()}}
+                        terms = self._global_terms(output)
                         speed = seen_images / max(1e-9, time.perf_counter() - task_start)
                         log.log("train", {**terms, "lr": optimizer.param_groups[0]["lr"], "img_per_s": speed},
                                 t, epoch, step)
@@ -331,6 +347,15 @@ class Engine:
             first = nonfinite[names] = torch.full((len(names),), -1, dtype=torch.long, device=values.device)
         nonfinite[names] = torch.where((first < 0) & ~torch.isfinite(values), step, first)
 
+    def _global_terms(self, output) -> dict[str, float]:
+        """The loss and its terms as logged: under DDP the mean over ranks (the global loss for per-rank terms such as
+        a cross-entropy on local rows; unchanged for losses every rank computes on the gathered batch)."""
+        loss = output.loss.detach().float().reshape(())
+        values = torch.stack([loss, *(v.detach().float().reshape(()).to(loss.device) for v in output.terms.values())])
+        if self.fabric.world_size > 1:
+            values = self.fabric.all_reduce(values, reduce_op="mean")
+        return dict(zip(("loss", *output.terms), values.tolist()))
+
     def _check_finite(self, nonfinite: dict, task: int) -> None:
         bad: dict[str, int] = {}
         for names, first in nonfinite.items():
@@ -346,12 +371,28 @@ class Engine:
             return
         step = min(bad.values())
         terms = [name for name, s in bad.items() if s == step and name != "loss"] or ["loss"]
+        raise RunError(f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); "
+                       f"{self._nonfinite_advice()}")
+
+    def _nonfinite_advice(self) -> str:
+        """What is kept after a NaN/inf stop and what the user can do (the same config would fail the same way, and a
+        changed config cannot --resume)."""
         good = self.checkpoint_dir / "last.ckpt"
         kept = f"the last good checkpoint {good} is kept" if good.exists() else "no checkpoint was written yet"
-        raise RunError(
-            f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); {kept} — "
-            f"lower optimizer.lr or check the data, then rerun or --resume."
-        )
+        return (f"{kept}; start again with a lower learning rate, e.g. --overwrite "
+                f"optimizer.lr={self.config.optimizer.lr / 10:g} (or a new name=...), or check the data.")
+
+    def _check_finite_state(self, method: Method, task: int) -> None:
+        """Never checkpoint a model with a NaN/inf parameter or buffer (a loss can stay finite while they are not)."""
+        bad = nonfinite_names(method.state_dict())
+        flag = torch.tensor(float(bool(bad)), device=self.fabric.device)
+        if self.fabric.world_size > 1:  # every rank stops together when any rank's state went bad
+            flag = self.fabric.all_reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX)
+        if float(flag) > 0:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            shown = shown or "another process's state"
+            raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
+                           f"{self._nonfinite_advice()}")
 
     def _restore(self, state: dict, method: Method) -> None:
         """Load a checkpoint's method state and this rank's own state (RNG, replay buffers) over ``method``."""
@@ -381,6 +422,7 @@ class Engine:
         return progress
 
     def _save(self, name: str, method, optimizer, results, task: int, phase: str, step: int, global_step: int):
+        self._check_finite_state(method, task)
         device = self.fabric.device
         state = {
             "version": CHECKPOINT_VERSION,

@@ -48,7 +48,31 @@ def build_scenario_from_config(config: RunConfig):
                           train_fraction=config.data.train_fraction, domain=sc.domain, max_rotation=sc.max_rotation)
 
 
-def build_method(config: RunConfig, scenario):
+def check_processes(config: RunConfig, world_size: int) -> None:
+    """What the number of processes must divide, checked before anything is written: the global batch, and the
+    global replay memory ``method.buffer_size`` (each of W ranks keeps buffer_size / W over its own shard)."""
+    if world_size == 1:
+        return
+    if config.train.batch_size % world_size:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} is the global batch and must be divisible by "
+                          f"the number of processes ({world_size}); use a multiple of {world_size}.")
+    size = getattr(config.method, "buffer_size", 0) or 0
+    if size % world_size:
+        raise ConfigError(f"method.buffer_size={size} is the global replay memory, split evenly over the "
+                          f"{world_size} processes, so it must be divisible by {world_size}; use a multiple of "
+                          f"{world_size}, e.g. {size - size % world_size or world_size}.")
+
+
+def scenario_notes(config: RunConfig, scenario) -> list[str]:
+    """What the user should know about how the scenario was built (e.g. an uneven class split)."""
+    sizes = [len(task.classes) for task in scenario.tasks]
+    if scenario.kind == "class_il" and config.scenario.classes_per_task is None and len(set(sizes)) > 1:
+        return [f"{scenario.num_classes} classes do not split evenly into {scenario.num_tasks} tasks, so the tasks "
+                f"get {'/'.join(map(str, sizes))} classes; set scenario.classes_per_task to choose the sizes."]
+    return []
+
+
+def build_method(config: RunConfig, scenario, world_size: int = 1):
     from .data.augment import build_augmentation
     from .methods import method_class
     from .methods.base import Transforms
@@ -64,12 +88,33 @@ def build_method(config: RunConfig, scenario):
     normalize = build_augmentation("none", image_size=size, channels=channels, mean=scenario.mean, std=scenario.std)
     cls = method_class(config.method.name)
     try:
-        method = cls(cls.resolve_config(config.method, scenario), backbone, scenario.num_classes,
-                     Transforms(augment, normalize))
+        method_config = cls.resolve_config(config.method, scenario)
+        if world_size > 1 and getattr(method_config, "buffer_size", 0):  # per-rank share of the global memory
+            method_config = method_config.model_copy(update={"buffer_size": method_config.buffer_size // world_size})
+        method = cls(method_config, backbone, scenario.num_classes, Transforms(augment, normalize))
         method.configure_evaluation(config.eval)
         return method
     except ValueError as exc:  # e.g. an ETF dimension too small for the label space
         raise ConfigError(f"method `{config.method.name}`: {exc}") from None
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a folder a protosphere run wrote: a real folder (not a link) whose config.yaml or
+    results.json is a mapping naming this folder. Only such a folder is ever removed (``--overwrite``)."""
+    import json
+
+    import yaml
+
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        return False
+    for file, parse in (("config.yaml", yaml.safe_load), ("results.json", json.loads)):
+        try:
+            data = parse((run_dir / file).read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("name") == run_dir.name:
+            return True
+    return False
 
 
 def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
@@ -82,6 +127,11 @@ def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = Fal
             raise RunError(
                 f"Output directory {run_dir} already exists; pass --resume to continue that run, --overwrite to "
                 f"replace it, or name=<new name> for a new run."
+            )
+        if overwrite and not holds_run(run_dir):
+            raise RunError(
+                f"--overwrite removes only a protosphere run folder, and {run_dir} is not one (no config.yaml or "
+                f"results.json of a run named {config.name}); choose another name=... or move its files away."
             )
     elif resume:
         raise RunError(f"Cannot resume: {run_dir} holds no run; start it without --resume.")
@@ -127,24 +177,38 @@ def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = F
 
 
 def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
+    """The newest readable checkpoint of ``run_dir``: ``last.ckpt``, or when it is missing or unreadable (a truncated
+    copy, a full disk) the ``task-<t>.ckpt`` of the latest task that reads. ``state["loaded_from"]`` names the file."""
     from .engine import CHECKPOINT_VERSION, config_fingerprint
 
-    path = run_dir / "checkpoints" / "last.ckpt"
-    if not path.exists():
-        raise RunError(f"Cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
-                       f"rerun with --overwrite.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise RunError(f"Cannot resume: checkpoint {path} is unreadable ({type(exc).__name__}); "
-                       f"delete it to fall back to a task checkpoint, or rerun with --overwrite.") from None
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise RunError(f"Checkpoint {path} has format version {state.get('version')}, this protosphere reads "
-                       f"{CHECKPOINT_VERSION}; rerun with --overwrite.")
-    if state.get("fingerprint") != config_fingerprint(config):
-        raise RunError(f"Checkpoint {path} was written by a different config; resume with the run's own "
-                       f"{run_dir / 'config.yaml'} or start a new run with --overwrite.")
-    return state
+    folder = run_dir / "checkpoints"
+    tasks = sorted(folder.glob("task-*.ckpt"), reverse=True,
+                   key=lambda p: int(p.stem[5:]) if p.stem[5:].isdigit() else -1)
+    unreadable = []
+    for path in [folder / "last.ckpt", *tasks]:
+        if not path.is_file():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file
+            unreadable.append(f"{path.name} ({type(exc).__name__})")
+            continue
+        if not isinstance(state, dict):
+            unreadable.append(f"{path.name} (not a protosphere checkpoint)")
+            continue
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise RunError(f"Checkpoint {path} has format version {state.get('version')}, this protosphere reads "
+                           f"{CHECKPOINT_VERSION}; rerun with --overwrite.")
+        if state.get("fingerprint") != config_fingerprint(config):
+            raise RunError(f"Checkpoint {path} was written by a different config; resume with the run's own "
+                           f"{run_dir / 'config.yaml'} or start a new run with --overwrite.")
+        state["loaded_from"] = str(path)
+        return state
+    if unreadable:
+        raise RunError(f"Cannot resume: no checkpoint in {folder} is readable ({', '.join(unreadable)}); rerun with "
+                       f"--overwrite.")
+    raise RunError(f"Cannot resume: {folder} holds no checkpoint (the run stopped before its first one); rerun "
+                   f"with --overwrite.")
 
 
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
@@ -159,6 +223,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     # on one machine), so rank 0 alone checks and creates the run directory and the others follow its verdict.
     fabric = build_fabric(config)
     fabric.launch()
+    check_processes(config, fabric.world_size)
     run_dir = Path(config.output_dir) / config.name
     loaded: dict = {}
 
@@ -177,11 +242,18 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
 
         return json.loads((run_dir / "results.json").read_text()), run_dir
     state = (loaded.get("state") or load_checkpoint(run_dir, config)) if resume else None
+    if state is not None and Path(state["loaded_from"]).name != "last.ckpt" and console is not None \
+            and fabric.is_global_zero:
+        console.print(f"note: {run_dir / 'checkpoints' / 'last.ckpt'} is missing or unreadable; resuming from "
+                      f"{state['loaded_from']}")
 
     # everything that can still fail on bad input (data, scenario, method) fails before anything is written
     fabric.seed_everything(config.seed, verbose=False)
     scenario = build_scenario_from_config(config)
-    method = build_method(config, scenario)
+    method = build_method(config, scenario, world_size=fabric.world_size)
+    if console is not None and fabric.is_global_zero:
+        for note in scenario_notes(config, scenario):
+            console.print(f"note: {note}")
     rank_zero_first(fabric, lambda: (prepare_run_dir(config, resume=resume, overwrite=overwrite),
                                      write_config(run_dir, config)))
     engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress)

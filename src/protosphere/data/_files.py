@@ -17,7 +17,7 @@ from pathlib import Path
 
 from protosphere.errors import DatasetError
 
-__all__ = ["data_home", "cache_dir", "md5_file", "fetch_url", "download_file"]
+__all__ = ["data_home", "cache_dir", "md5_file", "fetch_url", "download_file", "fetch_hint"]
 
 _CHUNK = 1 << 20
 
@@ -33,6 +33,13 @@ def cache_dir(name: str) -> Path:
     base = os.environ.get("XDG_CACHE_HOME", "").strip()
     root = Path(base).expanduser() if base else Path.home() / ".cache"
     return root / "protosphere" / name
+
+
+def fetch_hint(name: str, what: str = "it", again: bool = False) -> str:
+    """How to download dataset ``name`` into the user cache: the command first, then the config key and Python."""
+    where = "again" if again else f"into {cache_dir(name)}"
+    return (f"run `protosphere datasets --ensure {name}` (data.download=true in a run's config, download=True in "
+            f"Python) to fetch {what} {where}")
 
 
 def md5_file(path: str | os.PathLike) -> str:

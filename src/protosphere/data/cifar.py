@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protosphere.data._files import download_file, md5_file
+from protosphere.data._files import download_file, fetch_hint, md5_file
 from protosphere.data._locate import download_target, search_dirs
 from protosphere.data.base import ImageDataset
 from protosphere.errors import DatasetError
@@ -211,8 +211,8 @@ def find_cifar(spec: CifarSpec, root: str | os.PathLike | None = None) -> tuple[
 
 def how_to_get(spec: CifarSpec) -> str:
     return (
-        f"load with download=True to fetch {spec.archive} into the user cache, or download it from {spec.url} and "
-        f"set PROTOSPHERE_DATA to a folder holding {spec.name}/{spec.archive}"
+        f"{fetch_hint(spec.name, spec.archive)}, or download it from {spec.url} and set PROTOSPHERE_DATA to a folder "
+        f"holding {spec.name}/{spec.archive} (or pass its folder as data.root=...)"
     )
 
 
@@ -234,8 +234,8 @@ def load_cifar(spec: CifarSpec, root: str | os.PathLike | None = None, download:
         got = md5_file(path)
         if got != spec.md5:
             raise DatasetError(
-                f"{path} has MD5 {got} but the official {spec.archive} has {spec.md5}; delete {path} and load with "
-                "download=True to fetch it again."
+                f"{path} has MD5 {got} but the official {spec.archive} has {spec.md5}; delete {path} and "
+                f"{fetch_hint(spec.name, again=True)}."
             )
     source = _Source(spec, path)
     members = [spec.meta_member, *spec.train_members, *spec.test_members]

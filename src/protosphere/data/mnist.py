@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protosphere.data._files import cache_dir, data_home, download_file, md5_file
+from protosphere.data._files import cache_dir, data_home, download_file, fetch_hint, md5_file
 from protosphere.data.base import ImageDataset
 from protosphere.data.idx import read_idx
 from protosphere.errors import DatasetError
@@ -177,7 +177,7 @@ def how_to_get(spec: IdxDatasetSpec) -> str:
     if spec.apt_package:
         ways.append(f"`sudo apt-get install {spec.apt_package}`")
     ways.append(f"set PROTOSPHERE_DATA to a folder holding {spec.name}/ with the four IDX files")
-    ways.append(f"load with download=True to fetch it into {cache_dir(spec.name)}")
+    ways.append(fetch_hint(spec.name))
     return ", or ".join(ways)
 
 
@@ -204,8 +204,8 @@ def _check_md5(spec: IdxDatasetSpec, key: str, path: Path) -> None:
     expected = spec.gz_md5[key]
     if got != expected:
         raise DatasetError(
-            f"{path} has MD5 {got} but the official {IDX_FILES[key]}.gz has {expected}; delete {path} and load "
-            "with download=True to fetch it again."
+            f"{path} has MD5 {got} but the official {IDX_FILES[key]}.gz has {expected}; delete {path} and "
+            f"{fetch_hint(spec.name, again=True)}."
         )
 
 
@@ -253,7 +253,7 @@ def load_idx_dataset(spec: IdxDatasetSpec, root: str | os.PathLike | None = None
     if kind == "system" and spec.apt_package:
         fix = f"reinstall the package with `sudo apt-get install --reinstall {spec.apt_package}`"
     elif kind in ("cache", "download"):
-        fix = f"delete {directory} and load with download=True to fetch it again"
+        fix = f"delete {directory} and {fetch_hint(spec.name, again=True)}"
     else:
         fix = f"replace the files in {directory} with the official ones"
     arrays = _decode(spec, files, fix)

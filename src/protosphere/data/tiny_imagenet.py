@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protosphere.data._files import download_file, md5_file
+from protosphere.data._files import download_file, fetch_hint, md5_file
 from protosphere.data._images import check_image_size, decode_images
 from protosphere.data._locate import download_target, search_dirs
 from protosphere.data.base import ImageDataset
@@ -123,8 +123,8 @@ def find_tiny_imagenet(root: str | os.PathLike | None = None) -> tuple[str, Path
 
 def how_to_get() -> str:
     return (
-        f"load with download=True to fetch {TINY_ARCHIVE} into the user cache, or download it from {TINY_URL} and set "
-        f"PROTOSPHERE_DATA to a folder holding {NAME}/{TINY_ARCHIVE}"
+        f"{fetch_hint(NAME, TINY_ARCHIVE)}, or download it from {TINY_URL} and set PROTOSPHERE_DATA to a folder "
+        f"holding {NAME}/{TINY_ARCHIVE} (or pass its folder as data.root=...)"
     )
 
 
@@ -160,8 +160,8 @@ def load_tiny_imagenet(
         got = md5_file(path)
         if got != TINY_MD5:
             raise DatasetError(
-                f"{path} has MD5 {got} but the official {TINY_ARCHIVE} has {TINY_MD5}; delete {path} and load with "
-                "download=True to fetch it again."
+                f"{path} has MD5 {got} but the official {TINY_ARCHIVE} has {TINY_MD5}; delete {path} and "
+                f"{fetch_hint(NAME, again=True)}."
             )
     tree = _Tree(path)
     try:

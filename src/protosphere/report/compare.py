@@ -357,7 +357,7 @@ def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path 
             overrides: Sequence[str] = (), overwrite: bool = False, console=None,
             show_progress: bool = False) -> dict:
     """Run or reuse every config × seed, then write ``compare.{md,json,html}`` in ``out``; returns the summary."""
-    from ..config import load_config
+    from ..config import load_config, plain_name
     from .html import atomic_write
 
     if seeds < 1:
@@ -373,7 +373,8 @@ def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path 
     entries = [Entry(p, label) for p, label in zip(paths, labels)]
     for entry in entries:
         for s in range(seeds):
-            entry.configs.append(load_config(entry.path, overrides + [f"seed={s}", f"name={entry.label}-seed{s}",
+            name = f"{plain_name(entry.label)}-seed{s}"  # a plain folder name, e.g. for `nct-50+5x10.yaml`
+            entry.configs.append(load_config(entry.path, overrides + [f"seed={s}", f"name={name}",
                                                                        f"output_dir={out}"]))
     total, done = seeds * len(entries), 0
     for entry in entries:
