@@ -151,10 +151,54 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .catalog import method_summaries
+
+    table = Table(title="methods (method.name); `protosphere config METHOD` lists a method's settings",
+                  show_lines=False)
+    table.add_column("method", style="bold", no_wrap=True)
+    table.add_column("what it is, paper")
+    for name, summary in method_summaries():
+        table.add_row(name, summary)
+    console = Console()
+    if not console.is_terminal:
+        for name, summary in method_summaries():  # one line a method for grep and pipes
+            print(f"{name:<9} {summary}")
+        return 0
+    console.print(table)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .catalog import config_rows
+    from .methods import method_class
+
+    method_class(args.method)  # an unknown name is a ConfigError that suggests the closest
+    rows = config_rows(args.method)
+    width = max(len(key) for key, *_ in rows)
+    dwidth = min(40, max(len(default) for _, default, *_ in rows))
+    print(f"# every key of a `{args.method}` run config: key = default  [type]  description")
+    section = None
+    for key, default, kind, description in rows:
+        top = key.split(".")[0] if "." in key else ""
+        if top != section:
+            section = top
+            print(f"\n[{section}]" if section else "[run]")
+        text = f"{key:<{width}} = {default:<{dwidth}}  [{kind}]"
+        print(f"{text}  {description}" if description else text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="protosphere",
                                      description="Prototype contrast on the unit hypersphere: continual learning "
                                                  "with neural-collapse prototypes.")
+    parser.add_argument("--version", action="version", version=f"protosphere {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train and evaluate one config")
     p.add_argument("config", help="YAML config (see configs/)")
@@ -185,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", default="benchmarks", help="folder holding the benchmark scripts")
     p.add_argument("--only", nargs="+", choices=["throughput", "losses"], help="run only these")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("methods", help="every method, one line each, with its paper")
+    p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("config", help="every config key of a method with its default and description")
+    p.add_argument("method", metavar="METHOD", help="a method name (see `protosphere methods`)")
+    p.set_defaults(func=cmd_config)
     return parser
 
 
