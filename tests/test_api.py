@@ -128,5 +128,6 @@ def test_config_lists_every_key_with_default_and_description(capsys):
     assert keys["method.gamma"][0] == "2.0" and "focal" in keys["method.gamma"][1]
     assert keys["train.epochs"] == ("1", "epochs per task (≥ 1)")
     assert keys["method.name"][0] == "fnc2"
+    assert "logging.tensorboard" in keys and "logging.wandb.mode" in keys
     assert cli.main(["config", "fcn2"]) == 2
     assert "did you mean `fnc2`" in capsys.readouterr().err

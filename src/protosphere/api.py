@@ -93,8 +93,10 @@ def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resum
     console = Console()
     if progress is None:
         progress = console.is_terminal or console.is_jupyter
+    arguments = [repr(str(config_or_path) if isinstance(config_or_path, Path) else config_or_path)]
+    arguments += [f"{key}={value!r}" for key, value in overrides.items()]
     results, run_dir = run_config(config, resume=resume, overwrite=overwrite, console=console,
-                                  show_progress=progress)
+                                  show_progress=progress, command=f"protosphere.run({', '.join(arguments)})")
     return Run(run_dir, config, results)
 
 

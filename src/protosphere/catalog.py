@@ -97,6 +97,12 @@ def config_rows(method: str) -> list[tuple[str, str, str, str]]:
             if sub is not None and not issubclass(sub, MethodConfig):
                 walk(sub, f"{prefix}{key}.")
                 continue
+            optional = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
+                            None)
+            if optional is not None:  # an optional section (off when null): the switch, then its keys
+                rows.append((f"{prefix}{key}", "null", "mapping | true | null", field.description or ""))
+                walk(optional, f"{prefix}{key}.")
+                continue
             default = method if prefix == "method." and key == "name" else _default(field)
             kind = _type_text(annotation)
             limits = _constraints(field)

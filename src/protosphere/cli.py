@@ -61,8 +61,11 @@ def cmd_run(args) -> int:
     if not console.is_terminal:  # logs and CI: wide lines, no live bars
         console = Console(width=160)
     config = load_config(args.config, args.overrides)
+    from .provenance import command_line
+
     results, run_dir = run(config, resume=args.resume, overwrite=args.overwrite, console=console,
-                           show_progress=not args.no_progress and console.is_terminal)
+                           show_progress=not args.no_progress and console.is_terminal,
+                           command=command_line(getattr(args, "argv", None)))
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP only the first process reports
@@ -72,6 +75,8 @@ def cmd_run(args) -> int:
     for line in _summary_lines(results):
         console.print(line)
     console.print(f"results: {run_dir / 'results.json'}  ({results['timings']['total_s']:.1f} s)")
+    if (run_dir / "report.html").is_file():
+        console.print(f"report:  {run_dir / 'report.html'}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -240,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = ["protosphere", *(sys.argv[1:] if argv is None else argv)]
     # overrides may come after options (`run cfg.yaml --overwrite seed=1`), which argparse leaves unparsed
     leftover = [e for e in extra
                 if not (args.command in ("run", "compare") and "=" in e and not e.startswith("-"))]

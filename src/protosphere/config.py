@@ -141,6 +141,34 @@ class FabricConfig(Section):
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
 
 
+class WandbConfig(Section):
+    project: str = Field("protosphere", description="Weights & Biases project")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: files under the run folder only (sync later with `wandb sync`); online: "
+                               "stream to the W&B server")
+    entity: str | None = Field(None, description="W&B team or user (default: yours)")
+    group: str | None = Field(None, description="W&B group, e.g. one per compare (default: none)")
+    tags: list[str] = Field(default_factory=list, description="W&B tags")
+
+
+class LoggingConfig(Section):
+    """Experiment trackers beside metrics.csv (which is always written): they log the same values."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files under <run>/tensorboard "
+                                                 "(pip install protosphere[tensorboard])")
+    wandb: WandbConfig | None = Field(None, description="Weights & Biases, e.g. {project: p, mode: offline} or true "
+                                                        "(pip install protosphere[wandb])")
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _wandb_switch(cls, value):
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+
 class MethodConfig(Section):
     """Base of every method's settings; ``name`` selects the method and its schema."""
 
@@ -159,6 +187,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     fabric: FabricConfig = Field(default_factory=FabricConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("method", mode="before")
     @classmethod

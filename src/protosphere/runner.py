@@ -146,11 +146,13 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
 
 
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
-        show_progress: bool = True) -> tuple[dict, Path]:
+        show_progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
+    """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv)."""
     from .engine import Engine, config_fingerprint, environment, write_config, write_results
     from .metrics.continual import summarize
 
     from .distributed import rank_zero_first
+    from .provenance import command_line, source_revision
 
     started = time.time()
     # Under DDP every process runs this function (torchrun / SLURM start them all; fabric.launch() starts the others
@@ -177,6 +179,9 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     state = (loaded.get("state") or load_checkpoint(run_dir, config)) if resume else None
 
     # everything that can still fail on bad input (data, scenario, method) fails before anything is written
+    from .loggers import check_trackers
+
+    check_trackers(config)
     fabric.seed_everything(config.seed, verbose=False)
     scenario = build_scenario_from_config(config)
     method = build_method(config, scenario)
@@ -215,6 +220,8 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         **({"corruptions": raw["corruptions"]} if "corruptions" in raw else {}),
         **({"embeddings": raw["embeddings"]} if "embeddings" in raw else {}),
         "fingerprint": config_fingerprint(config),
+        "command": command if command is not None else command_line(),
+        "code": source_revision(),
         "timings": {**raw["timings"], "total_s": time.time() - started},
         "environment": {**environment(),
                         "device": str(fabric.device), "world_size": fabric.world_size,
