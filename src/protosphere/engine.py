@@ -349,6 +349,7 @@ class Engine:
                                            batch_size=cfg.eval.batch_size, seed=cfg.seed)
                 for name, classify in classifiers.items()
             }
+        results["confusion"] = self._confusion(method, images, labels, scenario)
         if cfg.eval.embeddings and (self.fabric is None or self.fabric.is_global_zero):
             from .report import save_embedding_snapshot
 
@@ -361,6 +362,23 @@ class Engine:
             save_embedding_snapshot(self.run_dir, features, labels.cpu(),
                                     None if weights is None else weights.detach().float().cpu())
         method.train(was_training)
+
+    def _confusion(self, method, images, labels, scenario) -> dict:
+        """Confusion matrix of the headline classifier on the test data of the seen tasks after the last task:
+        ``matrix[a][b]`` = test images of class ``classes[a]`` predicted as ``classes[b]`` (per-class accuracy =
+        diagonal / row sum). Predictions outside the seen classes are counted in a last column, ``other``."""
+        name, classify = next(iter(method.classifiers().items()))
+        classes = sorted({int(c) for c in labels.unique().tolist()})
+        index = torch.full((scenario.num_classes,), len(classes), dtype=torch.long, device=labels.device)
+        index[torch.tensor(classes, device=labels.device)] = torch.arange(len(classes), device=labels.device)
+        counts = torch.zeros(len(classes), len(classes) + 1, dtype=torch.long, device=labels.device)
+        batch = self.config.eval.batch_size
+        for start in range(0, len(labels), batch):
+            predicted = classify(self._eval_layout(images[start : start + batch].float().div(255))).argmax(1)
+            rows, cols = index[labels[start : start + batch]], index[predicted]
+            counts.index_put_((rows, cols), torch.ones_like(rows), accumulate=True)
+        return {"classifier": name, "classes": classes, "matrix": counts[:, : len(classes)].tolist(),
+                "other": counts[:, len(classes)].tolist()}
 
     def _eval_layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.config.model.channels_last else x

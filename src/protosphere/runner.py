@@ -196,6 +196,8 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         metrics[classifier] = {}
         for setting, matrix in settings.items():
             baseline = random_init[classifier][setting] if random_init and classifier in random_init else None
+            if scenario.kind == "class_il" and setting == "class_il":
+                baseline = None  # FWT is not defined in class-IL: a task's classes cannot be predicted before it
             metrics[classifier][setting] = summarize(matrix, baseline)
     results = {
         "name": config.name,
@@ -218,6 +220,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         "nc_epochs": [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in raw.get("per_epoch", [])
                       if e.get("neural_collapse")],
         **({"corruptions": raw["corruptions"]} if "corruptions" in raw else {}),
+        **({"confusion": raw["confusion"]} if "confusion" in raw else {}),
         **({"embeddings": raw["embeddings"]} if "embeddings" in raw else {}),
         "fingerprint": config_fingerprint(config),
         "command": command if command is not None else command_line(),
