@@ -117,7 +117,8 @@ def test_der_plus_plus_step_is_the_written_loss():
 
 
 def test_lwf_snapshot_is_frozen_and_taken_at_task_start(tmp_path):
-    config = digits_config(tmp_path, {"name": "lwf"}, scenario={"num_tasks": 2}, train={"epochs": 1})
+    config = digits_config(tmp_path, {"name": "lwf"}, scenario={"num_tasks": 2},
+                           train={"epochs": 1, "keep_checkpoints": True})  # task-0.ckpt is read below
     results, run_dir = run(config, show_progress=False)
     state = torch.load(run_dir / "checkpoints" / "task-1.ckpt", weights_only=True)["method"]
     snapshot = state["_extra_state"]["snapshots"]["past"]

@@ -25,9 +25,12 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: Literal["fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet", "imagenet100"] = (
-        "fashion_mnist"
-    )
+    dataset: Literal["fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet", "imagenet100",
+                     "domainnet"] = Field("fashion_mnist", description="dataset (`protosphere datasets` shows which "
+                                                                         "are present)")
+    domains: list[str] | None = Field(None, description="DomainNet: its domains in task order, one task each "
+                                                        "(default: clipart, infograph, painting, quickdraw, real, "
+                                                        "sketch); needs scenario.kind=domain_il")
     root: str | None = Field(None,
         description="folder holding the dataset (default: $PROTOSPHERE_DATA, system packages, user cache)")
     download: bool = Field(False,
@@ -89,7 +92,9 @@ class TrainConfig(Section):
     flip: bool = Field(True, description="random horizontal flips in the augmentation")
     log_every_n_steps: int = Field(50, ge=1, description="training loss, lr and img/s logged every N steps")
     checkpoint_every_n_steps: int | None = Field(None, ge=1, description="also checkpoint within a task every N steps")
-    keep_checkpoints: bool = True
+    keep_checkpoints: bool = Field(
+        False, description="keep every task-<t>.ckpt; by default only last.ckpt and the latest task-<t>.ckpt are "
+                           "kept (what --resume and its fallback need)")
 
     def epochs_for(self, task: int) -> int:
         return self.first_task_epochs if task == 0 and self.first_task_epochs is not None else self.epochs

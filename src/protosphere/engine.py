@@ -4,8 +4,9 @@ The engine owns devices, processes, precision, files and progress display (throu
 knows nothing of losses. A method sees batches, a :class:`~protosphere.methods.base.StepContext` and a ``gather``
 function; the engine sees a scalar loss and a dict of detached loss terms.
 
-Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end) hold the method's state (parameters,
-replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far. They are
+Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end; by default only the latest task
+checkpoint is kept beside ``last.ckpt``, ``train.keep_checkpoints: true`` keeps them all) hold the method's state
+(parameters, replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far. They are
 written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, and are
 read with ``weights_only=True``. Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved
 state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
@@ -49,8 +50,11 @@ def config_fingerprint(config: RunConfig) -> str:
         data.pop(key, None)
     data.pop("fabric", None)
     data.pop("logging", None)  # trackers only watch
+    if data["data"].get("domains") is None:  # a key added later: at its default it keeps earlier fingerprints
+        data["data"].pop("domains", None)
     data["train"].pop("log_every_n_steps", None)
     data["train"].pop("checkpoint_every_n_steps", None)
+    data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

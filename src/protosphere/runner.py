@@ -36,6 +36,8 @@ def build_scenario_from_config(config: RunConfig):
     from .data import load_dataset
     from .data.scenarios import build_scenario
 
+    if config.data.dataset == "domainnet":
+        return _domainnet_scenario(config)
     kwargs = {"image_size": config.data.image_size} if config.data.image_size else {}
     dataset = load_dataset(config.data.dataset, root=config.data.root, download=config.data.download, **kwargs)
     sc = config.scenario
@@ -46,6 +48,29 @@ def build_scenario_from_config(config: RunConfig):
     return build_scenario(dataset, sc.kind, sc.num_tasks, classes_per_task=sc.classes_per_task,
                           class_order=sc.class_order, shuffle_classes=sc.shuffle_classes, seed=config.seed,
                           train_fraction=config.data.train_fraction, domain=sc.domain, max_rotation=sc.max_rotation)
+
+
+def _domainnet_scenario(config: RunConfig):
+    """DomainNet domain-IL: one task per domain (all classes in each), as in CaSSLe / Sy-CON."""
+    from .data.image_folder import DOMAINNET_DOMAINS, load_domainnet
+    from .data.scenarios import scenario_from_domains
+
+    sc = config.scenario
+    domains = list(config.data.domains or DOMAINNET_DOMAINS)
+    if sc.kind != "domain_il":
+        raise ConfigError(f"DomainNet is a domain-incremental benchmark (one task per domain); set "
+                          f"scenario.kind=domain_il instead of {sc.kind}.")
+    unknown = [d for d in domains if d not in DOMAINNET_DOMAINS]
+    if unknown:
+        raise ConfigError(f"data.domains has {', '.join(map(repr, unknown))}, not a DomainNet domain; choose from "
+                          f"{', '.join(DOMAINNET_DOMAINS)}.")
+    if len(domains) != sc.num_tasks:
+        raise ConfigError(f"DomainNet has one task per domain: data.domains lists {len(domains)} "
+                          f"({', '.join(domains)}) but scenario.num_tasks is {sc.num_tasks}; make them agree.")
+    if sc.imbalance_ratio is not None:
+        raise ConfigError("scenario.imbalance_ratio is not available for DomainNet; drop it.")
+    datasets = load_domainnet(config.data.root, domains, image_size=config.data.image_size or 64, seed=config.seed)
+    return scenario_from_domains(datasets, train_fraction=config.data.train_fraction, seed=config.seed)
 
 
 def build_method(config: RunConfig, scenario):

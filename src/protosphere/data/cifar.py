@@ -211,8 +211,9 @@ def find_cifar(spec: CifarSpec, root: str | os.PathLike | None = None) -> tuple[
 
 def how_to_get(spec: CifarSpec) -> str:
     return (
-        f"load with download=True to fetch {spec.archive} into the user cache, or download it from {spec.url} and "
-        f"set PROTOSPHERE_DATA to a folder holding {spec.name}/{spec.archive}"
+        f"run `protosphere datasets --ensure {spec.name}` to fetch {spec.archive} into the user cache (in a config: "
+        f"data.download=true; in Python: download=True), or download it from {spec.url} and set PROTOSPHERE_DATA "
+        f"to a folder holding {spec.name}/{spec.archive}"
     )
 
 
@@ -234,8 +235,8 @@ def load_cifar(spec: CifarSpec, root: str | os.PathLike | None = None, download:
         got = md5_file(path)
         if got != spec.md5:
             raise DatasetError(
-                f"{path} has MD5 {got} but the official {spec.archive} has {spec.md5}; delete {path} and load with "
-                "download=True to fetch it again."
+                f"{path} has MD5 {got} but the official {spec.archive} has {spec.md5}; delete {path} and run "
+                f"`protosphere datasets --ensure {spec.name}` to fetch it again."
             )
     source = _Source(spec, path)
     members = [spec.meta_member, *spec.train_members, *spec.test_members]

@@ -166,7 +166,7 @@ def find_idx_dataset(
             missing = ", ".join(IDX_FILES[k] + "[.gz]" for k in IDX_FILES if k not in files)
             raise DatasetError(
                 f"{spec.title} in {directory} is incomplete (missing {missing}); copy the missing files there or "
-                f"delete the folder{' and load with download=True' if kind == 'cache' else ''}."
+                f"delete the folder{f' and run `protosphere datasets --ensure {spec.name}`' if kind == 'cache' else ''}."
             )
     return None
 
@@ -177,7 +177,8 @@ def how_to_get(spec: IdxDatasetSpec) -> str:
     if spec.apt_package:
         ways.append(f"`sudo apt-get install {spec.apt_package}`")
     ways.append(f"set PROTOSPHERE_DATA to a folder holding {spec.name}/ with the four IDX files")
-    ways.append(f"load with download=True to fetch it into {cache_dir(spec.name)}")
+    ways.append(f"run `protosphere datasets --ensure {spec.name}` to fetch it into {cache_dir(spec.name)} (in a "
+                f"config: data.download=true; in Python: download=True)")
     return ", or ".join(ways)
 
 
@@ -204,8 +205,8 @@ def _check_md5(spec: IdxDatasetSpec, key: str, path: Path) -> None:
     expected = spec.gz_md5[key]
     if got != expected:
         raise DatasetError(
-            f"{path} has MD5 {got} but the official {IDX_FILES[key]}.gz has {expected}; delete {path} and load "
-            "with download=True to fetch it again."
+            f"{path} has MD5 {got} but the official {IDX_FILES[key]}.gz has {expected}; delete {path} and run "
+            f"`protosphere datasets --ensure {spec.name}` (in Python: download=True) to fetch it again."
         )
 
 
@@ -253,7 +254,7 @@ def load_idx_dataset(spec: IdxDatasetSpec, root: str | os.PathLike | None = None
     if kind == "system" and spec.apt_package:
         fix = f"reinstall the package with `sudo apt-get install --reinstall {spec.apt_package}`"
     elif kind in ("cache", "download"):
-        fix = f"delete {directory} and load with download=True to fetch it again"
+        fix = f"delete {directory} and run `protosphere datasets --ensure {spec.name}` to fetch it again"
     else:
         fix = f"replace the files in {directory} with the official ones"
     arrays = _decode(spec, files, fix)

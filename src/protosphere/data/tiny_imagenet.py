@@ -123,8 +123,9 @@ def find_tiny_imagenet(root: str | os.PathLike | None = None) -> tuple[str, Path
 
 def how_to_get() -> str:
     return (
-        f"load with download=True to fetch {TINY_ARCHIVE} into the user cache, or download it from {TINY_URL} and set "
-        f"PROTOSPHERE_DATA to a folder holding {NAME}/{TINY_ARCHIVE}"
+        f"run `protosphere datasets --ensure {NAME}` to fetch {TINY_ARCHIVE} into the user cache (in a config: "
+        f"data.download=true; in Python: download=True), or download it from {TINY_URL} and set PROTOSPHERE_DATA to "
+        f"a folder holding {NAME}/{TINY_ARCHIVE}"
     )
 
 
@@ -160,8 +161,8 @@ def load_tiny_imagenet(
         got = md5_file(path)
         if got != TINY_MD5:
             raise DatasetError(
-                f"{path} has MD5 {got} but the official {TINY_ARCHIVE} has {TINY_MD5}; delete {path} and load with "
-                "download=True to fetch it again."
+                f"{path} has MD5 {got} but the official {TINY_ARCHIVE} has {TINY_MD5}; delete {path} and run "
+                f"`protosphere datasets --ensure {NAME}` to fetch it again."
             )
     tree = _Tree(path)
     try:
