@@ -167,3 +167,9 @@ def test_run_eta_counts_training_left_and_evaluations_left(monkeypatch):
     clock["now"] = 22.0
     p.train_step(5, 0, 1)  # 16 steps in 16 s of training
     assert p.eta_run() == pytest.approx((6 + 10) * 1.0 + 2 * 4.0)
+    clock["now"] = 28.0
+    p.train_step(11, 0, 1)
+    p.start_evaluation("after task 2", 4)
+    clock["now"] = 34.0
+    p.end_evaluation()  # 6 s: evaluations grow with the seen data, the latest one is the estimate
+    assert p.eta_run() == pytest.approx(10 * 1.0 + 1 * 6.0)

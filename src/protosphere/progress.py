@@ -72,7 +72,7 @@ class RunProgress:
             return None
         steps_left = (self.planned[self.task] - self.step) + sum(self.planned[self.task + 1:])
         timed = self.eval_seconds or self.other_eval_seconds  # before the first task's: the untrained model's
-        per_eval = sum(timed) / len(timed) if timed else 0.0
+        per_eval = timed[-1] if timed else 0.0  # the latest: fits on the seen data grow from task to task
         evaluations_left = self.num_tasks - self.task
         running = 0.0
         if self._evaluated == self.task:
