@@ -156,7 +156,8 @@ def small_cnn():
         return _FallbackCNN(), f"fallback conv32-conv64-pool-conv128-pool-fc CNN ({type(exc).__name__})"
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """Exit status 1 when a target (FAIL in the report) is missed, 0 otherwise."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="also write the report to this file")
     parser.add_argument("--threads", type=int, default=2)
@@ -166,7 +167,7 @@ def main(argv=None) -> None:
     if args.memory_child:
         which, b, d = args.memory_child
         _memory_child(which, int(b), int(d))
-        return
+        return 0
 
     torch.set_num_threads(args.threads)
     os.environ["BENCH_THREADS"] = str(args.threads)
@@ -292,7 +293,11 @@ def main(argv=None) -> None:
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(lines) + "\n")
+    missed = [line.strip() for line in lines if "FAIL" in line and "target" in line]
+    for line in missed:
+        print(f"target missed: {line}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

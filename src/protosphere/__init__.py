@@ -1,3 +1,17 @@
-"""protosphere: prototype contrast on the unit hypersphere."""
+"""protosphere: prototype contrast on the unit hypersphere.
+
+``protosphere.run(config_or_path, **overrides)`` trains one config and ``protosphere.load_run(run_dir)`` opens a
+finished run (config, results and the trained model for ``encode`` / ``predict``); see :mod:`protosphere.api`.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "run", "load_run", "Run"]
+
+
+def __getattr__(name: str):  # the API pulls in torch: import it on first use, not with the package
+    if name in ("run", "load_run", "Run"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'protosphere' has no attribute {name!r}")

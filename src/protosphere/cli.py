@@ -63,8 +63,11 @@ def cmd_run(args) -> int:
     if not console.is_terminal:  # logs and CI: wide lines, no live bars
         console = Console(width=160)
     config = load_config(args.config, args.overrides)
+    from .provenance import command_line
+
     results, run_dir = run(config, resume=args.resume, overwrite=args.overwrite, console=console,
-                           show_progress=not args.no_progress and console.is_terminal)
+                           show_progress=not args.no_progress and console.is_terminal,
+                           command=command_line(getattr(args, "argv", None)))
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP only the first process reports
@@ -74,6 +77,8 @@ def cmd_run(args) -> int:
     for line in _summary_lines(results):
         console.print(line)
     console.print(f"results: {run_dir / 'results.json'}  ({results['timings']['total_s']:.1f} s)")
+    if (run_dir / "report.html").is_file():
+        console.print(f"report:  {run_dir / 'report.html'}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -120,8 +125,24 @@ def _split_configs_and_overrides(args) -> None:
     args.overrides = [w for w in words if "=" in w]
 
 
+def _tracked_by_git(path) -> bool:
+    """Whether ``path`` is a file git tracks in the repository around it (False without git or a repository)."""
+    import subprocess
+
+    folder = path.parent if path.parent.exists() else None
+    if folder is None:
+        return False
+    try:
+        done = subprocess.run(["git", "-C", str(folder), "ls-files", "--error-unmatch", path.name],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
 def cmd_bench(args) -> int:
-    """Run the benchmark scripts of a source checkout and save their output beside them."""
+    """Run the benchmark scripts of a source checkout; reports go to --out (never over a file git tracks); exit
+    status 1 when a benchmark misses a target."""
     import runpy
     from pathlib import Path
 
@@ -133,30 +154,88 @@ def cmd_bench(args) -> int:
     if missing:
         raise RunError(f"Benchmark scripts not found ({', '.join(missing)}); run `protosphere bench` from a source "
                        f"checkout or pass --benchmarks DIR.")
-    jobs = [("throughput", ["--out", str(root / "throughput.txt")]),
-            ("throughput", ["--backbone", "mlp", "--batch-size", "10", "--augmentation", "none",
-                            "--methods", "finetune", "er", "der++", "lwf", "--steps", "200",
-                            "--out", str(root / "throughput-mammoth-protocol.txt")]),
-            ("losses", ["--out", str(root / "losses.txt")])]
-    for name, argv in jobs:
-        if args.only and name not in args.only:
-            continue
+    out = Path(args.out)
+    jobs = [("throughput", "throughput.txt", []),
+            ("throughput", "throughput-mammoth-protocol.txt",
+             ["--backbone", "mlp", "--batch-size", "10", "--augmentation", "none", "--methods", "finetune", "er",
+              "der++", "lwf", "--steps", "200"]),
+            ("losses", "losses.txt", [])]
+    jobs = [job for job in jobs if not args.only or job[0] in args.only]
+    targets = [out / name for _, name, _ in jobs]
+    tracked = [str(p) for p in targets if p.exists() and _tracked_by_git(p.resolve())]
+    if tracked:
+        raise RunError(f"bench would overwrite {', '.join(tracked)}, tracked by git (the committed reference "
+                       f"numbers); pass --out to another folder, e.g. --out runs/bench.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"Cannot create the bench output folder {out} ({exc.strerror}); pass a writable --out.") from None
+    failed = []
+    for (name, filename, argv), target in zip(jobs, targets):
         saved = sys.argv
-        sys.argv = [str(scripts[name]), *argv]
+        sys.argv = [str(scripts[name]), *argv, "--out", str(target)]
         try:
             runpy.run_path(str(scripts[name]), run_name="__main__")
         except SystemExit as exc:
             if exc.code not in (0, None):
-                return int(exc.code)
+                failed.append(f"{name} ({target}, exit status {exc.code})")
         finally:
             sys.argv = saved
+        print(f"bench: {target}")
+    if failed:
+        print(f"bench: targets missed in {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .catalog import method_summaries
+
+    table = Table(title="methods (method.name); `protosphere config METHOD` lists a method's settings",
+                  show_lines=False)
+    table.add_column("method", style="bold", no_wrap=True)
+    table.add_column("what it is, paper")
+    for name, summary in method_summaries():
+        table.add_row(name, summary)
+    console = Console()
+    if not console.is_terminal:
+        for name, summary in method_summaries():  # one line a method for grep and pipes
+            print(f"{name:<9} {summary}")
+        return 0
+    console.print(table)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .catalog import config_rows
+    from .methods import method_class
+
+    method_class(args.method)  # an unknown name is a ConfigError that suggests the closest
+    rows = config_rows(args.method)
+    width = max(len(key) for key, *_ in rows)
+    dwidth = min(40, max(len(default) for _, default, *_ in rows))
+    print(f"# every key of a `{args.method}` run config: key = default  [type]  description")
+    section = None
+    for key, default, kind, description in rows:
+        top = key.split(".")[0] if "." in key else ""
+        if top != section:
+            section = top
+            print(f"\n[{section}]" if section else "[run]")
+        text = f"{key:<{width}} = {default:<{dwidth}}  [{kind}]"
+        print(f"{text}  {description}" if description else text)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="protosphere",
                                      description="Prototype contrast on the unit hypersphere: continual learning "
                                                  "with neural-collapse prototypes.")
+    parser.add_argument("--version", action="version", version=f"protosphere {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train and evaluate one config")
     p.add_argument("config", help="YAML config (see configs/)")
@@ -187,13 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput (incl. the batch-10 Mammoth protocol) and loss benchmarks")
     p.add_argument("--benchmarks", default="benchmarks", help="folder holding the benchmark scripts")
     p.add_argument("--only", nargs="+", choices=["throughput", "losses"], help="run only these")
+    p.add_argument("--out", default="runs/bench",
+                   help="folder for the reports (default runs/bench; never a file git tracks, such as the committed "
+                        "benchmarks/*.txt)")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("methods", help="every method, one line each, with its paper")
+    p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("config", help="every config key of a method with its default and description")
+    p.add_argument("method", metavar="METHOD", help="a method name (see `protosphere methods`)")
+    p.set_defaults(func=cmd_config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = ["protosphere", *(sys.argv[1:] if argv is None else argv)]
     # overrides may come after options (`run cfg.yaml --overwrite seed=1`), which argparse leaves unparsed
     leftover = [e for e in extra
                 if not (args.command in ("run", "compare") and "=" in e and not e.startswith("-"))]

@@ -26,23 +26,29 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: Literal["fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet", "imagenet100"] = (
-        "fashion_mnist"
-    )
-    root: str | None = None
-    download: bool = False
-    train_fraction: float = Field(1.0, gt=0, le=1)
+    dataset: Literal["fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet", "imagenet100",
+                     "domainnet"] = Field("fashion_mnist", description="dataset (`protosphere datasets` shows which "
+                                                                         "are present)")
+    domains: list[str] | None = Field(None, description="DomainNet: its domains in task order, one task each "
+                                                        "(default: clipart, infograph, painting, quickdraw, real, "
+                                                        "sketch); needs scenario.kind=domain_il")
+    root: str | None = Field(None,
+        description="folder holding the dataset (default: $PROTOSPHERE_DATA, system packages, user cache)")
+    download: bool = Field(False,
+        description="download a missing dataset from its official source (or run `protosphere datasets --ensure NAME`)")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="class-stratified fraction of the training set to use")
     image_size: int | None = Field(None, ge=8, description="resize for image-folder datasets")
 
 
 class ScenarioConfig(Section):
-    kind: Literal["class_il", "data_il", "domain_il"] = "class_il"
-    num_tasks: int = Field(5, ge=1)
-    classes_per_task: list[int] | None = None
-    class_order: list[int] | None = None
-    shuffle_classes: bool = False
-    domain: Literal["rotation", "permutation"] = "rotation"
-    max_rotation: float = Field(180.0, ge=0, le=360)
+    kind: Literal["class_il", "data_il", "domain_il"] = Field("class_il",
+        description="class-, data- or domain-incremental")
+    num_tasks: int = Field(5, ge=1, description="number of tasks the data is split into")
+    classes_per_task: list[int] | None = Field(None, description="classes of each task (default: an even split)")
+    class_order: list[int] | None = Field(None, description="order in which classes arrive (default: 0, 1, 2, ...)")
+    shuffle_classes: bool = Field(False, description="shuffle the class order with the run's seed")
+    domain: Literal["rotation", "permutation"] = Field("rotation", description="domain-IL: what changes between tasks")
+    max_rotation: float = Field(180.0, ge=0, le=360, description="domain-IL rotation: angle of the last task (degrees)")
     imbalance_ratio: float | None = Field(None, gt=0, le=1, description="long-tail profile n_min/n_max (e.g. 0.01)")
 
     @model_validator(mode="after")
@@ -60,44 +66,50 @@ class ScenarioConfig(Section):
 
 
 class ModelConfig(Section):
-    backbone: Literal["mlp", "small_cnn", "resnet18", "resnet18_reduced"] = "small_cnn"
-    mlp_hidden: list[int] = Field(default_factory=lambda: [100, 100])
-    channels_last: bool = True
+    backbone: Literal["mlp", "small_cnn", "resnet18", "resnet18_reduced"] = Field("small_cnn",
+        description="encoder network")
+    mlp_hidden: list[int] = Field(default_factory=lambda: [100, 100], description="hidden widths of the mlp backbone")
+    channels_last: bool = Field(True, description="channels-last memory layout for convolutions (faster)")
 
 
 class OptimizerConfig(Section):
-    name: Literal["sgd", "adam", "adamw", "lars"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["none", "cosine", "step"] = "none"
-    warmup_epochs: int = Field(0, ge=0)
-    milestones: list[float] = Field(default_factory=lambda: [0.6, 0.75, 0.9])
-    gamma: float = Field(0.2, gt=0, le=1)
+    name: Literal["sgd", "adam", "adamw", "lars"] = Field("sgd", description="optimiser")
+    lr: float = Field(0.05, gt=0, description="base learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD/LARS momentum")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+    scheduler: Literal["none", "cosine", "step"] = Field("none", description="learning-rate schedule within each task")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs at the start of each task")
+    milestones: list[float] = Field(default_factory=lambda: [0.6, 0.75, 0.9],
+        description="step schedule: fractions of a task at which the lr decays")
+    gamma: float = Field(0.2, gt=0, le=1, description="step schedule: decay factor")
 
 
 class TrainConfig(Section):
-    epochs: int = Field(1, ge=1)
-    first_task_epochs: int | None = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
-    augmentation: Literal["none", "supervised", "contrastive"] = "supervised"
-    flip: bool = True
-    log_every_n_steps: int = Field(50, ge=1)
-    checkpoint_every_n_steps: int | None = Field(None, ge=1)
-    keep_checkpoints: bool = True
+    epochs: int = Field(1, ge=1, description="epochs per task")
+    first_task_epochs: int | None = Field(None, ge=1, description="epochs of the first task (default: epochs)")
+    batch_size: int = Field(32, ge=1, description="global training batch (split across processes under DDP)")
+    augmentation: Literal["none", "supervised", "contrastive"] = Field("supervised",
+        description="training augmentation recipe")
+    flip: bool = Field(True, description="random horizontal flips in the augmentation")
+    log_every_n_steps: int = Field(50, ge=1, description="training loss, lr and img/s logged every N steps")
+    checkpoint_every_n_steps: int | None = Field(None, ge=1, description="also checkpoint within a task every N steps")
+    keep_checkpoints: bool = Field(
+        False, description="keep every task-<t>.ckpt; by default only last.ckpt and the latest task-<t>.ckpt are "
+                           "kept (what --resume and its fallback need)")
 
     def epochs_for(self, task: int) -> int:
         return self.first_task_epochs if task == 0 and self.first_task_epochs is not None else self.epochs
 
 
 class EvalConfig(Section):
-    batch_size: int = Field(256, ge=1)
-    random_init_baseline: bool = True
-    neural_collapse: bool = True
+    batch_size: int = Field(256, ge=1, description="evaluation batch size")
+    random_init_baseline: bool = Field(True, description="evaluate the untrained model first (FWT's baseline)")
+    neural_collapse: bool = Field(True, description="NC metrics on test features after every task")
     per_epoch: bool = Field(False, description="also evaluate accuracy and NC metrics after every epoch")
     corruptions: list[str] | None = Field(None, description="corruptions applied to the test set after the last "
                                          "task; 'all' for the whole suite")
-    corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5],
+        description="corruption severities 1..5")
     corruption_classifiers: Literal["headline", "all"] = Field(
         "headline", description="which classifiers the corruption suite evaluates (each one costs a full pass)")
     embeddings: bool = Field(True, description="save test embeddings for the report's sphere picture")
@@ -130,12 +142,41 @@ class EvalConfig(Section):
 
 
 class FabricConfig(Section):
-    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
-    devices: int | str = 1
-    num_nodes: int = Field(1, ge=1)
-    strategy: str = "auto"
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = "32-true"
-    threads: int | None = Field(None, ge=1)
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = Field("auto", description="device type")
+    devices: int | str = Field(1, description="devices per node (number, list or 'auto')")
+    num_nodes: int = Field(1, ge=1, description="nodes (multi-node under torchrun or SLURM)")
+    strategy: str = Field("auto", description="lightning-fabric strategy, e.g. ddp")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = Field("32-true",
+        description="numeric precision")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+
+
+class WandbConfig(Section):
+    project: str = Field("protosphere", description="Weights & Biases project")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: files under the run folder only (sync later with `wandb sync`); online: "
+                               "stream to the W&B server")
+    entity: str | None = Field(None, description="W&B team or user (default: yours)")
+    group: str | None = Field(None, description="W&B group, e.g. one per compare (default: none)")
+    tags: list[str] = Field(default_factory=list, description="W&B tags")
+
+
+class LoggingConfig(Section):
+    """Experiment trackers beside metrics.csv (which is always written): they log the same values."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files under <run>/tensorboard "
+                                                 "(pip install protosphere[tensorboard])")
+    wandb: WandbConfig | None = Field(None, description="Weights & Biases, e.g. {project: p, mode: offline} or true "
+                                                        "(pip install protosphere[wandb])")
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _wandb_switch(cls, value):
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
 
 
 class MethodConfig(Section):
@@ -153,9 +194,10 @@ def plain_name(text: str) -> str:
 
 
 class RunConfig(Section):
-    name: str | None = Field(None, description="the run's folder under output_dir: one plain folder name")
-    output_dir: str = "runs"
-    seed: int = 0
+    name: str | None = Field(None, description="the run's folder under output_dir, one plain folder name (default: "
+                               "<config file>-seed<seed>)")
+    output_dir: str = Field("runs", description="where run folders are written")
+    seed: int = Field(0, description="one seed for data order, augmentation, init and class order")
     data: DataConfig = Field(default_factory=DataConfig)
     scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -164,6 +206,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     fabric: FabricConfig = Field(default_factory=FabricConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("name")
     @classmethod

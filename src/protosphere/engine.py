@@ -4,12 +4,13 @@ The engine owns devices, processes, precision, files and progress display (throu
 knows nothing of losses. A method sees batches, a :class:`~protosphere.methods.base.StepContext` and a ``gather``
 function; the engine sees a scalar loss and a dict of detached loss terms.
 
-Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end) hold the method's state (parameters,
-replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far. They are
-written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, are never
-written while a parameter or buffer holds NaN/inf (the run stops instead), and are read with ``weights_only=True``.
-Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved state over it, so every side effect of
-the hook is restored exactly; batch order is a function of (seed, task, epoch).
+Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end; by default only the latest task
+checkpoint is kept beside ``last.ckpt``, ``train.keep_checkpoints: true`` keeps them all) hold the method's state
+(parameters, replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far. They are
+written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, are
+never written while a parameter or buffer holds NaN/inf (the run stops instead), and are read with
+``weights_only=True``. Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved
+state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
 Under DDP a checkpoint also holds every rank's own state (RNG states, replay buffers), gathered to rank 0, and
 ``metrics.csv`` is cut back to what it held at the checkpoint, so a resumed run logs every step once.
 
@@ -39,6 +40,7 @@ from .errors import ConfigError, RunError
 from .losses._checks import set_validation
 from .methods.base import Method, StepContext, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
+from .progress import RunProgress, hms
 
 CHECKPOINT_VERSION = 1
 
@@ -49,8 +51,12 @@ def config_fingerprint(config: RunConfig) -> str:
     for key in ("name", "output_dir"):
         data.pop(key, None)
     data.pop("fabric", None)
+    data.pop("logging", None)  # trackers only watch
+    if data["data"].get("domains") is None:  # a key added later: at its default it keeps earlier fingerprints
+        data["data"].pop("domains", None)
     data["train"].pop("log_every_n_steps", None)
     data["train"].pop("checkpoint_every_n_steps", None)
+    data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -83,9 +89,12 @@ class MetricsLog:
 
     FIELDS = ("time", "task", "epoch", "step", "split", "name", "value")
 
-    def __init__(self, path: Path, enabled: bool = True, append: bool = False, truncate_to: int | None = None):
+    def __init__(self, path: Path, enabled: bool = True, append: bool = False, truncate_to: int | None = None,
+                 trackers=None):
         self.enabled = enabled
         self.start = time.time()
+        self.trackers = trackers  # TensorBoard / W&B (protosphere.loggers.Trackers): the same rows, by global step
+        self.global_step = 0
         if not enabled:
             return
         new = not (append and path.exists())
@@ -101,6 +110,8 @@ class MetricsLog:
         if not self.enabled:
             return
         elapsed = f"{time.time() - self.start:.3f}"
+        if self.trackers:
+            self.trackers.log(split, values, self.global_step, task, epoch)
         for name, value in values.items():
             if value is None:
                 continue
@@ -111,9 +122,11 @@ class MetricsLog:
     def tell(self) -> int | None:
         return self.file.tell() if self.enabled else None
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
         if self.enabled:
             self.file.close()
+        if self.trackers:
+            self.trackers.close(status)
 
 
 class Engine:
@@ -124,6 +137,7 @@ class Engine:
         self.console = console
         self.show_progress = show_progress and fabric is not None and fabric.is_global_zero
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.progress: RunProgress | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     def fit(self, scenario, method: Method, resume: dict | None = None) -> dict:
@@ -167,19 +181,32 @@ class Engine:
                 previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]],
             )
 
+        global_step = state.get("global_step", 0)
+        trackers = None
+        if fabric.is_global_zero and (cfg.logging.tensorboard or cfg.logging.wandb is not None):
+            from .loggers import Trackers, open_trackers
+
+            trackers = Trackers(open_trackers(cfg, self.run_dir, resume_step=global_step if resume else None))
         log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None,
-                         truncate_to=state.get("metrics_bytes"))
+                         truncate_to=state.get("metrics_bytes"), trackers=trackers)
+        log.global_step = global_step
         self._log = log
+        planned = [max(1, len(task.train_labels) // cfg.train.batch_size) * cfg.train.epochs_for(i)
+                   for i, task in enumerate(scenario.tasks)]  # an estimate for later tasks (replay may add rows)
+        progress = self.progress = RunProgress(self.console if fabric.is_global_zero else None, self.show_progress,
+                                               scenario.num_tasks, planned)
+        status = "failed"
         if results["random_init"] is None and cfg.eval.random_init_baseline:
             # the untrained model under the same classifiers (fitted on task 0 where they need data): FWT's b_j
+            progress.start_evaluation("evaluating the untrained model", self._eval_units(method, scenario.num_tasks),
+                                      count=False)
             results["random_init"] = self.evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1,
                                                    prepare=task_context(0))
+            progress.end_evaluation()
 
-        global_step = state.get("global_step", 0)
         # the losses check their inputs on the first step of a run (a bug shows at once); a resumed run passed that
         # check before, and a NaN/inf it meets now is a numerical failure, which the non-finite guard reports
         set_validation(resume is None)
-        progress = self._progress()
         try:
             for t in range(start_task, scenario.num_tasks):
                 context = task_context(t)
@@ -198,8 +225,8 @@ class Engine:
                 total = epochs * steps_per_epoch
                 first = start_step if (in_task and t == start_task) else 0
                 task_start, seen_images = time.perf_counter(), 0
-                bar = progress.add_task(f"task {t + 1}/{scenario.num_tasks}", total=total, completed=first,
-                                        loss="", speed="") if progress else None
+                progress.start_task(t, total, first)
+                epoch_loss, epoch_steps = None, 0  # the epoch's mean loss, for the plain line (no per-step sync)
                 nonfinite: dict = {}  # term names -> step at which each first became non-finite (-1: never)
                 for step in range(first, total):
                     epoch, index = divmod(step, steps_per_epoch)
@@ -219,6 +246,11 @@ class Engine:
                     fabric.backward(output.loss)
                     optimizer.step()
                     global_step += 1
+                    log.global_step = global_step
+                    if progress.plain:
+                        loss_now = output.loss.detach().float()
+                        epoch_loss = loss_now if epoch_loss is None else epoch_loss + loss_now
+                        epoch_steps += 1
                     seen_images += len(rows) * world_size
                     last = step == total - 1
                     every = cfg.train.checkpoint_every_n_steps
@@ -231,10 +263,12 @@ class Engine:
                         speed = seen_images / max(1e-9, time.perf_counter() - task_start)
                         log.log("train", {**terms, "lr": optimizer.param_groups[0]["lr"], "img_per_s": speed},
                                 t, epoch, step)
-                        if bar is not None:
-                            progress.update(bar, completed=step + 1, loss=f"loss {terms['loss']:.4f}",
-                                            speed=f"{speed:,.0f} img/s",
-                                            description=f"task {t + 1}/{scenario.num_tasks} epoch {epoch + 1}/{epochs}")
+                        progress.train_step(step, epoch, epochs, terms["loss"], speed)
+                    if progress.plain and ((step + 1) % steps_per_epoch == 0 or last):
+                        progress.epoch_end(step, epoch, epochs, float(epoch_loss) / max(1, epoch_steps),
+                                           optimizer.param_groups[0]["lr"],
+                                           seen_images / max(1e-9, time.perf_counter() - task_start))
+                        epoch_loss, epoch_steps = None, 0
                     if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
                         self._epoch_evaluation(method, scenario, test_sets, context, results, log, t, epoch)
                     if save:
@@ -243,12 +277,19 @@ class Engine:
                 method.end_task(context)
 
                 eval_start = time.perf_counter()
+                progress.start_evaluation(f"evaluating after task {t + 1}",
+                                          self._eval_units(method, scenario.num_tasks, cfg.eval.neural_collapse,
+                                                           t == scenario.num_tasks - 1))
                 row, predict_seconds = self._timed_evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1,
                                                             prepare=context)
                 for classifier, settings in row.items():
                     for setting, accuracies in settings.items():
                         results["accuracy"].setdefault(classifier, {}).setdefault(setting, []).append(accuracies)
+                if cfg.eval.neural_collapse:
+                    progress.evaluation_step("neural-collapse metrics", advance=0)
                 nc = self.neural_collapse(method, scenario, test_sets, t) if cfg.eval.neural_collapse else None
+                if cfg.eval.neural_collapse:
+                    progress.evaluation_step("neural-collapse metrics")
                 results["neural_collapse"].append(nc)
                 with torch.no_grad():
                     diagnostics = method.diagnostics(context)
@@ -267,31 +308,41 @@ class Engine:
                 headline = next(iter(row))
                 log.log("test", {f"{c}/{s}/task{j}": a for c, ss in row.items() for s, accs in ss.items()
                                  for j, a in enumerate(accs) if j <= t}, t)
+                log.log("test", {f"{c}/{s}/mean_seen": float(np.mean(accs[: t + 1])) for c, ss in row.items()
+                                 for s, accs in ss.items()}, t)
                 if nc:
                     log.log("test", {f"nc/{k}": v for k, v in nc.items() if isinstance(v, (int, float))}, t)
                 if cfg.eval.per_epoch:
                     results["per_epoch"].append({"task": t, "epoch": epochs - 1, "accuracy": row, "neural_collapse": nc})
                 if t == scenario.num_tasks - 1:
+                    progress.evaluation_step("corruptions and embeddings", advance=0)
                     self._final_extras(method, scenario, test_sets, results)
+                    progress.evaluation_step("corruptions and embeddings")
+                progress.end_evaluation()
                 self._save(f"task-{t}.ckpt", method, optimizer, results, t, "task_done", 0, global_step)
                 if self.console is not None and fabric.is_global_zero:
                     seen = row[headline]["class_il"][: t + 1]
                     self.console.print(
                         f"[bold]task {t + 1}/{scenario.num_tasks}[/] {headline} class-IL accuracy on seen tasks: "
                         + " ".join(f"{a:.1f}" for a in seen) + f"  (mean {np.mean(seen):.2f}; "
-                        f"train {train_time:.1f}s, {seen_images / max(train_time, 1e-9):,.0f} img/s)")
+                        f"train {train_time:.1f}s, {seen_images / max(train_time, 1e-9):,.0f} img/s; "
+                        f"eval {eval_time:.1f}s; elapsed {hms(time.perf_counter() - progress.start)}"
+                        + (f", ETA run ~{hms(progress.eta_run())}" if t < scenario.num_tasks - 1 else "") + ")")
                 in_task = False
+            status = "success"
         finally:
-            if progress:
-                progress.stop()
-            log.close()
+            progress.stop()
+            log.close(status)
             set_validation(True)
         return results
 
     # ----------------------------------------------------------------------------------------------------------
     def _epoch_evaluation(self, method, scenario, test_sets, context, results, log, task, epoch) -> None:
+        self.progress.start_evaluation(f"evaluating epoch {epoch + 1}", self._eval_units(method, task + 1),
+                                       count=False)
         row = self.evaluate(method, scenario, test_sets, up_to=task, prepare=context)
         nc = self.neural_collapse(method, scenario, test_sets, task) if self.config.eval.neural_collapse else None
+        self.progress.end_evaluation()
         results["per_epoch"].append({"task": task, "epoch": epoch, "accuracy": row, "neural_collapse": nc})
         values = {f"{c}/{s}/mean_seen": float(np.mean(a[: task + 1])) for c, ss in row.items() for s, a in ss.items()}
         if nc:
@@ -319,6 +370,7 @@ class Engine:
                                            batch_size=cfg.eval.batch_size, seed=cfg.seed)
                 for name, classify in classifiers.items()
             }
+        results["confusion"] = self._confusion(method, images, labels, scenario)
         if cfg.eval.embeddings and (self.fabric is None or self.fabric.is_global_zero):
             from .report import save_embedding_snapshot
 
@@ -331,6 +383,23 @@ class Engine:
             save_embedding_snapshot(self.run_dir, features, labels.cpu(),
                                     None if weights is None else weights.detach().float().cpu())
         method.train(was_training)
+
+    def _confusion(self, method, images, labels, scenario) -> dict:
+        """Confusion matrix of the headline classifier on the test data of the seen tasks after the last task:
+        ``matrix[a][b]`` = test images of class ``classes[a]`` predicted as ``classes[b]`` (per-class accuracy =
+        diagonal / row sum). Predictions outside the seen classes are counted in a last column, ``other``."""
+        name, classify = next(iter(method.classifiers().items()))
+        classes = sorted({int(c) for c in labels.unique().tolist()})
+        index = torch.full((scenario.num_classes,), len(classes), dtype=torch.long, device=labels.device)
+        index[torch.tensor(classes, device=labels.device)] = torch.arange(len(classes), device=labels.device)
+        counts = torch.zeros(len(classes), len(classes) + 1, dtype=torch.long, device=labels.device)
+        batch = self.config.eval.batch_size
+        for start in range(0, len(labels), batch):
+            predicted = classify(self._eval_layout(images[start : start + batch].float().div(255))).argmax(1)
+            rows, cols = index[labels[start : start + batch]], index[predicted]
+            counts.index_put_((rows, cols), torch.ones_like(rows), accumulate=True)
+        return {"classifier": name, "classes": classes, "matrix": counts[:, : len(classes)].tolist(),
+                "other": counts[:, len(classes)].tolist()}
 
     def _eval_layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.config.model.channels_last else x
@@ -408,18 +477,14 @@ class Engine:
                 obj.data = {key: value.to(device) for key, value in data.items()}
         set_rng_state((own or state)["rng"], device)
 
-    def _progress(self):
-        if not self.show_progress:
-            return None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+    @staticmethod
+    def _eval_units(method: Method, num_tasks: int, nc: bool = False, final: bool = False) -> int:
+        """Units of the evaluation bar: classifier fits, one per classifier and test task, NC metrics, extras."""
+        return 1 + len(method.classifiers()) * num_tasks + int(nc) + int(final)
 
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
-                            transient=False)
-        progress.start()
-        return progress
+    def _eval_tick(self, description: str, advance: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.evaluation_step(description, advance)
 
     def _save(self, name: str, method, optimizer, results, task: int, phase: str, step: int, global_step: int):
         self._check_finite_state(method, task)
@@ -460,7 +525,9 @@ class Engine:
         was_training = method.training
         method.eval()
         if prepare is not None:
+            self._eval_tick("fitting classifiers", advance=0)
             method.prepare_evaluation(prepare)
+        self._eval_tick("fitting classifiers")
         batch = self.config.eval.batch_size
         row: dict = {}
         predict_seconds: dict[str, float] = {}
@@ -483,6 +550,7 @@ class Engine:
                         correct_task += int((classes[masked.argmax(1)] == y).sum())
                 class_il.append(100.0 * correct / len(labels))
                 task_il.append(100.0 * correct_task / len(labels))
+                self._eval_tick(f"{name}: test task {j + 1}/{up_to + 1}")
             method.synchronize()
             predict_seconds[name] = time.perf_counter() - predict_start
             row[name] = {"class_il": class_il, **({"task_il": task_il} if scenario.task_il else {})}

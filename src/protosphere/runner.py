@@ -36,6 +36,8 @@ def build_scenario_from_config(config: RunConfig):
     from .data import load_dataset
     from .data.scenarios import build_scenario
 
+    if config.data.dataset == "domainnet":
+        return _domainnet_scenario(config)
     kwargs = {"image_size": config.data.image_size} if config.data.image_size else {}
     dataset = load_dataset(config.data.dataset, root=config.data.root, download=config.data.download, **kwargs)
     sc = config.scenario
@@ -70,6 +72,29 @@ def scenario_notes(config: RunConfig, scenario) -> list[str]:
         return [f"{scenario.num_classes} classes do not split evenly into {scenario.num_tasks} tasks, so the tasks "
                 f"get {'/'.join(map(str, sizes))} classes; set scenario.classes_per_task to choose the sizes."]
     return []
+
+
+def _domainnet_scenario(config: RunConfig):
+    """DomainNet domain-IL: one task per domain (all classes in each), as in CaSSLe / Sy-CON."""
+    from .data.image_folder import DOMAINNET_DOMAINS, load_domainnet
+    from .data.scenarios import scenario_from_domains
+
+    sc = config.scenario
+    domains = list(config.data.domains or DOMAINNET_DOMAINS)
+    if sc.kind != "domain_il":
+        raise ConfigError(f"DomainNet is a domain-incremental benchmark (one task per domain); set "
+                          f"scenario.kind=domain_il instead of {sc.kind}.")
+    unknown = [d for d in domains if d not in DOMAINNET_DOMAINS]
+    if unknown:
+        raise ConfigError(f"data.domains has {', '.join(map(repr, unknown))}, not a DomainNet domain; choose from "
+                          f"{', '.join(DOMAINNET_DOMAINS)}.")
+    if len(domains) != sc.num_tasks:
+        raise ConfigError(f"DomainNet has one task per domain: data.domains lists {len(domains)} "
+                          f"({', '.join(domains)}) but scenario.num_tasks is {sc.num_tasks}; make them agree.")
+    if sc.imbalance_ratio is not None:
+        raise ConfigError("scenario.imbalance_ratio is not available for DomainNet; drop it.")
+    datasets = load_domainnet(config.data.root, domains, image_size=config.data.image_size or 64, seed=config.seed)
+    return scenario_from_domains(datasets, train_fraction=config.data.train_fraction, seed=config.seed)
 
 
 def build_method(config: RunConfig, scenario, world_size: int = 1):
@@ -212,11 +237,13 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
 
 
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
-        show_progress: bool = True) -> tuple[dict, Path]:
+        show_progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
+    """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv)."""
     from .engine import Engine, config_fingerprint, environment, write_config, write_results
     from .metrics.continual import summarize
 
     from .distributed import rank_zero_first
+    from .provenance import command_line, source_revision
 
     started = time.time()
     # Under DDP every process runs this function (torchrun / SLURM start them all; fabric.launch() starts the others
@@ -248,6 +275,9 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
                       f"{state['loaded_from']}")
 
     # everything that can still fail on bad input (data, scenario, method) fails before anything is written
+    from .loggers import check_trackers
+
+    check_trackers(config)
     fabric.seed_everything(config.seed, verbose=False)
     scenario = build_scenario_from_config(config)
     method = build_method(config, scenario, world_size=fabric.world_size)
@@ -265,6 +295,8 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         metrics[classifier] = {}
         for setting, matrix in settings.items():
             baseline = random_init[classifier][setting] if random_init and classifier in random_init else None
+            if scenario.kind == "class_il" and setting == "class_il":
+                baseline = None  # FWT is not defined in class-IL: a task's classes cannot be predicted before it
             metrics[classifier][setting] = summarize(matrix, baseline)
     results = {
         "name": config.name,
@@ -288,8 +320,11 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         "nc_epochs": [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in raw.get("per_epoch", [])
                       if e.get("neural_collapse")],
         **({"corruptions": raw["corruptions"]} if "corruptions" in raw else {}),
+        **({"confusion": raw["confusion"]} if "confusion" in raw else {}),
         **({"embeddings": raw["embeddings"]} if "embeddings" in raw else {}),
         "fingerprint": config_fingerprint(config),
+        "command": command if command is not None else command_line(),
+        "code": source_revision(),
         "timings": {**raw["timings"], "total_s": time.time() - started},
         "environment": {**environment(),
                         "device": str(fabric.device), "world_size": fabric.world_size,

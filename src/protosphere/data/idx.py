@@ -34,7 +34,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _refetch_hint(path: Path) -> str:
-    return f"delete {path} and fetch it again (download=True, or reinstall the package that provides it)"
+    return (f"delete {path} and fetch it again (`protosphere datasets --ensure NAME` with the dataset's name, or "
+            f"reinstall the package that provides it)")
 
 
 def _read_exact(stream, n: int, path: Path, what: str) -> bytes:

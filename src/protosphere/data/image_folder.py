@@ -135,8 +135,8 @@ def find_domainnet(root: str | os.PathLike | None = None) -> Path | None:
 
 DOMAINNET_HOW = (
     "download the domains from https://ai.bu.edu/M3SDA/ , extract them as <root>/<domain>/<class>/ next to the "
-    "<domain>_train.txt/<domain>_test.txt split files, and pass that folder as root or set PROTOSPHERE_DATA to the "
-    "folder holding domainnet/"
+    "<domain>_train.txt/<domain>_test.txt split files, and set data.root=FOLDER (or PROTOSPHERE_DATA to the folder "
+    "holding domainnet/); run it with data.dataset=domainnet scenario.kind=domain_il (one task per domain)"
 )
 
 

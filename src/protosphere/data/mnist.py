@@ -166,7 +166,7 @@ def find_idx_dataset(
             missing = ", ".join(IDX_FILES[k] + "[.gz]" for k in IDX_FILES if k not in files)
             raise DatasetError(
                 f"{spec.title} in {directory} is incomplete (missing {missing}); copy the missing files there or "
-                f"delete the folder{' and load with download=True' if kind == 'cache' else ''}."
+                f"delete the folder{f' and run `protosphere datasets --ensure {spec.name}`' if kind == 'cache' else ''}."
             )
     return None
 

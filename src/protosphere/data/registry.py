@@ -35,7 +35,8 @@ def _normalise(name: str) -> str:
     if key not in DATASET_NAMES:
         close = difflib.get_close_matches(key, DATASET_NAMES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        extra = " (DomainNet is loaded per domain with protosphere.data.load_domainnet)" if key == "domainnet" else ""
+        extra = (" (DomainNet is loaded per domain: in a config, data.dataset=domainnet with scenario.kind=domain_il; "
+                 "in Python, protosphere.data.load_domainnet)") if key == "domainnet" else ""
         raise DatasetError(f"unknown dataset {name!r}{extra}; {hint}known datasets: {', '.join(DATASET_NAMES)}.")
     return key
 

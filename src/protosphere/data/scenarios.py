@@ -5,7 +5,7 @@
   Task-IL evaluation uses the same tasks with logits masked to each task's classes.
 * **data-IL** — every task has all classes; the training set is cut into disjoint, class-stratified shards.
 * **domain-IL** — every task has all classes in a different domain: FMNIST-style rotations (seeded angle per task) or
-  pixel permutations (task 0 keeps the identity).
+  pixel permutations (task 0 keeps the identity), or one real domain per task (DomainNet, :func:`scenario_from_domains`).
 
 Images are kept as uint8 tensors (N, C, H, W) on the host; the engine moves one task at a time to the device.
 """
@@ -200,3 +200,34 @@ def build_scenario(dataset, kind: str = "class_il", num_tasks: int = 5, *, class
         tasks.append(Task(t, all_classes, make(train_x), train_y_t, make(test_x), test_y_t))
     return Scenario(f"{dataset.name}-{domain}-domain-il", kind, tasks, num_classes, list(all_classes), names,
                     extra={"domains": domains}, **common)
+
+
+def scenario_from_domains(datasets, train_fraction: float = 1.0, seed: int = 0) -> Scenario:
+    """Domain-IL from one :class:`~protosphere.data.ImageDataset` per domain (same label space, e.g. DomainNet's):
+    task t = domain t's training images and test images. Normalisation statistics pool every domain's training
+    pixels; ``train_fraction`` keeps a class-stratified subset of each domain."""
+    if not datasets:
+        raise ScenarioError("a domain-IL scenario needs at least one domain.")
+    names = list(datasets[0].class_names)
+    shapes = {tuple(d.train_images.shape[1:]) for d in datasets}
+    if any(list(d.class_names) != names for d in datasets) or len(shapes) != 1:
+        raise ScenarioError("every domain must share the class list and the image size.")
+    rng = np.random.default_rng(seed)
+    all_classes = tuple(range(len(names)))
+    tasks, weights, means, squares = [], [], [], []
+    for t, dataset in enumerate(datasets):
+        keep = _subset(dataset.train_labels, train_fraction, rng)
+        tasks.append(Task(t, all_classes, _to_nchw(dataset.train_images[keep]),
+                          torch.from_numpy(dataset.train_labels[keep]), _to_nchw(dataset.test_images),
+                          torch.from_numpy(dataset.test_labels)))
+        mean, std = dataset.channel_stats()
+        weights.append(dataset.train_images.size)
+        means.append(np.asarray(mean))
+        squares.append(np.asarray(std) ** 2 + np.asarray(mean) ** 2)
+    w = np.asarray(weights, dtype=np.float64) / sum(weights)
+    mean = sum(wi * m for wi, m in zip(w, means))
+    std = np.sqrt(np.maximum(sum(wi * q for wi, q in zip(w, squares)) - mean ** 2, 1e-12))
+    domains = [d.name.removeprefix("domainnet_") for d in datasets]
+    return Scenario(f"{datasets[0].name.split('_')[0]}-domain-il", "domain_il", tasks, len(names), list(all_classes),
+                    names, image_shape=tuple(tasks[0].train_images.shape[1:]), mean=tuple(map(float, mean)),
+                    std=tuple(map(float, std)), extra={"domains": domains})

@@ -276,7 +276,14 @@ class _FunctionalLoss(nn.Module):
 
 
 class SupConLoss(_FunctionalLoss):
-    """Module form of :func:`supcon`: ``SupConLoss(temperature=0.07, base_temperature=0.07)(z, labels)``."""
+    """Module form of :func:`supcon`: ``SupConLoss(temperature=0.07, base_temperature=0.07)(z, labels)``.
+
+    Why the value differs from PyTorch Metric Learning's ``SupConLoss`` at τ ≠ 0.07: this loss follows SupContrast
+    (Khosla et al.) and multiplies every anchor's term by τ/τ_base with τ_base = 0.07, so that the gradient's scale
+    does not change with τ; PML leaves that factor out. The two agree at τ = 0.07 (factor 1); elsewhere
+    ``SupConLoss(τ)(z, y) = (τ/0.07) · pml.losses.SupConLoss(temperature=τ)(z, y)``. Pass ``base_temperature=τ`` for
+    PML's value.
+    """
 
     _fn = staticmethod(supcon)
 
@@ -286,12 +293,15 @@ class SupConLoss(_FunctionalLoss):
 
 class AsymmetricSupConLoss(_FunctionalLoss):
     """Module form of :func:`asymmetric_supcon`:
-    ``AsymmetricSupConLoss(temperature=0.5, base_temperature=0.07)(z, labels, current_classes=[...])``."""
+    ``AsymmetricSupConLoss(temperature=0.5, base_temperature=0.07)(z, labels, current_classes)``."""
 
     _fn = staticmethod(asymmetric_supcon)
 
     def __init__(self, temperature: float = 0.5, base_temperature: float = 0.07):
         super().__init__(temperature=temperature, base_temperature=base_temperature)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, current_classes) -> torch.Tensor:
+        return asymmetric_supcon(z, labels, current_classes, **self.hyper_parameters)
 
 
 class FNC2Loss(_FunctionalLoss):

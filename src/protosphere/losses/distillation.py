@@ -237,13 +237,13 @@ def hsd_alpha(step: int, total_steps: int, schedule: str = "official", alpha0: f
 # ---------------------------------------------------------------------------------------------------------------------
 
 class IRDLoss(nn.Module):
-    """Module form of :func:`ird`: ``IRDLoss(current_temperature=0.2, past_temperature=0.01)(z, None, z_past=zp)``."""
+    """Module form of :func:`ird`: ``IRDLoss(current_temperature=0.2, past_temperature=0.01)(z, z_past)``."""
 
     def __init__(self, current_temperature: float = 0.2, past_temperature: float = 0.01):
         super().__init__()
         self.current_temperature, self.past_temperature = current_temperature, past_temperature
 
-    def forward(self, z, labels=None, *, z_past):
+    def forward(self, z, z_past):
         return ird(z, z_past, self.current_temperature, self.past_temperature)
 
     def extra_repr(self) -> str:
@@ -252,13 +252,13 @@ class IRDLoss(nn.Module):
 
 class PRDLoss(nn.Module):
     """Module form of :func:`prd`:
-    ``PRDLoss(current_temperature=0.2, past_temperature=0.1)(z, None, z_past=zp, prototypes=P_old)``."""
+    ``PRDLoss(current_temperature=0.2, past_temperature=0.1)(z, z_past, prototypes)``."""
 
     def __init__(self, current_temperature: float = 0.2, past_temperature: float = 0.1):
         super().__init__()
         self.current_temperature, self.past_temperature = current_temperature, past_temperature
 
-    def forward(self, z, labels=None, *, z_past, prototypes):
+    def forward(self, z, z_past, prototypes):
         return prd(z, z_past, prototypes, self.current_temperature, self.past_temperature)
 
     def extra_repr(self) -> str:

@@ -100,7 +100,7 @@ def dr_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
 
 
 class DRLoss(nn.Module):
-    """Module form of :func:`dr_loss`: ``DRLoss()(z, labels, prototypes=P, class_weights=None)``."""
+    """Module form of :func:`dr_loss`: ``DRLoss()(z, labels, prototypes, class_weights=None)``."""
 
-    def forward(self, z, labels, *, prototypes, class_weights=None):
+    def forward(self, z, labels, prototypes, class_weights=None):
         return dr_loss(z, labels, prototypes, class_weights)

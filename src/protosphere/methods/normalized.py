@@ -76,6 +76,9 @@ class NormFaceConfig(NormalizedConfig):
 
 @register("normface")
 class NormFace(NormalizedMethod):
+    """NormFace: cross-entropy on cosine logits u·Ŵᵀ/τ (Wang et al., "NormFace: L2 hypersphere embedding for face
+    verification", ACM MM 2017)."""
+
     config_class = NormFaceConfig
     loss_name = "normface"
 
@@ -89,6 +92,8 @@ class NTCEConfig(NormalizedConfig):
 
 @register("ntce")
 class NTCE(NormalizedMethod):
+    """NTCE: the class weight as anchor, every batch feature a candidate ("Neural Collapse by Design")."""
+
     config_class = NTCEConfig
     loss_name = "ntce"
 
@@ -104,6 +109,9 @@ class NONLConfig(NormalizedConfig):
 
 @register("nonl")
 class NONL(NormalizedMethod):
+    """NONL: NTCE without the positive in the denominator, optionally bidirectional ("Neural Collapse by
+    Design")."""
+
     config_class = NONLConfig
     loss_name = "nonl"
 

@@ -137,18 +137,55 @@ def summarize_rows(entries: Sequence[Entry], columns: Sequence[Column]) -> list[
     return rows
 
 
-def best_labels(rows: Sequence[dict], columns: Sequence[Column]) -> dict[str, str | None]:
-    """Label of the row with the best mean per column (max, min for forgetting); None when fewer than two rows."""
-    best: dict[str, str | None] = {}
+MIN_SEEDS_FOR_BEST = 3
+SIGNIFICANCE = 0.05
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) for the means of ``a`` and ``b``; None when a side has
+    fewer than two values. Two constant samples with different means give 0 (the difference has no spread)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return 1.0 if a.mean() == b.mean() else 0.0
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def best_test(rows: Sequence[dict], columns: Sequence[Column]) -> dict[str, dict | None]:
+    """Per column: the row with the best mean (max; min for forgetting), the runner-up, both n, and Welch's p.
+
+    ``best`` is set only when both rows have at least MIN_SEEDS_FOR_BEST values and p < SIGNIFICANCE; with fewer
+    seeds, or overlapping results, no row is called best. None when fewer than two rows have a value.
+    """
+    out: dict[str, dict | None] = {}
     for c in columns:
-        scored = [(row["values"][c.key]["mean"], row["label"]) for row in rows
+        scored = [(row["values"][c.key]["mean"], row["label"], row["values"][c.key]) for row in rows
                   if row["values"][c.key]["mean"] is not None]
         if len(scored) < 2:
-            best[c.key] = None
+            out[c.key] = None
             continue
-        pick = min(scored) if c.metric in LOWER_IS_BETTER else max(scored)
-        best[c.key] = pick[1]
-    return best
+        scored.sort(key=lambda item: item[0], reverse=c.metric not in LOWER_IS_BETTER)
+        (_, first, a), (_, second, b) = scored[0], scored[1]
+        values_a = [v for v in a["values"] if v is not None]
+        values_b = [v for v in b["values"] if v is not None]
+        p = welch_p(values_a, values_b)
+        enough = min(len(values_a), len(values_b)) >= MIN_SEEDS_FOR_BEST
+        out[c.key] = {"leader": first, "runner_up": second, "n": [len(values_a), len(values_b)], "p": p,
+                      "best": first if enough and p is not None and p < SIGNIFICANCE else None}
+    return out
+
+
+def best_labels(rows: Sequence[dict], columns: Sequence[Column]) -> dict[str, str | None]:
+    """Label of the significantly best row per column (see :func:`best_test`), else None."""
+    return {key: (test or {}).get("best") for key, test in best_test(rows, columns).items()}
+
+
+BEST_RULE = (f"bold = best mean, only when both it and the runner-up have n ≥ {MIN_SEEDS_FOR_BEST} seeds and "
+             f"Welch's t-test (two-sided, unequal variances) between them gives p < {SIGNIFICANCE}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,7 +296,7 @@ def to_markdown(summary: dict) -> str:
     head = ["config", "method", "classifier", *[c["title"] for c in columns]]
     lines = [f"# protosphere compare — {summary['scenario']['description']}", "",
              f"Mean ± sample std over seeds {', '.join(map(str, summary['seeds']))} (n = {len(summary['seeds'])}); "
-             f"accuracies in %, forgetting in percentage points (lower is better); **bold** = best mean; "
+             f"accuracies in %, forgetting in percentage points (lower is better); **bold**{BEST_RULE[4:]}; "
              f"[clf] columns: that classifier; the others: each row's headline classifier.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(columns)]
     for row in summary["rows"]:
@@ -321,8 +358,11 @@ def to_html(summary: dict, out: Path) -> str:
             bold = best.get(c["key"]) == row["label"]
             value = "null" if stat["mean"] is None else repr(stat["mean"])
             std = "null" if stat["std"] is None else repr(stat["std"])
+            test = (summary.get("best_test") or {}).get(c["key"]) or {}
+            tip = (f' title="Welch\'s t-test against {esc(test["runner_up"])}: p = {test["p"]:.3g} '
+                   f'(n = {test["n"][0]}, {test["n"][1]})"' if bold and test.get("p") is not None else "")
             cells.append(f'<td data-key="{esc(row["label"] + "|" + c["key"])}" data-mean="{value}" '
-                         f'data-std="{std}">{"<b>" + text + "</b>" if bold else text}</td>')
+                         f'data-std="{std}"{tip}>{"<b>" + text + "</b>" if bold else text}</td>')
         links = " ".join(f'<a href="{esc(name)}/report.html">s{esc(seed)}</a>'
                          for name, seed in zip(row["runs"], row["seeds"]))
         body.append(f"<tr><td class=\"l\"><b>{esc(row['label'])}</b></td><td class=\"l\">{esc(row['method'])}</td>"
@@ -331,7 +371,7 @@ def to_html(summary: dict, out: Path) -> str:
     parts.append("<table><thead><tr><th class=\"l\">config</th><th class=\"l\">method</th><th class=\"l\">classifier"
                  f"</th>{head}<th class=\"l\">runs</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
     parts.append(f'<p class="note">Mean ± sample std over {len(summary["seeds"])} seed(s); accuracies in %, '
-                 f"forgetting in percentage points (lower is better); bold = best mean. Columns without [classifier] "
+                 f"forgetting in percentage points (lower is better); {BEST_RULE}. Columns without [classifier] "
                  f"use each row's headline classifier.</p>")
     figs = ['<div class="row">']
     if series:
@@ -402,6 +442,8 @@ def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path 
         "columns": [c.__dict__ for c in columns],
         "rows": rows,
         "best": best_labels(rows, columns),
+        "best_test": best_test(rows, columns),
+        "best_rule": BEST_RULE,
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", json.dumps(summary, indent=2))

@@ -45,7 +45,9 @@ h1 { font-size: 24px; margin: 0 0 4px; }
 h2 { font-size: 18px; margin: 28px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 .meta { color: var(--muted); font-size: 13px; }
-.meta span { margin-right: 14px; white-space: nowrap; }
+.meta span { margin-right: 14px; white-space: nowrap; display: inline-block; max-width: 100%; }
+.meta span b { white-space: normal; overflow-wrap: anywhere; }
+.scroll { max-width: 100%; overflow-x: auto; }
 .meta b { color: var(--fg); font-weight: 600; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0 4px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 150px;
@@ -72,6 +74,13 @@ pre { background: #fff; border: 1px solid var(--line); border-radius: 6px; paddi
 .warn { border-left: 4px solid #C44E52; background: #fdf2f2; padding: 8px 12px; border-radius: 4px; }
 code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--bg); padding: 1px 4px;
        border-radius: 4px; }
+nav.toc { border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; margin: 12px 0; background: var(--bg);
+          font-size: 13px; }
+nav.toc ol { margin: 4px 0 0; padding-left: 0; list-style: none; display: flex; flex-wrap: wrap; gap: 4px 18px; }
+nav.toc li { counter-increment: toc; }
+nav.toc li::before { content: counter(toc) ". "; color: var(--muted); }
+nav.toc a { color: var(--accent); text-decoration: none; }
+nav.toc a:hover { text-decoration: underline; }
 footer { margin-top: 36px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 8px; }
 """
 
@@ -116,8 +125,15 @@ def page(title: str, body: str, footer: str = "") -> str:
     foot = f"<footer>{footer} Rendered {esc(stamp)} by protosphere {esc(__version__)}.</footer>"
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}\n{foot}\n"
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{_scrolling(body)}\n{foot}\n"
             "</main>\n</body>\n</html>\n")
+
+
+def _scrolling(body: str) -> str:
+    """Every table in a box that scrolls sideways by itself, so a wide table never pushes the page past the window."""
+    import re
+
+    return re.sub(r"(<table\b.*?</table>)", r'<div class="scroll">\1</div>', body, flags=re.S)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -358,7 +374,14 @@ def _classifier_sections(results: dict, plot_dir: Path, figures: list[Path]) -> 
                                       "forgotten)."))
         else:
             section.append('<p class="note">One task: nothing to forget, no accuracy over time.</p>')
-        parts.append("\n".join(section))
+        if classifier == headline or len(accuracy) == 1:
+            parts.append("\n".join(section))
+        else:  # the other classifiers folded: the headline is what a reader looks at first
+            final = (metrics.get(classifier) or {}).get("class_il", {}).get("final_average_accuracy")
+            summary = (f"Classifier <code>{esc(classifier)}</code>"
+                       + (f" — class-IL final avg acc {fmt(final)} %" if final is not None else ""))
+            parts.append(f'<details class="classifier"><summary>{summary}</summary>\n'
+                         + "\n".join(section[1:]) + "\n</details>")
     return "\n".join(parts)
 
 
@@ -680,6 +703,79 @@ def _timings_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
     return "\n".join(parts)
 
 
+def _training_section(run_dir: Path, plot_dir: Path, figures: list[Path]) -> str:
+    """Loss (and its terms) and learning rate over the whole run, from metrics.csv."""
+    from . import curves
+
+    series = curves.read_training_rows(run_dir / "metrics.csv")
+    path = curves.training_curves(series, plot_dir / "training_curves.png") if series else None
+    if path is None:
+        return ""
+    figures.append(path)
+    return ("<h2>Training curves</h2>"
+            + figure(path, "training loss and learning rate",
+                     "Training loss (thick; thin lines: its terms) and learning rate against the global step, "
+                     "logged every <code>train.log_every_n_steps</code> steps and at the end of each task "
+                     "(dashed lines: a new task starts). Source: <code>metrics.csv</code>."))
+
+
+def _per_class_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
+    """Per-class accuracy after the last task and, up to 30 classes, the confusion matrix (``results["confusion"]``)."""
+    from . import curves
+
+    confusion = results.get("confusion")
+    if not isinstance(confusion, dict) or not confusion.get("classes"):
+        return ""
+    names = (results.get("scenario") or {}).get("class_names")
+    classes = [int(c) for c in confusion["classes"]]
+    labels = [_class_label(names, c) for c in classes]
+    per_class = curves.per_class_accuracy(confusion)
+    classifier = confusion.get("classifier", "?")
+    parts = ["<h2>Per-class accuracy after the last task</h2>"]
+    pictures = []
+    values = [a if a is not None else float("nan") for _, a, _ in per_class]
+    bars = plots.per_class_bars([("accuracy per class", labels, values, "accuracy (%)")],
+                                plot_dir / "per_class_accuracy.png")
+    if bars is not None:
+        figures.append(bars)
+        pictures.append(figure(bars, "per-class accuracy after the last task",
+                               f"Accuracy (%) of <code>{esc(classifier)}</code> per class on the test data of the "
+                               f"seen tasks after the last task (dashed: the mean over classes)."))
+    if len(classes) <= 30:
+        path = curves.confusion_matrix(confusion["matrix"], labels, plot_dir / "confusion_matrix.png",
+                                       f"confusion matrix, {classifier}")
+        figures.append(path)
+        pictures.append(figure(path, "confusion matrix after the last task",
+                               "Share (%) of each true class (row) predicted as each class (column)."))
+    parts.append('<div class="row">' + "".join(pictures) + "</div>")
+    rows = "".join(f'<tr><td class="l">{esc(label)}</td><td>{c}</td><td>{n:,}</td>'
+                   f'{number_cell(a, f"per_class/{c}")}</tr>' for label, (c, a, n) in zip(labels, per_class))
+    parts.append(f"<details><summary>Per-class numbers ({esc(classifier)})</summary>"
+                 f'<table class="per-class"><thead><tr><th class="l">class</th><th>id</th><th>test images</th>'
+                 f"<th>accuracy (%)</th></tr></thead><tbody>{rows}</tbody></table></details>")
+    return "\n".join(parts)
+
+
+def _with_contents(body: str) -> str:
+    """Put an anchor before every <h2> and a table of contents linking to them after the header."""
+    import re
+
+    entries = []
+
+    def anchor(match) -> str:
+        title = match.group(1)
+        ident = "s-" + _slug(re.sub(r"<[^>]+>", "", title).strip().lower().replace(" ", "-"))
+        entries.append((ident, title))
+        return f'<a class="anchor" id="{ident}"></a><h2>{title}</h2>'
+
+    body = re.sub(r"<h2>(.*?)</h2>", anchor, body)
+    if not entries:
+        return body
+    links = "".join(f'<li><a href="#{ident}">{title}</a></li>' for ident, title in entries)
+    toc = f'<nav class="toc" aria-label="contents"><b>Contents</b><ol>{links}</ol></nav>'
+    return body.replace("</header>", "</header>\n" + toc, 1) if "</header>" in body else toc + body
+
+
 def render_report(run_dir: str | Path, results: dict) -> str:
     """Write ``plots/*.png`` for ``results`` and return the report's HTML text."""
     run_dir = Path(run_dir)
@@ -697,16 +793,19 @@ def render_report(run_dir: str | Path, results: dict) -> str:
     body.append("<h2>Headline numbers</h2>")
     body.append(headline_table(results))
     body.append('<p class="note">Accuracies in %, forgetting/BWT/FWT in percentage points; ★ = headline classifier. '
-                "n/a: the metric needs a second task (forgetting, BWT, FWT) or a random-init baseline (FWT).</p>")
+                "n/a: the metric needs a second task (forgetting, BWT, FWT) or a random-init baseline (FWT); FWT is "
+                "not defined in class-IL (a task's classes cannot be predicted before they are learned).</p>")
     body.append(_task_il_note(results))
     body.append("<h2>Accuracy</h2>")
     body.append(_classifier_sections(results, plot_dir, figures))
+    body.append(_per_class_section(results, plot_dir, figures))
+    body.append(_training_section(run_dir, plot_dir, figures))
     body.append(_nc_section(results, plot_dir, figures))
     body.append(_diagnostics_section(results, plot_dir, figures))
     body.append(_corruption_section(results, plot_dir, figures))
     body.append(_embedding_section(results, run_dir, plot_dir, figures))
     body.append(_timings_section(results, plot_dir, figures))
-    return page(f"protosphere report — {name}", "\n".join(p for p in body if p),
+    return page(f"protosphere report — {name}", _with_contents("\n".join(p for p in body if p)),
                 footer=f"Source: <code>{esc(run_dir / 'results.json')}</code>; plots in "
                        f"<code>{esc(plot_dir)}</code>.")
 

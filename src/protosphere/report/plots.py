@@ -72,6 +72,26 @@ def _task_ticks(ax, count: int, axis: str = "x", prefix: str = "T") -> None:
         ax.set_yticks(ticks, labels)
 
 
+def class_ticks(ax, labels: Sequence[str], axis: str, inches_per_tick: float, fontsize: float = 8) -> None:
+    """Class-name ticks that never overlap: every k-th label when they are denser than the text allows, and x labels
+    slanted when the longest one is wider than the room a tick has."""
+    n = len(labels)
+    height = fontsize * 1.25 / 72  # inches a line of text needs
+    longest = max((len(str(s)) for s in labels), default=0) * fontsize * 0.62 / 72  # ≈ 0.62 em per glyph
+    slant = axis == "x" and longest > 0.92 * inches_per_tick
+    room = height / math.sin(math.radians(40)) if slant else (height if axis == "y" else longest + 0.06)
+    step = max(1, math.ceil(room / max(inches_per_tick, 1e-6)))
+    positions = list(range(0, n, step))
+    shown = [str(labels[i]) for i in positions]
+    if axis == "x":
+        if slant:
+            ax.set_xticks(positions, shown, rotation=40, ha="right", rotation_mode="anchor", fontsize=fontsize)
+        else:
+            ax.set_xticks(positions, shown, fontsize=fontsize)
+    else:
+        ax.set_yticks(positions, shown, fontsize=fontsize)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # one run
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,7 +197,8 @@ def forgetting_bars(forgetting: dict[str, Sequence[float]], path: Path, title: s
     _task_ticks(ax, n, "x")
     ax.set_xlabel("task", fontsize=9)
     ax.set_ylabel("forgetting (pp)", fontsize=9)
-    ax.legend(fontsize=8, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside upper center",
+               ncol=len(settings))  # above the axes: never over a bar or its value
     ax.margins(y=0.15)
     _style(ax)
     if title:
@@ -323,9 +344,8 @@ def cosine_matrix(cosine: np.ndarray, path: Path, row_labels: Sequence[str], col
             for j in range(c):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5.8 if c > 8 else 7.5,
                         color="white" if abs(m[i, j]) > 0.6 else "black")
-    step_r, step_c = max(1, math.ceil(r / 20)), max(1, math.ceil(c / 20))
-    ax.set_yticks(range(0, r, step_r), [row_labels[i] for i in range(0, r, step_r)])
-    ax.set_xticks(range(0, c, step_c), [col_labels[i] for i in range(0, c, step_c)])
+    class_ticks(ax, list(row_labels), "y", cell)
+    class_ticks(ax, list(col_labels), "x", cell)
     ax.set_ylabel("class mean", fontsize=9)
     ax.set_xlabel("prototype", fontsize=9)
     ax.tick_params(labelsize=8, length=0)
@@ -439,8 +459,7 @@ def per_class_bars(panels: Sequence[tuple[str, Sequence[str], Sequence[float], s
             ax.axhline(finite.mean(), color="black", linewidth=1.0, linestyle="--")
             name = f"{name} (dashed: mean {finite.mean():.3f})"
         ax.axhline(0, color="#555555", linewidth=0.8)
-        step = max(1, math.ceil(len(x) / 25))
-        ax.set_xticks(x[::step], [labels[i] for i in x[::step]])
+        class_ticks(ax, list(labels), "x", (width - 1.4) / max(1, len(x)), fontsize=9)
         ax.set_xlabel("class", fontsize=9)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.set_title(name, fontsize=9.5)
@@ -500,7 +519,8 @@ def accuracy_over_epochs(series: dict[str, Sequence[float | None]], path: Path,
     ax.set_ylim(-2, 102)
     ax.set_ylabel("mean accuracy on seen tasks (%)", fontsize=9)
     ax.set_xlabel(xlabel, fontsize=9)
-    ax.legend(fontsize=8, frameon=False, loc="lower left")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside upper center",
+               ncol=len(series))  # above the axes: never over a point
     if title:
         ax.set_title(title, fontsize=10)
     _style(ax)

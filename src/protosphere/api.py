@@ -1,0 +1,286 @@
+"""The Python API: ``protosphere.run(config_or_path, **overrides)`` and ``protosphere.load_run(run_dir)``.
+
+``run`` trains exactly as ``protosphere run`` does (same run folder, same files) and returns a :class:`Run`;
+``load_run`` opens a finished run folder. A :class:`Run` holds the resolved config, the results (results.json as a
+dict) and, loaded on first use, the trained model after the last task, ready for inference::
+
+    import protosphere
+    run = protosphere.run("configs/default.yaml", seed=1, train={"epochs": 2})   # or "train.epochs"=2 via **{...}
+    run = protosphere.load_run("runs/default-seed1")
+    features = run.encode(images)          # (N, d) encoder features of uint8 (N, C, H, W) images or floats in [0, 1]
+    labels = run.predict(images)           # (N,) class ids with the headline classifier
+    labels = run.predict(images, classifier="ncm")
+
+Class ids are those of the scenario's tasks; ``run.class_names[i]`` names class ``i``. Classifiers that are fitted
+on data after each task (a linear probe, kNN) are refitted on first use exactly as the run fitted them after its last
+task (the last task's training data plus the replay buffer stored in the checkpoint), which needs the run's dataset;
+the others (class means, fixed prototypes, a trained head) come straight from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .config import RunConfig, load_config, read_yaml, validate_config
+from .errors import ConfigError, RunError
+
+__all__ = ["Run", "run", "load_run"]
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.replace("__", ".").split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"Override `{dotted}` has an empty key; write dotted keys such as train.epochs.")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"Override `{dotted}`: `{part}` is a value, not a section, so it has no sub-keys.")
+        node = child
+    if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+        for key, sub in value.items():  # train={"epochs": 2} changes train.epochs and keeps the other keys
+            _set_dotted(node[parts[-1]], str(key), sub)
+    else:
+        node[parts[-1]] = dict(value) if isinstance(value, Mapping) else value
+
+
+def resolve_config(config_or_path: str | Path | Mapping | RunConfig | None = None, **overrides) -> RunConfig:
+    """A validated :class:`RunConfig` from a YAML path, a mapping or a config, with keyword overrides applied.
+
+    Override keys are config keys: top-level (``seed=1``), dotted through a dict (``**{"train.epochs": 2}``), with
+    ``__`` for dots (``train__epochs=2``), or a section mapping merged key by key (``train={"epochs": 2}``).
+    """
+    if isinstance(config_or_path, RunConfig):
+        data, stem = config_or_path.model_dump(mode="json"), None
+    elif isinstance(config_or_path, Mapping):
+        data, stem = json.loads(json.dumps(dict(config_or_path))), None
+    elif config_or_path is None:
+        data, stem = {}, None
+    elif isinstance(config_or_path, (str, Path)):
+        base = load_config(config_or_path)  # validates the file alone first: its errors name the file
+        data, stem = base.model_dump(mode="json"), Path(config_or_path).stem
+        if "name" not in read_yaml(config_or_path):
+            data.pop("name", None)  # the default name follows the overridden seed, as on the command line
+    else:
+        raise ConfigError(f"protosphere.run takes a YAML path, a mapping or a RunConfig, got "
+                          f"{type(config_or_path).__name__}.")
+    for key, value in overrides.items():
+        _set_dotted(data, key, value)
+    config = validate_config(data, source=str(config_or_path) if stem else "config")
+    if config.name is None:
+        config.name = f"{stem or config.method.name}-seed{config.seed}"
+    return config
+
+
+def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resume: bool = False,
+        overwrite: bool = False, progress: bool | None = None, **overrides) -> "Run":
+    """Train and evaluate one config (as ``protosphere run``) and return the finished :class:`Run`.
+
+    ``progress``: rich progress bars (default: when the output is a terminal or a notebook; one line per epoch
+    otherwise). ``resume`` / ``overwrite`` as the command-line flags.
+    """
+    from rich.console import Console
+
+    from .runner import run as run_config
+
+    config = resolve_config(config_or_path, **overrides)
+    console = Console()
+    if progress is None:
+        progress = console.is_terminal or console.is_jupyter
+    arguments = [repr(str(config_or_path) if isinstance(config_or_path, Path) else config_or_path)]
+    arguments += [f"{key}={value!r}" for key, value in overrides.items()]
+    results, run_dir = run_config(config, resume=resume, overwrite=overwrite, console=console,
+                                  show_progress=progress, command=f"protosphere.run({', '.join(arguments)})")
+    return Run(run_dir, config, results)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> "Run":
+    """Open a finished run folder (``runs/<name>``): its config, results and, on first use, its trained model."""
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise RunError(f"{run_dir} holds no finished run (no results.json); pass a folder written by "
+                       f"`protosphere run`, e.g. runs/<name>.")
+    try:
+        results = json.loads(results_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{results_path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    config_path = run_dir / "config.yaml"
+    data = read_yaml(config_path) if config_path.is_file() else results.get("config")
+    if not data:
+        raise RunError(f"{run_dir} has neither config.yaml nor a config in results.json; it cannot be reloaded.")
+    return Run(run_dir, validate_config(data, source=str(config_path)), results, device=device)
+
+
+class Run:
+    """A finished run: ``config`` (RunConfig), ``results`` (dict), ``model`` (the trained method, eval mode)."""
+
+    def __init__(self, run_dir: str | Path, config: RunConfig, results: dict, device: str | torch.device = "cpu"):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.results = results
+        self.device = torch.device(device)
+        self._scenario = None
+        self._model = None
+        self._context = None
+        self._fitted = False
+
+    def __repr__(self) -> str:
+        return (f"Run({str(self.run_dir)!r}, method={self.results.get('method')!r}, "
+                f"headline={self.headline_classifier!r})")
+
+    # ---------------------------------------------------------------------------------------------------------
+    @property
+    def headline_classifier(self) -> str:
+        return self.results["headline_classifier"]
+
+    @property
+    def classifiers(self) -> list[str]:
+        """Names of the classifiers the run evaluated; the first is the headline."""
+        return list(self.results["accuracy"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.results["scenario"]["class_names"])
+
+    @property
+    def report_path(self) -> Path:
+        return self.run_dir / "report.html"
+
+    def accuracy(self, classifier: str | None = None, setting: str = "class_il") -> list[list[float]]:
+        """The accuracy matrix A[t][j] (%) of ``classifier`` (default: the headline)."""
+        return self.results["accuracy"][classifier or self.headline_classifier][setting]
+
+    # ---------------------------------------------------------------------------------------------------------
+    @property
+    def scenario(self):
+        if self._scenario is None:
+            from .runner import build_scenario_from_config
+
+            self._scenario = build_scenario_from_config(self.config)
+        return self._scenario
+
+    def checkpoint_path(self) -> Path:
+        """The checkpoint holding the model after the last task: ``last.ckpt``, else the newest readable task one."""
+        folder = self.run_dir / "checkpoints"
+        last_task = self.results["scenario"]["num_tasks"] - 1
+        candidates = [folder / "last.ckpt", folder / f"task-{last_task}.ckpt"]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise RunError(f"{self.run_dir} has no checkpoint of its last task ({' or '.join(map(str, candidates))}); "
+                       f"rerun it to get a model.")
+
+    def _load_state(self) -> dict:
+        from .engine import CHECKPOINT_VERSION
+
+        last_task = self.results["scenario"]["num_tasks"] - 1
+        folder = self.run_dir / "checkpoints"
+        problems = []
+        for path in [folder / "last.ckpt", folder / f"task-{last_task}.ckpt"]:
+            if not path.is_file():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # truncated or foreign: try the task checkpoint
+                problems.append(f"{path} is unreadable ({type(exc).__name__})")
+                continue
+            if state.get("version") != CHECKPOINT_VERSION:
+                problems.append(f"{path} has format version {state.get('version')}, not {CHECKPOINT_VERSION}")
+                continue
+            if state.get("task") != last_task or state.get("phase") != "task_done":
+                problems.append(f"{path} was written before the end of the last task")
+                continue
+            return state
+        detail = "; ".join(problems) if problems else "no checkpoint of the last task exists"
+        raise RunError(f"Cannot load the model of {self.run_dir}: {detail}.")
+
+    @property
+    def model(self):
+        """The trained method after the last task (a :class:`~protosphere.methods.base.Method`), in eval mode."""
+        if self._model is None:
+            from .engine import config_fingerprint
+            from .methods.base import TaskContext
+            from .runner import build_method
+
+            state = self._load_state()
+            if state.get("fingerprint") != config_fingerprint(self.config):
+                raise RunError(f"The checkpoint in {self.run_dir} was written by a different config than its "
+                               f"config.yaml; the folder was changed after the run.")
+            scenario = self.scenario
+            method = build_method(self.config, scenario)
+            method.load_state_dict(state["method"])
+            method = method.to(self.device).eval()
+            last = scenario.num_tasks - 1
+            task = scenario.tasks[last]
+            self._context = TaskContext(
+                index=last, classes=task.classes, seen_classes=scenario.classes_up_to(last),
+                num_tasks=scenario.num_tasks, train_images=task.train_images.to(self.device),
+                train_labels=task.train_labels.to(self.device),
+                previous_classes=scenario.classes_up_to(last - 1) if last > 0 else [],
+                previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:last]])
+            method.task = self._context  # which classes the learner has met (the nearest-prototype mask)
+            self._model = method
+        return self._model
+
+    # ---------------------------------------------------------------------------------------------------------
+    def _images(self, images) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            images = torch.as_tensor(images)
+        shape = tuple(self.scenario.image_shape)
+        if images.dim() == 3 and shape[0] == 1 and tuple(images.shape[1:]) == shape[1:]:
+            images = images.unsqueeze(1)  # (N, H, W) grey images
+        if images.dim() != 4 or tuple(images.shape[1:]) != shape:
+            raise ValueError(f"expected images of shape (N, {', '.join(map(str, shape))}) as the dataset holds them, "
+                             f"got {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            return images
+        if not images.is_floating_point():
+            raise ValueError(f"expected uint8 images or floats in [0, 1], got dtype {images.dtype}")
+        if len(images) and (float(images.min()) < 0 or float(images.max()) > 1):
+            raise ValueError("float images must lie in [0, 1] (divide uint8 pixels by 255)")
+        return images
+
+    def _batches(self, images, fn) -> torch.Tensor:
+        images = self._images(images)
+        batch = self.config.eval.batch_size
+        channels_last = self.config.model.channels_last  # the layout the engine evaluates in
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch):
+                x = images[start : start + batch].to(self.device)
+                x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(fn(x).float().cpu())
+        if not out:
+            return torch.empty(0)
+        return torch.cat(out)
+
+    def encode(self, images) -> torch.Tensor:
+        """Encoder features (N, d) of ``images``: uint8 (N, C, H, W) as the datasets hold them, or floats in [0, 1]."""
+        model = self.model
+        return self._batches(images, model.features)
+
+    def logits(self, images, classifier: str | None = None) -> torch.Tensor:
+        """Class scores (N, K) of one of the run's classifiers (default: the headline)."""
+        model = self.model
+        name = classifier or self.headline_classifier
+        table = model.classifiers()
+        if name not in table:
+            raise ValueError(f"unknown classifier {name!r}; this run has {', '.join(table)}")
+        if not self._fitted:
+            with torch.no_grad():  # refit what the run fitted after its last task (probe, kNN bank, class means)
+                model.prepare_evaluation(self._context)
+            self._fitted = True
+        return self._batches(images, table[name])
+
+    def predict(self, images, classifier: str | None = None) -> torch.Tensor:
+        """Predicted class ids (N,) of ``images`` with ``classifier`` (default: the run's headline classifier)."""
+        return self.logits(images, classifier).argmax(1)
