@@ -8,7 +8,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 CONFIG ?= configs/default.yaml
 ARGS ?=
 
-.PHONY: run test install data bench clean
+.PHONY: run test install data browser bench clean
 
 install: $(VENV)/.installed
 
@@ -32,7 +32,15 @@ data: install
 run: data
 	$(PY) -m protosphere.cli run $(CONFIG) --overwrite $(ARGS)
 
-test: data
+# the report-page test drives a real headless Chromium; as root on Debian it is installed when missing
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && echo "installing the Debian package chromium (for the report-page test)" \
+	       && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: no Chromium and no root apt-get; the report-page browser test will be skipped"
+
+test: data browser
 	$(PY) -m pytest $(ARGS)
 
 bench: install
