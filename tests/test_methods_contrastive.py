@@ -562,15 +562,30 @@ def test_memory_free_probe_sees_the_classifier_only_samples():
     old_images, old_labels = data[0]
     task_pred = method.classifiers()["linear_probe"](old_images.float().div(255)).argmax(1)
     assert (task_pred == old_labels).float().mean() > 0.9
-    assert "200 classifier-only samples" in method.classifier_data()["linear_probe"]
+    assert "up to 200 classifier-only samples" in method.classifier_data()["linear_probe"]
     assert "classifier-only" not in method.classifier_data()["ncm"]
 
 
 def test_probe_buffer_size_with_a_training_buffer():
+    from protosphere.runner import build_method
+
     method = make_method("fnc2", buffer_size=50)
     method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=None))
     method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=50))
     assert method.probe_buffer is None
     assert "training buffer (50 samples)" in method.classifier_data()["linear_probe"]
-    with pytest.raises(ValueError, match="memory-free"):
-        method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=200))
+    scenario = types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6)
+
+    def config(probe, buffer=200):
+        return validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"}, "eval": {"probe_buffer_size": probe},
+                                "method": {"name": "fnc2", "projection_dim": 8, "buffer_size": buffer}})
+    with pytest.raises(ConfigError, match="memory-free"):
+        build_method(config(100), scenario)
+    # the global sizes are compared: 2 processes keep the Co2L memory whole on each rank (filled from the whole
+    # previous task alike), a reservoir memory as halves
+    assert build_method(config(200), scenario, world_size=2).buffer.capacity == 200
+    reservoir = config(None).model_copy(deep=True)
+    reservoir.method.buffer_sampling = "reservoir"
+    assert build_method(reservoir, scenario, world_size=2).buffer.capacity == 100
+    assert build_method(config(0, buffer=0), scenario).probe_buffer is None
+    assert build_method(config(None, buffer=0), scenario).probe_buffer.capacity == 200

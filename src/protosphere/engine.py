@@ -52,8 +52,10 @@ def config_fingerprint(config: RunConfig) -> str:
         data.pop(key, None)
     data.pop("fabric", None)
     data.pop("logging", None)  # trackers only watch
-    if data["data"].get("domains") is None:  # a key added later: at its default it keeps earlier fingerprints
+    if data["data"].get("domains") is None:  # keys added later: at their defaults they keep earlier fingerprints
         data["data"].pop("domains", None)
+    if data["eval"].get("probe_buffer_size") is None:
+        data["eval"].pop("probe_buffer_size", None)
     data["train"].pop("log_every_n_steps", None)
     data["train"].pop("checkpoint_every_n_steps", None)
     data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay

@@ -114,8 +114,15 @@ def build_method(config: RunConfig, scenario, world_size: int = 1):
     cls = method_class(config.method.name)
     try:
         method_config = cls.resolve_config(config.method, scenario)
-        if world_size > 1 and getattr(method_config, "buffer_size", 0):  # per-rank share of the global memory
-            method_config = method_config.model_copy(update={"buffer_size": method_config.buffer_size // world_size})
+        size = getattr(method_config, "buffer_size", 0)
+        if size and config.eval.probe_buffer_size not in (None, size):
+            raise ConfigError(f"eval.probe_buffer_size={config.eval.probe_buffer_size} is for memory-free runs; with "
+                              f"a training buffer (method.buffer_size={size}) the linear probe uses that buffer, so "
+                              f"leave eval.probe_buffer_size unset.")
+        # per-rank share of the global memory; Co2L's memory is filled from the whole previous task on every rank
+        # alike (the engine shards its rows), so there each rank keeps it all
+        if world_size > 1 and size and getattr(method_config, "buffer_sampling", None) != "co2l":
+            method_config = method_config.model_copy(update={"buffer_size": size // world_size})
         method = cls(method_config, backbone, scenario.num_classes, Transforms(augment, normalize))
         method.configure_evaluation(config.eval)
         return method

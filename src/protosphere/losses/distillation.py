@@ -195,7 +195,7 @@ def hsd_alpha(step: int, total_steps: int, schedule: str = "official", alpha0: f
           α = 1 − (e − m·E)/E       for m·E ≤ e < s_m·E
           α = 1 − (s_m − m)         for e ≥ s_m·E
 
-      so α goes 1 → 0.5 with the default marks (0.3, 0.8) (0.4 on Tiny-ImageNet) and stays there.
+      so α goes 1 → 0.5 with the default marks (0.3, 0.8) and stays there (1 → 0.6 with Tiny-ImageNet's (0.4, 0.8)).
     - ``"linear"``: α = 1 − s/(S−1);  ``"cosine"``: α = ½(1 + cos(π s/(S−1)));  ``"constant"``: α = α₀.
 
     For S = 1 the linear and cosine schedules give α = 1. Returns a Python float in [0, 1].

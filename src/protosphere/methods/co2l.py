@@ -66,15 +66,8 @@ class ReplayContrastMethod(RepresentationMethod):
         return buffer
 
     def configure_evaluation(self, evaluation) -> None:
-        size = evaluation.probe_buffer_size
-        if size is None:
-            return
-        if self.buffer is not None:
-            if size != self.buffer.capacity:
-                raise ValueError(f"eval.probe_buffer_size={size} is for memory-free runs; with a training buffer "
-                                 f"(buffer_size={self.buffer.capacity}) the probe uses that buffer, so leave it unset.")
-            return
-        self.probe_buffer = self._new_buffer(size, "probe_buffer")
+        if evaluation.probe_buffer_size is not None and self.buffer is None:  # with a training buffer, the probe's
+            self.probe_buffer = self._new_buffer(evaluation.probe_buffer_size, "probe_buffer")  # data is that buffer
 
     def begin_task(self, task):
         super().begin_task(task)
@@ -128,8 +121,9 @@ class ReplayContrastMethod(RepresentationMethod):
             stored = f"the current task + the training buffer ({self.buffer.capacity} samples)"
             data.update(ncm=stored + "; earlier means kept for classes not in it", linear_probe=stored)
         elif self.probe_buffer is not None:
-            data["linear_probe"] = (f"the current task + {self.probe_buffer.capacity} classifier-only samples "
-                                    f"(eval.probe_buffer_size; never used in representation training)")
+            data["linear_probe"] = (f"the current task + up to {self.probe_buffer.capacity} classifier-only samples "
+                                    f"of earlier tasks (eval.probe_buffer_size; never used in representation "
+                                    f"training)")
         return data
 
     def replay(self, images, labels):
