@@ -368,7 +368,7 @@ def test_missing_or_corrupt_last_checkpoint_falls_back_to_a_task_checkpoint(env,
     import json
     import shutil
 
-    args = [env["config"], "scenario.num_tasks=3", "scenario.classes_per_task=[4,3,3]"]
+    args = [env["config"], "scenario.num_tasks=3", "scenario.classes_per_task=[4,3,3]", "train.keep_checkpoints=true"]
     assert main(["run", *args, "--no-progress"]) == 0
     full = json.loads((env["run"] / "results.json").read_text())
     runs = env["tmp"] / "runs"

@@ -154,7 +154,8 @@ def _nct_moe_check() -> dict:
     for t, classes in enumerate([(0, 1), (2, 3)]):
         method.begin_task(TaskContext(index=t, classes=classes, seen_classes=list(range(2 * t + 2)), num_tasks=3,
                                       train_images=stored, train_labels=torch.tensor([*classes, *classes]),
-                                      previous_classes=[0, 1] if t else []))
+                                      previous_classes=[0, 1] if t else [],
+                                      previous=[(stored, torch.tensor([0, 1, 0, 1]))] if t else []))
         with torch.no_grad():  # "training" of task t, the same on every rank (which weights does not matter here)
             for p in method.parameters():
                 p.add_(0.2 * torch.randn(p.shape, generator=g))
