@@ -62,6 +62,9 @@ class ModelConfig(Section):
     backbone: Literal["mlp", "small_cnn", "resnet18", "resnet18_reduced"] = "small_cnn"
     mlp_hidden: list[int] = Field(default_factory=lambda: [100, 100])
     channels_last: bool = True
+    init: Literal["default", "xavier"] = Field(
+        "default", description="weight initialisation: torch's default, or Mammoth's Xavier-uniform with zero biases "
+        "on every Linear layer (backbone and heads)")
 
 
 class OptimizerConfig(Section):
@@ -80,6 +83,8 @@ class TrainConfig(Section):
     first_task_epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     augmentation: Literal["none", "supervised", "contrastive"] = "supervised"
+    normalize: bool = Field(True, description="normalise inputs by the dataset's mean and std (training and "
+                            "evaluation); false keeps pixels in [0, 1], as Mammoth's ToTensor()-only inputs")
     flip: bool = True
     log_every_n_steps: int = Field(50, ge=1)
     checkpoint_every_n_steps: int | None = Field(None, ge=1)

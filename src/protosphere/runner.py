@@ -52,7 +52,7 @@ def build_method(config: RunConfig, scenario):
     from .data.augment import build_augmentation
     from .methods import method_class
     from .methods.base import Transforms
-    from .models import build_backbone
+    from .models import build_backbone, init_weights
 
     channels, size = scenario.image_shape[0], scenario.image_shape[1]
     kwargs = {"hidden": tuple(config.model.mlp_hidden)} if config.model.backbone == "mlp" else {}
@@ -60,14 +60,16 @@ def build_method(config: RunConfig, scenario):
     if config.model.channels_last and config.model.backbone != "mlp":
         backbone = backbone.to(memory_format=torch.channels_last)
     augment = build_augmentation(config.train.augmentation, image_size=size, channels=channels, mean=scenario.mean,
-                                 std=scenario.std, flip=config.train.flip)
-    normalize = build_augmentation("none", image_size=size, channels=channels, mean=scenario.mean, std=scenario.std)
+                                 std=scenario.std, flip=config.train.flip, normalize=config.train.normalize)
+    normalize = build_augmentation("none", image_size=size, channels=channels, mean=scenario.mean, std=scenario.std,
+                                   normalize=config.train.normalize)
     cls = method_class(config.method.name)
     try:
-        return cls(cls.resolve_config(config.method, scenario), backbone, scenario.num_classes,
-                   Transforms(augment, normalize))
+        method = cls(cls.resolve_config(config.method, scenario), backbone, scenario.num_classes,
+                     Transforms(augment, normalize))
     except ValueError as exc:  # e.g. an ETF dimension too small for the label space
         raise ConfigError(f"method `{config.method.name}`: {exc}") from None
+    return init_weights(method, config.model.init)  # whole network, heads included (Mammoth's MNISTMLP.apply(xavier))
 
 
 def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
