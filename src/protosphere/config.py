@@ -105,6 +105,10 @@ class EvalConfig(Section):
     corruption_classifiers: Literal["headline", "all"] = Field(
         "headline", description="which classifiers the corruption suite evaluates (each one costs a full pass)")
     embeddings: bool = Field(True, description="save test embeddings for the report's sphere picture")
+    report: Literal["inline", "background", "off"] = Field(
+        "inline", description="report.html and plots: written before the run returns (inline), by a low-priority "
+        "process started when results.json is written, so the run returns at once (background), or not at all "
+        "(off; `protosphere report RUN_DIR` writes them later)")
 
     @field_validator("corruptions", mode="before")
     @classmethod

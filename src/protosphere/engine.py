@@ -49,6 +49,11 @@ def config_fingerprint(config: RunConfig) -> str:
     data.pop("fabric", None)
     data["train"].pop("log_every_n_steps", None)
     data["train"].pop("checkpoint_every_n_steps", None)
+    data["eval"].pop("report", None)
+    # options added later are left out at their defaults, so earlier runs keep their fingerprints
+    for section, key, default in (("model", "init", "default"), ("train", "normalize", True)):
+        if data[section].get(key) == default:
+            data[section].pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
