@@ -93,6 +93,9 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     phases["eval"] = sum(x["eval_s"] for x in tasks)
     phases.update(timers)
     phases["img/s"] = sum(x["images"] for x in tasks) / phases["train"]
+    import gc
+
+    gc.freeze()  # as `protosphere run` does before its process exits
     print(json.dumps({"start_wall": START_WALL, "end_wall": time.time(), "phases": phases}))
     return 0
 

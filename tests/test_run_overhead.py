@@ -50,3 +50,13 @@ def test_report_mode_and_new_defaults_leave_the_fingerprint_alone():
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "eval": {"report": "off"}})) == before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "model": {"init": "xavier"}})) != before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "train": {"normalize": False}})) != before
+
+
+def test_cli_freezes_the_collector_only_in_its_own_process(tmp_path, capsys):
+    import gc
+
+    from protosphere.cli import main
+
+    before = gc.get_freeze_count()
+    assert main(["datasets"]) == 0  # called with argv (tests, scripts): the caller's process is left alone
+    assert gc.get_freeze_count() == before
