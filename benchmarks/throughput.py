@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import protosphere  # noqa: F401  (before torch: protosphere's OpenMP wait policy applies, as in a run)
 import torch
 import torch.nn.functional as F
 
@@ -106,12 +107,15 @@ def bench_method(name: str, scenario, args, device) -> dict:
     # the method's own floor, whatever its loss: every pass through a network of the backbone's class during one
     # step (the trained backbone on each view, a past model, a momentum encoder), recorded by a global forward hook
     # with its rows, whether it builds a graph, and its mode; replayed with a linear head and SGD on the bare backbone
-    calls: list[tuple[int, bool, bool]] = []
+    calls: list[tuple[str, int, bool, bool]] = []
+    augment = method.transforms.train
 
     def record(module, inputs, output):
         if type(module) is type(method.backbone):
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
-            calls.append((inputs[0].shape[0], grad, module.training))
+            calls.append(("net", inputs[0].shape[0], grad, module.training))
+        elif module is augment and args.augmentation != "none":  # the views themselves: augmenting is unavoidable too
+            calls.append(("aug", inputs[0].shape[0], False, False))
 
     x0, y0 = next(batches(second, args.batch_size, 1, seed=3))
     handle = torch.nn.modules.module.register_module_forward_hook(record)
@@ -126,8 +130,12 @@ def bench_method(name: str, scenario, args, device) -> dict:
 
     def floor_step(x, y):
         outputs = []
-        for rows, grad, training in calls:
-            xb = normalize(x.repeat((rows + len(x) - 1) // len(x), 1, 1, 1)[:rows])
+        for kind, rows, grad, training in calls:
+            xb = x.repeat((rows + len(x) - 1) // len(x), 1, 1, 1)[:rows]
+            if kind == "aug":
+                augment(xb)
+                continue
+            xb = normalize(xb)
             if grad:
                 outputs.append(method.backbone(xb))
             else:
@@ -168,7 +176,8 @@ def bench_method(name: str, scenario, args, device) -> dict:
             method_times.append(t5 - t4)
     bare, bare2, past, floor, meth = (statistics.median(t) for t in (bare_times, bare2_times, past_times, floor_times,
                                                                      method_times))
-    passes = " + ".join(f"{rows}{'' if grad else ' no-grad'}" for rows, grad, _ in calls)
+    passes = " + ".join(f"{'aug ' if kind == 'aug' else ''}{rows}{'' if grad or kind == 'aug' else ' no-grad'}"
+                        for kind, rows, grad, _ in calls)
     return {"method": name, "bare_img_s": args.batch_size / bare, "bare2_img_s": args.batch_size / bare2,
             "past_img_s": args.batch_size / past, "floor_img_s": args.batch_size / floor,
             "method_img_s": args.batch_size / meth, "ratio": meth / bare, "ratio2": meth / bare2,
@@ -204,8 +213,8 @@ def main(argv=None) -> int:
         "images",
         "# floor = the method's own unavoidable passes, recorded by a forward hook on every network of the backbone's "
         "class during one step (trained backbone per view, past model, momentum encoder; rows listed under 'passes', "
-        "no-grad = without a graph) and replayed on the bare backbone with a linear head and SGD; whatever the method "
-        "adds above it (augmentation, heads, losses, queues, buffer) is the 'vs floor' ratio",
+        "no-grad = without a graph) and on its augmentation ('aug' rows), replayed on the bare backbone with a linear "
+        "head and SGD; whatever the method adds above it (heads, losses, queues, buffer) is the 'vs floor' ratio",
         f"{'method':<12} {'bare 1-view':>12} {'bare 2-view':>12} {'2-view+past':>12} {'floor':>9} {'method':>9} "
         f"{'vs 1-view':>10} {'vs 2-view':>10} {'vs +past':>9} {'vs floor':>9}  passes",
     ]
