@@ -1,8 +1,10 @@
 """Mean ± std over seeds of finished runs, one row per config, as a Markdown table with the command behind each row.
 
     python benchmarks/summarize_runs.py RUNS_DIR CONFIG.yaml [CONFIG.yaml ...] [--all-classifiers] [--seeds 0,1]
+        [--seconds]
 
 One row per config with its headline classifier, or one row per config and classifier with --all-classifiers.
+--seconds gives the wall time per run in seconds (mean ± std over seeds) instead of minutes, for short runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from finished_runs import finished_runs, mean_std as fmt, overrides_of
 
 def main(argv) -> int:
     every_classifier = "--all-classifiers" in argv
-    argv = [a for a in argv if a != "--all-classifiers"]
+    seconds = "--seconds" in argv
+    argv = [a for a in argv if a not in ("--all-classifiers", "--seconds")]
     only_seeds = None
     if "--seeds" in argv:  # e.g. --seeds 0: compare one-seed ablations with the same seed of the reference
         i = argv.index("--seeds")
@@ -34,6 +37,7 @@ def main(argv) -> int:
         environment = environment or results[0]["environment"]
         seeds = ",".join(str(r["seed"]) for r in results)
         minutes = statistics.mean(r["timings"]["total_s"] for r in results) / 60
+        wall = fmt([r["timings"]["total_s"] for r in results]) if seconds else f"{minutes:.1f}"
         classifiers = list(results[0]["metrics"]) if every_classifier else [results[0]["headline_classifier"]]
         for head in classifiers:
             get = lambda r, s, k: r["metrics"][head].get(s, {}).get(k)  # noqa: E731
@@ -43,11 +47,12 @@ def main(argv) -> int:
                 f"| {fmt([get(r, 'task_il', 'final_average_accuracy') for r in results])} "
                 f"| {fmt([get(r, 'class_il', 'average_incremental_accuracy') for r in results])} "
                 f"| {fmt([get(r, 'class_il', 'average_forgetting') for r in results])} "
-                f"| {len(results)} ({seeds}) | {minutes:.1f} "
+                f"| {len(results)} ({seeds}) | {wall} "
                 f"| `{' '.join(['protosphere run', config, 'seed=S', 'fabric.threads=1', *overrides_of(config, results[0])])}` |"
             )
     print("| config | classifier | class-IL final avg acc (%) | task-IL final avg acc (%) "
-          "| class-IL avg incremental acc (%) | class-IL forgetting | seeds | min/run | command |")
+          f"| class-IL avg incremental acc (%) | class-IL forgetting | seeds | {'s/run' if seconds else 'min/run'} "
+          "| command |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if environment:

@@ -52,6 +52,21 @@ def test_none_is_exact_normalisation():
     assert torch.equal(build_augmentation("none", 32, 3, MEAN3, STD3)(x, generator=_gen(3)), expected)
 
 
+def test_without_normalisation_pixels_stay_in_unit_range():
+    """normalize=False: Mammoth's ToTensor()-only input — uint8 / 255 and nothing else ("none"), or the augmentation
+    without the final (x - mean) / std."""
+    x8 = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    plain = build_augmentation("none", 28, 1, MEAN1, STD1, normalize=False)
+    assert torch.equal(plain(x8), x8.float() / 255)
+    x = _images(5, 3, 32)
+    for preset in ("supervised", "contrastive"):
+        raw = build_augmentation(preset, 32, 3, MEAN3, STD3, normalize=False)(x, generator=_gen(3))
+        normed = build_augmentation(preset, 32, 3, MEAN3, STD3)(x, generator=_gen(3))
+        expected = (raw - torch.tensor(MEAN3).view(1, 3, 1, 1)) / torch.tensor(STD3).view(1, 3, 1, 1)
+        torch.testing.assert_close(normed, expected)
+        assert raw.min() >= 0 and raw.max() <= 1
+
+
 def test_uint8_input():
     x8 = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     aug = build_augmentation("none", 28, 1, MEAN1, STD1)

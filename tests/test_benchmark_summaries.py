@@ -50,6 +50,15 @@ def test_summary_table_command_reproduces_the_runs(tmp_path, capsys):
     assert row.rstrip(" |").endswith("train.epochs=1`")
 
 
+def test_summary_table_gives_seconds_per_run_for_short_runs(tmp_path, capsys):
+    import summarize_runs
+
+    finished(tmp_path, "moco-class-il", 0, [])
+    assert summarize_runs.main([str(tmp_path), CONFIG, "--seconds"]) == 0
+    out = capsys.readouterr().out
+    assert "| s/run |" in out and "| 1 (0) | 60.00 ± 0.00 |" in out
+
+
 def test_clop_grid_counts_unfinished_cells_apart(tmp_path, capsys):
     import summarize_clop_grid
 

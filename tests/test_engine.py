@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +55,32 @@ def test_baselines_run_end_to_end_on_digits(tmp_path, method):
     assert any(r["name"] == "head/class_il/task0" for r in rows)
     nc = saved["neural_collapse"][-1]
     assert nc["classes"] == 10 and nc["nc1"] > 0 and "nc3" in nc
+
+
+def test_mammoth_init_and_inputs_are_selected_by_config(tmp_path):
+    """model.init: xavier and train.normalize: false (the Mammoth-protocol configs) reach the built method: Linear
+    biases start at zero, and the training and evaluation transforms give [0, 1] pixels."""
+    from protosphere.runner import build_method, build_scenario_from_config
+
+    config = digits_config(tmp_path, {"name": "er", "buffer_size": 50}, model={"init": "xavier"},
+                           train={"normalize": False})
+    scenario = build_scenario_from_config(config)
+    torch.manual_seed(0)
+    method = build_method(config, scenario)
+    linears = [m for m in method.modules() if type(m) is torch.nn.Linear]
+    assert len(linears) == 3 and all(torch.count_nonzero(m.bias) == 0 for m in linears)
+    x = scenario.tasks[0].train_images[:8]
+    assert torch.equal(method.transforms.train(x), x.float() / 255)
+    assert torch.equal(method.transforms.eval(x), x.float() / 255)
+    torch.manual_seed(0)
+    default = build_method(digits_config(tmp_path, {"name": "er", "buffer_size": 50}), scenario)
+    assert all(torch.count_nonzero(m.bias) > 0 for m in default.modules() if type(m) is torch.nn.Linear)
+    assert not torch.equal(default.transforms.eval(x), x.float() / 255)
+    configs = sorted((Path(__file__).parents[1] / "configs" / "mammoth-protocol").glob("*.yaml"))
+    assert len(configs) == 7
+    for path in configs:
+        mammoth = load_config(path)
+        assert mammoth.model.init == "xavier" and mammoth.train.normalize is False, path.name
 
 
 def test_finetune_forgets_and_joint_does_not(tmp_path):

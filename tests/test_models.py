@@ -13,6 +13,7 @@ from protosphere.models import (
     ProjectionHead,
     build_backbone,
     count_parameters,
+    init_weights,
     to_channels_last,
 )
 
@@ -61,6 +62,37 @@ def test_mlp_is_mammoth_network():
     assert custom.out_dim == 32 and custom(torch.rand(3, 1, 28, 28)).shape == (3, 32)
     # any (B, C, H, W) with the right number of elements per row
     assert net(torch.rand(4, 784)).shape == (4, 100)
+
+
+def test_xavier_init_is_mammoths():
+    """Mammoth's backbone.xavier on every Linear (MNISTMLP applies it to features and classifier): weights
+    U(-a, a) with a = sqrt(3)*sqrt(2/(fan_in+fan_out)), biases zero; convolutions and BatchNorm untouched."""
+    torch.manual_seed(0)
+    net = nn.Sequential(build_backbone("mlp", 1, 28), LinearClassifier(100, 10), nn.Conv2d(1, 4, 3), nn.BatchNorm1d(4))
+    conv = net[2].weight.detach().clone()
+    assert init_weights(net, "xavier") is net
+    linears = [m for m in net.modules() if type(m) is nn.Linear]
+    assert len(linears) == 3
+    for m in linears:
+        fan_out, fan_in = m.weight.shape
+        bound = (3.0 * 2.0 / (fan_in + fan_out)) ** 0.5
+        assert m.weight.abs().max() <= bound and m.weight.abs().max() > 0.95 * bound  # fills the whole range
+        assert abs(m.weight.std().item() - bound / 3 ** 0.5) < 0.05 * bound  # uniform: std = a / sqrt(3)
+        assert torch.count_nonzero(m.bias) == 0
+    assert torch.equal(net[2].weight, conv) and torch.equal(net[3].weight, torch.ones(4))
+    # seeded: the same weights every time; "default" changes nothing
+    again = nn.Sequential(build_backbone("mlp", 1, 28))
+    torch.manual_seed(1)
+    init_weights(again, "xavier")
+    other = nn.Sequential(build_backbone("mlp", 1, 28))
+    torch.manual_seed(1)
+    init_weights(other, "xavier")
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), other.parameters()))
+    before = [p.detach().clone() for p in other.parameters()]
+    init_weights(other, "default")
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
+    with pytest.raises(ConfigError, match="xavier"):
+        init_weights(other, "xavir")
 
 
 def test_resnet_structure():

@@ -70,6 +70,9 @@ class ModelConfig(Section):
         description="encoder network")
     mlp_hidden: list[int] = Field(default_factory=lambda: [100, 100], description="hidden widths of the mlp backbone")
     channels_last: bool = Field(True, description="channels-last memory layout for convolutions (faster)")
+    init: Literal["default", "xavier"] = Field(
+        "default", description="weight initialisation: torch's default, or Mammoth's Xavier-uniform with zero biases "
+        "on every Linear layer (backbone and heads)")
 
 
 class OptimizerConfig(Section):
@@ -90,6 +93,8 @@ class TrainConfig(Section):
     batch_size: int = Field(32, ge=1, description="global training batch (split across processes under DDP)")
     augmentation: Literal["none", "supervised", "contrastive"] = Field("supervised",
         description="training augmentation recipe")
+    normalize: bool = Field(True, description="normalise inputs by the dataset's mean and std (training and "
+                            "evaluation); false keeps pixels in [0, 1], as Mammoth's ToTensor()-only inputs")
     flip: bool = Field(True, description="random horizontal flips in the augmentation")
     log_every_n_steps: int = Field(50, ge=1, description="training loss, lr and img/s logged every N steps")
     checkpoint_every_n_steps: int | None = Field(None, ge=1, description="also checkpoint within a task every N steps")
@@ -117,6 +122,10 @@ class EvalConfig(Section):
         None, ge=0, description="two-stage methods (co2l, fnc2, nct) without a training buffer: samples stored only "
         "for the linear probe, filled as a training buffer of that size would be (default 200, Co2L's protocol; 0 = "
         "the last task alone); with a training buffer the probe uses that buffer")
+    report: Literal["inline", "background", "off"] = Field(
+        "inline", description="report.html and plots: written before the run returns (inline), by a low-priority "
+        "process started when results.json is written, so the run returns at once (background), or not at all "
+        "(off; `protosphere report RUN_DIR` writes them later)")
 
     @field_validator("corruptions", mode="before")
     @classmethod

@@ -6,7 +6,8 @@ when ``generator is None``, from the global RNG of the batch's device. No Python
 generator that lives on the batch's device keeps every draw on the device; a generator on another device draws there and
 the (tiny) parameter tensors are copied over. The same generator state always gives the same output.
 
-Presets (:func:`build_augmentation`), each ending with per-channel normalisation ``(x − mean) / std``:
+Presets (:func:`build_augmentation`), each ending with per-channel normalisation ``(x − mean) / std`` unless built with
+``normalize=False`` (inputs then stay in [0, 1], as Mammoth's ``ToTensor()``-only pipelines give them):
 
 - ``"none"``: normalisation only; also the evaluation transform (:func:`build_eval_transform`).
 - ``"supervised"``: random crop with zero padding (``padding = image_size // 8`` by default: 4 px at 32×32, 3 px at
@@ -333,13 +334,15 @@ class RandomGrayscale(BatchTransform):
 
 
 class Compose(BatchTransform):
-    """Apply ``transforms`` in order, passing the generator to each, then ``normalize``.
+    """Apply ``transforms`` in order, passing the generator to each, then ``normalize`` (``None``: pixels stay in
+    [0, 1]).
 
     ``channels`` (if given) is checked against the batch. Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``, float.
     """
 
     def __init__(
-        self, transforms: Sequence[BatchTransform], normalize: Normalize, channels: int | None = None, preset: str = ""
+        self, transforms: Sequence[BatchTransform], normalize: Normalize | None, channels: int | None = None,
+        preset: str = ""
     ) -> None:
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
@@ -356,7 +359,7 @@ class Compose(BatchTransform):
             )
         for t in self.transforms:
             x = t(x, generator)
-        return self.normalize(x)
+        return x if self.normalize is None else self.normalize(x)
 
     def extra_repr(self) -> str:
         return f"preset={self.preset!r}, channels={self.channels}"
@@ -399,6 +402,7 @@ def build_augmentation(
     channels: int,
     mean: Sequence[float] | float,
     std: Sequence[float] | float,
+    normalize: bool = True,
     **options,
 ) -> Compose:
     """Build a batched augmentation pipeline; call it as ``aug(x, generator=None)`` on ``(B, channels, H, W)``.
@@ -408,6 +412,8 @@ def build_augmentation(
         image_size: side of the (square) training images; sets the default crop padding.
         channels: 1 (grayscale) or 3 (RGB); selects the colour operations of ``"contrastive"``.
         mean, std: per-channel normalisation statistics.
+        normalize: ``False`` leaves out the final ``(x − mean) / std``: the output stays in [0, 1] (Mammoth's
+            ``ToTensor()``-only inputs; with ``"none"`` the transform is then only the uint8 → float conversion).
         **options: ``flip`` (bool, default True; supervised and contrastive), ``padding`` (int, default
             ``image_size // 8``; supervised), ``scale`` (default (0.2, 1.0)), ``ratio`` (default (3/4, 4/3)),
             ``jitter`` ((brightness, contrast, saturation, hue), default (0.4, 0.4, 0.4, 0.1); saturation and hue
@@ -434,8 +440,8 @@ def build_augmentation(
         raise ConfigError(f"Augmentation supports 1 or 3 channels, got {channels}")
     if image_size < 1:
         raise ConfigError(f"Augmentation image_size must be positive, got {image_size}")
-    normalize = Normalize(mean, std)
-    for name, t in (("mean", normalize.mean), ("std", normalize.std)):
+    norm = Normalize(mean, std)
+    for name, t in (("mean", norm.mean), ("std", norm.std)):
         if t.shape[1] not in (1, channels):
             raise ConfigError(f"Normalisation {name} has {t.shape[1]} values but the data has {channels} channel(s)")
 
@@ -463,4 +469,4 @@ def build_augmentation(
             transforms.append(RandomGrayscale(float(options.get("grayscale_p", 0.2))))
         else:
             transforms.append(ColorJitter(jitter[0], jitter[1], 0.0, 0.0, p=jitter_p))
-    return Compose(transforms, normalize, channels=channels, preset=key)
+    return Compose(transforms, norm if normalize else None, channels=channels, preset=key)

@@ -3,12 +3,14 @@ prototypes, mixture of experts)."""
 
 from protosphere.models.backbones import (
     BACKBONES,
+    INIT_SCHEMES,
     MLP,
     BasicBlock,
     CifarResNet18,
     SmallCNN,
     build_backbone,
     count_parameters,
+    init_weights,
     to_channels_last,
 )
 from protosphere.models.heads import (
@@ -28,6 +30,8 @@ __all__ = [
     "SmallCNN",
     "build_backbone",
     "count_parameters",
+    "init_weights",
+    "INIT_SCHEMES",
     "to_channels_last",
     "FixedPrototypeClassifier",
     "LinearClassifier",

@@ -44,8 +44,10 @@ __all__ = [
     "SmallCNN",
     "BasicBlock",
     "CifarResNet18",
+    "INIT_SCHEMES",
     "build_backbone",
     "count_parameters",
+    "init_weights",
     "to_channels_last",
 ]
 
@@ -204,6 +206,35 @@ class CifarResNet18(_ConvBackbone):
 
 
 BACKBONES = ("mlp", "small_cnn", "resnet18", "resnet18_reduced")
+
+
+INIT_SCHEMES = ("default", "xavier")
+
+
+def init_weights(module: nn.Module, scheme: str = "default") -> nn.Module:
+    """Re-initialise ``module``'s layers in place by ``scheme`` and return it.
+
+    - ``"default"``: leave torch's own initialisation (nothing is changed).
+    - ``"xavier"``: Mammoth's ``backbone.xavier`` (applied by ``MNISTMLP.reset_parameters`` to the whole network,
+      classifier included): every ``nn.Linear`` weight ~ U(−a, a) with a = √3·√(2 / (fan_in + fan_out)) (Xavier/Glorot
+      uniform, gain 1), biases zero. Other layers (convolutions, BatchNorm) keep their initialisation, as in Mammoth.
+
+    Draws from the global torch RNG, so a seeded run gives the same weights every time.
+    """
+    if scheme not in INIT_SCHEMES:
+        close = difflib.get_close_matches(str(scheme), INIT_SCHEMES, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(INIT_SCHEMES)}."
+        raise ConfigError(f"Unknown weight initialisation '{scheme}'; {hint}")
+    if scheme == "xavier":
+        with torch.no_grad():
+            for m in module.modules():
+                if type(m) is nn.Linear:
+                    fan_out, fan_in = m.weight.shape
+                    bound = 3.0 ** 0.5 * (2.0 / (fan_in + fan_out)) ** 0.5
+                    m.weight.uniform_(-bound, bound)
+                    if m.bias is not None:
+                        m.bias.zero_()
+    return module
 
 
 def build_backbone(name: str, in_channels: int, image_size: int, **kwargs) -> nn.Module:

@@ -1,0 +1,26 @@
+"""benchmarks/throughput.py: each method's floor is found by watching its passes, whatever its loss."""
+
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def benchmarks_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+def test_floor_records_each_methods_own_passes(tmp_path):
+    import throughput
+
+    out = tmp_path / "t.txt"
+    assert throughput.main(["--dataset", "digits", "--backbone", "mlp", "--batch-size", "8", "--augmentation", "supervised",
+                            "--methods", "finetune", "lwf", "co2l", "--steps", "2", "--warmup", "1",
+                            "--warmup-task0-steps", "2", "--out", str(out)]) == 0
+    rows = {line.split()[0]: line for line in out.read_text().splitlines() if not line.startswith(("#", "method"))}
+    assert rows["finetune"].endswith("  aug 8 + 8")  # the augmented stream batch, one pass
+    assert rows["lwf"].endswith("  aug 8 + 8 + 8 no-grad")  # + the past model on the same batch
+    co2l = rows["co2l"].split("  ")[-1]
+    assert co2l.count("aug 8") == 2 and "16 + 16 no-grad" in co2l  # two views, then the past model on both

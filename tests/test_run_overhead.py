@@ -1,0 +1,62 @@
+"""What a short run spends outside training: the report can leave the run's wall time (background / off), and the
+options added for the Mammoth protocol leave earlier runs' fingerprints unchanged."""
+
+import hashlib
+import json
+import time
+
+from protosphere.config import validate_config
+from protosphere.engine import config_fingerprint
+from protosphere.runner import run
+
+
+def tiny_config(tmp_path, report):
+    return validate_config({
+        "output_dir": str(tmp_path / "runs"), "name": f"r-{report}", "data": {"dataset": "digits"},
+        "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"}, "method": {"name": "finetune"},
+        "train": {"epochs": 1, "batch_size": 32, "augmentation": "none"},
+        "eval": {"report": report, "random_init_baseline": False}, "fabric": {"threads": 1},
+    })
+
+
+def test_background_report_is_written_after_the_run_returns(tmp_path):
+    results, run_dir = run(tiny_config(tmp_path, "background"), show_progress=False)
+    assert (run_dir / "results.json").exists()
+    deadline = time.time() + 120
+    while not (run_dir / "report.html").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert (run_dir / "report.html").exists(), (run_dir / "report.log").read_text()
+    assert any((run_dir / "plots").glob("*.png"))
+
+
+def test_report_off_writes_everything_else(tmp_path):
+    _, run_dir = run(tiny_config(tmp_path, "off"), show_progress=False)
+    assert not (run_dir / "report.html").exists()
+    assert all((run_dir / name).exists() for name in ("results.json", "config.yaml", "metrics.csv"))
+    assert (run_dir / "checkpoints" / "task-1.ckpt").exists()
+
+
+def test_report_mode_and_new_defaults_leave_the_fingerprint_alone():
+    config = validate_config({"method": {"name": "er"}})
+    data = config.model_dump(mode="json")
+    for key in ("name", "output_dir", "fabric"):
+        data.pop(key)
+    for key in ("log_every_n_steps", "checkpoint_every_n_steps", "normalize"):
+        data["train"].pop(key)
+    data["model"].pop("init")
+    data["eval"].pop("report")
+    before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]  # the fingerprint's old form
+    assert config_fingerprint(config) == before
+    assert config_fingerprint(validate_config({"method": {"name": "er"}, "eval": {"report": "off"}})) == before
+    assert config_fingerprint(validate_config({"method": {"name": "er"}, "model": {"init": "xavier"}})) != before
+    assert config_fingerprint(validate_config({"method": {"name": "er"}, "train": {"normalize": False}})) != before
+
+
+def test_cli_freezes_the_collector_only_in_its_own_process(tmp_path, capsys):
+    import gc
+
+    from protosphere.cli import main
+
+    before = gc.get_freeze_count()
+    assert main(["datasets"]) == 0  # called with argv (tests, scripts): the caller's process is left alone
+    assert gc.get_freeze_count() == before
