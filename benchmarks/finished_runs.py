@@ -25,7 +25,8 @@ def mean_std(values, digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
-_RUN_ONLY = {"name", "output_dir", "seed", "fabric.threads"}  # set per run by the scripts, not part of the experiment
+_RUN_ONLY = {"name", "output_dir", "seed", "fabric.threads",  # set per run by the scripts, not part of the experiment
+             "train.keep_checkpoints"}  # which checkpoint files stay changes no number
 
 
 def overrides_of(config_path: str, results: dict) -> list[str]:

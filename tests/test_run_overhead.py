@@ -39,17 +39,21 @@ def test_report_off_writes_everything_else(tmp_path):
 def test_report_mode_and_new_defaults_leave_the_fingerprint_alone():
     config = validate_config({"method": {"name": "er"}})
     data = config.model_dump(mode="json")
-    for key in ("name", "output_dir", "fabric"):
+    for key in ("name", "output_dir", "fabric", "logging"):  # keys added later are absent from the old form
         data.pop(key)
     for key in ("log_every_n_steps", "checkpoint_every_n_steps", "normalize"):
         data["train"].pop(key)
+    data["train"]["keep_checkpoints"] = True  # the old default
     data["model"].pop("init")
-    data["eval"].pop("report")
+    data["data"].pop("domains")
+    for key in ("report", "probe_buffer_size"):
+        data["eval"].pop(key)
     before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]  # the fingerprint's old form
     assert config_fingerprint(config) == before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "eval": {"report": "off"}})) == before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "model": {"init": "xavier"}})) != before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "train": {"normalize": False}})) != before
+    assert config_fingerprint(validate_config({"method": {"name": "er"}, "eval": {"probe_buffer_size": 0}})) != before
 
 
 def test_cli_freezes_the_collector_only_in_its_own_process(tmp_path, capsys):
