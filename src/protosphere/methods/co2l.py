@@ -119,7 +119,7 @@ class ReplayContrastMethod(RepresentationMethod):
         data = super().classifier_data()
         if self.buffer is not None:
             stored = f"the current task + the training buffer ({self.buffer.capacity} samples)"
-            data.update(ncm=stored + "; earlier means kept for classes not in it", linear_probe=stored)
+            data.update(ncm=stored + "; earlier means kept for classes not in it", linear_probe=stored, knn=stored)
         elif self.probe_buffer is not None:
             data["linear_probe"] = (f"the current task + up to {self.probe_buffer.capacity} classifier-only samples "
                                     f"of earlier tasks (eval.probe_buffer_size; never used in representation "
