@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .config import RunConfig, load_config, read_yaml, validate_config
+from .config import RunConfig, load_config, read_yaml, section, validate_config
 from .errors import ConfigError, RunError
 
 __all__ = ["Run", "run", "load_run"]
@@ -35,14 +35,7 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     parts = dotted.replace("__", ".").split(".")
     if any(not p for p in parts):
         raise ConfigError(f"Override `{dotted}` has an empty key; write dotted keys such as train.epochs.")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"Override `{dotted}`: `{part}` is a value, not a section, so it has no sub-keys.")
-        node = child
+    node = section(data, parts[:-1], dotted)
     if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
         for key, sub in value.items():  # train={"epochs": 2} changes train.epochs and keeps the other keys
             _set_dotted(node[parts[-1]], str(key), sub)

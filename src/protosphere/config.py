@@ -335,16 +335,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = yaml.safe_load(yaml.safe_dump(data)) if data else {}
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"Override `{text}`: `{part}` is a value, not a section, so it has no sub-keys.")
-            node = child
-        node[path[-1]] = value
+        section(data, path[:-1], text)[path[-1]] = value
     return data
+
+
+def section(data: dict, path: list[str], text: str) -> dict:
+    """The nested mapping at ``path`` in ``data``, creating missing sections; ``text`` names the override in the
+    error when a step of the path is a plain value."""
+    node = data
+    for part in path:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"Override `{text}`: `{part}` is a value, not a section, so it has no sub-keys.")
+        node = child
+    return node
 
 
 def read_yaml(path: str | Path) -> dict:
