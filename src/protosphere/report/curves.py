@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .plots import _figure, _save, _style, class_ticks, color
+from .plots import _figure, _save, _style, color, label_heatmap
 
 
 def read_training_rows(path: Path) -> dict[str, list[tuple[int, float, int]]]:
@@ -110,17 +110,8 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], pat
                 if counts[i, j]:
                     ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 60 else "black")
-    class_ticks(ax, list(labels), "x", cell)
-    class_ticks(ax, list(labels), "y", cell)
-    ax.set_xlabel("predicted class", fontsize=9)
-    ax.set_ylabel("true class", fontsize=9)
-    ax.tick_params(labelsize=8, length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    bar = fig.colorbar(image, ax=ax, shrink=0.85)
-    bar.set_label("% of the true class", fontsize=8)
-    bar.ax.tick_params(labelsize=8)
-    ax.set_title(title, fontsize=10)
+    label_heatmap(fig, ax, image, labels, labels, cell, ("true class", "predicted class"), title,
+                  bar_label="% of the true class")
     return _save(fig, path)
 
 

@@ -344,17 +344,25 @@ def cosine_matrix(cosine: np.ndarray, path: Path, row_labels: Sequence[str], col
             for j in range(c):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5.8 if c > 8 else 7.5,
                         color="white" if abs(m[i, j]) > 0.6 else "black")
+    label_heatmap(fig, ax, image, row_labels, col_labels, cell, ("class mean", "prototype"), title)
+    return _save(fig, path)
+
+
+def label_heatmap(fig, ax, image, row_labels: Sequence[str], col_labels: Sequence[str], cell: float,
+                  axis_labels: tuple[str, str], title: str, bar_label: str | None = None) -> None:
+    """Class names on both axes (never overlapping), axis labels (rows, columns), no frame, a colour bar, a title."""
     class_ticks(ax, list(row_labels), "y", cell)
     class_ticks(ax, list(col_labels), "x", cell)
-    ax.set_ylabel("class mean", fontsize=9)
-    ax.set_xlabel("prototype", fontsize=9)
+    ax.set_ylabel(axis_labels[0], fontsize=9)
+    ax.set_xlabel(axis_labels[1], fontsize=9)
     ax.tick_params(labelsize=8, length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
     bar = fig.colorbar(image, ax=ax, shrink=0.85)
+    if bar_label:
+        bar.set_label(bar_label, fontsize=8)
     bar.ax.tick_params(labelsize=8)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
 
 
 def timings(tasks: Sequence[dict], path: Path) -> Path:
