@@ -335,6 +335,34 @@ def test_nct_ce_head_and_two_views():
     torch.testing.assert_close(out.loss, F.cross_entropy(z @ simplex_etf(K, 8, 0).T / 0.2, y.repeat(2)))
 
 
+def test_nct_learnable_classifier_is_a_trained_cosine_classifier_with_the_same_distillation():
+    method = make_method("nct", classifier="learnable", head_loss="ce", head_weight=1.0, ce_temperature=0.2)
+    assert isinstance(method.prototypes, nn.Parameter)
+    assert any(p is method.prototypes for p in method.parameters())  # trained by the method's optimizer
+    assert not torch.allclose(F.normalize(method.prototypes.detach(), dim=1), simplex_etf(K, 8, 0))
+    ctx, past = enter_task(method, tiny_tasks(), 1)
+    with torch.no_grad():
+        method.prototypes.mul_(torch.linspace(0.5, 3, K)[:, None])  # row norms must not change the logits
+    x, y = batch(method, ctx, n=10)
+    torch.manual_seed(2)
+    out = method.training_step(x, y, step_ctx(1))
+    torch.manual_seed(2)
+    view = noisy(x)
+    z = F.normalize(method.projector(method.backbone(view)), dim=1)
+    with torch.no_grad():
+        z_past = F.normalize(past(view), dim=1)
+    unit = F.normalize(method.prototypes, dim=1)
+    expected = F.cross_entropy(z @ unit.T / 0.2, y) + 50 * 0.5 * ((z * z_past).sum(1) - 1).square().mean()
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert method.prototypes.grad is not None and method.prototypes.grad.abs().sum() > 0
+
+
+def test_nct_learnable_classifier_needs_the_ce_head():
+    with pytest.raises(Exception, match="head_loss=ce"):
+        make_method("nct", classifier="learnable")
+
+
 def mixture(moe, h, n):
     """The first n experts of ``moe`` mixed by a softmax over their gate rows, written out."""
     gate = torch.softmax(h @ moe.gate.weight[:n].T + moe.gate.bias[:n], dim=1)

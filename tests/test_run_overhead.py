@@ -64,3 +64,18 @@ def test_cli_freezes_the_collector_only_in_its_own_process(tmp_path, capsys):
     before = gc.get_freeze_count()
     assert main(["datasets"]) == 0  # called with argv (tests, scripts): the caller's process is left alone
     assert gc.get_freeze_count() == before
+
+
+def test_nct_classifier_at_its_default_keeps_earlier_fingerprints():
+    from unittest import mock
+
+    import protosphere.engine as engine
+
+    config = validate_config({"method": {"name": "nct"}})
+    dump = config.model_dump(mode="json")
+    assert dump["method"].pop("classifier") == "etf"
+    with mock.patch.object(engine.RunConfig, "model_dump", lambda self, **kw: dump):  # the config before the key existed
+        before = config_fingerprint(config)
+    assert config_fingerprint(config) == before
+    learnable = validate_config({"method": {"name": "nct", "classifier": "learnable", "head_loss": "ce"}})
+    assert config_fingerprint(learnable) != before

@@ -61,7 +61,8 @@ def config_fingerprint(config: RunConfig) -> str:
     data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay
     data["eval"].pop("report", None)
     # options added later are left out at their defaults, so earlier runs keep their fingerprints
-    for section, key, default in (("model", "init", "default"), ("train", "normalize", True)):
+    for section, key, default in (("model", "init", "default"), ("train", "normalize", True),
+                                   ("method", "classifier", "etf")):
         if data[section].get(key) == default:
             data[section].pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

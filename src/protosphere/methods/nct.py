@@ -10,7 +10,9 @@ sample unless ``views: 2``)::
                                                             normalised output as target (old-class rows when a
                                                             buffer exists, all rows otherwise)
 
-defaults head_weight 10, distill_weight 50 (NC-FSCIL / NCT). ``class_balanced``: c_k = 1/N_k over the (gathered)
+defaults head_weight 10, distill_weight 50 (NC-FSCIL / NCT). ``classifier: learnable`` replaces the fixed ETF with
+a trained cosine classifier (K × d rows from a seeded random start, renormalised in the loss; needs
+``head_loss: ce``), everything else equal: the learnable-classifier baseline of NCT's claim. ``class_balanced``: c_k = 1/N_k over the (gathered)
 batch (:func:`~protosphere.losses.inverse_frequency_weights`). ``mixture_of_experts``: the projector is a
 :class:`~protosphere.models.heads.MixtureOfExperts` with one expert per task and a learned gate; besides the mixed
 output, each row's own-task expert is aligned to its prototype (``+ head_weight · expert_weight · dr_loss``). All
@@ -26,8 +28,9 @@ Buffer, past model and evaluation as in :mod:`~protosphere.methods.co2l` (memory
 from typing import Literal
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import ConfigError
 from ..geometry import simplex_etf
@@ -42,6 +45,9 @@ from .representation import Classifier
 class NCTConfig(ReplayContrastConfig):
     name: str = "nct"
     head_loss: Literal["dr", "ce"] = "dr"
+    classifier: Literal["etf", "learnable"] = Field(
+        "etf", description="etf: the fixed simplex ETF (NCT); learnable: a trained cosine classifier (unit-normalised "
+                           "rows, random start) with the same distillation — the baseline NCT is compared against")
     head_weight: float = Field(10.0, ge=0)
     ce_temperature: float = Field(0.1, gt=0, description="τ of the CE on ETF logits")
     distill_weight: float = Field(50.0, ge=0)
@@ -53,6 +59,13 @@ class NCTConfig(ReplayContrastConfig):
     etf_seed: int = 0
     classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
 
+    @model_validator(mode="after")
+    def _learnable_needs_ce(self):
+        if self.classifier == "learnable" and self.head_loss != "ce":
+            raise ValueError("method.classifier=learnable needs method.head_loss=ce: the DR loss pulls each row to a "
+                             "fixed target, and with learnable rows nothing keeps the classes apart; set head_loss: ce")
+        return self
+
 
 @register("nct")
 class NCT(ReplayContrastMethod):
@@ -61,7 +74,12 @@ class NCT(ReplayContrastMethod):
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
         del self.prototypes
-        self.register_buffer("prototypes", simplex_etf(num_classes, config.projection_dim, config.etf_seed))
+        if config.classifier == "learnable":
+            start = torch.randn(num_classes, config.projection_dim,
+                                generator=torch.Generator().manual_seed(config.etf_seed))
+            self.prototypes = nn.Parameter(F.normalize(start, dim=1))
+        else:
+            self.register_buffer("prototypes", simplex_etf(num_classes, config.projection_dim, config.etf_seed))
         self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
         if config.mixture_of_experts:
             if config.num_experts is None:
@@ -104,7 +122,9 @@ class NCT(ReplayContrastMethod):
     def head(self, z, y, weights):
         if self.config.head_loss == "dr":
             return dr_loss(z, y, self.prototypes, weights)
-        ce = F.cross_entropy(z @ self.prototypes.T / self.config.ce_temperature, y, reduction="none")
+        # learnable rows are renormalised in the loss, so logits stay cosines / τ as with the unit-norm ETF rows
+        weight = F.normalize(self.prototypes, dim=1) if self.config.classifier == "learnable" else self.prototypes
+        ce = F.cross_entropy(z @ weight.T / self.config.ce_temperature, y, reduction="none")
         a = weights[y] if weights is not None else torch.ones_like(ce)
         return (a * ce).sum() / a.sum()
 
