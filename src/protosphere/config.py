@@ -127,6 +127,11 @@ class EvalConfig(Section):
         "process started when results.json is written, so the run returns at once (background), or not at all "
         "(off; `protosphere report RUN_DIR` writes them later)")
 
+    @field_validator("report", mode="before")
+    @classmethod
+    def _report_off(cls, value):
+        return "off" if value is False else value  # YAML reads a bare `off` (eval.report=off) as false
+
     @field_validator("corruptions", mode="before")
     @classmethod
     def _known_corruptions(cls, value):
