@@ -36,9 +36,9 @@ def method_summary(name: str) -> str:
 
 
 def _registry() -> dict:
-    from . import methods
+    from .registry import METHODS
 
-    return methods._REGISTRY
+    return {name: METHODS.get(name) for name in METHODS.names()}
 
 
 def method_summaries() -> list[tuple[str, str]]:
