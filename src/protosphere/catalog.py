@@ -104,7 +104,8 @@ def config_rows(method: str) -> list[tuple[str, str, str, str]]:
                 walk(optional, f"{prefix}{key}.")
                 continue
             default = method if prefix == "method." and key == "name" else _default(field)
-            kind = _type_text(annotation)
+            registered = next((m.registry for m in field.metadata if hasattr(m, "registry")), None)
+            kind = " | ".join(registered.names()) if registered is not None else _type_text(annotation)
             limits = _constraints(field)
             description = field.description or ("the method (see `protosphere methods`)"
                                                  if prefix == "method." and key == "name" else "")

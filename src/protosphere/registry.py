@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Callable, Generic, Iterator, TypeVar
+import importlib.metadata
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
-__all__ = ["Registry", "UnknownNameError", "METHODS", "DATASETS", "BACKBONES", "AUGMENTATIONS"]
+__all__ = ["Registry", "UnknownNameError", "METHODS", "DATASETS", "BACKBONES", "AUGMENTATIONS", "PLUGIN_GROUP",
+           "load_plugins"]
 
 T = TypeVar("T")
 
@@ -136,3 +138,25 @@ BACKBONES: Registry = Registry("backbone", builtins="protosphere.models.backbone
 AUGMENTATIONS: Registry = Registry("augmentation", builtins="protosphere.data.augment")
 """Augmentation recipes ``recipe(image_size, channels, **options) -> list[BatchTransform]`` (normalisation is added
 after them), by ``train.augmentation``."""
+
+
+PLUGIN_GROUP = "protosphere.plugins"
+"""Entry-point group of installed packages that register entries: ``[project.entry-points."protosphere.plugins"]
+mine = "mypackage.protosphere_plugin"`` in the package's pyproject.toml."""
+
+
+def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> list[str]:
+    """Import ``modules`` (dotted names; importing one registers its entries), then, with ``entry_points``, every
+    entry point of :data:`PLUGIN_GROUP` of the installed packages. Returns what was loaded, in order.
+
+    A module that cannot be found raises :class:`ModuleNotFoundError`; errors inside a plugin propagate unchanged.
+    """
+    loaded = []
+    for name in modules:
+        importlib.import_module(name)
+        loaded.append(name)
+    if entry_points:
+        for point in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda p: p.name):
+            point.load()
+            loaded.append(point.value)
+    return loaded
