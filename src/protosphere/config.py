@@ -374,8 +374,7 @@ def section(data: dict, path: list[str], text: str) -> dict:
     return node
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; pass a path to a YAML file (see configs/).")
     try:
@@ -389,6 +388,47 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must be a YAML mapping of sections (data, scenario, method, ...), "
                           f"got a {type(data).__name__}; see configs/ for examples.")
+    return data
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` on top: mappings merge key by key, any other value (lists included) replaces."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping of a YAML config file with its ``base:`` chain resolved (bases first, each file merged on top)."""
+    chain: list[Path] = []
+    path = Path(path)
+    layers = []
+    while True:
+        data = _read_mapping(path)
+        chain.append(path)
+        base = data.pop("base", None)
+        layers.append(data)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"Config file {path}: `base` must be the path of another YAML file (relative to "
+                              f"{path.parent}), got {base!r}.")
+        following = path.parent / base
+        if not following.is_file():
+            raise ConfigError(f"Config file {path}: its base {base} does not exist (looked for {following}); `base` is "
+                              f"a path relative to the including file.")
+        if any(following.resolve() == seen.resolve() for seen in chain):
+            loop = " → ".join(str(p) for p in chain + [following])
+            raise ConfigError(f"Config file {chain[0]} includes itself through `base` ({loop}); remove one of these "
+                              f"`base:` lines.")
+        path = following
+    data: dict = {}
+    for layer in reversed(layers):
+        data = deep_merge(data, layer)
     return data
 
 
