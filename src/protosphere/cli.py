@@ -229,6 +229,27 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _load_plugins(modules: list[str]) -> None:
+    """Import the ``--import`` modules and the installed ``protosphere.plugins`` entry points, so that what they
+    register is known before a config is read."""
+    import os
+
+    from .errors import ConfigError
+    from .registry import load_plugins
+
+    if modules and os.getcwd() not in sys.path:  # as `python -m` does: a module beside the config is found
+        sys.path.insert(0, os.getcwd())
+    try:
+        load_plugins(modules)
+    except ModuleNotFoundError as exc:
+        wanted = next((m for m in modules if exc.name and (m == exc.name or m.startswith(exc.name + "."))), None)
+        if wanted is None:  # a dependency of a plugin is missing: its own traceback says which import failed
+            raise
+        raise ConfigError(f"--import {wanted}: no module named `{exc.name}` on the Python path; give a dotted module "
+                          f"name (not a file path) importable from the current folder or an installed package.") \
+            from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -236,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Prototype contrast on the unit hypersphere: continual learning "
                                                  "with neural-collapse prototypes.")
     parser.add_argument("--version", action="version", version=f"protosphere {__version__}")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import this module first (repeatable), e.g. one that registers a dataset, backbone, "
+                             "augmentation or method; the current folder is searched too")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train and evaluate one config")
     p.add_argument("config", help="YAML config (see configs/)")
@@ -293,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         _split_configs_and_overrides(args)
         args.overrides += [e for e in extra if e not in leftover]
     try:
+        _load_plugins(args.imports)
         code = args.func(args)
         if argv is None:  # a command-line process about to exit: skip the garbage collector's passes over every
             import gc     # object of torch & co. at interpreter shut-down (~0.3 s of a short run; benchmarks/

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..losses import cassle_distill, nt_xent
 from ..models import Predictor
-from . import register
+from ..registry import METHODS
 from .moco import MoCo, MoCoConfig
 
 
@@ -59,7 +59,7 @@ class CaSSLeConfig(PastPredictorConfig):
     distill_weight: float = Field(1.0, ge=0)
 
 
-@register("cassle")
+@METHODS.register("cassle")
 class CaSSLe(PastPredictorMethod):
     config_class = CaSSLeConfig
 

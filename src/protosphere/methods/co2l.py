@@ -27,7 +27,7 @@ from torch import nn
 from ..buffer import ReplayBuffer
 from ..losses import asymmetric_supcon, ird
 from ..metrics import mean_drift, prototype_alignment
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .representation import Classifier, RepresentationConfig, RepresentationMethod
 
@@ -186,7 +186,7 @@ class Co2LConfig(ReplayContrastConfig):
     classifiers: list[Classifier] = Field(default_factory=lambda: ["linear_probe", "ncm", "linear_probe_seen"])
 
 
-@register("co2l")
+@METHODS.register("co2l")
 class Co2L(ReplayContrastMethod):
     config_class = Co2LConfig
 

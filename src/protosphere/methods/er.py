@@ -7,7 +7,7 @@ from pydantic import Field
 
 from ..buffer import ReplayBuffer
 from ..config import MethodConfig
-from . import register
+from ..registry import METHODS
 from .base import StepOutput, SupervisedMethod
 
 
@@ -18,7 +18,7 @@ class ERConfig(MethodConfig):
     buffer_policy: str = Field("reservoir", pattern="^(reservoir|class_balanced)$")
 
 
-@register("er")
+@METHODS.register("er")
 class ER(SupervisedMethod):
     config_class = ERConfig
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..geometry import simplex_etf
 from ..losses import HSD_SCHEDULES, fnc2, hsd, hsd_alpha, ird, prd
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .co2l import ReplayContrastConfig, ReplayContrastMethod
 from .representation import Classifier
@@ -63,7 +63,7 @@ class FNC2Config(ReplayContrastConfig):
         return marks
 
 
-@register("fnc2")
+@METHODS.register("fnc2")
 class FNC2(ReplayContrastMethod):
     config_class = FNC2Config
 

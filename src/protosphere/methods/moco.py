@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..losses import moco_infonce
-from . import register
+from ..registry import METHODS
 from .simclr import SelfSupervisedConfig, SelfSupervisedMethod
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class MoCoConfig(SelfSupervisedConfig):
         return self
 
 
-@register("moco")
+@METHODS.register("moco")
 class MoCo(SelfSupervisedMethod):
     config_class = MoCoConfig
 

@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..geometry import simplex_etf
 from ..losses import dr_loss, inverse_frequency_weights
 from ..models.heads import MixtureOfExperts
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .co2l import ReplayContrastConfig, ReplayContrastMethod
 from .representation import Classifier
@@ -67,7 +67,7 @@ class NCTConfig(ReplayContrastConfig):
         return self
 
 
-@register("nct")
+@METHODS.register("nct")
 class NCT(ReplayContrastMethod):
     config_class = NCTConfig
 

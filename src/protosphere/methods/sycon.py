@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import nt_xent, pnr_moco, pnr_simclr
-from . import register
+from ..registry import METHODS
 from .cassle import PastPredictorConfig, PastPredictorMethod
 
 
@@ -42,7 +42,7 @@ class SyConConfig(PastPredictorConfig):
     name: str = "sycon"
 
 
-@register("sycon")
+@METHODS.register("sycon")
 class SyCon(PastPredictorMethod):
     config_class = SyConConfig
 
