@@ -106,16 +106,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """Exit status 1 when a run failed (each named with its log on stderr); the table holds the runs that finished."""
     from rich.console import Console
 
-    from .report.compare import compare
+    from .sweep import compare
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
-    compare(args.configs, seeds=args.seeds, out=args.out, overrides=args.overrides, overwrite=args.overwrite,
-            console=console, show_progress=not args.no_progress and console.is_terminal)
-    return 0
+    summary = compare(args.configs, seeds=args.seeds, out=args.out, overrides=args.overrides,
+                      overwrite=args.overwrite, console=console,
+                      show_progress=not args.no_progress and console.is_terminal, grid=args.grid or (),
+                      jobs=args.jobs, markdown=args.markdown)
+    for failure in summary["failed"]:
+        print(f"failed: {failure['run']} ({failure['error']}); log: {failure['log']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 def _split_configs_and_overrides(args) -> None:
@@ -259,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per config (default 3)")
     p.add_argument("--out", default=None, help="directory for the runs and compare.{md,json,html} "
                                                "(default: <output_dir of the first config>/compare)")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="also vary a dotted config key over these values (repeatable: the cross product of all "
+                        "grids x configs x seeds; run names add each key and value, e.g. er-200-buffer_size-500-seed0)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train N runs at a time, each a separate single-threaded process logging to <out>/<run>.log "
+                        "(default 1: in this process, with progress bars)")
+    p.add_argument("--markdown", metavar="FILE", default=None,
+                   help="also write the Markdown table, with the command that produced it, to FILE")
     p.add_argument("--overwrite", action="store_true",
                    help="rerun runs in --out that belong to a different config instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
