@@ -61,6 +61,11 @@ def format_mean_std(stat: dict, digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def classifier_text(row: dict) -> str:
+    """The row's headline classifier, or a dash when none of its runs finished."""
+    return "—" if row["headline_classifier"] is None else str(row["headline_classifier"])
+
+
 def cell_text(stat: dict, seeds: int) -> str:
     """``format_mean_std``, with ``(n = k)`` when the value stands on fewer than ``seeds`` runs (some failed)."""
     text = format_mean_std(stat)
@@ -214,7 +219,7 @@ def to_markdown(summary: dict) -> str:
         for c in columns:
             text = cell_text(row["values"][c["key"]], len(summary["seeds"]))
             cells.append(f"**{text}**" if best.get(c["key"]) == row["label"] else text)
-        lines.append("| " + " | ".join([row["label"], str(row["method"]), str(row["headline_classifier"]), *cells])
+        lines.append("| " + " | ".join([row["label"], str(row["method"]), classifier_text(row), *cells])
                      + " |")
     lines += ["", "Command:", "", "```", summary["command"], "```", ""]
     lines += ["Runs: " + "; ".join(f"{row['label']}: " + ", ".join(
@@ -239,7 +244,7 @@ def rich_table(summary: dict):
         for c in summary["columns"]:
             text = cell_text(row["values"][c["key"]], len(summary["seeds"]))
             cells.append(f"[bold green]{text}[/]" if summary["best"].get(c["key"]) == row["label"] else text)
-        table.add_row(row["label"], str(row["method"]), str(row["headline_classifier"]), *cells)
+        table.add_row(row["label"], str(row["method"]), classifier_text(row), *cells)
     return table
 
 
@@ -279,7 +284,7 @@ def to_html(summary: dict, out: Path) -> str:
                          f'<a href="{esc(name)}.log">s{esc(seed)} failed</a>'
                          for name, seed, how in zip(row["runs"], row["seeds"], row["status"]))
         body.append(f"<tr><td class=\"l\"><b>{esc(row['label'])}</b></td><td class=\"l\">{esc(row['method'])}</td>"
-                    f"<td class=\"l\">{esc(row['headline_classifier'])}</td>{''.join(cells)}"
+                    f"<td class=\"l\">{esc(classifier_text(row))}</td>{''.join(cells)}"
                     f"<td class=\"l\">{links}</td></tr>")
     parts.append("<table><thead><tr><th class=\"l\">config</th><th class=\"l\">method</th><th class=\"l\">classifier"
                  f"</th>{head}<th class=\"l\">runs</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
