@@ -329,6 +329,21 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
     return sorted(failures, key=lambda f: f["run"])
 
 
+def finished_runs(root: str | Path, stem: str) -> dict[int, dict]:
+    """``{seed: results}`` of the complete runs compare wrote under ``root`` for the config file ``stem`` without a
+    grid (``<root>/<stem>-seed<S>``), for scripts that compute more than compare's table from the same runs."""
+    from .report.html import load_results
+
+    prefix = f"{plain_name(stem)}-seed"
+    found = {}
+    for run_dir in sorted(Path(root).glob(f"{prefix}*")):
+        if run_dir.name[len(prefix):].isdigit() and (run_dir / "results.json").is_file():
+            results = load_results(run_dir)
+            if results.get("status") == "complete":
+                found[results["seed"]] = results
+    return found
+
+
 def command_line(paths: Sequence[Path], seeds: int, out: Path, overrides: Sequence[str], overwrite: bool,
                  grid: Sequence[GridAxis] = (), jobs: int = 1, markdown: str | Path | None = None) -> str:
     parts = ["protosphere", "compare", *map(str, paths), "--seeds", str(seeds), "--out", str(out)]
