@@ -282,7 +282,8 @@ def to_html(summary: dict, out: Path) -> str:
                          f'data-std="{std}"{tip}>{"<b>" + text + "</b>" if bold else text}</td>')
         links = " ".join(f'<a href="{esc(name)}/report.html">s{esc(seed)}</a>' if how != "failed" else
                          f'<a href="{esc(name)}.log">s{esc(seed)} failed</a>'
-                         for name, seed, how in zip(row["runs"], row["seeds"], row["status"]))
+                         for name, seed, how in zip(row["runs"], row["seeds"],
+                                                    row.get("status") or [None] * len(row["runs"])))
         body.append(f"<tr><td class=\"l\"><b>{esc(row['label'])}</b></td><td class=\"l\">{esc(row['method'])}</td>"
                     f"<td class=\"l\">{esc(classifier_text(row))}</td>{''.join(cells)}"
                     f"<td class=\"l\">{links}</td></tr>")
