@@ -169,7 +169,7 @@ def resume_point(state: dict) -> tuple[int, int, bool]:
     task, phase = state.get("task", 0), state.get("phase")
     if phase == "in_task":
         return task, state.get("step", 0), True
-    return task + (phase == "task_done"), 0, False
+    return (task + 1 if phase == "task_done" else task), 0, False
 
 
 class LossGuard:
