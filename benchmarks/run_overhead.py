@@ -49,8 +49,9 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     t = time.perf_counter()
     from protosphere import runner
     from protosphere.config import load_config
-    from protosphere.engine import Engine
     import protosphere.engine as engine_module
+    from protosphere.engine import Checkpoints
+    from protosphere.protocol import Protocol
     import protosphere.methods  # noqa: F401
 
     phases["import protosphere"] = time.perf_counter() - t
@@ -72,15 +73,15 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     timed(runner, "build_fabric", "fabric")
     timed(runner, "build_scenario_from_config", "data")
     timed(runner, "build_method", "model")
-    timed(Engine, "_save", "checkpoints")
-    timed(Engine, "_final_extras", "final extras")
+    timed(Checkpoints, "save", "checkpoints")
+    timed(Protocol, "final_extras", "final extras")
     timed(engine_module, "write_results", "results")
     timed(engine_module, "write_config", "results")
     import protosphere.report as report
 
     timed(report, "try_write_report", "report")  # set on the package, where the runner imports it from
-    timed(Engine, "evaluate", "random-init baseline")  # per-task rows call _timed_evaluate; evaluate() is the baseline
-    timed(Engine, "neural_collapse", "of eval: NC metrics")
+    timed(Protocol, "random_init_baseline", "random-init baseline")
+    timed(Protocol, "neural_collapse", "of eval: NC metrics")
 
     t = time.perf_counter()
     config = load_config(config_path, [*overrides, f"output_dir={out_dir}", "name=overhead"])

@@ -1,8 +1,8 @@
 """Training throughput on a quiet machine and beside one busy process, side by side in one run, per thread choice.
 
 For each workload (a config plus overrides), a fresh child process builds the run's scenario and method exactly as
-``protosphere run`` does, trains task 0 for a few steps (full buffers, past models), then times ``--steps`` engine-like
-training steps of task 1 (method step, backward, SGD step) and prints img/s. Each child runs once on the quiet machine
+``protosphere run`` does, trains task 0 for a few steps (full buffers, past models), then times ``--steps`` of the engine's
+training steps of task 1 (``protosphere.engine.train_step``: method step, backward, SGD step) and prints img/s. Each child runs once on the quiet machine
 and once beside a busy neighbour (``python3 -c "while True: pass"``, started before the child and stopped after it),
 with 1 thread, 2 threads and protosphere's default choice (``protosphere.threads``), quiet and loaded runs interleaved
 over ``--repeats`` rounds; the table gives medians. "loaded/quiet" is the share of quiet speed a run keeps beside the
@@ -41,7 +41,8 @@ def child(args) -> int:
     import torch  # before protosphere, so that the OpenMP wait policy is the one this process was started with
 
     from protosphere.config import load_config
-    from protosphere.engine import epoch_order
+    from protosphere.data.scenarios import model_input
+    from protosphere.engine import epoch_order, train_step
     from protosphere.methods.base import StepContext, TaskContext
     from protosphere.optim import build_optimizer
     from protosphere.runner import build_method, build_scenario_from_config
@@ -55,16 +56,8 @@ def child(args) -> int:
     threads = apply_threads(config, method, scenario.image_shape)
     batch = config.train.batch_size
 
-    def context(t):
-        task = scenario.tasks[t]
-        return TaskContext(index=t, classes=task.classes, seen_classes=scenario.classes_up_to(t),
-                           num_tasks=scenario.num_tasks, train_images=task.train_images,
-                           train_labels=task.train_labels,
-                           previous_classes=scenario.classes_up_to(t - 1) if t > 0 else [],
-                           previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]])
-
     def train(t, steps, timed):
-        ctx = context(t)
+        ctx = TaskContext.of(scenario, t)
         method.train()
         method.begin_task(ctx)
         optimizer = build_optimizer(config.optimizer, method.parameters())
@@ -75,13 +68,8 @@ def child(args) -> int:
             if step == steps // 10:
                 start = time.perf_counter()  # the first tenth warms up
             rows = order[(step * batch) % (len(labels) - batch):][:batch]
-            x = images[rows].float().div_(255)
-            if config.model.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = method.training_step(x, labels[rows], StepContext(t, 0, step, steps, step))
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            train_step(method, optimizer, model_input(images[rows], config.model.channels_last), labels[rows],
+                       StepContext(t, 0, step, steps, step))
         elapsed = time.perf_counter() - start
         method.end_task(ctx)
         return (steps - steps // 10) * batch / elapsed

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from protosphere.config import load_config
-from protosphere.evaluation import accuracy
 from protosphere.methods.base import TaskContext
+from protosphere.protocol import Protocol
 from protosphere.report.compare import format_mean_std, mean_std as statistics_of
 from protosphere.runner import build_method, build_scenario_from_config
 
@@ -26,29 +26,15 @@ def mean_std(values) -> str:
     return format_mean_std(statistics_of(list(values)))
 
 
-@torch.no_grad()
 def floor(config) -> dict[str, float]:
+    """Mean over tasks of each classifier's class-IL accuracy: the protocol's accuracy row after the last task, with
+    the classifiers fitted on the untrained network."""
     torch.manual_seed(config.seed)
     scenario = build_scenario_from_config(config)
     method = build_method(config, scenario)
-    method.eval()
-    last = len(scenario.tasks) - 1
-    task = scenario.tasks[last]
-    context = TaskContext(index=last, classes=tuple(task.classes), seen_classes=scenario.classes_up_to(last),
-                          num_tasks=scenario.num_tasks, train_images=task.train_images,
-                          train_labels=task.train_labels, previous_classes=scenario.classes_up_to(last - 1),
-                          previous=[(t.train_images, t.train_labels) for t in scenario.tasks[:last]])
-    with torch.enable_grad():  # the probe trains
-        method.prepare_evaluation(context)
-    out = {}
-    for name, classify in method.classifiers().items():
-        per_task = []
-        for t in scenario.tasks:
-            logits = torch.cat([classify(t.test_images[i:i + 256].float().div_(255))
-                                for i in range(0, len(t.test_labels), 256)])
-            per_task.append(accuracy(logits, t.test_labels))
-        out[name] = statistics.mean(per_task)
-    return out
+    last = scenario.num_tasks - 1
+    row, _ = Protocol(config, scenario).accuracy_row(method, up_to=last, prepare=TaskContext.of(scenario, last))
+    return {name: statistics.mean(scores["class_il"]) for name, scores in row.items()}
 
 
 def main(argv) -> int:

@@ -10,9 +10,9 @@ import torch
 from protosphere.buffer import ReplayBuffer
 from protosphere.config import load_config, validate_config
 from protosphere.data.scenarios import build_scenario
-from protosphere.engine import Engine
 from protosphere.methods.base import Method, Transforms
 from protosphere.metrics.continual import summarize
+from protosphere.protocol import Protocol
 from protosphere.runner import run
 from conftest import make_dataset
 
@@ -114,9 +114,8 @@ def test_evaluate_matches_hand_computed_class_and_task_il():
         task.test_images[:, 0, 0, 0] = task.test_labels.to(torch.uint8)
     # wrong (shifted) predictions for classes 1 and 2 only
     method = FixedLogits(4, lambda y: (y == 1) | (y == 2))
-    engine = Engine(validate_config({"model": {"channels_last": False}}), ".", fabric=None, show_progress=False)
-    test_sets = [(t.test_images, t.test_labels) for t in scenario.tasks]
-    row = engine.evaluate(method, scenario, test_sets, up_to=1)["head"]
+    protocol = Protocol(validate_config({"model": {"channels_last": False}}), scenario)
+    row = protocol.accuracy_row(method, up_to=1)[0]["head"]
     # task 0 = classes {0,1}: class 0 right, class 1 predicted as 2 → class-IL 50 %; within the task the runner-up
     # logit (its own label, 0.5) wins → task-IL 100 %. Task 1 = {2,3}: class 2 → 3 (wrong in both), class 3 right.
     assert row["class_il"] == [50.0, 50.0]

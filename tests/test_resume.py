@@ -84,14 +84,14 @@ class Interrupt(Exception):
 @pytest.mark.parametrize("crash_after", [3, 4])  # mid-task (in_task checkpoint) / right after a task checkpoint
 def test_resume_in_process_restores_snapshot_and_optimizer(tmp_path, monkeypatch, crash_after):
     """LwF (past-model snapshot) with momentum SGD: crash right after the n-th checkpoint write, resume, same numbers."""
-    from protosphere.engine import Engine
+    from protosphere.engine import Checkpoints
 
     config = write_config(tmp_path / "lwf.yaml", tmp_path / "runs", "method: {name: lwf}")
     overrides = ["train.epochs=1", "train.checkpoint_every_n_steps=20", "--no-progress"]
     assert main(["run", str(config), "name=full", *overrides]) == 0
     full = json.loads((tmp_path / "runs" / "full" / "results.json").read_text())
 
-    saves, original = [], Engine._save
+    saves, original = [], Checkpoints.save
 
     def crashing_save(self, name, *args, **kwargs):
         original(self, name, *args, **kwargs)
@@ -100,10 +100,10 @@ def test_resume_in_process_restores_snapshot_and_optimizer(tmp_path, monkeypatch
         if len(saves) == crash_after:
             raise Interrupt
 
-    monkeypatch.setattr(Engine, "_save", crashing_save)
+    monkeypatch.setattr(Checkpoints, "save", crashing_save)
     with pytest.raises(Interrupt):
         main(["run", str(config), "name=crashed", *overrides])
-    monkeypatch.setattr(Engine, "_save", original)
+    monkeypatch.setattr(Checkpoints, "save", original)
     state = torch.load(tmp_path / "runs" / "crashed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["optimizer"]["state"], "momentum buffers are saved"
     assert main(["run", str(config), "name=crashed", "--resume", *overrides]) == 0

@@ -210,14 +210,7 @@ class Run:
             method = build_method(self.config, scenario)
             method.load_state_dict(state["method"])
             method = method.to(self.device).eval()
-            last = scenario.num_tasks - 1
-            task = scenario.tasks[last]
-            self._context = TaskContext(
-                index=last, classes=task.classes, seen_classes=scenario.classes_up_to(last),
-                num_tasks=scenario.num_tasks, train_images=task.train_images.to(self.device),
-                train_labels=task.train_labels.to(self.device),
-                previous_classes=scenario.classes_up_to(last - 1) if last > 0 else [],
-                previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:last]])
+            self._context = TaskContext.of(scenario, scenario.num_tasks - 1, self.device)
             method.task = self._context  # which classes the learner has met (the nearest-prototype mask)
             self._model = method
         return self._model
@@ -241,20 +234,18 @@ class Run:
         return images
 
     def _batches(self, images, fn) -> torch.Tensor:
+        from .data.scenarios import model_input
+        from .evaluation import extract_features
+
         images = self._images(images)
-        batch = self.config.eval.batch_size
-        channels_last = self.config.model.channels_last  # the layout the engine evaluates in
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(images), batch):
-                x = images[start : start + batch].to(self.device)
-                x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out.append(fn(x).float().cpu())
-        if not out:
+        if not len(images):
             return torch.empty(0)
-        return torch.cat(out)
+        channels_last = self.config.model.channels_last  # the layout the engine evaluates in
+
+        def run(batch):
+            return fn(model_input(batch.to(self.device), channels_last).float()).float().cpu()
+
+        return extract_features(run, images, self.config.eval.batch_size)
 
     def encode(self, images) -> torch.Tensor:
         """Encoder features (N, d) of ``images``: uint8 (N, C, H, W) as the datasets hold them, or floats in [0, 1]."""

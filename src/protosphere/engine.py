@@ -1,8 +1,11 @@
-"""The continual loop: tasks → epochs → steps, evaluation after every task, checkpoints, logs.
+"""The continual loop: resume → per task: begin, train, evaluate, save.
 
-The engine owns devices, processes, precision, files and progress display (through lightning-fabric and rich); it
+:meth:`Engine.fit` is that loop; everything around it is a small object: :class:`TaskMonitor` (loss logging, speed,
+progress, the NaN/inf guard :class:`LossGuard`), :class:`Checkpoints`, :class:`MetricsLog`, and the evaluation
+protocol (:class:`~protosphere.protocol.Protocol`), which owns everything computed after a task or an epoch. The
+engine owns devices, processes, precision, files and progress display (through lightning-fabric and rich); it
 knows nothing of losses. A method sees batches, a :class:`~protosphere.methods.base.StepContext` and a ``gather``
-function; the engine sees a scalar loss and a dict of detached loss terms.
+function; the engine sees a scalar loss and a dict of detached loss terms (:func:`train_step`).
 
 Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end; by default only the latest task
 checkpoint is kept beside ``last.ckpt``, ``train.keep_checkpoints: true`` keeps them all) hold the method's state
@@ -28,18 +31,21 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from lightning_fabric import Fabric
 
 from .config import RunConfig, dump_config
+from .data.scenarios import model_input
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
 from .errors import ConfigError, RunError
 from .losses._checks import set_validation
-from .methods.base import Method, StepContext, TaskContext
+from .methods.base import Method, StepContext, StepOutput, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
+from .protocol import Protocol, TaskEvaluation, TaskTraining
 from .version import __version__
 
 CHECKPOINT_VERSION = 1
@@ -137,21 +143,300 @@ class MetricsLog:
             self.trackers.close(status)
 
 
+def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, step: StepContext,
+               backward: Callable[[torch.Tensor], None] | None = None,
+               inspect: Callable[[StepOutput], None] | None = None) -> StepOutput:
+    """One optimisation step as a run takes it: the method's ``training_step`` on a batch of floats in [0, 1] (its
+    augmentation, replay, distillation and loss), then zero gradients, backward and the optimiser's step.
+
+    ``backward`` backpropagates the loss (the engine passes ``fabric.backward``, which handles precision and DDP;
+    default ``loss.backward()``); ``inspect(output)`` runs between the forward and the backward pass."""
+    output = model.training_step(images, labels, step)
+    if inspect is not None:
+        inspect(output)
+    optimizer.zero_grad(set_to_none=True)
+    if backward is None:
+        output.loss.backward()
+    else:
+        backward(output.loss)
+    optimizer.step()
+    return output
+
+
+def resume_point(state: dict) -> tuple[int, int, bool]:
+    """Where a run continues from a checkpoint's ``state`` (empty for a new run): (task, step in it, whether that task
+    was interrupted). A task checkpoint continues with the next task; an in-task one re-enters its task."""
+    task, phase = state.get("task", 0), state.get("phase")
+    if phase == "in_task":
+        return task, state.get("step", 0), True
+    return (task + 1 if phase == "task_done" else task), 0, False
+
+
+class LossGuard:
+    """Stops a task whose loss or one of its terms became NaN/inf, naming the term and the first bad step. Steps are
+    recorded on the device without a host sync and checked when the loss is logged or a checkpoint is written."""
+
+    def __init__(self, fabric: Fabric, advice: Callable[[], str]):
+        self.fabric = fabric
+        self.advice = advice
+        self.first: dict = {}  # term names -> step at which each first became non-finite (-1: never)
+
+    def track(self, output: StepOutput, step: int) -> None:
+        names = ("loss", *output.terms)
+        values = torch.stack([output.loss.detach().float().reshape(()),
+                              *(v.detach().float().reshape(()) for v in output.terms.values())])
+        first = self.first.get(names)
+        if first is None:
+            first = self.first[names] = torch.full((len(names),), -1, dtype=torch.long, device=values.device)
+        self.first[names] = torch.where((first < 0) & ~torch.isfinite(values), step, first)
+
+    def check(self, task: int) -> None:
+        bad: dict[str, int] = {}
+        for names, first in self.first.items():
+            if self.fabric.world_size > 1:  # every rank stops together, at the earliest bad step of any rank
+                never = torch.iinfo(torch.long).max
+                first = self.fabric.all_reduce(torch.where(first < 0, never, first),
+                                               reduce_op=torch.distributed.ReduceOp.MIN)
+                first = torch.where(first == never, -1, first)
+            for name, step in zip(names, first.tolist()):
+                if step >= 0:
+                    bad[name] = min(step, bad.get(name, step))
+        if not bad:
+            return
+        step = min(bad.values())
+        terms = [name for name, s in bad.items() if s == step and name != "loss"] or ["loss"]
+        raise RunError(f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); "
+                       f"{self.advice()}")
+
+
+class Checkpoints:
+    """``checkpoints/last.ckpt`` and ``task-<t>.ckpt``: the method's state, the optimiser, RNG states, the position in
+    the run and the evaluation so far; written atomically and never while the method's state holds NaN/inf."""
+
+    def __init__(self, config: RunConfig, fabric: Fabric, folder: Path, log: MetricsLog | None = None):
+        self.config = config
+        self.fabric = fabric
+        self.folder = folder
+        self.log = log
+
+    def advice(self) -> str:
+        """What is kept after a NaN/inf stop and what the user can do (the same config would fail the same way, and a
+        changed config cannot --resume)."""
+        good = self.folder / "last.ckpt"
+        kept = f"the last good checkpoint {good} is kept" if good.exists() else "no checkpoint was written yet"
+        return (f"{kept}; start again with a lower learning rate, e.g. --overwrite "
+                f"optimizer.lr={self.config.optimizer.lr / 10:g} (or a new name=...), or check the data.")
+
+    def check_state(self, method: Method, task: int) -> None:
+        """Never checkpoint a model with a NaN/inf parameter or buffer (a loss can stay finite while they are not)."""
+        bad = nonfinite_names(method.state_dict())
+        flag = torch.tensor(float(bool(bad)), device=self.fabric.device)
+        if self.fabric.world_size > 1:  # every rank stops together when any rank's state went bad
+            flag = self.fabric.all_reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX)
+        if float(flag) > 0:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            shown = shown or "another process's state"
+            raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
+                           f"{self.advice()}")
+
+    def save(self, name: str, method: Method, optimizer, results: dict, task: int, phase: str, step: int,
+             global_step: int) -> None:
+        self.check_state(method, task)
+        device = self.fabric.device
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": config_fingerprint(self.config),
+            "method": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(device),
+            "task": task, "phase": phase, "step": step, "global_step": global_step,
+            "results": json.loads(json.dumps(results)),
+            "world_size": self.fabric.world_size,
+            "metrics_bytes": self.log.tell() if self.log is not None else None,
+        }
+        if self.fabric.world_size > 1:  # what differs between ranks: RNG streams and replay buffers
+            state["ranks"] = gather_objects(self.fabric, {
+                "rng": rng_state(device),
+                "tracked": {name: obj.state_dict() for name, obj in method._tracked.items()},
+            })
+        if self.fabric.is_global_zero:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(state, self.folder / name)
+            if name != "last.ckpt":
+                atomic_torch_save(state, self.folder / "last.ckpt")
+                if not self.config.train.keep_checkpoints and task > 0:
+                    (self.folder / f"task-{task - 1}.ckpt").unlink(missing_ok=True)
+        self.fabric.barrier()
+
+    def restore(self, state: dict, method: Method) -> None:
+        """Load a checkpoint's method state and this rank's own state (RNG, replay buffers) over ``method``."""
+        device = self.fabric.device
+        method.load_state_dict(state["method"])
+        own = state["ranks"][self.fabric.global_rank] if state.get("ranks") else None
+        if own is not None:
+            for name, obj_state in own["tracked"].items():
+                method._tracked[name].load_state_dict(obj_state)
+        for obj in method._tracked.values():  # checkpoints load on the CPU; stored tensors belong on the device
+            data = getattr(obj, "data", None)
+            if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+                obj.data = {key: value.to(device) for key, value in data.items()}
+        set_rng_state((own or state)["rng"], device)
+
+
+class TaskMonitor:
+    """Everything around a task's training steps but the steps: the NaN/inf guard, images seen and speed, the loss
+    terms logged every ``train.log_every_n_steps`` steps (means over the ranks), the progress display and its plain
+    line per epoch. The host waits for the device only at a logged step."""
+
+    def __init__(self, engine: "Engine", task: int, epochs: int, steps_per_epoch: int, total: int, first: int):
+        self.engine, self.task, self.epochs = engine, task, epochs
+        self.steps_per_epoch, self.total = steps_per_epoch, total
+        self.guard = LossGuard(engine.fabric, engine.checkpoints.advice)
+        self.start, self.images = time.perf_counter(), 0
+        self.epoch_loss, self.epoch_steps = None, 0  # the epoch's mean loss, for the plain line (no per-step sync)
+        engine.progress.start_task(task, total, first)
+
+    def inspect(self, output: StepOutput, step: int) -> None:
+        set_validation(False)  # the first step checked every loss input; later steps skip syncs
+        self.guard.track(output, step)
+
+    def speed(self) -> float:
+        return self.images / max(1e-9, time.perf_counter() - self.start)
+
+    def after_step(self, step: int, epoch: int, output: StepOutput, optimizer, rows: int, save: bool) -> None:
+        engine, progress = self.engine, self.engine.progress
+        engine.log.global_step = engine.global_step
+        if progress.plain:
+            loss = output.loss.detach().float()
+            self.epoch_loss = loss if self.epoch_loss is None else self.epoch_loss + loss
+            self.epoch_steps += 1
+        self.images += rows * engine.fabric.world_size
+        last = step == self.total - 1
+        logged = (step + 1) % engine.config.train.log_every_n_steps == 0 or last
+        if save or logged:
+            self.guard.check(self.task)  # never log or checkpoint a model that saw a NaN/inf loss
+        lr = optimizer.param_groups[0]["lr"]
+        if logged:
+            terms, speed = self.global_terms(output), self.speed()
+            engine.log.log("train", {**terms, "lr": lr, "img_per_s": speed}, self.task, epoch, step)
+            progress.train_step(step, epoch, self.epochs, terms["loss"], speed)
+        if progress.plain and ((step + 1) % self.steps_per_epoch == 0 or last):
+            progress.epoch_end(step, epoch, self.epochs, float(self.epoch_loss) / max(1, self.epoch_steps), lr,
+                               self.speed())
+            self.epoch_loss, self.epoch_steps = None, 0
+
+    def global_terms(self, output: StepOutput) -> dict[str, float]:
+        """The loss and its terms as logged: under DDP the mean over ranks (the global loss for per-rank terms such as
+        a cross-entropy on local rows; unchanged for losses every rank computes on the gathered batch)."""
+        loss = output.loss.detach().float().reshape(())
+        values = torch.stack([loss, *(v.detach().float().reshape(()).to(loss.device) for v in output.terms.values())])
+        if self.engine.fabric.world_size > 1:
+            values = self.engine.fabric.all_reduce(values, reduce_op="mean")
+        return dict(zip(("loss", *output.terms), values.tolist()))
+
+    def finish(self) -> TaskTraining:
+        return TaskTraining(time.perf_counter() - self.start, self.images)
+
+
 class Engine:
-    def __init__(self, config: RunConfig, run_dir: Path, fabric: Fabric, console=None, show_progress: bool = True):
+    """Runs a method through a scenario. ``write_embeddings(features, labels, weights)`` stores the embedding
+    snapshot taken after the last task (the runner passes the report's writer; none: no snapshot)."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, fabric: Fabric, console=None, show_progress: bool = True,
+                 write_embeddings: Callable | None = None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.fabric = fabric
         self.console = console
         self.show_progress = show_progress and fabric is not None and fabric.is_global_zero
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.write_embeddings = write_embeddings
         self.progress: RunProgress | None = None
+        self.log: MetricsLog | None = None
+        self.checkpoints: Checkpoints | None = None
+        self.global_step = 0
 
     # ----------------------------------------------------------------------------------------------------------
     def fit(self, scenario, method: Method, resume: dict | None = None) -> dict:
+        """Train ``method`` on every task of ``scenario``, evaluating after each (:class:`~protosphere.protocol.
+        Protocol`), and return the evaluation record; ``resume``: a loaded checkpoint to continue from."""
+        state = resume or {}
+        model = self._setup(method, resume)
+        first_task, first_step, in_task = resume_point(state)
+        self.global_step = state.get("global_step", 0)
+        log = self._open_log(resume)
+        progress = self._open_progress(scenario)
+        checkpoints = self.checkpoints = Checkpoints(self.config, self.fabric, self.checkpoint_dir, log)
+        protocol = Protocol(self.config, scenario, self.fabric.device, state.get("results"), log, progress,
+                            self.write_embeddings if self.fabric.is_global_zero else None)
+        if state.get("method") is not None and not in_task:
+            checkpoints.restore(state, method)
+        protocol.random_init_baseline(method, TaskContext.of(scenario, 0, self.fabric.device))
+        # the losses check their inputs on the first step of a run (a bug shows at once); a resumed run passed that
+        # check before, and a NaN/inf it meets now is a numerical failure, which the non-finite guard reports
+        set_validation(resume is None)
+        status = "failed"
+        try:
+            for t in range(first_task, scenario.num_tasks):
+                context = TaskContext.of(scenario, t, self.fabric.device)
+                method.train()
+                method.begin_task(context)
+                optimizer = self.fabric.setup_optimizers(build_optimizer(self.config.optimizer, method.parameters()))
+                resumed = in_task and t == first_task
+                if resumed:
+                    checkpoints.restore(state, method)
+                    optimizer.load_state_dict(state["optimizer"])
+                training = self._train_task(model, method, optimizer, context, first_step if resumed else 0, protocol)
+                method.end_task(context)
+                evaluation = protocol.after_task(method, context, training)
+                checkpoints.save(f"task-{t}.ckpt", method, optimizer, protocol.results, t, "task_done", 0,
+                                 self.global_step)
+                self._announce(context, training, evaluation)
+            status = "success"
+        finally:
+            progress.stop()
+            log.close(status)
+            set_validation(True)
+        return protocol.results
+
+    def _train_task(self, model, method: Method, optimizer, context: TaskContext, first: int,
+                    protocol: Protocol) -> TaskTraining:
+        """Steps ``first``.. of one task: shuffled batches (a function of seed, task and epoch; each rank takes its
+        slice), the learning-rate schedule, one :func:`train_step` each, per-epoch evaluations and checkpoints."""
+        cfg, fabric, t = self.config, self.fabric, context.index
+        images, labels = method.training_data(context)
+        images, labels = images.to(fabric.device), labels.to(fabric.device)
+        epochs, batch, every = cfg.train.epochs_for(t), cfg.train.batch_size, cfg.train.checkpoint_every_n_steps
+        steps_per_epoch = max(1, len(labels) // batch)  # an incomplete last batch is dropped (as in Co2L/Mammoth)
+        total = epochs * steps_per_epoch                 # unless it is the only one
+        monitor = TaskMonitor(self, t, epochs, steps_per_epoch, total, first)
+        for step in range(first, total):
+            epoch, index = divmod(step, steps_per_epoch)
+            if index == 0 or step == first:
+                order = epoch_order(cfg.seed, t, epoch, len(labels)).to(fabric.device)
+            rows = shard_rows(order[index * batch : (index + 1) * batch], fabric.global_rank, fabric.world_size)
+            set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, steps_per_epoch))
+            where = StepContext(task=t, epoch=epoch, step=step, steps_in_task=total, global_step=self.global_step,
+                                epochs_in_task=epochs)
+            output = train_step(model, optimizer, model_input(images[rows], cfg.model.channels_last), labels[rows],
+                                where, fabric.backward, inspect=lambda out: monitor.inspect(out, step))
+            self.global_step += 1
+            last = step == total - 1
+            save = bool(every) and (step + 1) % every == 0 and not last
+            monitor.after_step(step, epoch, output, optimizer, len(rows), save)
+            if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
+                protocol.after_epoch(method, context, epoch)
+            if save:
+                self.checkpoints.save("last.ckpt", method, optimizer, protocol.results, t, "in_task", step + 1,
+                                      self.global_step)
+        return monitor.finish()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _setup(self, method: Method, resume: dict | None):
+        """Place ``method`` on the device and wrap it for DDP; under DDP, hand it the gather and give every rank but
+        the first its own augmentation stream."""
         cfg, fabric = self.config, self.fabric
-        device = fabric.device
-        rank, world_size = fabric.global_rank, fabric.world_size
+        device, rank, world_size = fabric.device, fabric.global_rank, fabric.world_size
         if world_size > 1:
             if cfg.train.batch_size % world_size:
                 raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be divisible "
@@ -167,433 +452,40 @@ class Engine:
             method.synchronize = lambda: torch.cuda.synchronize(device)
         model = fabric.setup_module(method)
         model.mark_forward_method("training_step")
-        test_sets = [(t.test_images.to(device), t.test_labels.to(device)) for t in scenario.tasks]
+        return model
 
-        state = resume or {}
-        results = state.get("results") or {"accuracy": {}, "random_init": None, "neural_collapse": [],
-                                           "timings": {"tasks": []}, "per_epoch": []}
-        start_task = state.get("task", 0)
-        in_task = state.get("phase") == "in_task"
-        start_step = state.get("step", 0) if in_task else 0
-        if state.get("phase") == "task_done":
-            start_task += 1
-        if state.get("method") is not None and not in_task:
-            self._restore(state, method)
-
-        def task_context(t: int) -> TaskContext:
-            task = scenario.tasks[t]
-            return TaskContext(
-                index=t, classes=task.classes, seen_classes=scenario.classes_up_to(t), num_tasks=scenario.num_tasks,
-                train_images=task.train_images.to(device), train_labels=task.train_labels.to(device),
-                previous_classes=scenario.classes_up_to(t - 1) if t > 0 else [],
-                previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]],
-            )
-
-        global_step = state.get("global_step", 0)
+    def _open_log(self, resume: dict | None) -> MetricsLog:
+        cfg, fabric, state = self.config, self.fabric, resume or {}
         trackers = None
         if fabric.is_global_zero and (cfg.logging.tensorboard or cfg.logging.wandb is not None):
             from .loggers import Trackers, open_trackers
 
-            trackers = Trackers(open_trackers(cfg, self.run_dir, resume_step=global_step if resume else None))
-        log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None,
-                         truncate_to=state.get("metrics_bytes"), trackers=trackers)
-        log.global_step = global_step
-        self._log = log
-        planned = [max(1, len(task.train_labels) // cfg.train.batch_size) * cfg.train.epochs_for(i)
+            trackers = Trackers(open_trackers(cfg, self.run_dir, resume_step=self.global_step if resume else None))
+        self.log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None,
+                              truncate_to=state.get("metrics_bytes"), trackers=trackers)
+        self.log.global_step = self.global_step
+        return self.log
+
+    def _open_progress(self, scenario) -> RunProgress:
+        batch = self.config.train.batch_size
+        planned = [max(1, len(task.train_labels) // batch) * self.config.train.epochs_for(i)
                    for i, task in enumerate(scenario.tasks)]  # an estimate for later tasks (replay may add rows)
-        progress = self.progress = RunProgress(self.console if fabric.is_global_zero else None, self.show_progress,
-                                               scenario.num_tasks, planned)
-        status = "failed"
-        if results["random_init"] is None and cfg.eval.random_init_baseline:
-            # the untrained model under the same classifiers (fitted on task 0 where they need data): FWT's b_j
-            progress.start_evaluation("evaluating the untrained model", self._eval_units(method, scenario.num_tasks),
-                                      count=False)
-            results["random_init"] = self.evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1,
-                                                   prepare=task_context(0))
-            progress.end_evaluation()
+        self.progress = RunProgress(self.console if self.fabric.is_global_zero else None, self.show_progress,
+                                    scenario.num_tasks, planned)
+        return self.progress
 
-        # the losses check their inputs on the first step of a run (a bug shows at once); a resumed run passed that
-        # check before, and a NaN/inf it meets now is a numerical failure, which the non-finite guard reports
-        set_validation(resume is None)
-        try:
-            for t in range(start_task, scenario.num_tasks):
-                context = task_context(t)
-                method.train()
-                method.begin_task(context)
-                optimizer = fabric.setup_optimizers(build_optimizer(cfg.optimizer, method.parameters()))
-                if in_task and t == start_task:
-                    self._restore(state, method)
-                    optimizer.load_state_dict(state["optimizer"])
-                images, labels = method.training_data(context)
-                images, labels = images.to(device), labels.to(device)
-                epochs = cfg.train.epochs_for(t)
-                batch = cfg.train.batch_size
-                # an incomplete last batch is dropped (as in Co2L/Mammoth) unless it is the only one
-                steps_per_epoch = max(1, len(labels) // batch)
-                total = epochs * steps_per_epoch
-                first = start_step if (in_task and t == start_task) else 0
-                task_start, seen_images = time.perf_counter(), 0
-                progress.start_task(t, total, first)
-                epoch_loss, epoch_steps = None, 0  # the epoch's mean loss, for the plain line (no per-step sync)
-                nonfinite: dict = {}  # term names -> step at which each first became non-finite (-1: never)
-                for step in range(first, total):
-                    epoch, index = divmod(step, steps_per_epoch)
-                    if index == 0 or step == first:
-                        order = epoch_order(cfg.seed, t, epoch, len(labels)).to(device)
-                    rows = shard_rows(order[index * batch : (index + 1) * batch], rank, world_size)
-                    x = images[rows].float().div_(255)
-                    if cfg.model.channels_last and x.dim() == 4:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, steps_per_epoch))
-                    ctx = StepContext(task=t, epoch=epoch, step=step, steps_in_task=total, global_step=global_step,
-                                      epochs_in_task=epochs)
-                    output = model.training_step(x, labels[rows], ctx)
-                    set_validation(False)  # the first step checked every loss input; later steps skip syncs
-                    self._track_finite(nonfinite, output, step)
-                    optimizer.zero_grad(set_to_none=True)
-                    fabric.backward(output.loss)
-                    optimizer.step()
-                    global_step += 1
-                    log.global_step = global_step
-                    if progress.plain:
-                        loss_now = output.loss.detach().float()
-                        epoch_loss = loss_now if epoch_loss is None else epoch_loss + loss_now
-                        epoch_steps += 1
-                    seen_images += len(rows) * world_size
-                    last = step == total - 1
-                    every = cfg.train.checkpoint_every_n_steps
-                    save = bool(every) and (step + 1) % every == 0 and not last
-                    if save:
-                        self._check_finite(nonfinite, t)  # never checkpoint a model that saw a NaN/inf loss
-                    if (step + 1) % cfg.train.log_every_n_steps == 0 or last:
-                        self._check_finite(nonfinite, t)
-                        terms = self._global_terms(output)
-                        speed = seen_images / max(1e-9, time.perf_counter() - task_start)
-                        log.log("train", {**terms, "lr": optimizer.param_groups[0]["lr"], "img_per_s": speed},
-                                t, epoch, step)
-                        progress.train_step(step, epoch, epochs, terms["loss"], speed)
-                    if progress.plain and ((step + 1) % steps_per_epoch == 0 or last):
-                        progress.epoch_end(step, epoch, epochs, float(epoch_loss) / max(1, epoch_steps),
-                                           optimizer.param_groups[0]["lr"],
-                                           seen_images / max(1e-9, time.perf_counter() - task_start))
-                        epoch_loss, epoch_steps = None, 0
-                    if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
-                        self._epoch_evaluation(method, scenario, test_sets, context, results, log, t, epoch)
-                    if save:
-                        self._save("last.ckpt", method, optimizer, results, t, "in_task", step + 1, global_step)
-                train_time = time.perf_counter() - task_start
-                method.end_task(context)
-
-                eval_start = time.perf_counter()
-                progress.start_evaluation(f"evaluating after task {t + 1}",
-                                          self._eval_units(method, scenario.num_tasks, cfg.eval.neural_collapse,
-                                                           t == scenario.num_tasks - 1))
-                row, predict_seconds = self._timed_evaluate(method, scenario, test_sets, up_to=scenario.num_tasks - 1,
-                                                            prepare=context)
-                for classifier, settings in row.items():
-                    for setting, accuracies in settings.items():
-                        results["accuracy"].setdefault(classifier, {}).setdefault(setting, []).append(accuracies)
-                if cfg.eval.neural_collapse:
-                    progress.evaluation_step("neural-collapse metrics", advance=0)
-                nc = self.neural_collapse(method, scenario, test_sets, t) if cfg.eval.neural_collapse else None
-                if cfg.eval.neural_collapse:
-                    progress.evaluation_step("neural-collapse metrics")
-                results["neural_collapse"].append(nc)
-                with torch.no_grad():
-                    diagnostics = method.diagnostics(context)
-                results.setdefault("diagnostics", []).append(diagnostics)
-                if diagnostics:
-                    log.log("test", {f"diag/{k}": v for k, v in diagnostics.items() if isinstance(v, (int, float))}, t)
-                eval_time = time.perf_counter() - eval_start
-                classifier_s = {name: {"fit_s": method.fit_seconds.get(name, 0.0), "predict_s": seconds}
-                                for name, seconds in predict_seconds.items()}
-                if "encode" in method.fit_seconds:
-                    classifier_s["encode"] = {"fit_s": method.fit_seconds["encode"], "predict_s": 0.0}
-                results["timings"]["tasks"].append({"task": t, "train_s": train_time, "eval_s": eval_time,
-                                                    "images": seen_images,
-                                                    "img_per_s": seen_images / max(train_time, 1e-9),
-                                                    "classifiers": classifier_s})
-                headline = next(iter(row))
-                log.log("test", {f"{c}/{s}/task{j}": a for c, ss in row.items() for s, accs in ss.items()
-                                 for j, a in enumerate(accs) if j <= t}, t)
-                log.log("test", {f"{c}/{s}/mean_seen": float(np.mean(accs[: t + 1])) for c, ss in row.items()
-                                 for s, accs in ss.items()}, t)
-                if nc:
-                    log.log("test", {f"nc/{k}": v for k, v in nc.items() if isinstance(v, (int, float))}, t)
-                if cfg.eval.per_epoch:
-                    results["per_epoch"].append({"task": t, "epoch": epochs - 1, "accuracy": row, "neural_collapse": nc})
-                if t == scenario.num_tasks - 1:
-                    progress.evaluation_step("corruptions and embeddings", advance=0)
-                    self._final_extras(method, scenario, test_sets, results)
-                    progress.evaluation_step("corruptions and embeddings")
-                progress.end_evaluation()
-                self._save(f"task-{t}.ckpt", method, optimizer, results, t, "task_done", 0, global_step)
-                if self.console is not None and fabric.is_global_zero:
-                    seen = row[headline]["class_il"][: t + 1]
-                    self.console.print(
-                        f"[bold]task {t + 1}/{scenario.num_tasks}[/] {headline} class-IL accuracy on seen tasks: "
-                        + " ".join(f"{a:.1f}" for a in seen) + f"  (mean {np.mean(seen):.2f}; "
-                        f"train {train_time:.1f}s, {seen_images / max(train_time, 1e-9):,.0f} img/s; "
-                        f"eval {eval_time:.1f}s; elapsed {hms(time.perf_counter() - progress.start)}"
-                        + (f", ETA run ~{hms(progress.eta_run())}" if t < scenario.num_tasks - 1 else "") + ")")
-                in_task = False
-            status = "success"
-        finally:
-            progress.stop()
-            log.close(status)
-            set_validation(True)
-        return results
-
-    # ----------------------------------------------------------------------------------------------------------
-    def _epoch_evaluation(self, method, scenario, test_sets, context, results, log, task, epoch) -> None:
-        self.progress.start_evaluation(f"evaluating epoch {epoch + 1}", self._eval_units(method, task + 1),
-                                       count=False)
-        row = self.evaluate(method, scenario, test_sets, up_to=task, prepare=context)
-        nc = self.neural_collapse(method, scenario, test_sets, task) if self.config.eval.neural_collapse else None
-        self.progress.end_evaluation()
-        results["per_epoch"].append({"task": task, "epoch": epoch, "accuracy": row, "neural_collapse": nc})
-        values = {f"{c}/{s}/mean_seen": float(np.mean(a[: task + 1])) for c, ss in row.items() for s, a in ss.items()}
-        if nc:
-            values.update({f"nc/{k}": v for k, v in nc.items() if isinstance(v, (int, float))})
-        log.log("epoch", values, task, epoch)
-
-    @torch.no_grad()
-    def _final_extras(self, method, scenario, test_sets, results) -> None:
-        """After the last task: corruption robustness and an embedding snapshot for the report."""
-        cfg = self.config
-        was_training = method.training
-        method.eval()
-        seen = range(scenario.num_tasks) if scenario.kind == "class_il" else [scenario.num_tasks - 1]
-        images = torch.cat([test_sets[j][0] for j in seen])
-        labels = torch.cat([test_sets[j][1] for j in seen])
-        if cfg.eval.corruptions:
-            from .data.corruptions import evaluate_corruptions
-
-            classifiers = method.classifiers()
-            if cfg.eval.corruption_classifiers == "headline":
-                classifiers = dict([next(iter(classifiers.items()))])
-            results["corruptions"] = {
-                name: evaluate_corruptions(lambda x, c=classify: c(self._eval_layout(x)), images, labels,
-                                           cfg.eval.corruptions, cfg.eval.corruption_severities,
-                                           batch_size=cfg.eval.batch_size, seed=cfg.seed)
-                for name, classify in classifiers.items()
-            }
-        results["confusion"] = self._confusion(method, images, labels, scenario)
-        if cfg.eval.embeddings and (self.fabric is None or self.fabric.is_global_zero):
-            from .report import save_embedding_snapshot
-
-            prototypes = getattr(method, "prototypes", None)
-            embed = (lambda x: method(method.transforms.eval(x))) if prototypes is not None else method.features
-            batch = cfg.eval.batch_size
-            features = torch.cat([embed(self._eval_layout(images[i : i + batch].float().div(255))).float().cpu()
-                                  for i in range(0, len(labels), batch)])
-            weights = prototypes if prototypes is not None else method.classifier_weights()
-            save_embedding_snapshot(self.run_dir, features, labels.cpu(),
-                                    None if weights is None else weights.detach().float().cpu())
-        method.train(was_training)
-
-    def _confusion(self, method, images, labels, scenario) -> dict:
-        """Confusion matrix of the headline classifier on the test data of the seen tasks after the last task:
-        ``matrix[a][b]`` = test images of class ``classes[a]`` predicted as ``classes[b]`` (per-class accuracy =
-        diagonal / row sum). Predictions outside the seen classes are counted in a last column, ``other``."""
-        name, classify = next(iter(method.classifiers().items()))
-        classes = sorted({int(c) for c in labels.unique().tolist()})
-        index = torch.full((scenario.num_classes,), len(classes), dtype=torch.long, device=labels.device)
-        index[torch.tensor(classes, device=labels.device)] = torch.arange(len(classes), device=labels.device)
-        counts = torch.zeros(len(classes), len(classes) + 1, dtype=torch.long, device=labels.device)
-        batch = self.config.eval.batch_size
-        for start in range(0, len(labels), batch):
-            predicted = classify(self._eval_layout(images[start : start + batch].float().div(255))).argmax(1)
-            rows, cols = index[labels[start : start + batch]], index[predicted]
-            counts.index_put_((rows, cols), torch.ones_like(rows), accumulate=True)
-        return {"classifier": name, "classes": classes, "matrix": counts[:, : len(classes)].tolist(),
-                "other": counts[:, len(classes)].tolist()}
-
-    def _eval_layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.config.model.channels_last else x
-
-    # ----------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _track_finite(nonfinite: dict, output, step: int) -> None:
-        """Record, without a host sync, the first step at which the loss or each of its terms is NaN/inf."""
-        names = ("loss", *output.terms)
-        values = torch.stack([output.loss.detach().float().reshape(()),
-                              *(v.detach().float().reshape(()) for v in output.terms.values())])
-        first = nonfinite.get(names)
-        if first is None:
-            first = nonfinite[names] = torch.full((len(names),), -1, dtype=torch.long, device=values.device)
-        nonfinite[names] = torch.where((first < 0) & ~torch.isfinite(values), step, first)
-
-    def _global_terms(self, output) -> dict[str, float]:
-        """The loss and its terms as logged: under DDP the mean over ranks (the global loss for per-rank terms such as
-        a cross-entropy on local rows; unchanged for losses every rank computes on the gathered batch)."""
-        loss = output.loss.detach().float().reshape(())
-        values = torch.stack([loss, *(v.detach().float().reshape(()).to(loss.device) for v in output.terms.values())])
-        if self.fabric.world_size > 1:
-            values = self.fabric.all_reduce(values, reduce_op="mean")
-        return dict(zip(("loss", *output.terms), values.tolist()))
-
-    def _check_finite(self, nonfinite: dict, task: int) -> None:
-        bad: dict[str, int] = {}
-        for names, first in nonfinite.items():
-            if self.fabric.world_size > 1:  # every rank stops together, at the earliest bad step of any rank
-                never = torch.iinfo(torch.long).max
-                first = self.fabric.all_reduce(torch.where(first < 0, never, first),
-                                               reduce_op=torch.distributed.ReduceOp.MIN)
-                first = torch.where(first == never, -1, first)
-            for name, step in zip(names, first.tolist()):
-                if step >= 0:
-                    bad[name] = min(step, bad.get(name, step))
-        if not bad:
+    def _announce(self, context: TaskContext, training: TaskTraining, evaluation: TaskEvaluation) -> None:
+        """The console line after a task: the headline classifier's class-IL accuracy on the seen tasks, timings."""
+        if self.console is None or not self.fabric.is_global_zero:
             return
-        step = min(bad.values())
-        terms = [name for name, s in bad.items() if s == step and name != "loss"] or ["loss"]
-        raise RunError(f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); "
-                       f"{self._nonfinite_advice()}")
-
-    def _nonfinite_advice(self) -> str:
-        """What is kept after a NaN/inf stop and what the user can do (the same config would fail the same way, and a
-        changed config cannot --resume)."""
-        good = self.checkpoint_dir / "last.ckpt"
-        kept = f"the last good checkpoint {good} is kept" if good.exists() else "no checkpoint was written yet"
-        return (f"{kept}; start again with a lower learning rate, e.g. --overwrite "
-                f"optimizer.lr={self.config.optimizer.lr / 10:g} (or a new name=...), or check the data.")
-
-    def _check_finite_state(self, method: Method, task: int) -> None:
-        """Never checkpoint a model with a NaN/inf parameter or buffer (a loss can stay finite while they are not)."""
-        bad = nonfinite_names(method.state_dict())
-        flag = torch.tensor(float(bool(bad)), device=self.fabric.device)
-        if self.fabric.world_size > 1:  # every rank stops together when any rank's state went bad
-            flag = self.fabric.all_reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX)
-        if float(flag) > 0:
-            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-            shown = shown or "another process's state"
-            raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
-                           f"{self._nonfinite_advice()}")
-
-    def _restore(self, state: dict, method: Method) -> None:
-        """Load a checkpoint's method state and this rank's own state (RNG, replay buffers) over ``method``."""
-        device = self.fabric.device
-        method.load_state_dict(state["method"])
-        own = state["ranks"][self.fabric.global_rank] if state.get("ranks") else None
-        if own is not None:
-            for name, obj_state in own["tracked"].items():
-                method._tracked[name].load_state_dict(obj_state)
-        for obj in method._tracked.values():  # checkpoints load on the CPU; stored tensors belong on the device
-            data = getattr(obj, "data", None)
-            if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
-                obj.data = {key: value.to(device) for key, value in data.items()}
-        set_rng_state((own or state)["rng"], device)
-
-    @staticmethod
-    def _eval_units(method: Method, num_tasks: int, nc: bool = False, final: bool = False) -> int:
-        """Units of the evaluation bar: classifier fits, one per classifier and test task, NC metrics, extras."""
-        return 1 + len(method.classifiers()) * num_tasks + int(nc) + int(final)
-
-    def _eval_tick(self, description: str, advance: int = 1) -> None:
-        if self.progress is not None:
-            self.progress.evaluation_step(description, advance)
-
-    def _save(self, name: str, method, optimizer, results, task: int, phase: str, step: int, global_step: int):
-        self._check_finite_state(method, task)
-        device = self.fabric.device
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": config_fingerprint(self.config),
-            "method": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(device),
-            "task": task, "phase": phase, "step": step, "global_step": global_step,
-            "results": json.loads(json.dumps(results)),
-            "world_size": self.fabric.world_size,
-            "metrics_bytes": self._log.tell() if getattr(self, "_log", None) is not None else None,
-        }
-        if self.fabric.world_size > 1:  # what differs between ranks: RNG streams and replay buffers
-            state["ranks"] = gather_objects(self.fabric, {
-                "rng": rng_state(device),
-                "tracked": {name: obj.state_dict() for name, obj in method._tracked.items()},
-            })
-        if self.fabric.is_global_zero:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(state, self.checkpoint_dir / name)
-            if name != "last.ckpt":
-                atomic_torch_save(state, self.checkpoint_dir / "last.ckpt")
-                if not self.config.train.keep_checkpoints and task > 0:
-                    (self.checkpoint_dir / f"task-{task - 1}.ckpt").unlink(missing_ok=True)
-        self.fabric.barrier()
-
-    def evaluate(self, method: Method, scenario, test_sets, up_to: int, prepare: TaskContext | None = None) -> dict:
-        """Accuracy (%) of every classifier on every task's test set: {classifier: {class_il|task_il: [T]}}."""
-        return self._timed_evaluate(method, scenario, test_sets, up_to, prepare)[0]
-
-    @torch.no_grad()
-    def _timed_evaluate(self, method: Method, scenario, test_sets, up_to: int,
-                        prepare: TaskContext | None = None) -> tuple[dict, dict[str, float]]:
-        """``evaluate`` and the seconds each classifier took to predict the test sets."""
-        was_training = method.training
-        method.eval()
-        if prepare is not None:
-            self._eval_tick("fitting classifiers", advance=0)
-            method.prepare_evaluation(prepare)
-        self._eval_tick("fitting classifiers")
-        batch = self.config.eval.batch_size
-        row: dict = {}
-        predict_seconds: dict[str, float] = {}
-        for name, classify in method.classifiers().items():
-            method.synchronize()
-            predict_start = time.perf_counter()
-            class_il, task_il = [], []
-            for j, (images, labels) in enumerate(test_sets[: up_to + 1]):
-                correct = correct_task = 0
-                classes = torch.tensor(scenario.tasks[j].classes, device=labels.device)
-                for start in range(0, len(labels), batch):
-                    x = images[start : start + batch].float().div_(255)
-                    if self.config.model.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    logits = classify(x).float()
-                    y = labels[start : start + batch]
-                    correct += int((logits.argmax(1) == y).sum())
-                    if scenario.task_il:
-                        masked = logits[:, classes]
-                        correct_task += int((classes[masked.argmax(1)] == y).sum())
-                class_il.append(100.0 * correct / len(labels))
-                task_il.append(100.0 * correct_task / len(labels))
-                self._eval_tick(f"{name}: test task {j + 1}/{up_to + 1}")
-            method.synchronize()
-            predict_seconds[name] = time.perf_counter() - predict_start
-            row[name] = {"class_il": class_il, **({"task_il": task_il} if scenario.task_il else {})}
-        method.train(was_training)
-        return row, predict_seconds
-
-    @torch.no_grad()
-    def neural_collapse(self, method: Method, scenario, test_sets, task: int) -> dict | None:
-        """NC metrics on test-split encoder features of the classes seen so far."""
-        from .metrics.neural_collapse import neural_collapse
-
-        was_training = method.training
-        method.eval()
-        seen = scenario.classes_up_to(task)
-        if len(seen) < 2:
-            method.train(was_training)
-            return None
-        feats, labs = [], []
-        batch = self.config.eval.batch_size
-        tasks = range(task + 1) if scenario.kind == "class_il" else [task]
-        for j in tasks:
-            images, labels = test_sets[j]
-            for start in range(0, len(labels), batch):
-                x = images[start : start + batch].float().div_(255)
-                feats.append(method.features(x).float().cpu())
-                labs.append(labels[start : start + batch].cpu())
-        features, labels = torch.cat(feats), torch.cat(labs)
-        remap = torch.full((scenario.num_classes,), -1, dtype=torch.long)
-        remap[torch.tensor(seen)] = torch.arange(len(seen))
-        weights = method.classifier_weights()
-        if weights is not None:
-            weights = weights.detach().float().cpu()[torch.tensor(seen)]
-        metrics = neural_collapse(features, remap[labels], weights)
-        method.train(was_training)
-        return {"split": "test", "classes": len(seen), **metrics}
+        t, num_tasks = context.index, context.num_tasks
+        seen = evaluation.row[evaluation.headline]["class_il"][: t + 1]
+        self.console.print(
+            f"[bold]task {t + 1}/{num_tasks}[/] {evaluation.headline} class-IL accuracy on seen tasks: "
+            + " ".join(f"{a:.1f}" for a in seen) + f"  (mean {np.mean(seen):.2f}; "
+            f"train {training.seconds:.1f}s, {training.images_per_second:,.0f} img/s; "
+            f"eval {evaluation.seconds:.1f}s; elapsed {hms(time.perf_counter() - self.progress.start)}"
+            + (f", ETA run ~{hms(self.progress.eta_run())}" if t < num_tasks - 1 else "") + ")")
 
 
 def epoch_order(seed: int, task: int, epoch: int, size: int) -> torch.Tensor:

@@ -248,7 +248,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         show_progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
     """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv)."""
     from .engine import Engine, config_fingerprint, environment, write_config, write_results
-    from .metrics.continual import summarize
+    from .protocol import summary_metrics
 
     from .distributed import rank_zero_first
     from .provenance import command_line, source_revision
@@ -297,18 +297,16 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     apply_threads(config, method, scenario.image_shape)  # from the config alone: same numbers on a busy machine
     rank_zero_first(fabric, lambda: (prepare_run_dir(config, resume=resume, overwrite=overwrite),
                                      write_config(run_dir, config)))
-    engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress)
-    raw = engine.fit(scenario, method, resume=state)
 
+    def write_embeddings(features, labels, weights):
+        from .report import save_embedding_snapshot
+
+        save_embedding_snapshot(run_dir, features, labels, weights)
+
+    engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress,
+                    write_embeddings=write_embeddings)
+    raw = engine.fit(scenario, method, resume=state)
     random_init = raw["random_init"]
-    metrics = {}
-    for classifier, settings in raw["accuracy"].items():
-        metrics[classifier] = {}
-        for setting, matrix in settings.items():
-            baseline = random_init[classifier][setting] if random_init and classifier in random_init else None
-            if scenario.kind == "class_il" and setting == "class_il":
-                baseline = None  # FWT is not defined in class-IL: a task's classes cannot be predicted before it
-            metrics[classifier][setting] = summarize(matrix, baseline)
     results = {
         "name": config.name,
         "status": "complete",
@@ -323,7 +321,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
             **scenario.extra,
         },
         "accuracy": raw["accuracy"],
-        "metrics": metrics,
+        "metrics": summary_metrics(raw["accuracy"], random_init, scenario.kind),
         "random_init": random_init,
         "neural_collapse": raw["neural_collapse"],
         "diagnostics": raw.get("diagnostics", []),

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from protosphere.config import validate_config
 from protosphere.data import load_dataset
-from protosphere.data.scenarios import build_scenario
-from protosphere.engine import environment
+from protosphere.data.scenarios import build_scenario, model_input
+from protosphere.engine import environment, train_step
 from protosphere.methods import method_names
 from protosphere.methods.base import StepContext, TaskContext
 from protosphere.optim import build_optimizer
@@ -39,20 +39,11 @@ DEFAULT_METHOD_SETTINGS = {
 }
 
 
-def context_for(scenario, t: int, device) -> TaskContext:
-    task = scenario.tasks[t]
-    return TaskContext(index=t, classes=task.classes, seen_classes=scenario.classes_up_to(t),
-                       num_tasks=scenario.num_tasks, train_images=task.train_images.to(device),
-                       train_labels=task.train_labels.to(device),
-                       previous_classes=scenario.classes_up_to(t - 1) if t > 0 else [],
-                       previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:t]])
-
-
 def batches(context: TaskContext, batch_size: int, count: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     for _ in range(count):
         rows = torch.randint(len(context.train_labels), (batch_size,), generator=generator)
-        x = context.train_images[rows].float().div_(255).contiguous(memory_format=torch.channels_last)
+        x = model_input(context.train_images[rows], channels_last=True)
         yield x, context.train_labels[rows]
 
 
@@ -64,16 +55,13 @@ def bench_method(name: str, scenario, args, device) -> dict:
     torch.manual_seed(0)
     method = build_method(config, scenario).to(device)
     method.train()
-    first = context_for(scenario, 0, device)
+    first = TaskContext.of(scenario, 0, device)
     method.begin_task(first)
     optimizer = build_optimizer(config.optimizer, method.parameters())
     for i, (x, y) in enumerate(batches(first, args.batch_size, args.warmup_task0_steps, seed=1)):
-        out = method.training_step(x, y, StepContext(0, 0, i, args.warmup_task0_steps, i))
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+        train_step(method, optimizer, x, y, StepContext(0, 0, i, args.warmup_task0_steps, i))
     method.end_task(first)
-    second = context_for(scenario, 1, device)
+    second = TaskContext.of(scenario, 1, device)
     method.begin_task(second)
     optimizer = build_optimizer(config.optimizer, method.parameters())
 
@@ -149,10 +137,7 @@ def bench_method(name: str, scenario, args, device) -> dict:
         bare_optimizer.step()
 
     def method_step(x, y, i):
-        out = method.training_step(x, y, StepContext(1, 0, i, total, i))
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+        train_step(method, optimizer, x, y, StepContext(1, 0, i, total, i))
 
     bare_times, bare2_times, past_times, floor_times, method_times = [], [], [], [], []
     data = list(batches(second, args.batch_size, args.steps + args.warmup, seed=2))

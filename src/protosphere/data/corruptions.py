@@ -42,6 +42,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .scenarios import model_input
+
 __all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "evaluate_corruptions", "corruption_errors",
            "mean_corruption_error"]
 
@@ -205,7 +207,7 @@ def evaluate_corruptions(classify: Callable[[torch.Tensor], torch.Tensor], image
             for b, start in enumerate(range(0, len(labels), batch_size)):
                 batch_seed = ((seed * 1_000_003 + zlib.crc32(name.encode())) * 101 + int(severity)) * 1_000_033 + b
                 x = corrupt(images[start : start + batch_size], name, severity, seed=batch_seed % (2**63))
-                predictions = classify(x.float().div_(255)).argmax(dim=1)
+                predictions = classify(model_input(x)).argmax(dim=1)
                 wrong += int((predictions != labels[start : start + batch_size].to(predictions.device)).sum())
             errors[name].append(100.0 * wrong / len(labels))
     return errors

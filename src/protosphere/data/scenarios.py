@@ -7,7 +7,8 @@
 * **domain-IL** — every task has all classes in a different domain: FMNIST-style rotations (seeded angle per task) or
   pixel permutations (task 0 keeps the identity), or one real domain per task (DomainNet, :func:`scenario_from_domains`).
 
-Images are kept as uint8 tensors (N, C, H, W) on the host; the engine moves one task at a time to the device.
+Images are kept as uint8 tensors (N, C, H, W) on the host; the engine moves one task at a time to the device, and
+:func:`model_input` turns a batch of them into what a network takes.
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ class Scenario:
 
     def classes_up_to(self, task: int) -> list[int]:
         return sorted({c for t in self.tasks[: task + 1] for c in t.classes})
+
+
+def model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """A batch as a network takes it: uint8 pixels (as scenarios and replay buffers hold them) become floats in
+    [0, 1], floats pass through; ``channels_last`` puts a 4-D batch in that memory format, the one a convolutional
+    backbone built with ``model.channels_last`` keeps its weights in (so no layout conversion happens per layer)."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _to_nchw(images: np.ndarray) -> torch.Tensor:

@@ -42,6 +42,17 @@ class TaskContext:
     previous_classes: list[int] = field(default_factory=list)  # every class of tasks 0..index-1
     previous: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # earlier tasks' training data
 
+    @classmethod
+    def of(cls, scenario, index: int, device=None) -> "TaskContext":
+        """The context of task ``index`` of a :class:`~protosphere.data.scenarios.Scenario`: its training data on
+        ``device`` (earlier tasks' data stay where the scenario holds them, on the host)."""
+        task = scenario.tasks[index]
+        return cls(index=index, classes=tuple(task.classes), seen_classes=scenario.classes_up_to(index),
+                   num_tasks=scenario.num_tasks, train_images=task.train_images.to(device),
+                   train_labels=task.train_labels.to(device),
+                   previous_classes=scenario.classes_up_to(index - 1) if index > 0 else [],
+                   previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:index]])
+
     def seen_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training images and labels of tasks 0..index (earlier tasks moved to this task's device)."""
         device = self.train_images.device

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import MethodConfig
-from ..evaluation import fit_linear_probe, knn_logits, ncm_logits, nearest_prototype_logits
+from ..data.scenarios import model_input
+from ..evaluation import extract_features, fit_linear_probe, knn_logits, ncm_logits, nearest_prototype_logits
 from ..models import ProjectionHead
 from .base import Method, TaskContext
 
@@ -93,14 +94,9 @@ class RepresentationMethod(Method):
             "knn": "the current task's training data",
         }
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size]
-            x = x.float().div(255) if x.dtype == torch.uint8 else x
-            chunks.append(self.features(x).float())
-        return torch.cat(chunks)
+        """Float encoder features (N, d) of uint8 images (or floats in [0, 1]), in batches, without gradients."""
+        return extract_features(lambda batch: self.features(model_input(batch)).float(), images, batch_size)
 
     def prepare_evaluation(self, task: TaskContext) -> None:
         cfg = self.config
