@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 
-from .config import RunConfig, dump_config
+from .config import RunConfig
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
 from .errors import ConfigError, RunError
 from .losses._checks import set_validation
 from .methods.base import Method, StepContext, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
+from .record import RunDir
 from .version import __version__
 
 CHECKPOINT_VERSION = 1
@@ -78,18 +79,6 @@ def nonfinite_names(state, prefix: str = "") -> list[str]:
     if isinstance(state, (list, tuple)):
         return [name for i, value in enumerate(state) for name in nonfinite_names(value, f"{prefix}.{i}")]
     return []
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -144,7 +133,8 @@ class Engine:
         self.fabric = fabric
         self.console = console
         self.show_progress = show_progress and fabric is not None and fabric.is_global_zero
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.files = RunDir(self.run_dir)
+        self.checkpoint_dir = self.files.checkpoints
         self.progress: RunProgress | None = None
 
     # ----------------------------------------------------------------------------------------------------------
@@ -195,7 +185,7 @@ class Engine:
             from .loggers import Trackers, open_trackers
 
             trackers = Trackers(open_trackers(cfg, self.run_dir, resume_step=global_step if resume else None))
-        log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None,
+        log = MetricsLog(self.files.metrics, enabled=fabric.is_global_zero, append=resume is not None,
                          truncate_to=state.get("metrics_bytes"), trackers=trackers)
         log.global_step = global_step
         self._log = log
@@ -380,7 +370,7 @@ class Engine:
             }
         results["confusion"] = self._confusion(method, images, labels, scenario)
         if cfg.eval.embeddings and (self.fabric is None or self.fabric.is_global_zero):
-            from .report import save_embedding_snapshot
+            from .record import save_embedding_snapshot
 
             prototypes = getattr(method, "prototypes", None)
             embed = (lambda x: method(method.transforms.eval(x))) if prototypes is not None else method.features
@@ -514,10 +504,9 @@ class Engine:
                 "tracked": {name: obj.state_dict() for name, obj in method._tracked.items()},
             })
         if self.fabric.is_global_zero:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(state, self.checkpoint_dir / name)
+            self.files.save_checkpoint(state, name)
             if name != "last.ckpt":
-                atomic_torch_save(state, self.checkpoint_dir / "last.ckpt")
+                self.files.save_checkpoint(state, "last.ckpt")
                 if not self.config.train.keep_checkpoints and task > 0:
                     (self.checkpoint_dir / f"task-{task - 1}.ckpt").unlink(missing_ok=True)
         self.fabric.barrier()
@@ -617,10 +606,3 @@ def environment() -> dict:
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
     }
 
-
-def write_results(run_dir: Path, results: dict) -> None:
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
-
-
-def write_config(run_dir: Path, config: RunConfig) -> None:
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
