@@ -50,7 +50,7 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     from protosphere import runner
     from protosphere.config import load_config
     from protosphere.engine import Engine
-    import protosphere.engine as engine_module
+    from protosphere.record import RunDir
     import protosphere.methods  # noqa: F401
 
     phases["import protosphere"] = time.perf_counter() - t
@@ -74,8 +74,8 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     timed(runner, "build_method", "model")
     timed(Engine, "_save", "checkpoints")
     timed(Engine, "_final_extras", "final extras")
-    timed(engine_module, "write_results", "results")
-    timed(engine_module, "write_config", "results")
+    timed(RunDir, "write_results", "results")
+    timed(RunDir, "write_config", "results")
     import protosphere.report as report
 
     timed(report, "try_write_report", "report")  # set on the package, where the runner imports it from
