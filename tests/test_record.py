@@ -73,6 +73,15 @@ def test_typed_parts_hold_what_each_option_wrote(tiny_runs):
     assert lwf.random_init is None and lwf.neural_collapse == [None, None] and lwf.per_epoch == []
 
 
+def test_load_run_reads_the_record(tiny_runs):
+    import protosphere
+
+    results, run_dir = tiny_runs["fnc2"]
+    loaded = protosphere.load_run(run_dir)
+    assert loaded.record == read_record(run_dir) and loaded.results == results
+    assert loaded.classifiers == list(results["accuracy"]) and loaded.checkpoint_path().is_file()
+
+
 def test_epoch_nc_metrics_come_from_per_epoch(tiny_runs):
     """What earlier versions stored twice as ``nc_epochs`` is derived from ``per_epoch``, entry for entry."""
     results, run_dir = tiny_runs["fnc2"]
