@@ -338,7 +338,7 @@ def finished_runs(root: str | Path, stem: str) -> dict[int, dict]:
     found = {}
     for run_dir in sorted(Path(root).glob(f"{prefix}*")):
         if run_dir.name[len(prefix):].isdigit() and (run_dir / "results.json").is_file():
-            results = load_results(run_dir).to_data()  # validated against the run record, handed on as plain data
+            results = load_results(run_dir)
             if results.get("status") == "complete":
                 found[results["seed"]] = results
     return found

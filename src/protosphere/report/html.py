@@ -148,10 +148,11 @@ def clear_pngs(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------------------------
-def load_results(run_dir: str | Path) -> RunRecord:
-    """The run record (``results.json``) of a run directory; :class:`RunError` with one sentence when it is missing,
-    unreadable or does not match the schema."""
-    return RunDir(run_dir).read_results()
+def load_results(run_dir: str | Path) -> dict:
+    """``results.json`` of a run directory as plain data, validated against the
+    :class:`~protosphere.record.RunRecord` (read the typed record with :func:`protosphere.record.read_record`);
+    :class:`RunError` with one sentence when it is missing, unreadable or does not match the schema."""
+    return RunDir(run_dir).read_results().to_data()
 
 
 def load_embeddings(run_dir: Path) -> dict | None:
