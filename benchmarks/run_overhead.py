@@ -49,9 +49,9 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     t = time.perf_counter()
     from protosphere import runner
     from protosphere.config import load_config
-    import protosphere.engine as engine_module
     from protosphere.engine import Checkpoints
     from protosphere.protocol import Protocol
+    from protosphere.record import RunDir
     import protosphere.methods  # noqa: F401
 
     phases["import protosphere"] = time.perf_counter() - t
@@ -75,8 +75,8 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     timed(runner, "build_method", "model")
     timed(Checkpoints, "save", "checkpoints")
     timed(Protocol, "final_extras", "final extras")
-    timed(engine_module, "write_results", "results")
-    timed(engine_module, "write_config", "results")
+    timed(RunDir, "write_results", "results")
+    timed(RunDir, "write_config", "results")
     import protosphere.report as report
 
     timed(report, "try_write_report", "report")  # set on the package, where the runner imports it from

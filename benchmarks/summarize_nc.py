@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from protosphere.data.corruptions import mean_corruption_error
+from protosphere.record import RunRecord
 from protosphere.report.compare import format_mean_std, mean_std
 from protosphere.sweep import finished_runs as load_runs
 
@@ -30,11 +31,15 @@ def final_accuracy(results: dict, classifier: str) -> float:
     return results["accuracy"][classifier]["class_il"][-1][0]
 
 
+def epoch_nc(results: dict) -> list[dict]:
+    """NC metrics after every evaluated epoch (``eval.per_epoch``), as the run record derives them."""
+    return [e.model_dump(exclude_none=True) for e in RunRecord.from_data(results).epoch_neural_collapse()]
+
+
 def nc_history(results: dict) -> list[dict]:
     """NC metrics after every epoch (``eval.per_epoch``; its last entry is the end of training), or the final
     metrics alone when the run did not evaluate per epoch."""
-    history = [e for e in results.get("nc_epochs", []) if e]
-    return history or [results["neural_collapse"][-1]]
+    return epoch_nc(results) or [results["neural_collapse"][-1]]
 
 
 def first_epoch_reaching(history: list[dict], metric: str, target: float) -> int | None:
@@ -54,7 +59,7 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
         first = by_seed[seeds[0]]
         nc_cells = " | ".join(fmt([nc_history(r)[-1].get(m) for r in by_seed.values()], 3) for m in METRICS)
         reached = []
-        per_epoch = all(r.get("nc_epochs") for r in by_seed.values())
+        per_epoch = all(epoch_nc(r) for r in by_seed.values())
         for metric in METRICS if per_epoch else ():
             per_seed = []
             for seed in seeds:

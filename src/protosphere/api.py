@@ -1,8 +1,9 @@
 """The Python API: ``protosphere.run(config_or_path, **overrides)`` and ``protosphere.load_run(run_dir)``.
 
 ``run`` trains exactly as ``protosphere run`` does (same run folder, same files) and returns a :class:`Run`;
-``load_run`` opens a finished run folder. A :class:`Run` holds the resolved config, the results (results.json as a
-dict) and, loaded on first use, the trained model after the last task, ready for inference::
+``load_run`` opens a finished run folder. A :class:`Run` holds the resolved config, the run record (results.json as a
+typed :class:`~protosphere.record.RunRecord`, and as plain data in ``results``) and, loaded on first use, the trained
+model after the last task, ready for inference::
 
     import protosphere
     run = protosphere.run("configs/default.yaml", seed=1, train={"epochs": 2})   # or "train.epochs"=2 via **{...}
@@ -27,6 +28,7 @@ import torch
 
 from .config import RunConfig, load_config, read_yaml, section, validate_config
 from .errors import ConfigError, RunError
+from .record import RunDir, RunRecord
 
 __all__ = ["Run", "run", "load_run"]
 
@@ -90,34 +92,37 @@ def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resum
     arguments += [f"{key}={value!r}" for key, value in overrides.items()]
     results, run_dir = run_config(config, resume=resume, overwrite=overwrite, console=console,
                                   show_progress=progress, command=f"protosphere.run({', '.join(arguments)})")
-    return Run(run_dir, config, results)
+    return Run(run_dir, config, RunRecord.from_data(results, source=str(RunDir(run_dir).results)))
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> "Run":
     """Open a finished run folder (``runs/<name>``): its config, results and, on first use, its trained model."""
-    run_dir = Path(run_dir)
-    results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise RunError(f"{run_dir} holds no finished run (no results.json); pass a folder written by "
+    files = RunDir(run_dir)
+    if not files.results.is_file():
+        raise RunError(f"{files.path} holds no finished run (no results.json); pass a folder written by "
                        f"`protosphere run`, e.g. runs/<name>.")
     try:
-        results = json.loads(results_path.read_text())
+        data = json.loads(files.results.read_text())
     except json.JSONDecodeError as exc:
-        raise RunError(f"{results_path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
-    config_path = run_dir / "config.yaml"
-    data = read_yaml(config_path) if config_path.is_file() else results.get("config")
-    if not data:
-        raise RunError(f"{run_dir} has neither config.yaml nor a config in results.json; it cannot be reloaded.")
-    return Run(run_dir, validate_config(data, source=str(config_path)), results, device=device)
+        raise RunError(f"{files.results} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    record = RunRecord.from_data(data, source=str(files.results))
+    config = read_yaml(files.config) if files.config.is_file() else record.config
+    if not config:
+        raise RunError(f"{files.path} has neither config.yaml nor a config in results.json; it cannot be reloaded.")
+    return Run(files.path, validate_config(config, source=str(files.config)), record, device=device)
 
 
 class Run:
-    """A finished run: ``config`` (RunConfig), ``results`` (dict), ``model`` (the trained method, eval mode)."""
+    """A finished run: ``config`` (RunConfig), ``record`` (the typed results.json), ``results`` (the same as plain
+    data), ``model`` (the trained method, eval mode)."""
 
-    def __init__(self, run_dir: str | Path, config: RunConfig, results: dict, device: str | torch.device = "cpu"):
+    def __init__(self, run_dir: str | Path, config: RunConfig, record: RunRecord | dict,
+                 device: str | torch.device = "cpu"):
         self.run_dir = Path(run_dir)
+        self.files = RunDir(self.run_dir)
         self.config = config
-        self.results = results
+        self.record = RunRecord.from_data(record, source=str(self.files.results))
+        self.results = self.record.to_data()
         self.device = torch.device(device)
         self._scenario = None
         self._model = None
@@ -125,30 +130,35 @@ class Run:
         self._fitted = False
 
     def __repr__(self) -> str:
-        return (f"Run({str(self.run_dir)!r}, method={self.results.get('method')!r}, "
-                f"headline={self.headline_classifier!r})")
+        return f"Run({str(self.run_dir)!r}, method={self.record.method!r}, headline={self.headline_classifier!r})"
 
     # ---------------------------------------------------------------------------------------------------------
     @property
     def headline_classifier(self) -> str:
-        return self.results["headline_classifier"]
+        return self.record.headline_classifier or next(iter(self.record.accuracy))
 
     @property
     def classifiers(self) -> list[str]:
         """Names of the classifiers the run evaluated; the first is the headline."""
-        return list(self.results["accuracy"])
+        return list(self.record.accuracy)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.results["scenario"]["class_names"])
+        return list(self.record.scenario.class_names or [])
 
     @property
     def report_path(self) -> Path:
-        return self.run_dir / "report.html"
+        return self.files.report
 
     def accuracy(self, classifier: str | None = None, setting: str = "class_il") -> list[list[float]]:
         """The accuracy matrix A[t][j] (%) of ``classifier`` (default: the headline)."""
-        return self.results["accuracy"][classifier or self.headline_classifier][setting]
+        return self.record.accuracy[classifier or self.headline_classifier][setting]
+
+    def _last_task(self) -> int:
+        """Index of the run's last task: from the scenario record, else from the accuracy matrix (older files)."""
+        if self.record.scenario.num_tasks is not None:
+            return self.record.scenario.num_tasks - 1
+        return len(next(iter(self.record.accuracy[self.headline_classifier].values()))) - 1
 
     # ---------------------------------------------------------------------------------------------------------
     @property
@@ -161,9 +171,7 @@ class Run:
 
     def checkpoint_path(self) -> Path:
         """The checkpoint holding the model after the last task: ``last.ckpt``, else the newest readable task one."""
-        folder = self.run_dir / "checkpoints"
-        last_task = self.results["scenario"]["num_tasks"] - 1
-        candidates = [folder / "last.ckpt", folder / f"task-{last_task}.ckpt"]
+        candidates = [self.files.last_checkpoint, self.files.task_checkpoint(self._last_task())]
         for path in candidates:
             if path.is_file():
                 return path
@@ -173,10 +181,9 @@ class Run:
     def _load_state(self) -> dict:
         from .engine import CHECKPOINT_VERSION
 
-        last_task = self.results["scenario"]["num_tasks"] - 1
-        folder = self.run_dir / "checkpoints"
+        last_task = self._last_task()
         problems = []
-        for path in [folder / "last.ckpt", folder / f"task-{last_task}.ckpt"]:
+        for path in [self.files.last_checkpoint, self.files.task_checkpoint(last_task)]:
             if not path.is_file():
                 continue
             try:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 
-from .config import RunConfig, dump_config
+from .config import RunConfig
 from .data.scenarios import model_input
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
 from .errors import ConfigError, RunError
@@ -46,6 +46,7 @@ from .methods.base import Method, StepContext, StepOutput, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
 from .protocol import Protocol, TaskEvaluation, TaskTraining
+from .record import RunDir
 from .version import __version__
 
 CHECKPOINT_VERSION = 1
@@ -84,18 +85,6 @@ def nonfinite_names(state, prefix: str = "") -> list[str]:
     if isinstance(state, (list, tuple)):
         return [name for i, value in enumerate(state) for name in nonfinite_names(value, f"{prefix}.{i}")]
     return []
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -213,10 +202,11 @@ class Checkpoints:
     """``checkpoints/last.ckpt`` and ``task-<t>.ckpt``: the method's state, the optimiser, RNG states, the position in
     the run and the evaluation so far; written atomically and never while the method's state holds NaN/inf."""
 
-    def __init__(self, config: RunConfig, fabric: Fabric, folder: Path, log: MetricsLog | None = None):
+    def __init__(self, config: RunConfig, fabric: Fabric, files: RunDir, log: MetricsLog | None = None):
         self.config = config
         self.fabric = fabric
-        self.folder = folder
+        self.files = files
+        self.folder = files.checkpoints
         self.log = log
 
     def advice(self) -> str:
@@ -260,10 +250,9 @@ class Checkpoints:
                 "tracked": {name: obj.state_dict() for name, obj in method._tracked.items()},
             })
         if self.fabric.is_global_zero:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(state, self.folder / name)
+            self.files.save_checkpoint(state, name)
             if name != "last.ckpt":
-                atomic_torch_save(state, self.folder / "last.ckpt")
+                self.files.save_checkpoint(state, "last.ckpt")
                 if not self.config.train.keep_checkpoints and task > 0:
                     (self.folder / f"task-{task - 1}.ckpt").unlink(missing_ok=True)
         self.fabric.barrier()
@@ -349,7 +338,8 @@ class Engine:
         self.fabric = fabric
         self.console = console
         self.show_progress = show_progress and fabric is not None and fabric.is_global_zero
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.files = RunDir(self.run_dir)
+        self.checkpoint_dir = self.files.checkpoints
         self.write_embeddings = write_embeddings
         self.progress: RunProgress | None = None
         self.log: MetricsLog | None = None
@@ -366,7 +356,7 @@ class Engine:
         self.global_step = state.get("global_step", 0)
         log = self._open_log(resume)
         progress = self._open_progress(scenario)
-        checkpoints = self.checkpoints = Checkpoints(self.config, self.fabric, self.checkpoint_dir, log)
+        checkpoints = self.checkpoints = Checkpoints(self.config, self.fabric, self.files, log)
         protocol = Protocol(self.config, scenario, self.fabric.device, state.get("results"), log, progress,
                             self.write_embeddings if self.fabric.is_global_zero else None)
         if state.get("method") is not None and not in_task:
@@ -461,7 +451,7 @@ class Engine:
             from .loggers import Trackers, open_trackers
 
             trackers = Trackers(open_trackers(cfg, self.run_dir, resume_step=self.global_step if resume else None))
-        self.log = MetricsLog(self.run_dir / "metrics.csv", enabled=fabric.is_global_zero, append=resume is not None,
+        self.log = MetricsLog(self.files.metrics, enabled=fabric.is_global_zero, append=resume is not None,
                               truncate_to=state.get("metrics_bytes"), trackers=trackers)
         self.log.global_step = self.global_step
         return self.log
@@ -508,11 +498,3 @@ def environment() -> dict:
         "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
     }
-
-
-def write_results(run_dir: Path, results: dict) -> None:
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
-
-
-def write_config(run_dir: Path, config: RunConfig) -> None:
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))

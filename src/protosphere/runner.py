@@ -247,8 +247,9 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
         show_progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
     """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv)."""
-    from .engine import Engine, config_fingerprint, environment, write_config, write_results
+    from .engine import Engine, config_fingerprint, environment
     from .protocol import summary_metrics
+    from .record import RunDir, save_embedding_snapshot
 
     from .distributed import rank_zero_first
     from .provenance import command_line, source_revision
@@ -260,6 +261,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     fabric.launch()
     check_processes(config, fabric.world_size)
     run_dir = Path(config.output_dir) / config.name
+    files = RunDir(run_dir)
     loaded: dict = {}
 
     def check() -> bool:
@@ -273,9 +275,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         return False
 
     if rank_zero_first(fabric, check):
-        import json
-
-        return json.loads((run_dir / "results.json").read_text()), run_dir
+        return files.read_results().to_data(), run_dir
     state = (loaded.get("state") or load_checkpoint(run_dir, config)) if resume else None
     if state is not None and Path(state["loaded_from"]).name != "last.ckpt" and console is not None \
             and fabric.is_global_zero:
@@ -296,11 +296,9 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
 
     apply_threads(config, method, scenario.image_shape)  # from the config alone: same numbers on a busy machine
     rank_zero_first(fabric, lambda: (prepare_run_dir(config, resume=resume, overwrite=overwrite),
-                                     write_config(run_dir, config)))
+                                     files.write_config(config)))
 
     def write_embeddings(features, labels, weights):
-        from .report import save_embedding_snapshot
-
         save_embedding_snapshot(run_dir, features, labels, weights)
 
     engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress,
@@ -326,11 +324,8 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         "neural_collapse": raw["neural_collapse"],
         "diagnostics": raw.get("diagnostics", []),
         "per_epoch": raw.get("per_epoch", []),
-        "nc_epochs": [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in raw.get("per_epoch", [])
-                      if e.get("neural_collapse")],
         **({"corruptions": raw["corruptions"]} if "corruptions" in raw else {}),
         **({"confusion": raw["confusion"]} if "confusion" in raw else {}),
-        **({"embeddings": raw["embeddings"]} if "embeddings" in raw else {}),
         "fingerprint": config_fingerprint(config),
         "command": command if command is not None else command_line(),
         "code": source_revision(),
@@ -341,11 +336,11 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         "config": config.model_dump(mode="json"),
     }
     if fabric.is_global_zero:
-        write_results(run_dir, results)
+        record = files.write_results(results)
         if config.eval.report == "inline":
             from .report import try_write_report
 
-            try_write_report(run_dir, results, console=console)  # a plotting failure is a warning, never a lost run
+            try_write_report(run_dir, record, console=console)  # a plotting failure is a warning, never a lost run
         elif config.eval.report == "background":
             report_in_background(run_dir)
     return results, run_dir
@@ -361,7 +356,9 @@ def report_in_background(run_dir: Path):
 
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
-    with open(Path(run_dir) / "report.log", "wb") as log:
+    from .record import RunDir
+
+    with open(RunDir(run_dir).report_log, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "protosphere.cli", "report", str(run_dir)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 preexec_fn=lambda: os.nice(10))

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..record import Confusion
 
 from .plots import _figure, _save, _style, color, label_heatmap
 
@@ -115,14 +118,13 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], pat
     return _save(fig, path)
 
 
-def per_class_accuracy(confusion: dict) -> list[tuple[int, float | None, int]]:
-    """(class id, accuracy % or None without test images, number of test images) from a confusion record."""
+def per_class_accuracy(confusion: Confusion) -> list[tuple[int, float | None, int]]:
+    """(class id, accuracy % or None without test images, number of test images) from the record's confusion."""
     out = []
-    for c, row in zip(confusion.get("classes") or [], confusion.get("matrix") or []):
-        total = sum(row) + 0
-        other = confusion.get("other")
+    for c, row in zip(confusion.classes, confusion.matrix):
+        total = sum(row)
         i = len(out)
-        if isinstance(other, list) and i < len(other):
-            total += other[i]
+        if confusion.other is not None and i < len(confusion.other):
+            total += confusion.other[i]
         out.append((int(c), 100.0 * row[i] / total if total else None, total))
     return out

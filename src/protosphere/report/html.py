@@ -1,7 +1,8 @@
 """``runs/<name>/report.html``: one self-contained page (inline CSS, PNGs as base64 data URIs) for a finished run.
 
-The report is rendered from ``results.json`` alone, plus ``embeddings.npz`` when the run saved one (see
-:func:`save_embedding_snapshot`); every part whose data is absent (task-IL, NC metrics, a second task, per-epoch
+The report is rendered from the run record (``results.json``, read as a :class:`~protosphere.record.RunRecord`)
+alone, plus ``embeddings.npz`` when the run saved one (see :func:`~protosphere.record.save_embedding_snapshot`); every
+part whose data is absent (task-IL, NC metrics, a second task, per-epoch
 accuracy, prototype alignment/drift, corruption errors, embeddings, timings) is left out. The PNGs are also kept
 under ``runs/<name>/plots/`` for papers and slides.
 """
@@ -11,16 +12,18 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import RunError
+from ..record import (Diagnostics, EpochEvaluation, RunDir, RunRecord, atomic_write,  # noqa: F401 (re-exported)
+                      save_embedding_snapshot)
 from . import plots
+
+__all__ = ["atomic_write", "load_results", "render_report", "save_embedding_snapshot", "try_write_report",
+           "write_report"]  # atomic_write and save_embedding_snapshot live in protosphere.record
 
 HEADLINE_METRICS = [
     ("final_average_accuracy", "final avg acc", "mean accuracy over all tasks after the last one (%)"),
@@ -30,7 +33,6 @@ HEADLINE_METRICS = [
     ("backward_transfer", "BWT", "mean of final − just-learned accuracy over earlier tasks (pp)"),
     ("forward_transfer", "FWT", "mean accuracy on a task before learning it, minus a random-init model (pp)"),
 ]
-EMBEDDINGS_FILE = "embeddings.npz"
 NC_SHORT = {"within_class_effective_rank": "eff. rank (within)", "between_class_effective_rank": "eff. rank (between)",
             "max_angle": "max-angle"}
 
@@ -136,12 +138,6 @@ def _scrolling(body: str) -> str:
     return re.sub(r"(<table\b.*?</table>)", r'<div class="scroll">\1</div>', body, flags=re.S)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def clear_pngs(folder: Path) -> None:
     """Remove the PNGs a previous rendering left, so a re-render never shows a stale picture."""
     if folder.is_dir():
@@ -153,89 +149,23 @@ def clear_pngs(folder: Path) -> None:
 # inputs
 # ---------------------------------------------------------------------------------------------------------------
 def load_results(run_dir: str | Path) -> dict:
-    """``results.json`` of a run directory; :class:`RunError` with one sentence when it is missing or unreadable."""
-    run_dir = Path(run_dir)
-    path = run_dir / "results.json"
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir} is not a directory; pass a run directory such as runs/<name>.")
+    """``results.json`` of a run directory as plain data, validated against the
+    :class:`~protosphere.record.RunRecord` (read the typed record with :func:`protosphere.record.read_record`);
+    :class:`RunError` with one sentence when it is missing, unreadable or does not match the schema."""
+    return RunDir(run_dir).read_results().to_data()
+
+
+def load_embeddings(run_dir: Path) -> dict | None:
+    """Features/labels/prototypes from ``embeddings.npz`` (None when the run saved none)."""
+    path = RunDir(run_dir).embeddings
     if not path.is_file():
-        raise RunError(f"{run_dir} has no results.json (the run has not finished or this is not a run directory); "
-                       f"finish it with `protosphere run CONFIG --resume` or pass runs/<name>.")
+        return None
     try:
-        results = json.loads(path.read_text())
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as exc:
-        raise RunError(f"{path} is not readable JSON ({type(exc).__name__}); rerun the run to rewrite it.") from None
-    if not isinstance(results, dict) or "accuracy" not in results:
-        raise RunError(f"{path} is not a protosphere results file (no `accuracy`); pass a run directory.")
-    return results
-
-
-def save_embedding_snapshot(run_dir: str | Path, features, labels, prototypes=None, max_points: int = 3000,
-                            seed: int = 0) -> Path:
-    """Write ``run_dir/embeddings.npz`` for the report's sphere picture and prototype–class-mean cosine matrix.
-
-    Args:
-        features: (N, d) features (tensor or array; normalised here).
-        labels: (N,) integer class labels (indices into the scenario's label space).
-        prototypes: optional (K, d) prototypes/classifier weights over the whole label space (row k = class k),
-            in the same space as ``features``.
-        max_points: at most this many rows are kept (a seeded random subset) for the picture; the class means and
-            the cosine matrix use all N rows.
-
-    Stored arrays: ``features`` (float32), ``labels`` (int64), ``classes`` (sorted present labels), ``class_means``
-    (unit-norm mean of the unit-norm features per present class) and, with prototypes, ``prototypes`` (float32) and
-    ``cosine`` (C_present × C_present: cos(class mean of class a, prototype of class b)).
-    """
-    f = _to_numpy(features).astype(np.float64)
-    y = _to_numpy(labels).astype(np.int64).reshape(-1)
-    if f.ndim != 2 or len(f) != len(y):
-        raise ValueError(f"features must be (N, d) and labels (N,), got {f.shape} and {y.shape}.")
-    z = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    classes = np.unique(y)
-    means = np.stack([z[y == c].mean(0) for c in classes]) if len(classes) else np.zeros((0, f.shape[1]))
-    means = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-    keep = np.arange(len(y))
-    if len(y) > max_points:
-        keep = np.sort(np.random.default_rng(seed).choice(len(y), size=max_points, replace=False))
-    arrays = {"features": f[keep].astype(np.float32), "labels": y[keep], "classes": classes,
-              "class_means": means.astype(np.float32)}
-    if prototypes is not None:
-        w = _to_numpy(prototypes).astype(np.float64)
-        if w.ndim != 2 or w.shape[1] != f.shape[1]:
-            raise ValueError(f"prototypes must be (K, {f.shape[1]}) to match the features, got {w.shape}.")
-        arrays["prototypes"] = w.astype(np.float32)
-        present = classes[classes < len(w)]
-        wn = w[present] / np.maximum(np.linalg.norm(w[present], axis=1, keepdims=True), 1e-12)
-        arrays["cosine"] = (means[np.isin(classes, present)] @ wn.T).astype(np.float32)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / EMBEDDINGS_FILE
-    tmp = run_dir / f".{EMBEDDINGS_FILE}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def load_embeddings(run_dir: Path, results: dict) -> dict | None:
-    """Features/labels/prototypes from ``results["embeddings"]`` or ``embeddings.npz`` (None when neither exists)."""
-    source = results.get("embeddings")
-    data: dict[str, np.ndarray] = {}
-    if isinstance(source, dict) and source.get("features") is not None and source.get("labels") is not None:
-        data = {k: np.asarray(v) for k, v in source.items() if v is not None and not isinstance(v, str)}
-    elif (run_dir / EMBEDDINGS_FILE).is_file():
-        try:
-            with np.load(run_dir / EMBEDDINGS_FILE, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            warnings.warn(f"{run_dir / EMBEDDINGS_FILE} is unreadable ({exc}); the report leaves embeddings out.",
-                          stacklevel=2)
-            return None
+        warnings.warn(f"{path} is unreadable ({exc}); the report leaves embeddings out.", stacklevel=2)
+        return None
     if "features" not in data or "labels" not in data or len(data["labels"]) == 0:
         return None
     if "cosine" not in data and data.get("prototypes") is not None:
@@ -256,89 +186,86 @@ def load_embeddings(run_dir: Path, results: dict) -> dict | None:
 # ---------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------
-def headline_table(results: dict) -> str:
+def headline_table(record: RunRecord) -> str:
     """Every classifier × setting with the five continual metrics; the headline classifier first and in bold."""
-    metrics = results.get("metrics") or {}
-    headline = results.get("headline_classifier")
-    fitted_on = results.get("classifier_data") or {}
-    order = sorted(metrics, key=lambda c: c != headline)
+    headline = record.headline_classifier
+    order = sorted(record.metrics, key=lambda c: c != headline)
     head = "".join(f'<th title="{esc(tip)}">{esc(label)}</th>' for _, label, tip in HEADLINE_METRICS)
     rows = []
     for classifier in order:
-        for setting, m in metrics[classifier].items():
-            cells = "".join(number_cell(m.get(key), f"{classifier}/{setting}/{key}") for key, _, _ in HEADLINE_METRICS)
+        for setting, summary in record.metrics[classifier].items():
+            cells = "".join(number_cell(getattr(summary, key), f"{classifier}/{setting}/{key}")
+                            for key, _, _ in HEADLINE_METRICS)
             mark = " ★" if classifier == headline else ""
             cls = ' class="headline"' if classifier == headline else ""
             rows.append(f"<tr{cls}><td class=\"l\">{esc(classifier)}{mark}</td>"
                         f"<td class=\"l\">{esc(plots.setting_label(setting))}</td>{cells}"
-                        f"<td class=\"l\">{esc(fitted_on.get(classifier, ''))}</td></tr>")
+                        f"<td class=\"l\">{esc(record.classifier_data.get(classifier, ''))}</td></tr>")
     return (f'<table class="headline-numbers"><thead><tr><th class="l">classifier</th><th class="l">setting</th>{head}'
             f'<th class="l">fitted on</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
-def _cards(results: dict) -> str:
-    headline = results.get("headline_classifier")
-    settings = (results.get("metrics") or {}).get(headline) or {}
+def _cards(record: RunRecord) -> str:
+    settings = record.metrics.get(record.headline_classifier or "", {})
     cards = []
-    for setting, m in settings.items():
-        cards.append((f"{plots.setting_label(setting)} final avg acc", m.get("final_average_accuracy"), "%"))
+    for setting, summary in settings.items():
+        cards.append((f"{plots.setting_label(setting)} final avg acc", summary.final_average_accuracy, "%"))
     if "class_il" in settings:
-        m = settings["class_il"]
-        cards.append(("class-IL avg incremental acc", m.get("average_incremental_accuracy"), "%"))
-        if m.get("average_forgetting") is not None:
-            cards.append(("class-IL forgetting", m.get("average_forgetting"), " pp"))
-    if (results.get("timings") or {}).get("total_s") is not None:
-        cards.append(("wall time", results["timings"]["total_s"], " s"))
+        summary = settings["class_il"]
+        cards.append(("class-IL avg incremental acc", summary.average_incremental_accuracy, "%"))
+        if summary.average_forgetting is not None:
+            cards.append(("class-IL forgetting", summary.average_forgetting, " pp"))
+    if record.timings.total_s is not None:
+        cards.append(("wall time", record.timings.total_s, " s"))
     body = "".join(f'<div class="card"><div class="value">{fmt(v, 1) if v is not None else "n/a"}'
                    f'<small>{esc(unit) if v is not None else ""}</small></div>'
                    f'<div class="label">{esc(label)}</div></div>' for label, v, unit in cards)
     return f'<div class="cards">{body}</div>'
 
 
-def _meta(results: dict) -> str:
-    sc = results.get("scenario") or {}
-    env = results.get("environment") or {}
+def _meta(record: RunRecord) -> str:
+    sc, env = record.scenario, record.environment
+
+    def known(value):
+        return "?" if value is None else value
+
     items = [
-        ("method", results.get("method")),
-        ("scenario", f"{sc.get('name', '?')} ({plots.setting_label(sc.get('kind', '?'))}, "
-                     f"{sc.get('num_tasks', '?')} tasks, {sc.get('num_classes', '?')} classes)"),
-        ("seed", results.get("seed")),
-        ("headline classifier", results.get("headline_classifier")),
-        ("status", results.get("status")),
-        ("device", env.get("gpu") or env.get("device")),
-        ("world size", env.get("world_size")),
-        ("precision", env.get("precision")),
+        ("method", record.method),
+        ("scenario", f"{known(sc.name)} ({plots.setting_label(sc.kind or '?')}, "
+                     f"{known(sc.num_tasks)} tasks, {known(sc.num_classes)} classes)"),
+        ("seed", record.seed),
+        ("headline classifier", record.headline_classifier),
+        ("status", record.status),
+        ("device", env.gpu or env.device),
+        ("world size", env.world_size),
+        ("precision", env.precision),
     ]
     return '<div class="meta">' + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in items
                                           if v is not None) + "</div>"
 
 
-def _config_block(results: dict, run_dir: Path) -> str:
+def _config_block(record: RunRecord, run_dir: Path) -> str:
     import yaml
 
     text = None
-    if results.get("config") is not None:
-        text = yaml.safe_dump(results["config"], sort_keys=False)
-    elif (run_dir / "config.yaml").is_file():
-        text = (run_dir / "config.yaml").read_text()
+    if record.config is not None:
+        text = yaml.safe_dump(record.config, sort_keys=False)
+    elif RunDir(run_dir).config.is_file():
+        text = RunDir(run_dir).config.read_text()
     if text is None:
         return ""
     return f"<details><summary>Resolved config (YAML)</summary><pre>{esc(text)}</pre></details>"
 
 
-def _task_il_note(results: dict) -> str:
-    kind = (results.get("scenario") or {}).get("kind")
-    any_task_il = any("task_il" in s for s in (results.get("metrics") or {}).values())
-    if any_task_il:
+def _task_il_note(record: RunRecord) -> str:
+    if any("task_il" in settings for settings in record.metrics.values()):
         return ""
-    return (f'<p class="note">No task-IL numbers: the {esc(plots.setting_label(kind or "?"))} scenario has no task '
-            f"identities to mask with.</p>")
+    return (f'<p class="note">No task-IL numbers: the {esc(plots.setting_label(record.scenario.kind or "?"))} '
+            f"scenario has no task identities to mask with.</p>")
 
 
-def _classifier_sections(results: dict, plot_dir: Path, figures: list[Path]) -> str:
-    accuracy = results.get("accuracy") or {}
-    metrics = results.get("metrics") or {}
-    headline = results.get("headline_classifier")
+def _classifier_sections(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+    accuracy, metrics, headline = record.accuracy, record.metrics, record.headline_classifier
     parts = []
     for classifier in sorted(accuracy, key=lambda c: c != headline):
         matrices = accuracy[classifier]
@@ -349,8 +276,8 @@ def _classifier_sections(results: dict, plot_dir: Path, figures: list[Path]) -> 
         title = f"{classifier}{' (headline)' if classifier == headline else ''}"
         section = [f"<h3>Classifier <code>{esc(classifier)}</code>{' — headline' if classifier == headline else ''}"
                    f"</h3>"]
-        if classifier in (results.get("classifier_data") or {}):
-            section.append(f'<p class="note">Fitted on {esc(results["classifier_data"][classifier])}.</p>')
+        if classifier in record.classifier_data:
+            section.append(f'<p class="note">Fitted on {esc(record.classifier_data[classifier])}.</p>')
         heat = plots.accuracy_heatmaps(matrices, plot_dir / f"accuracy_matrix_{safe}.png")
         figures.append(heat)
         section.append(figure(heat, f"accuracy matrix {title}",
@@ -363,8 +290,7 @@ def _classifier_sections(results: dict, plot_dir: Path, figures: list[Path]) -> 
                                   "Accuracy of each task from the moment it is learned; the thick black line is "
                                   "the mean over the tasks seen so far (its mean is the average incremental "
                                   "accuracy)."))
-            forgetting = {s: m.get("forgetting") for s, m in (metrics.get(classifier) or {}).items()
-                          if m.get("forgetting")}
+            forgetting = {s: m.forgetting for s, m in metrics.get(classifier, {}).items() if m.forgetting}
             if forgetting:
                 bars = plots.forgetting_bars(forgetting, plot_dir / f"forgetting_{safe}.png")
                 figures.append(bars)
@@ -377,7 +303,8 @@ def _classifier_sections(results: dict, plot_dir: Path, figures: list[Path]) -> 
         if classifier == headline or len(accuracy) == 1:
             parts.append("\n".join(section))
         else:  # the other classifiers folded: the headline is what a reader looks at first
-            final = (metrics.get(classifier) or {}).get("class_il", {}).get("final_average_accuracy")
+            summary = record.summary(classifier, "class_il")
+            final = summary.final_average_accuracy if summary is not None else None
             summary = (f"Classifier <code>{esc(classifier)}</code>"
                        + (f" — class-IL final avg acc {fmt(final)} %" if final is not None else ""))
             parts.append(f'<details class="classifier"><summary>{summary}</summary>\n'
@@ -401,52 +328,48 @@ def _mean(values: Any) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-def _epoch_segments(entries: list[dict]) -> list[tuple[int, int, str]]:
-    """(first index, last index, "T<task>") of each run of consecutive entries with the same ``task``."""
+def _epoch_segments(entries: list) -> list[tuple[int, int, str]]:
+    """(first index, last index, "T<task>") of each run of consecutive entries (per-epoch records) of one task."""
     segments: list[list] = []
     for i, e in enumerate(entries):
-        task = e.get("task")
-        if segments and task is not None and task == entries[i - 1].get("task"):
+        if segments and e.task == entries[i - 1].task:
             segments[-1][1] = i
         else:
-            segments.append([i, i, f"T{task + 1}" if isinstance(task, int) else str(i + 1)])
+            segments.append([i, i, f"T{e.task + 1}"])
     return [tuple(s) for s in segments]
 
 
-def epoch_accuracy(results: dict) -> tuple[str | None, list[dict], dict[str, list[float | None]]]:
-    """Mean accuracy over the tasks seen so far after every epoch (``results["per_epoch"]``), per setting.
+def epoch_accuracy(record: RunRecord) -> tuple[str | None, list[EpochEvaluation], dict[str, list[float | None]]]:
+    """Mean accuracy over the tasks seen so far after every epoch (``per_epoch`` of the record), per setting.
 
     Returns ``(classifier, entries, {setting: [mean or None per entry]})`` for the headline classifier (the first
     classifier recorded when the headline one is absent); ``(None, [], {})`` without per-epoch accuracies.
     """
-    entries = [e for e in (results.get("per_epoch") or []) if isinstance(e, dict) and isinstance(e.get("accuracy"),
-                                                                                                   dict)]
-    recorded = [c for e in entries for c in e["accuracy"]]
+    entries = list(record.per_epoch)
+    recorded = [c for e in entries for c in e.accuracy]
     if not recorded:
         return None, [], {}
-    headline = results.get("headline_classifier")
+    headline = record.headline_classifier
     classifier = headline if headline in recorded else recorded[0]
     settings: list[str] = []
     for e in entries:
-        for setting in (e["accuracy"].get(classifier) or {}):
+        for setting in e.accuracy.get(classifier, {}):
             if setting not in settings:
                 settings.append(setting)
     series: dict[str, list[float | None]] = {s: [] for s in settings}
     for e in entries:
-        row = e["accuracy"].get(classifier) or {}
-        task = e.get("task")
+        row = e.accuracy.get(classifier, {})
         for setting in settings:
             values = row.get(setting)
-            if isinstance(values, list) and isinstance(task, int):
-                values = values[: task + 1]  # rows may also hold the not-yet-seen tasks (for FWT)
-            series[setting].append(_mean(values) if isinstance(values, list) else None)
+            # rows also hold the not-yet-seen tasks (for FWT); the mean is over the seen ones
+            series[setting].append(_mean(values[: e.task + 1]) if values is not None else None)
     if not any(v is not None for values in series.values() for v in values):
         return None, [], {}
     return classifier, entries, series
 
 
-def _epoch_accuracy_part(results: dict, plot_dir: Path, figures: list[Path], heading: str) -> str:
-    classifier, entries, series = epoch_accuracy(results)
+def _epoch_accuracy_part(record: RunRecord, plot_dir: Path, figures: list[Path], heading: str) -> str:
+    classifier, entries, series = epoch_accuracy(record)
     if classifier is None:
         return ""
     parts = [heading]
@@ -460,9 +383,7 @@ def _epoch_accuracy_part(results: dict, plot_dir: Path, figures: list[Path], hea
     head = "".join(f"<th>{esc(plots.setting_label(s))}</th>" for s in series)
     rows = []
     for i, e in enumerate(entries):
-        task, epoch = e.get("task"), e.get("epoch")
-        label = f"T{task + 1}" if isinstance(task, int) else "?"
-        ep = f"{epoch + 1}" if isinstance(epoch, int) else "?"
+        label, ep = f"T{e.task + 1}", f"{e.epoch + 1}"
         cells = "".join(number_cell(series[s][i], f"epoch/{label}/E{ep}/{s}") for s in series)
         rows.append(f'<tr><td class="l">{esc(label)}</td><td>{esc(ep)}</td>{cells}</tr>')
     parts.append(f"<details><summary>Per-epoch numbers ({esc(classifier)}, mean over seen tasks, %)</summary>"
@@ -471,11 +392,11 @@ def _epoch_accuracy_part(results: dict, plot_dir: Path, figures: list[Path], hea
     return "\n".join(parts)
 
 
-def _nc_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
-    entries = results.get("neural_collapse") or []
-    epochs = [e for e in (results.get("nc_epochs") or []) if isinstance(e, dict)]
-    if not any(entries) and not epochs:
-        return _epoch_accuracy_part(results, plot_dir, figures, "<h2>Accuracy over epochs</h2>")
+def _nc_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+    entries = [None if e is None else e.model_dump(exclude_none=True) for e in record.neural_collapse]
+    epoch_records = record.epoch_neural_collapse()
+    if not any(entries) and not epoch_records:
+        return _epoch_accuracy_part(record, plot_dir, figures, "<h2>Accuracy over epochs</h2>")
     parts = ["<h2>Neural collapse</h2>"]
     if any(entries):
         last = next(e for e in reversed(entries) if e)
@@ -492,14 +413,15 @@ def _nc_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
         parts.append(f"<table><thead><tr><th class=\"l\">after last task</th>{head}</tr></thead>"
                      f"<tbody><tr><td class=\"l\">{esc(last.get('classes', '?'))} classes, {esc(split)}</td>{cells}"
                      f"</tr></tbody></table>")
-    if epochs:
+    if epoch_records:
+        epochs = [e.model_dump(exclude_none=True) for e in epoch_records]
         path = plots.nc_over_tasks(epochs, plot_dir / "nc_over_epochs.png", xlabel="epochs, grouped by task",
-                                   segments=_epoch_segments(epochs))
+                                   segments=_epoch_segments(epoch_records))
         if path is not None:
             figures.append(path)
             parts.append(figure(path, "neural collapse metrics over epochs",
                                 "NC metrics during training, per epoch (dashed lines: task boundaries)."))
-    parts.append(_epoch_accuracy_part(results, plot_dir, figures, "<h3>Accuracy over epochs</h3>"))
+    parts.append(_epoch_accuracy_part(record, plot_dir, figures, "<h3>Accuracy over epochs</h3>"))
     return "\n".join(p for p in parts if p)
 
 
@@ -509,16 +431,16 @@ def _class_label(names: Any, c: Any) -> str:
     return str(c)
 
 
-def _diagnostics_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
-    """Mean prototype alignment and old-class drift per task (``results["diagnostics"]``); per class for the last."""
-    entries = [e if isinstance(e, dict) else None for e in (results.get("diagnostics") or [])]
-    alignment = [_number(e.get("prototype_alignment")) if e else None for e in entries]
-    drift = [_number(e.get("old_mean_drift")) if e else None for e in entries]
+def _diagnostics_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+    """Mean prototype alignment and old-class drift per task (the record's ``diagnostics``); per class for the last."""
+    entries = record.diagnostics
+    alignment = [_number(e.prototype_alignment) if e else None for e in entries]
+    drift = [_number(e.old_mean_drift) if e else None for e in entries]
     has_align = any(v is not None for v in alignment)
     has_drift = any(v is not None for v in drift)
     if not has_align and not has_drift:
         return ""
-    names = (results.get("scenario") or {}).get("class_names")
+    names = record.scenario.class_names
     labels = [f"T{t + 1}" for t in range(len(entries))]
     parts = ["<h2>Prototype alignment and drift</h2>"]
     path = plots.alignment_drift_over_tasks(alignment, drift, plot_dir / "alignment_drift.png", labels)
@@ -537,15 +459,15 @@ def _diagnostics_section(results: dict, plot_dir: Path, figures: list[Path]) -> 
                                + "; ".join(what).capitalize() + "."))
     # per class, for the last task that recorded per-class values
     last_t = next((t for t in range(len(entries) - 1, -1, -1) if entries[t] and (
-        entries[t].get("prototype_alignment_per_class") or entries[t].get("old_mean_drift_per_class"))), None)
+        entries[t].prototype_alignment_per_class or entries[t].old_mean_drift_per_class)), None)
     if last_t is not None:
         e = entries[last_t]
         panels = []
         for values_key, classes_key, title, ylabel in (
                 ("prototype_alignment_per_class", "classes", "alignment per class", "cos(class mean, prototype)"),
                 ("old_mean_drift_per_class", "old_classes", "drift per old class", "1 − cos since learned")):
-            values = e.get(values_key) or []
-            classes = e.get(classes_key) or []
+            values = getattr(e, values_key) or []
+            classes = getattr(e, classes_key) or []
             if not values:
                 continue
             tick = ([_class_label(names, c) for c in classes] if len(classes) == len(values)
@@ -564,17 +486,15 @@ def _diagnostics_section(results: dict, plot_dir: Path, figures: list[Path]) -> 
         head += '<th>old classes</th><th title="mean 1 − cos since learned">drift (mean)</th><th>drift (max)</th>'
     rows = []
     for t, e in enumerate(entries):
-        e = e or {}
-        seen = e.get("classes")
-        cells = f'<td class="l">T{t + 1}</td><td>{len(seen) if isinstance(seen, list) else "n/a"}</td>'
+        e = e or Diagnostics()
+        cells = f'<td class="l">T{t + 1}</td><td>{len(e.classes) if e.classes is not None else "n/a"}</td>'
         if has_align:
-            per = [v for v in map(_number, e.get("prototype_alignment_per_class") or []) if v is not None]
+            per = [v for v in map(_number, e.prototype_alignment_per_class or []) if v is not None]
             cells += number_cell(alignment[t], f"diagnostics/T{t + 1}/prototype_alignment", 3)
             cells += number_cell(min(per) if per else None, digits=3)
         if has_drift:
-            old = e.get("old_classes")
-            per = [v for v in map(_number, e.get("old_mean_drift_per_class") or []) if v is not None]
-            cells += f"<td>{len(old) if isinstance(old, list) else '–'}</td>"
+            per = [v for v in map(_number, e.old_mean_drift_per_class or []) if v is not None]
+            cells += f"<td>{len(e.old_classes) if e.old_classes is not None else '–'}</td>"
             cells += number_cell(drift[t], f"diagnostics/T{t + 1}/old_mean_drift", 3)
             cells += number_cell(max(per) if per else None, digits=3)
         rows.append(f"<tr>{cells}</tr>")
@@ -601,21 +521,16 @@ def corruption_table(errors: dict[str, list], severities: list, classifier: str)
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def _corruption_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
-    """Top-1 error under corruptions (``results["corruptions"]``) of the headline classifier, table and plot."""
-    raw = results.get("corruptions")
-    if not isinstance(raw, dict):
-        return ""
-    corruptions = {c: {n: list(v) for n, v in e.items() if isinstance(v, list)} for c, e in raw.items()
-                   if isinstance(e, dict)}
-    corruptions = {c: e for c, e in corruptions.items() if e}
+def _corruption_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+    """Top-1 error under corruptions (the record's ``corruptions``) of the headline classifier, table and plot."""
+    corruptions = {c: errors for c, errors in (record.corruptions or {}).items() if errors}
     if not corruptions:
         return ""
-    headline = results.get("headline_classifier")
+    headline = record.headline_classifier
     classifier = headline if headline in corruptions else next(iter(corruptions))
     errors = corruptions[classifier]
     count = max(len(v) for v in errors.values())
-    severities = ((results.get("config") or {}).get("eval") or {}).get("corruption_severities")
+    severities = ((record.config or {}).get("eval") or {}).get("corruption_severities")
     if not isinstance(severities, list) or len(severities) != count:
         severities = list(range(1, count + 1))
     parts = ["<h2>Robustness to corruptions</h2>"]
@@ -641,11 +556,11 @@ def _corruption_section(results: dict, plot_dir: Path, figures: list[Path]) -> s
     return "\n".join(parts)
 
 
-def _embedding_section(results: dict, run_dir: Path, plot_dir: Path, figures: list[Path]) -> str:
-    data = load_embeddings(run_dir, results)
+def _embedding_section(record: RunRecord, run_dir: Path, plot_dir: Path, figures: list[Path]) -> str:
+    data = load_embeddings(run_dir)
     if data is None:
         return ""
-    names = (results.get("scenario") or {}).get("class_names")
+    names = record.scenario.class_names
     parts = ["<h2>Embeddings on the sphere</h2>", '<div class="row">']
     sphere = plots.embedding_sphere(data["features"], data["labels"], plot_dir / "embedding_sphere.png",
                                     prototypes=data.get("prototypes"), class_names=names)
@@ -668,36 +583,32 @@ def _embedding_section(results: dict, run_dir: Path, plot_dir: Path, figures: li
     return "\n".join(parts)
 
 
-def _timings_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
-    timings = results.get("timings") or {}
-    tasks = [t for t in timings.get("tasks") or [] if isinstance(t, dict)]
-    if not tasks and timings.get("total_s") is None:
+def _timings_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+    tasks, total = record.timings.tasks, record.timings.total_s
+    if not tasks and total is None:
         return ""
     parts = ["<h2>Timings</h2>"]
     if tasks:
         path = plots.timings(tasks, plot_dir / "timings.png")
         figures.append(path)
-        rows = "".join(f"<tr><td class=\"l\">T{int(t.get('task', i)) + 1}</td>"
-                       + number_cell(t.get("train_s"), digits=2) + number_cell(t.get("eval_s"), digits=2)
-                       + (f"<td>{int(t['images']):,}</td>" if t.get("images") is not None
-                          else '<td class="na">n/a</td>')
-                       + number_cell(t.get("img_per_s"), digits=0) + "</tr>"
+        rows = "".join(f"<tr><td class=\"l\">T{(i if t.task is None else t.task) + 1}</td>"
+                       + number_cell(t.train_s, digits=2) + number_cell(t.eval_s, digits=2)
+                       + (f"<td>{t.images:,}</td>" if t.images is not None else '<td class="na">n/a</td>')
+                       + number_cell(t.img_per_s, digits=0) + "</tr>"
                        for i, t in enumerate(tasks))
-        train = sum(float(t.get("train_s") or 0) for t in tasks)
-        evals = sum(float(t.get("eval_s") or 0) for t in tasks)
-        images = sum(int(t.get("images") or 0) for t in tasks)
+        train = sum(t.train_s or 0.0 for t in tasks)
+        evals = sum(t.eval_s or 0.0 for t in tasks)
+        images = sum(t.images or 0 for t in tasks)
         rows += (f"<tr class=\"headline\"><td class=\"l\">all</td>{number_cell(train)}{number_cell(evals)}"
                  f"<td>{images:,}</td>{number_cell(images / train if train > 0 else None, digits=0)}</tr>")
         table = ("<table><thead><tr><th class=\"l\">task</th><th>train (s)</th><th>eval (s)</th><th>images</th>"
                  f"<th>img/s</th></tr></thead><tbody>{rows}</tbody></table>")
         picture = figure(path, "timings per task", "Seconds per task (train + evaluation) and training throughput.")
         parts.append(f'<div class="row">{picture}<div>{table}</div></div>')
-    env = results.get("environment") or {}
-    total = timings.get("total_s")
-    facts = [("total wall time", f"{total:.1f} s" if total is not None else None), ("device", env.get("device")),
-             ("GPU", env.get("gpu")), ("CPU", env.get("cpu")), ("torch threads", env.get("torch_threads")),
-             ("torch", env.get("torch")), ("lightning-fabric", env.get("lightning_fabric")),
-             ("python", env.get("python")), ("platform", env.get("platform"))]
+    env = record.environment
+    facts = [("total wall time", f"{total:.1f} s" if total is not None else None), ("device", env.device),
+             ("GPU", env.gpu), ("CPU", env.cpu), ("torch threads", env.torch_threads), ("torch", env.torch),
+             ("lightning-fabric", env.lightning_fabric), ("python", env.python), ("platform", env.platform)]
     parts.append('<div class="meta">' + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in facts
                                                 if v is not None) + "</div>")
     return "\n".join(parts)
@@ -719,18 +630,19 @@ def _training_section(run_dir: Path, plot_dir: Path, figures: list[Path]) -> str
                      "(dashed lines: a new task starts). Source: <code>metrics.csv</code>."))
 
 
-def _per_class_section(results: dict, plot_dir: Path, figures: list[Path]) -> str:
-    """Per-class accuracy after the last task and, up to 30 classes, the confusion matrix (``results["confusion"]``)."""
+def _per_class_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+    """Per-class accuracy after the last task and, up to 30 classes, the confusion matrix (the record's
+    ``confusion``)."""
     from . import curves
 
-    confusion = results.get("confusion")
-    if not isinstance(confusion, dict) or not confusion.get("classes"):
+    confusion = record.confusion
+    if confusion is None or not confusion.classes:
         return ""
-    names = (results.get("scenario") or {}).get("class_names")
-    classes = [int(c) for c in confusion["classes"]]
+    names = record.scenario.class_names
+    classes = confusion.classes
     labels = [_class_label(names, c) for c in classes]
     per_class = curves.per_class_accuracy(confusion)
-    classifier = confusion.get("classifier", "?")
+    classifier = confusion.classifier or "?"
     parts = ["<h2>Per-class accuracy after the last task</h2>"]
     pictures = []
     values = [a if a is not None else float("nan") for _, a, _ in per_class]
@@ -742,7 +654,7 @@ def _per_class_section(results: dict, plot_dir: Path, figures: list[Path]) -> st
                                f"Accuracy (%) of <code>{esc(classifier)}</code> per class on the test data of the "
                                f"seen tasks after the last task (dashed: the mean over classes)."))
     if len(classes) <= 30:
-        path = curves.confusion_matrix(confusion["matrix"], labels, plot_dir / "confusion_matrix.png",
+        path = curves.confusion_matrix(confusion.matrix, labels, plot_dir / "confusion_matrix.png",
                                        f"confusion matrix, {classifier}")
         figures.append(path)
         pictures.append(figure(path, "confusion matrix after the last task",
@@ -776,52 +688,50 @@ def _with_contents(body: str) -> str:
     return body.replace("</header>", "</header>\n" + toc, 1) if "</header>" in body else toc + body
 
 
-def render_report(run_dir: str | Path, results: dict) -> str:
-    """Write ``plots/*.png`` for ``results`` and return the report's HTML text."""
+def render_report(run_dir: str | Path, results: RunRecord | dict) -> str:
+    """Write ``plots/*.png`` for ``results`` (a record, or results.json's data) and return the report's HTML text."""
+    record = RunRecord.from_data(results, source=f"the results of {run_dir}")
     run_dir = Path(run_dir)
-    plot_dir = run_dir / "plots"
+    plot_dir = RunDir(run_dir).plots
     clear_pngs(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
-    name = results.get("name") or run_dir.name
-    body = [f"<header><h1>{esc(name)}</h1>{_meta(results)}</header>"]
-    if results.get("status") not in (None, "complete"):
-        body.append(f'<p class="warn">This run is not complete (status: {esc(results.get("status"))}); the numbers '
+    name = record.name or run_dir.name
+    body = [f"<header><h1>{esc(name)}</h1>{_meta(record)}</header>"]
+    if record.status not in (None, "complete"):
+        body.append(f'<p class="warn">This run is not complete (status: {esc(record.status)}); the numbers '
                     f"cover the tasks finished so far.</p>")
-    body.append(_cards(results))
-    body.append(_config_block(results, run_dir))
+    body.append(_cards(record))
+    body.append(_config_block(record, run_dir))
     body.append("<h2>Headline numbers</h2>")
-    body.append(headline_table(results))
+    body.append(headline_table(record))
     body.append('<p class="note">Accuracies in %, forgetting/BWT/FWT in percentage points; ★ = headline classifier. '
                 "n/a: the metric needs a second task (forgetting, BWT, FWT) or a random-init baseline (FWT); FWT is "
                 "not defined in class-IL (a task's classes cannot be predicted before they are learned).</p>")
-    body.append(_task_il_note(results))
+    body.append(_task_il_note(record))
     body.append("<h2>Accuracy</h2>")
-    body.append(_classifier_sections(results, plot_dir, figures))
-    body.append(_per_class_section(results, plot_dir, figures))
+    body.append(_classifier_sections(record, plot_dir, figures))
+    body.append(_per_class_section(record, plot_dir, figures))
     body.append(_training_section(run_dir, plot_dir, figures))
-    body.append(_nc_section(results, plot_dir, figures))
-    body.append(_diagnostics_section(results, plot_dir, figures))
-    body.append(_corruption_section(results, plot_dir, figures))
-    body.append(_embedding_section(results, run_dir, plot_dir, figures))
-    body.append(_timings_section(results, plot_dir, figures))
+    body.append(_nc_section(record, plot_dir, figures))
+    body.append(_diagnostics_section(record, plot_dir, figures))
+    body.append(_corruption_section(record, plot_dir, figures))
+    body.append(_embedding_section(record, run_dir, plot_dir, figures))
+    body.append(_timings_section(record, plot_dir, figures))
     return page(f"protosphere report — {name}", _with_contents("\n".join(p for p in body if p)),
-                footer=f"Source: <code>{esc(run_dir / 'results.json')}</code>; plots in "
+                footer=f"Source: <code>{esc(RunDir(run_dir).results)}</code>; plots in "
                        f"<code>{esc(plot_dir)}</code>.")
 
 
-def write_report(run_dir: str | Path, results: dict | None = None) -> Path:
-    """Render ``run_dir/report.html`` (and ``run_dir/plots/*.png``) from ``results`` or ``run_dir/results.json``."""
-    run_dir = Path(run_dir)
-    if results is None:
-        results = load_results(run_dir)
-    text = render_report(run_dir, results)
-    path = run_dir / "report.html"
-    atomic_write(path, text)
-    return path
+def write_report(run_dir: str | Path, results: RunRecord | dict | None = None) -> Path:
+    """Render ``run_dir/report.html`` (and ``run_dir/plots/*.png``) from ``results`` (a record, or results.json's
+    data) or else ``run_dir/results.json``."""
+    files = RunDir(run_dir)
+    record = files.read_results() if results is None else results
+    return atomic_write(files.report, render_report(files.path, record))
 
 
-def try_write_report(run_dir: str | Path, results: dict | None = None, console=None) -> Path | None:
+def try_write_report(run_dir: str | Path, results: RunRecord | dict | None = None, console=None) -> Path | None:
     """:func:`write_report` that never raises: a failure becomes a warning (results.json is already safe)."""
     try:
         return write_report(run_dir, results)

@@ -1,6 +1,7 @@
 """Matplotlib figures of a run (and of a comparison), written as PNG files.
 
-Every function takes plain Python / NumPy data (what ``results.json`` and ``embeddings.npz`` hold), draws one figure
+Every function takes plain Python / NumPy data or parts of the run record (what ``results.json`` and
+``embeddings.npz`` hold), draws one figure
 with the object-oriented API on an Agg canvas (pyplot's global state and the user's backend are never touched) and
 saves it to ``path``. Nothing here reads files or knows the HTML layout.
 """
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from ..record import TaskTiming
 
 DPI = 110
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
@@ -365,13 +369,13 @@ def label_heatmap(fig, ax, image, row_labels: Sequence[str], col_labels: Sequenc
     ax.set_title(title, fontsize=10)
 
 
-def timings(tasks: Sequence[dict], path: Path) -> Path:
+def timings(tasks: Sequence[TaskTiming], path: Path) -> Path:
     """Stacked train/eval seconds per task, with training throughput (img/s) on a second axis."""
     fig = _figure(max(5.0, min(11.0, 3.0 + 0.45 * len(tasks))), 3.2)
     ax = fig.subplots()
     x = np.arange(len(tasks))
-    train = np.array([float(t.get("train_s") or 0.0) for t in tasks])
-    evals = np.array([float(t.get("eval_s") or 0.0) for t in tasks])
+    train = np.array([t.train_s or 0.0 for t in tasks])
+    evals = np.array([t.eval_s or 0.0 for t in tasks])
     ax.bar(x, train, 0.6, color=color(0), label="train (s)")
     ax.bar(x, evals, 0.6, bottom=train, color=color(1), label="evaluation (s)")
     ax.set_ylabel("seconds", fontsize=9)
@@ -379,7 +383,7 @@ def timings(tasks: Sequence[dict], path: Path) -> Path:
     ax.set_xlabel("task", fontsize=9)
     _style(ax)
     handles, labels = ax.get_legend_handles_labels()
-    speed = [t.get("img_per_s") for t in tasks]
+    speed = [t.img_per_s for t in tasks]
     if any(s is not None for s in speed):
         twin = ax.twinx()
         twin.plot(x, [np.nan if s is None else s for s in speed], color="black", marker="o", markersize=4,
