@@ -44,7 +44,7 @@ test: data browser
 	$(PY) -m pytest $(ARGS)
 
 bench: install
-	$(PY) benchmarks/throughput.py
+	$(PY) -m protosphere.bench.throughput
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

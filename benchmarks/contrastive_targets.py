@@ -1,5 +1,5 @@
 """The accuracy targets of FNC2 + HSD on Seq-FashionMNIST, checked from finished runs measured side by side (same
-machine, same seeds, same 5-epoch schedule; benchmarks/run_seq_fmnist.sh), each with its margin and seed spread.
+machine, same seeds, same 5-epoch schedule; `protosphere compare`, docs/results.md), each with its margin and seed spread.
 
     python benchmarks/contrastive_targets.py [RUNS_DIR]          (default runs/seq-fmnist)
 
@@ -17,9 +17,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from finished_runs import finished_runs as runs_of, mean_std
+from protosphere.report.compare import format_mean_std, mean_std as statistics_of
+from protosphere.sweep import finished_runs as runs_of
 
 HERE = Path(__file__).resolve().parent
+
+
+def mean_std(values) -> str:
+    return format_mean_std(statistics_of(list(values)))
 PUBLISHED = [HERE / "seq_fmnist_baselines_e5.md", HERE / "seq_fmnist_contrastive_reconstruction.md"]
 
 

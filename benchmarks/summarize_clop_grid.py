@@ -1,6 +1,7 @@
-"""Tables of the CLOP stability grid written by benchmarks/clop_grid.sh: for each label fraction and loss, rows =
-batch size, columns = learning rate; each cell gives linear-probe accuracy (%), the nearest-prototype accuracy where
-it exists, and the between-/within-class effective ranks of the test features; "NaN" marks a run whose loss diverged.
+"""Tables of the CLOP stability grid: for each label fraction and loss, rows = batch size, columns = learning rate;
+each cell gives linear-probe accuracy (%), the nearest-prototype accuracy where it exists, and the between-/within-class
+effective ranks of the test features; "NaN" marks a run whose loss diverged. The runs are a ``protosphere compare``
+grid (docs/results.md gives the command); this script reads its ``compare.json`` and the runs it names.
 
     python benchmarks/summarize_clop_grid.py RUNS_DIR
 
@@ -11,20 +12,24 @@ below 2 (the 10 class means span fewer than two effective directions), or when t
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
-NAME = re.compile(r"clop-f(?P<fraction>[\d.]+)-lam(?P<lam>[\d.]+)-b(?P<batch>\d+)-lr(?P<lr>[\d.]+)$")
+from protosphere.config import read_yaml
+from protosphere.report.html import load_results
 
 
-def cell(run: Path) -> dict:
-    results = run / "results.json"
-    log = run.parent / f"{run.name}.log"
-    if not results.exists():
+def grid_key(config: dict) -> tuple[float, float, int, float]:
+    """(label fraction, λ, batch size, learning rate) of a run's config."""
+    return (float(config["method"]["label_fraction"]), float(config["method"]["lam"]),
+            int(config["train"]["batch_size"]), float(config["optimizer"]["lr"]))
+
+
+def cell(run: Path, how: str, log: Path) -> dict:
+    if how == "failed":
         text = log.read_text() if log.exists() else ""
         return {"state": "NaN" if "NaN/inf" in text else "missing"}
-    r = json.loads(results.read_text())
+    r = load_results(run)
     nc = r["neural_collapse"][-1] or {}
     acc = {c: v["class_il"][-1][0] for c, v in r["accuracy"].items()}
     between, within = nc.get("between_class_effective_rank"), nc.get("within_class_effective_rank")
@@ -32,6 +37,18 @@ def cell(run: Path) -> dict:
     return {"state": "collapsed" if collapsed else "ok", "acc": acc, "between": between, "within": within,
             "seconds": r["timings"]["total_s"],
             "init_probe": ((r.get("random_init") or {}).get("linear_probe") or {}).get("class_il", [None])[0]}
+
+
+def grid_cells(runs: Path) -> dict:
+    """{(fraction, λ, batch, lr): cell} of every run the grid's compare.json names (finished or failed)."""
+    summary = json.loads((runs / "compare.json").read_text())
+    logs = {f["run"]: Path(f["log"]) for f in summary.get("failed", [])}
+    cells = {}
+    for row in summary["rows"]:
+        for name, how in zip(row["runs"], row["status"]):
+            config = read_yaml(runs / name / "config.yaml")  # written when the run starts, so failed runs have it
+            cells[grid_key(config)] = cell(runs / name, how, logs.get(name, runs / f"{name}.log"))
+    return cells
 
 
 def show(c: dict) -> str:
@@ -47,15 +64,11 @@ def show(c: dict) -> str:
 
 def main(argv) -> int:
     runs = Path(argv[0])
-    names = {p.name.removesuffix(".log") for p in runs.iterdir()} if runs.is_dir() else set()
-    cells = {}
-    for name in sorted(names):
-        if match := NAME.match(name):
-            key = (float(match["fraction"]), float(match["lam"]), int(match["batch"]), float(match["lr"]))
-            cells[key] = cell(runs / name)
-    if not cells:
-        print(f"No grid runs under {runs}: run benchmarks/clop_grid.sh first.")
+    if not (runs / "compare.json").is_file():
+        print(f"No grid under {runs}: run the `protosphere compare configs/nc/clop-10.yaml --grid ...` command of "
+              f"docs/results.md with --out {runs} first.")
         return 2
+    cells = grid_cells(runs)
     lrs = sorted({k[3] for k in cells})
     for fraction in sorted({k[0] for k in cells}):
         for lam in sorted({k[1] for k in cells}, reverse=True):

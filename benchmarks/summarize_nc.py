@@ -4,7 +4,8 @@ and — when the runs evaluated corruptions (``eval.corruptions``) — the mean 
 
     python benchmarks/summarize_nc.py RUNS_DIR BASELINE_STEM STEM [STEM ...]
 
-Runs are ``RUNS_DIR/<stem>-seed<S>/results.json``; every comparison with the baseline pairs runs of the same seed.
+Runs are those ``protosphere compare configs/nc/<stem>.yaml ... --out RUNS_DIR`` wrote (``RUNS_DIR/<stem>-seed<S>``),
+read with :func:`protosphere.sweep.finished_runs`; every comparison with the baseline pairs runs of the same seed.
 Accuracies are %, mean ± std over seeds.
 """
 
@@ -14,10 +15,15 @@ import statistics
 import sys
 from pathlib import Path
 
-from finished_runs import finished_runs as load_runs, mean_std as fmt
 from protosphere.data.corruptions import mean_corruption_error
+from protosphere.report.compare import format_mean_std, mean_std
+from protosphere.sweep import finished_runs as load_runs
 
 METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
+
+
+def fmt(values, digits: int = 2) -> str:
+    return format_mean_std(mean_std(list(values)), digits)
 
 
 def final_accuracy(results: dict, classifier: str) -> float:

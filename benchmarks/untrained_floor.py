@@ -15,11 +15,15 @@ from pathlib import Path
 
 import torch
 
-from finished_runs import mean_std
 from protosphere.config import load_config
 from protosphere.evaluation import accuracy
 from protosphere.methods.base import TaskContext
+from protosphere.report.compare import format_mean_std, mean_std as statistics_of
 from protosphere.runner import build_method, build_scenario_from_config
+
+
+def mean_std(values) -> str:
+    return format_mean_std(statistics_of(list(values)))
 
 
 @torch.no_grad()

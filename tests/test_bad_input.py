@@ -15,8 +15,9 @@ import torch
 
 from protosphere.cli import main
 from protosphere.config import MethodConfig
-from protosphere.methods import _REGISTRY, register
+from protosphere.methods import register
 from protosphere.methods.base import StepOutput, SupervisedMethod
+from protosphere.registry import METHODS
 
 DIGITS = (
     "data: {dataset: digits, train_fraction: 0.3}\n"
@@ -141,7 +142,7 @@ def test_etf_dimension_too_small(env, capsys):
 
     with pytest.raises(ValueError, match="9"):
         simplex_etf(10, 8)
-    if "fnc2" in _REGISTRY:  # digits has 10 classes: the ETF needs projection_dim >= 9
+    if "fnc2" in METHODS:  # digits has 10 classes: the ETF needs projection_dim >= 9
         line = fails(capsys, [env["config"], "method.name=fnc2", "method.projection_dim=8"])
         assert "9" in line
         assert not env["run"].exists()
@@ -208,7 +209,7 @@ def nan_method():
             return StepOutput(loss, {"ce": loss.detach(), "exploding": torch.zeros(())})
 
     yield
-    _REGISTRY.pop("nan_at_step", None)
+    METHODS.unregister("nan_at_step")
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(env, capsys, nan_method):
@@ -322,7 +323,7 @@ def poison_method():
             return StepOutput(loss + contrast, {"ce": loss.detach(), "supcon": contrast.detach()})
 
     yield
-    _REGISTRY.pop("poison", None)
+    METHODS.unregister("poison")
 
 
 def finite_checkpoint(path: Path) -> dict:

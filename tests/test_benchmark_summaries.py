@@ -1,5 +1,5 @@
-"""The scripts under benchmarks/ that turn finished runs into the published tables: the command column must
-reproduce each run (every override it used), and the CLOP grid must not count unfinished cells as collapsed."""
+"""The scripts under benchmarks/ that compute more than `protosphere compare`'s table from the runs it wrote: they read
+the runs through the library, and the CLOP grid must not count unfinished cells as collapsed."""
 
 import json
 import sys
@@ -11,6 +11,7 @@ from protosphere.config import load_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ssl" / "moco-class-il.yaml")
+CLOP = Path(__file__).resolve().parents[1] / "configs" / "nc" / "clop-10.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +24,7 @@ def finished(root: Path, stem: str, seed: int, overrides: list[str], accuracy: f
     results = {"status": "complete", "seed": seed, "headline_classifier": "linear_probe",
                "config": config.model_dump(mode="json"), "timings": {"total_s": 60.0},
                "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "python": "p"},
+               "accuracy": {"linear_probe": {"class_il": [[accuracy]]}},
                "metrics": {"linear_probe": {"class_il": {"final_average_accuracy": accuracy}}}}
     run = root / f"{stem}-seed{seed}"
     run.mkdir(parents=True)
@@ -30,48 +32,53 @@ def finished(root: Path, stem: str, seed: int, overrides: list[str], accuracy: f
     return results
 
 
-def test_overrides_of_names_exactly_what_differs_from_the_config(tmp_path):
-    from finished_runs import overrides_of
+def test_finished_runs_reads_complete_runs_of_one_config(tmp_path):
+    from protosphere.sweep import finished_runs
 
-    same = finished(tmp_path, "moco-class-il", 0, ["fabric.threads=1"])
-    assert overrides_of(CONFIG, same) == []  # seed, name, output dir and threads are per-run, not the experiment
-    shortened = finished(tmp_path, "other", 0, ["train.epochs=1", "method.queue_size=1024"])
-    assert sorted(overrides_of(CONFIG, shortened)) == ["method.queue_size=1024", "train.epochs=1"]
-
-
-def test_summary_table_command_reproduces_the_runs(tmp_path, capsys):
-    import summarize_runs
-
-    for seed, acc in ((0, 70.0), (1, 80.0)):
-        finished(tmp_path, "moco-class-il", seed, ["train.epochs=1"], acc)
-    assert summarize_runs.main([str(tmp_path), CONFIG]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| moco-class-il"))
-    assert "75.00 ± 7.07" in row and "2 (0,1)" in row
-    assert row.rstrip(" |").endswith("train.epochs=1`")
+    finished(tmp_path, "moco-class-il", 0, [], 70.0)
+    finished(tmp_path, "moco-class-il", 2, [], 80.0)
+    finished(tmp_path, "moco-class-il-long", 0, [], 90.0)  # another config whose stem starts the same
+    unfinished = finished(tmp_path, "moco-class-il", 1, [])
+    (tmp_path / "moco-class-il-seed1" / "results.json").write_text(json.dumps({**unfinished, "status": "running"}))
+    runs = finished_runs(tmp_path, "moco-class-il")
+    assert sorted(runs) == [0, 2] and [r["metrics"]["linear_probe"]["class_il"]["final_average_accuracy"]
+                                       for _, r in sorted(runs.items())] == [70.0, 80.0]
 
 
-def test_summary_table_gives_seconds_per_run_for_short_runs(tmp_path, capsys):
-    import summarize_runs
+def clop_run(root: Path, name: str, overrides: list[str], linear_probe: float | None) -> dict:
+    """A run of the CLOP grid: its config.yaml (written when a run starts) and, when it finished, its results."""
+    from protosphere.config import dump_config
 
-    finished(tmp_path, "moco-class-il", 0, [])
-    assert summarize_runs.main([str(tmp_path), CONFIG, "--seconds"]) == 0
-    out = capsys.readouterr().out
-    assert "| s/run |" in out and "| 1 (0) | 60.00 ± 0.00 |" in out
-
-
-def test_clop_grid_counts_unfinished_cells_apart(tmp_path, capsys):
-    import summarize_clop_grid
-
-    run = tmp_path / "clop-f0.1-lam1.0-b32-lr0.05"
-    run.mkdir()
-    (run / "results.json").write_text(json.dumps({
-        "accuracy": {"linear_probe": {"class_il": [[40.0]]}},
+    config = load_config(str(CLOP), [*overrides, f"name={name}", f"output_dir={root}"])
+    (root / name).mkdir(parents=True)
+    (root / name / "config.yaml").write_text(dump_config(config))
+    if linear_probe is None:
+        return {"run": name, "log": str(root / f"{name}.log"), "error": "exit status 2"}
+    (root / name / "results.json").write_text(json.dumps({
+        "status": "complete", "accuracy": {"linear_probe": {"class_il": [[linear_probe]]}},
         "neural_collapse": [{"between_class_effective_rank": 3.0, "within_class_effective_rank": 9.0}],
         "timings": {"total_s": 1.0}}))
-    (tmp_path / "clop-f0.1-lam1.0-b32-lr5.log").write_text("still running")
+    return {}
+
+
+def test_clop_grid_reads_the_compare_grid_and_counts_unfinished_cells_apart(tmp_path, capsys):
+    import summarize_clop_grid
+
+    grid = ["method.label_fraction=0.1", "method.lam=1.0", "train.batch_size=32"]
+    finished_cell = clop_run(tmp_path, "a", [*grid, "optimizer.lr=0.05"], 40.0)
+    diverged = clop_run(tmp_path, "b", [*grid, "optimizer.lr=5"], None)
+    (tmp_path / "b.log").write_text("error: The loss became NaN/inf at task 0, step 3")
+    unfinished = clop_run(tmp_path, "c", [*grid, "optimizer.lr=0.5"], None)
+    (tmp_path / "c.log").write_text("error: interrupted")
+    (tmp_path / "compare.json").write_text(json.dumps({
+        "rows": [{"runs": ["a"], "status": ["trained"]}, {"runs": ["b"], "status": ["failed"]},
+                 {"runs": ["c"], "status": ["failed"]}],
+        "failed": [f for f in (finished_cell, diverged, unfinished) if f]}))
     assert summarize_clop_grid.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "collapsed or diverged: 1 of 1 finished cells (1 not finished)" in out  # the probe below 50 %
+    # the probe below 50 % and the diverged run: 2 of 2 finished cells; the interrupted one is not counted
+    assert "collapsed or diverged: 2 of 2 finished cells (1 not finished)" in out
+    assert "| 32 | **40.0<br>rank 3.0 / 9.0** collapsed | — | **NaN** (diverged) |" in out
 
 
 def test_untrained_floor_names_its_overrides_and_is_reproducible(capsys):

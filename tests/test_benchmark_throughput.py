@@ -1,19 +1,9 @@
-"""benchmarks/throughput.py: each method's floor is found by watching its passes, whatever its loss."""
+"""protosphere.bench.throughput: each method's floor is found by watching its passes, whatever its loss."""
 
-from pathlib import Path
-
-import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(autouse=True)
-def benchmarks_on_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
+from protosphere.bench import throughput
 
 
 def test_floor_records_each_methods_own_passes(tmp_path):
-    import throughput
 
     out = tmp_path / "t.txt"
     assert throughput.main(["--dataset", "digits", "--backbone", "mlp", "--batch-size", "8", "--augmentation", "supervised",

@@ -1,10 +1,9 @@
-"""CLI paper cuts: evaluation progress, dataset hints in CLI terms, DomainNet in a config, bench --out and its exit
-status, and keeping only the checkpoints a run needs."""
+"""CLI paper cuts: evaluation progress, dataset hints in CLI terms, DomainNet in a config, bench --out FILE and its
+exit status, and keeping only the checkpoints a run needs."""
 
 from __future__ import annotations
 
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -118,50 +117,67 @@ def test_domainnet_is_selectable_in_a_config(tmp_path):
         protosphere.run(base, name="z", data={"domains": ["clipart", "sketchy"]}, progress=False)
 
 
-FAKE_BENCH = {
-    "throughput.py": """
-        import argparse, sys
-        p = argparse.ArgumentParser(); p.add_argument("--out"); a, _ = p.parse_known_args()
-        open(a.out, "w").write("throughput ok\\n")
-        sys.exit(0)
-    """,
-    "losses.py": """
-        import argparse, sys
-        p = argparse.ArgumentParser(); p.add_argument("--out"); a = p.parse_args()
-        open(a.out, "w").write("ratio 0.9 (target <= 0.67) FAIL\\n")
-        sys.exit(1)
-    """,
-}
+def fake_benchmark(report: str, code: int):
+    """Stands in for a packaged benchmark's ``main(argv)``: writes ``report`` to its --out and returns ``code``."""
+    calls = []
+
+    def main(argv):
+        calls.append(list(argv))
+        Path(argv[argv.index("--out") + 1]).write_text(report)
+        return code
+
+    main.calls = calls
+    return main
 
 
-def fake_benchmarks(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in FAKE_BENCH.items():
-        (folder / name).write_text(textwrap.dedent(text))
-    return folder
+@pytest.fixture
+def fake_benchmarks(monkeypatch):
+    from protosphere.bench import losses, throughput
+
+    fakes = {"throughput": fake_benchmark("throughput ok\n", 0),
+             "losses": fake_benchmark("ratio 0.9 (target <= 0.67) FAIL\n", 1)}
+    monkeypatch.setattr(throughput, "main", fakes["throughput"])
+    monkeypatch.setattr(losses, "main", fakes["losses"])
+    return fakes
 
 
-def test_bench_writes_to_out_and_fails_on_a_missed_target(tmp_path, capsys):
-    scripts = fake_benchmarks(tmp_path / "benchmarks")
-    out = tmp_path / "results"
-    assert cli.main(["bench", "--benchmarks", str(scripts), "--out", str(out)]) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["losses.txt", "throughput-mammoth-protocol.txt",
-                                                     "throughput.txt"]
-    assert "targets missed in losses" in capsys.readouterr().err
-    assert not (scripts / "throughput.txt").exists()  # nothing beside the scripts
-    assert cli.main(["bench", "--benchmarks", str(scripts), "--out", str(out), "--only", "throughput"]) == 0
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
 
 
-def test_bench_never_overwrites_a_tracked_file(tmp_path, capsys):
+def test_bench_writes_only_to_out_and_fails_on_a_missed_target(tmp_path, monkeypatch, capsys, fake_benchmarks):
+    monkeypatch.chdir(tmp_path)
+    source = Path(protosphere.__file__).resolve().parent
+    before = files_under(source)
+    out = tmp_path / "results" / "bench.txt"
+    assert cli.main(["bench", "--out", str(out)]) == 1
+    assert files_under(tmp_path) == {out}  # nothing beside it, no default folder
+    assert files_under(source) == before  # nothing written into the package either
+    assert out.read_text() == "throughput ok\n\nthroughput ok\n\nratio 0.9 (target <= 0.67) FAIL\n"
+    assert len(fake_benchmarks["throughput"].calls) == 2  # batch 256, then the batch-10 Mammoth protocol
+    assert "--batch-size" in fake_benchmarks["throughput"].calls[1]
+    assert "targets missed in python -m protosphere.bench.losses" in capsys.readouterr().err
+    assert cli.main(["bench", "--out", str(out), "--only", "throughput"]) == 0
+    assert out.read_text() == "throughput ok\n\nthroughput ok\n"
+    out.unlink()
+    assert cli.main(["bench", "--only", "throughput"]) == 0  # without --out the reports are only printed
+    assert files_under(tmp_path) == set()
+
+
+def test_bench_never_overwrites_a_tracked_file_or_a_folder(tmp_path, capsys, fake_benchmarks):
     if subprocess.run(["git", "--version"], capture_output=True).returncode != 0:
         pytest.skip("git is not installed")
     repo = tmp_path / "repo"
-    scripts = fake_benchmarks(repo / "benchmarks")
-    (scripts / "losses.txt").write_text("committed reference numbers\n")
+    (repo / "benchmarks").mkdir(parents=True)
+    committed = repo / "benchmarks" / "losses.txt"
+    committed.write_text("committed reference numbers\n")
     git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
-    assert cli.main(["bench", "--benchmarks", str(scripts), "--out", str(scripts)]) == 2
+    assert cli.main(["bench", "--out", str(committed)]) == 2
     assert "tracked by git" in capsys.readouterr().err
-    assert (scripts / "losses.txt").read_text() == "committed reference numbers\n"
+    assert committed.read_text() == "committed reference numbers\n"
+    assert cli.main(["bench", "--out", str(repo / "benchmarks")]) == 2
+    assert "is a folder; pass a file" in capsys.readouterr().err
+    assert fake_benchmarks["throughput"].calls == [] and fake_benchmarks["losses"].calls == []

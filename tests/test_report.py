@@ -13,7 +13,8 @@ from protosphere import runner
 from protosphere.errors import ConfigError, RunError
 from protosphere.metrics.continual import summarize
 from protosphere.report import save_embedding_snapshot, write_report
-from protosphere.report.compare import compare, format_mean_std, mean_std
+from protosphere.report.compare import format_mean_std, mean_std
+from protosphere.sweep import compare
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -36,6 +36,12 @@ def test_report_off_writes_everything_else(tmp_path):
     assert (run_dir / "checkpoints" / "task-1.ckpt").exists()
 
 
+def test_report_off_as_written_on_the_command_line():
+    from protosphere.config import load_config
+
+    assert load_config(None, ["eval.report=off"]).eval.report == "off"  # YAML's `off` is the boolean false
+
+
 def test_report_mode_and_new_defaults_leave_the_fingerprint_alone():
     config = validate_config({"method": {"name": "er"}})
     data = config.model_dump(mode="json")

@@ -12,7 +12,7 @@ import os as _os
 # user set is kept. See protosphere.threads for the thread count itself.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "run", "load_run", "Run"]
 

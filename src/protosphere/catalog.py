@@ -36,9 +36,9 @@ def method_summary(name: str) -> str:
 
 
 def _registry() -> dict:
-    from . import methods
+    from .registry import METHODS
 
-    return methods._REGISTRY
+    return {name: METHODS.get(name) for name in METHODS.names()}
 
 
 def method_summaries() -> list[tuple[str, str]]:
@@ -104,7 +104,8 @@ def config_rows(method: str) -> list[tuple[str, str, str, str]]:
                 walk(optional, f"{prefix}{key}.")
                 continue
             default = method if prefix == "method." and key == "name" else _default(field)
-            kind = _type_text(annotation)
+            registered = next((m.registry for m in field.metadata if hasattr(m, "registry")), None)
+            kind = " | ".join(registered.names()) if registered is not None else _type_text(annotation)
             limits = _constraints(field)
             description = field.description or ("the method (see `protosphere methods`)"
                                                  if prefix == "method." and key == "name" else "")

@@ -106,16 +106,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """Exit status 1 when a run failed (each named with its log on stderr); the table holds the runs that finished."""
     from rich.console import Console
 
-    from .report.compare import compare
+    from .sweep import compare
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
-    compare(args.configs, seeds=args.seeds, out=args.out, overrides=args.overrides, overwrite=args.overwrite,
-            console=console, show_progress=not args.no_progress and console.is_terminal)
-    return 0
+    summary = compare(args.configs, seeds=args.seeds, out=args.out, overrides=args.overrides,
+                      overwrite=args.overwrite, console=console,
+                      show_progress=not args.no_progress and console.is_terminal, grid=args.grid or (),
+                      jobs=args.jobs, markdown=args.markdown)
+    for failure in summary["failed"]:
+        print(f"failed: {failure['run']} ({failure['error']}); log: {failure['log']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 def _split_configs_and_overrides(args) -> None:
@@ -125,63 +130,14 @@ def _split_configs_and_overrides(args) -> None:
     args.overrides = [w for w in words if "=" in w]
 
 
-def _tracked_by_git(path) -> bool:
-    """Whether ``path`` is a file git tracks in the repository around it (False without git or a repository)."""
-    import subprocess
-
-    folder = path.parent if path.parent.exists() else None
-    if folder is None:
-        return False
-    try:
-        done = subprocess.run(["git", "-C", str(folder), "ls-files", "--error-unmatch", path.name],
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
 def cmd_bench(args) -> int:
-    """Run the benchmark scripts of a source checkout; reports go to --out (never over a file git tracks); exit
-    status 1 when a benchmark misses a target."""
-    import runpy
-    from pathlib import Path
+    """Run the packaged benchmarks; reports are printed and, with --out FILE, written there (never over a file git
+    tracks); exit status 1 when a benchmark misses a target."""
+    from .bench import run_benchmarks
 
-    from .errors import RunError
-
-    root = Path(args.benchmarks)
-    scripts = {"throughput": root / "throughput.py", "losses": root / "losses.py"}
-    missing = [str(p) for p in scripts.values() if not p.exists()]
-    if missing:
-        raise RunError(f"Benchmark scripts not found ({', '.join(missing)}); run `protosphere bench` from a source "
-                       f"checkout or pass --benchmarks DIR.")
-    out = Path(args.out)
-    jobs = [("throughput", "throughput.txt", []),
-            ("throughput", "throughput-mammoth-protocol.txt",
-             ["--backbone", "mlp", "--batch-size", "10", "--augmentation", "none", "--methods", "finetune", "er",
-              "der++", "lwf", "--steps", "200"]),
-            ("losses", "losses.txt", [])]
-    jobs = [job for job in jobs if not args.only or job[0] in args.only]
-    targets = [out / name for _, name, _ in jobs]
-    tracked = [str(p) for p in targets if p.exists() and _tracked_by_git(p.resolve())]
-    if tracked:
-        raise RunError(f"bench would overwrite {', '.join(tracked)}, tracked by git (the committed reference "
-                       f"numbers); pass --out to another folder, e.g. --out runs/bench.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"Cannot create the bench output folder {out} ({exc.strerror}); pass a writable --out.") from None
-    failed = []
-    for (name, filename, argv), target in zip(jobs, targets):
-        saved = sys.argv
-        sys.argv = [str(scripts[name]), *argv, "--out", str(target)]
-        try:
-            runpy.run_path(str(scripts[name]), run_name="__main__")
-        except SystemExit as exc:
-            if exc.code not in (0, None):
-                failed.append(f"{name} ({target}, exit status {exc.code})")
-        finally:
-            sys.argv = saved
-        print(f"bench: {target}")
+    failed = run_benchmarks(only=args.only, out=args.out)
+    if args.out:
+        print(f"bench: {args.out}")
     if failed:
         print(f"bench: targets missed in {'; '.join(failed)}", file=sys.stderr)
         return 1
@@ -229,6 +185,27 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _load_plugins(modules: list[str]) -> None:
+    """Import the ``--import`` modules and the installed ``protosphere.plugins`` entry points, so that what they
+    register is known before a config is read."""
+    import os
+
+    from .errors import ConfigError
+    from .registry import load_plugins
+
+    if modules and os.getcwd() not in sys.path:  # as `python -m` does: a module beside the config is found
+        sys.path.insert(0, os.getcwd())
+    try:
+        load_plugins(modules)
+    except ModuleNotFoundError as exc:
+        wanted = next((m for m in modules if exc.name and (m == exc.name or m.startswith(exc.name + "."))), None)
+        if wanted is None:  # a dependency of a plugin is missing: its own traceback says which import failed
+            raise
+        raise ConfigError(f"--import {wanted}: no module named `{exc.name}` on the Python path; give a dotted module "
+                          f"name (not a file path) importable from the current folder or an installed package.") \
+            from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -236,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Prototype contrast on the unit hypersphere: continual learning "
                                                  "with neural-collapse prototypes.")
     parser.add_argument("--version", action="version", version=f"protosphere {__version__}")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import this module first (repeatable), e.g. one that registers a dataset, backbone, "
+                             "augmentation or method; the current folder is searched too")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train and evaluate one config")
     p.add_argument("config", help="YAML config (see configs/)")
@@ -259,16 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per config (default 3)")
     p.add_argument("--out", default=None, help="directory for the runs and compare.{md,json,html} "
                                                "(default: <output_dir of the first config>/compare)")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="also vary a dotted config key over these values (repeatable: the cross product of all "
+                        "grids x configs x seeds; run names add each key and value, e.g. er-200-buffer_size-500-seed0)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train N runs at a time, each a separate single-threaded process logging to <out>/<run>.log "
+                        "(default 1: in this process, with progress bars)")
+    p.add_argument("--markdown", metavar="FILE", default=None,
+                   help="also write the Markdown table, with the command that produced it, to FILE")
     p.add_argument("--overwrite", action="store_true",
                    help="rerun runs in --out that belong to a different config instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("bench", help="throughput (incl. the batch-10 Mammoth protocol) and loss benchmarks")
-    p.add_argument("--benchmarks", default="benchmarks", help="folder holding the benchmark scripts")
     p.add_argument("--only", nargs="+", choices=["throughput", "losses"], help="run only these")
-    p.add_argument("--out", default="runs/bench",
-                   help="folder for the reports (default runs/bench; never a file git tracks, such as the committed "
-                        "benchmarks/*.txt)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="also write the reports, one after the other, to FILE (default: print them only; never a "
+                        "file git tracks, such as the committed benchmarks/*.txt)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("methods", help="every method, one line each, with its paper")
     p.set_defaults(func=cmd_methods)
@@ -293,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         _split_configs_and_overrides(args)
         args.overrides += [e for e in extra if e not in leftover]
     try:
+        _load_plugins(args.imports)
         code = args.func(args)
         if argv is None:  # a command-line process about to exit: skip the garbage collector's passes over every
             import gc     # object of torch & co. at interpreter shut-down (~0.3 s of a short run; benchmarks/

@@ -5,7 +5,12 @@ closest valid key, an ill-typed or out-of-range value with the key, the value an
 raised as :class:`~protosphere.errors.ConfigError`.
 
 Method-specific settings live under ``method:``; the method named by ``method.name`` supplies the schema for the rest of
-that section (see :mod:`protosphere.methods`).
+that section. Methods, datasets, backbones and augmentations are accepted by name from the registries of
+:mod:`protosphere.registry`, so whatever user code registers is a valid value.
+
+A config file may start from another: ``base: fnc2.yaml`` (a path relative to the including file) is read first, then
+the file's own keys are deep-merged on top (mappings merge key by key, any other value replaces the base's). Bases may
+have bases of their own.
 """
 
 from __future__ import annotations
@@ -13,12 +18,30 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import core_schema
 
 from .errors import ConfigError
+from .registry import AUGMENTATIONS, BACKBONES, DATASETS, METHODS, Registry, UnknownNameError
+
+
+class Registered:
+    """Annotation of a ``str`` field whose value must be a name in ``registry`` (checked at validation, so names
+    registered after this module was imported count)."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: str) -> str:
+        if value not in self.registry:
+            raise ValueError(self.registry.unknown(value))
+        return value
 
 
 class Section(BaseModel):
@@ -26,9 +49,8 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: Literal["fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet", "imagenet100",
-                     "domainnet"] = Field("fashion_mnist", description="dataset (`protosphere datasets` shows which "
-                                                                         "are present)")
+    dataset: Annotated[str, Registered(DATASETS)] = Field(
+        "fashion_mnist", description="dataset (`protosphere datasets` shows which are present)")
     domains: list[str] | None = Field(None, description="DomainNet: its domains in task order, one task each "
                                                         "(default: clipart, infograph, painting, quickdraw, real, "
                                                         "sketch); needs scenario.kind=domain_il")
@@ -66,8 +88,7 @@ class ScenarioConfig(Section):
 
 
 class ModelConfig(Section):
-    backbone: Literal["mlp", "small_cnn", "resnet18", "resnet18_reduced"] = Field("small_cnn",
-        description="encoder network")
+    backbone: Annotated[str, Registered(BACKBONES)] = Field("small_cnn", description="encoder network")
     mlp_hidden: list[int] = Field(default_factory=lambda: [100, 100], description="hidden widths of the mlp backbone")
     channels_last: bool = Field(True, description="channels-last memory layout for convolutions (faster)")
     init: Literal["default", "xavier"] = Field(
@@ -91,7 +112,7 @@ class TrainConfig(Section):
     epochs: int = Field(1, ge=1, description="epochs per task")
     first_task_epochs: int | None = Field(None, ge=1, description="epochs of the first task (default: epochs)")
     batch_size: int = Field(32, ge=1, description="global training batch (split across processes under DDP)")
-    augmentation: Literal["none", "supervised", "contrastive"] = Field("supervised",
+    augmentation: Annotated[str, Registered(AUGMENTATIONS)] = Field("supervised",
         description="training augmentation recipe")
     normalize: bool = Field(True, description="normalise inputs by the dataset's mean and std (training and "
                             "evaluation); false keeps pixels in [0, 1], as Mammoth's ToTensor()-only inputs")
@@ -126,6 +147,11 @@ class EvalConfig(Section):
         "inline", description="report.html and plots: written before the run returns (inline), by a low-priority "
         "process started when results.json is written, so the run returns at once (background), or not at all "
         "(off; `protosphere report RUN_DIR` writes them later)")
+
+    @field_validator("report", mode="before")
+    @classmethod
+    def _report_off(cls, value):
+        return "off" if value is False else value  # YAML reads a bare `off` (eval.report=off) as false
 
     @field_validator("corruptions", mode="before")
     @classmethod
@@ -228,8 +254,6 @@ class RunConfig(Section):
     @field_validator("method", mode="before")
     @classmethod
     def _method_schema(cls, value: Any) -> Any:
-        from .methods import method_config_class
-
         if isinstance(value, MethodConfig):
             value = value.model_dump()
         if value is None:
@@ -237,7 +261,11 @@ class RunConfig(Section):
         if not isinstance(value, dict):
             raise ValueError("method must be a mapping with at least `name`")
         name = value.get("name", MethodConfig.model_fields["name"].default)
-        return method_config_class(name).model_validate(value)
+        try:
+            schema = METHODS.get(name).config_class
+        except UnknownNameError as exc:  # not a ValueError: the message names `method.name`, not the whole section
+            raise ConfigError(f"Invalid value for `method.name` (got {name!r}): {exc}") from None
+        return schema.model_validate(value)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -246,8 +274,6 @@ class RunConfig(Section):
 
 def _section_at(model: type[BaseModel], loc: tuple, data: dict) -> type[BaseModel] | None:
     """The pydantic model class that owns the last element of `loc` (following the method's own schema)."""
-    from .methods import method_config_class
-
     current: type[BaseModel] = model
     node: Any = data
     for key in loc[:-1]:
@@ -257,8 +283,8 @@ def _section_at(model: type[BaseModel], loc: tuple, data: dict) -> type[BaseMode
         if current is RunConfig and key == "method":
             name = (node or {}).get("method", {}).get("name", "er") if isinstance(node, dict) else "er"
             try:
-                current = method_config_class(name)
-            except Exception:
+                current = METHODS.get(name).config_class
+            except UnknownNameError:
                 current = MethodConfig
             node = node.get("method") if isinstance(node, dict) else None
             continue
@@ -353,8 +379,7 @@ def section(data: dict, path: list[str], text: str) -> dict:
     return node
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; pass a path to a YAML file (see configs/).")
     try:
@@ -368,6 +393,47 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must be a YAML mapping of sections (data, scenario, method, ...), "
                           f"got a {type(data).__name__}; see configs/ for examples.")
+    return data
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` on top: mappings merge key by key, any other value (lists included) replaces."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping of a YAML config file with its ``base:`` chain resolved (bases first, each file merged on top)."""
+    chain: list[Path] = []
+    path = Path(path)
+    layers = []
+    while True:
+        data = _read_mapping(path)
+        chain.append(path)
+        base = data.pop("base", None)
+        layers.append(data)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"Config file {path}: `base` must be the path of another YAML file (relative to "
+                              f"{path.parent}), got {base!r}.")
+        following = path.parent / base
+        if not following.is_file():
+            raise ConfigError(f"Config file {path}: its base {base} does not exist (looked for {following}); `base` is "
+                              f"a path relative to the including file.")
+        if any(following.resolve() == seen.resolve() for seen in chain):
+            loop = " → ".join(str(p) for p in chain + [following])
+            raise ConfigError(f"Config file {chain[0]} includes itself through `base` ({loop}); remove one of these "
+                              f"`base:` lines.")
+        path = following
+    data: dict = {}
+    for layer in reversed(layers):
+        data = deep_merge(data, layer)
     return data
 
 

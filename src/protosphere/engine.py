@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 
-from . import __version__
 from .config import RunConfig, dump_config
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
 from .errors import ConfigError, RunError
@@ -41,6 +40,7 @@ from .losses._checks import set_validation
 from .methods.base import Method, StepContext, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
+from .version import __version__
 
 CHECKPOINT_VERSION = 1
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from protosphere.errors import ConfigError
+from protosphere.registry import AUGMENTATIONS, UnknownNameError
 
 __all__ = [
     "PRESETS",
@@ -64,8 +65,6 @@ __all__ = [
     "build_augmentation",
     "build_eval_transform",
 ]
-
-PRESETS = ("none", "supervised", "contrastive")
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -408,7 +407,9 @@ def build_augmentation(
     """Build a batched augmentation pipeline; call it as ``aug(x, generator=None)`` on ``(B, channels, H, W)``.
 
     Args:
-        preset: ``"none"``, ``"supervised"`` or ``"contrastive"`` (see the module docstring).
+        preset: ``"none"``, ``"supervised"`` or ``"contrastive"`` (see the module docstring), or a recipe registered
+            in ``protosphere.registry.AUGMENTATIONS``: ``recipe(image_size, channels, **options)`` returns the
+            transforms applied before normalisation.
         image_size: side of the (square) training images; sets the default crop padding.
         channels: 1 (grayscale) or 3 (RGB); selects the colour operations of ``"contrastive"``.
         mean, std: per-channel normalisation statistics.
@@ -424,10 +425,10 @@ def build_augmentation(
         ConfigError: unknown preset or option (closest name suggested), mean/std of the wrong length, bad values.
     """
     key = str(preset).lower()
-    if key not in PRESETS:
-        close = difflib.get_close_matches(key, PRESETS, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(PRESETS)}."
-        raise ConfigError(f"Unknown augmentation preset '{preset}'; {hint}")
+    try:
+        recipe = AUGMENTATIONS.get(key)
+    except UnknownNameError as exc:
+        raise ConfigError(f"Unknown augmentation preset '{preset}': {exc}") from None
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(_OPTIONS), n=1)
@@ -445,28 +446,47 @@ def build_augmentation(
         if t.shape[1] not in (1, channels):
             raise ConfigError(f"Normalisation {name} has {t.shape[1]} values but the data has {channels} channel(s)")
 
-    flip = bool(options.get("flip", True))
-    transforms: list[BatchTransform] = []
-    if key == "supervised":
-        padding = options.get("padding")
-        transforms.append(RandomCrop(image_size // 8 if padding is None else int(padding)))
-        if flip:
-            transforms.append(RandomHorizontalFlip(0.5))
-    elif key == "contrastive":
-        transforms.append(
-            RandomResizedCrop(
-                tuple(options.get("scale", (0.2, 1.0))),
-                tuple(options.get("ratio", (3.0 / 4.0, 4.0 / 3.0))),
-                flip_p=0.5 if flip else 0.0,
-            )
+    return Compose(recipe(image_size, channels, **options), norm if normalize else None, channels=channels,
+                   preset=key)
+
+
+@AUGMENTATIONS.register("none")
+def _no_augmentation(image_size: int, channels: int, **options) -> list[BatchTransform]:
+    """Nothing but the uint8 → float conversion and normalisation (also the evaluation transform)."""
+    return []
+
+
+@AUGMENTATIONS.register("supervised")
+def _supervised(image_size: int, channels: int, **options) -> list[BatchTransform]:
+    """Padded random crop and horizontal flip (the CIFAR recipe of supervised continual learning)."""
+    padding = options.get("padding")
+    transforms: list[BatchTransform] = [RandomCrop(image_size // 8 if padding is None else int(padding))]
+    if options.get("flip", True):
+        transforms.append(RandomHorizontalFlip(0.5))
+    return transforms
+
+
+@AUGMENTATIONS.register("contrastive")
+def _contrastive(image_size: int, channels: int, **options) -> list[BatchTransform]:
+    """SimCLR's recipe: random resized crop with flip, colour jitter, random grayscale (RGB only)."""
+    transforms: list[BatchTransform] = [
+        RandomResizedCrop(
+            tuple(options.get("scale", (0.2, 1.0))),
+            tuple(options.get("ratio", (3.0 / 4.0, 4.0 / 3.0))),
+            flip_p=0.5 if options.get("flip", True) else 0.0,
         )
-        jitter = tuple(float(v) for v in options.get("jitter", (0.4, 0.4, 0.4, 0.1)))
-        if len(jitter) != 4:
-            raise ConfigError(f"jitter must be (brightness, contrast, saturation, hue), got {jitter}")
-        jitter_p = float(options.get("jitter_p", 0.8))
-        if channels == 3:
-            transforms.append(ColorJitter(*jitter, p=jitter_p))
-            transforms.append(RandomGrayscale(float(options.get("grayscale_p", 0.2))))
-        else:
-            transforms.append(ColorJitter(jitter[0], jitter[1], 0.0, 0.0, p=jitter_p))
-    return Compose(transforms, norm if normalize else None, channels=channels, preset=key)
+    ]
+    jitter = tuple(float(v) for v in options.get("jitter", (0.4, 0.4, 0.4, 0.1)))
+    if len(jitter) != 4:
+        raise ConfigError(f"jitter must be (brightness, contrast, saturation, hue), got {jitter}")
+    jitter_p = float(options.get("jitter_p", 0.8))
+    if channels == 3:
+        transforms.append(ColorJitter(*jitter, p=jitter_p))
+        transforms.append(RandomGrayscale(float(options.get("grayscale_p", 0.2))))
+    else:
+        transforms.append(ColorJitter(jitter[0], jitter[1], 0.0, 0.0, p=jitter_p))
+    return transforms
+
+
+PRESETS: tuple[str, ...] = ("none", "supervised", "contrastive")
+"""The built-in presets (``protosphere.registry.AUGMENTATIONS`` holds these and any registered by user code)."""

@@ -11,40 +11,73 @@ from protosphere.data import cifar, image_folder, mnist, tiny_imagenet
 from protosphere.data.base import DatasetStatus, ImageDataset
 from protosphere.data.digits import load_digits
 from protosphere.errors import DatasetError
+from protosphere.registry import DATASETS
 
 __all__ = ["DATASET_NAMES", "load_dataset", "dataset_status", "format_dataset_status"]
 
-DATASET_NAMES: tuple[str, ...] = (
-    "fashion_mnist",
-    "mnist",
-    "digits",
-    "cifar10",
-    "cifar100",
-    "tiny_imagenet",
-    "imagenet100",
-)
+Loader = Callable[..., ImageDataset]  # loader(root, download, *, image_size=None)
 
-# native square size of the datasets whose images are not resized
-_FIXED_SIZE = {"fashion_mnist": 28, "mnist": 28, "digits": 8, "cifar10": 32, "cifar100": 32}
+
+def _native_size(name: str, size: int, load: Callable[[str | os.PathLike | None, bool], ImageDataset]) -> Loader:
+    """A loader for a dataset stored as ``size``×``size`` arrays, which are not resized on loading."""
+
+    def loader(root, download, *, image_size=None):
+        if image_size is not None and image_size != size:
+            raise DatasetError(
+                f"{name} images are {size}×{size} and are not resized on loading, but image_size={image_size!r} was "
+                f"requested; drop the setting (resize in the augmentation instead)."
+            )
+        return load(root, download)
+
+    return loader
+
+
+def _imagenet100(root, download, *, image_size=None):
+    if download:
+        raise DatasetError(f"ImageNet-100 cannot be downloaded automatically; {image_folder.IMAGENET100_HOW}.")
+    return image_folder.load_imagenet100(root, image_size=64 if image_size is None else image_size)
+
+
+def _domainnet(root, download, *, image_size=None):
+    raise DatasetError("DomainNet is loaded per domain, not as one dataset: in a config, data.dataset=domainnet with "
+                       "scenario.kind=domain_il; in Python, protosphere.data.load_domainnet.")
+
+
+_BUILT_IN: dict[str, Loader] = {
+    "fashion_mnist": _native_size("fashion_mnist", 28, mnist.load_fashion_mnist),
+    "mnist": _native_size("mnist", 28, mnist.load_mnist),
+    "digits": _native_size("digits", 8, lambda root, download: load_digits()),
+    "cifar10": _native_size("cifar10", 32, cifar.load_cifar10),
+    "cifar100": _native_size("cifar100", 32, cifar.load_cifar100),
+    "tiny_imagenet": lambda root, download, *, image_size=None: tiny_imagenet.load_tiny_imagenet(
+        root, download, image_size=64 if image_size is None else image_size),
+    "imagenet100": _imagenet100,
+}
+for _name, _loader in _BUILT_IN.items():
+    DATASETS.register(_name, _loader)
+DATASETS.register("domainnet", _domainnet)  # a valid data.dataset; the runner builds its per-domain scenario
+
+DATASET_NAMES: tuple[str, ...] = tuple(_BUILT_IN)
+"""The built-in datasets :func:`load_dataset` loads whole (user datasets join them in ``protosphere.registry.DATASETS``)."""
 
 
 def _normalise(name: str) -> str:
+    known = [n for n in DATASETS.names() if n != "domainnet"]
     if not isinstance(name, str):
-        raise DatasetError(f"a dataset name must be a string, got {name!r}; use one of {', '.join(DATASET_NAMES)}.")
+        raise DatasetError(f"a dataset name must be a string, got {name!r}; use one of {', '.join(known)}.")
     key = name.strip().lower().replace("-", "_")
-    if key not in DATASET_NAMES:
-        close = difflib.get_close_matches(key, DATASET_NAMES, n=1)
+    if key not in DATASETS:
+        close = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        extra = (" (DomainNet is loaded per domain: in a config, data.dataset=domainnet with scenario.kind=domain_il; "
-                 "in Python, protosphere.data.load_domainnet)") if key == "domainnet" else ""
-        raise DatasetError(f"unknown dataset {name!r}{extra}; {hint}known datasets: {', '.join(DATASET_NAMES)}.")
+        raise DatasetError(f"unknown dataset {name!r}; {hint}known datasets: {', '.join(known)}.")
     return key
 
 
 def load_dataset(
     name: str, root: str | os.PathLike | None = None, download: bool = False, *, image_size: int | None = None
 ) -> ImageDataset:
-    """Load dataset ``name`` (one of :data:`DATASET_NAMES`) into memory.
+    """Load dataset ``name`` (one of :data:`DATASET_NAMES`, or any loader registered in
+    ``protosphere.registry.DATASETS``) into memory.
 
     ``root`` restricts the search to that folder (or ``root/<name>/``); without it the dataset is looked for in
     ``$PROTOSPHERE_DATA/<name>/``, system packages and the user cache. ``download=True`` fetches missing
@@ -53,29 +86,7 @@ def load_dataset(
     datasets stored as arrays keep their native size.
     """
     key = _normalise(name)
-    if key in _FIXED_SIZE and image_size is not None and image_size != _FIXED_SIZE[key]:
-        raise DatasetError(
-            f"{key} images are {_FIXED_SIZE[key]}×{_FIXED_SIZE[key]} and are not resized on loading, but image_size="
-            f"{image_size!r} was requested; drop the setting (resize in the augmentation instead)."
-        )
-    size = 64 if image_size is None else image_size
-    if key == "fashion_mnist":
-        return mnist.load_fashion_mnist(root, download)
-    if key == "mnist":
-        return mnist.load_mnist(root, download)
-    if key == "digits":
-        return load_digits()
-    if key == "cifar10":
-        return cifar.load_cifar10(root, download)
-    if key == "cifar100":
-        return cifar.load_cifar100(root, download)
-    if key == "tiny_imagenet":
-        return tiny_imagenet.load_tiny_imagenet(root, download, image_size=size)
-    if key == "imagenet100":
-        if download:
-            raise DatasetError(f"ImageNet-100 cannot be downloaded automatically; {image_folder.IMAGENET100_HOW}.")
-        return image_folder.load_imagenet100(root, image_size=size)
-    raise AssertionError(key)  # unreachable: _normalise admits only DATASET_NAMES
+    return DATASETS.get(key)(root, download, image_size=image_size)
 
 
 def _status(name: str, locate: Callable[[], object], how: str) -> DatasetStatus:

@@ -1,32 +1,23 @@
-"""Methods, one file each; ``register`` adds a method and its settings schema under a name."""
+"""Methods, one file each; each registers its class (and so its settings schema) under a name in
+:data:`protosphere.registry.METHODS`."""
 
 from __future__ import annotations
 
-import difflib
-
 from ..errors import ConfigError
+from ..registry import METHODS, UnknownNameError
 
-_REGISTRY: dict = {}
-
-
-def register(name: str):
-    def decorate(cls):
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
+register = METHODS.register  # ``@register("name")`` on a Method subclass; user code may use it too
 
 
 def method_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return list(METHODS.names())
 
 
 def method_class(name: str):
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), method_names(), n=1, cutoff=0.4)
-        hint = f"did you mean `{close[0]}`?" if close else f"available: {', '.join(method_names())}."
-        raise ConfigError(f"Unknown method `method.name={name}`: {hint}")
-    return _REGISTRY[name]
+    try:
+        return METHODS.get(name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"Invalid value for `method.name` (got {name!r}): {exc}") from None
 
 
 def method_config_class(name: str):

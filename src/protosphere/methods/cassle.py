@@ -27,7 +27,7 @@ from torch import nn
 
 from ..losses import cassle_distill, nt_xent
 from ..models import Predictor
-from . import register
+from ..registry import METHODS
 from .moco import RENAMED_MOCO_STATE, MoCoConfig, symmetric_moco_loss
 from .parts import KeyQueue, MomentumEncoder, clamp_to_task
 from .simclr import SelfSupervisedMethod
@@ -46,7 +46,7 @@ class CaSSLeConfig(PastPredictorConfig):
     distill_weight: float = Field(1.0, ge=0)
 
 
-@register("cassle")
+@METHODS.register("cassle")
 class CaSSLe(SelfSupervisedMethod):
     config_class = CaSSLeConfig
     unused_parameters = True  # the predictor is idle in task 0; DDP must not wait for its gradients

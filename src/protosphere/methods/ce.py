@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from ..config import MethodConfig
-from . import register
+from ..registry import METHODS
 from .base import StepOutput, SupervisedMethod
 
 
@@ -19,7 +19,7 @@ class CEConfig(MethodConfig):
     bias: bool = Field(True, description="give the linear classifier a bias (false: the bias-free classifier of NC)")
 
 
-@register("ce")
+@METHODS.register("ce")
 class CE(SupervisedMethod):
     config_class = CEConfig
 

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from ..losses import clop, nt_xent, supervised_ntxent
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .parts import FixedPrototypes
 from .representation import RepresentationConfig, RepresentationMethod
@@ -56,7 +56,7 @@ class CLOPConfig(RepresentationConfig):
     classifiers: list[CLOPClassifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe"])
 
 
-@register("clop")
+@METHODS.register("clop")
 class CLOP(RepresentationMethod):
     config_class = CLOPConfig
 

@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from ..losses import asymmetric_supcon, ird
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .parts import RepresentationMemory, class_mean_diagnostics
 from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
@@ -39,7 +39,7 @@ class Co2LConfig(ReplayContrastConfig):
     classifiers: list[Classifier] = Field(default_factory=lambda: ["linear_probe", "ncm", "linear_probe_seen"])
 
 
-@register("co2l")
+@METHODS.register("co2l")
 class Co2L(RepresentationMethod):
     config_class = Co2LConfig
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import MethodConfig
-from . import register
+from ..registry import METHODS
 from .base import StepOutput, SupervisedMethod
 from .parts import Replay
 
@@ -22,7 +22,7 @@ class DERppConfig(MethodConfig):
     replay_batch_size: int | None = Field(None, ge=1, description="default: the training batch size")
 
 
-@register("der++")
+@METHODS.register("der++")
 class DERpp(SupervisedMethod):
     config_class = DERppConfig
 

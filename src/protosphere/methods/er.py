@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import MethodConfig
-from . import register
+from ..registry import METHODS
 from .base import StepOutput, SupervisedMethod
 from .parts import Replay
 
@@ -19,7 +19,7 @@ class ERConfig(MethodConfig):
     buffer_policy: str = Field("reservoir", pattern="^(reservoir|class_balanced)$")
 
 
-@register("er")
+@METHODS.register("er")
 class ER(SupervisedMethod):
     config_class = ERConfig
 

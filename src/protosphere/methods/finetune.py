@@ -1,7 +1,7 @@
 """Fine-tuning: plain cross-entropy on each task in turn — the lower bound every continual method must beat."""
 
 from ..config import MethodConfig
-from . import register
+from ..registry import METHODS
 from .base import StepOutput, SupervisedMethod
 
 
@@ -9,7 +9,7 @@ class FinetuneConfig(MethodConfig):
     name: str = "finetune"
 
 
-@register("finetune")
+@METHODS.register("finetune")
 class Finetune(SupervisedMethod):
     config_class = FinetuneConfig
 

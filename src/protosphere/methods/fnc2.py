@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..losses import HSD_SCHEDULES, fnc2, hsd, hsd_alpha, ird, prd
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .parts import FixedPrototypes, RepresentationMemory, class_mean_diagnostics
 from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
@@ -63,7 +63,7 @@ class FNC2Config(ReplayContrastConfig):
         return marks
 
 
-@register("fnc2")
+@METHODS.register("fnc2")
 class FNC2(RepresentationMethod):
     config_class = FNC2Config
 

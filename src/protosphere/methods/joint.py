@@ -1,7 +1,7 @@
 """Joint training: at task t, train on the union of tasks 0..t — the upper bound (non-continual) of a scenario."""
 
 from ..config import MethodConfig
-from . import register
+from ..registry import METHODS
 from .base import StepOutput, SupervisedMethod
 
 
@@ -9,7 +9,7 @@ class JointConfig(MethodConfig):
     name: str = "joint"
 
 
-@register("joint")
+@METHODS.register("joint")
 class Joint(SupervisedMethod):
     config_class = JointConfig
 

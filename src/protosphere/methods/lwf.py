@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import MethodConfig
-from . import register
+from ..registry import METHODS
 from .base import StepOutput, SupervisedMethod
 
 
@@ -19,7 +19,7 @@ class LwFConfig(MethodConfig):
     temperature: float = Field(2.0, gt=0)
 
 
-@register("lwf")
+@METHODS.register("lwf")
 class LwF(SupervisedMethod):
     config_class = LwFConfig
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..losses import moco_infonce
-from . import register
+from ..registry import METHODS
 from .parts import KeyQueue, MomentumEncoder, clamp_to_task, momentum_at  # noqa: F401  (momentum_at: public here)
 from .simclr import SelfSupervisedConfig, SelfSupervisedMethod
 
@@ -53,7 +53,7 @@ RENAMED_MOCO_STATE = {"momentum_backbone.": "momentum_encoder.backbone.",
                       "queue": "queue.keys", "queue_ptr": "queue.ptr"}
 
 
-@register("moco")
+@METHODS.register("moco")
 class MoCo(SelfSupervisedMethod):
     config_class = MoCoConfig
     renamed_state = RENAMED_MOCO_STATE

@@ -37,7 +37,7 @@ from pydantic import Field, model_validator
 from ..errors import ConfigError
 from ..losses import dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
 from ..models.heads import MixtureOfExperts
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .parts import FixedPrototypes, RepresentationMemory, class_mean_diagnostics
 from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
@@ -68,7 +68,7 @@ class NCTConfig(ReplayContrastConfig):
         return self
 
 
-@register("nct")
+@METHODS.register("nct")
 class NCT(RepresentationMethod):
     config_class = NCTConfig
 

@@ -22,7 +22,7 @@ from torch import nn
 from ..config import MethodConfig
 from ..losses import nonl, normface, ntce
 from ..models import ProjectionHead
-from . import register
+from ..registry import METHODS
 from .base import Method, StepOutput
 
 
@@ -74,7 +74,7 @@ class NormFaceConfig(NormalizedConfig):
     name: str = "normface"
 
 
-@register("normface")
+@METHODS.register("normface")
 class NormFace(NormalizedMethod):
     """NormFace: cross-entropy on cosine logits u·Ŵᵀ/τ (Wang et al., "NormFace: L2 hypersphere embedding for face
     verification", ACM MM 2017)."""
@@ -90,7 +90,7 @@ class NTCEConfig(NormalizedConfig):
     name: str = "ntce"
 
 
-@register("ntce")
+@METHODS.register("ntce")
 class NTCE(NormalizedMethod):
     """NTCE: the class weight as anchor, every batch feature a candidate ("Neural Collapse by Design")."""
 
@@ -107,7 +107,7 @@ class NONLConfig(NormalizedConfig):
     bidirectional: bool = False
 
 
-@register("nonl")
+@METHODS.register("nonl")
 class NONL(NormalizedMethod):
     """NONL: NTCE without the positive in the denominator, optionally bidirectional ("Neural Collapse by
     Design")."""

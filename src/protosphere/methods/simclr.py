@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from ..losses import nt_xent
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .representation import Classifier, RepresentationConfig, RepresentationMethod
 
@@ -85,7 +85,7 @@ class SelfSupervisedMethod(RepresentationMethod):
         return data
 
 
-@register("simclr")
+@METHODS.register("simclr")
 class SimCLR(SelfSupervisedMethod):
     config_class = SelfSupervisedConfig
 

@@ -23,7 +23,7 @@ from pydantic import Field
 from ..evaluation import ncm_logits
 from ..geometry import RunningClassMeans
 from ..losses import supcon
-from . import register
+from ..registry import METHODS
 from .base import StepOutput
 from .representation import RepresentationConfig, RepresentationMethod
 
@@ -39,7 +39,7 @@ class SupConConfig(RepresentationConfig):
     classifiers: list[SupConClassifier] = Field(default_factory=lambda: ["class_mean_ema", "ncm", "linear_probe"])
 
 
-@register("supcon")
+@METHODS.register("supcon")
 class SupCon(RepresentationMethod):
     config_class = SupConConfig
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..losses import nt_xent, pnr_moco, pnr_simclr
 from ..models import Predictor
-from . import register
+from ..registry import METHODS
 from .cassle import PastPredictorConfig
 from .moco import RENAMED_MOCO_STATE, symmetric_moco_loss
 from .parts import KeyQueue, MomentumEncoder, clamp_to_task
@@ -46,7 +46,7 @@ class SyConConfig(PastPredictorConfig):
     name: str = "sycon"
 
 
-@register("sycon")
+@METHODS.register("sycon")
 class SyCon(SelfSupervisedMethod):
     config_class = SyConConfig
     unused_parameters = True  # the predictor is idle in task 0; DDP must not wait for its gradients

@@ -3,7 +3,8 @@
 Every backbone maps a float batch ``(B, C, H, W)`` to features ``(B, out_dim)`` and exposes ``out_dim: int``. Heads
 (projection, classifier, prototypes) live in :mod:`protosphere.models.heads`.
 
-Build one by name with :func:`build_backbone`:
+Build one by name with :func:`build_backbone`; the names are those of ``protosphere.registry.BACKBONES``, where user code
+registers its own backbones too:
 
 ====================  =========  ==========================================================================
 name                  out_dim    what it is
@@ -37,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from protosphere.errors import ConfigError
+from protosphere.registry import BACKBONES as REGISTRY, UnknownNameError
 
 __all__ = [
     "BACKBONES",
@@ -205,7 +207,37 @@ class CifarResNet18(_ConvBackbone):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-BACKBONES = ("mlp", "small_cnn", "resnet18", "resnet18_reduced")
+def _checked(name: str, allowed: set[str], min_size: int, make):
+    """The factory of built-in backbone ``name``: ``make(in_channels, image_size, **options)`` after checking sizes
+    and options."""
+
+    def factory(in_channels: int, image_size: int, **kwargs) -> nn.Module:
+        in_channels, image_size = int(in_channels), int(image_size)
+        if in_channels < 1:
+            raise ConfigError(f"Backbone '{name}' needs in_channels ≥ 1, got {in_channels}")
+        if image_size < min_size:
+            raise ConfigError(f"Backbone '{name}' needs image_size ≥ {min_size}, got {image_size}")
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"Backbone '{name}' got unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            )
+        return make(in_channels, image_size, **kwargs)
+
+    return factory
+
+
+_BUILT_IN = {  # name: (options, smallest image side, constructor)
+    "mlp": ({"hidden"}, 1, lambda c, size, **kw: MLP(c * size * size, **kw)),
+    "small_cnn": ({"channels", "strides"}, 8, lambda c, size, **kw: SmallCNN(c, **kw)),
+    "resnet18": ({"nf", "stem_stride"}, 8, lambda c, size, nf=64, **kw: CifarResNet18(c, nf=int(nf), **kw)),
+    "resnet18_reduced": ({"nf", "stem_stride"}, 8, lambda c, size, nf=20, **kw: CifarResNet18(c, nf=int(nf), **kw)),
+}
+for _name, (_allowed, _min_size, _make) in _BUILT_IN.items():
+    REGISTRY.register(_name, _checked(_name, _allowed, _min_size, _make))
+
+BACKBONES: tuple[str, ...] = tuple(_BUILT_IN)
+"""The built-in backbones (``protosphere.registry.BACKBONES`` holds these and any registered by user code)."""
 
 
 INIT_SCHEMES = ("default", "xavier")
@@ -242,7 +274,8 @@ def build_backbone(name: str, in_channels: int, image_size: int, **kwargs) -> nn
     ``(B, out_dim)``.
 
     Args:
-        name: one of ``"mlp"``, ``"small_cnn"``, ``"resnet18"``, ``"resnet18_reduced"``.
+        name: one of ``"mlp"``, ``"small_cnn"``, ``"resnet18"``, ``"resnet18_reduced"``, or a name registered in
+            ``protosphere.registry.BACKBONES`` (whose factory gets ``in_channels``, ``image_size`` and ``**kwargs``).
         in_channels: image channels (1 for (F)MNIST, 3 for colour).
         image_size: height = width of the input (≥ 8 for conv backbones); fixes the MLP's input size.
         **kwargs: ``mlp``: ``hidden`` (sequence of ints, default ``(100, 100)``); ``small_cnn``: ``channels``,
@@ -252,34 +285,11 @@ def build_backbone(name: str, in_channels: int, image_size: int, **kwargs) -> nn
     Raises:
         ConfigError: unknown name (the closest known name is suggested), bad sizes or unknown keyword arguments.
     """
-    key = str(name).lower()
-    if key not in BACKBONES:
-        close = difflib.get_close_matches(key, BACKBONES, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(BACKBONES)}."
-        raise ConfigError(f"Unknown backbone '{name}'; {hint}")
-    in_channels, image_size = int(in_channels), int(image_size)
-    if in_channels < 1:
-        raise ConfigError(f"Backbone '{name}' needs in_channels ≥ 1, got {in_channels}")
-    min_size = 1 if key == "mlp" else 8
-    if image_size < min_size:
-        raise ConfigError(f"Backbone '{name}' needs image_size ≥ {min_size}, got {image_size}")
-    allowed = {
-        "mlp": {"hidden"},
-        "small_cnn": {"channels", "strides"},
-        "resnet18": {"nf", "stem_stride"},
-        "resnet18_reduced": {"nf", "stem_stride"},
-    }[key]
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"Backbone '{name}' got unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
-    if key == "mlp":
-        return MLP(in_channels * image_size * image_size, **kwargs)
-    if key == "small_cnn":
-        return SmallCNN(in_channels, **kwargs)
-    nf = int(kwargs.pop("nf", 64 if key == "resnet18" else 20))
-    return CifarResNet18(in_channels, nf=nf, **kwargs)
+    try:
+        factory = REGISTRY.get(str(name).lower())
+    except UnknownNameError as exc:
+        raise ConfigError(f"Unknown backbone '{name}': {exc}") from None
+    return factory(in_channels, image_size, **kwargs)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -1,18 +1,18 @@
-"""Reports: ``results.json`` → PNG plots and one self-contained ``report.html`` per run; multi-seed comparisons.
+"""Reports: ``results.json`` → PNG plots and one self-contained ``report.html`` per run; multi-seed comparison tables.
 
 * :func:`write_report` — ``runs/<name>/report.html`` + ``runs/<name>/plots/*.png`` (``protosphere report``).
 * :func:`try_write_report` — the same, turning any failure into a warning (used at the end of a run).
 * :func:`save_embedding_snapshot` — ``runs/<name>/embeddings.npz`` for the sphere picture and the prototype–class-mean
   cosine matrix.
-* :func:`compare` — run or reuse configs × seeds and write ``compare.md``/``.json``/``.html``
-  (``protosphere compare``).
+* :mod:`.compare` — the tables of ``protosphere compare`` (mean ± std over seeds, Markdown, console, HTML); the runs
+  behind them are obtained by :mod:`protosphere.sweep`: reports only read results, they never train.
 
 Matplotlib is imported only when a report is written.
 """
 
 from __future__ import annotations
 
-__all__ = ["compare", "load_results", "save_embedding_snapshot", "try_write_report", "write_report"]
+__all__ = ["load_results", "save_embedding_snapshot", "try_write_report", "write_report"]
 
 
 def __getattr__(name: str):
@@ -20,8 +20,4 @@ def __getattr__(name: str):
         from . import html
 
         return getattr(html, name)
-    if name == "compare":
-        from .compare import compare
-
-        return compare
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,25 +1,19 @@
-"""``protosphere compare A.yaml B.yaml ... --seeds N``: configs × seeds, side by side, mean ± std.
+"""The tables of ``protosphere compare``: rows of finished runs → mean ± std columns, Welch's test for the best row, and
+the same table as Markdown, a rich console table and a self-contained HTML page.
 
-For each config and seed s in 0..N−1 the run ``<out>/<stem>-seed<s>`` is reused when its ``results.json`` is complete
-and was produced by the same config (same :func:`~protosphere.engine.config_fingerprint`), resumed when it stopped
-part-way with a checkpoint of the same config, and trained otherwise. The table (rows = configs) is printed with rich
-and written as ``compare.md``, ``compare.json`` and ``compare.html`` (with plots) in ``<out>``.
-
+This module only reads results; :mod:`protosphere.sweep` obtains the runs (reuse, resume or train) and calls it.
 Means and standard deviations are over seeds; the std is the sample standard deviation (n − 1 in the denominator),
-absent for a single seed.
+absent for a single seed. A row some of whose runs failed shows ``(n = k)`` after each value, so a mean over fewer
+seeds is never mistaken for the full one.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
-from ..errors import ConfigError, RunError
 
 SETTINGS = ("class_il", "task_il")
 METRIC_KEYS = ("final_average_accuracy", "average_incremental_accuracy", "average_forgetting", "backward_transfer",
@@ -38,11 +32,12 @@ class Column:
 
 @dataclass
 class Entry:
+    """One row: a config (with its grid values) over seeds; the lists are aligned, one item per seed."""
     path: Path
     label: str
     configs: list = field(default_factory=list)  # RunConfig per seed
-    results: list = field(default_factory=list)  # results dict per seed
-    status: list = field(default_factory=list)  # "reused" | "resumed" | "trained" per seed
+    results: list = field(default_factory=list)  # results dict per seed; None for a run that failed
+    status: list = field(default_factory=list)  # "reused" | "resumed" | "trained" | "failed" per seed
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,6 +61,17 @@ def format_mean_std(stat: dict, digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def classifier_text(row: dict) -> str:
+    """The row's headline classifier, or a dash when none of its runs finished."""
+    return "—" if row["headline_classifier"] is None else str(row["headline_classifier"])
+
+
+def cell_text(stat: dict, seeds: int) -> str:
+    """``format_mean_std``, with ``(n = k)`` when the value stands on fewer than ``seeds`` runs (some failed)."""
+    text = format_mean_std(stat)
+    return text if stat.get("mean") is None or stat["n"] >= seeds else f"{text} (n = {stat['n']})"
+
+
 def metric_value(results: dict, classifier: str | None, setting: str, metric: str) -> float | None:
     classifier = classifier or results.get("headline_classifier")
     return (((results.get("metrics") or {}).get(classifier) or {}).get(setting) or {}).get(metric)
@@ -81,7 +87,9 @@ def seen_curve(results: dict, classifier: str | None = None, setting: str = "cla
 
 
 def build_columns(all_results: Sequence[Sequence[dict]]) -> list[Column]:
-    """Headline-classifier columns, then one class-IL column per classifier of representation methods."""
+    """Headline-classifier columns, then one class-IL column per classifier of representation methods (None stands
+    for a run that failed and is skipped)."""
+    all_results = [[r for r in rs if r is not None] for rs in all_results]
     has_task_il = any("task_il" in (r.get("metrics") or {}).get(r.get("headline_classifier"), {})
                       for rs in all_results for r in rs)
     columns = [Column("headline/class_il/final_average_accuracy", "class-IL final acc", None, "class_il",
@@ -112,25 +120,31 @@ def build_columns(all_results: Sequence[Sequence[dict]]) -> list[Column]:
 def summarize_rows(entries: Sequence[Entry], columns: Sequence[Column]) -> list[dict]:
     rows = []
     for entry in entries:
-        first = entry.results[0]
-        values = {c.key: mean_std([metric_value(r, c.classifier, c.setting, c.metric) for r in entry.results])
-                  for c in columns}
+        finished = [r for r in entry.results if r is not None]
+        first = finished[0] if finished else {}
+        values = {c.key: mean_std([None if r is None else metric_value(r, c.classifier, c.setting, c.metric)
+                                   for r in entry.results]) for c in columns}
         all_metrics: dict = {}
         for classifier in first.get("metrics") or {}:
             for setting in (first["metrics"][classifier] or {}):
                 for metric in METRIC_KEYS:
                     all_metrics.setdefault(classifier, {}).setdefault(setting, {})[metric] = mean_std(
-                        [metric_value(r, classifier, setting, metric) for r in entry.results])
-        curves = [seen_curve(r) for r in entry.results]
+                        [metric_value(r, classifier, setting, metric) for r in finished])
+        curves = [seen_curve(r) for r in finished]
         curve = None
-        if all(c is not None for c in curves) and len({len(c) for c in curves}) == 1:
+        if curves and all(c is not None for c in curves) and len({len(c) for c in curves}) == 1:
             array = np.asarray(curves, dtype=np.float64)
             curve = {"mean": array.mean(0).tolist(),
                      "std": (array.std(0, ddof=1) if len(curves) > 1 else np.zeros(array.shape[1])).tolist()}
+        configs = entry.configs or [None] * len(entry.results)
         rows.append({
-            "label": entry.label, "config": str(entry.path), "method": first.get("method"),
+            "label": entry.label, "config": str(entry.path),
+            "method": first.get("method") or (entry.configs[0].method.name if entry.configs else None),
             "headline_classifier": first.get("headline_classifier"),
-            "runs": [r.get("name") for r in entry.results], "seeds": [r.get("seed") for r in entry.results],
+            "runs": [r.get("name") if r is not None else getattr(c, "name", None)
+                     for r, c in zip(entry.results, configs)],
+            "seeds": [r.get("seed") if r is not None else getattr(c, "seed", None)
+                      for r, c in zip(entry.results, configs)],
             "status": list(entry.status), "values": values, "metrics": all_metrics,
             "class_il_seen_curve": curve,
         })
@@ -189,105 +203,6 @@ BEST_RULE = (f"bold = best mean, only when both it and the runner-up have n ≥ 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# configs and runs
-# ---------------------------------------------------------------------------------------------------------------
-def _labels(paths: Sequence[Path]) -> list[str]:
-    resolved = [p.resolve() for p in paths]
-    if len(set(resolved)) != len(resolved):
-        dup = next(p for p in paths if resolved.count(p.resolve()) > 1)
-        raise ConfigError(f"Config {dup} is given twice; pass each config once (use --seeds for repeats).")
-    labels = [p.stem for p in paths]
-    if len(set(labels)) != len(labels):
-        labels = [f"{p.parent.name}-{p.stem}" if labels.count(p.stem) > 1 else p.stem for p in paths]
-    if len(set(labels)) != len(labels):
-        raise ConfigError("Two configs have the same file name and folder name, so their runs would share a "
-                          "directory; rename one of them.")
-    return labels
-
-
-def scenario_key(config) -> tuple:
-    return (config.data.dataset, config.scenario.kind, config.scenario.num_tasks)
-
-
-def check_same_scenario(paths: Sequence[Path], configs: Sequence) -> None:
-    keys = [scenario_key(c) for c in configs]
-    if len(set(keys)) > 1:
-        described = "; ".join(f"{p}: dataset {k[0]}, {k[1]}, {k[2]} tasks" for p, k in zip(paths, keys))
-        raise ConfigError(f"The configs do not share one scenario ({described}); compare configs with the same "
-                          f"data.dataset, scenario.kind and scenario.num_tasks (override them, e.g. "
-                          f"scenario.num_tasks={keys[0][2]}).")
-
-
-def run_fingerprint(results: dict) -> str | None:
-    """Fingerprint of the config a results.json was produced by (None when it cannot be told)."""
-    from ..config import validate_config
-    from ..engine import config_fingerprint
-
-    if results.get("fingerprint"):
-        return results["fingerprint"]
-    if not isinstance(results.get("config"), dict):
-        return None
-    try:
-        return config_fingerprint(validate_config(results["config"]))
-    except Exception:  # noqa: BLE001 - an older or foreign schema: not reusable
-        return None
-
-
-def reusable_results(run_dir: Path, config) -> dict | None:
-    """The finished results in ``run_dir`` when they were produced by ``config``; None otherwise."""
-    from ..engine import config_fingerprint
-
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(results, dict) or results.get("status") != "complete":
-        return None
-    return results if run_fingerprint(results) == config_fingerprint(config) else None
-
-
-def obtain(config, overwrite: bool, console=None, show_progress: bool = False) -> tuple[dict, str]:
-    """Reuse, resume or train the run of ``config``; returns (results, how)."""
-    from .. import runner
-
-    run_dir = Path(config.output_dir) / config.name
-    found = reusable_results(run_dir, config)
-    if found is not None:
-        return found, "reused"
-    occupied = run_dir.exists() and any(run_dir.iterdir())
-    if occupied and not overwrite:
-        if (run_dir / "results.json").is_file():
-            raise RunError(f"{run_dir} holds a finished run of a different config; pass --overwrite to rerun it "
-                           f"with this one, or choose another --out.")
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
-            try:
-                runner.load_checkpoint(run_dir, config)
-            except RunError:
-                raise RunError(f"{run_dir} holds an unfinished run of a different config (or an unreadable "
-                               f"checkpoint); pass --overwrite to rerun it, or choose another --out.") from None
-            results, _ = runner.run(config, resume=True, console=console, show_progress=show_progress)
-            return results, "resumed"
-        raise RunError(f"{run_dir} exists but holds no results or checkpoint; pass --overwrite to rerun it, or "
-                       f"choose another --out.")
-    results, _ = runner.run(config, overwrite=occupied, console=console, show_progress=show_progress)
-    return results, "trained"
-
-
-def command_line(paths: Sequence[Path], seeds: int, out: Path, overrides: Sequence[str], overwrite: bool) -> str:
-    parts = ["protosphere", "compare", *map(str, paths), "--seeds", str(seeds), "--out", str(out)]
-    if overwrite:
-        parts.append("--overwrite")
-    return shlex.join(parts + list(overrides))
-
-
-def default_out(configs: Sequence) -> Path:
-    return Path(configs[0].output_dir) / "compare"
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # outputs
 # ---------------------------------------------------------------------------------------------------------------
 def to_markdown(summary: dict) -> str:
@@ -302,13 +217,15 @@ def to_markdown(summary: dict) -> str:
     for row in summary["rows"]:
         cells = []
         for c in columns:
-            text = format_mean_std(row["values"][c["key"]])
+            text = cell_text(row["values"][c["key"]], len(summary["seeds"]))
             cells.append(f"**{text}**" if best.get(c["key"]) == row["label"] else text)
-        lines.append("| " + " | ".join([row["label"], str(row["method"]), str(row["headline_classifier"]), *cells])
+        lines.append("| " + " | ".join([row["label"], str(row["method"]), classifier_text(row), *cells])
                      + " |")
     lines += ["", "Command:", "", "```", summary["command"], "```", ""]
     lines += ["Runs: " + "; ".join(f"{row['label']}: " + ", ".join(
         f"{name} ({how})" for name, how in zip(row["runs"], row["status"])) for row in summary["rows"]), ""]
+    if summary.get("failed"):
+        lines += ["Failed: " + "; ".join(f"{f['run']} (log: {f['log']})" for f in summary["failed"]), ""]
     return "\n".join(lines)
 
 
@@ -325,9 +242,9 @@ def rich_table(summary: dict):
     for row in summary["rows"]:
         cells = []
         for c in summary["columns"]:
-            text = format_mean_std(row["values"][c["key"]])
+            text = cell_text(row["values"][c["key"]], len(summary["seeds"]))
             cells.append(f"[bold green]{text}[/]" if summary["best"].get(c["key"]) == row["label"] else text)
-        table.add_row(row["label"], str(row["method"]), str(row["headline_classifier"]), *cells)
+        table.add_row(row["label"], str(row["method"]), classifier_text(row), *cells)
     return table
 
 
@@ -354,7 +271,7 @@ def to_html(summary: dict, out: Path) -> str:
         cells = []
         for c in columns:
             stat = row["values"][c["key"]]
-            text = esc(format_mean_std(stat))
+            text = esc(cell_text(stat, len(summary["seeds"])))
             bold = best.get(c["key"]) == row["label"]
             value = "null" if stat["mean"] is None else repr(stat["mean"])
             std = "null" if stat["std"] is None else repr(stat["std"])
@@ -363,10 +280,12 @@ def to_html(summary: dict, out: Path) -> str:
                    f'(n = {test["n"][0]}, {test["n"][1]})"' if bold and test.get("p") is not None else "")
             cells.append(f'<td data-key="{esc(row["label"] + "|" + c["key"])}" data-mean="{value}" '
                          f'data-std="{std}"{tip}>{"<b>" + text + "</b>" if bold else text}</td>')
-        links = " ".join(f'<a href="{esc(name)}/report.html">s{esc(seed)}</a>'
-                         for name, seed in zip(row["runs"], row["seeds"]))
+        links = " ".join(f'<a href="{esc(name)}/report.html">s{esc(seed)}</a>' if how != "failed" else
+                         f'<a href="{esc(name)}.log">s{esc(seed)} failed</a>'
+                         for name, seed, how in zip(row["runs"], row["seeds"],
+                                                    row.get("status") or [None] * len(row["runs"])))
         body.append(f"<tr><td class=\"l\"><b>{esc(row['label'])}</b></td><td class=\"l\">{esc(row['method'])}</td>"
-                    f"<td class=\"l\">{esc(row['headline_classifier'])}</td>{''.join(cells)}"
+                    f"<td class=\"l\">{esc(classifier_text(row))}</td>{''.join(cells)}"
                     f"<td class=\"l\">{links}</td></tr>")
     parts.append("<table><thead><tr><th class=\"l\">config</th><th class=\"l\">method</th><th class=\"l\">classifier"
                  f"</th>{head}<th class=\"l\">runs</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
@@ -388,68 +307,3 @@ def to_html(summary: dict, out: Path) -> str:
     parts.append("\n".join(figs))
     return page(f"protosphere compare — {summary['scenario']['description']}", "\n".join(parts),
                 footer="Data: <code>compare.json</code>.")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# entry point
-# ---------------------------------------------------------------------------------------------------------------
-def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path | None = None,
-            overrides: Sequence[str] = (), overwrite: bool = False, console=None,
-            show_progress: bool = False) -> dict:
-    """Run or reuse every config × seed, then write ``compare.{md,json,html}`` in ``out``; returns the summary."""
-    from ..config import load_config, plain_name
-    from .html import atomic_write
-
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
-    if not config_paths:
-        raise ConfigError("compare needs at least one config file.")
-    paths = [Path(p) for p in config_paths]
-    labels = _labels(paths)
-    overrides = list(overrides)
-    base = [load_config(p, overrides) for p in paths]
-    check_same_scenario(paths, base)
-    out = Path(out) if out is not None else default_out(base)
-    entries = [Entry(p, label) for p, label in zip(paths, labels)]
-    for entry in entries:
-        for s in range(seeds):
-            name = f"{plain_name(entry.label)}-seed{s}"  # a plain folder name, e.g. for `nct-50+5x10.yaml`
-            entry.configs.append(load_config(entry.path, overrides + [f"seed={s}", f"name={name}",
-                                                                       f"output_dir={out}"]))
-    total, done = seeds * len(entries), 0
-    for entry in entries:
-        for config in entry.configs:
-            done += 1
-            if console is not None:
-                console.print(f"[bold][{done}/{total}][/] {config.name} …")
-            results, how = obtain(config, overwrite, console=console, show_progress=show_progress)
-            entry.results.append(results)
-            entry.status.append(how)
-            if console is not None:
-                fa = metric_value(results, None, "class_il", "final_average_accuracy")
-                console.print(f"[bold][{done}/{total}][/] {config.name}: {how}, class-IL final avg acc "
-                              f"{'n/a' if fa is None else f'{fa:.2f}'}")
-    columns = build_columns([e.results for e in entries])
-    rows = summarize_rows(entries, columns)
-    dataset, kind, num_tasks = scenario_key(base[0])
-    summary = {
-        "command": command_line(paths, seeds, out, overrides, overwrite),
-        "out": str(out),
-        "seeds": list(range(seeds)),
-        "scenario": {"dataset": dataset, "kind": kind, "num_tasks": num_tasks,
-                     "description": f"{dataset}, {kind.replace('_', '-')}, {num_tasks} tasks"},
-        "std": "sample standard deviation over seeds (ddof=1); null for one seed",
-        "columns": [c.__dict__ for c in columns],
-        "rows": rows,
-        "best": best_labels(rows, columns),
-        "best_test": best_test(rows, columns),
-        "best_rule": BEST_RULE,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "compare.json", json.dumps(summary, indent=2))
-    atomic_write(out / "compare.md", to_markdown(summary))
-    atomic_write(out / "compare.html", to_html(summary, out))
-    if console is not None:
-        console.print(rich_table(summary))
-        console.print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.html'}")
-    return summary

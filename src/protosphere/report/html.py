@@ -120,7 +120,7 @@ def figure(path: Path | None, alt: str, caption: str = "") -> str:
 
 def page(title: str, body: str, footer: str = "") -> str:
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    from .. import __version__
+    from ..version import __version__
 
     foot = f"<footer>{footer} Rendered {esc(stamp)} by protosphere {esc(__version__)}.</footer>"
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -1,7 +1,7 @@
 """Loss benchmarks: protosphere's supcon vs pytorch-metric-learning's SupConLoss, and every loss's cost relative to a
 2-view training step of the small CNN.
 
-Run:  OMP_NUM_THREADS=2 python benchmarks/losses.py [--out benchmarks/losses.txt]
+Run:  OMP_NUM_THREADS=2 python -m protosphere.bench.losses [--out FILE]
 
 What is compared (supcon vs PML):
 - PML ``SupConLoss(temperature=0.07)`` L2-normalises inside (CosineSimilarity), masks with N×N float pos/neg masks and
@@ -118,7 +118,7 @@ def peak_memory(which: str, b: int, d: int, device) -> float:
         fn(leaf, labels).backward()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    out = subprocess.run([sys.executable, __file__, "--memory-child", which, str(b), str(d)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "protosphere.bench.losses", "--memory-child", which, str(b), str(d)], capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
 

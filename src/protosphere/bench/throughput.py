@@ -7,7 +7,7 @@ batch without augmentation (1 view) or of the batch twice (2 views), plus the SG
 so that machine load affects all alike; the ratio method/bare is the method's overhead (ER/DER++ also push the replay
 batch through the network, so ~2× the 1-view step is their floor; two-view methods compare with the 2-view step).
 
-    python benchmarks/throughput.py [--batch-size 256] [--steps 20] [--methods er der++ ...] [--out FILE]
+    python -m protosphere.bench.throughput [--batch-size 256] [--steps 20] [--methods er der++ ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -206,7 +206,8 @@ def main(argv=None) -> int:
         f"augmentation {args.augmentation}, median of {args.steps} steps",
         f"# machine: {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
         f"gpu: {env['gpu']}, torch {env['torch']}, python {platform.python_version()}",
-        f"# command: python benchmarks/throughput.py {' '.join(sys.argv[1:])}".rstrip(),
+        f"# command: python -m protosphere.bench.throughput "
+        f"{' '.join(sys.argv[1:] if argv is None else argv)}".rstrip(),
         "# bare = backbone + linear head forward/backward + SGD step on the stream batch (1 view) or on the batch twice "
         "(2 views, what two-view methods push through the network); +past = the 2-view step plus a no-grad forward "
         "of a frozen copy of the backbone on both views (the floor of past-model distillation); img/s counts stream "
