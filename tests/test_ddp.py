@@ -115,7 +115,7 @@ def _step_on_ranks_and_alone(fabric, method, reference, images, labels, ctx):
     from protosphere.distributed import gather_with_grad, shard_rows
 
     rows = shard_rows(torch.arange(len(labels)), fabric.global_rank, fabric.world_size)
-    method.gather = gather_with_grad(fabric)
+    method.install_collectives(gather=gather_with_grad(fabric))
     model = fabric.setup_module(method)
     model.mark_forward_method("training_step")
     out = model.training_step(images[rows], labels[rows], ctx)
@@ -262,7 +262,7 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
         for step in range(n // batch):
             for rank in range(2):
                 for row in shard_rows(order[step * batch : (step + 1) * batch], rank, 2).tolist():
-                    streams[rank].add(task.train_images[row].float().div(255).numpy().tobytes())
+                    streams[rank].add(task.train_images[row].numpy().tobytes())  # buffers keep uint8 images
     assert not streams[0] & streams[1] or len(streams[0] & streams[1]) < 5  # disjoint shards (up to duplicate images)
     buffers = []
     for rank in range(2):

@@ -129,15 +129,21 @@ def test_der_plus_plus_step_is_the_written_loss():
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 6))
     backbone.out_dim = 6
     method = DERpp(DERppConfig(buffer_size=8, alpha=0.3, beta=0.7), backbone, 3, Transforms(lambda x: x, lambda x: x))
-    x1, y1 = torch.rand(8, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    def batch(n):  # as the engine makes batches: uint8 images / 255
+        return torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8).float().div(255)
+
+    x1, y1 = batch(8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     method.training_step(x1, y1, None)  # fills the buffer (8 rows, capacity 8)
     stored = method.buffer.all()
-    assert torch.equal(stored["examples"], x1)
-    x2, y2 = torch.rand(4, 1, 4, 4), torch.tensor([2, 2, 1, 0])
+    assert stored["examples"].dtype == torch.uint8  # kept as the datasets hold images
+    assert torch.equal(stored["examples"].float().div(255), x1)
+    x2, y2 = batch(4), torch.tensor([2, 2, 1, 0])
     before = ReplayBuffer(8)
     before.load_state_dict(method.buffer.state_dict())
     out = method.training_step(x2, y2, None)
     first, second = before.sample(4), before.sample(4)  # the draws the step made, before it stored x2
+    for drawn in (first, second):
+        drawn["examples"] = drawn["examples"].float().div(255)
     f = lambda x: method.classifier(backbone(x))  # noqa: E731
     expected = (torch.nn.functional.cross_entropy(f(x2), y2)
                 + 0.3 * torch.nn.functional.mse_loss(f(first["examples"]), first["logits"])

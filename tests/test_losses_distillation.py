@@ -1,4 +1,5 @@
-"""ird, prd, hsd, hsd_alpha, dr_loss and inverse_frequency_weights against slow per-sample references."""
+"""ird, prd, hsd, hsd_alpha, dr_loss, expert_dr_loss, dr_distill and inverse_frequency_weights against slow per-sample
+references."""
 
 import math
 
@@ -11,7 +12,9 @@ from protosphere.losses import (
     HSDLoss,
     IRDLoss,
     PRDLoss,
+    dr_distill,
     dr_loss,
+    expert_dr_loss,
     hsd,
     hsd_alpha,
     inverse_frequency_weights,
@@ -304,6 +307,69 @@ def test_inverse_frequency_weights():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# NCT's expert DR term and DR distillation
+# ---------------------------------------------------------------------------------------------------------------------
+
+def ref_expert_dr(expert_z, labels, expert_of_class, w):
+    """Per row: the row's own expert (the one of its class), its DR term; the mean over rows."""
+    terms = []
+    for i, y in enumerate(labels.tolist()):
+        own = expert_z[i, int(expert_of_class[y])].double()
+        terms.append(0.5 * (sum(own[j] * w[y, j].double() for j in range(own.shape[0])) - 1) ** 2)
+    return sum(terms) / len(terms)
+
+
+def ref_dr_distill(z, zp, rows):
+    total, count = 0.0, 0.0
+    for i in range(z.shape[0]):
+        m = 1.0 if rows is None else float(rows[i])
+        total = total + m * 0.5 * (sum(z[i, j] * zp[i, j].double() for j in range(z.shape[1])) - 1) ** 2
+        count += m
+    return total / max(1.0, count)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expert_dr_loss_matches_reference(dtype):
+    labels = torch.tensor([0, 3, 1, 2, 3, 0])
+    expert_of_class = torch.tensor([0, 0, 1, 2])  # task 0: classes 0, 1; task 1: class 2; task 2: class 3
+    w = unit(4, 5, seed=1)
+    z = unit(6 * 3, 5, seed=2).reshape(6, 3, 5)
+
+    def flat(fn):
+        return lambda x: fn(x.reshape(6, 3, 5))
+
+    assert_matches(flat(lambda x: expert_dr_loss(x, labels, expert_of_class, w.to(x.dtype))),
+                   flat(lambda x: ref_expert_dr(x, labels, expert_of_class, w)), z.reshape(6, 15), dtype)
+    # only each row's own expert enters: changing another expert's output changes nothing
+    other = z.clone()
+    other[0, 1] = -other[0, 1]
+    assert torch.equal(expert_dr_loss(other, labels, expert_of_class, w), expert_dr_loss(z, labels, expert_of_class, w))
+    # with one expert it is the DR loss
+    torch.testing.assert_close(expert_dr_loss(z[:, :1], labels, torch.zeros(4, dtype=torch.long), w),
+                               dr_loss(z[:, 0], labels, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", [None, [1, 0, 1, 1, 0], [0, 0, 0, 0, 0]])
+def test_dr_distill_matches_reference(dtype, rows):
+    z, zp = unit(5, 4, seed=3), unit(5, 4, seed=4)
+    mask = None if rows is None else torch.tensor(rows, dtype=torch.bool)
+    if rows is not None and not any(rows):
+        assert dr_distill(z.to(dtype), zp.to(dtype), mask).item() == 0.0  # no distilled row
+        return
+    assert_matches(lambda x: dr_distill(x, zp.to(x.dtype), mask), lambda x: ref_dr_distill(x, zp, mask), z, dtype)
+
+
+def test_dr_distill_is_zero_on_the_past_output_and_never_backpropagates_into_it():
+    z = unit(4, 3, seed=5)
+    assert dr_distill(z, z).item() == pytest.approx(0.0, abs=1e-12)
+    assert dr_distill(z, -z).item() == pytest.approx(2.0)  # opposite: ½ (−1 − 1)²
+    zp = unit(4, 3, seed=6).requires_grad_(True)
+    dr_distill(z.clone().requires_grad_(True), zp).backward()
+    assert zp.grad is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -333,6 +399,13 @@ def _bad_calls():
         ("dr weight shape", lambda: dr_loss(z, labels, w, torch.ones(3)), "class_weights"),
         ("dr weight negative", lambda: dr_loss(z, labels, w, torch.tensor([1.0, -1.0])), "non-negative"),
         ("dr weights zero", lambda: dr_loss(z, labels, w, torch.zeros(2)), "sum to 0"),
+        ("expert dr not 3-D", lambda: expert_dr_loss(z, labels, torch.tensor([0, 0]), w), "3-D"),
+        ("expert dr expert map", lambda: expert_dr_loss(z[:, None], labels, torch.tensor([0]), w), "expert_of_class"),
+        ("expert dr expert outside", lambda: expert_dr_loss(z[:, None], labels, torch.tensor([0, 1]), w), "outside"),
+        ("expert dr non-unit", lambda: expert_dr_loss(2 * z[:, None], labels, torch.tensor([0, 0]), w), "unit L2"),
+        ("distill rows", lambda: dr_distill(z, zp[:3]), "rows"),
+        ("distill non-unit", lambda: dr_distill(z, zp * 2), "unit L2 norm"),
+        ("distill mask shape", lambda: dr_distill(z, zp, torch.ones(3)), "mask"),
         ("ifw label outside", lambda: inverse_frequency_weights(torch.tensor([0, 3]), 2), "outside"),
     ]
 

@@ -143,14 +143,14 @@ def test_past_model_taken_at_task_start_and_frozen_during_task(bn):
 def test_co2l_buffer_shrinks_evenly_and_refills_with_previous_task():
     method, data = make_method("co2l", buffer_size=12), tiny_tasks()
     method.begin_task(context(data, 0))
-    assert method.buffer.is_empty()
+    assert method.memory.buffer.is_empty()
     assert method.training_data(context(data, 0))[0] is data[0][0]
     method.begin_task(context(data, 1))
-    assert method.buffer.class_counts() == {0: 6, 1: 6}
-    kept = method.buffer.all()
+    assert method.memory.buffer.class_counts() == {0: 6, 1: 6}
+    kept = method.memory.buffer.all()
     method.begin_task(context(data, 2))
-    assert method.buffer.class_counts() == {0: 3, 1: 3, 2: 3, 3: 3}
-    stored = method.buffer.all()
+    assert method.memory.buffer.class_counts() == {0: 3, 1: 3, 2: 3, 3: 3}
+    stored = method.memory.buffer.all()
     for c in (0, 1):  # the old rows are a subset of what was kept before
         old = {bytes(x.numpy()) for x in kept["examples"][kept["labels"] == c]}
         assert {bytes(x.numpy()) for x in stored["examples"][stored["labels"] == c]} <= old
@@ -162,16 +162,16 @@ def test_co2l_buffer_shrinks_evenly_and_refills_with_previous_task():
     state = method.state_dict()
     fresh = make_method("co2l", buffer_size=12)
     fresh.load_state_dict(state)
-    assert fresh.buffer.class_counts() == method.buffer.class_counts()
+    assert fresh.memory.buffer.class_counts() == method.memory.buffer.class_counts()
 
 
 def test_reservoir_replay_batch_joins_the_stream():
     method, data = make_method("co2l", buffer_size=16, buffer_sampling="reservoir", replay_batch_size=4), tiny_tasks()
     method.begin_task(context(data, 0))
     x, y = data[0][0][:8].float() / 255, data[0][1][:8]
-    assert method.replay(x, y)[0].shape[0] == 8 and len(method.buffer) == 8
-    x2, y2 = method.replay(x, y)
-    assert x2.shape[0] == 12 and len(method.buffer) == 16
+    assert method.memory.join(x, y)[0].shape[0] == 8 and len(method.memory.buffer) == 8
+    x2, y2 = method.memory.join(x, y)
+    assert x2.shape[0] == 12 and len(method.memory.buffer) == 16
     assert torch.allclose(x2[8:] * 255, (x2[8:] * 255).round())  # replayed rows are the stored uint8 images
 
 
@@ -225,7 +225,7 @@ def test_fnc2_prototypes_fixed_buffer_and_memory_free():
     assert "prototypes" in dict(method.named_buffers())
     assert not any(p is method.prototypes for p in method.parameters())
     torch.testing.assert_close(method.prototypes, simplex_etf(K, 8, 0))
-    assert method.buffer is None and "buffer" not in method._tracked
+    assert method.memory.buffer is None and "buffer" not in method.tracked_state()
     for t in range(3):
         ctx = context(data, t)
         method.begin_task(ctx)
@@ -542,15 +542,17 @@ def test_probe_buffer_is_filled_as_a_training_buffer_of_that_size(name, sampling
     probe = make_method(name, buffer_sampling=sampling)
     probe.configure_evaluation(types.SimpleNamespace(probe_buffer_size=8))
     trained = make_method(name, buffer_size=8, buffer_sampling=sampling)
-    assert probe.buffer is None and probe.probe_buffer.capacity == 8 and trained.probe_buffer is None
+    assert probe.memory.buffer is None and probe.memory.probe_buffer.capacity == 8
+    assert trained.memory.probe_buffer is None
     for t in range(3):
         ctx = context(data, t)
         for method in (probe, trained):
             method.begin_task(ctx)
             if sampling == "reservoir":
                 for start in range(0, 20, 5):
-                    method.replay(ctx.train_images[start:start + 5].float().div(255), ctx.train_labels[start:start + 5])
-    stored, expected = probe.probe_buffer.all(), trained.buffer.all()
+                    rows = slice(start, start + 5)
+                    method.memory.join(ctx.train_images[rows].float().div(255), ctx.train_labels[rows])
+    stored, expected = probe.memory.probe_buffer.all(), trained.memory.buffer.all()
     assert torch.equal(stored["labels"], expected["labels"]) and torch.equal(stored["examples"], expected["examples"])
     assert len(stored["labels"]) == 8 and set(stored["labels"].tolist()) <= {0, 1, 2, 3, 4, 5}
 
@@ -567,11 +569,11 @@ def test_probe_buffer_never_enters_representation_training():
         assert images is data[2][0] and labels is data[2][1]
         assert method.evaluation_data(ctx)[1] is data[2][1]  # NCM sees no stored data either
         x, y = images[:8].float().div(255), labels[:8]
-        assert torch.equal(method.replay(x, y)[1], y)
+        assert torch.equal(method.memory.join(x, y)[1], y)
         torch.manual_seed(1)
         losses.append(method.training_step(x, y, step_ctx(2)).loss)
     torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
-    assert method.probe_buffer is not None and len(method.probe_buffer) > 0
+    assert method.memory.probe_buffer is not None and len(method.memory.probe_buffer) > 0
 
 
 def test_memory_free_probe_sees_the_classifier_only_samples():
@@ -582,9 +584,9 @@ def test_memory_free_probe_sees_the_classifier_only_samples():
     torch.manual_seed(0)
     method = make_method("fnc2", classifiers=["linear_probe", "ncm"], probe_epochs=30, probe_lr=0.5)
     method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=None))  # the default: 200
-    assert method.probe_buffer.capacity == 200
+    assert method.memory.probe_buffer.capacity == 200
     ctx, _ = enter_task(method, data, 1)
-    assert sorted(method.probe_buffer.class_counts()) == [0, 1]  # task 0's rows, stored at the start of task 1
+    assert sorted(method.memory.probe_buffer.class_counts()) == [0, 1]  # task 0's rows, stored at the start of task 1
     method.eval()
     method.prepare_evaluation(ctx)
     old_images, old_labels = data[0]
@@ -600,7 +602,7 @@ def test_probe_buffer_size_with_a_training_buffer():
     method = make_method("fnc2", buffer_size=50)
     method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=None))
     method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=50))
-    assert method.probe_buffer is None
+    assert method.memory.probe_buffer is None
     assert "training buffer (50 samples)" in method.classifier_data()["linear_probe"]
     scenario = types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6)
 
@@ -611,9 +613,9 @@ def test_probe_buffer_size_with_a_training_buffer():
         build_method(config(100), scenario)
     # the global sizes are compared: 2 processes keep the Co2L memory whole on each rank (filled from the whole
     # previous task alike), a reservoir memory as halves
-    assert build_method(config(200), scenario, world_size=2).buffer.capacity == 200
+    assert build_method(config(200), scenario, world_size=2).memory.buffer.capacity == 200
     reservoir = config(None).model_copy(deep=True)
     reservoir.method.buffer_sampling = "reservoir"
-    assert build_method(reservoir, scenario, world_size=2).buffer.capacity == 100
-    assert build_method(config(0, buffer=0), scenario).probe_buffer is None
-    assert build_method(config(None, buffer=0), scenario).probe_buffer.capacity == 200
+    assert build_method(reservoir, scenario, world_size=2).memory.buffer.capacity == 100
+    assert build_method(config(0, buffer=0), scenario).memory.probe_buffer is None
+    assert build_method(config(None, buffer=0), scenario).memory.probe_buffer.capacity == 200

@@ -77,17 +77,17 @@ def test_contrastive_steps_use_gather_on_embeddings_and_labels():
     x, y = batch(6)
     twice = lambda t: torch.cat([t, t])  # noqa: E731
     method = build("supcon")
-    method.gather = twice
+    method.install_collectives(gather=twice)
     z = method.embed(torch.cat([x, x]))
     expected = supcon(twice(z), twice(torch.cat([y, y])), temperature=0.1, base_temperature=0.07)
     assert torch.allclose(method.training_step(x, y, STEP).loss, expected)
     assert int(method.running_means.counts.sum()) == 24  # the EMA saw the gathered rows
     method = build("ntce")
-    method.gather = twice
+    method.install_collectives(gather=twice)
     u = method.embed(x)
     assert torch.allclose(method.training_step(x, y, STEP).loss, ntce(twice(u), twice(y), method.weight, 0.2))
     method = build("clop", projection_dim=8)
-    method.gather = twice
+    method.install_collectives(gather=twice)
     z1, z2 = method.embed(torch.cat([x, x])).chunk(2)
     expected = clop(twice(z1), twice(z2), twice(y), method.prototypes) + supervised_ntxent(
         twice(z1), twice(z2), twice(y), temperature=0.5)

@@ -77,7 +77,7 @@ def norm(x):
 
 def ema_keys(method, x1, x2, m):
     """The momentum encoder after this step's EMA update (on copies) and its keys of both views."""
-    mb, mp = copy.deepcopy(method.momentum_backbone), copy.deepcopy(method.momentum_projector)
+    mb, mp = copy.deepcopy(method.momentum_encoder.backbone), copy.deepcopy(method.momentum_encoder.projector)
     online = [*method.backbone.parameters(), *method.projector.parameters()]
     with torch.no_grad():
         for t, o in zip([*mb.parameters(), *mp.parameters()], online):
@@ -101,7 +101,7 @@ def start(method, index):
 @pytest.mark.parametrize("scope", ["local", "global"])
 def test_simclr_step_is_nt_xent_of_the_two_views(scope):
     method = make("simclr", contrast_scope=scope, temperature=0.3)
-    method.gather = lambda t: torch.cat([t, -t.flip(0)])  # a stand-in for rows from other processes
+    method.install_collectives(gather=lambda t: torch.cat([t, -t.flip(0)]))  # a stand-in for rows from other processes
     start(method, 0)
     x, y = batch()
     out = method.training_step(x, y, ctx())
@@ -118,7 +118,7 @@ def test_moco_step_is_symmetric_infonce_then_enqueue():
     with torch.no_grad():
         for p in method.parameters():
             p.add_(0.01 * torch.randn_like(p))  # as after an optimiser step
-    queue_before, ptr_before = method.queue.clone(), int(method.queue_ptr)
+    queue_before, ptr_before = method.queue.keys.clone(), int(method.queue.ptr)
     x, y = batch(7)
     m = momentum_at(2, 10)
     k1, k2, mb = ema_keys(method, x, x.flip(-1), m)
@@ -126,11 +126,11 @@ def test_moco_step_is_symmetric_infonce_then_enqueue():
     q1, q2 = norm(project(method, x)), norm(project(method, x.flip(-1)))
     expected = (moco_infonce(q1, k2, queue_before[1], 0.3) + moco_infonce(q2, k1, queue_before[0], 0.3)) / 2
     torch.testing.assert_close(out.loss, expected)
-    torch.testing.assert_close(method.momentum_backbone.state_dict(), mb.state_dict())
+    torch.testing.assert_close(method.momentum_encoder.backbone.state_dict(), mb.state_dict())
     rows = [(ptr_before + i) % 12 for i in range(B)]
-    torch.testing.assert_close(method.queue[0, rows], k1)
-    torch.testing.assert_close(method.queue[1, rows], k2)
-    assert int(method.queue_ptr) == (ptr_before + B) % 12
+    torch.testing.assert_close(method.queue.keys[0, rows], k1)
+    torch.testing.assert_close(method.queue.keys[1, rows], k2)
+    assert int(method.queue.ptr) == (ptr_before + B) % 12
     out.loss.backward()  # the queue written after the loss must not break backward
 
 
@@ -147,7 +147,7 @@ def test_cassle_step_is_base_plus_distillation_from_task_1(base):
     x, y = batch(3)
     x2 = x.flip(-1)
     if base == "moco":
-        queue = method.queue.clone()
+        queue = method.queue.keys.clone()
         k1, k2, _ = ema_keys(method, x, x2, momentum_at(1, 10))
     out = method.training_step(x, y, ctx(1, task_index=1))
     z1, z2 = project(method, x), project(method, x2)
@@ -173,7 +173,7 @@ def test_sycon_moco_step_from_task_1_is_pnr_on_both_views():
     with torch.no_grad():
         for p in method.backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    queue, past_queue = method.queue.clone(), method.past_queue.clone()
+    queue, past_queue = method.queue.keys.clone(), method.past_queue.keys.clone()
     x, y = batch(5)
     x2 = x.flip(-1)
     k1, k2, _ = ema_keys(method, x, x2, momentum_at(1, 10))
@@ -194,7 +194,7 @@ def test_sycon_moco_step_from_task_1_is_pnr_on_both_views():
 
 def test_sycon_simclr_base_is_nt_xent_then_pnr_simclr():
     method = make("sycon", base="simclr", temperature=0.3, distill_temperature=0.4)
-    assert not hasattr(method, "queue") and not hasattr(method, "momentum_backbone")
+    assert not hasattr(method, "queue") and not hasattr(method, "momentum_encoder")
     start(method, 0)
     x, y = batch(2)
     x2 = x.flip(-1)
@@ -225,7 +225,7 @@ def test_sycon_task_0_is_moco():
             out.loss.backward()
         torch.testing.assert_close([p.grad for p in moco.backbone.parameters()],
                                    [p.grad for p in sycon.backbone.parameters()])
-        torch.testing.assert_close(moco.queue, sycon.queue)
+        torch.testing.assert_close(moco.queue.keys, sycon.queue.keys)
     assert sycon.predictor.net[0].weight.grad is None  # the predictor is idle in task 0
 
 
@@ -242,10 +242,10 @@ def test_momentum_schedule_is_cosine_from_099_to_0999_and_restarts_each_task():
     for s in (0, 5, 9):
         x, y = batch(s)
         method.training_step(x, y, ctx(s, 10))
-        seen.append(method.momentum)
+        seen.append(method.momentum_encoder.momentum)
     start(method, 1)
     method.training_step(*batch(), ctx(0, 10, task_index=1))
-    seen.append(method.momentum)
+    seen.append(method.momentum_encoder.momentum)
     assert seen == pytest.approx([0.99, momentum_at(5, 10), momentum_at(9, 10), 0.99])
     assert 0.9985 < momentum_at(9, 10) < 0.999
 
@@ -253,7 +253,7 @@ def test_momentum_schedule_is_cosine_from_099_to_0999_and_restarts_each_task():
 def test_momentum_encoder_starts_as_a_copy_and_follows_the_ema():
     method = make("moco")
     online = [*method.backbone.parameters(), *method.projector.parameters()]
-    target = [*method.momentum_backbone.parameters(), *method.momentum_projector.parameters()]
+    target = [*method.momentum_encoder.backbone.parameters(), *method.momentum_encoder.projector.parameters()]
     torch.testing.assert_close(online, target)
     assert all(not p.requires_grad for p in target)
     start(method, 0)
@@ -270,17 +270,17 @@ def test_queue_is_fifo_and_the_pointer_wraps():
     method = make("moco", queue_size=12)
     values = torch.arange(2 * 15 * 8, dtype=torch.float).reshape(2, 15, 8)
     for chunk in values.split(5, dim=1):  # 5 does not divide 12: the third write wraps around
-        method.enqueue("queue", chunk)
-    assert int(method.queue_ptr) == 15 % 12
-    torch.testing.assert_close(method.queue[:, :3], values[:, 12:15])  # oldest overwritten first
-    torch.testing.assert_close(method.queue[:, 3:12], values[:, 3:12])
+        method.queue.enqueue(chunk)
+    assert int(method.queue.ptr) == 15 % 12
+    torch.testing.assert_close(method.queue.keys[:, :3], values[:, 12:15])  # oldest overwritten first
+    torch.testing.assert_close(method.queue.keys[:, 3:12], values[:, 3:12])
 
 
 def test_queue_starts_as_random_unit_vectors_and_is_a_buffer():
     method = make("moco", queue_size=12)
-    assert method.queue.shape == (2, 12, 8) and method.queue_ptr.dtype == torch.long
-    torch.testing.assert_close(method.queue.norm(dim=2), torch.ones(2, 12))
-    assert "queue" in dict(method.named_buffers()) and "queue" not in dict(method.named_parameters())
+    assert method.queue.keys.shape == (2, 12, 8) and method.queue.ptr.dtype == torch.long
+    torch.testing.assert_close(method.queue.keys.norm(dim=2), torch.ones(2, 12))
+    assert "queue.keys" in dict(method.named_buffers()) and not any("queue" in n for n, _ in method.named_parameters())
 
 
 def test_queue_larger_than_the_task_is_clamped_with_a_message(caplog):
@@ -288,16 +288,16 @@ def test_queue_larger_than_the_task_is_clamped_with_a_message(caplog):
     angle = 0.05 * torch.arange(64.0)
     marked = torch.zeros(2, 64, 8)
     marked[..., 0], marked[..., 1] = angle.cos(), angle.sin()  # unit rows that tell their index
-    method.queue.copy_(marked)
-    method.queue_ptr.fill_(5)  # most recent rows: 61, 62, 63, 0..4
+    method.queue.keys.copy_(marked)
+    method.queue.ptr.fill_(5)  # most recent rows: 61, 62, 63, 0..4
     method.begin_task(task(0, n=27))  # 27 images, batch 6 → 24 usable
     with caplog.at_level(logging.WARNING):
         method.training_step(*batch(), ctx())
     assert "queue_size 64 exceeds the 27 training images" in caplog.text and "24" in caplog.text
-    assert method.queue.shape == method.past_queue.shape == (2, 24, 8)
+    assert method.queue.keys.shape == method.past_queue.keys.shape == (2, 24, 8)
     kept = marked[:, [i % 64 for i in range(5 - 24, 5)]]
-    torch.testing.assert_close(method.queue[:, B:], kept[:, B:])  # first B rows: this step's keys
-    assert int(method.queue_ptr) == B
+    torch.testing.assert_close(method.queue.keys[:, B:], kept[:, B:])  # first B rows: this step's keys
+    assert int(method.queue.ptr) == B
     caplog.clear()
     method.begin_task(task(1, n=27))
     method.training_step(*batch(), ctx(0, task_index=1))
@@ -307,18 +307,18 @@ def test_queue_larger_than_the_task_is_clamped_with_a_message(caplog):
 def test_past_queue_starts_random_at_task_1_and_is_filled_with_past_projections():
     method = make("sycon", queue_size=12)
     start(method, 0)
-    initial = method.past_queue.clone()
+    initial = method.past_queue.keys.clone()
     advance(method, 2)
-    torch.testing.assert_close(method.past_queue, initial)  # untouched in task 0
+    torch.testing.assert_close(method.past_queue.keys, initial)  # untouched in task 0
     start(method, 1)
-    torch.testing.assert_close(method.past_queue.norm(dim=2), torch.ones(2, 12))
+    torch.testing.assert_close(method.past_queue.keys.norm(dim=2), torch.ones(2, 12))
     x, y = batch(9)
     method.training_step(x, y, ctx(0, task_index=1))
     past = method.snapshot("past")
-    torch.testing.assert_close(method.past_queue[0, :B], norm(past(x)))
-    torch.testing.assert_close(method.past_queue[1, :B], norm(past(x.flip(-1))))
-    torch.testing.assert_close(method.past_queue[:, B:], initial[:, B:])
-    assert int(method.past_queue_ptr) == B
+    torch.testing.assert_close(method.past_queue.keys[0, :B], norm(past(x)))
+    torch.testing.assert_close(method.past_queue.keys[1, :B], norm(past(x.flip(-1))))
+    torch.testing.assert_close(method.past_queue.keys[:, B:], initial[:, B:])
+    assert int(method.past_queue.ptr) == B
 
 
 # --- past model, checkpoints, online classifier ------------------------------------------------------------------
@@ -362,14 +362,15 @@ def test_state_dict_round_trip_keeps_queues_momentum_encoder_and_past_model(name
     state = torch.load(buffer, weights_only=True)
     fresh = make(name, seed=11, queue_size=64)
     fresh.load_state_dict(state)
-    assert fresh.queue.shape == (2, 24, 8)
+    assert fresh.queue.keys.shape == (2, 24, 8)
     for key, value in method.state_dict().items():
         if key != "_extra_state":
             torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
-    torch.testing.assert_close(fresh.momentum_backbone.state_dict(), method.momentum_backbone.state_dict())
+    torch.testing.assert_close(fresh.momentum_encoder.backbone.state_dict(),
+                               method.momentum_encoder.backbone.state_dict())
     if name == "sycon":
         torch.testing.assert_close(fresh.snapshot("past").state_dict(), method.snapshot("past").state_dict())
-        assert int(fresh.past_queue_ptr) == 2 * B
+        assert int(fresh.past_queue.ptr) == 2 * B
     x, y = batch(77)
     torch.testing.assert_close(fresh.training_step(x, y, ctx(2, task_index=1)).loss,
                                method.training_step(x, y, ctx(2, task_index=1)).loss)
@@ -447,4 +448,5 @@ def test_two_task_run_on_digits_reports_linear_probe_and_knn(tmp_path, method):
         assert all(0 <= a <= 100 for a in seen) and sum(seen) / 2 > 25  # ten classes: chance is 10 %
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     if method["name"] != "simclr":
-        assert any(k.startswith("momentum_backbone.") for k in state["method"]) and "queue" in state["method"]
+        assert "queue.keys" in state["method"]
+        assert any(k.startswith("momentum_encoder.backbone.") for k in state["method"])

@@ -247,7 +247,7 @@ class Checkpoints:
         if self.fabric.world_size > 1:  # what differs between ranks: RNG streams and replay buffers
             state["ranks"] = gather_objects(self.fabric, {
                 "rng": rng_state(device),
-                "tracked": {name: obj.state_dict() for name, obj in method._tracked.items()},
+                "tracked": {name: obj.state_dict() for name, obj in method.tracked_state().items()},
             })
         if self.fabric.is_global_zero:
             self.files.save_checkpoint(state, name)
@@ -264,8 +264,8 @@ class Checkpoints:
         own = state["ranks"][self.fabric.global_rank] if state.get("ranks") else None
         if own is not None:
             for name, obj_state in own["tracked"].items():
-                method._tracked[name].load_state_dict(obj_state)
-        for obj in method._tracked.values():  # checkpoints load on the CPU; stored tensors belong on the device
+                method.tracked_state()[name].load_state_dict(obj_state)
+        for obj in method.tracked_state().values():  # checkpoints load on the CPU; stored tensors belong on the device
             data = getattr(obj, "data", None)
             if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
                 obj.data = {key: value.to(device) for key, value in data.items()}
@@ -431,7 +431,7 @@ class Engine:
             if cfg.train.batch_size % world_size:
                 raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be divisible "
                                   f"by the number of processes ({world_size}); use a multiple of {world_size}.")
-            method.gather = gather_with_grad(fabric)
+            method.install_collectives(gather=gather_with_grad(fabric))
             if resume is None and rank > 0:  # independent augmentations per rank (rank 0 keeps the 1-process stream)
                 torch.manual_seed(cfg.seed + 1_000_003 * rank)
         if resume is not None and resume.get("world_size", 1) != world_size:
@@ -439,7 +439,7 @@ class Engine:
                            f"{world_size}; resume with the same fabric.devices and fabric.num_nodes.")
         method = method.to(device)
         if device.type == "cuda":
-            method.synchronize = lambda: torch.cuda.synchronize(device)
+            method.install_collectives(synchronize=lambda: torch.cuda.synchronize(device))
         model = fabric.setup_module(method)
         model.mark_forward_method("training_step")
         return model

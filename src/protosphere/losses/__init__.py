@@ -3,7 +3,7 @@
 from ._checks import set_validation, validation
 from .contrastive import AsymmetricSupConLoss, FNC2Loss, SupConLoss, asymmetric_supcon, fnc2, supcon
 from .distillation import HSD_SCHEDULES, HSDLoss, IRDLoss, PRDLoss, hsd, hsd_alpha, ird, prd
-from .prototype import DRLoss, dr_loss, inverse_frequency_weights
+from .prototype import DRLoss, dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
 from .normalized import (
     CLOPLoss,
     NONLLoss,
@@ -47,6 +47,8 @@ __all__ = [
     "PRDLoss",
     "HSDLoss",
     "dr_loss",
+    "expert_dr_loss",
+    "dr_distill",
     "inverse_frequency_weights",
     "DRLoss",
     "normface",

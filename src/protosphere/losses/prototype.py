@@ -1,4 +1,5 @@
-"""Alignment of features with fixed prototypes: the NC-FSCIL / Neural Collapse Terminus misalignment (DR) loss."""
+"""Alignment of features with fixed prototypes: the NC-FSCIL / Neural Collapse Terminus misalignment (DR) loss, its
+per-expert form and its use as a distillation towards the past model's outputs (NCT)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ._checks import (
     validation_enabled,
 )
 
-__all__ = ["dr_loss", "inverse_frequency_weights", "DRLoss"]
+__all__ = ["dr_loss", "expert_dr_loss", "dr_distill", "inverse_frequency_weights", "DRLoss"]
 
 
 def inverse_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -97,6 +98,73 @@ def dr_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
             raise ValueError(f"{loss}: the class weights of the labels in the batch sum to 0; give present classes "
                              f"a positive weight.")
         return 0.5 * (a * sq).sum() / total
+
+
+def expert_dr_loss(expert_z: torch.Tensor, labels: torch.Tensor, expert_of_class: torch.Tensor,
+                   prototypes: torch.Tensor) -> torch.Tensor:
+    r"""DR loss of each row's own expert (NCT's mixture of experts: expert e is aligned to the prototypes of task e)::
+
+        loss = ½ · (1/N) Σ_i (z_{i, e(y_i)} · w_{y_i} − 1)²      e(k) = expert_of_class[k]
+
+    i.e. :func:`dr_loss` on the rows ``expert_z[i, e(y_i)]``.
+
+    Args:
+        expert_z: (N, E, d) the L2-normalised output of each of the E experts for each row.
+        labels: (N,) integer labels in ``[0, K)``.
+        expert_of_class: (K,) integer index of the expert that owns each class (the task that introduced it); every
+            label's entry must be in ``[0, E)``.
+        prototypes: (K, d) unit-norm prototypes, detached inside.
+
+    Returns:
+        A scalar tensor (float32, or float64 for float64 input).
+    """
+    loss = "expert_dr_loss"
+    if not isinstance(expert_z, torch.Tensor) or expert_z.dim() != 3:
+        shape = tuple(expert_z.shape) if isinstance(expert_z, torch.Tensor) else type(expert_z).__name__
+        raise ValueError(f"{loss}: `expert_z` must be a 3-D tensor (rows, experts, dim), got {shape}.")
+    check_labels(labels, expert_z.shape[0], loss, num_classes=prototypes.shape[0])
+    if not isinstance(expert_of_class, torch.Tensor) or tuple(expert_of_class.shape) != (prototypes.shape[0],):
+        raise ValueError(f"{loss}: `expert_of_class` must be a tensor of shape ({prototypes.shape[0]},) (one expert "
+                         f"index per prototype).")
+    experts = expert_of_class.index_select(0, labels)
+    if validation_enabled() and labels.numel():
+        low, high = int(experts.min()), int(experts.max())
+        if low < 0 or high >= expert_z.shape[1]:
+            raise ValueError(f"{loss}: a label's expert index ({low if low < 0 else high}) is outside the "
+                             f"{expert_z.shape[1]} experts; set expert_of_class for every class in the batch.")
+    own = expert_z[torch.arange(expert_z.shape[0], device=expert_z.device), experts]
+    return dr_loss(own, labels, prototypes)
+
+
+def dr_distill(z: torch.Tensor, z_past: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The DR loss with the past model's output as target (NCT's distillation from the t−1 model)::
+
+        loss = ½ Σ_i m_i (z_i · z̃_i − 1)² / max(1, Σ_i m_i)
+
+    with z̃ the past model's L2-normalised output for the same rows and m_i = 1 for the rows that are distilled
+    (all rows when ``rows`` is None; NCT with a buffer: the rows of old classes). No distilled row gives 0.
+
+    Args:
+        z: (N, d) L2-normalised features of the current model.
+        z_past: (N, d) L2-normalised features of the past model, detached inside.
+        rows: optional (N,) bool or 0/1 mask of the distilled rows.
+
+    Returns:
+        A scalar tensor (float32, or float64 for float64 input).
+    """
+    loss = "dr_distill"
+    check_matrix(z, "z", loss)
+    check_matrix(z_past, "z_past", loss, rows=z.shape[0], dim=z.shape[1])
+    check_unit_rows(z, "z", loss)
+    check_unit_rows(z_past, "z_past", loss)
+    if rows is not None and (not isinstance(rows, torch.Tensor) or tuple(rows.shape) != (z.shape[0],)):
+        raise ValueError(f"{loss}: `rows` must be a mask of shape ({z.shape[0]},) (one entry per row of z).")
+    with autocast_off(z):
+        dtype = compute_dtype(z, z_past)
+        z = z.to(dtype)
+        rows = torch.ones(z.shape[0], dtype=dtype, device=z.device) if rows is None else rows.to(dtype)
+        misalign = ((z * z_past.detach().to(dtype)).sum(1) - 1).square()
+        return 0.5 * (rows * misalign).sum() / rows.sum().clamp_min(1)
 
 
 class DRLoss(nn.Module):

@@ -1,9 +1,12 @@
 """What every method is: a module that turns a batch into a loss, plus hooks at task boundaries.
 
 A method never touches devices, processes or files. The engine hands it batches of images as floats in [0, 1] on the
-training device, a :class:`StepContext` saying where in the run it is, and a ``gather`` function that concatenates a
-tensor across processes with gradients (the identity on one process). Everything a method keeps between steps (replay
-buffer, past model, queues, prototypes) lives in the module, so ``state_dict`` is its whole checkpoint.
+training device, a :class:`StepContext` saying where in the run it is, and, through :meth:`Method.install_collectives`,
+a ``gather`` function that concatenates a tensor across processes with gradients (the identity on one process).
+Everything a method keeps between steps (replay buffer, past model, queues, prototypes) lives in the module, so
+``state_dict`` is its whole checkpoint; what differs between processes (replay buffers) is declared with
+:meth:`Method.track_state` and listed by :meth:`Method.tracked_state`, which the engine saves per process.
+Reusable pieces (replay memory, fixed prototypes, momentum encoder, key queue) are in :mod:`.parts`.
 """
 
 from __future__ import annotations
@@ -93,6 +96,9 @@ class Method(nn.Module):
 
     config_class: type[MethodConfig] = MethodConfig
     unused_parameters: bool = False  # some parameters get no gradient in some steps (see has_unused_parameters)
+    # state_dict keys renamed since checkpoints were first written: old key (or old prefix ending in ".") -> new, so
+    # that earlier checkpoints still load
+    renamed_state: dict[str, str] = {}
 
     @classmethod
     def resolve_config(cls, config: MethodConfig, scenario) -> MethodConfig:
@@ -112,21 +118,41 @@ class Method(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.transforms = transforms
-        self.gather: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
         self.task: TaskContext | None = None
         # kept out of the module tree (so DDP and optimisers never see them) but saved with the state_dict
         self._tracked: dict = {}
         self._snapshot_sources: dict[str, Callable[[], nn.Module]] = {}
         self._snapshots: dict[str, nn.Module] = {}
-        # seconds spent fitting each classifier in the last prepare_evaluation (see fit_timer); the engine sets
-        # `synchronize` so that asynchronous devices are timed to completion
+        # seconds spent fitting each classifier in the last prepare_evaluation (see fit_timer)
         self.fit_seconds: dict[str, float] = {}
-        self.synchronize: Callable[[], None] = lambda: None
+        self.install_collectives(gather=lambda tensor: tensor, synchronize=lambda: None)
+
+    def install_collectives(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                            synchronize: Callable[[], None] | None = None) -> None:
+        """How the engine connects the method to its processes and device (the only way it does).
+
+        ``gather(tensor)`` concatenates a tensor's rows across processes with gradients (the identity on one
+        process; :func:`protosphere.distributed.gather_with_grad` under DDP); ``synchronize()`` waits until the
+        device has finished queued work, so that :meth:`fit_timer` times asynchronous devices to completion. An
+        argument left at None keeps what is installed."""
+        if gather is not None:
+            self.gather = gather
+        if synchronize is not None:
+            self.synchronize = synchronize
 
     # state kept outside parameters -----------------------------------------------------------------------------
     def track_state(self, name: str, obj) -> None:
-        """Save ``obj`` (anything with state_dict/load_state_dict, e.g. a replay buffer) with the method."""
-        self._tracked[name] = obj
+        """Save ``obj`` (anything with state_dict/load_state_dict, e.g. a replay buffer) with the method, under
+        ``name``; None forgets what was tracked under that name. Tracked state is kept per process under DDP."""
+        if obj is None:
+            self._tracked.pop(name, None)
+        else:
+            self._tracked[name] = obj
+
+    def tracked_state(self) -> dict:
+        """Name → object of the state declared with :meth:`track_state`, in declaration order (a copy): what the
+        engine checkpoints for every process and restores onto the training device."""
+        return dict(self._tracked)
 
     def register_snapshot(self, name: str, source: Callable[[], nn.Module], train_mode_bn: bool = False) -> None:
         """Declare a frozen copy (e.g. the past model) that :meth:`take_snapshot` refreshes from ``source()``."""
@@ -152,6 +178,13 @@ class Method(nn.Module):
         self._snapshots = {}
         for name, module_state in state["snapshots"].items():
             self.take_snapshot(name).load_state_dict(module_state)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self.renamed_state.items():
+            for key in [k for k in state_dict if k == prefix + old or (old.endswith(".") and
+                                                                      k.startswith(prefix + old))]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)

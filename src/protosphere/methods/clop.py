@@ -3,7 +3,7 @@ Contrastive Learning with Orthonormal Prototypes (CLOP)", arXiv 2403.18699).
 
 Two views ``z1, z2`` (normalised projections, gathered over processes) of each image; the loss is
 ``clop(z1, z2, y, A, lam) + partner``, where A (K, projection_dim) are fixed orthonormal prototypes of the whole label
-space (a buffer from :func:`protosphere.geometry.orthonormal_prototypes`, so ``projection_dim ≥ K``) and the partner
+space (:class:`~protosphere.methods.parts.FixedPrototypes`, ``orthonormal``, so ``projection_dim ≥ K``) and the partner
 is CLOP's :func:`~protosphere.losses.supervised_ntxent` (default) or SimCLR's :func:`~protosphere.losses.nt_xent`.
 
 Label fraction (a method-level transform, no scenario option): with ``label_fraction < 1`` a deterministic,
@@ -18,10 +18,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..geometry import orthonormal_prototypes
 from ..losses import clop, nt_xent, supervised_ntxent
 from ..registry import METHODS
 from .base import StepOutput
+from .parts import FixedPrototypes
 from .representation import RepresentationConfig, RepresentationMethod
 
 CLOPClassifier = Literal["nearest_prototype", "ncm", "linear_probe", "knn"]
@@ -62,9 +62,7 @@ class CLOP(RepresentationMethod):
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        del self.prototypes  # a plain attribute in the base; here a buffer that follows the device
-        self.register_buffer("prototypes", orthonormal_prototypes(num_classes, config.projection_dim,
-                                                                  seed=config.prototype_seed))
+        FixedPrototypes("orthonormal", config.prototype_seed).attach(self, num_classes, config.projection_dim)
 
     def labelled(self, task) -> torch.Tensor:
         """Mask of the task's training rows that keep their label (on the labels' device)."""

@@ -20,16 +20,16 @@ sees stored data, and the linear probe — the headline, as in the paper — is 
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from ..geometry import simplex_etf
 from ..losses import HSD_SCHEDULES, fnc2, hsd, hsd_alpha, ird, prd
 from ..registry import METHODS
 from .base import StepOutput
-from .co2l import ReplayContrastConfig, ReplayContrastMethod
-from .representation import Classifier
+from .parts import FixedPrototypes, RepresentationMemory, class_mean_diagnostics
+from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
 
 
 class FNC2Config(ReplayContrastConfig):
@@ -64,7 +64,7 @@ class FNC2Config(ReplayContrastConfig):
 
 
 @METHODS.register("fnc2")
-class FNC2(ReplayContrastMethod):
+class FNC2(RepresentationMethod):
     config_class = FNC2Config
 
     @classmethod
@@ -73,8 +73,12 @@ class FNC2(ReplayContrastMethod):
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        del self.prototypes  # the base's plain attribute becomes a fixed buffer (saved, moved, never trained)
-        self.register_buffer("prototypes", simplex_etf(num_classes, config.projection_dim, config.etf_seed))
+        self.memory = RepresentationMemory(self.track_state, config.buffer_size, config.buffer_sampling,
+                                           config.replay_batch_size)
+        self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector),
+                               train_mode_bn=config.past_model_bn == "train")
+        self.register_buffer("learned_means", torch.zeros(num_classes, config.projection_dim))
+        FixedPrototypes("simplex_etf", config.etf_seed).attach(self, num_classes, config.projection_dim)
         hidden, dim = config.distill_predictor_hidden, config.projection_dim
         self.distill_predictor = None if hidden is None else nn.Sequential(
             nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
@@ -83,9 +87,18 @@ class FNC2(ReplayContrastMethod):
     def uses_past_model(self):
         return self.config.distillation != "none" and self.config.hsd_weight > 0
 
+    def begin_task(self, task):
+        super().begin_task(task)
+        if task.index > 0 and self.uses_past_model:
+            self.take_snapshot("past")
+
+    @torch.no_grad()
+    def past_embed(self, views):
+        return F.normalize(self.snapshot("past")(views), dim=1)
+
     def training_step(self, images, labels, step):
         cfg, task = self.config, self.task
-        x, y = self.replay(images, labels)
+        x, y = self.memory.join(images, labels)
         views = self.two_views(x)
         z, y2 = self.gather(self.embed(views)), self.gather(y.repeat(2))
         previous = task.previous_classes if cfg.old_prototypes_as_negatives else []
@@ -110,3 +123,6 @@ class FNC2(ReplayContrastMethod):
             loss = loss + cfg.hsd_weight * distill
             terms[cfg.distillation] = distill.detach()
         return StepOutput(loss, terms)
+
+    def diagnostics(self, task):
+        return class_mean_diagnostics(self, task, self.learned_means)

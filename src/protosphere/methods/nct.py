@@ -6,23 +6,25 @@ later classes already own their prototype). With z the L2-normalised projection 
 sample unless ``views: 2``)::
 
     loss = head_weight · head(z)                           head = dr_loss(z, y, ETF, c) or CE(z·ETFᵀ/τ, y)
-         + distill_weight · ½ mean_i (z_i·z_past_i − 1)²   from task 1 on: the DR loss with the t−1 model's
-                                                            normalised output as target (old-class rows when a
-                                                            buffer exists, all rows otherwise)
+         + distill_weight · dr_distill(z, z_past, m)       from task 1 on: ½ mean_i m_i (z_i·z_past_i − 1)², the DR
+                                                            loss with the t−1 model's normalised output as target
+                                                            (m: old-class rows when a buffer exists, all rows
+                                                            otherwise)
 
 defaults head_weight 10, distill_weight 50 (NC-FSCIL / NCT). ``classifier: learnable`` replaces the fixed ETF with
 a trained cosine classifier (K × d rows from a seeded random start, renormalised in the loss; needs
 ``head_loss: ce``), everything else equal: the learnable-classifier baseline of NCT's claim. ``class_balanced``: c_k = 1/N_k over the (gathered)
 batch (:func:`~protosphere.losses.inverse_frequency_weights`). ``mixture_of_experts``: the projector is a
 :class:`~protosphere.models.heads.MixtureOfExperts` with one expert per task and a learned gate; besides the mixed
-output, each row's own-task expert is aligned to its prototype (``+ head_weight · expert_weight · dr_loss``). All
+output, each row's own-task expert is aligned to its prototype (``+ head_weight · expert_weight · expert_dr_loss``). All
 ``num_experts`` experts (default: the scenario's number of tasks, filled in by :meth:`NCT.resolve_config`) exist from
 the start and task t uses the first t+1: the gate's softmax runs over those, the later experts are neither evaluated
 nor trained, and their gate rows stay at zero until their task — the same numbers as adding one expert and one zero
 gate row per task, but with a parameter set fixed before ``fabric.setup_module``, so DDP synchronises every expert
 (with find-unused-parameters on, as the idle experts get no gradient) and checkpoints always have one structure. The
 past model's output is the t−1 model's mixture over its first t experts.
-Buffer, past model and evaluation as in :mod:`~protosphere.methods.co2l` (memory-free by default).
+Buffer (:class:`~protosphere.methods.parts.RepresentationMemory`), past model and evaluation as in
+:mod:`~protosphere.methods.co2l` (memory-free by default).
 """
 
 from typing import Literal
@@ -33,13 +35,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError
-from ..geometry import simplex_etf
-from ..losses import dr_loss, inverse_frequency_weights
+from ..losses import dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
 from ..models.heads import MixtureOfExperts
 from ..registry import METHODS
 from .base import StepOutput
-from .co2l import ReplayContrastConfig, ReplayContrastMethod
-from .representation import Classifier
+from .parts import FixedPrototypes, RepresentationMemory, class_mean_diagnostics
+from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
 
 
 class NCTConfig(ReplayContrastConfig):
@@ -68,18 +69,22 @@ class NCTConfig(ReplayContrastConfig):
 
 
 @METHODS.register("nct")
-class NCT(ReplayContrastMethod):
+class NCT(RepresentationMethod):
     config_class = NCTConfig
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        del self.prototypes
+        self.memory = RepresentationMemory(self.track_state, config.buffer_size, config.buffer_sampling,
+                                           config.replay_batch_size)
+        self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector),
+                               train_mode_bn=config.past_model_bn == "train")
+        self.register_buffer("learned_means", torch.zeros(num_classes, config.projection_dim))
         if config.classifier == "learnable":
             start = torch.randn(num_classes, config.projection_dim,
                                 generator=torch.Generator().manual_seed(config.etf_seed))
             self.prototypes = nn.Parameter(F.normalize(start, dim=1))
         else:
-            self.register_buffer("prototypes", simplex_etf(num_classes, config.projection_dim, config.etf_seed))
+            FixedPrototypes("simplex_etf", config.etf_seed).attach(self, num_classes, config.projection_dim)
         self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
         if config.mixture_of_experts:
             if config.num_experts is None:
@@ -98,24 +103,22 @@ class NCT(ReplayContrastMethod):
     def has_unused_parameters(cls, config):
         return config.mixture_of_experts  # the experts of later tasks idle until their task
 
-    @property
-    def uses_past_model(self):
-        return self.config.distill_weight > 0
-
     def begin_task(self, task):
         moe = self.projector if self.config.mixture_of_experts else None
         if moe is not None and task.index >= moe.num_experts:
             raise ConfigError(f"nct: task {task.index + 1} needs expert {task.index + 1} but method.num_experts is "
                               f"{moe.num_experts}; leave num_experts unset (one per task) or raise it.")
         self.class_task[list(task.classes)] = task.index
-        super().begin_task(task)  # the past-model snapshot keeps the t−1 model's t active experts
+        super().begin_task(task)
+        if task.index > 0 and self.config.distill_weight > 0:
+            self.take_snapshot("past")  # the t−1 model with its t active experts
         if moe is not None:
             moe.active = task.index + 1
 
     @torch.no_grad()
     def past_embed(self, views):
         if not self.config.mixture_of_experts:
-            return super().past_embed(views)
+            return F.normalize(self.snapshot("past")(views), dim=1)
         backbone, moe = self.snapshot("past")  # the t−1 model: its first t experts and gate rows
         return F.normalize(moe(backbone(views), active=self.task.index), dim=1)
 
@@ -130,7 +133,7 @@ class NCT(ReplayContrastMethod):
 
     def training_step(self, images, labels, step):
         cfg = self.config
-        x, y = self.replay(images, labels)
+        x, y = self.memory.join(images, labels)
         views = self.two_views(x) if cfg.views == 2 else self.transforms.train(x)
         y = y.repeat(cfg.views)
         h = self.backbone(views)
@@ -141,16 +144,17 @@ class NCT(ReplayContrastMethod):
         head = self.head(zg, yg, weights)
         loss, terms = cfg.head_weight * head, {cfg.head_loss: head.detach()}
         if mixed is not None:
-            own = F.normalize(mixed.experts[torch.arange(len(y), device=y.device), self.class_task[y]], dim=1)
-            expert = dr_loss(own, y, self.prototypes)
+            expert = expert_dr_loss(F.normalize(mixed.experts, dim=2), y, self.class_task, self.prototypes)
             loss = loss + cfg.head_weight * cfg.expert_weight * expert
             terms["expert_dr"] = expert.detach()
-        if self.snapshot("past") is not None and self.uses_past_model:
-            rows = torch.ones_like(y, dtype=z.dtype)
-            if self.buffer is not None:
-                rows = torch.isin(y, torch.tensor(self.task.previous_classes, device=y.device)).to(z.dtype)
-            misalign = ((z * self.past_embed(views)).sum(1) - 1).square()
-            distill = 0.5 * (rows * misalign).sum() / rows.sum().clamp_min(1)
+        if self.snapshot("past") is not None and cfg.distill_weight > 0:
+            old_rows = None  # with a buffer only the old classes' rows are distilled
+            if self.memory.buffer is not None:
+                old_rows = torch.isin(y, torch.tensor(self.task.previous_classes, device=y.device))
+            distill = dr_distill(z, self.past_embed(views), old_rows)
             loss = loss + cfg.distill_weight * distill
             terms["distill"] = distill.detach()
         return StepOutput(loss, terms)
+
+    def diagnostics(self, task):
+        return class_mean_diagnostics(self, task, self.learned_means)

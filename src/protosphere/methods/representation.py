@@ -14,7 +14,9 @@ classifiers fitted on frozen features after each task (two-stage evaluation):
   (the CaSSLe/PNR linear-evaluation protocol), reported beside the honest ones;
 * ``knn`` — weighted k-nearest neighbours on cosine similarity (for self-supervised runs).
 
-``evaluation_data`` says which stored data a classifier may use; subclasses with a buffer add its rows.
+``evaluation_data`` says which stored data a classifier may use. A method that stores data sets ``self.memory`` to a
+:class:`~protosphere.methods.parts.RepresentationMemory` (co2l, fnc2, nct): its rows then join the training data,
+the evaluation data and the linear probe's data as that memory says.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..data.scenarios import model_input
 from ..evaluation import extract_features, fit_linear_probe, knn_logits, ncm_logits, nearest_prototype_logits
 from ..models import ProjectionHead
 from .base import Method, TaskContext
+from .parts import RepresentationMemory
 
 Classifier = Literal["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen", "knn"]
 
@@ -49,6 +52,16 @@ class RepresentationConfig(MethodConfig):
     knn_temperature: float = Field(0.07, gt=0)
 
 
+class ReplayContrastConfig(RepresentationConfig):
+    """Settings of the methods with a :class:`~protosphere.methods.parts.RepresentationMemory` and a past model
+    (``co2l``, ``fnc2``, ``nct``)."""
+
+    buffer_size: int = Field(0, ge=0, description="0 = memory-free")
+    buffer_sampling: Literal["co2l", "reservoir", "class_balanced"] = "co2l"
+    replay_batch_size: int | None = Field(None, ge=1, description="reservoir/class_balanced; default: batch size")
+    past_model_bn: Literal["eval", "train"] = "eval"
+
+
 class RepresentationMethod(Method):
     config_class = RepresentationConfig
 
@@ -58,7 +71,9 @@ class RepresentationMethod(Method):
         self.projector = ProjectionHead(backbone.out_dim, hidden, config.projection_dim,
                                         batch_norm=config.projection_batch_norm)
         self.register_buffer("class_means", torch.zeros(num_classes, backbone.out_dim))
-        self.prototypes: torch.Tensor | None = None
+        # fixed prototypes, when a method has them (FixedPrototypes.attach); the nearest-prototype classifier reads them
+        self.register_buffer("prototypes", None)
+        self.memory: RepresentationMemory | None = None  # stored data, when a method keeps some
         self._fitted: dict = {}  # the linear probe, refitted after every task; not part of the trained model
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -74,15 +89,33 @@ class RepresentationMethod(Method):
         """Two independent augmentations stacked as ``cat(view1, view2)`` (2B, C, H, W)."""
         return torch.cat([self.transforms.train(images), self.transforms.train(images)])
 
+    # stored data ------------------------------------------------------------------------------------------------
+    def configure_evaluation(self, evaluation) -> None:
+        if self.memory is not None:
+            self.memory.configure_evaluation(evaluation)
+
+    def begin_task(self, task: TaskContext) -> None:
+        super().begin_task(task)
+        if self.memory is not None:
+            self.memory.begin_task(task)
+
+    def training_data(self, task: TaskContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.memory is not None:
+            return self.memory.training_data(task)
+        return super().training_data(task)
+
     # evaluation -------------------------------------------------------------------------------------------------
     def evaluation_data(self, task: TaskContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (uint8) and labels the classifiers may be fitted on after ``task``: its training data by default."""
+        """Images (uint8) and labels the classifiers may be fitted on after ``task``: its training data by default
+        (followed by the memory's training buffer, when there is one)."""
+        if self.memory is not None:
+            return self.memory.evaluation_data(task)
         return task.train_images, task.train_labels
 
     def classifier_only_rows(self, task: TaskContext) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Stored (images, labels) that only the linear probe sees, after the evaluation data (a memory-free run's
         classifier-only buffer); None by default."""
-        return None
+        return self.memory.classifier_only_rows() if self.memory is not None else None
 
     def classifier_data(self) -> dict[str, str]:
         """Which data each classifier was fitted on, in words (results.json, console summary, report)."""
@@ -92,6 +125,7 @@ class RepresentationMethod(Method):
             "linear_probe": "the current task's training data",
             "linear_probe_seen": "the training data of every task seen so far (not a continual classifier)",
             "knn": "the current task's training data",
+            **(self.memory.describe() if self.memory is not None else {}),
         }
 
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

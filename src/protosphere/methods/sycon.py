@@ -29,13 +29,17 @@ The predictor takes no part in task 0, so under ``fabric.strategy=ddp`` the runn
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..losses import nt_xent, pnr_moco, pnr_simclr
+from ..models import Predictor
 from ..registry import METHODS
-from .cassle import PastPredictorConfig, PastPredictorMethod
+from .cassle import PastPredictorConfig
+from .moco import RENAMED_MOCO_STATE, symmetric_moco_loss
+from .parts import KeyQueue, MomentumEncoder, clamp_to_task
+from .simclr import SelfSupervisedMethod
 
 
 class SyConConfig(PastPredictorConfig):
@@ -43,13 +47,30 @@ class SyConConfig(PastPredictorConfig):
 
 
 @METHODS.register("sycon")
-class SyCon(PastPredictorMethod):
+class SyCon(SelfSupervisedMethod):
     config_class = SyConConfig
+    unused_parameters = True  # the predictor is idle in task 0; DDP must not wait for its gradients
+    renamed_state = {**RENAMED_MOCO_STATE, "past_queue": "past_queue.keys", "past_queue_ptr": "past_queue.ptr"}
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
+        self.queues: list[KeyQueue] = []
         if config.base == "moco":
-            self.add_queue("past_queue")
+            self.momentum_encoder = MomentumEncoder(self.backbone, self.projector, config.base_momentum,
+                                                    config.final_momentum)
+            self.queue = KeyQueue(config.queue_size, config.projection_dim, clamp=config.clamp_queue)
+        self.predictor = Predictor(config.projection_dim, config.predictor_hidden)
+        self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector))
+        if config.base == "moco":  # the past model's projections, with the key queue's shape
+            self.past_queue = KeyQueue(config.queue_size, config.projection_dim, clamp=config.clamp_queue)
+            self.queues = [self.queue, self.past_queue]
+
+    def begin_task(self, task):
+        super().begin_task(task)
+        for queue in self.queues:
+            queue.begin_task(len(task.train_labels))
+        if task.index > 0:
+            self.take_snapshot("past")
 
     def training_step(self, images, labels, step):
         cfg, views = self.config, self.views(images)
@@ -66,14 +87,17 @@ class SyCon(PastPredictorMethod):
                 return self.finish(loss, {"nt_xent": loss.detach()}, h, labels)
             loss = pnr_simclr(*self.scope(*q, *p, *f), temperature=cfg.distill_temperature)
             return self.finish(loss, {"pnr": loss.detach()}, h, labels)
-        k, keys = self.momentum_keys(views, step)
+        self.momentum_encoder.update(step, self.backbone, self.projector)
+        k = [self.momentum_encoder(x) for x in views]
+        keys = torch.stack([self.gather(v) for v in k])
+        clamp_to_task(self.queues, keys.shape[1], cfg.name, self.task)
         if past is None:
-            loss = self.moco_loss(q, k)
-            self.enqueue("queue", keys)
+            loss = symmetric_moco_loss(q, k, self.queue.read(), cfg.temperature)
+            self.queue.enqueue(keys)
             return self.finish(loss, {"moco": loss.detach()}, h, labels)
-        queue, past_queue = self.queue.clone(), self.past_queue.clone()
+        queue, past_queue = self.queue.read(), self.past_queue.read()
         loss = 0.5 * sum(pnr_moco(q[v], k[1 - v], p[v], f[v], torch.cat([queue[1 - v], past_queue[1 - v]]),
                                   cfg.temperature, cfg.distill_temperature) for v in (0, 1))
-        self.enqueue("queue", keys)
-        self.enqueue("past_queue", torch.stack([self.gather(f[0]), self.gather(f[1])]))
+        self.queue.enqueue(keys)
+        self.past_queue.enqueue(torch.stack([self.gather(f[0]), self.gather(f[1])]))
         return self.finish(loss, {"pnr": loss.detach()}, h, labels)
