@@ -1,5 +1,7 @@
 """protosphere.bench.throughput: each method's floor is found by watching its passes, whatever its loss."""
 
+import re
+
 from protosphere.bench import throughput
 
 
@@ -14,3 +16,7 @@ def test_floor_records_each_methods_own_passes(tmp_path):
     assert rows["lwf"].endswith("  aug 8 + 8 + 8 no-grad")  # + the past model on the same batch
     co2l = rows["co2l"].split("  ")[-1]
     assert co2l.count("aug 8") == 2 and "16 + 16 no-grad" in co2l  # two views, then the past model on both
+    # its heads: the trained projector on both views, then the past projector without a graph
+    assert re.search(r"; heads ProjectionHead 16×(\d+) \+ ProjectionHead 16×\1 no-grad$", co2l), co2l
+    assert "heads" not in rows["finetune"]  # a linear classifier is not a head network
+

@@ -29,9 +29,12 @@ from protosphere.data import load_dataset
 from protosphere.data.scenarios import build_scenario, model_input
 from protosphere.engine import environment, train_step
 from protosphere.methods import method_names
+from protosphere.models.heads import MixtureOfExperts, Predictor, ProjectionHead
 from protosphere.methods.base import StepContext, TaskContext
 from protosphere.optim import build_optimizer
 from protosphere.runner import build_method
+
+HEADS = (ProjectionHead, Predictor, MixtureOfExperts)  # the networks a method puts on top of its backbone
 
 DEFAULT_METHOD_SETTINGS = {
     "er": {"buffer_size": 500},
@@ -96,14 +99,19 @@ def bench_method(name: str, scenario, args, device) -> dict:
     # step (the trained backbone on each view, a past model, a momentum encoder), recorded by a global forward hook
     # with its rows, whether it builds a graph, and its mode; replayed with a linear head and SGD on the bare backbone
     calls: list[tuple[str, int, bool, bool]] = []
+    # and every pass through one of its heads (projector, predictor, their past and momentum copies): the module, its
+    # input shape, whether it builds a graph and its mode; replayed on copies of those heads
+    head_calls: list[tuple[torch.nn.Module, tuple, bool, bool]] = []
     augment = method.transforms.train
 
     def record(module, inputs, output):
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
         if type(module) is type(method.backbone):
-            grad = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
             calls.append(("net", inputs[0].shape[0], grad, module.training))
         elif module is augment and args.augmentation != "none":  # the views themselves: augmenting is unavoidable too
             calls.append(("aug", inputs[0].shape[0], False, False))
+        elif isinstance(module, HEADS):
+            head_calls.append((module, tuple(inputs[0].shape), grad, module.training))
 
     x0, y0 = next(batches(second, args.batch_size, 1, seed=3))
     handle = torch.nn.modules.module.register_module_forward_hook(record)
@@ -115,6 +123,30 @@ def bench_method(name: str, scenario, args, device) -> dict:
     out.loss.backward()
     optimizer.zero_grad()
     frozen_backbone = copy.deepcopy(method.backbone).requires_grad_(False)
+    # a head inside another head (an expert of a mixture) ran as part of the outer pass: count the outer one only
+    inner = {id(sub) for module, *_ in head_calls for sub in module.modules() if sub is not module}
+    head_calls = [call for call in head_calls if id(call[0]) not in inner]
+    head_copies = {id(m): copy.deepcopy(m).requires_grad_(grad) for m, _, grad, _ in head_calls}
+    head_params = [p for m in head_copies.values() for p in m.parameters() if p.requires_grad]
+    head_optimizer = torch.optim.SGD(head_params, lr=1e-6, momentum=0.9) if head_params else None
+    head_inputs = [torch.randn(shape, device=device, requires_grad=grad) for _, shape, grad, _ in head_calls]
+
+    def heads_step():
+        """The head passes of one step on copies of the heads: forward with or without a graph, backward through every
+        graph (into the head's input too, as when it sits on the backbone), SGD on the trained heads."""
+        loss = None
+        for (module, _, grad, training), x in zip(head_calls, head_inputs):
+            head = head_copies[id(module)].train(training)
+            with torch.set_grad_enabled(grad):
+                output = head(x)
+            output = output[0] if isinstance(output, tuple) else output
+            if grad:
+                term = output.float().square().mean()
+                loss = term if loss is None else loss + term
+        if loss is not None:
+            head_optimizer.zero_grad()
+            loss.backward()
+            head_optimizer.step()
 
     def floor_step(x, y):
         outputs = []
@@ -136,10 +168,14 @@ def bench_method(name: str, scenario, args, device) -> dict:
         loss.backward()
         bare_optimizer.step()
 
+    def floor_heads_step(x, y):
+        floor_step(x, y)
+        heads_step()
+
     def method_step(x, y, i):
         train_step(method, optimizer, x, y, StepContext(1, 0, i, total, i))
 
-    bare_times, bare2_times, past_times, floor_times, method_times = [], [], [], [], []
+    bare_times, bare2_times, past_times, floor_times, heads_times, method_times = [], [], [], [], [], []
     data = list(batches(second, args.batch_size, args.steps + args.warmup, seed=2))
     for i, (x, y) in enumerate(data):
         t0 = time.perf_counter()
@@ -151,20 +187,27 @@ def bench_method(name: str, scenario, args, device) -> dict:
         t3 = time.perf_counter()
         floor_step(x, y)
         t4 = time.perf_counter()
-        method_step(x, y, i)
+        floor_heads_step(x, y)
         t5 = time.perf_counter()
+        method_step(x, y, i)
+        t6 = time.perf_counter()
         if i >= args.warmup:
             bare_times.append(t1 - t0)
             bare2_times.append(t2 - t1)
             past_times.append(t3 - t2)
             floor_times.append(t4 - t3)
-            method_times.append(t5 - t4)
-    bare, bare2, past, floor, meth = (statistics.median(t) for t in (bare_times, bare2_times, past_times, floor_times,
-                                                                     method_times))
+            heads_times.append(t5 - t4)
+            method_times.append(t6 - t5)
+    bare, bare2, past, floor, heads, meth = (statistics.median(t) for t in (bare_times, bare2_times, past_times,
+                                                                            floor_times, heads_times, method_times))
     passes = " + ".join(f"{'aug ' if kind == 'aug' else ''}{rows}{'' if grad or kind == 'aug' else ' no-grad'}"
                         for kind, rows, grad, _ in calls)
+    if head_calls:
+        passes += "; heads " + " + ".join(f"{type(m).__name__} {shape[0]}×{shape[1]}{'' if grad else ' no-grad'}"
+                                          for m, shape, grad, _ in head_calls)
     return {"method": name, "bare_img_s": args.batch_size / bare, "bare2_img_s": args.batch_size / bare2,
             "past_img_s": args.batch_size / past, "floor_img_s": args.batch_size / floor,
+            "heads_img_s": args.batch_size / heads, "ratio_heads": meth / heads,
             "method_img_s": args.batch_size / meth, "ratio": meth / bare, "ratio2": meth / bare2,
             "ratio_past": meth / past, "ratio_floor": meth / floor, "passes": passes}
 
@@ -201,15 +244,20 @@ def main(argv=None) -> int:
         "class during one step (trained backbone per view, past model, momentum encoder; rows listed under 'passes', "
         "no-grad = without a graph) and on its augmentation ('aug' rows), replayed on the bare backbone with a linear "
         "head and SGD; whatever the method adds above it (heads, losses, queues, buffer) is the 'vs floor' ratio",
-        f"{'method':<12} {'bare 1-view':>12} {'bare 2-view':>12} {'2-view+past':>12} {'floor':>9} {'method':>9} "
-        f"{'vs 1-view':>10} {'vs 2-view':>10} {'vs +past':>9} {'vs floor':>9}  passes",
+        "# +heads = the floor plus every pass through the method's heads (projector, predictor, mixture of experts, "
+        "and their past/momentum copies), recorded the same way and replayed on copies of those heads (forward, "
+        "backward into their input, SGD); the heads are part of each method's architecture as its paper defines it, "
+        "so what remains above +heads (losses, queues, buffers, bookkeeping) is the 'vs +heads' ratio",
+        f"{'method':<12} {'bare 1-view':>12} {'bare 2-view':>12} {'2-view+past':>12} {'floor':>9} {'+heads':>9} "
+        f"{'method':>9} {'vs 1-view':>10} {'vs 2-view':>10} {'vs +past':>9} {'vs floor':>9} {'vs +heads':>10}  passes",
     ]
     print("\n".join(lines), flush=True)
     for name in names:
         row = bench_method(name, scenario, args, device)
         line = (f"{row['method']:<12} {row['bare_img_s']:>12,.0f} {row['bare2_img_s']:>12,.0f} "
-                f"{row['past_img_s']:>12,.0f} {row['floor_img_s']:>9,.0f} {row['method_img_s']:>9,.0f} "
-                f"{row['ratio']:>10.2f} {row['ratio2']:>10.2f} {row['ratio_past']:>9.2f} {row['ratio_floor']:>9.2f}  "
+                f"{row['past_img_s']:>12,.0f} {row['floor_img_s']:>9,.0f} {row['heads_img_s']:>9,.0f} "
+                f"{row['method_img_s']:>9,.0f} {row['ratio']:>10.2f} {row['ratio2']:>10.2f} {row['ratio_past']:>9.2f} "
+                f"{row['ratio_floor']:>9.2f} {row['ratio_heads']:>10.2f}  "
                 f"{row['passes']}")
         print(line, flush=True)
         lines.append(line)
