@@ -1,0 +1,61 @@
+"""The long-schedule summaries (benchmarks/nc_long.py, benchmarks/seeds_table.py) on real tiny runs: their cells are
+the runs' own numbers, averaged over seeds."""
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from protosphere.config import validate_config
+from protosphere.runner import run
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def benchmarks_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+def tiny_run(root: Path, name: str, seed: int, tasks: int, epochs: int, per_epoch: bool) -> dict:
+    config = validate_config({
+        "output_dir": str(root), "name": name, "seed": seed, "data": {"dataset": "digits"},
+        "scenario": {"num_tasks": tasks}, "model": {"backbone": "mlp"}, "method": {"name": "finetune"},
+        "train": {"epochs": epochs, "batch_size": 64, "augmentation": "none"},
+        "eval": {"report": "off", "per_epoch": per_epoch, "embeddings": False}, "fabric": {"threads": 1},
+    })
+    return run(config, show_progress=False)[0]
+
+
+def test_seeds_table_averages_each_classifier_over_seeds(tmp_path, capsys):
+    import seeds_table
+
+    results = [tiny_run(tmp_path, f"ft-s{seed}", seed, 2, 1, False) for seed in (0, 1)]
+    assert seeds_table.main([str(tmp_path), "ft", "missing"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("| ft | head"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    values = [r["metrics"]["head"]["class_il"]["final_average_accuracy"] for r in results]
+    assert cells[2] == f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    assert cells[-1] == "0,1"
+    assert any("| missing | (no finished run)" in line for line in lines)
+
+
+def test_nc_long_reads_per_epoch_curves_and_first_epochs(tmp_path):
+    import nc_long
+
+    ce = tiny_run(tmp_path, "base-s0", 0, 1, 3, True)
+    other = tiny_run(tmp_path, "other-s0", 0, 1, 3, True)
+    lines = nc_long.summary(tmp_path, {"base": "base", "other": "other"}, "base")
+    row = next(line for line in lines if line.startswith("| other | head"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2] == f"{other['metrics']['head']['class_il']['final_average_accuracy']:.2f}"
+    assert cells[4] == "3"  # epochs evaluated
+    assert cells[5] == f"{other['neural_collapse'][-1]['nc1']:.3f}"
+    # the first epoch at which 'other' reaches base's final nc1, computed by hand from the per-epoch entries
+    target = ce["per_epoch"][-1]["neural_collapse"]["nc1"]
+    curve = [e["neural_collapse"]["nc1"] for e in other["per_epoch"]]
+    first = next((i + 1 for i, v in enumerate(curve) if v <= target), None)
+    reach = next(line for line in lines if line.startswith("| other |") and "head" not in line
+                 and line.count("|") == 8)
+    assert reach.split("|")[2].strip().startswith("—" if first is None else str(first))
