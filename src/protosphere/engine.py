@@ -339,7 +339,6 @@ class Engine:
         self.console = console
         self.show_progress = show_progress and fabric is not None and fabric.is_global_zero
         self.files = RunDir(self.run_dir)
-        self.checkpoint_dir = self.files.checkpoints
         self.write_embeddings = write_embeddings
         self.progress: RunProgress | None = None
         self.log: MetricsLog | None = None
