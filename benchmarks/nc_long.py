@@ -10,7 +10,8 @@ Columns: the headline classifier's class-IL accuracy and every other classifier 
 means beside its linear probe); the NC metrics after the last epoch (DESIGN §6, test features; every one of them is
 0 at full collapse); "moving" = the relative change of each metric over the last 10 % of epochs (a run whose metrics
 still move by more than a few % has not converged); "first epoch ≤ CE" = per seed, the first epoch at which the
-metric is at or below the same seed's final CE value, and that epoch as a share of CE's epochs.
+metric is at or below the same seed's final CE value, and that epoch as a share of CE's epochs; when the runs
+evaluated corruptions (``eval.corruptions``), their clean and corrupted error and the mCE against CE.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+from summarize_nc import corruption_rows
 
 METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
 CURVE_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 50)
@@ -92,6 +95,8 @@ def summary(runs: Path, names: dict[str, str], baseline: str) -> list[str]:
             changes = []
             for r in seeds.values():
                 curve = curve_of(r)
+                if len(curve) < 2:  # one evaluated epoch has no change to measure
+                    continue
                 k = max(1, len(curve) // 10)
                 start, end = curve[-k - 1], curve[-1]
                 changes.append(100 * (end - start) / abs(start) if start else float("nan"))
@@ -118,6 +123,10 @@ def summary(runs: Path, names: dict[str, str], baseline: str) -> list[str]:
                 share = f" ({100 * statistics.mean(shares):.0f} %)" if shares and len(shares) == len(firsts) else ""
                 cells.append(",".join(firsts) + share)
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    corruptions = corruption_rows(data, base)
+    if corruptions:
+        lines += ["", "Corruptions after the last epoch (8 types × 5 severities, headline classifier; mCE = mean over "
+                  f"corruptions of 100 · Σ_s E_s / Σ_s E_s^{baseline}, paired by seed):", "", *corruptions]
     lines += ["", "Over epochs (headline classifier; mean ± std over seeds):", "",
               "| run | metric | " + " | ".join(f"epoch {e}" for e in CURVE_EPOCHS) + " |",
               "|---|---|" + "---|" * len(CURVE_EPOCHS)]

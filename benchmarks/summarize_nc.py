@@ -86,11 +86,16 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
 
 
 def corruption_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> list[str]:
+    return corruption_rows({stem: load_runs(runs, stem) for stem in stems}, baseline)
+
+
+def corruption_rows(runs_by_label: dict[str, dict[int, dict]], baseline: dict[int, dict]) -> list[str]:
+    """Clean and corrupted error of each label's headline classifier and its mCE against ``baseline`` (paired by
+    seed); ``runs_by_label`` maps a row label to ``{seed: results}``. No run with corruptions: no table."""
     lines = ["| run | classifier | clean error (%) | mean corrupted error (%) | mCE vs CE (%) | seeds |",
              "|---|---|---|---|---|---|"]
-    for stem in stems:
-        by_seed = load_runs(runs, stem)
-        if not by_seed or not any("corruptions" in r for r in by_seed.values()):
+    for stem, by_seed in runs_by_label.items():
+        if not by_seed or not any(r.get("corruptions") for r in by_seed.values()):
             continue
         first = by_seed[min(by_seed)]
         classifier = first["headline_classifier"]

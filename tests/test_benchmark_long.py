@@ -17,12 +17,13 @@ def benchmarks_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
 
 
-def tiny_run(root: Path, name: str, seed: int, tasks: int, epochs: int, per_epoch: bool) -> dict:
+def tiny_run(root: Path, name: str, seed: int, tasks: int, epochs: int, per_epoch: bool, **eval_options) -> dict:
     config = validate_config({
         "output_dir": str(root), "name": name, "seed": seed, "data": {"dataset": "digits"},
         "scenario": {"num_tasks": tasks}, "model": {"backbone": "mlp"}, "method": {"name": "finetune"},
         "train": {"epochs": epochs, "batch_size": 64, "augmentation": "none"},
-        "eval": {"report": "off", "per_epoch": per_epoch, "embeddings": False}, "fabric": {"threads": 1},
+        "eval": {"report": "off", "per_epoch": per_epoch, "embeddings": False, **eval_options},
+        "fabric": {"threads": 1},
     })
     return run(config, show_progress=False)[0]
 
@@ -59,3 +60,23 @@ def test_nc_long_reads_per_epoch_curves_and_first_epochs(tmp_path):
     reach = next(line for line in lines if line.startswith("| other |") and "head" not in line
                  and line.count("|") == 8)
     assert reach.split("|")[2].strip().startswith("—" if first is None else str(first))
+
+
+def test_nc_long_scores_corruptions_against_the_baseline_of_the_same_seed(tmp_path):
+    import nc_long
+
+    from protosphere.data.corruptions import mean_corruption_error
+
+    corrupt = {"corruptions": ["gaussian_noise", "contrast"], "corruption_severities": [1, 5]}
+    base = tiny_run(tmp_path, "base-s0", 0, 1, 2, True, **corrupt)
+    other = tiny_run(tmp_path, "other-s0", 0, 1, 1, True, **corrupt)
+    lines = nc_long.summary(tmp_path, {"base": "base", "other": "other"}, "base")
+    start = next(i for i, line in enumerate(lines) if line.startswith("Corruptions after the last epoch"))
+    row = next(line for line in lines[start:] if line.startswith("| other | head"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    errors = {k: v for k, v in other["corruptions"]["head"].items() if isinstance(v, list)}
+    base_errors = {k: base["corruptions"]["head"][k] for k in errors}
+    assert cells[2] == f"{100 - other['accuracy']['head']['class_il'][-1][0]:.2f}"
+    assert cells[3] == f"{statistics.mean(e for v in errors.values() for e in v):.2f}"
+    assert cells[4] == f"{mean_corruption_error(errors, base_errors):.2f}"
+    assert next(line for line in lines[start:] if line.startswith("| base | head")).split("|")[5].strip() == "100.00"
