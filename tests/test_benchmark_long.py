@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from protosphere.config import validate_config
 from protosphere.runner import run
@@ -80,3 +81,36 @@ def test_nc_long_scores_corruptions_against_the_baseline_of_the_same_seed(tmp_pa
     assert cells[3] == f"{statistics.mean(e for v in errors.values() for e in v):.2f}"
     assert cells[4] == f"{mean_corruption_error(errors, base_errors):.2f}"
     assert next(line for line in lines[start:] if line.startswith("| base | head")).split("|")[5].strip() == "100.00"
+
+
+def test_nc_train_features_measures_the_final_and_the_initial_network_on_training_images(tmp_path):
+    import nc_train_features
+
+    from protosphere import load_run
+    from protosphere.metrics.neural_collapse import neural_collapse
+
+    trained = tiny_run(tmp_path, "moved-s0", 0, 1, 2, False)
+    run = load_run(tmp_path / "moved-s0")
+    task = run.scenario.tasks[0]
+    by_hand = neural_collapse(run.encode(task.train_images), task.train_labels, run.model.classifier_weights())
+    assert nc_train_features.train_feature_metrics(run) == pytest.approx(by_hand, rel=1e-9)
+    assert trained["neural_collapse"][-1]["split"] == "test"
+
+    # at a learning rate too small to move a float32 weight, the final parameters are the initial ones: the rebuilt
+    # untrained network must hold exactly them (and differ from a run that trained)
+    config = validate_config({**run.config.model_dump(), "name": "frozen-s0",
+                              "optimizer": {**run.config.optimizer.model_dump(), "lr": 1e-30}})
+    from protosphere.runner import run as run_config
+
+    run_config(config, show_progress=False)
+    frozen = load_run(tmp_path / "frozen-s0")
+    initial = dict(nc_train_features.untrained(frozen).model.named_parameters())
+    final = dict(frozen.model.named_parameters())
+    assert initial.keys() == final.keys()
+    assert all(torch.equal(initial[k], final[k]) for k in final)
+    assert not all(torch.equal(initial[k], p) for k, p in run.model.named_parameters())
+
+    lines = nc_train_features.table(tmp_path, {"moved": "moved", "absent": "absent"})
+    row = next(line for line in lines if line.startswith("| moved | train |"))
+    assert row.split("|")[4].strip() == f"{by_hand['nc1']:.3f}"
+    assert any(line.startswith("| absent | (no finished run)") for line in lines)
