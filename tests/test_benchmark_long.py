@@ -114,3 +114,40 @@ def test_nc_train_features_measures_the_final_and_the_initial_network_on_trainin
     row = next(line for line in lines if line.startswith("| moved | train |"))
     assert row.split("|")[4].strip() == f"{by_hand['nc1']:.3f}"
     assert any(line.startswith("| absent | (no finished run)") for line in lines)
+
+
+def test_clop_long_averages_a_cell_over_seeds_and_counts_diverged_runs(tmp_path, capsys):
+    import shutil
+
+    import clop_long
+
+    results = []
+    for seed in (0, 1):
+        config = validate_config({
+            "output_dir": str(tmp_path), "name": f"cell-s{seed}", "seed": seed, "data": {"dataset": "digits"},
+            "scenario": {"num_tasks": 1}, "model": {"backbone": "mlp", "mlp_hidden": [32]},
+            "method": {"name": "clop", "projection_dim": 16, "label_fraction": 0.5, "lam": 1.0, "probe_epochs": 1,
+                       "probe_min_steps": 0},
+            "train": {"epochs": 1, "batch_size": 128, "augmentation": "none"},
+            "eval": {"report": "off", "embeddings": False}, "fabric": {"threads": 1},
+        })
+        results.append(run(config, show_progress=False)[0])
+    assert clop_long.main([str(tmp_path), "cell"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 50 %, λ = 1"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    probe = [r["accuracy"]["linear_probe"]["class_il"][-1][0] for r in results]
+    ranks = [r["neural_collapse"][-1]["between_class_effective_rank"] for r in results]
+    assert cells[1] == f"{statistics.mean(probe):.2f} ± {statistics.stdev(probe):.2f}"
+    assert cells[4] == f"{statistics.mean(ranks):.2f} ± {statistics.stdev(ranks):.2f}"
+    assert cells[-1] == "0,1"
+
+    # a diverged seed: its config was written, it has no results, and its log says why
+    diverged = tmp_path / "cell-s2"
+    diverged.mkdir()
+    shutil.copy(tmp_path / "cell-s0" / "config.yaml", diverged / "config.yaml")
+    (tmp_path / "cell-s2.log").write_text("loss is NaN/inf at step 3\n")
+    row = next(line for line in clop_long.table(tmp_path, ["cell"]) if line.startswith("| 50 %"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == f"{statistics.mean(probe):.2f} ± {statistics.stdev(probe):.2f}"  # scored seeds only
+    assert cells[-2].endswith("of 3") and cells[-1] == "0,1,2"
+    assert int(cells[-2].split()[0]) == 1 + sum(r < 2 or p < 50 for r, p in zip(ranks, probe))
