@@ -11,12 +11,12 @@ its config's label fraction and λ.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 from summarize_clop_grid import cell, grid_key
 
 from protosphere.config import read_yaml
+from protosphere.report.compare import format_mean_std, mean_std
 
 COLUMNS = (("linear probe (%)", lambda c: c["acc"].get("linear_probe")),
            ("nearest prototype (%)", lambda c: c["acc"].get("nearest_prototype")),
@@ -26,13 +26,9 @@ COLUMNS = (("linear probe (%)", lambda c: c["acc"].get("linear_probe")),
            ("untrained probe (%)", lambda c: c["init_probe"]))
 
 
-def fmt(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+def fmt(values: list[float | None]) -> str:
+    stat = mean_std(values)
+    return format_mean_std(stat) if stat["n"] else "—"
 
 
 def seeds_of(runs: Path, prefix: str) -> dict[int, Path]:

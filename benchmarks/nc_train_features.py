@@ -17,7 +17,6 @@ and seed, built as the runner builds it; NC3/NC4 with that network's initial cla
 from __future__ import annotations
 
 import argparse
-import statistics
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from protosphere import load_run
 from protosphere.data.scenarios import model_input
 from protosphere.evaluation import extract_features
 from protosphere.metrics.neural_collapse import neural_collapse
+from protosphere.report.compare import format_mean_std, mean_std
 
 METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
 
@@ -66,12 +66,8 @@ def runs_of(runs: Path, prefix: str) -> list[Path]:
 
 
 def fmt(values: list[float], digits: int = 3) -> str:
-    values = [v for v in values if v == v]  # NaN: undefined, e.g. NC3 of class means that were never updated
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    stat = mean_std([v for v in values if v == v])  # NaN: undefined, e.g. NC3 of class means that were never updated
+    return format_mean_std(stat, digits) if stat["n"] else "—"
 
 
 def table(runs: Path, names: dict[str, str]) -> list[str]:
