@@ -215,6 +215,8 @@ class Run:
                                f"config.yaml; the folder was changed after the run.")
             scenario = self.scenario
             method = build_method(self.config, scenario)
+            if self.config.fabric.precision == "64-true":
+                method = method.double()  # as fabric converted it for the run
             method.load_state_dict(state["method"])
             method = method.to(self.device).eval()
             self._context = TaskContext.of(scenario, scenario.num_tasks - 1, self.device)
@@ -243,6 +245,7 @@ class Run:
     def _batches(self, images, fn) -> torch.Tensor:
         from .data.scenarios import model_input
         from .evaluation import extract_features
+        from .runner import precision_dtype
 
         images = self._images(images)
         if not len(images):
@@ -250,9 +253,10 @@ class Run:
         channels_last = self.config.model.channels_last  # the layout the engine evaluates in
 
         def run(batch):
-            return fn(model_input(batch.to(self.device), channels_last).float()).float().cpu()
+            return fn(model_input(batch.to(self.device), channels_last)).to(torch.get_default_dtype()).cpu()
 
-        return extract_features(run, images, self.config.eval.batch_size)
+        with precision_dtype(self.config.fabric.precision):
+            return extract_features(run, images, self.config.eval.batch_size)
 
     def encode(self, images) -> torch.Tensor:
         """Encoder features (N, d) of ``images``: uint8 (N, C, H, W) as the datasets hold them, or floats in [0, 1]."""
@@ -267,7 +271,10 @@ class Run:
         if name not in table:
             raise ValueError(f"unknown classifier {name!r}; this run has {', '.join(table)}")
         if not self._fitted:
-            with torch.no_grad():  # refit what the run fitted after its last task (probe, kNN bank, class means)
+            from .runner import precision_dtype
+
+            # refit what the run fitted after its last task (probe, kNN bank, class means)
+            with torch.no_grad(), precision_dtype(self.config.fabric.precision):
                 model.prepare_evaluation(self._context)
             self._fitted = True
         return self._batches(images, table[name])

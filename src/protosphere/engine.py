@@ -38,6 +38,7 @@ import torch
 from lightning_fabric import Fabric
 
 from .config import RunConfig
+from .data.augment import shard_draws
 from .data.scenarios import model_input
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
 from .errors import ConfigError, RunError
@@ -407,8 +408,10 @@ class Engine:
             set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, steps_per_epoch))
             where = StepContext(task=t, epoch=epoch, step=step, steps_in_task=total, global_step=self.global_step,
                                 epochs_in_task=epochs)
-            output = train_step(model, optimizer, model_input(images[rows], cfg.model.channels_last), labels[rows],
-                                where, fabric.backward, inspect=lambda out: monitor.inspect(out, step))
+            with shard_draws(fabric.global_rank, fabric.world_size):  # each rank augments its rows as 1 process does
+                output = train_step(model, optimizer, model_input(images[rows], cfg.model.channels_last),
+                                    labels[rows], where, fabric.backward,
+                                    inspect=lambda out: monitor.inspect(out, step))
             self.global_step += 1
             last = step == total - 1
             save = bool(every) and (step + 1) % every == 0 and not last
@@ -422,17 +425,16 @@ class Engine:
 
     # ----------------------------------------------------------------------------------------------------------
     def _setup(self, method: Method, resume: dict | None):
-        """Place ``method`` on the device and wrap it for DDP; under DDP, hand it the gather and give every rank but
-        the first its own augmentation stream."""
+        """Place ``method`` on the device and wrap it for DDP; under DDP, hand it the gather. (Every rank keeps the
+        run's RNG stream: the augmentation draws the global batch's parameters and keeps its slice's, see
+        :func:`~protosphere.data.augment.shard_draws`.)"""
         cfg, fabric = self.config, self.fabric
-        device, rank, world_size = fabric.device, fabric.global_rank, fabric.world_size
+        device, world_size = fabric.device, fabric.world_size
         if world_size > 1:
             if cfg.train.batch_size % world_size:
                 raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be divisible "
                                   f"by the number of processes ({world_size}); use a multiple of {world_size}.")
             method.install_collectives(gather=gather_with_grad(fabric))
-            if resume is None and rank > 0:  # independent augmentations per rank (rank 0 keeps the 1-process stream)
-                torch.manual_seed(cfg.seed + 1_000_003 * rank)
         if resume is not None and resume.get("world_size", 1) != world_size:
             raise RunError(f"The checkpoint was written by {resume.get('world_size', 1)} process(es) and this run has "
                            f"{world_size}; resume with the same fabric.devices and fabric.num_nodes.")

@@ -110,7 +110,7 @@ def fit_linear_probe(
     with per-sample weights 1/N_class (:func:`class_balanced_indices`; the Co2L protocol over current task +
     buffer). The learning rate follows ``schedule``: ``"cosine"`` (per step, from ``lr`` to 0), ``"step"``
     (×``gamma`` at each epoch in ``milestones``; Co2L: lr 1, ×0.2 at 60/75/90) or ``"constant"``.
-    Features are used as given (no normalisation), in float32.
+    Features are used as given (no normalisation), in float32 (float64 for float64 features).
 
     Deterministic given ``seed``: initialisation (nn.Linear's uniform ±1/sqrt(d)) and sampling use a private
     ``torch.Generator``; the global RNG is untouched.
@@ -119,7 +119,7 @@ def fit_linear_probe(
         features: (N, d). labels: (N,) integers in [0, num_classes).
 
     Returns:
-        The trained ``nn.Linear`` (on the features' device, float32, eval mode, ``requires_grad`` off).
+        The trained ``nn.Linear`` (on the features' device, float32 or float64, eval mode, ``requires_grad`` off).
     """
     _check_features_labels(features, labels, num_classes, "fit_linear_probe")
     if schedule not in ("cosine", "step", "constant"):
@@ -128,16 +128,18 @@ def fit_linear_probe(
         raise ValueError(f"fit_linear_probe: epochs and batch_size must be >= 1 and min_steps >= 0, got {epochs}, "
                          f"{batch_size}, {min_steps}.")
     device = features.device
-    x_all = features.detach().to(torch.float32)
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    x_all = features.detach().to(dtype)
     y_all = labels.detach().to(device=device, dtype=torch.long)
     n, d = x_all.shape
     generator = torch.Generator().manual_seed(int(seed))
 
-    probe = nn.utils.skip_init(nn.Linear, d, num_classes, device=device)  # no draw from the global RNG
+    probe = nn.utils.skip_init(nn.Linear, d, num_classes, device=device, dtype=dtype)  # no draw from the global RNG
     bound = 1.0 / math.sqrt(d)
-    with torch.no_grad():
-        probe.weight.copy_(torch.empty(num_classes, d).uniform_(-bound, bound, generator=generator))
-        probe.bias.copy_(torch.empty(num_classes).uniform_(-bound, bound, generator=generator))
+    with torch.no_grad():  # drawn in float32 whatever the dtype, so a float64 probe starts where a float32 one does
+        single = torch.float32
+        probe.weight.copy_(torch.empty(num_classes, d, dtype=single).uniform_(-bound, bound, generator=generator))
+        probe.bias.copy_(torch.empty(num_classes, dtype=single).uniform_(-bound, bound, generator=generator))
     optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     steps_per_epoch = math.ceil(n / batch_size)

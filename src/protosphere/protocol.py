@@ -124,7 +124,8 @@ class Protocol:
     def logits(self, classify: Callable, images: torch.Tensor) -> torch.Tensor:
         """(N, C) float logits of ``classify`` on uint8 ``images``, in evaluation batches."""
         channels_last = self.config.model.channels_last
-        return extract_features(lambda batch: classify(model_input(batch, channels_last)).float(), images,
+        dtype = torch.get_default_dtype()  # float32, or float64 in a float64 run
+        return extract_features(lambda batch: classify(model_input(batch, channels_last)).to(dtype), images,
                                 self.config.eval.batch_size)
 
     @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -244,6 +245,22 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
                    f"with --overwrite.")
 
 
+@contextlib.contextmanager
+def precision_dtype(precision: str):
+    """A float64 run (``fabric.precision=64-true``) trains and evaluates in float64 throughout: batches and replayed
+    images are converted to it (``model_input`` uses the default dtype) and every tensor a method or a loss creates
+    is made in it, so no float32 tensor meets a float64 one. The network is built before, in float32, and converted
+    by fabric (``module.double()``), so a float64 run starts from the float32 run's initial weights. The previous
+    default returns afterwards."""
+    previous = torch.get_default_dtype()
+    if precision == "64-true":
+        torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
         show_progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
     """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv)."""
@@ -303,7 +320,8 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
 
     engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress,
                     write_embeddings=write_embeddings)
-    raw = engine.fit(scenario, method, resume=state)
+    with precision_dtype(config.fabric.precision):
+        raw = engine.fit(scenario, method, resume=state)
     random_init = raw["random_init"]
     results = {
         "name": config.name,

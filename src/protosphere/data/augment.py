@@ -39,6 +39,8 @@ Implementation notes (differences from torchvision are deliberate and listed her
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import math
 from typing import Sequence
@@ -70,17 +72,42 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-def _rand(shape: Sequence[int], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform [0, 1) float32 draws of ``shape`` on ``x``'s device, from ``generator`` or the device's global RNG."""
+_SHARD = (0, 1)  # (rank, world size) of the batches being augmented; see shard_draws
+
+
+@contextlib.contextmanager
+def shard_draws(rank: int, world_size: int):
+    """Within this context a batch is taken to be this rank's contiguous slice ``rank`` of a global batch ``world_size``
+    times larger (as :func:`protosphere.distributed.shard_rows` cuts it): each transform draws the random parameters of
+    the **whole** global batch and keeps its slice's. Every rank then augments its rows exactly as one process
+    augments the same rows of the global batch, and all ranks advance their RNG alike (the engine sets it under DDP)."""
+    global _SHARD
+    previous, _SHARD = _SHARD, (int(rank), int(world_size))
+    try:
+        yield
+    finally:
+        _SHARD = previous
+
+
+def _rand(shape: Sequence[int], x: torch.Tensor, generator: torch.Generator | None, batch_dim: int) -> torch.Tensor:
+    """Uniform [0, 1) float32 draws of ``shape`` (``shape[batch_dim]`` = the batch's size) on ``x``'s device, from
+    ``generator`` or the device's global RNG; float32 in a float64 run too, so both augment alike. Under
+    :func:`shard_draws` the draws are those of the global batch's rows of this slice."""
+    rank, world = _SHARD
+    shape = list(shape)
+    rows = shape[batch_dim]
+    shape[batch_dim] = rows * world
     if generator is None:
-        return torch.rand(tuple(shape), device=x.device)
-    out = torch.rand(tuple(shape), generator=generator, device=generator.device)
-    return out.to(x.device, non_blocking=True)
+        out = torch.rand(tuple(shape), device=x.device, dtype=torch.float32)
+    else:
+        out = torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+        out = out.to(x.device, non_blocking=True)
+    return out.narrow(batch_dim, rank * rows, rows) if world > 1 else out
 
 
 def _bernoulli(p: float, n: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Bool (n,) mask, True with probability p."""
-    return _rand((n,), x, generator) < p
+    return _rand((n,), x, generator, batch_dim=0) < p
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +141,7 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"augmentation expects a (B, C, H, W) image tensor, got {shape}")
     if x.dtype == torch.uint8:
-        return x.float().div_(255.0)
+        return x.to(torch.get_default_dtype()).div_(255.0)
     if not x.is_floating_point():
         raise ValueError(f"augmentation expects a float (values in [0, 1]) or uint8 batch, got dtype {x.dtype}")
     return x
@@ -174,7 +201,7 @@ class RandomCrop(BatchTransform):
         if p == 0:
             return x
         B, C, H, W = x.shape
-        offsets = (_rand((2, B), x, generator) * (2 * p + 1)).long().clamp_(max=2 * p)
+        offsets = (_rand((2, B), x, generator, batch_dim=1) * (2 * p + 1)).long().clamp_(max=2 * p)
         Wp = W + 2 * p
         xp = F.pad(x, (p, p, p, p)).flatten(2)  # (B, C, Hp·Wp)
         rows = offsets[0].view(B, 1, 1) + torch.arange(H, device=x.device).view(1, H, 1)
@@ -227,7 +254,7 @@ class RandomResizedCrop(BatchTransform):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample crop boxes in pixels for batch ``x``: ``(top, left, height, width)``, each float32 (B,)."""
         B, _, H, W = x.shape
-        u = _rand((4, B, self.attempts), x, generator)
+        u = _rand((4, B, self.attempts), x, generator, batch_dim=1)
         area = H * W * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[0])
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
         aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
@@ -294,7 +321,7 @@ class ColorJitter(BatchTransform):
         colour = C == 3
         if not colour and (self.saturation > 0 or self.hue > 0):
             raise ValueError(f"saturation and hue jitter need 3-channel RGB input, got {C} channel(s)")
-        u = _rand((5, B), x, generator)
+        u = _rand((5, B), x, generator, batch_dim=1)
         apply = (u[0] < self.p).view(B, 1, 1, 1)
 
         def factor(row: torch.Tensor, s: float) -> torch.Tensor:

@@ -65,9 +65,11 @@ class Scenario:
 
 def model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """A batch as a network takes it: uint8 pixels (as scenarios and replay buffers hold them) become floats in
-    [0, 1], floats pass through; ``channels_last`` puts a 4-D batch in that memory format, the one a convolutional
+    [0, 1] in the default dtype (float32, or float64 in a ``fabric.precision=64-true`` run), floats are cast to it;
+    ``channels_last`` puts a 4-D batch in that memory format, the one a convolutional
     backbone built with ``model.channels_last`` keeps its weights in (so no layout conversion happens per layer)."""
-    x = images.float().div_(255) if images.dtype == torch.uint8 else images
+    dtype = torch.get_default_dtype()
+    x = images.to(dtype).div_(255) if images.dtype == torch.uint8 else images.to(dtype)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -47,10 +47,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.mul(255).round().to(torch.uint8)
 
 
-def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 images as floats in [0, 1], computed as the engine makes a batch (``float32 / 255``), then cast to
-    ``dtype`` (the dtype the engine's batches reach the method in)."""
-    return images.float().div(255).to(dtype)
+def to_float(images: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """uint8 images as floats in [0, 1], computed as the engine makes a batch (default dtype, ``/ 255``), then cast
+    to ``dtype`` (the dtype the engine's batches reach the method in; the default dtype when None)."""
+    x = images.to(torch.get_default_dtype()).div(255)
+    return x if dtype is None else x.to(dtype)
 
 
 class Replay(ReplayBuffer):
@@ -346,7 +347,7 @@ def class_mean_diagnostics(method: nn.Module, task, learned_means: torch.Tensor,
     classes, device = list(task.seen_classes), learned_means.device
     means = []
     for c in classes:
-        x = images[labels == c][:per_class].to(device).float().div(255)
+        x = to_float(images[labels == c][:per_class].to(device))
         means.append(F.normalize(method(method.transforms.eval(x)).mean(0), dim=0))
     means, index = torch.stack(means), {c: i for i, c in enumerate(classes)}
     out = {"classes": classes}

@@ -130,7 +130,8 @@ class RepresentationMethod(Method):
 
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Float encoder features (N, d) of uint8 images (or floats in [0, 1]), in batches, without gradients."""
-        return extract_features(lambda batch: self.features(model_input(batch)).float(), images, batch_size)
+        dtype = torch.get_default_dtype()  # float32, or float64 in a float64 run
+        return extract_features(lambda batch: self.features(model_input(batch)).to(dtype), images, batch_size)
 
     def prepare_evaluation(self, task: TaskContext) -> None:
         cfg = self.config
