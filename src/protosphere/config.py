@@ -143,6 +143,11 @@ class EvalConfig(Section):
         None, ge=0, description="two-stage methods (co2l, fnc2, nct) without a training buffer: samples stored only "
         "for the linear probe, filled as a training buffer of that size would be (default 200, Co2L's protocol; 0 = "
         "the last task alone); with a training buffer the probe uses that buffer")
+    probe_augment: bool | None = Field(
+        None, description="two-stage methods: every linear-probe epoch encodes freshly augmented copies of the probe's "
+        "training images (the training augmentation, one view, under no_grad), as the Co2L and FNC2 authors' linear "
+        "stages do; false: each image encoded once, un-augmented. Default: the method's protocol (true for co2l and "
+        "fnc2)")
     report: Literal["inline", "background", "off"] = Field(
         "inline", description="report.html and plots: written before the run returns (inline), by a low-priority "
         "process started when results.json is written, so the run returns at once (background), or not at all "
@@ -266,6 +271,13 @@ class RunConfig(Section):
         except UnknownNameError as exc:  # not a ValueError: the message names `method.name`, not the whole section
             raise ConfigError(f"Invalid value for `method.name` (got {name!r}): {exc}") from None
         return schema.model_validate(value)
+
+    @model_validator(mode="after")
+    def _method_probe_protocol(self) -> "RunConfig":
+        if self.eval.probe_augment is None:  # the method's paper protocol, written out (and so in the fingerprint)
+            default = bool(getattr(METHODS.get(self.method.name), "probe_augment_default", False))
+            self.eval = self.eval.model_copy(update={"probe_augment": default})
+        return self
 
 
 # --------------------------------------------------------------------------------------------------------------------

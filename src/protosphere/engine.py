@@ -64,6 +64,8 @@ def config_fingerprint(config: RunConfig) -> str:
         data["data"].pop("domains", None)
     if data["eval"].get("probe_buffer_size") is None:
         data["eval"].pop("probe_buffer_size", None)
+    if not data["eval"].get("probe_augment"):  # the probe as it always was (un-augmented features)
+        data["eval"].pop("probe_augment", None)
     data["train"].pop("log_every_n_steps", None)
     data["train"].pop("checkpoint_every_n_steps", None)
     data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay

@@ -101,6 +101,7 @@ def fit_linear_probe(
     gamma: float = 0.2,
     momentum: float = 0.9,
     min_steps: int = 0,
+    epoch_features: Callable[[int], torch.Tensor] | None = None,
 ) -> nn.Linear:
     """Train a linear classifier ``nn.Linear(d, num_classes)`` on frozen features with cross-entropy.
 
@@ -111,6 +112,9 @@ def fit_linear_probe(
     buffer). The learning rate follows ``schedule``: ``"cosine"`` (per step, from ``lr`` to 0), ``"step"``
     (×``gamma`` at each epoch in ``milestones``; Co2L: lr 1, ×0.2 at 60/75/90) or ``"constant"``.
     Features are used as given (no normalisation), in float32 (float64 for float64 features).
+    ``epoch_features(epoch)``, when given, returns the features of the same N rows for epochs ≥ 1 (``features`` being
+    epoch 0's): the Co2L / FNC2 authors' linear stages re-augment their training images every epoch, so each epoch
+    sees new views (:meth:`~protosphere.methods.representation.RepresentationMethod.augmented_probe_features`).
 
     Deterministic given ``seed``: initialisation (nn.Linear's uniform ±1/sqrt(d)) and sampling use a private
     ``torch.Generator``; the global RNG is untouched.
@@ -148,6 +152,8 @@ def fit_linear_probe(
     step = 0
     probe.train()
     for epoch in range(epochs):
+        if epoch_features is not None and epoch > 0:
+            x_all = epoch_features(epoch).detach().to(device=device, dtype=dtype)
         if schedule == "step":
             epoch_lr = lr * gamma ** sum(1 for m in milestones if epoch >= m)
         if class_balanced:

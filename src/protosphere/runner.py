@@ -126,7 +126,7 @@ def build_method(config: RunConfig, scenario, world_size: int = 1):
         if world_size > 1 and size and getattr(method_config, "buffer_sampling", None) != "co2l":
             method_config = method_config.model_copy(update={"buffer_size": size // world_size})
         method = cls(method_config, backbone, scenario.num_classes, Transforms(augment, normalize))
-        method.configure_evaluation(config.eval)
+        method.configure_evaluation(config.eval, seed=config.seed)
     except ValueError as exc:  # e.g. an ETF dimension too small for the label space
         raise ConfigError(f"method `{config.method.name}`: {exc}") from None
     return init_weights(method, config.model.init)  # whole network, heads included (Mammoth's MNISTMLP.apply(xavier))

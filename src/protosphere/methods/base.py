@@ -193,9 +193,10 @@ class Method(nn.Module):
         return self
 
     # hooks -----------------------------------------------------------------------------------------------------
-    def configure_evaluation(self, evaluation) -> None:
-        """Take the run's evaluation settings (``eval:`` section) that change what a method stores, e.g. a
-        classifier-only buffer; called once after construction. Default: nothing to take."""
+    def configure_evaluation(self, evaluation, seed: int = 0) -> None:
+        """Take the run's evaluation settings (``eval:`` section) that change what a method stores or how it fits
+        its classifiers, e.g. a classifier-only buffer, and the run's seed; called once after construction.
+        Default: nothing to take."""
 
     def classifier_data(self) -> dict[str, str]:
         """Which data each classifier was fitted on, in words; empty when a method says nothing."""

@@ -42,6 +42,7 @@ class Co2LConfig(ReplayContrastConfig):
 @METHODS.register("co2l")
 class Co2L(RepresentationMethod):
     config_class = Co2LConfig
+    probe_augment_default = True  # main_linear_buffer.py loads with main_ce_buffer.set_loader: crops, flips, jitter
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)

@@ -48,8 +48,9 @@ class FNC2Config(ReplayContrastConfig):
     ird_past_temperature: float = Field(0.01, gt=0)
     prd_current_temperature: float = Field(0.2, gt=0)
     prd_past_temperature: float = Field(0.1, gt=0)
-    distill_predictor_hidden: int | None = Field(None, ge=1, description="hidden width of the distillation "
-                                                 "predictor (Linear–BN–ReLU–Linear) before HSD; off by default")
+    distill_predictor_hidden: int | None = Field(128, ge=1, description="hidden width of the distillation "
+        "predictor (Linear–BN–ReLU–Linear) on the current side of HSD from the second task, as every training "
+        "script of the authors sets it (--predictor_hidden_dim 128; 256 on Tiny-ImageNet); null: no predictor")
     past_model_bn: Literal["eval", "train"] = "train"
     etf_seed: int = 0
     classifiers: list[Classifier] = Field(
@@ -66,6 +67,7 @@ class FNC2Config(ReplayContrastConfig):
 @METHODS.register("fnc2")
 class FNC2(RepresentationMethod):
     config_class = FNC2Config
+    probe_augment_default = True  # samix src/datasets/evaluate_dataloader.py: the training transform
 
     @classmethod
     def has_unused_parameters(cls, config):

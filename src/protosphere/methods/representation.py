@@ -64,6 +64,8 @@ class ReplayContrastConfig(RepresentationConfig):
 
 class RepresentationMethod(Method):
     config_class = RepresentationConfig
+    probe_augment_default = False  # eval.probe_augment when unset: whether the paper's linear stage re-augments
+    probe_augment, run_seed = False, 0  # set by configure_evaluation
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
@@ -90,7 +92,9 @@ class RepresentationMethod(Method):
         return torch.cat([self.transforms.train(images), self.transforms.train(images)])
 
     # stored data ------------------------------------------------------------------------------------------------
-    def configure_evaluation(self, evaluation) -> None:
+    def configure_evaluation(self, evaluation, seed: int = 0) -> None:
+        self.probe_augment = bool(getattr(evaluation, "probe_augment", False))
+        self.run_seed = int(seed)
         if self.memory is not None:
             self.memory.configure_evaluation(evaluation)
 
@@ -119,7 +123,7 @@ class RepresentationMethod(Method):
 
     def classifier_data(self) -> dict[str, str]:
         """Which data each classifier was fitted on, in words (results.json, console summary, report)."""
-        return {
+        data = {
             "nearest_prototype": "no stored data (the fixed prototypes of the seen classes)",
             "ncm": "the current task's training data; earlier means kept for the other classes",
             "linear_probe": "the current task's training data",
@@ -127,11 +131,29 @@ class RepresentationMethod(Method):
             "knn": "the current task's training data",
             **(self.memory.describe() if self.memory is not None else {}),
         }
+        if self.probe_augment:
+            data["linear_probe"] += "; a freshly augmented view of each image every probe epoch"
+        return data
 
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Float encoder features (N, d) of uint8 images (or floats in [0, 1]), in batches, without gradients."""
         dtype = torch.get_default_dtype()  # float32, or float64 in a float64 run
         return extract_features(lambda batch: self.features(model_input(batch)).to(dtype), images, batch_size)
+
+    def augmented_probe_features(self, images: torch.Tensor, task: int, epoch: int,
+                                 batch_size: int = 256) -> torch.Tensor:
+        """Encoder features (N, d) of one freshly augmented view of each image — the training augmentation, as the
+        Co2L / FNC2 authors' linear stages load their training images — under ``no_grad`` in eval mode, batched on
+        the images' device. The augmentation draws from a generator seeded by (run seed, task, epoch), so the
+        probe is deterministic and leaves the run's RNG untouched."""
+        generator = torch.Generator(device=images.device)
+        generator.manual_seed(self.run_seed * 1_000_003 + task * 1009 + epoch + 7_777_777)
+        dtype = torch.get_default_dtype()
+
+        def encode(batch):
+            return self.backbone(self.transforms.train(model_input(batch), generator)).to(dtype)
+
+        return extract_features(encode, images, batch_size)
 
     def prepare_evaluation(self, task: TaskContext) -> None:
         cfg = self.config
@@ -144,18 +166,27 @@ class RepresentationMethod(Method):
             for c in labels.unique().tolist():
                 self.class_means[c] = F.normalize(normalized[labels == c].mean(0), dim=0)
 
-        def probe(x, y):
+        def probe(x, y, epoch_features=None):
             return fit_linear_probe(x, y, self.num_classes, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
                                     batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced,
-                                    seed=task.index, schedule=cfg.probe_schedule,
-                                    min_steps=cfg.probe_min_steps).to(features.device)
+                                    seed=task.index, schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps,
+                                    epoch_features=epoch_features).to(features.device)
 
         if "linear_probe" in cfg.classifiers:
             with self.fit_timer("linear_probe"):
                 extra = self.classifier_only_rows(task)
+                probe_images, probe_labels = images, labels
                 if extra is not None:
-                    features_x = torch.cat([features, self.encode(extra[0].to(images.device))])
-                    self._fitted["probe"] = probe(features_x, torch.cat([labels, extra[1].to(labels.device)]))
+                    probe_images = torch.cat([images, extra[0].to(images.device)])
+                    probe_labels = torch.cat([labels, extra[1].to(labels.device)])
+                if self.probe_augment:  # every epoch on new views (the authors' linear stage)
+                    def views(epoch):
+                        return self.augmented_probe_features(probe_images, task.index, epoch)
+
+                    self._fitted["probe"] = probe(views(0), probe_labels, epoch_features=views)
+                elif extra is not None:
+                    self._fitted["probe"] = probe(torch.cat([features, self.encode(probe_images[len(images):])]),
+                                                  probe_labels)
                 else:
                     self._fitted["probe"] = probe(features, labels)
         if "linear_probe_seen" in cfg.classifiers:
