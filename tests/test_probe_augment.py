@@ -89,6 +89,9 @@ def test_augmented_probe_changes_the_probe_only(tmp_path):
     for name in ("ncm", "nearest_prototype", "linear_probe_seen"):
         assert aug["accuracy"][name] == fixed["accuracy"][name], name
     assert aug["accuracy"]["linear_probe"] != fixed["accuracy"]["linear_probe"]
+    # the un-augmented probe reported beside the augmented one is the probe of a run without augmentation
+    assert aug["accuracy"]["linear_probe_unaugmented"] == fixed["accuracy"]["linear_probe"]
+    assert fixed["accuracy"]["linear_probe_unaugmented"] == fixed["accuracy"]["linear_probe"]
     assert "augmented" in aug["classifier_data"]["linear_probe"]
     assert "augmented" not in fixed["classifier_data"]["linear_probe"]
     assert aug["config"]["eval"]["probe_augment"] is True and fixed["config"]["eval"]["probe_augment"] is False

@@ -54,7 +54,8 @@ class FNC2Config(ReplayContrastConfig):
     past_model_bn: Literal["eval", "train"] = "train"
     etf_seed: int = 0
     classifiers: list[Classifier] = Field(
-        default_factory=lambda: ["linear_probe", "nearest_prototype", "ncm", "linear_probe_seen"])
+        default_factory=lambda: ["linear_probe", "nearest_prototype", "ncm", "linear_probe_seen",
+                                 "linear_probe_unaugmented"])
 
     @field_validator("hsd_marks")
     @classmethod

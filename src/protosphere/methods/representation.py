@@ -34,7 +34,8 @@ from ..models import ProjectionHead
 from .base import Method, TaskContext
 from .parts import RepresentationMemory
 
-Classifier = Literal["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen", "knn"]
+Classifier = Literal["nearest_prototype", "ncm", "linear_probe", "linear_probe_unaugmented", "linear_probe_seen",
+                     "knn"]
 
 
 class RepresentationConfig(MethodConfig):
@@ -131,6 +132,7 @@ class RepresentationMethod(Method):
             "knn": "the current task's training data",
             **(self.memory.describe() if self.memory is not None else {}),
         }
+        data["linear_probe_unaugmented"] = data["linear_probe"] + "; each image encoded once, un-augmented"
         if self.probe_augment:
             data["linear_probe"] += "; a freshly augmented view of each image every probe epoch"
         return data
@@ -172,23 +174,27 @@ class RepresentationMethod(Method):
                                     seed=task.index, schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps,
                                     epoch_features=epoch_features).to(features.device)
 
-        if "linear_probe" in cfg.classifiers:
-            with self.fit_timer("linear_probe"):
-                extra = self.classifier_only_rows(task)
-                probe_images, probe_labels = images, labels
-                if extra is not None:
-                    probe_images = torch.cat([images, extra[0].to(images.device)])
-                    probe_labels = torch.cat([labels, extra[1].to(labels.device)])
-                if self.probe_augment:  # every epoch on new views (the authors' linear stage)
-                    def views(epoch):
-                        return self.augmented_probe_features(probe_images, task.index, epoch)
+        probes = {"linear_probe", "linear_probe_unaugmented"} & set(cfg.classifiers)
+        if probes:  # the probe's data: the evaluation data, then any classifier-only rows
+            extra = self.classifier_only_rows(task)
+            probe_images, probe_labels, fixed = images, labels, features
+            if extra is not None:
+                probe_images = torch.cat([images, extra[0].to(images.device)])
+                probe_labels = torch.cat([labels, extra[1].to(labels.device)])
+        if "linear_probe" in probes and self.probe_augment:
+            with self.fit_timer("linear_probe"):  # every epoch on new views (the authors' linear stage)
+                def views(epoch):
+                    return self.augmented_probe_features(probe_images, task.index, epoch)
 
-                    self._fitted["probe"] = probe(views(0), probe_labels, epoch_features=views)
-                elif extra is not None:
-                    self._fitted["probe"] = probe(torch.cat([features, self.encode(probe_images[len(images):])]),
-                                                  probe_labels)
-                else:
-                    self._fitted["probe"] = probe(features, labels)
+                self._fitted["probe"] = probe(views(0), probe_labels, epoch_features=views)
+        if probes and ("linear_probe_unaugmented" in probes or not self.probe_augment):
+            timer = "linear_probe" if not self.probe_augment else "linear_probe_unaugmented"
+            with self.fit_timer(timer):
+                if extra is not None:
+                    fixed = torch.cat([features, self.encode(extra[0].to(images.device))])
+                self._fitted["probe_fixed"] = probe(fixed, probe_labels)
+            if not self.probe_augment:
+                self._fitted["probe"] = self._fitted["probe_fixed"]
         if "linear_probe_seen" in cfg.classifiers:
             with self.fit_timer("linear_probe_seen"):  # its own encoding of all seen data included
                 seen_images, seen_labels = task.seen_data()
@@ -201,6 +207,7 @@ class RepresentationMethod(Method):
             "nearest_prototype": self._nearest_seen_prototype,
             "ncm": lambda x: ncm_logits(self.features(x), self.class_means),
             "linear_probe": lambda x: self._fitted["probe"](self.features(x)),
+            "linear_probe_unaugmented": lambda x: self._fitted["probe_fixed"](self.features(x)),
             "linear_probe_seen": lambda x: self._fitted["probe_seen"](self.features(x)),
             "knn": lambda x: knn_logits(self._bank[0], self._bank[1], F.normalize(self.features(x), dim=1),
                                         self.num_classes, k=self.config.knn_k,
