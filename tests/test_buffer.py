@@ -66,3 +66,20 @@ def test_sample_without_replacement():
     offer_stream(buffer, torch.arange(10))
     drawn = buffer.sample(10)["examples"].flatten()
     assert len(drawn.unique()) == 10
+
+
+def test_replay_stream_follows_the_run_seed():
+    """A buffer made after ``torch.manual_seed(s)`` (as the runner seeds before it builds a method) draws its own
+    stream of s: the same seed gives the same decisions, another seed other ones (runs of different seeds make
+    independent replay decisions)."""
+    def decisions(seed):
+        torch.manual_seed(seed)
+        buffer = ReplayBuffer(5, "reservoir")
+        torch.manual_seed(1234)  # what happens to the global RNG afterwards does not matter
+        buffer.add(torch.arange(200), x=torch.arange(200).float().unsqueeze(1))
+        return buffer.data["labels"][: buffer.size].tolist() + buffer.sample(3)["labels"].tolist()
+
+    assert decisions(1) == decisions(1)
+    assert decisions(1) != decisions(2)
+    torch.manual_seed(0)
+    assert ReplayBuffer(5).generator.initial_seed() == 0  # seed 0 keeps the stream earlier versions used for all

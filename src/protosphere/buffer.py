@@ -7,7 +7,10 @@
   replaces a random sample of its own class with probability m_c/n_c (m_c stored, n_c seen), i.e. reservoir sampling
   within the class. Class counts stay within one of each other once enough classes have been seen.
 
-Decisions use the buffer's own CPU generator (saved in the state), so replay is reproducible and resumable; stored
+Decisions use the buffer's own CPU generator (saved in the state), so replay is reproducible and resumable; it is
+seeded with the process's torch seed when the buffer is made (the run's seed: the runner seeds before it builds the
+method), so runs of different seeds make independent replay decisions, as their data order and initialisation are
+independent. (Earlier versions seeded every buffer with 0, so the seeds of a run shared one replay stream.) Stored
 tensors stay on the device of the data given to :meth:`add`. Under DDP each rank keeps its own buffer over its own
 shard of the stream, with capacity buffer_size / W (the config's ``buffer_size`` is the global memory).
 """
@@ -18,14 +21,14 @@ import torch
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, policy: str = "reservoir", seed: int = 0):
+    def __init__(self, capacity: int, policy: str = "reservoir", seed: int | None = None):
         if capacity < 0:
             raise ValueError(f"Replay buffer capacity must be >= 0, got {capacity}.")
         if policy not in ("reservoir", "class_balanced"):
             raise ValueError(f"Unknown buffer policy {policy!r}; use 'reservoir' or 'class_balanced'.")
         self.capacity = int(capacity)
         self.policy = policy
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
         self.data: dict[str, torch.Tensor] = {}
         self.size = 0
         self.num_seen = 0
