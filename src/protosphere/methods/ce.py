@@ -1,6 +1,6 @@
 """Cross-entropy baseline of the neural-collapse experiments: backbone + linear classifier trained with CE.
 
-The reference point of "Neural Collapse by Design" (seed 004): CE leaves the feature norms free and is the geometry
+The reference point of "Neural Collapse by Design": CE leaves the feature norms free and is the geometry
 NTCE, NONL and SupCon are compared with. The classifier weights W (K, d) are reported as the NC3/NC4 classifier
 (``classifier_weights``); ``bias: false`` gives the bias-free classifier those metrics assume. Non-continual with
 ``scenario.num_tasks: 1``; with more tasks it is plain fine-tuning under another name.

@@ -1,7 +1,7 @@
 """Normalised classifier losses on the unit hypersphere: ``normface``, ``ntce`` and ``nonl``.
 
 NormFace (Wang et al., "NormFace: L2 hypersphere embedding for face verification", ACM MM 2017) and the two losses
-of "Neural Collapse by Design" (seed 004), which import contrastive learning's large negative set (NTCE: the class
+of "Neural Collapse by Design", which import contrastive learning's large negative set (NTCE: the class
 weight is the anchor and every batch feature a candidate) and its decoupled alignment/uniformity terms (NONL: the
 positive is left out of the denominator; ``bidirectional`` adds the other classes' weights as negatives).
 

@@ -1,5 +1,5 @@
 """Supervised contrastive learning (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020) with the
-class-mean classifier of "Neural Collapse by Design" (seed 004).
+class-mean classifier of "Neural Collapse by Design".
 
 A batch of B images becomes two augmented views ``cat(view1, view2)``; ``z = normalize(projector(backbone(·)))`` and
 the loss is :func:`protosphere.losses.supcon` on the gathered 2B rows (global batch under DDP). NC by Design shows that
