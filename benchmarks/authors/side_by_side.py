@@ -21,6 +21,7 @@ from pathlib import Path
 from protosphere.report.compare import format_mean_std, mean_std, welch_p
 
 PARITY_POINTS, PARITY_P = 1.5, 0.05
+VERDICT = {True: "met", False: "missed", None: "not decided (fewer than 2 seeds on a side)"}
 
 
 def final_average(rows: list[list[float]]) -> float:
@@ -65,19 +66,19 @@ def table(label: str, a: dict[int, dict], b: dict[int, dict]) -> tuple[str, list
         mx, my = mean_std(x), mean_std(y)
         delta = mx["mean"] - my["mean"]
         p = welch_p(x, y)
-        parity = abs(delta) <= PARITY_POINTS and (p is None or p > PARITY_P)
+        parity = None if p is None else abs(delta) <= PARITY_POINTS and p > PARITY_P  # None: too few seeds
         per_seed = " / ".join(f"{u:.2f} vs {v:.2f}" for u, v in zip(x, y))
         lines.append(f"| {label} | {setting.replace('_', '-').replace('il', 'IL')} | {per_seed} | "
                      f"{format_mean_std(mx)} | {format_mean_std(my)} | {delta:+.2f} | "
-                     f"{'—' if p is None else f'{p:.2f}'} | {'met' if parity else 'missed'} |")
+                     f"{'—' if p is None else f'{p:.2f}'} | {VERDICT[parity]} |")
         verdicts.append(parity)
     wall_a = mean_std([a[s]["wall_s"] for s in seeds])["mean"]
     wall_b = mean_std([b[s]["wall_s"] for s in seeds])["mean"]
     lines.append(f"| {label} | wall time per run | " + " / ".join(f"{a[s]['wall_s']:.0f} vs {b[s]['wall_s']:.0f} s"
                                                            for s in seeds)
                  + f" | {wall_a:.0f} s | {wall_b:.0f} s | ×{wall_b / wall_a:.2f} faster | | |")
-    return "\n".join(lines) + "\n", [f"{label}: seeds {', '.join(map(str, seeds))}; parity "
-                                     + ("met" if all(verdicts) else "missed")]
+    overall = None if None in verdicts else all(verdicts)
+    return "\n".join(lines) + "\n", [f"{label}: seeds {', '.join(map(str, seeds))}; parity {VERDICT[overall]}"]
 
 
 def main(argv=None) -> int:
