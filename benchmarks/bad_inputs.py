@@ -46,6 +46,10 @@ TINY = (
     "name: run\n"
 )
 
+# nine levels of ten aliases each: 10**9 values from a few hundred bytes
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
+
 
 @dataclass
 class Case:
@@ -93,6 +97,22 @@ def run_folder(world: Path, name: str, finished: bool = True, checkpoints: tuple
         garbage(folder / "checkpoints" / ckpt)
 
 
+def ddp_run_folder(world: Path, name: str) -> None:
+    """A run of cfg.yaml that 2 processes (DDP) trained part-way: its config.yaml says so and so does its checkpoint."""
+    import torch
+
+    from protosphere.config import dump_config, load_config
+    from protosphere.engine import CHECKPOINT_VERSION, config_fingerprint
+
+    config = load_config(world / "cfg.yaml", [f"name={name}", "fabric.devices=2", "fabric.strategy=ddp"])
+    folder = world / "runs" / name
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(dump_config(config))
+    torch.save({"version": CHECKPOINT_VERSION, "fingerprint": config_fingerprint(config), "world_size": 2,
+                "task": 0, "phase": "task_done", "step": 0, "global_step": 10, "results": {}},
+               folder / "checkpoints" / "last.ckpt")
+
+
 def user_folder(world: Path, name: str) -> None:
     folder = world / "runs" / name
     folder.mkdir(parents=True)
@@ -100,8 +120,22 @@ def user_folder(world: Path, name: str) -> None:
     (folder / "config.yaml").write_text("data: {dataset: digits}\n")  # a config, but not a run's
 
 
-def write(relative: str, text: str) -> Callable[[Path], None]:
+def write(relative: str, text: str | bytes) -> Callable[[Path], None]:
+    if isinstance(text, bytes):
+        return lambda world: (world / relative).write_bytes(text)
     return lambda world: (world / relative).write_text(text)
+
+
+def link(relative: str, target: str) -> Callable[[Path], None]:
+    """A symbolic link at ``relative`` (in the world) to ``target`` (as written in the link)."""
+    return lambda world: (world / relative).symlink_to(target)
+
+
+def steps(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(world: Path) -> None:
+        for step in setups:
+            step(world)
+    return setup
 
 
 CASES = [
@@ -177,7 +211,40 @@ CASES = [
          lambda w: run_folder(w, "broken", finished=False, checkpoints=("last.ckpt", "task-0.ckpt")),
          needle="readable"),
     Case("output-under-a-file", "output_dir inside a file", ["output_dir=notes.txt/runs"], needle="output"),
+    # the file system and the shared folder
+    Case("config-not-utf8", "a config file in Latin-1, not UTF-8", ["latin1.yaml"],
+         write("latin1.yaml", "seed: 1\n# caf\xe9\n".encode("latin-1")), needle="UTF-8"),
+    Case("name-too-long", "a run name longer than a file system allows", ["name=" + "a" * 300],
+         needle="200 characters"),
+    Case("overwrite-foreign-file", "--overwrite of a run folder that also holds the user's own file",
+         ["name=done", "--overwrite"], steps(lambda w: run_folder(w, "done"), write("runs/done/notes.md", "mine")),
+         needle="notes.md"),
+    Case("run-folder-link", "the run folder is a symbolic link to another folder", ["name=alias", "--resume"],
+         steps(lambda w: run_folder(w, "done"), link("runs/alias", "done")), needle="symbolic link"),
+    Case("resume-metrics-link", "--resume where metrics.csv links to a file outside the run folder",
+         ["name=linked", "--resume"],
+         steps(lambda w: run_folder(w, "linked", finished=False), link("runs/linked/metrics.csv", "../../notes.txt")),
+         needle="metrics.csv"),
+    Case("resume-other-world-size", "--resume of a 2-process (DDP) run with 1 process", ["name=ddp", "--resume"],
+         lambda w: ddp_run_folder(w, "ddp"), needle="2 process(es)"),
+    # input that validates but should not
+    Case("yaml-billion-laughs", "a few hundred bytes of YAML aliases that expand into a billion values",
+         ["laughs.yaml"], write("laughs.yaml", BILLION_LAUGHS), needle="aliases"),
+    Case("yaml-duplicate-key", "a key given twice in one mapping (YAML keeps the last silently)", ["twice.yaml"],
+         write("twice.yaml", TINY.replace("output_dir: runs\n", "output_dir: runs\nseed: 1\nseed: 2\n")),
+         needle="lines 9 and 10"),
+    Case("override-empty-section", "an override without a value (`method=` would reset the method)", ["method="],
+         needle="no value"),
+    Case("override-empty-value", "an override without a value for a number", ["train.epochs="], needle="no value"),
+    Case("seed-negative", "a seed below 0", ["seed=-1"], needle="seed"),
+    Case("seed-too-large", "a seed above 2**32-1", ["seed=4294967296"], needle="seed"),
+    Case("threads-too-many", "fabric.threads far above the cores", ["fabric.threads=100000"], needle="core"),
+    Case("buffer-beyond-ram", "a replay buffer larger than half the RAM",
+         ["method.name=er", "method.buffer_size=1000000000000"], needle="RAM"),
+    Case("override-value-quoted-short", "an ill-typed override 10,000 characters long",
+         ["train.epochs=" + "x" * 10000], needle="(10000 characters)"),
 ]
+
 
 
 def make_world(root: Path, case: Case) -> Path:

@@ -131,3 +131,26 @@ def test_config_lists_every_key_with_default_and_description(capsys):
     assert "logging.tensorboard" in keys and "logging.wandb.mode" in keys
     assert cli.main(["config", "fcn2"]) == 2
     assert "did you mean `fnc2`" in capsys.readouterr().err
+
+
+def test_empty_batches_non_finite_images_and_a_checkpoint_without_its_model(fnc2_run, tmp_path):
+    import shutil
+
+    run = protosphere.load_run(fnc2_run.run_dir)
+    shape = tuple(run.scenario.image_shape)
+    empty = torch.zeros((0, *shape), dtype=torch.uint8)
+    assert run.predict(empty).shape == (0,) and run.predict(empty).dtype == torch.int64
+    assert run.encode(empty).shape == (0, 100) and run.encode(empty.float()).shape == (0, 100)
+    for bad in (float("nan"), float("inf")):
+        images = torch.full((2, *shape), 0.5)
+        images[1, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="images hold 1 NaN/inf"):
+            run.predict(images)
+    copy = tmp_path / "copy"
+    shutil.copytree(fnc2_run.run_dir, copy)
+    for path in (copy / "checkpoints").glob("*.ckpt"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        del state["method"]
+        torch.save(state, path)
+    with pytest.raises(RunError, match="no `method` entry"):
+        protosphere.load_run(copy).model

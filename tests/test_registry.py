@@ -163,8 +163,8 @@ def test_import_of_a_missing_module_is_one_sentence(tmp_path, monkeypatch, capsy
     assert main(["--import", "toy_no_such_module", "methods"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: --import toy_no_such_module: no module named `toy_no_such_module` on the Python path; "
-                   "give a dotted module name (not a file path) importable from the current folder or an installed "
-                   "package.")
+                   "give a dotted module name importable from the current folder or an installed package, or the "
+                   "path of a .py file.")
 
 
 def test_entry_point_plugins_are_loaded_when_the_cli_starts(tmp_path, monkeypatch, capsys, clean_registries):
@@ -183,3 +183,42 @@ def test_entry_point_plugins_are_loaded_when_the_cli_starts(tmp_path, monkeypatc
     assert load_plugins([], entry_points=True) == ["entry_plugin_toy"]
     assert validate_config({"train": {"augmentation": "toy_from_entry_point"}}).train.augmentation == \
         "toy_from_entry_point"
+
+
+def broken_entry_point(folder: Path) -> None:
+    """An installed package whose protosphere.plugins entry point raises when imported."""
+    (folder / "entry_plugin_broken.py").write_text("import json\nraise RuntimeError('the plugin is broken')\n")
+    info = folder / "entry_plugin_broken-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: entry-plugin-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[protosphere.plugins]\nbroken = entry_plugin_broken\n")
+
+
+def test_a_broken_installed_plugin_is_one_line_and_methods_still_work(tmp_path, monkeypatch, capsys,
+                                                                      clean_registries):
+    broken_entry_point(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["methods"]) == 0
+    captured = capsys.readouterr()
+    warning = captured.err.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: The installed plugin `broken`")
+    assert "RuntimeError: the plugin is broken" in warning[0] and "entry_plugin_broken.py:2" in warning[0]
+    assert "pip uninstall entry-plugin-broken" in warning[0] and "finetune" in captured.out
+    (tmp_path / "cfg.yaml").write_text("method: {name: finetune}\n")
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 2  # a run needs its plugins
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: The installed plugin `broken`")
+
+
+def test_import_of_a_file_path_and_of_a_broken_module(tmp_path, monkeypatch, capsys, clean_registries):
+    shutil.copy(TESTS / "toy_plugin.py", tmp_path / "toy_file_plugin.py")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--import", "./toy_file_plugin.py", "methods"]) == 0
+    assert "toy_quadrants" in DATASETS
+    assert main(["--import", "./toy_nowhere.py", "methods"]) == 2
+    assert "no such Python file" in capsys.readouterr().err
+    (tmp_path / "toy_needs_more.py").write_text("import toy_dependency_not_installed\n")
+    assert main(["--import", "toy_needs_more", "methods"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--import toy_needs_more failed" in err[0]
+    assert "install `toy_dependency_not_installed`" in err[0]

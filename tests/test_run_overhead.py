@@ -52,7 +52,7 @@ def test_report_mode_and_new_defaults_leave_the_fingerprint_alone():
     data["train"]["keep_checkpoints"] = True  # the old default
     data["model"].pop("init")
     data["data"].pop("domains")
-    for key in ("report", "probe_buffer_size"):
+    for key in ("report", "probe_buffer_size", "probe_augment"):
         data["eval"].pop(key)
     before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]  # the fingerprint's old form
     assert config_fingerprint(config) == before
@@ -60,6 +60,7 @@ def test_report_mode_and_new_defaults_leave_the_fingerprint_alone():
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "model": {"init": "xavier"}})) != before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "train": {"normalize": False}})) != before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "eval": {"probe_buffer_size": 0}})) != before
+    assert config_fingerprint(validate_config({"method": {"name": "er"}, "eval": {"probe_augment": True}})) != before
 
 
 def test_cli_freezes_the_collector_only_in_its_own_process(tmp_path, capsys):

@@ -197,6 +197,10 @@ class Run:
             if state.get("task") != last_task or state.get("phase") != "task_done":
                 problems.append(f"{path} was written before the end of the last task")
                 continue
+            if not isinstance(state.get("method"), dict):
+                problems.append(f"{path} holds no `method` entry (the trained model), so it is not a whole "
+                                f"protosphere checkpoint")
+                continue
             return state
         detail = "; ".join(problems) if problems else "no checkpoint of the last task exists"
         raise RunError(f"Cannot load the model of {self.run_dir}: {detail}.")
@@ -238,6 +242,9 @@ class Run:
             return images
         if not images.is_floating_point():
             raise ValueError(f"expected uint8 images or floats in [0, 1], got dtype {images.dtype}")
+        if not bool(torch.isfinite(images).all()):  # NaN passes every comparison with 0 and 1 below
+            raise ValueError(f"images hold {int((~torch.isfinite(images)).sum())} NaN/inf value(s); pass finite "
+                             f"floats in [0, 1] or uint8 pixels")
         if len(images) and (float(images.min()) < 0 or float(images.max()) > 1):
             raise ValueError("float images must lie in [0, 1] (divide uint8 pixels by 255)")
         return images
@@ -248,14 +255,15 @@ class Run:
         from .runner import precision_dtype
 
         images = self._images(images)
-        if not len(images):
-            return torch.empty(0)
         channels_last = self.config.model.channels_last  # the layout the engine evaluates in
 
         def run(batch):
             return fn(model_input(batch.to(self.device), channels_last)).to(torch.get_default_dtype()).cpu()
 
         with precision_dtype(self.config.fabric.precision):
+            if not len(images):  # an empty answer of the right shape: (0, d) features, (0, K) scores
+                with torch.no_grad():
+                    return run(torch.zeros((1, *images.shape[1:]), dtype=images.dtype))[:0]
             return extract_features(run, images, self.config.eval.batch_size)
 
     def encode(self, images) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ProtosphereError
+from .errors import Interrupted, ProtosphereError
 
 
 def _accuracy_table(results: dict):
@@ -54,14 +54,11 @@ def _summary_lines(results: dict) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from rich.console import Console
-
     from .config import load_config
+    from .progress import stdout_console
     from .runner import run
 
-    console = Console()
-    if not console.is_terminal:  # logs and CI: wide lines, no live bars
-        console = Console(width=160)
+    console = stdout_console(width=160)  # `| head` or a full disk switch the output off, never the run
     config = load_config(args.config, args.overrides)
     from .provenance import command_line
 
@@ -96,24 +93,29 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .record import RunLock
     from .report import write_report
     from .report.html import load_results
+    from .runner import check_no_links
 
     for run_dir in args.run_dirs:
-        path = write_report(run_dir, load_results(run_dir))
+        if not Path(run_dir).is_dir():  # load_results says what is wrong; nothing to lock
+            load_results(run_dir)
+        check_no_links(Path(run_dir))  # report.html and plots/ are written there
+        with RunLock(run_dir, purpose="report"):  # never beside a run (or another report) writing the folder
+            path = write_report(run_dir, load_results(run_dir))
         print(f"report: {path}")
     return 0
 
 
 def cmd_compare(args) -> int:
     """Exit status 1 when a run failed (each named with its log on stderr); the table holds the runs that finished."""
-    from rich.console import Console
-
+    from .progress import stdout_console
     from .sweep import compare
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    console = stdout_console(width=200)
     summary = compare(args.configs, seeds=args.seeds, out=args.out, overrides=args.overrides,
                       overwrite=args.overwrite, console=console,
                       show_progress=not args.no_progress and console.is_terminal, grid=args.grid or (),
@@ -185,25 +187,32 @@ def cmd_config(args) -> int:
     return 0
 
 
-def _load_plugins(modules: list[str]) -> None:
+COMMANDS_WITHOUT_PLUGINS = ("methods", "datasets")  # they still work, with a warning, when an installed one is broken
+
+
+def _load_plugins(modules: list[str], command: str | None = None) -> None:
     """Import the ``--import`` modules and the installed ``protosphere.plugins`` entry points, so that what they
-    register is known before a config is read."""
+    register is known before a config is read. A plugin that fails is one sentence: an error, or a warning for an
+    installed one when ``command`` does not need plugins."""
     import os
 
     from .errors import ConfigError
-    from .registry import load_plugins
+    from .registry import PluginLoadError, load_plugins
 
     if modules and os.getcwd() not in sys.path:  # as `python -m` does: a module beside the config is found
         sys.path.insert(0, os.getcwd())
     try:
         load_plugins(modules)
-    except ModuleNotFoundError as exc:
-        wanted = next((m for m in modules if exc.name and (m == exc.name or m.startswith(exc.name + "."))), None)
-        if wanted is None:  # a dependency of a plugin is missing: its own traceback says which import failed
-            raise
+    except PluginLoadError as exc:
+        if exc.installed and command in COMMANDS_WITHOUT_PLUGINS:
+            print("warning: " + " ".join(str(exc).split()), file=sys.stderr)
+            return
+        raise ConfigError(str(exc)) from None
+    except ModuleNotFoundError as exc:  # the --import module itself (a missing dependency is a PluginLoadError)
+        wanted = next((m for m in modules if exc.name and (m == exc.name or m.startswith(exc.name + "."))), exc.name)
         raise ConfigError(f"--import {wanted}: no module named `{exc.name}` on the Python path; give a dotted module "
-                          f"name (not a file path) importable from the current folder or an installed package.") \
-            from None
+                          f"name importable from the current folder or an installed package, or the path of a .py "
+                          f"file.") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,14 +289,28 @@ def main(argv: list[str] | None = None) -> int:
         _split_configs_and_overrides(args)
         args.overrides += [e for e in extra if e not in leftover]
     try:
-        _load_plugins(args.imports)
+        _load_plugins(args.imports, args.command)
         code = args.func(args)
         if argv is None:  # a command-line process about to exit: skip the garbage collector's passes over every
             import gc     # object of torch & co. at interpreter shut-down (~0.3 s of a short run; benchmarks/
             gc.freeze()   # run_overhead.txt); atexit handlers and file flushing run as usual
         return code
+    except Interrupted as exc:  # SIGTERM/SIGINT: stopped at a checkpoint; how to continue, in one line
+        print(exc.describe(args.imports), file=sys.stderr)
+        return exc.exit_status
     except ProtosphereError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, even for wrapped library text
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder, an unreadable data folder, a name too long
+        from .errors import describe_os_error
+
+        print("error: " + " ".join(describe_os_error(exc).split()), file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "home directory" not in str(exc):  # pathlib's Path.home() without $HOME or a passwd entry; others are bugs
+            raise
+        print("error: there is no home directory for the download cache ($HOME is unset and the user has none); "
+              "set HOME, or XDG_CACHE_HOME and PROTOSPHERE_DATA, to a writable folder.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

@@ -16,6 +16,7 @@ have bases of their own.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from pydantic_core import core_schema
 
-from .errors import ConfigError
+from .errors import ConfigError, quote, shorten
 from .registry import AUGMENTATIONS, BACKBONES, DATASETS, METHODS, Registry, UnknownNameError
 
 
@@ -225,7 +226,7 @@ class MethodConfig(Section):
     name: str = "er"
 
 
-RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")  # file systems allow 255 bytes a name; room for suffixes
 
 
 def plain_name(text: str) -> str:
@@ -236,8 +237,10 @@ def plain_name(text: str) -> str:
 class RunConfig(Section):
     name: str | None = Field(None, description="the run's folder under output_dir, one plain folder name (default: "
                                "<config file>-seed<seed>)")
-    output_dir: str = Field("runs", description="where run folders are written")
-    seed: int = Field(0, description="one seed for data order, augmentation, init and class order")
+    output_dir: str = Field("runs", description="where run folders are written (`~` is your home folder)")
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="one seed for data order, augmentation, init and class order (0 to 2**32-1, the "
+                                  "range every generator accepts as it is)")
     data: DataConfig = Field(default_factory=DataConfig)
     scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -248,12 +251,17 @@ class RunConfig(Section):
     fabric: FabricConfig = Field(default_factory=FabricConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
+    @field_validator("output_dir")
+    @classmethod
+    def _home_folder(cls, value: str) -> str:
+        return os.path.expanduser(value)  # `~/runs` is the home folder's runs, not a folder named `~`
+
     @field_validator("name")
     @classmethod
     def _plain_folder_name(cls, value: str | None) -> str | None:
         if value is not None and (not RUN_NAME.fullmatch(value) or value in (".", "..")):
-            raise ValueError("a run name is one plain folder name (letters, digits and `._-`, not `.` or `..`); "
-                             "put other folders in output_dir=...")
+            raise ValueError("a run name is one plain folder name (letters, digits and `._-`, not `.` or `..`, at "
+                             "most 200 characters); put other folders in output_dir=...")
         return value
 
     @field_validator("method", mode="before")
@@ -328,7 +336,7 @@ def _describe(error: dict, data: dict) -> str:
             f"valid keys here: {', '.join(valid)}." if valid else "remove it.")
         return f"Unknown config key `{dotted}`: {hint}"
     given = error.get("input")
-    given_text = "" if isinstance(given, dict) else f" (got {given!r})"
+    given_text = "" if isinstance(given, dict) else f" (got {quote(given)})"
     message = error["msg"]
     if kind == "literal_error":
         return f"Invalid value for `{dotted}`{given_text}: {message[0].lower() + message[1:]}."
@@ -356,13 +364,18 @@ def validate_config(data: dict, source: str = "config") -> RunConfig:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"Override `{text}` is not of the form key=value (e.g. train.epochs=2).")
+        raise ConfigError(f"Override `{shorten(text)}` is not of the form key=value (e.g. train.epochs=2).")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"Override `{text}` has an empty key; write dotted keys such as method.buffer_size=500.")
+        raise ConfigError(f"Override `{shorten(text)}` has an empty key; write dotted keys such as method.buffer_size=500.")
+    if not raw.strip():  # `method=` would reset a whole section to its defaults, `train.epochs=` fail obscurely
+        raise ConfigError(f"Override `{shorten(text)}` has no value after `=`; give one (e.g. {shorten(key, 40)}=...), "
+                          f"or write {shorten(key, 40)}=null to unset it.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"Override `{shorten(text)}`: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -386,16 +399,77 @@ def section(data: dict, path: list[str], text: str) -> dict:
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise ConfigError(f"Override `{text}`: `{part}` is a value, not a section, so it has no sub-keys.")
+            raise ConfigError(f"Override `{shorten(text)}`: `{part}` is a value, not a section, so it has no sub-keys.")
         node = child
     return node
+
+
+MAX_YAML_NODES = 100_000  # the values of a config once its aliases are expanded; real configs hold a few hundred
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing what validates but should not: a key given twice in one mapping (YAML keeps the
+    last one silently) and aliases that expand into more than :data:`MAX_YAML_NODES` values (a "billion laughs"
+    document of a few hundred bytes that becomes gigabytes once merged, dumped or validated)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        expanded = expanded_size(node)
+        if expanded > MAX_YAML_NODES:
+            raise ConfigError(f"its aliases (`*name`) expand into {expanded:,} values, more than the "
+                              f"{MAX_YAML_NODES:,} a config may hold; write the values out or use fewer nested "
+                              f"aliases.")
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in lines:
+                    raise ConfigError(f"the key `{shorten(key)}` appears twice in one mapping (lines {lines[key]} "
+                                      f"and {line}), and only the last would count; keep one of them.")
+                if isinstance(key, (str, int, float, bool)):
+                    lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def expanded_size(node) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded, counted without expanding (an alias is the
+    same node object, so each distinct node is sized once)."""
+    sizes: dict[int, int] = {}
+
+    def size(n) -> int:
+        if id(n) not in sizes:
+            sizes[id(n)] = 0  # a recursive alias counts once instead of looping
+            children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else (
+                n.value if isinstance(n, yaml.SequenceNode) else [])
+            sizes[id(n)] = 1 + sum(size(c) for c in children)
+        return sizes[id(n)]
+
+    return size(node) if node is not None else 0
+
+
+def load_yaml(text: str):
+    """``text`` parsed as a config's YAML (:class:`ConfigLoader`)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; pass a path to a YAML file (see configs/).")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8.") from None
+    try:
+        data = load_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"Config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

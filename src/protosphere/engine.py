@@ -15,7 +15,9 @@ never written while a parameter or buffer holds NaN/inf (the run stops instead),
 ``weights_only=True``. Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved
 state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
 Under DDP a checkpoint also holds every rank's own state (RNG states, replay buffers), gathered to rank 0, and
-``metrics.csv`` is cut back to what it held at the checkpoint, so a resumed run logs every step once.
+``metrics.csv`` is cut back to what it held at the checkpoint, so a resumed run logs every step once. SIGTERM and
+SIGINT (:mod:`protosphere.interrupt`) end the step under way (or the task's evaluation), save ``last.ckpt`` there and
+stop with :class:`~protosphere.interrupt.RunInterrupted`; resuming from it gives the numbers of an uninterrupted run.
 
 Under DDP ``train.batch_size`` is the global batch: each rank trains on its own slice of it and methods see the
 global batch through ``gather`` (see :mod:`protosphere.distributed` for why no loss scaling is needed); the loss and
@@ -29,6 +31,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -42,6 +45,7 @@ from .data.augment import shard_draws
 from .data.scenarios import model_input
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
 from .errors import ConfigError, RunError
+from .interrupt import RunInterrupted, StopRequest
 from .losses._checks import set_validation
 from .methods.base import Method, StepContext, StepOutput, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
@@ -107,6 +111,9 @@ class MetricsLog:
         if not new and truncate_to is not None and path.stat().st_size > truncate_to:
             with open(path, "r+b") as f:  # drop rows logged after the checkpoint we resume from
                 f.truncate(truncate_to)
+        if not new:
+            cut_partial_row(path)
+            new = path.stat().st_size == 0  # not even the header was whole
         self.file = open(path, "a" if not new else "w", newline="")
         self.writer = csv.writer(self.file)
         if new:
@@ -118,21 +125,46 @@ class MetricsLog:
         elapsed = f"{time.time() - self.start:.3f}"
         if self.trackers:
             self.trackers.log(split, values, self.global_step, task, epoch)
-        for name, value in values.items():
-            if value is None:
-                continue
-            self.writer.writerow((elapsed, task, "" if epoch is None else epoch, "" if step is None else step, split,
-                                  name, f"{float(value):.6g}"))
-        self.file.flush()
+        try:
+            for name, value in values.items():
+                if value is None:
+                    continue
+                self.writer.writerow((elapsed, task, "" if epoch is None else epoch, "" if step is None else step,
+                                      split, name, f"{float(value):.6g}"))
+            self.file.flush()
+        except OSError as exc:  # e.g. a full disk: name the file (a failed write or flush does not)
+            raise OSError(exc.errno, exc.strerror, self.file.name) from exc
 
     def tell(self) -> int | None:
         return self.file.tell() if self.enabled else None
 
     def close(self, status: str = "success") -> None:
         if self.enabled:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the rows left in the buffer meet the full disk again
+                if status == "success":
+                    raise  # a failed run reports the error that stopped it, not this echo of it
         if self.trackers:
             self.trackers.close(status)
+
+
+def cut_partial_row(path: Path) -> None:
+    """Cut a last row without its newline (a kill inside a write), so that the next row does not continue it."""
+    with open(path, "r+b") as f:
+        end = start = f.seek(0, os.SEEK_END)
+        while start > 0:  # back from the end, 64 KiB at a time, to the last newline
+            size = min(start, 1 << 16)
+            f.seek(start - size)
+            chunk = f.read(size)
+            if start == end and chunk.endswith(b"\n"):
+                return
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                f.truncate(start - size + newline + 1)
+                return
+            start -= size
+        f.truncate(0)
 
 
 def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, step: StepContext,
@@ -332,11 +364,14 @@ class TaskMonitor:
 
 class Engine:
     """Runs a method through a scenario. ``write_embeddings(features, labels, weights)`` stores the embedding
-    snapshot taken after the last task (the runner passes the report's writer; none: no snapshot)."""
+    snapshot taken after the last task (the runner passes the report's writer; none: no snapshot). ``stop``: a
+    :class:`~protosphere.interrupt.StopRequest`; once set, the run finishes its training step (or the evaluation of
+    its task), saves ``last.ckpt`` and raises :class:`~protosphere.interrupt.RunInterrupted`."""
 
     def __init__(self, config: RunConfig, run_dir: Path, fabric: Fabric, console=None, show_progress: bool = True,
-                 write_embeddings: Callable | None = None):
+                 write_embeddings: Callable | None = None, stop: StopRequest | None = None):
         self.config = config
+        self.stop = stop  # set by SIGTERM/SIGINT (protosphere.interrupt): checkpoint and stop at the next safe point
         self.run_dir = Path(run_dir)
         self.fabric = fabric
         self.console = console
@@ -384,6 +419,8 @@ class Engine:
                 checkpoints.save(f"task-{t}.ckpt", method, optimizer, protocol.results, t, "task_done", 0,
                                  self.global_step)
                 self._announce(context, training, evaluation)
+                if t < scenario.num_tasks - 1 and self._stop_agreed():  # the last task's end is the run's end
+                    raise self._interrupted(t, None)
             status = "success"
         finally:
             progress.stop()
@@ -416,14 +453,39 @@ class Engine:
                                     inspect=lambda out: monitor.inspect(out, step))
             self.global_step += 1
             last = step == total - 1
-            save = bool(every) and (step + 1) % every == 0 and not last
+            stopping = self._stop_requested(step)
+            save = stopping or (bool(every) and (step + 1) % every == 0 and not last)
             monitor.after_step(step, epoch, output, optimizer, len(rows), save)
             if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
                 protocol.after_epoch(method, context, epoch)
             if save:
                 self.checkpoints.save("last.ckpt", method, optimizer, protocol.results, t, "in_task", step + 1,
                                       self.global_step)
+            if stopping:
+                raise self._interrupted(t, step + 1)
         return monitor.finish()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _stop_requested(self, step: int) -> bool:
+        """Whether a signal asked the run to stop after this training step. Under DDP every rank must stop at the
+        same step (a checkpoint is collective), so the ranks agree only at logged steps, where the host waits for
+        the device anyway."""
+        if self.fabric.world_size > 1 and (step + 1) % self.config.train.log_every_n_steps:
+            return False
+        return self._stop_agreed()
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop (one process: whether this one was)."""
+        asked = self.stop is not None and self.stop.requested
+        if self.fabric.world_size == 1:
+            return asked
+        flag = self.fabric.all_reduce(torch.tensor(float(asked), device=self.fabric.device),
+                                      reduce_op=torch.distributed.ReduceOp.MAX)
+        return float(flag) > 0
+
+    def _interrupted(self, task: int, step: int | None) -> RunInterrupted:
+        signum = self.stop.signum if self.stop is not None and self.stop.signum is not None else signal.SIGTERM
+        return RunInterrupted(signum, self.run_dir, self.files.last_checkpoint, task, step)
 
     # ----------------------------------------------------------------------------------------------------------
     def _setup(self, method: Method, resume: dict | None):

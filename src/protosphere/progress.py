@@ -11,6 +11,7 @@ ETA run ~0:05:00``, and one line per evaluation with its time. No control charac
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -163,3 +164,63 @@ class RunProgress:
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class GuardedStream:
+    """A stream (stdout) that a run's output cannot kill: when writing fails, because the reader of a pipe went away
+    (``protosphere run ... | head -1``) or the device is full (``> /dev/full``), the output is switched off and the
+    run goes on writing its results. File descriptor 1 is then pointed at /dev/null, so that nothing else (a
+    ``print``, the interpreter's own flush at exit) meets the broken stream either."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):  # EPIPE, ENOSPC, EIO; a closed file
+                self._switch_off()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._switch_off()
+
+    def _switch_off(self) -> None:
+        self.broken = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.stream.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no descriptor (e.g. a notebook's stream): nothing to redirect
+            pass
+
+    def isatty(self) -> bool:
+        try:
+            return not self.broken and self.stream.isatty()
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def stdout_console(width: int | None = None):
+    """A rich console on stdout that survives a broken stdout (:class:`GuardedStream`); ``width`` when stdout is not
+    a terminal (logs and CI: wide lines, no live bars)."""
+    import sys
+
+    from rich.console import Console
+
+    stream = GuardedStream(sys.stdout)
+    console = Console(file=stream)
+    if not console.is_terminal and width is not None:
+        console = Console(file=stream, width=width)
+    return console

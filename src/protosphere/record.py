@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import RunError
 
-__all__ = ["RunRecord", "RunDir", "atomic_write", "read_record", "save_embedding_snapshot"]
+__all__ = ["RunRecord", "RunDir", "RunLock", "atomic_write", "read_record", "save_embedding_snapshot"]
 
 Setting = Literal["class_il", "task_il"]
 Matrix = list[list[float]]  # A[t][j]: accuracy (%) on task j's test data after training task t
@@ -281,8 +281,10 @@ def atomic_write(path: str | Path, content: Union[str, bytes, Writer]) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write or fsync: name the file it was for
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     _sync_folder(path.parent)
     return path
@@ -398,6 +400,126 @@ class RunDir:
 
 
 EMBEDDINGS_FILE = "embeddings.npz"
+LOCK_FILE = "run.lock"
+LOCK_FD_VARIABLE = "PROTOSPHERE_RUN_LOCK_FD"  # a report process started by its run inherits the run's lock
+
+
+class RunLock:
+    """``run.lock``: one process at a time trains, resumes, overwrites or reports a run folder.
+
+    The lock is ``flock`` on an open file, so it belongs to the processes that hold the file open and disappears with
+    them, a SIGKILL included (a stale run.lock file is then just a file, locked by nobody). The file holds the
+    holder's PID, host and command, for the refusal of the next process; it is removed when the lock is released
+    (unlinked before the unlock, and a process that locked a file that was removed meanwhile retries, so two
+    processes never both hold it). A lock can be handed to a child process (:meth:`inheritable`): the background
+    report of a finished run keeps the folder locked until it has written the report.
+    """
+
+    def __init__(self, run_dir: str | Path, purpose: str = "run"):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.purpose = purpose
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def acquire(self) -> "RunLock":
+        """Lock the folder, or raise :class:`RunError` naming the process that holds it; a no-op when held."""
+        import fcntl
+
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise RunError(f"{self.path.parent} is in use by {holder} (see {self.path}); wait until it ends or "
+                               f"stop it, then try again.") from None
+            if self._is_current(fd):
+                self.fd = fd
+                self._write_holder()
+            else:  # the previous holder removed the file between our open and our lock: lock the new one
+                os.close(fd)
+        return self
+
+    def adopt_inherited(self) -> bool:
+        """Take over the lock a parent process handed down (its descriptor in $PROTOSPHERE_RUN_LOCK_FD) when it is
+        this folder's; returns whether it was."""
+        value = os.environ.pop(LOCK_FD_VARIABLE, "")
+        if not value.isdigit() or self.fd is not None:
+            return False
+        fd = int(value)
+        try:
+            if not self._is_current(fd):
+                os.close(fd)
+                return False
+        except OSError:  # not an open descriptor (the variable leaked from elsewhere)
+            return False
+        self.fd = fd
+        self._write_holder()
+        return True
+
+    def inheritable(self) -> int:
+        """The lock's descriptor, made inheritable for a child process that takes the lock over (pass it with
+        ``pass_fds`` and $PROTOSPHERE_RUN_LOCK_FD); after :meth:`hand_over` this process no longer holds it."""
+        os.set_inheritable(self.fd, True)
+        return self.fd
+
+    def hand_over(self) -> None:
+        """Close this process's descriptor without unlocking or removing the file: the child holds the lock now."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if self._is_current(self.fd):
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        if not self.adopt_inherited():
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``fd`` is the file now at :attr:`path` (not one removed since it was opened)."""
+        try:
+            current = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        opened = os.fstat(fd)
+        return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
+
+    def _write_holder(self) -> None:
+        import socket
+
+        text = f"{os.getpid()} {socket.gethostname()} protosphere {self.purpose}\n"
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, text.encode(), 0)
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds a lock, from its file: "process 123 on host (protosphere run)"; the holder writes it right after
+    locking, so an empty file is read again a few times."""
+    import time
+
+    for _ in range(20):
+        words = os.pread(fd, 512, 0).decode(errors="replace").split()
+        if len(words) >= 2 and words[0].isdigit():
+            return f"process {words[0]} on {words[1]} ({' '.join(words[2:]) or 'protosphere'})"
+        time.sleep(0.01)
+    return "another process"
 
 
 def save_embedding_snapshot(run_dir: str | Path, features, labels, prototypes=None, max_points: int = 3000,

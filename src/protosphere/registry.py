@@ -145,18 +145,86 @@ PLUGIN_GROUP = "protosphere.plugins"
 mine = "mypackage.protosphere_plugin"`` in the package's pyproject.toml."""
 
 
-def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> list[str]:
-    """Import ``modules`` (dotted names; importing one registers its entries), then, with ``entry_points``, every
-    entry point of :data:`PLUGIN_GROUP` of the installed packages. Returns what was loaded, in order.
+class PluginLoadError(ImportError):
+    """A plugin failed to import: an ``--import`` module (``installed`` False) or an installed entry point of
+    :data:`PLUGIN_GROUP` (True). The message is one sentence naming the plugin, the error and where it was raised."""
 
-    A module that cannot be found raises :class:`ModuleNotFoundError`; errors inside a plugin propagate unchanged.
+    def __init__(self, message: str, plugin: str, installed: bool):
+        super().__init__(message)
+        self.plugin, self.installed = plugin, installed
+
+
+def _failure(label: str, exc: BaseException, advice: str) -> str:
+    """``label`` failed to load: the error, the plugin's line that raised it, and what to do."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if "importlib" not in f.filename] or frames
+    where = f" at {own[-1].filename}:{own[-1].lineno}" if own else ""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 120 else text[:119] + "…"
+    return f"{label} failed to load ({type(exc).__name__}: {text}{where}); {advice}."
+
+
+def import_module_or_file(name: str):
+    """Import a dotted module name, or a Python file given by its path (``./my_plugin.py``) under its stem."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if not (name.endswith(".py") or "/" in name or "\\" in name):
+        return importlib.import_module(name)
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise PluginLoadError(f"--import {name}: there is no such Python file; give the path of a .py file or a dotted "
+                              f"module name.", name, installed=False)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # so that pickling, dataclasses and the module's own imports find it
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(path.stem, None)
+        raise
+    return module
+
+
+def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> list[str]:
+    """Import ``modules`` (dotted names or paths of .py files; importing one registers its entries), then, with
+    ``entry_points``, every entry point of :data:`PLUGIN_GROUP` of the installed packages. Returns what was loaded,
+    in order.
+
+    A module that cannot be found raises :class:`ModuleNotFoundError`; any other failure of a plugin raises
+    :class:`PluginLoadError` (for the entry points, after every other one was loaded, so that a broken package
+    does not take the healthy ones with it).
     """
     loaded = []
     for name in modules:
-        importlib.import_module(name)
+        try:
+            import_module_or_file(name)
+        except PluginLoadError:
+            raise
+        except ModuleNotFoundError as exc:
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+                raise  # the module itself is not there (the command line says how to name it)
+            raise PluginLoadError(_failure(f"--import {name}", exc, f"install `{exc.name}` or fix the module"),
+                                  name, installed=False) from exc
+        except Exception as exc:
+            raise PluginLoadError(_failure(f"--import {name}", exc, "fix the module"), name, installed=False) \
+                from exc
         loaded.append(name)
     if entry_points:
+        failures = []
         for point in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda p: p.name):
-            point.load()
+            try:
+                point.load()
+            except Exception as exc:
+                package = point.dist.name if getattr(point, "dist", None) is not None else "its package"
+                failures.append(PluginLoadError(_failure(
+                    f"The installed plugin `{point.name}` ({point.value}, from {package})", exc,
+                    f"fix or uninstall {package} (pip uninstall {package})"), point.name, installed=True))
+                continue
             loaded.append(point.value)
+        if failures:
+            raise failures[0]
     return loaded

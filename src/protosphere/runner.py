@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import RunConfig
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, shorten
 
 
 def build_fabric(config: RunConfig):
@@ -64,6 +66,44 @@ def check_processes(config: RunConfig, world_size: int) -> None:
         raise ConfigError(f"method.buffer_size={size} is the global replay memory, split evenly over the "
                           f"{world_size} processes, so it must be divisible by {world_size}; use a multiple of "
                           f"{world_size}, e.g. {size - size % world_size or world_size}.")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (a SLURM job or a container may get fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_threads(config: RunConfig) -> None:
+    """Far more threads than cores only makes each thread wait for a core (4 x cores leaves room for hyper-threads
+    and a deliberate oversubscription); refused before torch is told."""
+    threads, cores = config.fabric.threads, usable_cores()
+    if threads is not None and threads > 4 * cores:
+        raise ConfigError(f"fabric.threads={shorten(threads)} is more than 4 x the {cores} CPU core(s) this process "
+                          f"may use; use at most {4 * cores} (or leave it unset for torch's choice).")
+
+
+def check_memory(config: RunConfig, image_shape) -> None:
+    """A replay buffer whose images alone (uint8) would fill more than half of the RAM is refused before anything
+    is written (or allocated), instead of the machine swapping or the process being killed hours in."""
+    size = getattr(config.method, "buffer_size", 0) or 0
+    memory = physical_memory()
+    image_bytes = int(np.prod(image_shape))
+    if memory and size * image_bytes > memory // 2:
+        fits = max(1, memory // 2 // image_bytes)
+        raise ConfigError(f"method.buffer_size={shorten(size)} keeps {size * image_bytes / 1e9:,.1f} GB of "
+                          f"{'x'.join(map(str, image_shape))} uint8 images, more than half of this machine's "
+                          f"{memory / 1e9:,.1f} GB of RAM; use a buffer_size below {fits:,}.")
 
 
 def scenario_notes(config: RunConfig, scenario) -> list[str]:
@@ -156,7 +196,8 @@ def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = Fal
     if resume and overwrite:
         raise RunError("--resume and --overwrite contradict each other; pass one of them.")
     run_dir = Path(config.output_dir) / config.name
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    check_no_links(run_dir)
+    if run_dir.is_dir() and run_entries(run_dir):
         if not overwrite and not resume:
             raise RunError(
                 f"Output directory {run_dir} already exists; pass --resume to continue that run, --overwrite to "
@@ -167,6 +208,8 @@ def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = Fal
                 f"--overwrite removes only a protosphere run folder, and {run_dir} is not one (no config.yaml or "
                 f"results.json of a run named {config.name}); choose another name=... or move its files away."
             )
+        if overwrite:
+            check_removable(run_dir)
     elif resume:
         raise RunError(f"Cannot resume: {run_dir} holds no run; start it without --resume.")
     existing = run_dir
@@ -176,6 +219,82 @@ def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = Fal
         raise RunError(f"Cannot write to output directory {run_dir} ({existing} is not a directory); choose a "
                        f"writable output_dir=....")
     return run_dir
+
+
+def check_no_links(run_dir: Path) -> None:
+    """Refuse a run folder that is a symbolic link or holds one where the run writes (any entry of the folder, and
+    anything in checkpoints/ and plots/): metrics.csv is appended and cut back in place and plots are saved by
+    path, so a link would send those writes out of the folder (into a file of someone else's, say)."""
+    if run_dir.is_symlink():
+        raise RunError(f"The run folder {run_dir} is a symbolic link (to {shorten(os.readlink(run_dir))}); a run "
+                       f"writes only into a real folder, so set output_dir= to where the link points instead.")
+    if not run_dir.is_dir():
+        return
+    inside = [path for sub in ("checkpoints", "plots") if (run_dir / sub).is_dir() and not (run_dir / sub).is_symlink()
+              for path in (run_dir / sub).rglob("*")]
+    for path in [*run_dir.iterdir(), *inside]:
+        if path.is_symlink():
+            raise RunError(f"{path} is a symbolic link (to {shorten(os.readlink(path))}), and a run never writes "
+                           f"through a link out of its folder; replace the link by the file it points to, or remove "
+                           f"it.")
+
+
+def run_entries(run_dir: Path) -> list[Path]:
+    """What a run folder holds besides the lock of the process looking at it."""
+    from .record import LOCK_FILE
+
+    return [path for path in run_dir.iterdir() if path.name != LOCK_FILE]
+
+
+RUN_FILES = frozenset({"config.yaml", "results.json", "metrics.csv", "checkpoints", "plots", "report.html",
+                       "report.log", "embeddings.npz", "tensorboard", "wandb", "run.lock", ".write-test"})
+
+
+def check_removable(run_dir: Path) -> None:
+    """Before --overwrite removes anything: every entry of the folder is one a run writes (a user's own file is
+    never removed with it) and every folder in it can be written (so the removal cannot stop half-way)."""
+    foreign = sorted(p.name for p in run_dir.iterdir()
+                     if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise RunError(f"--overwrite would remove {run_dir}, which also holds files no run writes ({shown}); move "
+                       f"them out of the folder first, or choose another name=....")
+    for folder, subfolders, _ in os.walk(run_dir):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RunError(f"--overwrite cannot remove the old run in {run_dir}: {folder} is not writable (read-only "
+                           f"file system or permissions); fix that first, or choose another name=....")
+        subfolders[:] = [d for d in subfolders if not os.path.islink(os.path.join(folder, d))]
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Empty a run folder for --overwrite, keeping the lock this process holds in it (removing the folder would
+    drop the lock: another process could then start in a new folder of the same name)."""
+    for path in run_entries(run_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def remove_leftover_temporaries(run_dir: Path) -> None:
+    """The temporary files of writes a killed run left half-done (``.<name>.<id>.tmp``, see
+    :func:`~protosphere.record.atomic_write`): never a complete file, so they only take space. Safe under the run's
+    lock, which no writer of this folder can hold now."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir() and not folder.is_symlink():
+            for path in folder.glob(".*.tmp"):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+
+
+def check_world_size(state: dict, world_size: int, run_dir: Path) -> None:
+    """A checkpoint continues only with the number of processes that wrote it (each holds its own RNG stream and
+    share of the replay memory); checked before config.yaml is rewritten with the new fabric settings."""
+    written = state.get("world_size", 1)
+    if written != world_size:
+        raise RunError(f"The checkpoint {state.get('loaded_from', run_dir)} was written by {written} process(es) and "
+                       f"this run has {world_size}; resume with the fabric.devices and fabric.num_nodes of "
+                       f"{run_dir / 'config.yaml'}.")
 
 
 def check_same_config(run_dir: Path, config: RunConfig) -> None:
@@ -195,12 +314,21 @@ def check_same_config(run_dir: Path, config: RunConfig) -> None:
                        f"{path} and no changed overrides, or start a new run with --overwrite.")
 
 
-def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False, lock=None) -> Path:
+    """Check, then create or (--overwrite) empty the run folder; ``lock``: the run's :class:`~protosphere.record.
+    RunLock`, taken here when the folder is new."""
     run_dir = check_run_dir(config, resume=resume, overwrite=overwrite)
-    if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
-        shutil.rmtree(run_dir)
+    if overwrite and run_dir.is_dir() and run_entries(run_dir):
+        try:
+            remove_run_files(run_dir)
+        except OSError as exc:  # checked before (check_removable), so a race or a device failure
+            raise RunError(f"--overwrite could not empty {run_dir} ({exc.strerror}: {exc.filename}), so part of the "
+                           f"old run may be gone; fix that and run with --overwrite again.") from None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if lock is not None:
+            lock.acquire()
+        remove_leftover_temporaries(run_dir)
         probe = run_dir / ".write-test"
         probe.write_text("")
         probe.unlink()
@@ -246,6 +374,22 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
 
 
 @contextlib.contextmanager
+def os_errors_keep_checkpoint(files):
+    """An OSError while the run writes its folder (a full disk, a quota, a read-only or vanished folder) becomes one
+    sentence naming the file, what to free or fix, and the checkpoint that is intact (checkpoints are written
+    atomically, so the last one is always whole)."""
+    from .errors import describe_os_error
+
+    try:
+        yield
+    except OSError as exc:
+        last = files.last_checkpoint
+        kept = (f"; the last checkpoint {last} is intact, so --resume continues from it once that is fixed"
+                if last.is_file() else "; no checkpoint was written yet, so start the run again once that is fixed")
+        raise RunError(describe_os_error(exc, kept=kept)) from None
+
+
+@contextlib.contextmanager
 def precision_dtype(precision: str):
     """A float64 run (``fabric.precision=64-true``) trains and evaluates in float64 throughout: batches and replayed
     images are converted to it (``model_input`` uses the default dtype) and every tensor a method or a loss creates
@@ -263,7 +407,22 @@ def precision_dtype(precision: str):
 
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
         show_progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
-    """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv)."""
+    """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv).
+
+    The run folder is locked (``run.lock``) from the first look at it until results.json and the report are
+    written, so a second process on the same folder (a --resume, --overwrite or report) is refused, naming this one."""
+    from .record import RunLock
+
+    lock = RunLock(Path(config.output_dir) / config.name)
+    try:
+        return _run(config, lock, resume=resume, overwrite=overwrite, console=console, show_progress=show_progress,
+                    command=command)
+    finally:
+        lock.release()
+
+
+def _run(config: RunConfig, lock, resume: bool, overwrite: bool, console, show_progress: bool,
+         command: str | None) -> tuple[dict, Path]:
     from .engine import Engine, config_fingerprint, environment
     from .protocol import summary_metrics
     from .record import RunDir, save_embedding_snapshot
@@ -272,6 +431,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     from .provenance import command_line, source_revision
 
     started = time.time()
+    check_threads(config)
     # Under DDP every process runs this function (torchrun / SLURM start them all; fabric.launch() starts the others
     # on one machine), so rank 0 alone checks and creates the run directory and the others follow its verdict.
     fabric = build_fabric(config)
@@ -282,6 +442,9 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     loaded: dict = {}
 
     def check() -> bool:
+        check_no_links(run_dir)  # run.lock is opened in the folder: never through a link
+        if run_dir.is_dir():
+            lock.acquire()  # before the folder is read, and long before --overwrite empties it
         check_run_dir(config, resume=resume, overwrite=overwrite)
         if not resume:
             return False
@@ -289,6 +452,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
         if (run_dir / "results.json").exists():
             return True
         loaded["state"] = load_checkpoint(run_dir, config)  # validates version and config fingerprint
+        check_world_size(loaded["state"], fabric.world_size, run_dir)
         return False
 
     if rank_zero_first(fabric, check):
@@ -305,6 +469,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     check_trackers(config)
     fabric.seed_everything(config.seed, verbose=False)
     scenario = build_scenario_from_config(config)
+    check_memory(config, scenario.image_shape)
     method = build_method(config, scenario, world_size=fabric.world_size)
     if console is not None and fabric.is_global_zero:
         for note in scenario_notes(config, scenario):
@@ -312,15 +477,25 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
     from .threads import apply_threads
 
     apply_threads(config, method, scenario.image_shape)  # from the config alone: same numbers on a busy machine
-    rank_zero_first(fabric, lambda: (prepare_run_dir(config, resume=resume, overwrite=overwrite),
-                                     files.write_config(config)))
+
+    if resume and fabric.is_global_zero and not files.metrics.exists() and console is not None:
+        # a log, not the record (results.json and the checkpoints are): refusing would leave --overwrite as the only
+        # way to finish the run, so it is started afresh and the user is told what it lacks
+        console.print(f"note: {files.metrics} is missing; it is started afresh and holds only what the run logs from "
+                      f"now on (earlier rows are lost; results.json is not affected).")
 
     def write_embeddings(features, labels, weights):
         save_embedding_snapshot(run_dir, features, labels, weights)
 
-    engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress,
-                    write_embeddings=write_embeddings)
-    with precision_dtype(config.fabric.precision):
+    from .interrupt import stop_on_signals
+
+    # from the moment the folder is written until training ends, SIGTERM/SIGINT stop the run at its next checkpoint
+    # (RunInterrupted after the step under way), so a signalled run never leaves a folder without one
+    with os_errors_keep_checkpoint(files), stop_on_signals() as stop, precision_dtype(config.fabric.precision):
+        rank_zero_first(fabric, lambda: (prepare_run_dir(config, resume=resume, overwrite=overwrite, lock=lock),
+                                         files.write_config(config)))
+        engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress,
+                        write_embeddings=write_embeddings, stop=stop)
         raw = engine.fit(scenario, method, resume=state)
     random_init = raw["random_init"]
     results = {
@@ -353,30 +528,39 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
                         "precision": config.fabric.precision},
         "config": config.model_dump(mode="json"),
     }
-    if fabric.is_global_zero:
+    if not fabric.is_global_zero:
+        return results, run_dir
+    with os_errors_keep_checkpoint(files):
         record = files.write_results(results)
         if config.eval.report == "inline":
             from .report import try_write_report
 
             try_write_report(run_dir, record, console=console)  # a plotting failure is a warning, never a lost run
         elif config.eval.report == "background":
-            report_in_background(run_dir)
+            report_in_background(run_dir, lock)
     return results, run_dir
 
 
-def report_in_background(run_dir: Path):
+def report_in_background(run_dir: Path, lock=None):
     """Start ``protosphere report RUN_DIR`` as a detached, low-priority process (its output goes to
     ``RUN_DIR/report.log``) and return at once: matplotlib's import and the plots (≈ 2–3 s) leave the run's wall time,
-    and at ``nice`` 10 they take a core only when nothing else wants it. Returns the process."""
+    and at ``nice`` 10 they take a core only when nothing else wants it. The run's ``lock``, when held, passes to the
+    report process, so the folder stays locked until the report is written. Returns the process."""
     import os
     import subprocess
     import sys
 
+    from .record import LOCK_FD_VARIABLE, RunDir
+
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
-    from .record import RunDir
-
+    inherited = (lock.inheritable(),) if lock is not None and lock.held else ()
+    if inherited:
+        env[LOCK_FD_VARIABLE] = str(inherited[0])
     with open(RunDir(run_dir).report_log, "wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "protosphere.cli", "report", str(run_dir)], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                preexec_fn=lambda: os.nice(10))
+        process = subprocess.Popen([sys.executable, "-m", "protosphere.cli", "report", str(run_dir)], stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                   start_new_session=True, pass_fds=inherited, preexec_fn=lambda: os.nice(10))
+    if inherited:
+        lock.hand_over()
+    return process

@@ -26,8 +26,10 @@ from __future__ import annotations
 import itertools
 import json
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,8 @@ from typing import Sequence
 from . import runner
 from .config import load_config, parse_override, plain_name, validate_config
 from .engine import config_fingerprint
-from .errors import ConfigError, RunError
+from .errors import ConfigError, Interrupted, RunError
+from .interrupt import handling_signals
 from .report.compare import (BEST_RULE, Entry, best_labels, best_test, build_columns, metric_value, rich_table,
                              summarize_rows, to_html, to_markdown)
 
@@ -222,7 +225,7 @@ def plan(config, overwrite: bool) -> tuple[str, dict | None]:
     found = reusable_results(run_dir, config)
     if found is not None:
         return "reused", found
-    occupied = run_dir.exists() and any(run_dir.iterdir())
+    occupied = run_dir.is_dir() and bool(runner.run_entries(run_dir))  # a stale run.lock alone is no run
     if occupied and not overwrite:
         if (run_dir / "results.json").is_file():
             raise RunError(f"{run_dir} holds a finished run of a different config; pass --overwrite to rerun it "
@@ -269,12 +272,41 @@ def last_error(log: Path) -> str:
     return (errors or lines or ["empty log"])[-1]
 
 
-def run_in_process(run: PlannedRun, how: str) -> int:
-    log = log_path(run.config)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as handle:
-        return subprocess.run(run_command(run, how), stdout=handle, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL).returncode
+class RunProcesses:
+    """The ``protosphere run`` processes of a parallel compare. A SIGTERM/SIGINT to compare is passed on to every
+    one of them (each stops at its next checkpoint), no further one starts, and compare waits for them, so no run
+    is left training as an orphan. Each runs in its own session: a Ctrl-C on the terminal reaches compare alone,
+    and every run gets exactly one signal (a second one would stop it at once, without a checkpoint)."""
+
+    def __init__(self):
+        self.running: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.signum: int | None = None
+
+    def run(self, run: PlannedRun, how: str) -> int | None:
+        """Train or resume ``run`` and return its exit status; None when compare was stopped before it started."""
+        log = log_path(run.config)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:  # a signal handled while another thread starts a process still reaches it (see forward)
+            if self.signum is not None:
+                return None
+            with open(log, "w") as handle:
+                process = subprocess.Popen(run_command(run, how), stdout=handle, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, start_new_session=True)
+            self.running.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self.lock:
+                self.running.discard(process)
+
+    def forward(self, signum: int, frame=None) -> None:
+        """The signal handler (main thread, which never holds the lock: it waits on the futures)."""
+        self.signum = signum
+        with self.lock:
+            for process in list(self.running):
+                if process.poll() is None:
+                    process.send_signal(signum)
 
 
 def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, console=None) -> list[dict]:
@@ -306,12 +338,15 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
         console.print(f"training {len(pending)} run(s), {min(jobs, len(pending))} at a time in separate processes; "
                       f"each logs to {Path(runs[0].config.output_dir)}/<run>.log", highlight=False)
     failures = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_in_process, runs[i], plans[i][0]): i for i in pending}
+    processes = RunProcesses()
+    with handling_signals(processes.forward), ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(processes.run, runs[i], plans[i][0]): i for i in pending}
         for future in as_completed(futures):
             i = futures[future]
             run, how = runs[i], "resumed" if plans[i][0] == "resume" else "trained"
             code = future.result()
+            if code is None or processes.signum is not None:
+                continue  # stopped by the signal: the runs are resumed when the same command runs again
             results = reusable_results(Path(run.config.output_dir) / run.config.name, run.config) if code == 0 else None
             if results is None:
                 error = (f"exit status {code}: {last_error(log_path(run.config))}" if code != 0 else
@@ -322,6 +357,12 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
             else:
                 outcome[i] = (results, how)
                 report(run, how, results)
+    if processes.signum is not None:
+        stopped = sum(1 for i in pending if i not in outcome)
+        raise Interrupted(processes.signum, f"compare interrupted by {signal.Signals(processes.signum).name}: "
+                          f"{stopped} run(s) stopped at their last checkpoint (see their logs in "
+                          f"{Path(runs[0].config.output_dir)}); run the same command again to continue (finished "
+                          f"runs are reused, stopped ones resumed).")
     for i, run in enumerate(runs):
         results, how = outcome[i]
         run.entry.results.append(results)
