@@ -436,8 +436,10 @@ class Engine:
         images, labels = method.training_data(context)
         images, labels = images.to(fabric.device), labels.to(fabric.device)
         epochs, batch, every = cfg.train.epochs_for(t), cfg.train.batch_size, cfg.train.checkpoint_every_n_steps
-        steps_per_epoch = max(1, len(labels) // batch)  # an incomplete last batch is dropped (as in Co2L/Mammoth)
-        total = epochs * steps_per_epoch                 # unless it is the only one
+        # an incomplete last batch is dropped unless it is the only one, so every step sees a full global batch (the
+        # contrastive losses' negatives); Co2L, samix and Mammoth keep it (docs/reproduction.md lists the difference)
+        steps_per_epoch = max(1, len(labels) // batch)
+        total = epochs * steps_per_epoch
         monitor = TaskMonitor(self, t, epochs, steps_per_epoch, total, first)
         for step in range(first, total):
             epoch, index = divmod(step, steps_per_epoch)
