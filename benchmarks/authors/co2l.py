@@ -36,7 +36,6 @@ task. Everything runs unchanged except these replacements:
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import time
@@ -102,21 +101,8 @@ def main(argv=None):
         return state["opt"]
 
     co2l_main.parse_option = parse_and_keep
-    select = co2l_main.set_replay_samples
-    probe_rng, probe_buffer = common.IsolatedRNG(args.seed), {"indices": None}
-
-    def set_replay_samples(opt, model, prev_indices=None):
-        chosen = select(opt, model, prev_indices=prev_indices)
-        if args.buffer == 0:  # the probe-only buffer of a memory-free run, off the training run's random stream
-            probe_opt = copy.copy(opt)
-            probe_opt.mem_size = common.PROBE_BUFFER
-            with probe_rng:
-                probe_buffer["indices"] = select(probe_opt, model, prev_indices=probe_buffer["indices"])
-            np.save(probe_dir / f"replay_indices_{opt.replay_policy}_{opt.target_task}.npy",
-                    np.array(probe_buffer["indices"]))
-        return chosen
-
-    co2l_main.set_replay_samples = set_replay_samples
+    if args.buffer == 0:
+        co2l_main.set_replay_samples = common.with_probe_buffer(co2l_main.set_replay_samples, args.seed, probe_dir)
     load_model = main_linear_buffer.set_model
 
     def set_model(opt, cls_num_list):

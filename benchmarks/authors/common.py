@@ -376,6 +376,24 @@ class IsolatedRNG:
         self._set(self._saved)
 
 
+def with_probe_buffer(select, seed: int, probe_dir: Path):
+    """The authors' ``set_replay_samples`` for a memory-free run, also choosing the probe's 200 stored samples with
+    their own selection (mem_size 200, their README's LOG_FOLDER_ZERO_MEM) on a private random stream, so the training
+    run's random sequence stays as it would be without them; the indices are saved where their probe reads them."""
+    rng, chosen = IsolatedRNG(seed), {"indices": None}
+
+    def set_replay_samples(opt, model, prev_indices=None):
+        training = select(opt, model, prev_indices=prev_indices)
+        probe_opt = copy.copy(opt)
+        probe_opt.mem_size = PROBE_BUFFER
+        with rng:
+            chosen["indices"] = select(probe_opt, model, prev_indices=chosen["indices"])
+        np.save(probe_dir / f"replay_indices_{opt.replay_policy}_{opt.target_task}.npy", np.array(chosen["indices"]))
+        return training
+
+    return set_replay_samples
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
 

@@ -42,7 +42,6 @@ parse, seed, evaluate). Everything runs unchanged except these replacements:
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
@@ -143,21 +142,8 @@ def main(argv=None) -> Path:
         return opt
 
     main_train.parse_all_training_args = parse_all_training_args
-    select = main_train.set_replay_samples
-    probe_rng, probe_buffer = common.IsolatedRNG(args.seed), {"indices": None}
-
-    def set_replay_samples(opt, model, prev_indices=None):
-        chosen = select(opt, model, prev_indices=prev_indices)
-        if args.buffer == 0:  # the probe-only buffer of a memory-free run, off the training run's random stream
-            probe_opt = copy.copy(opt)
-            probe_opt.mem_size = common.PROBE_BUFFER
-            with probe_rng:
-                probe_buffer["indices"] = select(probe_opt, model, prev_indices=probe_buffer["indices"])
-            np.save(probe_dir / f"replay_indices_{opt.replay_policy}_{opt.target_task}.npy",
-                    np.array(probe_buffer["indices"]))
-        return chosen
-
-    main_train.set_replay_samples = set_replay_samples
+    if args.buffer == 0:
+        main_train.set_replay_samples = common.with_probe_buffer(main_train.set_replay_samples, args.seed, probe_dir)
     load_model = main_eval.set_model
 
     def set_model(opt):
