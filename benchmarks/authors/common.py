@@ -35,6 +35,7 @@ import random  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -392,6 +393,34 @@ def with_probe_buffer(select, seed: int, probe_dir: Path):
         return training
 
     return set_replay_samples
+
+
+def stored_rows(logs: Path, opt, task: int, arrays: dict) -> tuple[np.ndarray, int]:
+    """The buffer indices their probe of ``task`` reads (none for the first task) and how many rows it trains on."""
+    stored = np.load(logs / f"replay_indices_{opt.replay_policy}_{task}.npy") if task > 0 else np.array([])
+    per_task = opt.cls_per_task
+    own = np.isin(arrays["train"][1], list(range(task * per_task, (task + 1) * per_task))).sum()
+    return stored, int(own) + len(stored)
+
+
+def probe_row(probe, task: int, per_task: int, their: tuple, stored: np.ndarray, arrays: dict, epochs: int,
+              rows: int, began: float, **extra) -> tuple[list, list, dict]:
+    """Row ``task`` of the class-IL and task-IL matrices from the outputs their ``validate`` scored, checked against
+    their own overall numbers (``their`` = correct per class, counts per class, their task-IL accuracy), and the
+    probe's record."""
+    row_class, row_task, overall, overall_task = probe.per_task(task + 1, per_task)
+    corr, cnt, their_task = their
+    their_overall = float(np.sum(corr) / np.sum(cnt) * 100.0)
+    if abs(their_overall - overall) > 1e-6 or abs(float(their_task) - overall_task) > 1e-4:
+        raise RuntimeError(f"per-task split disagrees with their validate: {overall} vs {their_overall}, "
+                           f"{overall_task} vs {float(their_task)}")
+    counts = np.unique(arrays["train"][1][stored.astype(int)], return_counts=True)[1].tolist() if len(stored) else []
+    record = {"task": task, "epochs": epochs, "rows": rows, "stored_rows": len(stored), "stored_per_class": counts,
+              "their_last_class_il": their_overall, "their_last_task_il": float(their_task), **extra,
+              "seconds": time.time() - began}
+    print(f"[harness] after task {task}: class-IL per task {np.round(row_class, 2).tolist()}, task-IL "
+          f"{np.round(row_task, 2).tolist()}", flush=True)
+    return row_class, row_task, record
 
 
 def seed_all(seed: int) -> None:

@@ -171,8 +171,7 @@ def main(argv=None) -> Path:
     probes, eval_s = [], 0.0
     logs = probe_dir if args.buffer == 0 else Path(opt.log_folder)
     for t in tasks:
-        stored = np.load(logs / f"replay_indices_{opt.replay_policy}_{t}.npy") if t > 0 else np.array([])
-        rows = int(np.isin(arrays["train"][1], list(range(t * per_task, (t + 1) * per_task))).sum()) + len(stored)
+        stored, rows = common.stored_rows(logs, opt, t, arrays)
         probe_epochs = common.probe_epochs(rows, args.probe_epochs)
         eval_argv = ["--seed", args.seed, "--target_task", t, "--dataset", "cifar10",
                      "--learning_rate", common.PROBE_LR, "--batch_size", common.PROBE_BATCH, "--epochs", probe_epochs,
@@ -185,21 +184,13 @@ def main(argv=None) -> Path:
         np.random.seed(eval_opt.seed)
         accuracy = main_eval.evaluate_single_task(eval_opt)
         eval_s += time.time() - began
-        row_class, row_task, overall, overall_task = probe.per_task(t + 1, per_task)
+        _, corr, cnt, their_task = probe.result
+        row_class, row_task, record = common.probe_row(probe, t, per_task, (corr, cnt, their_task), stored, arrays,
+                                                       probe_epochs, rows, began,
+                                                       their_best_class_il=float(accuracy.best_acc[1]))
         class_il.append(row_class)
         task_il.append(row_task)
-        _, corr, cnt, their_task = probe.result
-        their_overall = float(np.sum(corr) / np.sum(cnt) * 100.0)
-        if abs(their_overall - overall) > 1e-6 or abs(float(their_task) - overall_task) > 1e-4:
-            raise RuntimeError(f"per-task split disagrees with their validate: {overall} vs {their_overall}, "
-                               f"{overall_task} vs {float(their_task)}")
-        probes.append({"task": t, "epochs": probe_epochs, "rows": rows, "stored_rows": len(stored),
-                       "stored_per_class": np.unique(arrays["train"][1][stored.astype(int)], return_counts=True)[1]
-                       .tolist() if len(stored) else [],
-                       "their_last_class_il": their_overall, "their_last_task_il": float(their_task),
-                       "their_best_class_il": float(accuracy.best_acc[1]), "seconds": time.time() - began})
-        print(f"[harness] after task {t}: class-IL per task {np.round(row_class, 2).tolist()}, task-IL "
-              f"{np.round(row_task, 2).tolist()}", flush=True)
+        probes.append(record)
 
     record = {
         "code": "samix", "repository": "dangtrunganh/samix", "commit": common.checkout_commit(args.samix),
