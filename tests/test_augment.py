@@ -104,10 +104,11 @@ def test_horizontal_flip_probability():
 def test_crop_boxes_within_scale_and_ratio():
     x = torch.zeros(20000, 1, 32, 32)
     top, left, h, w = RandomResizedCrop().sample_boxes(x, _gen(0))
-    area = h * w / (32 * 32)
-    assert area.min() >= 0.2 - 1e-5 and area.max() <= 1 + 1e-5
-    aspect = w / h
-    assert aspect.min() >= 0.75 - 1e-5 and aspect.max() <= 4 / 3 + 1e-5
+    for t in (top, left, h, w):  # whole pixels
+        assert torch.equal(t, t.round())
+    area = h * w / (32 * 32)  # within scale and ratio up to the rounding of each side to a whole pixel
+    assert ((h + 0.5) * (w + 0.5) / 1024).min() >= 0.2 and ((h - 0.5) * (w - 0.5) / 1024).max() <= 1
+    assert ((w + 0.5) / (h - 0.5)).min() >= 0.75 and ((w - 0.5) / (h + 0.5)).max() <= 4 / 3
     assert top.min() >= 0 and left.min() >= 0
     assert (top + h).max() <= 32 + 1e-4 and (left + w).max() <= 32 + 1e-4
     # the area distribution spans the whole range (uniform draws, truncated by fitting)
@@ -124,7 +125,8 @@ def test_crop_boxes_fallback_when_nothing_fits():
 
 
 def test_resized_crop_content_is_the_box():
-    # a linear ramp image: bilinear resampling of a box reproduces the ramp restricted to the box exactly
+    # a linear ramp image: bilinear resampling of a box reproduces the ramp restricted to the box exactly, clamped to
+    # the box's first and last pixel centres (a resize of the cropped image reads nothing outside it)
     S = 16
     ramp = ((torch.arange(S, dtype=torch.float32) + 0.5) / S).view(1, 1, 1, S).expand(3, 1, S, S).contiguous()
     rrc = RandomResizedCrop(flip_p=0.0)
@@ -132,8 +134,63 @@ def test_resized_crop_content_is_the_box():
     y = rrc(ramp, _gen(5))
     centres = (torch.arange(S, dtype=torch.float32) + 0.5) / S
     for b in range(3):
-        xs = (left[b] + centres * w[b]).clamp(0.5, S - 0.5) / S  # border padding clamps to edge pixel centres
+        xs = (left[b] + centres * w[b]).clamp(left[b] + 0.5, left[b] + w[b] - 0.5) / S
         torch.testing.assert_close(y[b, 0, 0], xs, atol=1e-5, rtol=0)
+
+
+def test_resized_crop_equals_crop_then_resize():
+    # reference: cut the whole-pixel box out, resize it with F.interpolate (bilinear, align_corners=False: what
+    # torchvision's resize of the cropped image computes on tensors), flip
+    x = _images(64, 3, 20, seed=4)
+    rrc = RandomResizedCrop(flip_p=0.5)
+    y = rrc(x, _gen(9))
+    top, left, h, w = (t.long() for t in rrc.sample_boxes(x, _gen(9)))
+    for b in range(64):
+        crop = x[b : b + 1, :, top[b] : top[b] + h[b], left[b] : left[b] + w[b]]
+        ref = torch.nn.functional.interpolate(crop, size=(20, 20), mode="bilinear", align_corners=False)[0]
+        same = torch.allclose(y[b], ref, atol=1e-5)
+        assert same or torch.allclose(y[b], ref.flip(-1), atol=1e-5), b
+
+
+def _torchvision_get_params(u_area, u_aspect, u_top, u_left, H, W, scale, ratio):
+    """torchvision.transforms.RandomResizedCrop.get_params, step by step in Python, fed the same uniform draws."""
+    for a in range(len(u_area)):
+        target_area = H * W * (scale[0] + (scale[1] - scale[0]) * u_area[a])
+        log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        aspect_ratio = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u_aspect[a])
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= W and 0 < h <= H:
+            return int(u_top[a] * (H - h + 1)), int(u_left[a] * (W - w + 1)), h, w
+    in_ratio = W / H
+    if in_ratio < min(ratio):
+        w, h = W, int(round(W / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = H, int(round(H * max(ratio)))
+    else:
+        w, h = W, H
+    return (H - h) // 2, (W - w) // 2, h, w
+
+
+@pytest.mark.parametrize("size,scale,ratio", [((28, 28), (0.2, 1.0), (3 / 4, 4 / 3)), ((12, 20), (0.08, 1.0), (3 / 4, 4 / 3)),
+                                              ((16, 16), (0.9, 1.0), (2.0, 3.0))])
+def test_crop_boxes_are_torchvisions(size, scale, ratio):
+    H, W = size
+    rrc = RandomResizedCrop(scale, ratio)
+    x = torch.zeros(3000, 1, H, W)
+    top, left, h, w = rrc.sample_boxes(x, _gen(3))
+    u = torch.rand((4, 3000, 10), generator=_gen(3))  # the draws sample_boxes made, in its layout
+    for b in range(3000):
+        ref = _torchvision_get_params(*(u[k, b].double().tolist() for k in range(4)), H, W, scale, ratio)
+        assert (int(top[b]), int(left[b]), int(h[b]), int(w[b])) == ref, b
+
+
+def test_crop_offsets_reach_both_borders_uniformly():
+    # whole-pixel offsets {0, ..., H - h}: for full-height boxes the only offset is 0; for h = H - 1 both 0 and 1
+    x = torch.zeros(20000, 1, 10, 10)
+    top, _, h, _ = RandomResizedCrop(scale=(0.81, 0.81), ratio=(1.0, 1.0)).sample_boxes(x, _gen(1))
+    assert bool((h == 9).all())
+    assert abs(float((top == 0).float().mean()) - 0.5) < 0.02 and set(top.unique().tolist()) == {0.0, 1.0}
 
 
 def test_supervised_crop_is_padded_shift():
