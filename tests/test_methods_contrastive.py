@@ -1,4 +1,4 @@
-"""co2l, fnc2 and nct: each training step equals the explicit composition of the DESIGN §3 losses on the same
+"""co2l, fnc2 and nct: each training step equals the explicit composition of the protosphere.losses functions on the same
 augmented views; task-boundary hooks (past-model snapshot, Co2L memory, MoE experts); configs; an engine smoke run."""
 
 import copy
