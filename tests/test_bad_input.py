@@ -468,7 +468,7 @@ def test_missing_dataset_hint_speaks_the_cli(env, capsys, dataset):
 
 # ------------------------------------------------------------------------------------ the catalogue, end to end
 def test_bad_input_catalogue_end_to_end(tmp_path):
-    """Every bad input of the README's error contract, each as its own process (benchmarks/bad_inputs.py): exit status
+    """Every bad input of the README's error contract, each as its own process (tests/bad_inputs.py): exit status
     2, one `error:` line, no traceback, its folder unchanged; and the README states how many cases it covers."""
     import json
     import os
@@ -478,7 +478,7 @@ def test_bad_input_catalogue_end_to_end(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
-    script = [sys.executable, str(root / "benchmarks" / "bad_inputs.py")]
+    script = [sys.executable, str(root / "tests" / "bad_inputs.py")]
     out = tmp_path / "verdicts.json"
     proc = subprocess.run([*script, "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
