@@ -6,7 +6,7 @@
   (needs ``pytorch-metric-learning``).
 
 :func:`run_benchmarks` prints each report and writes them, one after the other, to the file it is given and nowhere
-else; the committed reference numbers (``benchmarks/*.txt``, tracked by git) are never overwritten.
+else; the committed reference numbers (``benchmarks/results/*.txt``, tracked by git) are never overwritten.
 """
 
 from __future__ import annotations

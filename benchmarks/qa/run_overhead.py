@@ -6,7 +6,7 @@ Each round starts fresh processes (nothing cached in memory): one child runs the
 ``python -m protosphere.cli run CONFIG`` is timed from the outside, start-up included (the number a user waits for).
 Medians over ``--repeats`` rounds.
 
-    python benchmarks/run_overhead.py [CONFIG.yaml] [--repeats 3] [--out FILE] [key=value ...]
+    python benchmarks/qa/run_overhead.py [CONFIG.yaml] [--repeats 3] [--out FILE] [key=value ...]
 
 Phases: ``start`` (interpreter up to the first import), ``import torch``, ``import lightning_fabric``, ``import
 protosphere`` (config, runner, engine, methods), ``fabric`` (Fabric set-up), ``data`` (dataset + scenario),
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPORT_MODES = ("inline", "background")
 T0 = time.perf_counter()
 if "--child" in sys.argv:  # start-up measured against the parent's clock
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         f"# protosphere: where a short run's wall time goes — {args.config} {' '.join(overrides)}".rstrip(),
         f"# machine: {env['cpu']} ({os.cpu_count()} cores), torch {torch.__version__}, python "
         f"{platform.python_version()}; median of {args.repeats} fresh processes",
-        f"# command: python benchmarks/run_overhead.py {' '.join(sys.argv[1:])}".rstrip(),
+        f"# command: python benchmarks/qa/run_overhead.py {' '.join(sys.argv[1:])}".rstrip(),
         f"{'phase':<28} {'seconds':>8} {'share':>7}",
     ]
     total = median["total (process wall)"]

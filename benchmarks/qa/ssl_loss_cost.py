@@ -6,7 +6,7 @@ is scored against the other view's current-key queue *and* its past-model queue,
 distillation branch), i.e. 4× the logits of MoCo's InfoNCE. Shapes as in `python -m protosphere.bench.throughput
 --methods sycon --augmentation contrastive` (batch 256, 128-d, each queue clamped to the 2,304 keys of a 2,400-image task).
 
-    python benchmarks/ssl_loss_cost.py > benchmarks/ssl_loss_cost.txt
+    python benchmarks/qa/ssl_loss_cost.py > benchmarks/results/ssl_loss_cost.txt
 """
 import os, platform, time
 
