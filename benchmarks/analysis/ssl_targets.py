@@ -1,7 +1,7 @@
 """The continual self-supervised target on Seq-FashionMNIST — Sy-CON ≥ CaSSLe ≥ fine-tuning in class-IL linear-probe
 accuracy — checked from finished runs measured side by side (same machine, seeds and epochs), each with its margin.
 
-    python benchmarks/ssl_targets.py [RUNS_DIR]          (default runs/ssl)
+    python benchmarks/analysis/ssl_targets.py [RUNS_DIR]          (default runs/ssl)
 
 Fine-tuning is shown for both plain learners: MoCo v2+ (the base Sy-CON and CaSSLe are built on here, so the fair
 reference) and SimCLR; the SimCLR-based Sy-CON and CaSSLe (``*-simclr-class-il``) are compared with SimCLR. Data-IL
