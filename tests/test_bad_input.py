@@ -61,7 +61,8 @@ def snapshot(folder: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------------- datasets
 def idx_bytes(array: np.ndarray) -> bytes:
-    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
 
 
 def write_mnist(folder: Path, images: int = 60000, gz: bool = True) -> dict[str, Path]:
@@ -278,9 +279,7 @@ def test_run_folder_marker(tmp_path):
 
 
 def test_derived_run_name_is_a_plain_folder_name(tmp_path):
-    from protosphere.config import load_config
-
-    from protosphere.config import plain_name
+    from protosphere.config import load_config, plain_name
 
     path = tmp_path / "my exp (v2).yaml"
     path.write_text(DIGITS)

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import cluster_faults  # tests/cluster_faults.py, also a command of its own
 import pytest
+
+import cluster_faults  # tests/cluster_faults.py, also a command of its own
 
 
 @pytest.mark.parametrize("name", list(cluster_faults.SCENARIOS))

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from protosphere.report import save_embedding_snapshot, write_report
-
 from test_report import fake_results, write_run
 
 

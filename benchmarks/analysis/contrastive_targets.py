@@ -1,5 +1,6 @@
 """The accuracy targets of FNC2 + HSD on Seq-FashionMNIST, checked from finished runs measured side by side (same
-machine, same seeds, same 5-epoch schedule; `protosphere compare`, docs/results.md), each with its margin and seed spread.
+machine, same seeds, same 5-epoch schedule; `protosphere compare`, docs/results.md), each with its margin and seed
+spread.
 
     python benchmarks/analysis/contrastive_targets.py [RUNS_DIR]          (default runs/seq-fmnist)
 
@@ -43,7 +44,8 @@ def main(argv) -> int:
     root = Path(argv[0]) if argv else Path("runs/seq-fmnist")
     probe = "linear_probe"
     targets = [
-        ("1. FNC2 + HSD memory-free ≥ Co2L memory-free (same 200-sample probe)", [compare(root, "fnc2", "co2l", probe, probe)]),
+        ("1. FNC2 + HSD memory-free ≥ Co2L memory-free (same 200-sample probe)",
+         [compare(root, "fnc2", "co2l", probe, probe)]),
         ("2. FNC2 + HSD memory-free ≥ 0.9 × DER++-200", [compare(root, "fnc2", "derpp-200-e5", probe, factor=0.9)]),
         ("3. FNC2 + HSD memory-free ≥ ER-200", [compare(root, "fnc2", "er-200-e5", probe)]),
         ("4. FNC2 + HSD-200 ≥ max(Co2L-200, DER++-200)", [compare(root, "fnc2-200", "co2l-200", probe, probe),
@@ -59,10 +61,10 @@ def main(argv) -> int:
     for title, rows in targets:
         print(f"| **{title}** | | | | | |")
         print("\n".join(rows))
-    print("\nMean ± std over the seeds; margin = mean(left) − factor × mean(right); \"within the spread\" when |margin| "
-          "is at most the sum of the two standard deviations (the seeds do not decide it). linear_probe = the probe "
-          "fitted after the last task on its data + 200 classifier-only samples (memory-free) or + the buffer; the "
-          "baselines (ER, DER++) use their own output head.")
+    print("\nMean ± std over the seeds; margin = mean(left) − factor × mean(right); \"within the spread\" when "
+          "|margin| is at most the sum of the two standard deviations (the seeds do not decide it). linear_probe = "
+          "the probe fitted after the last task on its data + 200 classifier-only samples (memory-free) or + the "
+          "buffer; the baselines (ER, DER++) use their own output head.")
     return 0
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protosphere.report.summaries import (accuracy_curve, compare_rows, finished, headline, metric_curve,
-                                         nc_long_summary)
+from protosphere.report.summaries import accuracy_curve, compare_rows, finished, headline, metric_curve, nc_long_summary
 
 
 def plot(data: dict[str, dict[int, dict]], out: Path) -> None:

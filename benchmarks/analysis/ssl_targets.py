@@ -35,8 +35,8 @@ def main(argv) -> int:
     if missing:
         print("\nNot compared (no seed finished on both sides): "
               + "; ".join(r.split("|")[1].strip() for r in missing) + ".")
-    print("\nEvery method is scored with the linear probe on frozen features over all classes seen so far, fitted after "
-          "the last task (the CaSSLe protocol); a margin within one standard deviation of either side is not a "
+    print("\nEvery method is scored with the linear probe on frozen features over all classes seen so far, fitted "
+          "after the last task (the CaSSLe protocol); a margin within one standard deviation of either side is not a "
           "difference these seeds can resolve.")
     return 0
 

@@ -80,7 +80,8 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
             lines.append(
                 f"| {stem} | {classifier}{head} | {fmt([final_accuracy(r, classifier) for r in by_seed.values()])} "
                 f"| {','.join(map(str, seeds))} | {fit_cell} | {predict_cell} | "
-                + (f"{nc_cells} | {' / '.join(reached) or 'n/a (no eval.per_epoch)'} |" if i == 0 else " |" * len(METRICS) + " |"))
+                + (f"{nc_cells} | {' / '.join(reached) or 'n/a (no eval.per_epoch)'} |" if i == 0
+                   else " |" * len(METRICS) + " |"))
     return lines
 
 
@@ -106,7 +107,7 @@ def epochs_table(runs: Path, stems: list[str]) -> list[str]:
             epochs = max(epochs, length)
             digits = 2 if name.startswith("accuracy") else 3
             cells = [fmt([v[i] for v in per_seed], digits) for i in range(length)]
-            rows.append((f"| {stem} ({head}) | {name} | " + " | ".join(cells) + f" | {len(by_seed)} |"))
+            rows.append(f"| {stem} ({head}) | {name} | " + " | ".join(cells) + f" | {len(by_seed)} |")
     if not rows:
         return []
     return (["| run | metric | " + " | ".join(f"epoch {i + 1}" for i in range(epochs)) + " | seeds |",

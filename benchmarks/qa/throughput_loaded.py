@@ -1,12 +1,13 @@
 """Training throughput on a quiet machine and beside one busy process, side by side in one run, per thread choice.
 
 For each workload (a config plus overrides), a fresh child process builds the run's scenario and method exactly as
-``protosphere run`` does, trains task 0 for a few steps (full buffers, past models), then times ``--steps`` of the engine's
-training steps of task 1 (``protosphere.engine.train_step``: method step, backward, SGD step) and prints img/s. Each child runs once on the quiet machine
-and once beside a busy neighbour (``python3 -c "while True: pass"``, started before the child and stopped after it),
-with 1 thread, 2 threads and protosphere's default choice (``protosphere.threads``), quiet and loaded runs interleaved
-over ``--repeats`` rounds; the table gives medians. "loaded/quiet" is the share of quiet speed a run keeps beside the
-neighbour; "vs best quiet" compares a setting's quiet speed with the fastest quiet setting.
+``protosphere run`` does, trains task 0 for a few steps (full buffers, past models), then times ``--steps`` of the
+engine's training steps of task 1 (``protosphere.engine.train_step``: method step, backward, SGD step) and prints img/s.
+Each child runs once on the quiet machine and once beside a busy neighbour (``python3 -c "while True: pass"``, started
+before the child and stopped after it), with 1 thread, 2 threads and protosphere's default choice
+(``protosphere.threads``), quiet and loaded runs interleaved over ``--repeats`` rounds; the table gives medians.
+"loaded/quiet" is the share of quiet speed a run keeps beside the neighbour; "vs best quiet" compares a setting's quiet
+speed with the fastest quiet setting.
 
     python benchmarks/qa/throughput_loaded.py [--repeats 3] [--steps 600] [--workloads NAME ...] [--out FILE]
 

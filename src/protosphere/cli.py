@@ -36,7 +36,7 @@ def _summary_lines(results: dict) -> list[str]:
     lines = []
     for classifier, settings in results["metrics"].items():
         for setting, m in settings.items():
-            def fmt(key):
+            def fmt(key, m=m):
                 value = m.get(key)
                 return "n/a" if value is None else f"{value:.2f}"
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         _load_plugins(args.imports, args.command)
         code = args.func(args)
         if argv is None:  # a command-line process about to exit: skip the garbage collector's passes over every
-            import gc     # object of torch & co. at interpreter shut-down (~0.3 s of a short run; benchmarks/
+            import gc  # object of torch & co. at interpreter shut-down (~0.3 s of a short run; benchmarks/
             gc.freeze()   # results/run_overhead.txt); atexit handlers and file flushing run as usual
         return code
     except Interrupted as exc:  # SIGTERM/SIGINT: stopped at a checkpoint; how to continue, in one line

@@ -100,7 +100,7 @@ def classifier_rows(rows: Sequence[Row], classifiers: Sequence[str] | None = Non
             if classifiers and name not in classifiers:
                 continue
 
-            def cell(setting: str, metric: str, name: str = name) -> str:
+            def cell(setting: str, metric: str, name: str = name, runs: dict = runs) -> str:
                 return fmt([((r["metrics"].get(name) or {}).get(setting) or {}).get(metric) for r in runs.values()])
 
             tag = " (headline)" if name == headline and len(names) > 1 else ""
