@@ -44,8 +44,10 @@ browser:
 test: data browser
 	$(PY) -m pytest $(ARGS)
 
+# the same benchmarks as `protosphere bench` (throughput at batch 256 and on the batch-10 Mammoth protocol, losses);
+# ARGS passes its options, e.g. ARGS="--only losses --out runs/bench.txt"
 bench: install
-	$(PY) -m protosphere.bench.throughput
+	$(PY) -m protosphere.cli bench $(ARGS)
 
 lint: install
 	$(PY) -m ruff check .

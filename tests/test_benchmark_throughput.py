@@ -19,3 +19,13 @@ def test_floor_records_each_methods_own_passes(tmp_path):
     # its heads: the trained projector on both views, then the past projector without a graph
     assert re.search(r"; heads ProjectionHead 16×(\d+) \+ ProjectionHead 16×\1 no-grad$", co2l), co2l
     assert "heads" not in rows["finetune"]  # a linear classifier is not a head network
+
+
+
+def test_make_bench_is_protosphere_bench():
+    """`make bench` runs `protosphere bench` (one set of benchmarks, however it is started), passing ARGS on."""
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    assert "-m protosphere.cli bench $(ARGS)" in recipe
