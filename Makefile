@@ -1,4 +1,5 @@
-# Two entry points: `make run` (the default job) and `make test` (the test suite).
+# Two entry points: `make run` (the default job) and `make test` (the test suite); `make lint` checks the code with
+# ruff (rules in pyproject.toml [tool.ruff]), `make format` fixes what ruff can and formats the code.
 # Each creates .venv if missing, installs the CPU build of torch and protosphere with its dev extras, and makes sure
 # the real Fashion-MNIST data is there (target `data`): the job trains on it and the real-data tests read it.
 VENV ?= .venv
@@ -8,7 +9,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 CONFIG ?= configs/default.yaml
 ARGS ?=
 
-.PHONY: run test install data browser bench clean
+.PHONY: run test lint format install data browser bench clean
 
 install: $(VENV)/.installed
 
@@ -43,8 +44,18 @@ browser:
 test: data browser
 	$(PY) -m pytest $(ARGS)
 
+# the same benchmarks as `protosphere bench` (throughput at batch 256 and on the batch-10 Mammoth protocol, losses);
+# ARGS passes its options, e.g. ARGS="--only losses --out runs/bench.txt"
 bench: install
-	$(PY) -m protosphere.bench.throughput
+	$(PY) -m protosphere.cli bench $(ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+
+# `ruff format` has not been applied to the whole tree yet, so `make lint` runs `ruff check` only for now
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

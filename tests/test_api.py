@@ -73,7 +73,7 @@ def test_load_run_falls_back_to_the_last_task_checkpoint(fnc2_run, tmp_path):
     for path in (copy / "checkpoints").glob("*.ckpt"):
         path.unlink()
     with pytest.raises(RunError, match="Cannot load the model"):
-        protosphere.load_run(copy).model
+        _ = protosphere.load_run(copy).model
 
 
 def test_load_run_refuses_a_folder_without_a_run(tmp_path):
@@ -122,7 +122,7 @@ def test_config_lists_every_key_with_default_and_description(capsys):
     assert cli.main(["config", "fnc2"]) == 0
     out = capsys.readouterr().out
     rows = config_rows("fnc2")
-    for key, default, _, _ in rows:
+    for key, _default, _, _ in rows:
         assert f"\n{key} " in out, key
     keys = {key: (default, description) for key, default, _, description in rows}
     assert keys["method.gamma"][0] == "1" and "focal" in keys["method.gamma"][1]
@@ -153,4 +153,4 @@ def test_empty_batches_non_finite_images_and_a_checkpoint_without_its_model(fnc2
         del state["method"]
         torch.save(state, path)
     with pytest.raises(RunError, match="no `method` entry"):
-        protosphere.load_run(copy).model
+        _ = protosphere.load_run(copy).model

@@ -61,7 +61,8 @@ def snapshot(folder: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------------- datasets
 def idx_bytes(array: np.ndarray) -> bytes:
-    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
 
 
 def write_mnist(folder: Path, images: int = 60000, gz: bool = True) -> dict[str, Path]:
@@ -278,9 +279,7 @@ def test_run_folder_marker(tmp_path):
 
 
 def test_derived_run_name_is_a_plain_folder_name(tmp_path):
-    from protosphere.config import load_config
-
-    from protosphere.config import plain_name
+    from protosphere.config import load_config, plain_name
 
     path = tmp_path / "my exp (v2).yaml"
     path.write_text(DIGITS)
@@ -468,7 +467,7 @@ def test_missing_dataset_hint_speaks_the_cli(env, capsys, dataset):
 
 # ------------------------------------------------------------------------------------ the catalogue, end to end
 def test_bad_input_catalogue_end_to_end(tmp_path):
-    """Every bad input of the README's error contract, each as its own process (benchmarks/bad_inputs.py): exit status
+    """Every bad input of the README's error contract, each as its own process (tests/bad_inputs.py): exit status
     2, one `error:` line, no traceback, its folder unchanged; and the README states how many cases it covers."""
     import json
     import os
@@ -478,7 +477,7 @@ def test_bad_input_catalogue_end_to_end(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
-    script = [sys.executable, str(root / "benchmarks" / "bad_inputs.py")]
+    script = [sys.executable, str(root / "tests" / "bad_inputs.py")]
     out = tmp_path / "verdicts.json"
     proc = subprocess.run([*script, "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

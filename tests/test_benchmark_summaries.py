@@ -1,22 +1,14 @@
-"""The scripts under benchmarks/ that compute more than `protosphere compare`'s table from the runs it wrote: they read
-the runs through the library, and the CLOP grid must not count unfinished cells as collapsed."""
+"""What the scripts of benchmarks/analysis/ compute beyond `protosphere compare`'s table from the runs it wrote
+(protosphere.report.summaries, protosphere.bench.features): they read the runs through the library, the CLOP grid does
+not count unfinished cells as collapsed, and a target's margin and spread are the runs' own."""
 
 import json
-import sys
 from pathlib import Path
-
-import pytest
 
 from protosphere.config import load_config
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ssl" / "moco-class-il.yaml")
 CLOP = Path(__file__).resolve().parents[1] / "configs" / "nc" / "clop-10.yaml"
-
-
-@pytest.fixture(autouse=True)
-def benchmarks_on_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
 
 
 def finished(root: Path, stem: str, seed: int, overrides: list[str], accuracy: float = 80.0) -> dict:
@@ -61,8 +53,8 @@ def clop_run(root: Path, name: str, overrides: list[str], linear_probe: float | 
     return {}
 
 
-def test_clop_grid_reads_the_compare_grid_and_counts_unfinished_cells_apart(tmp_path, capsys):
-    import summarize_clop_grid
+def test_clop_grid_reads_the_compare_grid_and_counts_unfinished_cells_apart(tmp_path):
+    from protosphere.report.summaries import clop_grid_cells, clop_grid_tables
 
     grid = ["method.label_fraction=0.1", "method.lam=1.0", "train.batch_size=32"]
     finished_cell = clop_run(tmp_path, "a", [*grid, "optimizer.lr=0.05"], 40.0)
@@ -71,49 +63,44 @@ def test_clop_grid_reads_the_compare_grid_and_counts_unfinished_cells_apart(tmp_
     unfinished = clop_run(tmp_path, "c", [*grid, "optimizer.lr=0.5"], None)
     (tmp_path / "c.log").write_text("error: interrupted")
     (tmp_path / "compare.json").write_text(json.dumps({
-        "rows": [{"runs": ["a"], "status": ["trained"]}, {"runs": ["b"], "status": ["failed"]},
-                 {"runs": ["c"], "status": ["failed"]}],
+        "rows": [{"label": "a", "runs": ["a"], "seeds": [0], "status": ["trained"]},
+                 {"label": "b", "runs": ["b"], "seeds": [0], "status": ["failed"]},
+                 {"label": "c", "runs": ["c"], "seeds": [0], "status": ["failed"]}],
         "failed": [f for f in (finished_cell, diverged, unfinished) if f]}))
-    assert summarize_clop_grid.main([str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out = "\n".join(clop_grid_tables(clop_grid_cells(tmp_path)))
     # the probe below 50 % and the diverged run: 2 of 2 finished cells; the interrupted one is not counted
     assert "collapsed or diverged: 2 of 2 finished cells (1 not finished)" in out
     assert "| 32 | **40.0<br>rank 3.0 / 9.0** collapsed | — | **NaN** (diverged) |" in out
 
 
-def test_untrained_floor_names_its_overrides_and_is_reproducible(capsys):
-    from untrained_floor import main
+def test_untrained_floor_is_reproducible_and_above_chance():
+    from protosphere.bench.features import untrained_floor
 
-    argv = [CONFIG, "--seeds", "0", "data.dataset=digits", "model.backbone=mlp", "method.probe_epochs=1",
-            "method.probe_min_steps=10"]
-    main(argv)
-    first = capsys.readouterr().out
-    main(argv)
-    assert capsys.readouterr().out == first  # same seed, same untrained network, same floor
-    rows = {line.split("|")[2].strip(): line.split("|") for line in first.splitlines()[2:]}
-    assert set(rows) == {"linear_probe", "knn"}
-    for cells in rows.values():
-        assert cells[1].strip() == ("moco-class-il (data.dataset=digits model.backbone=mlp method.probe_epochs=1 "
-                                    "method.probe_min_steps=10)")
+    config = load_config(CONFIG, ["seed=0", "data.dataset=digits", "model.backbone=mlp", "method.probe_epochs=1",
+                                  "method.probe_min_steps=10"])
+    first = untrained_floor(config)
+    assert untrained_floor(config) == first  # same seed, same untrained network, same floor
+    assert set(first) == {"linear_probe", "knn"}
     # random features keep digits' neighbourhoods: kNN far above the 10 % of chance
-    assert 50.0 < float(rows["knn"][3].split("±")[0]) <= 100.0
+    assert 50.0 < first["knn"] <= 100.0
 
 
-def test_contrastive_targets_margin_factor_spread_and_published_baseline(tmp_path, monkeypatch):
-    import contrastive_targets as targets
+def test_targets_margin_factor_spread_and_published_baseline(tmp_path):
+    from protosphere.report.summaries import published_row, target_row
 
-    for seed, (left, right) in enumerate([(80.0, 70.0), (82.0, 72.0), (84.0, 74.0)]):
-        finished(tmp_path, "fnc2", seed, [], left)
-        finished(tmp_path, "co2l", seed, [], right)
-    finished(tmp_path, "co2l", 3, [], 10.0)  # a seed the left side lacks is left out of the paired comparison
-    row = targets.compare(tmp_path, "fnc2", "co2l", "linear_probe", "linear_probe")
-    assert "| 82.00 ± 2.00 | 72.00 ± 2.00 | +10.00 | met | 0,1,2 |" in row
-    row = targets.compare(tmp_path, "fnc2", "co2l", "linear_probe", "linear_probe", factor=1.2)
-    assert "| -4.40 | missed (within the spread) |" in row  # |82 − 86.4| ≤ 2 + 1.2 · 2
+    left, right = {0: 80.0, 1: 82.0, 2: 84.0}, {0: 70.0, 1: 72.0, 2: 74.0, 3: 10.0}
+    # a seed the left side lacks is left out of the paired comparison
+    assert "| 82.00 ± 2.00 | 72.00 ± 2.00 | +10.00 | met | 0,1,2 |" in target_row("t", left, right)
+    assert "| -4.40 | missed (within the spread) |" in target_row("t", left, right, factor=1.2)  # |82 − 86.4| ≤ 2 + 2.4
     table = tmp_path / "published.md"
     table.write_text("| config | classifier | class-IL | task-IL | inc | forg | seeds | min | cmd |\n"
-                     "| derpp-200-e5 | head | 76.57 ± 2.47 | 96.17 ± 0.16 | 1 | 1 | 3 (0,1,2) | 8.6 | `x` |\n")
-    monkeypatch.setattr(targets, "PUBLISHED", [table])
-    row = targets.compare(tmp_path, "fnc2", "derpp-200-e5", "linear_probe", factor=0.9)
+                     "| derpp-200-e5 | head | 76.57 ± 2.47 | 96.17 ± 0.16 | 1 | 1 | 3 (0,1,2) | 8.6 | `x` |\n"
+                     "| one-seed | head | 77.33 | 98.39 | 1 | 1 | n=1 (seed 0) | 3.6 | `x` |\n")
+    published = published_row([tmp_path / "absent.md", table], "derpp-200-e5", None)
+    assert published == (76.57, 2.47, "3 (0,1,2) from published.md")
+    row = target_row("t", left, None, published, factor=0.9)
     assert "76.57 ± 2.47 (3 (0,1,2) from published.md)" in row and f"{82 - 0.9 * 76.57:+.2f}" in row
-    assert "no shared finished seeds" in targets.compare(tmp_path, "fnc2", "er-200-e5", "linear_probe")
+    assert published_row([table], "one-seed", None) == (77.33, 0.0, "n=1 (seed 0) from published.md")
+    assert published_row([table], "er-200-e5", None) is None
+    assert "no shared finished seeds" in target_row("t", left, {}, None)
+    assert "no shared finished seeds" in target_row("t", left, {5: 1.0})

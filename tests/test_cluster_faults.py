@@ -1,24 +1,11 @@
-"""Signals and two processes on one run folder, end to end (benchmarks/cluster_faults.py): each scenario runs real
+"""Signals and two processes on one run folder, end to end (tests/cluster_faults.py): each scenario runs real
 `protosphere` processes and returns what broke the contract."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_scenarios():
-    spec = importlib.util.spec_from_file_location("cluster_faults", ROOT / "benchmarks" / "cluster_faults.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cluster_faults = load_scenarios()
+import cluster_faults  # tests/cluster_faults.py, also a command of its own
 
 
 @pytest.mark.parametrize("name", list(cluster_faults.SCENARIOS))

@@ -29,7 +29,8 @@ def test_every_config_resolves_as_before(relative, monkeypatch):
 
 
 def test_configs_use_bases_and_keep_their_header():
-    with_base = [path for path in (ROOT / "configs").rglob("*.yaml") if "base" in (yaml.safe_load(path.read_text()) or {})]
+    with_base = [path for path in (ROOT / "configs").rglob("*.yaml")
+                 if "base" in (yaml.safe_load(path.read_text()) or {})]
     assert len(with_base) >= 40  # the families of configs that differ in a few values
     for path in with_base:
         text = path.read_text()
@@ -80,7 +81,8 @@ def test_a_run_directory_holds_the_merged_config(tmp_path):
     assert main(["run", str(child), "--no-progress"]) == 0
     saved = yaml.safe_load((tmp_path / "runs" / "child-seed0" / "config.yaml").read_text())
     assert "base" not in saved
-    assert saved["method"]["name"] == "er" and saved["data"]["dataset"] == "digits" and saved["model"]["mlp_hidden"] == [8]
+    assert saved["method"]["name"] == "er" and saved["data"]["dataset"] == "digits"
+    assert saved["model"]["mlp_hidden"] == [8]
 
 
 @pytest.mark.parametrize("files, start, fragment", [

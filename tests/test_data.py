@@ -21,6 +21,7 @@ from PIL import Image
 from protosphere.data import (
     DATASET_NAMES,
     ImageDataset,
+    _files,
     dataset_status,
     format_dataset_status,
     load_cifar10,
@@ -30,9 +31,9 @@ from protosphere.data import (
     load_domainnet,
     load_imagenet100,
     load_tiny_imagenet,
+    mnist,
     read_idx,
 )
-from protosphere.data import _files, mnist
 from protosphere.errors import DatasetError, ProtosphereError
 
 # ----------------------------------------------------------------------------------------------------------- helpers
@@ -57,7 +58,8 @@ def small_mnist_arrays(offset: int = 0) -> dict[str, np.ndarray]:
     """Known contents for a shrunken MNIST-format release: image i is filled with (i + offset) % 256."""
     out = {}
     for split, n in SMALL.items():
-        out[f"{split}_images"] = np.broadcast_to(((np.arange(n) + offset) % 256).astype(np.uint8)[:, None, None], (n, 28, 28)).copy()
+        fill = ((np.arange(n) + offset) % 256).astype(np.uint8)[:, None, None]
+        out[f"{split}_images"] = np.broadcast_to(fill, (n, 28, 28)).copy()
         out[f"{split}_images"][:, 3, 5] = 200  # a pixel that differs from the fill, to catch transposes
         out[f"{split}_labels"] = (np.arange(n) % 10).astype(np.uint8)
     return out
@@ -83,7 +85,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("PROTOSPHERE_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(mnist, "_COUNTS", dict(SMALL))
-    monkeypatch.setattr(mnist, "FASHION_MNIST", dataclasses.replace(mnist.FASHION_MNIST, system_dirs=(str(tmp_path / "debian"),)))
+    monkeypatch.setattr(mnist, "FASHION_MNIST",
+                        dataclasses.replace(mnist.FASHION_MNIST, system_dirs=(str(tmp_path / "debian"),)))
     return tmp_path
 
 
@@ -287,7 +290,8 @@ def official_like_files(tmp_path: Path) -> dict[str, bytes]:
 
 def test_download_verify_and_atomic_rename(isolated, monkeypatch):
     served = official_like_files(isolated)
-    spec = dataclasses.replace(mnist.MNIST, gz_md5={k: hashlib.md5(served[s + ".gz"]).hexdigest() for k, s in mnist.IDX_FILES.items()})
+    spec = dataclasses.replace(mnist.MNIST, gz_md5={k: hashlib.md5(served[s + ".gz"]).hexdigest()
+                                                    for k, s in mnist.IDX_FILES.items()})
     monkeypatch.setattr(mnist, "MNIST", spec)
     requested = []
 
@@ -344,13 +348,15 @@ def test_bad_download_leaves_nothing(isolated, monkeypatch):
 
 def test_download_completes_partial_cache(isolated, monkeypatch):
     served = official_like_files(isolated)
-    spec = dataclasses.replace(mnist.MNIST, gz_md5={k: hashlib.md5(served[s + ".gz"]).hexdigest() for k, s in mnist.IDX_FILES.items()})
+    spec = dataclasses.replace(mnist.MNIST, gz_md5={k: hashlib.md5(served[s + ".gz"]).hexdigest()
+                                                    for k, s in mnist.IDX_FILES.items()})
     monkeypatch.setattr(mnist, "MNIST", spec)
     cache = isolated / "cache" / "protosphere" / "mnist"
     cache.mkdir(parents=True)
     (cache / "train-images-idx3-ubyte.gz").write_bytes(served["train-images-idx3-ubyte.gz"])
     requested = []
-    monkeypatch.setattr(_files, "fetch_url", lambda u, d: (requested.append(u), Path(d).write_bytes(served[u.rsplit("/", 1)[1]])))
+    monkeypatch.setattr(_files, "fetch_url",
+                        lambda u, d: (requested.append(u), Path(d).write_bytes(served[u.rsplit("/", 1)[1]])))
     load_dataset("mnist", download=True)
     assert len(requested) == 3 and not any("train-images" in u for u in requested)
 
@@ -423,9 +429,11 @@ def write_cifar10(path: Path) -> dict:
     batches = {f"data_batch_{i}": (cifar_rows(2, i), [i % 10, (i + 3) % 10]) for i in range(1, 6)}
     batches["test_batch"] = (cifar_rows(3, 9), [9, 8, 7])
     with tarfile.open(path, "w:gz") as tar:
-        add_pickle(tar, "cifar-10-batches-py/batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": 2})
+        add_pickle(tar, "cifar-10-batches-py/batches.meta",
+                   {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": 2})
         for name, (data, labels) in batches.items():
-            add_pickle(tar, f"cifar-10-batches-py/{name}", {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * len(labels)})
+            add_pickle(tar, f"cifar-10-batches-py/{name}", {b"batch_label": name.encode(), b"labels": labels,
+                                                           b"data": data, b"filenames": [b"x.png"] * len(labels)})
     return batches
 
 
@@ -439,7 +447,7 @@ def test_cifar10_tarball_known_contents(tmp_path):
     # row layout: 1024 red, 1024 green, 1024 blue, each row-major 32×32
     assert tuple(img[0, 0]) == (row[0], row[1024], row[2048])
     assert tuple(img[1, 2]) == (row[34], row[1024 + 34], row[2048 + 34])
-    assert ds.train_labels.tolist() == [l for i in range(1, 6) for l in batches[f"data_batch_{i}"][1]]
+    assert ds.train_labels.tolist() == [label for i in range(1, 6) for label in batches[f"data_batch_{i}"][1]]
     assert ds.test_labels.tolist() == [9, 8, 7] and ds.source == str(tmp_path / "cifar-10-python.tar.gz")
     # the same release, extracted, gives the same arrays
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
@@ -454,8 +462,10 @@ def test_cifar100_fine_labels(tmp_path):
     path = tmp_path / "cifar-100-python.tar.gz"
     train, test = cifar_rows(3, 1), cifar_rows(2, 2)
     with tarfile.open(path, "w:gz") as tar:
-        add_pickle(tar, "cifar-100-python/meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)], b"coarse_label_names": [b"k"] * 20})
-        add_pickle(tar, "cifar-100-python/train", {b"data": train, b"fine_labels": [99, 5, 0], b"coarse_labels": [1, 2, 3]})
+        add_pickle(tar, "cifar-100-python/meta",
+                   {b"fine_label_names": [f"f{i}".encode() for i in range(100)], b"coarse_label_names": [b"k"] * 20})
+        add_pickle(tar, "cifar-100-python/train",
+                   {b"data": train, b"fine_labels": [99, 5, 0], b"coarse_labels": [1, 2, 3]})
         add_pickle(tar, "cifar-100-python/test", {b"data": test, b"fine_labels": [42, 17], b"coarse_labels": [0, 0]})
     ds = load_cifar100(root=path)
     assert ds.num_classes == 100 and ds.class_names[99] == "f99"
@@ -502,7 +512,8 @@ def test_cifar_refuses_pickled_code(tmp_path):
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"], b"x": _Evil()}, protocol=2))
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (folder / name).write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, protocol=2))
-    with pytest.raises(DatasetError, match=r"not a readable CIFAR batch \(UnpicklingError: global (posix|os|nt)\.system") as info:
+    with pytest.raises(DatasetError,
+                       match=r"not a readable CIFAR batch \(UnpicklingError: global (posix|os|nt)\.system") as info:
         load_cifar10(root=tmp_path)
     assert str(folder / "batches.meta") in str(info.value)
 
@@ -630,7 +641,8 @@ def test_domainnet_seeded_split(tmp_path):
 
 def test_domainnet_official_split_files(tmp_path):
     write_domainnet(tmp_path, domains=("real",))
-    (tmp_path / "real_train.txt").write_text("real/bus/real_000.png 1\nreal/apple/real_001.png 0\nreal/apple/real_002.png 0\n")
+    (tmp_path / "real_train.txt").write_text("real/bus/real_000.png 1\nreal/apple/real_001.png 0\n"
+                                             "real/apple/real_002.png 0\n")
     (tmp_path / "real_test.txt").write_text("real/bus/real_004.png 1\n")
     (ds,) = load_domainnet(tmp_path, ["real"], image_size=4)
     assert ds.train_labels.tolist() == [1, 0, 0] and ds.test_labels.tolist() == [1]
@@ -705,7 +717,8 @@ def test_image_dataset_validation_and_stats():
 
 
 def test_load_dataset_names():
-    assert set(DATASET_NAMES) == {"fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet", "imagenet100"}
+    assert set(DATASET_NAMES) == {"fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet",
+                                  "imagenet100"}
     with pytest.raises(DatasetError, match="did you mean 'cifar100'"):
         load_dataset("cifar1000")
     with pytest.raises(DatasetError, match="load_domainnet"):
@@ -723,11 +736,13 @@ def test_dataset_status_table(isolated, monkeypatch):
     (isolated / "env" / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
     statuses = {s.name: s for s in dataset_status()}
     assert set(statuses) == set(DATASET_NAMES) | {"domainnet"}
-    assert statuses["cifar10"].found and statuses["cifar10"].location == str(isolated / "env" / "cifar10" / "cifar-10-python.tar.gz")
-    assert not statuses["fashion_mnist"].found and "apt-get install dataset-fashion-mnist" in statuses["fashion_mnist"].how_to_get
+    assert statuses["cifar10"].found
+    assert statuses["cifar10"].location == str(isolated / "env" / "cifar10" / "cifar-10-python.tar.gz")
+    assert not statuses["fashion_mnist"].found
+    assert "apt-get install dataset-fashion-mnist" in statuses["fashion_mnist"].how_to_get
     assert not statuses["mnist"].found and "incomplete" in statuses["mnist"].how_to_get
     table = format_dataset_status(statuses.values())
     lines = table.splitlines()
     assert lines[0].split() == ["dataset", "status", "location"]
-    assert any(l.split()[:2] == ["cifar10", "found"] for l in lines)
+    assert any(line.split()[:2] == ["cifar10", "found"] for line in lines)
     assert "To get the missing datasets:" in table and "  fashion_mnist: " in table

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import make_dataset
 from protosphere.buffer import ReplayBuffer
 from protosphere.config import load_config, validate_config
 from protosphere.data.scenarios import build_scenario
@@ -14,7 +15,6 @@ from protosphere.methods.base import Method, Transforms
 from protosphere.metrics.continual import summarize
 from protosphere.protocol import Protocol
 from protosphere.runner import run
-from conftest import make_dataset
 
 
 def digits_config(tmp_path, method, **extra):

@@ -2,7 +2,7 @@
 that cannot be read or removed, no home), a symlink out of the run folder, input that validates but should not, a
 broken stdout, and the leftovers of a killed run. Each ends in one `error:` line with exit status 2 and loses
 nothing, or (stdout, leftovers) does not disturb the run at all. The cases that fit one process on a fresh folder
-are in benchmarks/bad_inputs.py as well."""
+are in tests/bad_inputs.py as well."""
 
 from __future__ import annotations
 

@@ -29,8 +29,8 @@ def tiny_config(folder: Path) -> str:
 def tracked_run(tmp_path_factory):
     pytest.importorskip("tensorboard")
     out = tmp_path_factory.mktemp("tracked")
-    import io
     import contextlib
+    import io
 
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from loss_testing import assert_matches, unit, value_and_grad
 from protosphere.losses import (
     AsymmetricSupConLoss,
     FNC2Loss,
@@ -14,8 +15,6 @@ from protosphere.losses import (
     supcon,
     validation,
 )
-from loss_testing import assert_matches, unit, value_and_grad
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # slow, obviously-correct references: loops over anchors, plain float64 scalars, naive exp/log (values stay small)

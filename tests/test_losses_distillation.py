@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loss_testing import assert_matches, unit
 from protosphere.losses import (
     DRLoss,
     HSDLoss,
@@ -22,8 +23,6 @@ from protosphere.losses import (
     prd,
     validation,
 )
-from loss_testing import assert_matches, unit
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # slow references: per-sample Python loops in float64, naive exp/log (float64 holds exp(100))
@@ -56,7 +55,8 @@ def ref_prd(z, z_past, w, tc, tp):
         den_p = sum(torch.exp(_dot(z[i], w[c]) / tc) for c in range(k))
         den_q = sum(torch.exp(_dot(zp[i], w[c]) / tp) for c in range(k))
         for c in range(k):
-            total = total - torch.exp(_dot(zp[i], w[c]) / tp) / den_q * torch.log(torch.exp(_dot(z[i], w[c]) / tc) / den_p)
+            total = total - (torch.exp(_dot(zp[i], w[c]) / tp) / den_q
+                             * torch.log(torch.exp(_dot(z[i], w[c]) / tc) / den_p))
     return total / n
 
 

@@ -122,14 +122,16 @@ LABELS = torch.tensor([0, 1, 2, 0, 1, 3, 3, 0, 2, 1])
 @pytest.mark.parametrize("tau", [0.1, 0.2])
 def test_normface_matches_reference(dtype, tau):
     u, w = unit(10, 6, 0), raw(5, 6, 1)  # class 4 has a weight but no sample
-    assert_matches_reference(lambda u, w: normface(u, LABELS, w, tau), lambda u, w: ref_normface(u, LABELS, w, tau), [u, w], dtype)
+    assert_matches_reference(lambda u, w: normface(u, LABELS, w, tau), lambda u, w: ref_normface(u, LABELS, w, tau),
+                             [u, w], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tau", [0.1, 0.2])
 def test_ntce_matches_reference(dtype, tau):
     u, w = unit(10, 6, 2), raw(5, 6, 3)
-    assert_matches_reference(lambda u, w: ntce(u, LABELS, w, tau), lambda u, w: ref_ntce(u, LABELS, w, tau), [u, w], dtype)
+    assert_matches_reference(lambda u, w: ntce(u, LABELS, w, tau), lambda u, w: ref_ntce(u, LABELS, w, tau),
+                             [u, w], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -165,10 +167,11 @@ def test_two_rows(dtype):
     labels = torch.tensor([0, 1])
     u, w = unit(2, 4, 11), raw(2, 4, 12)
     for fn, ref in [(normface, ref_normface), (ntce, ref_ntce), (nonl, ref_nonl)]:
-        assert_matches_reference(lambda u, w: fn(u, labels, w, 0.2), lambda u, w: ref(u, labels, w, 0.2), [u, w], dtype)
+        assert_matches_reference(lambda u, w, fn=fn: fn(u, labels, w, 0.2),
+                                 lambda u, w, ref=ref: ref(u, labels, w, 0.2), [u, w], dtype)
     z1, z2, a = unit(2, 4, 13), unit(2, 4, 14), unit(2, 4, 15)
-    assert_matches_reference(lambda z1, z2, a: clop(z1, z2, labels, a), lambda z1, z2, a: ref_clop(z1, z2, labels, a, 1.0),
-            [z1, z2, a], dtype)
+    assert_matches_reference(lambda z1, z2, a: clop(z1, z2, labels, a),
+                             lambda z1, z2, a: ref_clop(z1, z2, labels, a, 1.0), [z1, z2, a], dtype)
     assert_matches_reference(lambda z1, z2: supervised_ntxent(z1, z2, torch.tensor([3, 3])),
             lambda z1, z2: ref_supervised_ntxent(z1, z2, torch.tensor([3, 3]), 0.5), [z1, z2], dtype)
 

@@ -114,8 +114,9 @@ def test_nt_xent_matches_reference(dtype, b):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [0, 1, 7])
 def test_moco_infonce_matches_reference(dtype, m):
-    assert_matches_reference(lambda q, k, queue: moco_infonce(q, k, queue, 0.2), lambda q, k, queue: ref_infonce(q, k, queue, 0.2),
-            [unit(4, 6, 2), unit(4, 6, 3), unit(m, 6, 4)], dtype, detached=(1, 2))
+    assert_matches_reference(lambda q, k, queue: moco_infonce(q, k, queue, 0.2),
+                             lambda q, k, queue: ref_infonce(q, k, queue, 0.2),
+                             [unit(4, 6, 2), unit(4, 6, 3), unit(m, 6, 4)], dtype, detached=(1, 2))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -130,8 +131,8 @@ def test_pnr_moco_matches_reference(dtype, taus):
 @pytest.mark.parametrize("b", [1, 4])
 def test_pnr_simclr_matches_reference(dtype, b):
     inputs = [unit(b, 6, s) for s in range(10, 16)]
-    assert_matches_reference(lambda *x: pnr_simclr(*x, temperature=0.2), lambda *x: ref_pnr_simclr(*x, 0.2), inputs, dtype,
-            detached=(4, 5))
+    assert_matches_reference(lambda *x: pnr_simclr(*x, temperature=0.2), lambda *x: ref_pnr_simclr(*x, 0.2), inputs,
+                             dtype, detached=(4, 5))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -2,7 +2,6 @@
 augmented views; task-boundary hooks (past-model snapshot, Co2L memory, MoE experts); configs; an engine smoke run."""
 
 import copy
-import math
 import types
 from pathlib import Path
 
@@ -190,7 +189,8 @@ def test_fnc2_step_is_fnc2_plus_hsd(distillation, buffer_size, predictor):
     views, z = views_and_embed(method, x, 7)
     y2 = y.repeat(2)
     etf = simplex_etf(K, 8, 0)
-    expected = fnc2(z, y2, etf, TASKS[1], [0, 1], 0.4, 0.1, 2)  # current task's classes anchor, old prototypes negatives
+    # the current task's classes anchor, the old prototypes are negatives
+    expected = fnc2(z, y2, etf, TASKS[1], [0, 1], 0.4, 0.1, 2)
     with torch.no_grad():
         z_past = F.normalize(past(views), dim=1)
     if predictor is not None and distillation != "none":
@@ -607,7 +607,8 @@ def test_probe_buffer_size_with_a_training_buffer():
     scenario = types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6)
 
     def config(probe, buffer=200):
-        return validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"}, "eval": {"probe_buffer_size": probe},
+        return validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"},
+                                "eval": {"probe_buffer_size": probe},
                                 "method": {"name": "fnc2", "projection_dim": 8, "buffer_size": buffer}})
     with pytest.raises(ConfigError, match="memory-free"):
         build_method(config(100), scenario)

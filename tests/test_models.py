@@ -105,7 +105,8 @@ def test_resnet_structure():
     assert build_backbone("resnet18", 3, 64, stem_stride=2).conv1.stride == (2, 2)
 
 
-@pytest.mark.parametrize("name,channels,size", [("small_cnn", 1, 28), ("small_cnn", 3, 32), ("resnet18_reduced", 3, 32)])
+@pytest.mark.parametrize("name,channels,size",
+                         [("small_cnn", 1, 28), ("small_cnn", 3, 32), ("resnet18_reduced", 3, 32)])
 def test_channels_last_matches_contiguous(name, channels, size):
     torch.manual_seed(0)
     net = build_backbone(name, channels, size)

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from conftest import make_dataset
 from protosphere.config import validate_config
 from protosphere.data.scenarios import build_scenario, model_input
 from protosphere.engine import train_step
@@ -14,7 +15,6 @@ from protosphere.methods.base import Method, StepContext, TaskContext, Transform
 from protosphere.metrics.continual import forward_transfer, summarize
 from protosphere.protocol import Protocol, summary_metrics
 from protosphere.runner import build_method, run
-from conftest import make_dataset
 
 
 def tiny_setup(method: dict, num_tasks=2, seed=0):
@@ -82,7 +82,8 @@ def test_task_il_is_the_argmax_over_the_tasks_own_columns_even_when_all_are_minu
     scenario = build_scenario(make_dataset(num_classes=4, per_class_train=2, per_class_test=5), "class_il", 2)
     for task in scenario.tasks:
         task.test_images[:, 0, 0, 0] = task.test_labels.to(torch.uint8)
-    row = Protocol(validate_config({"model": {"channels_last": False}}), scenario).accuracy_row(UnseenTaskScores(), 1)[0]
+    protocol = Protocol(validate_config({"model": {"channels_last": False}}), scenario)
+    row = protocol.accuracy_row(UnseenTaskScores(), 1)[0]
     # task 1 = classes {2, 3}, both -inf: class-IL predicts class 0 (never right); within the task the first of its
     # classes wins the tie, so its images (half of the task) count as right, as when the masked columns are argmaxed
     assert row["head"] == {"class_il": [100.0, 0.0], "task_il": [100.0, 50.0]}

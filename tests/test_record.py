@@ -115,7 +115,8 @@ def test_old_file_with_nc_epochs_and_without_newer_keys_loads():
      "unknown key `metrics.head.class_il.final_average_acuracy`"),
     (lambda d: d.update(neural_colapse=[]), "unknown key `neural_colapse`"),
     (lambda d: d["timings"].update(total_s="long"), "`timings.total_s`: input should be a valid number"),
-    (lambda d: d["accuracy"]["head"].update(clas_il=[[1.0]]), "unknown key `accuracy.head.clas_il` (input should be 'class_il' or 'task_il')"),
+    (lambda d: d["accuracy"]["head"].update(clas_il=[[1.0]]),
+     "unknown key `accuracy.head.clas_il` (input should be 'class_il' or 'task_il')"),
     (lambda d: d["scenario"].update(num_tasks=[2]), "`scenario.num_tasks`: input should be a valid integer"),
 ])
 def test_broken_file_fails_with_one_clear_sentence(tmp_path, change, expected):

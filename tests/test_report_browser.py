@@ -4,31 +4,20 @@ external requests, every image decodes and has alt text naming it, nothing past 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from protosphere.report import save_embedding_snapshot, write_report
-
 from test_report import fake_results, write_run
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "check_report_pages.py"
-
-
-def checker():
-    spec = importlib.util.spec_from_file_location("check_report_pages", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def browser():
-    module = checker()
+    import check_report_pages as module  # tests/check_report_pages.py, also a command of its own
+
     binary = module.chromium_binary()
     if binary is None:
         pytest.skip("Chromium is not installed (apt-get install chromium)")

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from protosphere.report import plots, write_report
-from protosphere.report.compare import best_labels, best_test, to_markdown, welch_p, Column
-
+from protosphere.report.compare import Column, best_labels, best_test, to_markdown, welch_p
 from test_report import fake_results, write_run
 
 

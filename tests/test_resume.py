@@ -83,7 +83,8 @@ class Interrupt(Exception):
 
 @pytest.mark.parametrize("crash_after", [3, 4])  # mid-task (in_task checkpoint) / right after a task checkpoint
 def test_resume_in_process_restores_snapshot_and_optimizer(tmp_path, monkeypatch, crash_after):
-    """LwF (past-model snapshot) with momentum SGD: crash right after the n-th checkpoint write, resume, same numbers."""
+    """LwF (past-model snapshot) with momentum SGD: crash right after the n-th checkpoint write, resume, same
+    numbers."""
     from protosphere.engine import Checkpoints
 
     config = write_config(tmp_path / "lwf.yaml", tmp_path / "runs", "method: {name: lwf}")

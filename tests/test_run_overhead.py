@@ -81,7 +81,8 @@ def test_nct_classifier_at_its_default_keeps_earlier_fingerprints():
     config = validate_config({"method": {"name": "nct"}})
     dump = config.model_dump(mode="json")
     assert dump["method"].pop("classifier") == "etf"
-    with mock.patch.object(engine.RunConfig, "model_dump", lambda self, **kw: dump):  # the config before the key existed
+    # the config before the key existed
+    with mock.patch.object(engine.RunConfig, "model_dump", lambda self, **kw: dump):
         before = config_fingerprint(config)
     assert config_fingerprint(config) == before
     learnable = validate_config({"method": {"name": "nct", "classifier": "learnable", "head_loss": "ce"}})

@@ -74,7 +74,7 @@ def resolve_config(config_or_path: str | Path | Mapping | RunConfig | None = Non
 
 
 def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resume: bool = False,
-        overwrite: bool = False, progress: bool | None = None, **overrides) -> "Run":
+        overwrite: bool = False, progress: bool | None = None, **overrides) -> Run:
     """Train and evaluate one config (as ``protosphere run``) and return the finished :class:`Run`.
 
     ``progress``: rich progress bars (default: when the output is a terminal or a notebook; one line per epoch
@@ -95,7 +95,7 @@ def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resum
     return Run(run_dir, config, RunRecord.from_data(results, source=str(RunDir(run_dir).results)))
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> "Run":
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Open a finished run folder (``runs/<name>``): its config, results and, on first use, its trained model."""
     files = RunDir(run_dir)
     if not files.results.is_file():

@@ -36,7 +36,7 @@ def _summary_lines(results: dict) -> list[str]:
     lines = []
     for classifier, settings in results["metrics"].items():
         for setting, m in settings.items():
-            def fmt(key):
+            def fmt(key, m=m):
                 value = m.get(key)
                 return "n/a" if value is None else f"{value:.2f}"
 
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", choices=["throughput", "losses"], help="run only these")
     p.add_argument("--out", metavar="FILE", default=None,
                    help="also write the reports, one after the other, to FILE (default: print them only; never a "
-                        "file git tracks, such as the committed benchmarks/*.txt)")
+                        "file git tracks, such as the committed benchmarks/results/*.txt)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("methods", help="every method, one line each, with its paper")
     p.set_defaults(func=cmd_methods)
@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         _load_plugins(args.imports, args.command)
         code = args.func(args)
         if argv is None:  # a command-line process about to exit: skip the garbage collector's passes over every
-            import gc     # object of torch & co. at interpreter shut-down (~0.3 s of a short run; benchmarks/
-            gc.freeze()   # run_overhead.txt); atexit handlers and file flushing run as usual
+            import gc  # object of torch & co. at interpreter shut-down (~0.3 s of a short run; benchmarks/
+            gc.freeze()   # results/run_overhead.txt); atexit handlers and file flushing run as usual
         return code
     except Interrupted as exc:  # SIGTERM/SIGINT: stopped at a checkpoint; how to continue, in one line
         print(exc.describe(args.imports), file=sys.stderr)

@@ -75,7 +75,7 @@ class ScenarioConfig(Section):
     imbalance_ratio: float | None = Field(None, gt=0, le=1, description="long-tail profile n_min/n_max (e.g. 0.01)")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ScenarioConfig":
+    def _consistent(self) -> ScenarioConfig:
         if self.classes_per_task is not None:
             if len(self.classes_per_task) != self.num_tasks:
                 raise ValueError(
@@ -281,7 +281,7 @@ class RunConfig(Section):
         return schema.model_validate(value)
 
     @model_validator(mode="after")
-    def _method_probe_protocol(self) -> "RunConfig":
+    def _method_probe_protocol(self) -> RunConfig:
         if self.eval.probe_augment is None:  # the method's paper protocol, written out (and so in the fingerprint)
             default = bool(getattr(METHODS.get(self.method.name), "probe_augment_default", False))
             self.eval = self.eval.model_copy(update={"probe_augment": default})
@@ -368,7 +368,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"Override `{shorten(text)}` has an empty key; write dotted keys such as method.buffer_size=500.")
+        raise ConfigError(f"Override `{shorten(text)}` has an empty key; write dotted keys such as "
+                          f"method.buffer_size=500.")
     if not raw.strip():  # `method=` would reset a whole section to its defaults, `train.epochs=` fail obscurely
         raise ConfigError(f"Override `{shorten(text)}` has no value after `=`; give one (e.g. {shorten(key, 40)}=...), "
                           f"or write {shorten(key, 40)}=null to unset it.")

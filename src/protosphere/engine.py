@@ -9,9 +9,9 @@ function; the engine sees a scalar loss and a dict of detached loss terms (:func
 
 Checkpoints (``checkpoints/last.ckpt``, plus ``task-<t>.ckpt`` at each task end; by default only the latest task
 checkpoint is kept beside ``last.ckpt``, ``train.keep_checkpoints: true`` keeps them all) hold the method's state
-(parameters, replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far. They are
-written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one, are
-never written while a parameter or buffer holds NaN/inf (the run stops instead), and are read with
+(parameters, replay buffer, past-model snapshots, queues), optimiser, RNG states, progress and the evaluation so far.
+They are written to a temporary file and renamed, so a crash never leaves a broken checkpoint in place of a good one,
+are never written while a parameter or buffer holds NaN/inf (the run stops instead), and are read with
 ``weights_only=True``. Resuming re-runs ``begin_task`` of the interrupted task and then loads the saved
 state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
 Under DDP a checkpoint also holds every rank's own state (RNG states, replay buffers), gathered to rank 0, and
@@ -312,7 +312,7 @@ class TaskMonitor:
     terms logged every ``train.log_every_n_steps`` steps (means over the ranks), the progress display and its plain
     line per epoch. The host waits for the device only at a logged step."""
 
-    def __init__(self, engine: "Engine", task: int, epochs: int, steps_per_epoch: int, total: int, first: int):
+    def __init__(self, engine: Engine, task: int, epochs: int, steps_per_epoch: int, total: int, first: int):
         self.engine, self.task, self.epochs = engine, task, epochs
         self.steps_per_epoch, self.total = steps_per_epoch, total
         self.guard = LossGuard(engine.fabric, engine.checkpoints.advice)
@@ -452,7 +452,7 @@ class Engine:
             with shard_draws(fabric.global_rank, fabric.world_size):  # each rank augments its rows as 1 process does
                 output = train_step(model, optimizer, model_input(images[rows], cfg.model.channels_last),
                                     labels[rows], where, fabric.backward,
-                                    inspect=lambda out: monitor.inspect(out, step))
+                                    inspect=lambda out, step=step: monitor.inspect(out, step))
             self.global_step += 1
             last = step == total - 1
             stopping = self._stop_requested(step)

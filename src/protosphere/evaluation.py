@@ -7,7 +7,7 @@ the number of test rows and C the number of classes; :func:`accuracy` turns them
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ def _check_features_labels(features: torch.Tensor, labels: torch.Tensor, num_cla
 
 
 def class_balanced_indices(
-    labels: torch.Tensor, num_samples: int, generator: Optional[torch.Generator] = None
+    labels: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Draw ``num_samples`` indices with replacement, sample i having weight 1/N_{y_i} (N_c = count of class c).
 
@@ -256,7 +256,7 @@ def knn_logits(
     return out
 
 
-def mask_logits(logits: torch.Tensor, classes: Union[Sequence[int], torch.Tensor]) -> torch.Tensor:
+def mask_logits(logits: torch.Tensor, classes: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Task-IL masking: a copy of ``logits`` (M, C) with -inf in every column not in ``classes``.
 
     Args:

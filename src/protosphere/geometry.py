@@ -14,7 +14,6 @@ They compute in float64 and return float32 tensors of shape (K, d) whose rows ar
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +175,7 @@ class RunningClassMeans(nn.Module):
         self,
         num_classes: int,
         dim: int,
-        momentum: Optional[float] = 0.99,
+        momentum: float | None = 0.99,
         normalize_inputs: bool = True,
         dtype: torch.dtype = torch.float32,
     ) -> None:

@@ -85,7 +85,8 @@ def empty_results() -> dict:
 
 def summary_metrics(accuracy_matrices: dict, random_init: dict | None, kind: str) -> dict:
     """:func:`~protosphere.metrics.continual.summarize` of every classifier's class-IL / task-IL matrix, FWT against
-    the untrained model's accuracies. FWT is not defined in class-IL (a task's classes cannot be predicted before it)."""
+    the untrained model's accuracies. FWT is not defined in class-IL (a task's classes cannot be predicted before
+    it)."""
     metrics: dict = {}
     for classifier, settings in accuracy_matrices.items():
         metrics[classifier] = {}

@@ -19,7 +19,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import IO, Any, Callable, Literal, Union
+from typing import IO, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -192,7 +192,7 @@ class RunRecord(_Fixed):
 
     # -------------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_data(cls, data: Any, source: str = "results.json") -> "RunRecord":
+    def from_data(cls, data: Any, source: str = "results.json") -> RunRecord:
         """Validate plain data (a parsed results.json); :class:`RunError` with one sentence when it does not fit."""
         if isinstance(data, RunRecord):
             return data
@@ -258,7 +258,7 @@ def _describe(exc: ValidationError) -> str:
 Writer = Callable[[IO[bytes]], Any]
 
 
-def atomic_write(path: str | Path, content: Union[str, bytes, Writer]) -> Path:
+def atomic_write(path: str | Path, content: str | bytes | Writer) -> Path:
     """Write ``content`` to ``path`` so that ``path`` holds either its old or its complete new content, never a part.
 
     ``content`` is text (UTF-8), bytes, or a function that writes to a binary file object (e.g.
@@ -424,7 +424,7 @@ class RunLock:
     def held(self) -> bool:
         return self.fd is not None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Lock the folder, or raise :class:`RunError` naming the process that holds it; a no-op when held."""
         import fcntl
 
@@ -484,7 +484,7 @@ class RunLock:
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         if not self.adopt_inherited():
             self.acquire()
         return self

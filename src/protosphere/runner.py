@@ -423,12 +423,11 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
 
 def _run(config: RunConfig, lock, resume: bool, overwrite: bool, console, show_progress: bool,
          command: str | None) -> tuple[dict, Path]:
+    from .distributed import rank_zero_first
     from .engine import Engine, config_fingerprint, environment
     from .protocol import summary_metrics
-    from .record import RunDir, save_embedding_snapshot
-
-    from .distributed import rank_zero_first
     from .provenance import command_line, source_revision
+    from .record import RunDir, save_embedding_snapshot
 
     started = time.time()
     check_threads(config)

@@ -1,4 +1,5 @@
-"""Experiments through the library: configs × grid values × seeds, run or reused, side by side (``protosphere compare``).
+"""Experiments through the library: configs × grid values × seeds, run or reused, side by side
+(``protosphere compare``).
 
     protosphere compare configs/seq-fmnist/er-200.yaml --grid method.buffer_size=200,500 --seeds 3 --jobs 2 \\
         --markdown table.md
@@ -40,8 +41,18 @@ from .config import load_config, parse_override, plain_name, validate_config
 from .engine import config_fingerprint
 from .errors import ConfigError, Interrupted, RunError
 from .interrupt import handling_signals
-from .report.compare import (BEST_RULE, Entry, best_labels, best_test, build_columns, metric_value, rich_table,
-                             summarize_rows, to_html, to_markdown)
+from .report.compare import (
+    BEST_RULE,
+    Entry,
+    best_labels,
+    best_test,
+    build_columns,
+    metric_value,
+    rich_table,
+    summarize_rows,
+    to_html,
+    to_markdown,
+)
 
 RUN_KEYS = ("seed", "name", "output_dir")  # set by compare for every run
 

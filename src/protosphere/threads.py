@@ -13,7 +13,8 @@ it): with torch's default spinning, a 2-thread CNN step beside busy processes ra
 
 The work of a step is estimated as the backbone's forward FLOPs for one training batch (counted once with
 ``torch.utils.flop_counter.FlopCounterMode`` on a 2-image batch, scaled to ``train.batch_size``).
-Measurements behind the threshold: ``benchmarks/throughput_loaded.py`` (``benchmarks/throughput-loaded.txt``).
+Measurements behind the threshold: ``benchmarks/qa/throughput_loaded.py``
+(``benchmarks/results/throughput-loaded.txt``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _TORCH_DEFAULT = torch.get_num_threads()  # one per core, or OMP_NUM_THREADS; re
 __all__ = ["SINGLE_THREAD_FLOPS", "forward_flops_per_image", "default_threads", "apply_threads"]
 
 # forward FLOPs per training batch below which one thread is as fast as two on a quiet machine and far faster on a
-# busy one (benchmarks/throughput-loaded.txt); above it torch's default (one thread per core) is kept
+# busy one (benchmarks/results/throughput-loaded.txt); above it torch's default (one thread per core) is kept
 SINGLE_THREAD_FLOPS = 50e6
 
 

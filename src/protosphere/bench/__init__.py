@@ -6,7 +6,7 @@
   (needs ``pytorch-metric-learning``).
 
 :func:`run_benchmarks` prints each report and writes them, one after the other, to the file it is given and nowhere
-else; the committed reference numbers (``benchmarks/*.txt``, tracked by git) are never overwritten.
+else; the committed reference numbers (``benchmarks/results/*.txt``, tracked by git) are never overwritten.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run_benchmarks(only: Sequence[str] | None = None, out: str | Path | None = N
         check_out_file(out)
     reports, failed = [], []
     with tempfile.TemporaryDirectory(prefix="protosphere-bench-") as scratch:
-        for i, (group, module, argv) in enumerate(job for job in BENCHMARKS if not only or job[0] in only):
+        for i, (_group, module, argv) in enumerate(job for job in BENCHMARKS if not only or job[0] in only):
             part = Path(scratch) / f"{i}.txt"
             command = " ".join(["python -m", f"protosphere.bench.{module}", *argv])
             code = importlib.import_module(f".{module}", __name__).main([*argv, "--out", str(part)])

@@ -118,8 +118,8 @@ def peak_memory(which: str, b: int, d: int, device) -> float:
         fn(leaf, labels).backward()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    out = subprocess.run([sys.executable, "-m", "protosphere.bench.losses", "--memory-child", which, str(b), str(d)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "protosphere.bench.losses", "--memory-child", which, str(b), str(d)],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
 
 
@@ -247,10 +247,8 @@ def main(argv=None) -> int:
     zz, _ = batch(512, 128, device, seed=1)
     zp = F.normalize(zz + 0.3 * torch.randn_like(zz), dim=1)
     etf = F.normalize(torch.randn(10, 128, device=device), dim=1)
-    seen = list(range(10))
     old = etf[:5]
     cw = L.inverse_frequency_weights(y, 10)
-    mask = y >= 5
     weights = torch.randn(10, 128, device=device)
     from protosphere.geometry import orthonormal_prototypes
 

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import protosphere  # noqa: F401  (before torch: protosphere's OpenMP wait policy applies, as in a run)
+
+# isort: split
 import torch
 import torch.nn.functional as F
 
@@ -29,8 +31,8 @@ from protosphere.data import load_dataset
 from protosphere.data.scenarios import build_scenario, model_input
 from protosphere.engine import environment, train_step
 from protosphere.methods import method_names
-from protosphere.models.heads import MixtureOfExperts, Predictor, ProjectionHead
 from protosphere.methods.base import StepContext, TaskContext
+from protosphere.models.heads import MixtureOfExperts, Predictor, ProjectionHead
 from protosphere.optim import build_optimizer
 from protosphere.runner import build_method
 
@@ -236,10 +238,10 @@ def main(argv=None) -> int:
         f"gpu: {env['gpu']}, torch {env['torch']}, python {platform.python_version()}",
         f"# command: python -m protosphere.bench.throughput "
         f"{' '.join(sys.argv[1:] if argv is None else argv)}".rstrip(),
-        "# bare = backbone + linear head forward/backward + SGD step on the stream batch (1 view) or on the batch twice "
-        "(2 views, what two-view methods push through the network); +past = the 2-view step plus a no-grad forward "
-        "of a frozen copy of the backbone on both views (the floor of past-model distillation); img/s counts stream "
-        "images",
+        "# bare = backbone + linear head forward/backward + SGD step on the stream batch (1 view) or on the batch "
+        "twice (2 views, what two-view methods push through the network); +past = the 2-view step plus a no-grad "
+        "forward of a frozen copy of the backbone on both views (the floor of past-model distillation); img/s counts "
+        "stream images",
         "# floor = the method's own unavoidable passes, recorded by a forward hook on every network of the backbone's "
         "class during one step (trained backbone per view, past model, momentum encoder; rows listed under 'passes', "
         "no-grad = without a graph) and on its augmentation ('aug' rows), replayed on the bare backbone with a linear "

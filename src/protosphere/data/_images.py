@@ -24,7 +24,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".
 
 def check_image_size(image_size: int) -> int:
     """Validate the requested square side length (a user setting) and return it as int."""
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not 1 <= int(image_size) <= 4096:
+    if (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
+            or not 1 <= int(image_size) <= 4096):
         raise DatasetError(f"image_size must be an integer between 1 and 4096, got {image_size!r}; fix the setting.")
     return int(image_size)
 

@@ -46,7 +46,6 @@ Implementation notes (differences from torchvision are deliberate and listed her
 from __future__ import annotations
 
 import contextlib
-
 import difflib
 import math
 from typing import Sequence
@@ -187,7 +186,8 @@ class Normalize(BatchTransform):
         x = _as_float(x)
         for name, t in (("mean", self.mean), ("std", self.std)):
             if t.shape[1] not in (1, x.shape[1]):
-                raise ValueError(f"normalisation {name} has {t.shape[1]} values but the batch has {x.shape[1]} channels")
+                raise ValueError(f"normalisation {name} has {t.shape[1]} values but the batch has {x.shape[1]} "
+                                 f"channels")
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 

@@ -38,15 +38,17 @@ class ImageDataset:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         k = len(self.class_names)
         if k < 1:
-            raise DatasetError(f"dataset {self.name!r} read from {self.source} has no classes; check that the files are complete.")
+            raise DatasetError(f"dataset {self.name!r} read from {self.source} has no classes; check that the files "
+                               f"are complete.")
         shape = None
         for split in ("train", "test"):
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
             if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
                 raise DatasetError(
-                    f"dataset {self.name!r} read from {self.source} has {split} images that are not a uint8 (N, H, W, C) "
-                    f"array (got {getattr(images, 'dtype', type(images))} with shape {getattr(images, 'shape', '?')}); "
+                    f"dataset {self.name!r} read from {self.source} has {split} images that are not a uint8 "
+                    f"(N, H, W, C) array (got {getattr(images, 'dtype', type(images))} with shape "
+                    f"{getattr(images, 'shape', '?')}); "
                     "the files are malformed, replace them with the official ones."
                 )
             if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype != np.int64:
@@ -62,17 +64,20 @@ class ImageDataset:
             if len(labels) and (labels.min() < 0 or labels.max() >= k):
                 raise DatasetError(
                     f"dataset {self.name!r} read from {self.source} has {split} labels outside 0..{k - 1} "
-                    f"(min {labels.min()}, max {labels.max()}); the files are malformed, replace them with the official ones."
+                    f"(min {labels.min()}, max {labels.max()}); the files are malformed, replace them with the "
+                    "official ones."
                 )
             if shape is not None and images.shape[1:] != shape and len(images):
                 raise DatasetError(
-                    f"dataset {self.name!r} read from {self.source} has train images of shape {shape} but test images of "
-                    f"shape {images.shape[1:]}; the files do not belong together, replace them with the official ones."
+                    f"dataset {self.name!r} read from {self.source} has train images of shape {shape} but test images "
+                    f"of shape {images.shape[1:]}; the files do not belong together, replace them with the official "
+                    "ones."
                 )
             if len(images):
                 shape = images.shape[1:]
         if len(self.train_images) == 0:
-            raise DatasetError(f"dataset {self.name!r} read from {self.source} has no training images; check that the files are complete.")
+            raise DatasetError(f"dataset {self.name!r} read from {self.source} has no training images; check that "
+                               f"the files are complete.")
 
     @property
     def num_classes(self) -> int:

@@ -117,7 +117,8 @@ def _unpickle(data: bytes, where: str) -> dict:
             "archive again."
         ) from exc
     if not isinstance(obj, dict):
-        raise DatasetError(f"{where} holds a {type(obj).__name__}, not a CIFAR batch dictionary; replace it with the official file.")
+        raise DatasetError(f"{where} holds a {type(obj).__name__}, not a CIFAR batch dictionary; replace it with the "
+                           f"official file.")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
@@ -125,8 +126,8 @@ def _batch_arrays(batch: dict, spec: CifarSpec, where: str) -> tuple[np.ndarray,
     for key in ("data", spec.label_key):
         if key not in batch:
             raise DatasetError(
-                f"{where} has no {key!r} entry (keys: {sorted(batch)}); it is not a {spec.title} batch, replace it with "
-                "the official file."
+                f"{where} has no {key!r} entry (keys: {sorted(batch)}); it is not a {spec.title} batch, replace it "
+                "with the official file."
             )
     data = np.asarray(batch["data"])
     labels = np.asarray(batch[spec.label_key])
@@ -184,8 +185,8 @@ class _Source:
         missing = [f"{self.spec.folder}/{m}" for m in members if m not in out]
         if missing:
             raise DatasetError(
-                f"{self.path} lacks {', '.join(missing)}; it is not the complete official {self.spec.archive}, delete it "
-                "and fetch it again."
+                f"{self.path} lacks {', '.join(missing)}; it is not the complete official {self.spec.archive}, delete "
+                "it and fetch it again."
             )
         return out
 

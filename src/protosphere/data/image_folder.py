@@ -126,7 +126,8 @@ def load_imagenet100(root: str | os.PathLike | None = None, image_size: int = 64
 
 
 def find_domainnet(root: str | os.PathLike | None = None) -> Path | None:
-    """The DomainNet root (root itself, ``root/domainnet`` or ``$PROTOSPHERE_DATA/domainnet``) holding a domain folder."""
+    """The DomainNet root (root itself, ``root/domainnet`` or ``$PROTOSPHERE_DATA/domainnet``) holding a domain
+    folder."""
     for folder in _search("domainnet", root):
         if folder.is_dir() and any((folder / d).is_dir() for d in DOMAINNET_DOMAINS):
             return folder
@@ -185,7 +186,8 @@ def load_domainnet(
             )
     classes = sorted({d.name for domain in domains for d in _class_dirs(base / domain)})
     if not classes:
-        raise DatasetError(f"{base} has no <domain>/<class>/ folders for {domains}; extract the DomainNet images there.")
+        raise DatasetError(f"{base} has no <domain>/<class>/ folders for {domains}; extract the DomainNet images "
+                           f"there.")
     index = {c: i for i, c in enumerate(classes)}
 
     datasets = []
@@ -198,8 +200,8 @@ def load_domainnet(
                 for path, cls in entries:
                     if cls not in index or not path.is_file():
                         raise DatasetError(
-                            f"{path}, listed in {listing}, is missing; extract the complete {domain} domain into {base} "
-                            "or delete the split files to use the seeded 80/20 split."
+                            f"{path}, listed in {listing}, is missing; extract the complete {domain} domain into "
+                            f"{base} or delete the split files to use the seeded 80/20 split."
                         )
             how = f"official split files {train_file.name}/{test_file.name}"
         else:
@@ -219,7 +221,8 @@ def load_domainnet(
             labels = np.asarray([index[c] for _, c in entries], dtype=np.int64)
             arrays.append((images, labels))
         if len(arrays[0][1]) == 0:
-            raise DatasetError(f"DomainNet domain {domain!r} in {folder} has no training images; extract its images there.")
+            raise DatasetError(f"DomainNet domain {domain!r} in {folder} has no training images; extract its images "
+                               f"there.")
         datasets.append(
             ImageDataset(
                 name=f"domainnet_{domain}",

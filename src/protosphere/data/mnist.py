@@ -166,7 +166,8 @@ def find_idx_dataset(
             missing = ", ".join(IDX_FILES[k] + "[.gz]" for k in IDX_FILES if k not in files)
             raise DatasetError(
                 f"{spec.title} in {directory} is incomplete (missing {missing}); copy the missing files there or "
-                f"delete the folder{f' and run `protosphere datasets --ensure {spec.name}`' if kind == 'cache' else ''}."
+                f"delete the folder"
+                f"{f' and run `protosphere datasets --ensure {spec.name}`' if kind == 'cache' else ''}."
             )
     return None
 
@@ -237,7 +238,8 @@ def _decode(spec: IdxDatasetSpec, files: dict[str, Path], fix: str) -> dict[str,
     return arrays
 
 
-def load_idx_dataset(spec: IdxDatasetSpec, root: str | os.PathLike | None = None, download: bool = False) -> ImageDataset:
+def load_idx_dataset(spec: IdxDatasetSpec, root: str | os.PathLike | None = None,
+                     download: bool = False) -> ImageDataset:
     """Find (or, with ``download=True``, fetch), verify and decode an IDX dataset; see the module docstring."""
     found = find_idx_dataset(spec, root, download)
     if found is None:

@@ -58,7 +58,8 @@ for _name, _loader in _BUILT_IN.items():
 DATASETS.register("domainnet", _domainnet)  # a valid data.dataset; the runner builds its per-domain scenario
 
 DATASET_NAMES: tuple[str, ...] = tuple(_BUILT_IN)
-"""The built-in datasets :func:`load_dataset` loads whole (user datasets join them in ``protosphere.registry.DATASETS``)."""
+"""The built-in datasets :func:`load_dataset` loads whole (user datasets join them in
+``protosphere.registry.DATASETS``)."""
 
 
 def _normalise(name: str) -> str:
@@ -103,7 +104,8 @@ def dataset_status() -> list[DatasetStatus]:
     """Where each dataset (and DomainNet) would be loaded from without ``root``, and how to get missing ones."""
     sklearn_found = importlib.util.find_spec("sklearn") is not None
     return [
-        _status("fashion_mnist", lambda: mnist.find_idx_dataset(mnist.FASHION_MNIST), mnist.how_to_get(mnist.FASHION_MNIST)),
+        _status("fashion_mnist", lambda: mnist.find_idx_dataset(mnist.FASHION_MNIST),
+                mnist.how_to_get(mnist.FASHION_MNIST)),
         _status("mnist", lambda: mnist.find_idx_dataset(mnist.MNIST), mnist.how_to_get(mnist.MNIST)),
         DatasetStatus(
             "digits",

@@ -5,7 +5,8 @@
   Task-IL evaluation uses the same tasks with logits masked to each task's classes.
 * **data-IL** — every task has all classes; the training set is cut into disjoint, class-stratified shards.
 * **domain-IL** — every task has all classes in a different domain: FMNIST-style rotations (seeded angle per task) or
-  pixel permutations (task 0 keeps the identity), or one real domain per task (DomainNet, :func:`scenario_from_domains`).
+  pixel permutations (task 0 keeps the identity), or one real domain per task (DomainNet,
+  :func:`scenario_from_domains`).
 
 Images are kept as uint8 tensors (N, C, H, W) on the host; the engine moves one task at a time to the device, and
 :func:`model_input` turns a batch of them into what a network takes.

@@ -3,7 +3,6 @@
 from ._checks import set_validation, validation
 from .contrastive import AsymmetricSupConLoss, FNC2Loss, SupConLoss, asymmetric_supcon, fnc2, supcon
 from .distillation import HSD_SCHEDULES, HSDLoss, IRDLoss, PRDLoss, hsd, hsd_alpha, ird, prd
-from .prototype import DRLoss, dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
 from .normalized import (
     CLOPLoss,
     NONLLoss,
@@ -16,6 +15,7 @@ from .normalized import (
     ntce,
     supervised_ntxent,
 )
+from .prototype import DRLoss, dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
 from .self_supervised import (
     CaSSLeDistillLoss,
     MoCoInfoNCELoss,

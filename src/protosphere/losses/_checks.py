@@ -44,7 +44,8 @@ def check_matrix(x: torch.Tensor, name: str, loss: str, rows: int | None = None,
     if rows is not None and x.shape[0] != rows:
         raise ValueError(f"{loss}: `{name}` has {x.shape[0]} rows but {rows} were expected; pass row-aligned tensors.")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{loss}: `{name}` has dimension {x.shape[1]} but {dim} was expected; use the same embedding size.")
+        raise ValueError(f"{loss}: `{name}` has dimension {x.shape[1]} but {dim} was expected; use the same "
+                         f"embedding size.")
     if not x.is_floating_point():
         raise ValueError(f"{loss}: `{name}` must be a floating-point tensor, got {x.dtype}.")
 

@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import autocast_off, check_finite, check_labels, check_matrix, check_unit_rows, compute_dtype, validation_enabled
+from ._checks import (
+    autocast_off,
+    check_finite,
+    check_labels,
+    check_matrix,
+    check_unit_rows,
+    compute_dtype,
+    validation_enabled,
+)
 
 __all__ = [
     "normface",

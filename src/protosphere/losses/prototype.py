@@ -77,7 +77,8 @@ def dr_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
     check_unit_rows(prototypes, "prototypes", loss)
     if class_weights is not None:
         if not isinstance(class_weights, torch.Tensor) or tuple(class_weights.shape) != (num_classes,):
-            got = tuple(class_weights.shape) if isinstance(class_weights, torch.Tensor) else type(class_weights).__name__
+            got = (tuple(class_weights.shape) if isinstance(class_weights, torch.Tensor)
+                   else type(class_weights).__name__)
             raise ValueError(f"{loss}: `class_weights` must be a tensor of shape ({num_classes},) (one weight per "
                              f"prototype), got {got}.")
         check_finite(class_weights, "class_weights", loss)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_matrix
-from ._checks import check_unit_rows, compute_dtype
+from ._checks import check_matrix, check_unit_rows, compute_dtype
 from .normalized import _autocast_off, _check_nonempty, _check_positive, _upcast
 
 __all__ = [

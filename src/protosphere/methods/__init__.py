@@ -24,4 +24,21 @@ def method_config_class(name: str):
     return method_class(name).config_class
 
 
-from . import derpp, er, finetune, joint, lwf, ce, supcon, normalized, clop, co2l, fnc2, nct, simclr, moco, cassle, sycon  # noqa: E402,F401  (fill the registry)
+from . import (  # noqa: E402,F401  (fill the registry)
+    cassle,
+    ce,
+    clop,
+    co2l,
+    derpp,
+    er,
+    finetune,
+    fnc2,
+    joint,
+    lwf,
+    moco,
+    nct,
+    normalized,
+    simclr,
+    supcon,
+    sycon,
+)

@@ -46,7 +46,7 @@ class TaskContext:
     previous: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # earlier tasks' training data
 
     @classmethod
-    def of(cls, scenario, index: int, device=None) -> "TaskContext":
+    def of(cls, scenario, index: int, device=None) -> TaskContext:
         """The context of task ``index`` of a :class:`~protosphere.data.scenarios.Scenario`: its training data on
         ``device`` (earlier tasks' data stay where the scenario holds them, on the host)."""
         task = scenario.tasks[index]

@@ -1,6 +1,7 @@
 """Learning without Forgetting (Li & Hoiem, TPAMI 2017), class-incremental form as in Mammoth.
 
-loss = CE over the classes seen so far (others masked) + α · T² · KL(softmax(ŷ_old/T) ‖ softmax(ŷ/T)) on the previous classes' logits,
+loss = CE over the classes seen so far (others masked) + α · T² · KL(softmax(ŷ_old/T) ‖ softmax(ŷ/T)) on the previous
+classes' logits,
 where ŷ_old comes from a frozen copy of the model taken at the start of the task, on the same augmented batch.
 """
 

@@ -1,12 +1,14 @@
 """MoCo v2+ (He et al., CVPR 2020; Chen et al., "Improved Baselines with Momentum Contrastive Learning", arXiv
 2003.04297, 2020; the symmetric "v2+" recipe of solo-learn, da Costa et al., JMLR 2022) trained task after task.
 
-Momentum encoder (:class:`~protosphere.methods.parts.MomentumEncoder`): an EMA copy of backbone + projector, m_s = m_T − (m_T − m_0)(1 + cos(π s / S)) / 2 at step s of the
+Momentum encoder (:class:`~protosphere.methods.parts.MomentumEncoder`): an EMA copy of backbone + projector,
+m_s = m_T − (m_T − m_0)(1 + cos(π s / S)) / 2 at step s of the
 S steps of a task (m_0 = 0.99 → m_T = 0.999, restarting every task; solo-learn's ``MomentumUpdater``). The update is
 applied at the start of step s, before the keys are computed (solo-learn applies it after the previous step).
 
 Queue (:class:`~protosphere.methods.parts.KeyQueue`): a buffer (2, M, d) of unit keys (M = 65,536 by default) with a
-pointer; slot v holds the keys of view v. Step: q_v = normalize(projector(backbone(x_v))), k_v = the momentum encoder's unit key of x_v;
+pointer; slot v holds the keys of view v. Step: q_v = normalize(projector(backbone(x_v))), k_v = the momentum encoder's
+unit key of x_v;
 loss = ½[moco_infonce(q1, k2, queue[1]) + moco_infonce(q2, k1, queue[0])]; after the loss the keys of this step,
 gathered from every process, are written FIFO at the pointer (queues are identical on every process). The queues carry
 over between tasks. When M exceeds a task's training set, rounded down to a multiple of the global batch, the queues

@@ -13,7 +13,8 @@ sample unless ``views: 2``)::
 
 defaults head_weight 10, distill_weight 50 (NC-FSCIL / NCT). ``classifier: learnable`` replaces the fixed ETF with
 a trained cosine classifier (K × d rows from a seeded random start, renormalised in the loss; needs
-``head_loss: ce``), everything else equal: the learnable-classifier baseline of NCT's claim. ``class_balanced``: c_k = 1/N_k over the (gathered)
+``head_loss: ce``), everything else equal: the learnable-classifier baseline of NCT's claim.
+``class_balanced``: c_k = 1/N_k over the (gathered)
 batch (:func:`~protosphere.losses.inverse_frequency_weights`). ``mixture_of_experts``: the projector is a
 :class:`~protosphere.models.heads.MixtureOfExperts` with one expert per task and a learned gate; besides the mixed
 output, each row's own-task expert is aligned to its prototype (``+ head_weight · expert_weight · expert_dr_loss``). All
@@ -58,7 +59,8 @@ class NCTConfig(ReplayContrastConfig):
     expert_weight: float = Field(1.0, ge=0)
     views: int = Field(1, ge=1, le=2)
     etf_seed: int = 0
-    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
+    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe",
+                                                                   "linear_probe_seen"])
 
     @model_validator(mode="after")
     def _learnable_needs_ce(self):

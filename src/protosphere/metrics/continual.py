@@ -12,7 +12,7 @@ empty array and ``average_forgetting``, ``backward_transfer`` and ``forward_tran
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 
@@ -65,13 +65,13 @@ def forgetting(A: Any) -> np.ndarray:
     return np.array([m[j : t - 1, j].max() - m[t - 1, j] for j in range(t - 1)], dtype=np.float64)
 
 
-def average_forgetting(A: Any) -> Optional[float]:
+def average_forgetting(A: Any) -> float | None:
     """Mean of :func:`forgetting` over the T-1 earlier tasks; ``None`` for T = 1."""
     f = forgetting(A)
     return float(f.mean()) if f.size else None
 
 
-def backward_transfer(A: Any) -> Optional[float]:
+def backward_transfer(A: Any) -> float | None:
     """BWT (Lopez-Paz & Ranzato 2017): ``(1/(T-1)) Σ_{j<T-1} (A[T-1, j] - A[j, j])``; ``None`` for T = 1."""
     m = _matrix(A)
     t = m.shape[0]
@@ -80,7 +80,7 @@ def backward_transfer(A: Any) -> Optional[float]:
     return float(np.mean([m[t - 1, j] - m[j, j] for j in range(t - 1)]))
 
 
-def forward_transfer(A: Any, random_init: Any) -> Optional[float]:
+def forward_transfer(A: Any, random_init: Any) -> float | None:
     """FWT (Lopez-Paz & Ranzato 2017): ``(1/(T-1)) Σ_{j≥1} (A[j-1, j] - b_j)``; ``None`` for T = 1.
 
     Args:
@@ -99,7 +99,7 @@ def forward_transfer(A: Any, random_init: Any) -> Optional[float]:
     return float(np.mean([m[j - 1, j] - b[j] for j in range(1, t)]))
 
 
-def summarize(A: Any, random_init: Any = None) -> Dict[str, Any]:
+def summarize(A: Any, random_init: Any = None) -> dict[str, Any]:
     """Every metric above in a JSON-serialisable dict (floats, lists, ``None``).
 
     Keys: ``num_tasks``, ``final_average_accuracy``, ``average_incremental_accuracy``, ``forgetting`` (list of T-1

@@ -11,8 +11,6 @@ Notation: N samples h_i ∈ R^d with labels y_i ∈ {0..C-1}; μ_c the class mea
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -55,8 +53,8 @@ def _cosine_matrix(rows: torch.Tensor) -> torch.Tensor:
 
 
 def neural_collapse(
-    features: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None
-) -> Dict[str, float]:
+    features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> dict[str, float]:
     """NC1–NC4 and effective ranks of features as given (float64, no normalisation).
 
     Args:

@@ -3,8 +3,8 @@
 Every backbone maps a float batch ``(B, C, H, W)`` to features ``(B, out_dim)`` and exposes ``out_dim: int``. Heads
 (projection, classifier, prototypes) live in :mod:`protosphere.models.heads`.
 
-Build one by name with :func:`build_backbone`; the names are those of ``protosphere.registry.BACKBONES``, where user code
-registers its own backbones too:
+Build one by name with :func:`build_backbone`; the names are those of ``protosphere.registry.BACKBONES``, where user
+code registers its own backbones too:
 
 ====================  =========  ==========================================================================
 name                  out_dim    what it is
@@ -21,8 +21,8 @@ name                  out_dim    what it is
 
 ResNet stem for larger images: the stem stays a 3×3 stride-1 convolution without max-pool at every image size, including
 64×64 Tiny-ImageNet and larger ImageNet-100 crops. This follows Co2L's Tiny-ImageNet setting, which trains the same
-CIFAR ResNet-18 on 64×64 images; it costs 4× the compute of a 32×32 input. Pass ``stem_stride=2`` to halve the resolution
-in the stem if that cost matters (not a paper setting).
+CIFAR ResNet-18 on 64×64 images; it costs 4× the compute of a 32×32 input. Pass ``stem_stride=2`` to halve the
+resolution in the stem if that cost matters (not a paper setting).
 
 Memory format: conv backbones run fastest on CPU in ``channels_last``; :func:`to_channels_last` converts a module and
 makes conv backbones convert their input as well. The result is numerically the same as the contiguous format.
@@ -75,8 +75,8 @@ class MLP(nn.Module):
     """Fully connected feature extractor: flatten, then ``Linear → ReLU`` per hidden size.
 
     With the default ``hidden=(100, 100)`` on 28×28×1 input this is 784 → 100 → 100, the feature part of Mammoth's
-    ``MNISTMLP`` (Buzzega et al. 2020, "Dark Experience for General Continual Learning"); a ``LinearClassifier(100, 10)``
-    on top gives the full Mammoth network.
+    ``MNISTMLP`` (Buzzega et al. 2020, "Dark Experience for General Continual Learning"); a
+    ``LinearClassifier(100, 10)`` on top gives the full Mammoth network.
 
     Shapes: ``(B, C, H, W)`` (or any ``(B, ...)`` with ``C·H·W`` elements per row) → ``(B, hidden[-1])``.
     """
@@ -173,8 +173,8 @@ class CifarResNet18(_ConvBackbone):
 
     The variant used by SupCon/Co2L (``resnet_big.py``) and Mammoth: 3×3 stride-1 stem conv–BN–ReLU, no max-pool, four
     stages of two :class:`BasicBlock` with widths ``nf, 2nf, 4nf, 8nf`` and strides 1, 2, 2, 2, global average pool.
-    ``nf = 64`` gives the full network (out_dim 512, 11.17 M parameters at 3 input channels); ``nf = 20`` gives Mammoth's
-    reduced ResNet-18 from GEM (Lopez-Paz & Ranzato 2017; out_dim 160, 1.09 M parameters).
+    ``nf = 64`` gives the full network (out_dim 512, 11.17 M parameters at 3 input channels); ``nf = 20`` gives
+    Mammoth's reduced ResNet-18 from GEM (Lopez-Paz & Ranzato 2017; out_dim 160, 1.09 M parameters).
 
     The stem keeps stride 1 at every image size (see the module docstring); ``stem_stride=2`` is available for large
     images.

@@ -152,8 +152,9 @@ class MixtureOfExperts(nn.Module):
     and a linear gate with one row per expert, of which the first ``active`` are in use: with ``l(x) = x Gᵀ + c``
     restricted to those rows, ``g(x) = softmax(l(x))`` and the output is ``Σ_{e < active} g_e(x) · expert_e(x)``. The
     other experts are not evaluated (their parameters get no gradient) and their gate rows are masked out of the
-    softmax (they get a zero gradient). Methods align expert ``e`` to the prototypes of task ``e`` using ``forward_all(x).experts[:, e]``
-    and the mixed output for the whole label space; which loss does that is the method's business.
+    softmax (they get a zero gradient). Methods align expert ``e`` to the prototypes of task ``e`` using
+    ``forward_all(x).experts[:, e]`` and the mixed output for the whole label space; which loss does that is the
+    method's business.
 
     Continual use: allocate one expert per task up front and raise ``active`` by one at each task boundary, instead of
     growing the module. The parameter set is then fixed from construction, which DDP needs (it registers parameters

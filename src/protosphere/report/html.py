@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..record import (Diagnostics, EpochEvaluation, RunDir, RunRecord, atomic_write,  # noqa: F401 (re-exported)
-                      save_embedding_snapshot)
+from ..record import Diagnostics, EpochEvaluation, RunDir, RunRecord, atomic_write, save_embedding_snapshot  # noqa: F401 (re-exported)
 from . import plots
 
 __all__ = ["atomic_write", "load_results", "render_report", "save_embedding_snapshot", "try_write_report",

@@ -6,7 +6,7 @@ Each round starts fresh processes (nothing cached in memory): one child runs the
 ``python -m protosphere.cli run CONFIG`` is timed from the outside, start-up included (the number a user waits for).
 Medians over ``--repeats`` rounds.
 
-    python benchmarks/run_overhead.py [CONFIG.yaml] [--repeats 3] [--out FILE] [key=value ...]
+    python benchmarks/qa/run_overhead.py [CONFIG.yaml] [--repeats 3] [--out FILE] [key=value ...]
 
 Phases: ``start`` (interpreter up to the first import), ``import torch``, ``import lightning_fabric``, ``import
 protosphere`` (config, runner, engine, methods), ``fabric`` (Fabric set-up), ``data`` (dataset + scenario),
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPORT_MODES = ("inline", "background")
 T0 = time.perf_counter()
 if "--child" in sys.argv:  # start-up measured against the parent's clock
@@ -47,12 +47,12 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
 
     phases["import lightning_fabric"] = time.perf_counter() - t
     t = time.perf_counter()
+    import protosphere.methods  # noqa: F401
     from protosphere import runner
     from protosphere.config import load_config
     from protosphere.engine import Checkpoints
     from protosphere.protocol import Protocol
     from protosphere.record import RunDir
-    import protosphere.methods  # noqa: F401
 
     phases["import protosphere"] = time.perf_counter() - t
 
@@ -153,13 +153,13 @@ def main(argv=None) -> int:
         f"# protosphere: where a short run's wall time goes — {args.config} {' '.join(overrides)}".rstrip(),
         f"# machine: {env['cpu']} ({os.cpu_count()} cores), torch {torch.__version__}, python "
         f"{platform.python_version()}; median of {args.repeats} fresh processes",
-        f"# command: python benchmarks/run_overhead.py {' '.join(sys.argv[1:])}".rstrip(),
+        f"# command: python benchmarks/qa/run_overhead.py {' '.join(sys.argv[1:])}".rstrip(),
         f"{'phase':<28} {'seconds':>8} {'share':>7}",
     ]
     total = median["total (process wall)"]
-    order = ["start", "import torch", "import lightning_fabric", "import protosphere", "config", "fabric", "data", "model",
-             "random-init baseline", "train", "eval", "of eval: NC metrics", "checkpoints", "final extras", "results", "report", "other",
-             "exit"]
+    order = ["start", "import torch", "import lightning_fabric", "import protosphere", "config", "fabric", "data",
+             "model", "random-init baseline", "train", "eval", "of eval: NC metrics", "checkpoints", "final extras",
+             "results", "report", "other", "exit"]
     for key in order:
         if key in median and median[key] == median[key]:  # skip NaN (phase not reported)
             lines.append(f"{key:<28} {median[key]:>8.2f} {median[key] / total:>7.1%}")
@@ -167,7 +167,8 @@ def main(argv=None) -> int:
     lines.append(f"training speed: {median['img/s']:,.0f} img/s")
     for mode, walls in cli_walls.items():
         lines.append(f"`protosphere run {' '.join([args.config, *overrides])} eval.report={mode}` wall, start-up "
-                     f"included: {statistics.median(walls):.2f} s (median; runs: {', '.join(f'{w:.2f}' for w in walls)})")
+                     f"included: {statistics.median(walls):.2f} s (median; runs: "
+                     f"{', '.join(f'{w:.2f}' for w in walls)})")
     lines.append(f"# load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
                  f"{', '.join(f'{v:.2f}' for v in load_after)} (includes this benchmark's own process)")
     print("\n".join(lines))

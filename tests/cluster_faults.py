@@ -2,7 +2,7 @@
 processes on one run folder. Each scenario runs real ``python -m protosphere.cli`` processes on a tiny config in a
 fresh folder and returns what broke the contract (an empty list when nothing did).
 
-    python benchmarks/cluster_faults.py [--only NAME ...] [--list]
+    python tests/cluster_faults.py [--only NAME ...] [--list]
 
 The contract: SIGTERM / SIGINT stop a run at its next safe point with exit status 143 / 130, one line on stderr that
 says where it stopped, that ``last.ckpt`` holds it and the exact command that continues it, and that command ends

@@ -1,6 +1,6 @@
 """Open report.html / compare.html pages in headless Chromium and check what a reader's browser sees.
 
-    python benchmarks/check_report_pages.py runs/NAME/report.html [runs/compare/compare.html ...] [--width 1400]
+    python tests/check_report_pages.py runs/NAME/report.html [runs/compare/compare.html ...] [--width 1400]
 
 For every page, at a window ``--width`` px wide (default 1,400): no console error or uncaught exception, no request
 that leaves the file (every picture and style is inline), every <img> decodes to a non-empty picture and has alt text,

@@ -1,14 +1,15 @@
 """Training throughput on a quiet machine and beside one busy process, side by side in one run, per thread choice.
 
 For each workload (a config plus overrides), a fresh child process builds the run's scenario and method exactly as
-``protosphere run`` does, trains task 0 for a few steps (full buffers, past models), then times ``--steps`` of the engine's
-training steps of task 1 (``protosphere.engine.train_step``: method step, backward, SGD step) and prints img/s. Each child runs once on the quiet machine
-and once beside a busy neighbour (``python3 -c "while True: pass"``, started before the child and stopped after it),
-with 1 thread, 2 threads and protosphere's default choice (``protosphere.threads``), quiet and loaded runs interleaved
-over ``--repeats`` rounds; the table gives medians. "loaded/quiet" is the share of quiet speed a run keeps beside the
-neighbour; "vs best quiet" compares a setting's quiet speed with the fastest quiet setting.
+``protosphere run`` does, trains task 0 for a few steps (full buffers, past models), then times ``--steps`` of the
+engine's training steps of task 1 (``protosphere.engine.train_step``: method step, backward, SGD step) and prints img/s.
+Each child runs once on the quiet machine and once beside a busy neighbour (``python3 -c "while True: pass"``, started
+before the child and stopped after it), with 1 thread, 2 threads and protosphere's default choice
+(``protosphere.threads``), quiet and loaded runs interleaved over ``--repeats`` rounds; the table gives medians.
+"loaded/quiet" is the share of quiet speed a run keeps beside the neighbour; "vs best quiet" compares a setting's quiet
+speed with the fastest quiet setting.
 
-    python benchmarks/throughput_loaded.py [--repeats 3] [--steps 600] [--workloads NAME ...] [--out FILE]
+    python benchmarks/qa/throughput_loaded.py [--repeats 3] [--steps 600] [--workloads NAME ...] [--out FILE]
 
 The machine's own load (other users) is printed as ``os.getloadavg()`` before and after.
 """
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # name -> (config, overrides, steps multiplier): the Mammoth protocol (MLP, batch 10) and the CPU tables' CNN
 WORKLOADS = {
     "mammoth-er-200 (mlp, b10)": ("configs/mammoth-protocol/er-200.yaml", [], 1.0),
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
         f"median of {args.repeats} interleaved rounds",
         f"# machine: {env['cpu']} ({os.cpu_count()} cores), torch {torch.__version__}, python "
         f"{platform.python_version()}",
-        f"# command: python benchmarks/throughput_loaded.py {' '.join(sys.argv[1:])}".rstrip(),
+        f"# command: python benchmarks/qa/throughput_loaded.py {' '.join(sys.argv[1:])}".rstrip(),
         "# threads: 1, 2, or auto = protosphere's default choice (protosphere.threads; the number it chose in "
         "brackets), all with passive OpenMP waits (protosphere's default); '2 spin' = 2 threads with torch's default "
         "spin-waiting (the old default); loaded/quiet = share of quiet speed kept beside the busy process",

@@ -1,7 +1,7 @@
 """The continual self-supervised target on Seq-FashionMNIST — Sy-CON ≥ CaSSLe ≥ fine-tuning in class-IL linear-probe
 accuracy — checked from finished runs measured side by side (same machine, seeds and epochs), each with its margin.
 
-    python benchmarks/ssl_targets.py [RUNS_DIR]          (default runs/ssl)
+    python benchmarks/analysis/ssl_targets.py [RUNS_DIR]          (default runs/ssl)
 
 Fine-tuning is shown for both plain learners: MoCo v2+ (the base Sy-CON and CaSSLe are built on here, so the fair
 reference) and SimCLR; the SimCLR-based Sy-CON and CaSSLe (``*-simclr-class-il``) are compared with SimCLR. Data-IL
@@ -35,8 +35,8 @@ def main(argv) -> int:
     if missing:
         print("\nNot compared (no seed finished on both sides): "
               + "; ".join(r.split("|")[1].strip() for r in missing) + ".")
-    print("\nEvery method is scored with the linear probe on frozen features over all classes seen so far, fitted after "
-          "the last task (the CaSSLe protocol); a margin within one standard deviation of either side is not a "
+    print("\nEvery method is scored with the linear probe on frozen features over all classes seen so far, fitted "
+          "after the last task (the CaSSLe protocol); a margin within one standard deviation of either side is not a "
           "difference these seeds can resolve.")
     return 0
 

@@ -1,6 +1,6 @@
-"""Time the augmentation presets: milliseconds per batch of 256 images, CPU, written to benchmarks/augment.txt.
+"""Time the augmentation presets: milliseconds per batch of 256 images, CPU, written to benchmarks/results/augment.txt.
 
-Run: OMP_NUM_THREADS=1 python benchmarks/augment.py [--threads N] [--repeats 20]
+Run: OMP_NUM_THREADS=1 python benchmarks/qa/augment.py [--threads N] [--repeats 20]
 
 On a machine shared with other busy processes, more threads than free cores make every op wait for a descheduled
 thread (milliseconds per op); measure with the threads that are actually free.
@@ -48,7 +48,7 @@ def main() -> None:
             lines.append(f"{label:<22} {preset:<12} {ms:9.2f} {args.batch / ms * 1e3:9.0f}")
     text = "\n".join(lines)
     print(text)
-    (Path(__file__).with_suffix(".txt")).write_text(text + "\n")
+    (Path(__file__).resolve().parents[1] / "results" / "augment.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

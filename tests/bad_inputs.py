@@ -1,7 +1,7 @@
 """The bad-input catalogue, end to end: every bad input of the README's error contract, each run as its own process
 through the command line, checked against the contract.
 
-    python benchmarks/bad_inputs.py [--fresh] [--only ID ...] [--json OUT] [--list]
+    python tests/bad_inputs.py [--fresh] [--only ID ...] [--json OUT] [--list]
 
 The contract: a problem a user can cause ends with exit status 2 and exactly one line on stderr, starting with
 ``error:`` (what is wrong, where, how to fix it), no traceback, nothing on stdout, and nothing written or deleted:

@@ -17,7 +17,7 @@
 
 Usage (the config of the reliability report: SupCon, MLP, no augmentation, 5 % of Fashion-MNIST, 2 epochs)::
 
-    python benchmarks/ddp_float_noise.py --runs --sensitivity --probe --out benchmarks/ddp_float_noise.txt
+    python benchmarks/qa/ddp_float_noise.py --runs --sensitivity --probe --out benchmarks/results/ddp_float_noise.txt
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ CONFIG = "configs/nc/supcon.yaml"
 OVERRIDES = ["model.backbone=mlp", "train.augmentation=none", "data.train_fraction=0.05", "train.epochs=2",
              "fabric.threads=1", "train.log_every_n_steps=1", "eval.report=off", "eval.neural_collapse=false",
              "eval.random_init_baseline=false"]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _losses(run_dir: Path) -> dict:

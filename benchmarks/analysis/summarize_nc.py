@@ -2,7 +2,7 @@
 the final NC metrics, the epochs each run needs to reach the CE baseline's final NC values, each classifier's cost,
 and — when the runs evaluated corruptions (``eval.corruptions``) — the mean corruption error against CE.
 
-    python benchmarks/summarize_nc.py RUNS_DIR BASELINE_STEM STEM [STEM ...]
+    python benchmarks/analysis/summarize_nc.py RUNS_DIR BASELINE_STEM STEM [STEM ...]
 
 Runs are those ``protosphere compare configs/nc/<stem>.yaml ... --out RUNS_DIR`` wrote (``RUNS_DIR/<stem>-seed<S>``),
 read with :func:`protosphere.sweep.finished_runs`; every comparison with the baseline pairs runs of the same seed.
@@ -11,13 +11,12 @@ Accuracies are %, mean ± std over seeds.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
-from protosphere.data.corruptions import mean_corruption_error
 from protosphere.record import RunRecord
 from protosphere.report.compare import format_mean_std, mean_std
+from protosphere.report.summaries import corruption_rows
 from protosphere.sweep import finished_runs as load_runs
 
 METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
@@ -81,40 +80,13 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
             lines.append(
                 f"| {stem} | {classifier}{head} | {fmt([final_accuracy(r, classifier) for r in by_seed.values()])} "
                 f"| {','.join(map(str, seeds))} | {fit_cell} | {predict_cell} | "
-                + (f"{nc_cells} | {' / '.join(reached) or 'n/a (no eval.per_epoch)'} |" if i == 0 else " |" * len(METRICS) + " |"))
+                + (f"{nc_cells} | {' / '.join(reached) or 'n/a (no eval.per_epoch)'} |" if i == 0
+                   else " |" * len(METRICS) + " |"))
     return lines
 
 
 def corruption_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> list[str]:
     return corruption_rows({stem: load_runs(runs, stem) for stem in stems}, baseline)
-
-
-def corruption_rows(runs_by_label: dict[str, dict[int, dict]], baseline: dict[int, dict]) -> list[str]:
-    """Clean and corrupted error of each label's headline classifier and its mCE against ``baseline`` (paired by
-    seed); ``runs_by_label`` maps a row label to ``{seed: results}``. No run with corruptions: no table."""
-    lines = ["| run | classifier | clean error (%) | mean corrupted error (%) | mCE vs CE (%) | seeds |",
-             "|---|---|---|---|---|---|"]
-    for stem, by_seed in runs_by_label.items():
-        if not by_seed or not any(r.get("corruptions") for r in by_seed.values()):
-            continue
-        first = by_seed[min(by_seed)]
-        classifier = first["headline_classifier"]
-        clean, corrupted, mce, seeds = [], [], [], []
-        for seed, results in sorted(by_seed.items()):
-            errors = (results.get("corruptions") or {}).get(classifier)
-            if not errors:
-                continue
-            errors = {n: v for n, v in errors.items() if isinstance(v, list)}
-            seeds.append(seed)
-            clean.append(100.0 - final_accuracy(results, classifier))
-            corrupted.append(statistics.mean(e for v in errors.values() for e in v))
-            base = baseline.get(seed)
-            if base and base.get("corruptions"):
-                base_errors = base["corruptions"][base["headline_classifier"]]
-                mce.append(mean_corruption_error(errors, {n: base_errors[n] for n in errors}))
-        lines.append(f"| {stem} | {classifier} | {fmt(clean)} | {fmt(corrupted)} | {fmt(mce)} "
-                     f"| {','.join(map(str, seeds))} |")
-    return lines if len(lines) > 2 else []
 
 
 def epochs_table(runs: Path, stems: list[str]) -> list[str]:
@@ -135,7 +107,7 @@ def epochs_table(runs: Path, stems: list[str]) -> list[str]:
             epochs = max(epochs, length)
             digits = 2 if name.startswith("accuracy") else 3
             cells = [fmt([v[i] for v in per_seed], digits) for i in range(length)]
-            rows.append((f"| {stem} ({head}) | {name} | " + " | ".join(cells) + f" | {len(by_seed)} |"))
+            rows.append(f"| {stem} ({head}) | {name} | " + " | ".join(cells) + f" | {len(by_seed)} |")
     if not rows:
         return []
     return (["| run | metric | " + " | ".join(f"epoch {i + 1}" for i in range(epochs)) + " | seeds |",
