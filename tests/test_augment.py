@@ -172,8 +172,14 @@ def _torchvision_get_params(u_area, u_aspect, u_top, u_left, H, W, scale, ratio)
     return (H - h) // 2, (W - w) // 2, h, w
 
 
-@pytest.mark.parametrize("size,scale,ratio", [((28, 28), (0.2, 1.0), (3 / 4, 4 / 3)), ((12, 20), (0.08, 1.0), (3 / 4, 4 / 3)),
-                                              ((16, 16), (0.9, 1.0), (2.0, 3.0))])
+@pytest.mark.parametrize(
+    "size,scale,ratio",
+    [
+        ((28, 28), (0.2, 1.0), (3 / 4, 4 / 3)),
+        ((12, 20), (0.08, 1.0), (3 / 4, 4 / 3)),
+        ((16, 16), (0.9, 1.0), (2.0, 3.0)),
+    ],
+)
 def test_crop_boxes_are_torchvisions(size, scale, ratio):
     H, W = size
     rrc = RandomResizedCrop(scale, ratio)

@@ -44,8 +44,9 @@ def ref_supcon(z, labels, temperature, base_temperature, anchor_on=None):
 
 
 def ref_fnc2(z, labels, prototypes, current, previous, temperature, base_temperature, gamma):
-    """The FNC2 loss of protosphere.losses.contrastive, one anchor at a time: s_ii := z_i·w_{y_i}/τ; D_i over the other rows and the previous prototypes;
-    P(i) = same label, i included; ℓ_i = −(τ/τ_b) Σ_{j∈P(i)} (1 − p_ij)^γ log p_ij / |P(i)|; mean over all N rows."""
+    """The FNC2 loss of protosphere.losses.contrastive, one anchor at a time: s_ii := z_i·w_{y_i}/τ; D_i over the
+    other rows and the previous prototypes; P(i) = same label, i included;
+    ℓ_i = −(τ/τ_b) Σ_{j∈P(i)} (1 − p_ij)^γ log p_ij / |P(i)|; mean over all N rows."""
     z, w = z.double(), prototypes.double()
     labels = [int(v) for v in labels]
     n = len(labels)

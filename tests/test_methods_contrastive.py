@@ -1,5 +1,6 @@
-"""co2l, fnc2 and nct: each training step equals the explicit composition of the protosphere.losses functions on the same
-augmented views; task-boundary hooks (past-model snapshot, Co2L memory, MoE experts); configs; an engine smoke run."""
+"""co2l, fnc2 and nct: each training step equals the explicit composition of the protosphere.losses functions on the
+same augmented views; task-boundary hooks (past-model snapshot, Co2L memory, MoE experts); configs; an engine smoke
+run."""
 
 import copy
 import types

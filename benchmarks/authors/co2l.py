@@ -41,8 +41,6 @@ import sys
 import time
 
 import common  # first: thread and protobuf settings before torch
-
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 

@@ -7,7 +7,8 @@ optimiser steps on (contrastive term + weighted distillation). The plot puts the
 the authors' steps as a faint line with their 50-step running mean; the Markdown table gives each task's mean loss
 over its first and last epoch, and their difference.
 
-    python benchmarks/authors/loss_curves.py --ours runs/seq-fmnist/fnc2-seed0 --theirs runs/authors/samix-fnc2-seed0.json \\
+    python benchmarks/authors/loss_curves.py \\
+        --ours runs/seq-fmnist/fnc2-seed0 --theirs runs/authors/samix-fnc2-seed0.json \\
         --ours runs/seq-fmnist/co2l-seed0 --theirs runs/authors/co2l-co2l-seed0.json --out docs/images/loss_curves.png
 """
 

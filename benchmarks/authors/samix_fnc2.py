@@ -49,7 +49,6 @@ import time
 from pathlib import Path
 
 import common  # first: thread and protobuf settings before torch
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

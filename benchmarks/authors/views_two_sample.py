@@ -16,9 +16,11 @@ fit is a noisy instrument (one number per augmentation stream); this script asks
 A difference in accuracy or cosine that is many standard errors wide is a difference in the views' distribution, not
 noise. With ``--probe-streams S`` it then refits the run's own last-task linear probe (its rows: the last task's
 training data and any classifier-only rows; its schedule, sampling and seed) S times per source, each time on a new
-augmentation stream, and prints the class-IL accuracy over every test task: the in-run instrument, repeated. Run it in the venv of benchmarks/authors/README.md (torchvision):
+augmentation stream, and prints the class-IL accuracy over every test task: the in-run instrument, repeated.
+Run it in the venv of benchmarks/authors/README.md (torchvision):
 
-    /work/authors/venv/bin/python benchmarks/authors/views_two_sample.py --run runs/seq-fmnist/fnc2-seed0
+    /work/authors/venv/bin/python benchmarks/authors/views_two_sample.py \\
+        --run runs/seq-fmnist/fnc2-seed0
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ def torchvision_sources(size: int) -> dict:
 
 def protosphere_sources(size: int, mean, std) -> dict:
     both = build_augmentation("contrastive", size, 1, mean, std, normalize=False)
-    return {"crop": Compose([RandomResizedCrop((0.2, 1.0))], None), "jitter": Compose([ColorJitter(0.4, 0.4, 0, 0)], None),
-            "both": both}
+    return {"crop": Compose([RandomResizedCrop((0.2, 1.0))], None),
+            "jitter": Compose([ColorJitter(0.4, 0.4, 0, 0)], None), "both": both}
 
 
 def torchvision_views(transform, images: np.ndarray, k: int, seed: int) -> torch.Tensor:
@@ -116,7 +118,7 @@ def probe_streams(run, streams: int) -> None:
             results["protosphere"].append(fit_and_score(
                 lambda epoch: method.augmented_probe_features(images, task.index, epoch)))
         results["torchvision"].append(fit_and_score(
-            lambda epoch: run.encode(torchvision_views(tv, pil, 1, 1_000_003 * stream + epoch))))
+            lambda epoch, stream=stream: run.encode(torchvision_views(tv, pil, 1, 1_000_003 * stream + epoch))))
         print(f"stream {stream}: protosphere {results['protosphere'][-1]:.2f}  torchvision "
               f"{results['torchvision'][-1]:.2f}", flush=True)
     a, b = np.array(results["protosphere"]), np.array(results["torchvision"])

@@ -1,4 +1,4 @@
-"""Do short runs of every method family give the same results.json as before a change? (refactors must not move a number)
+"""Do short runs of every method family give the same results.json as before a change? (a refactor moves no number)
 
 Runs each config below briefly (5 % of Fashion-MNIST, one epoch per task, one thread, seed 0) in a temporary folder,
 drops what legitimately changes between two runs of the same code (``timings``, ``environment``, ``code``, ``command``,
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     digests = {}
     for config in configs:
         name = f"{Path(config).parent.name}-{Path(config).stem}"
-        cmd = [sys.executable, "-c", "import sys; from protosphere.cli import main; sys.exit(main())", "run", str(REPO / config), *SHORT, f"name={name}",
+        cmd = [sys.executable, "-m", "protosphere.cli", "run", str(REPO / config), *SHORT, f"name={name}",
                f"output_dir={out}", "--no-progress"]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if result.returncode != 0:
