@@ -55,6 +55,11 @@ def theirs(authors: Path, stem: str) -> dict[int, dict]:
     return out
 
 
+def speed(ours_s: float, theirs_s: float) -> str:
+    """protosphere's wall time against the authors' code's, as a ratio above 1 either way."""
+    return f"×{theirs_s / ours_s:.2f} faster" if ours_s <= theirs_s else f"×{ours_s / theirs_s:.2f} slower"
+
+
 def table(label: str, a: dict[int, dict], b: dict[int, dict]) -> tuple[str, list[str]]:
     """The Markdown rows of one pair and the verdict lines."""
     seeds = sorted(set(a) & set(b))
@@ -76,7 +81,7 @@ def table(label: str, a: dict[int, dict], b: dict[int, dict]) -> tuple[str, list
     wall_b = mean_std([b[s]["wall_s"] for s in seeds])["mean"]
     lines.append(f"| {label} | wall time per run | " + " / ".join(f"{a[s]['wall_s']:.0f} vs {b[s]['wall_s']:.0f} s"
                                                            for s in seeds)
-                 + f" | {wall_a:.0f} s | {wall_b:.0f} s | ×{wall_b / wall_a:.2f} faster | | |")
+                 + f" | {wall_a:.0f} s | {wall_b:.0f} s | {speed(wall_a, wall_b)} | | |")
     overall = None if None in verdicts else all(verdicts)
     return "\n".join(lines) + "\n", [f"{label}: seeds {', '.join(map(str, seeds))}; parity {VERDICT[overall]}"]
 
