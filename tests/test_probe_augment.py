@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from protosphere.cli import main
@@ -22,22 +23,45 @@ def data(n=60, d=5, classes=3, seed=0):
     return torch.randn(n, d, generator=g) + 2 * torch.nn.functional.one_hot(y, d).float(), y
 
 
-def test_epoch_features_feed_every_epoch_after_the_first():
+def test_epoch_features_feed_every_epoch_one_view_per_draw():
     x, y = data()
     calls = []
 
-    def same(epoch):
+    def same(epoch, rows):
         calls.append(epoch)
-        return x
+        return x[rows]  # the clean features of the rows drawn, in the order drawn
 
     plain = fit_linear_probe(x, y, 3, epochs=4, batch_size=16, seed=3)
     fed = fit_linear_probe(x, y, 3, epochs=4, batch_size=16, seed=3, epoch_features=same)
-    assert calls == [1, 2, 3]
+    assert calls == [0, 1, 2, 3]
     torch.testing.assert_close(fed.weight, plain.weight, rtol=0, atol=0)  # the same features give the same probe
-    shifted = fit_linear_probe(x, y, 3, epochs=4, batch_size=16, seed=3, epoch_features=lambda e: x + 0.5 * e)
-    assert not torch.equal(shifted.weight, plain.weight)  # later epochs' features are the ones trained on
-    again = fit_linear_probe(x, y, 3, epochs=4, batch_size=16, seed=3, epoch_features=lambda e: x + 0.5 * e)
-    torch.testing.assert_close(again.weight, shifted.weight, rtol=0, atol=0)
+
+    def shifted(epoch, rows):
+        return x[rows] + 0.5 * (epoch + 1)
+
+    moved = fit_linear_probe(x, y, 3, epochs=4, batch_size=16, seed=3, epoch_features=shifted)
+    assert not torch.equal(moved.weight, plain.weight)  # each epoch's features are the ones trained on
+    again = fit_linear_probe(x, y, 3, epochs=4, batch_size=16, seed=3, epoch_features=shifted)
+    torch.testing.assert_close(again.weight, moved.weight, rtol=0, atol=0)
+
+
+def test_class_balanced_draws_each_get_their_own_view():
+    """The authors' WeightedRandomSampler draws with replacement and the dataset augments at every draw: a rare class's
+    rows come back many times per epoch, each time as a new view. epoch_features receives every draw."""
+    x, y = data(n=64)
+    y = torch.where(torch.arange(64) < 4, torch.tensor(2), torch.arange(64) % 2)  # class 2: 4 rows of 64
+    seen = []
+
+    def views(epoch, rows):
+        seen.append(rows.clone())
+        return x[rows] + 0.01 * torch.randn(len(rows), x.shape[1], generator=torch.Generator().manual_seed(epoch))
+
+    fit_linear_probe(x, y, 3, epochs=2, batch_size=16, seed=0, class_balanced=True, epoch_features=views)
+    assert len(seen) == 2 and all(len(r) == 64 for r in seen)
+    rare = torch.cat(seen)[y[torch.cat(seen)] == 2]
+    assert len(rare) > 20 and len(rare.unique()) <= 4  # ~a third of the draws, from 4 rows: repeats, one view each
+    with pytest.raises(ValueError, match="one feature row per drawn row"):
+        fit_linear_probe(x, y, 3, epochs=1, epoch_features=lambda epoch, rows: x[:10])
 
 
 def test_on_by_default_for_co2l_and_fnc2_only():

@@ -100,10 +100,11 @@ def probe_streams(run, streams: int) -> None:
     test_images = torch.cat([t.test_images for t in run.scenario.tasks])
     test_labels = torch.cat([t.test_labels for t in run.scenario.tasks])
     pil = images[:, 0].numpy()
+    clean_probe_rows = run.encode(images)
     tv = torchvision_sources(images.shape[-1])["both"]
 
     def fit_and_score(epoch_features) -> float:
-        probe = fit_linear_probe(epoch_features(0), labels, method.num_classes, epochs=cfg.probe_epochs,
+        probe = fit_linear_probe(clean_probe_rows, labels, method.num_classes, epochs=cfg.probe_epochs,
                                  lr=cfg.probe_lr, batch_size=cfg.probe_batch_size,
                                  class_balanced=cfg.probe_class_balanced, seed=task.index,
                                  schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps,
@@ -116,9 +117,10 @@ def probe_streams(run, streams: int) -> None:
         method.run_seed = 1000 + stream
         with torch.no_grad():
             results["protosphere"].append(fit_and_score(
-                lambda epoch: method.augmented_probe_features(images, task.index, epoch)))
+                lambda epoch, rows: method.augmented_probe_features(images[rows], task.index, epoch)))
         results["torchvision"].append(fit_and_score(
-            lambda epoch, stream=stream: run.encode(torchvision_views(tv, pil, 1, 1_000_003 * stream + epoch))))
+            lambda epoch, rows, stream=stream: run.encode(torchvision_views(tv, pil[rows.numpy()], 1,
+                                                                            1_000_003 * stream + epoch))))
         print(f"stream {stream}: protosphere {results['protosphere'][-1]:.2f}  torchvision "
               f"{results['torchvision'][-1]:.2f}", flush=True)
     a, b = np.array(results["protosphere"]), np.array(results["torchvision"])

@@ -101,7 +101,7 @@ def fit_linear_probe(
     gamma: float = 0.2,
     momentum: float = 0.9,
     min_steps: int = 0,
-    epoch_features: Callable[[int], torch.Tensor] | None = None,
+    epoch_features: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Linear:
     """Train a linear classifier ``nn.Linear(d, num_classes)`` on frozen features with cross-entropy.
 
@@ -112,9 +112,12 @@ def fit_linear_probe(
     buffer). The learning rate follows ``schedule``: ``"cosine"`` (per step, from ``lr`` to 0), ``"step"``
     (×``gamma`` at each epoch in ``milestones``; Co2L: lr 1, ×0.2 at 60/75/90) or ``"constant"``.
     Features are used as given (no normalisation), in float32 (float64 for float64 features).
-    ``epoch_features(epoch)``, when given, returns the features of the same N rows for epochs ≥ 1 (``features`` being
-    epoch 0's): the Co2L / FNC2 authors' linear stages re-augment their training images every epoch, so each epoch
-    sees new views (:meth:`~protosphere.methods.representation.RepresentationMethod.augmented_probe_features`).
+    ``epoch_features(epoch, rows)``, when given, returns features (len(rows), d) of a fresh view of each drawn row,
+    in the order drawn — one view per draw, so a row drawn twice in an epoch is seen twice, differently — and every
+    epoch trains on those (``features`` then only fixes N, d and the dtype). This is how the Co2L / FNC2 authors'
+    linear stages load their images: a ``WeightedRandomSampler`` draws indices with replacement and the dataset
+    augments at every draw, so the few stored images of an old class come back under many views per epoch
+    (:meth:`~protosphere.methods.representation.RepresentationMethod.augmented_probe_features`).
 
     Deterministic given ``seed``: initialisation (nn.Linear's uniform ±1/sqrt(d)) and sampling use a private
     ``torch.Generator``; the global RNG is untouched.
@@ -152,8 +155,6 @@ def fit_linear_probe(
     step = 0
     probe.train()
     for epoch in range(epochs):
-        if epoch_features is not None and epoch > 0:
-            x_all = epoch_features(epoch).detach().to(device=device, dtype=dtype)
         if schedule == "step":
             epoch_lr = lr * gamma ** sum(1 for m in milestones if epoch >= m)
         if class_balanced:
@@ -161,6 +162,13 @@ def fit_linear_probe(
         else:
             order = torch.randperm(n, generator=generator)
         order = order.to(device)
+        x_epoch, y_epoch = x_all, y_all
+        if epoch_features is not None:  # one fresh view per draw, rows in the order drawn
+            x_epoch = epoch_features(epoch, order).detach().to(device=device, dtype=dtype)
+            if x_epoch.shape != (n, d):
+                raise ValueError(f"fit_linear_probe: epoch_features returned {tuple(x_epoch.shape)} for {n} drawn rows "
+                                 f"of dimension {d}; it must return one feature row per drawn row.")
+            y_epoch, order = y_all[order], torch.arange(n, device=device)
         for start in range(0, n, batch_size):
             if schedule == "cosine":
                 current_lr = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
@@ -172,7 +180,7 @@ def fit_linear_probe(
                 group["lr"] = current_lr
             idx = order[start : start + batch_size]
             with torch.enable_grad():  # callers (the engine's evaluation) run under no_grad
-                loss = F.cross_entropy(probe(x_all[idx]), y_all[idx])
+                loss = F.cross_entropy(probe(x_epoch[idx]), y_epoch[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

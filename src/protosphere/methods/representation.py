@@ -144,10 +144,10 @@ class RepresentationMethod(Method):
 
     def augmented_probe_features(self, images: torch.Tensor, task: int, epoch: int,
                                  batch_size: int = 256) -> torch.Tensor:
-        """Encoder features (N, d) of one freshly augmented view of each image — the training augmentation, as the
-        Co2L / FNC2 authors' linear stages load their training images — under ``no_grad`` in eval mode, batched on
-        the images' device. The augmentation draws from a generator seeded by (run seed, task, epoch), so the
-        probe is deterministic and leaves the run's RNG untouched."""
+        """Encoder features (N, d) of one freshly augmented view of each image (an image given twice gets two views) —
+        the training augmentation, as the Co2L / FNC2 authors' linear stages load their training images — under
+        ``no_grad`` in eval mode, batched on the images' device. The augmentation draws from a generator seeded by
+        (run seed, task, epoch), so the probe is deterministic and leaves the run's RNG untouched."""
         generator = torch.Generator(device=images.device)
         generator.manual_seed(self.run_seed * 1_000_003 + task * 1009 + epoch + 7_777_777)
         dtype = torch.get_default_dtype()
@@ -181,17 +181,18 @@ class RepresentationMethod(Method):
             if extra is not None:
                 probe_images = torch.cat([images, extra[0].to(images.device)])
                 probe_labels = torch.cat([labels, extra[1].to(labels.device)])
+            if extra is not None:
+                with self.fit_timer("encode"):
+                    fixed = torch.cat([features, self.encode(extra[0].to(images.device))])
         if "linear_probe" in probes and self.probe_augment:
-            with self.fit_timer("linear_probe"):  # every epoch on new views (the authors' linear stage)
-                def views(epoch):
-                    return self.augmented_probe_features(probe_images, task.index, epoch)
+            with self.fit_timer("linear_probe"):  # a new view at every draw (the authors' linear stage)
+                def views(epoch, rows):
+                    return self.augmented_probe_features(probe_images[rows.to(probe_images.device)], task.index, epoch)
 
-                self._fitted["probe"] = probe(views(0), probe_labels, epoch_features=views)
+                self._fitted["probe"] = probe(fixed, probe_labels, epoch_features=views)
         if probes and ("linear_probe_unaugmented" in probes or not self.probe_augment):
             timer = "linear_probe" if not self.probe_augment else "linear_probe_unaugmented"
             with self.fit_timer(timer):
-                if extra is not None:
-                    fixed = torch.cat([features, self.encode(extra[0].to(images.device))])
                 self._fitted["probe_fixed"] = probe(fixed, probe_labels)
             if not self.probe_augment:
                 self._fitted["probe"] = self._fitted["probe_fixed"]
