@@ -29,7 +29,9 @@ def final_average(rows: list[list[float]]) -> float:
     return sum(last) / len(last)
 
 
-def ours(runs: Path, config: str, classifier: str | None) -> dict[int, dict]:
+def ours(runs: Path, config: str, classifier: str | None, refit: bool = False) -> dict[int, dict]:
+    """Final class-IL / task-IL per seed of protosphere's runs; with ``refit``, from each run's ``refit.json``
+    (``refit_probe.py``: the last task's classifiers refitted by the current code) instead of its results.json."""
     out = {}
     for path in sorted(runs.glob(f"{config}-seed*/results.json")):
         seed = int(re.search(r"-seed(\d+)$", path.parent.name).group(1))
@@ -38,6 +40,11 @@ def ours(runs: Path, config: str, classifier: str | None) -> dict[int, dict]:
             continue
         name = classifier or record["headline_classifier"]
         accuracy = record["accuracy"][name]
+        if refit:
+            refitted = path.parent / "refit.json"
+            if not refitted.is_file():
+                continue
+            accuracy = json.loads(refitted.read_text())["accuracy"][name]
         out[seed] = {"class_il": final_average(accuracy["class_il"]), "task_il": final_average(accuracy["task_il"]),
                      "wall_s": record["timings"]["total_s"]}
     return out
@@ -94,13 +101,15 @@ def main(argv=None) -> int:
                         help="protosphere config name = the authors' file stem (before -seed<S>.json)")
     parser.add_argument("--classifier", help="protosphere's classifier (default: each run's headline)")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--refit", action="store_true",
+                        help="protosphere's last row from each run's refit.json (refit_probe.py), not results.json")
     args = parser.parse_args(argv)
     text = ("| pair | setting | per seed: protosphere vs authors (%) | protosphere | authors | Δ (points) | Welch p | "
             "parity |\n|---|---|---|---|---|---|---|---|\n")
     notes = []
     for pair in args.pair:
         config, _, stem = pair.partition("=")
-        rows, verdicts = table(config, ours(args.runs, config, args.classifier), theirs(args.authors, stem))
+        rows, verdicts = table(config, ours(args.runs, config, args.classifier, args.refit), theirs(args.authors, stem))
         text += rows
         notes += verdicts
     text += "\nCommand: `python " + " ".join(["benchmarks/authors/side_by_side.py", *sys.argv[1:]]) + "`\n"
