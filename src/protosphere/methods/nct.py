@@ -39,7 +39,7 @@ from ..losses import dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weig
 from ..models.heads import MixtureOfExperts
 from ..registry import METHODS
 from .base import StepOutput
-from .parts import FixedPrototypes, RepresentationMemory, class_mean_diagnostics
+from .parts import ClassMeanDrift, FixedPrototypes, PastModel, RepresentationMemory
 from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
 
 
@@ -74,11 +74,9 @@ class NCT(RepresentationMethod):
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        self.memory = RepresentationMemory(self.track_state, config.buffer_size, config.buffer_sampling,
-                                           config.replay_batch_size)
-        self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector),
-                               train_mode_bn=config.past_model_bn == "train")
-        self.register_buffer("learned_means", torch.zeros(num_classes, config.projection_dim))
+        self.memory = RepresentationMemory.from_config(self.track_state, config)
+        self.past = PastModel(self, train_mode_bn=config.past_model_bn == "train")
+        self.drift = ClassMeanDrift(self, num_classes, config.projection_dim)
         if config.classifier == "learnable":
             start = torch.randn(num_classes, config.projection_dim,
                                 generator=torch.Generator().manual_seed(config.etf_seed))
@@ -110,16 +108,15 @@ class NCT(RepresentationMethod):
                               f"{moe.num_experts}; leave num_experts unset (one per task) or raise it.")
         self.class_task[list(task.classes)] = task.index
         super().begin_task(task)
-        if task.index > 0 and self.config.distill_weight > 0:
-            self.take_snapshot("past")  # the t−1 model with its t active experts
+        self.past.begin_task(task, needed=self.config.distill_weight > 0)  # the t−1 model with its t active experts
         if moe is not None:
             moe.active = task.index + 1
 
     @torch.no_grad()
     def past_embed(self, views):
         if not self.config.mixture_of_experts:
-            return F.normalize(self.snapshot("past")(views), dim=1)
-        backbone, moe = self.snapshot("past")  # the t−1 model: its first t experts and gate rows
+            return self.past.embed(views)
+        backbone, moe = self.past.model  # the t−1 model: its first t experts and gate rows
         return F.normalize(moe(backbone(views), active=self.task.index), dim=1)
 
     def head(self, z, y, weights):
@@ -147,7 +144,7 @@ class NCT(RepresentationMethod):
             expert = expert_dr_loss(F.normalize(mixed.experts, dim=2), y, self.class_task, self.prototypes)
             loss = loss + cfg.head_weight * cfg.expert_weight * expert
             terms["expert_dr"] = expert.detach()
-        if self.snapshot("past") is not None and cfg.distill_weight > 0:
+        if self.past.model is not None and cfg.distill_weight > 0:
             old_rows = None  # with a buffer only the old classes' rows are distilled
             if self.memory.buffer is not None:
                 old_rows = torch.isin(y, torch.tensor(self.task.previous_classes, device=y.device))
@@ -157,4 +154,4 @@ class NCT(RepresentationMethod):
         return StepOutput(loss, terms)
 
     def diagnostics(self, task):
-        return class_mean_diagnostics(self, task, self.learned_means)
+        return self.drift(task)
