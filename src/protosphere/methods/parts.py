@@ -98,8 +98,8 @@ class RepresentationMemory:
       (:meth:`training_data`). ``reservoir`` / ``class_balanced``: :meth:`join` appends a replay batch drawn from the
       buffer to every stream batch (ER style) and then offers the stream batch to the buffer.
     * ``probe_buffer``: in memory-free runs, ``DEFAULT_PROBE_BUFFER`` (or ``eval.probe_buffer_size``) rows filled
-      exactly as a training buffer of that size would be, but only the linear probe sees them (the
-      classifier of Co2L's and FNC2's memory-free runs); with a training buffer the probe's data is that buffer, and there is none.
+      exactly as a training buffer of that size would be, but only the linear probe sees them (Co2L's and FNC2's
+      memory-free evaluation); with a training buffer the probe's data is that buffer, and there is none.
 
     ``track`` is the method's :meth:`~protosphere.methods.base.Method.track_state`, so both buffers are checkpointed
     (per process under DDP).
