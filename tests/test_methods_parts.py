@@ -320,7 +320,7 @@ def test_no_method_inherits_another_methods_class():
     from protosphere.methods.base import SupervisedMethod
     from protosphere.methods.normalized import NormalizedMethod
     from protosphere.methods.representation import RepresentationMethod
-    from protosphere.methods.simclr import SelfSupervisedMethod
+    from protosphere.methods.self_supervised import SelfSupervisedMethod
 
     shared = {Method, SupervisedMethod, RepresentationMethod, SelfSupervisedMethod, NormalizedMethod, nn.Module}
     registered = {method_class(name) for name in method_names()}
