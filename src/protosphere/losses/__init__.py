@@ -1,9 +1,18 @@
-"""Losses on the unit hypersphere: pure functions (+ thin nn.Module wrappers), no state, no I/O (DESIGN §3)."""
+"""Losses on the unit hypersphere: pure functions (+ thin nn.Module wrappers), no state, no I/O; inputs are
+normalised by the caller, never here."""
 
 from ._checks import set_validation, validation
 from .contrastive import AsymmetricSupConLoss, FNC2Loss, SupConLoss, asymmetric_supcon, fnc2, supcon
 from .distillation import HSD_SCHEDULES, HSDLoss, IRDLoss, PRDLoss, hsd, hsd_alpha, ird, prd
-from .prototype import DRLoss, dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
+from .prototype import (
+    DRLoss,
+    PrototypeCELoss,
+    dr_distill,
+    dr_loss,
+    expert_dr_loss,
+    inverse_frequency_weights,
+    prototype_ce,
+)
 from .normalized import (
     CLOPLoss,
     NONLLoss,
@@ -49,8 +58,10 @@ __all__ = [
     "dr_loss",
     "expert_dr_loss",
     "dr_distill",
+    "prototype_ce",
     "inverse_frequency_weights",
     "DRLoss",
+    "PrototypeCELoss",
     "normface",
     "ntce",
     "nonl",

@@ -5,7 +5,7 @@ One simplex ETF for all K classes of the scenario is fixed from the start in pro
 later classes already own their prototype). With z the L2-normalised projection of the augmented batch (one view per
 sample unless ``views: 2``)::
 
-    loss = head_weight · head(z)                           head = dr_loss(z, y, ETF, c) or CE(z·ETFᵀ/τ, y)
+    loss = head_weight · head(z)                           head = dr_loss(z, y, ETF, c) or prototype_ce(z, y, ETF, τ, c)
          + distill_weight · dr_distill(z, z_past, m)       from task 1 on: ½ mean_i m_i (z_i·z_past_i − 1)², the DR
                                                             loss with the t−1 model's normalised output as target
                                                             (m: old-class rows when a buffer exists, all rows
@@ -13,8 +13,8 @@ sample unless ``views: 2``)::
 
 defaults head_weight 10, distill_weight 50 (NC-FSCIL / NCT). ``classifier: learnable`` replaces the fixed ETF with
 a trained cosine classifier (K × d rows from a seeded random start, renormalised in the loss; needs
-``head_loss: ce``), everything else equal: the learnable-classifier baseline of NCT's claim. ``class_balanced``: c_k = 1/N_k over the (gathered)
-batch (:func:`~protosphere.losses.inverse_frequency_weights`). ``mixture_of_experts``: the projector is a
+``head_loss: ce``), everything else equal: the learnable-classifier baseline of NCT's claim. ``class_balanced``:
+c_k = 1/N_k over the (gathered) batch (:func:`~protosphere.losses.inverse_frequency_weights`). ``mixture_of_experts``: the projector is a
 :class:`~protosphere.models.heads.MixtureOfExperts` with one expert per task and a learned gate; besides the mixed
 output, each row's own-task expert is aligned to its prototype (``+ head_weight · expert_weight · expert_dr_loss``). All
 ``num_experts`` experts (default: the scenario's number of tasks, filled in by :meth:`NCT.resolve_config`) exist from
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError
-from ..losses import dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
+from ..losses import dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights, prototype_ce
 from ..models.heads import MixtureOfExperts
 from ..registry import METHODS
 from .base import StepOutput
@@ -58,7 +58,8 @@ class NCTConfig(ReplayContrastConfig):
     expert_weight: float = Field(1.0, ge=0)
     views: int = Field(1, ge=1, le=2)
     etf_seed: int = 0
-    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
+    classifiers: list[Classifier] = Field(
+        default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
 
     @model_validator(mode="after")
     def _learnable_needs_ce(self):
@@ -122,11 +123,8 @@ class NCT(RepresentationMethod):
     def head(self, z, y, weights):
         if self.config.head_loss == "dr":
             return dr_loss(z, y, self.prototypes, weights)
-        # learnable rows are renormalised in the loss, so logits stay cosines / τ as with the unit-norm ETF rows
-        weight = F.normalize(self.prototypes, dim=1) if self.config.classifier == "learnable" else self.prototypes
-        ce = F.cross_entropy(z @ weight.T / self.config.ce_temperature, y, reduction="none")
-        a = weights[y] if weights is not None else torch.ones_like(ce)
-        return (a * ce).sum() / a.sum()
+        return prototype_ce(z, y, self.prototypes, self.config.ce_temperature, weights,
+                            normalize_prototypes=self.config.classifier == "learnable")
 
     def training_step(self, images, labels, step):
         cfg = self.config
