@@ -44,7 +44,7 @@ class SyCon(SelfSupervisedMethod):
         super().__init__(config, backbone, num_classes, transforms)
         if type(self.base).pseudo_negative_loss is SelfSupervisedBase.pseudo_negative_loss:
             raise ConfigError(f"sycon: the base `{config.base}` has no pseudo-negative form; choose another "
-                              f"method.base")
+                              f"method.base.")
         self.predictor = Predictor(config.projection_dim, config.predictor_hidden)
         self.past = PastModel(self)
         self.base.prepare_pseudo_negatives()
