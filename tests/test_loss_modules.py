@@ -36,6 +36,7 @@ MODULES = {
     "PRDLoss": ("prd", {"past_temperature": 0.2}, [("z", Z), ("z_past", ZP), ("prototypes", P)]),
     "HSDLoss": ("hsd", {}, [("z", Z), ("z_past", ZP), ("prototypes", P), ("alpha", 0.3)]),
     "DRLoss": ("dr_loss", {}, [("z", Z), ("labels", LABELS), ("prototypes", P)]),
+    "PrototypeCELoss": ("prototype_ce", {"temperature": 0.2}, [("z", Z), ("labels", LABELS), ("prototypes", P)]),
     "NormFaceLoss": ("normface", {"temperature": 0.2}, [("u", Z), ("labels", LABELS), ("weights", W)]),
     "NTCELoss": ("ntce", {"temperature": 0.2}, [("u", Z), ("labels", LABELS), ("weights", W)]),
     "NONLLoss": ("nonl", {"temperature": 0.2}, [("u", Z), ("labels", LABELS), ("weights", W)]),

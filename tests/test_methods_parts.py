@@ -12,9 +12,11 @@ from protosphere.geometry import orthonormal_prototypes, simplex_etf
 from protosphere.methods import method_class, method_config_class
 from protosphere.methods.base import Method, StepContext, Transforms
 from protosphere.methods.parts import (
+    ClassMeanDrift,
     FixedPrototypes,
     KeyQueue,
     MomentumEncoder,
+    PastModel,
     Replay,
     RepresentationMemory,
     clamp_to_task,
@@ -85,6 +87,79 @@ def test_representation_memory_joins_a_replay_batch_and_tracks_its_buffers():
     assert free.buffer is None and free.probe_buffer.capacity == 200 and free.join(x, y)[0] is x
     free.configure_evaluation(types.SimpleNamespace(probe_buffer_size=0))
     assert free.probe_buffer is None and free.describe() == {}
+
+
+# --- past model and class-mean drift ----------------------------------------------------------------------------
+
+
+class TinyEncoder(Method):
+    """Just what the parts read: backbone, projector, the snapshot hooks, transforms, a forward to projections."""
+
+    def __init__(self, bn=True):
+        backbone = nn.Sequential(nn.Flatten(), nn.Linear(9, 6), *([nn.BatchNorm1d(6)] if bn else []))
+        super().__init__(None, backbone, 4, Transforms(lambda x: x, lambda x: x))
+        self.projector = nn.Linear(6, 3)
+        self.register_buffer("prototypes", None)
+
+    def forward(self, x):
+        return nn.functional.normalize(self.projector(self.backbone(x)), dim=1)
+
+
+def test_past_model_is_a_frozen_copy_from_task_1_checkpointed_with_the_method():
+    method = TinyEncoder()
+    past = PastModel(method, train_mode_bn=False)
+    past.begin_task(types.SimpleNamespace(index=0))
+    assert past.model is None
+    past.begin_task(types.SimpleNamespace(index=1), needed=False)  # distillation off: no copy
+    assert past.model is None
+    past.begin_task(types.SimpleNamespace(index=1))
+    assert past.model is method.snapshot("past") and not past.model.training
+    assert all(not p.requires_grad for p in past.model.parameters())
+    x = engine_batch(5, 0)
+    method.eval()
+    expected = method(x)
+    with torch.no_grad():
+        method.projector.weight.add_(1.0)  # the current model moves on; the copy does not
+    torch.testing.assert_close(past.embed(x), expected)
+    assert not past.embed(x).requires_grad
+    fresh = TinyEncoder()
+    PastModel(fresh)
+    fresh.load_state_dict(method.state_dict())
+    torch.testing.assert_close(fresh.snapshot("past").state_dict(), past.model.state_dict())
+
+
+def test_past_model_in_train_mode_normalises_with_batch_statistics():
+    method = TinyEncoder()
+    past = PastModel(method, train_mode_bn=True)
+    past.begin_task(types.SimpleNamespace(index=1))
+    assert past.model.training
+    x = engine_batch(5, 1)
+    method.train()
+    torch.testing.assert_close(past.embed(x), method(x).detach())
+
+
+def test_class_mean_drift_keeps_each_class_mean_from_its_own_task():
+    method = TinyEncoder(bn=False)
+    drift = ClassMeanDrift(method, 4, 3)
+    assert "learned_means" in method.state_dict() and method.learned_means.shape == (4, 3)
+    images = torch.randint(0, 256, (8, 1, 3, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.tensor([0, 1] * 4)
+    first = types.SimpleNamespace(classes=(0, 1), seen_classes=[0, 1], previous_classes=[], previous=[],
+                                  train_images=images, train_labels=labels)
+    out = drift(first)
+    means = torch.stack([nn.functional.normalize(method(images[labels == c].float() / 255).mean(0), dim=0)
+                         for c in (0, 1)])
+    torch.testing.assert_close(method.learned_means[:2], means.detach())
+    assert out == {"classes": [0, 1]}
+    with torch.no_grad():
+        method.projector.weight.add_(0.5)
+    second = types.SimpleNamespace(classes=(2, 3), seen_classes=[0, 1, 2, 3], previous_classes=[0, 1],
+                                   previous=[(images, labels)], train_images=images, train_labels=labels + 2)
+    out = drift(second)
+    now = torch.stack([nn.functional.normalize(method(images[labels == c].float() / 255).mean(0), dim=0)
+                       for c in (0, 1)])
+    torch.testing.assert_close(torch.tensor(out["old_mean_drift_per_class"]), 1 - (now * means).sum(1).detach())
+    torch.testing.assert_close(method.learned_means[:2], means.detach())  # old classes keep their first means
 
 
 # --- fixed prototypes --------------------------------------------------------------------------------------------
@@ -245,7 +320,7 @@ def test_no_method_inherits_another_methods_class():
     from protosphere.methods.base import SupervisedMethod
     from protosphere.methods.normalized import NormalizedMethod
     from protosphere.methods.representation import RepresentationMethod
-    from protosphere.methods.simclr import SelfSupervisedMethod
+    from protosphere.methods.self_supervised import SelfSupervisedMethod
 
     shared = {Method, SupervisedMethod, RepresentationMethod, SelfSupervisedMethod, NormalizedMethod, nn.Module}
     registered = {method_class(name) for name in method_names()}

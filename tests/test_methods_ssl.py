@@ -213,6 +213,55 @@ def test_sycon_simclr_base_is_nt_xent_then_pnr_simclr():
     torch.testing.assert_close(out.loss, expected)
 
 
+@pytest.fixture
+def alignment_base():
+    """A new self-supervised base, registered the way a new file would register it: q1·q2 alignment, no negatives."""
+    from protosphere.methods.self_supervised import SSL_BASES, SelfSupervisedBase
+
+    @SSL_BASES.register("toy_alignment")
+    class Alignment(SelfSupervisedBase):
+        term = "alignment"
+
+        def loss(self, views, q, z, step):
+            return 2 - 2 * (q[0] * q[1]).sum(1).mean()
+
+    yield Alignment
+    SSL_BASES.unregister("toy_alignment")
+
+
+def test_cassle_wraps_a_new_base_unchanged(alignment_base):
+    method = make("cassle", base="toy_alignment", distill_weight=0.7, distill_temperature=0.4)
+    assert isinstance(method.base, alignment_base) and not hasattr(method, "queue")
+    start(method, 0)
+    x, y = batch(3)
+    out = method.training_step(x, y, ctx())
+    q1, q2 = norm(project(method, x)), norm(project(method, x.flip(-1)))
+    torch.testing.assert_close(out.loss, 2 - 2 * (q1 * q2).sum(1).mean())
+    start(method, 1)
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = method.training_step(x, y, ctx(0, task_index=1))
+    q1, q2 = norm(project(method, x)), norm(project(method, x.flip(-1)))
+    past = method.snapshot("past")
+    p = torch.cat([norm(method.predictor(q1)), norm(method.predictor(q2))])  # the default hand-over: q
+    f = torch.cat([norm(past(x)), norm(past(x.flip(-1)))])
+    torch.testing.assert_close(out.loss, 2 - 2 * (q1 * q2).sum(1).mean() + 0.7 * cassle_distill(p, f, 0.4))
+    assert set(out.terms) == {"toy_alignment", "distill"}
+
+
+def test_sycon_refuses_a_base_without_a_pseudo_negative_form(alignment_base):
+    from protosphere.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="base `toy_alignment` has no pseudo-negative form"):
+        make("sycon", base="toy_alignment")
+
+
+def test_an_unknown_base_is_refused_with_the_closest_name():
+    with pytest.raises(ValueError, match="unknown self-supervised base `mocco`; did you mean `moco`"):
+        method_config_class("cassle").model_validate({"name": "cassle", "base": "mocco"})
+
+
 def test_sycon_task_0_is_moco():
     moco, sycon = make("moco", seed=3), make("sycon", seed=3)
     for method in (moco, sycon):

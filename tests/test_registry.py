@@ -222,3 +222,62 @@ def test_import_of_a_file_path_and_of_a_broken_module(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--import toy_needs_more failed" in err[0]
     assert "install `toy_dependency_not_installed`" in err[0]
+
+
+# ------------------------------------------------------------------------------- a method is one file in methods/
+ONE_FILE_METHOD = '''"""Fine-tuning with a label-smoothed cross-entropy: a method added as one file of methods/."""
+
+import torch.nn.functional as F
+
+from ..config import MethodConfig
+from ..registry import METHODS
+from .base import StepOutput, SupervisedMethod
+
+
+class SmoothedConfig(MethodConfig):
+    name: str = "toy_smoothed"
+    smoothing: float = 0.1
+
+
+@METHODS.register("toy_smoothed")
+class Smoothed(SupervisedMethod):
+    config_class = SmoothedConfig
+
+    def training_step(self, images, labels, step):
+        logits = self(self.transforms.train(images))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.config.smoothing)
+        return StepOutput(loss, {"smoothed_ce": loss.detach()})
+'''
+
+
+def test_a_new_file_in_the_methods_folder_is_a_method_the_cli_runs(tmp_path, monkeypatch, clean_registries):
+    """As docs/architecture.md says: one new file in methods/, nothing else edited. The file lies in a temporary
+    folder added to the package's search path, so the source tree stays as it is."""
+    import protosphere.methods as methods
+
+    folder = tmp_path / "more_methods"
+    folder.mkdir()
+    (folder / "toy_smoothed.py").write_text(ONE_FILE_METHOD)
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
+    shutil.copy(TESTS / "toy_plugin.py", tmp_path / "toy_plugin.py")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy.yaml").write_text(TOY_RUN.replace("{name: finetune}", "{name: toy_smoothed, smoothing: 0.2}"))
+    try:
+        assert "toy_smoothed" in methods.import_all()
+        assert main(["--import", "toy_plugin", "run", "toy.yaml", "--no-progress"]) == 0
+    finally:
+        sys.modules.pop("protosphere.methods.toy_smoothed", None)
+        vars(methods).pop("toy_smoothed", None)
+    run = tmp_path / "runs" / "toy"
+    results = json.loads((run / "results.json").read_text())
+    assert results["config"]["method"] == {"name": "toy_smoothed", "smoothing": 0.2}
+    assert len(results["accuracy"]["head"]["class_il"]) == 2
+    assert "smoothed_ce" in (run / "metrics.csv").read_text()
+
+
+def test_importing_the_methods_package_imports_every_module_of_its_folder():
+    import protosphere.methods as methods
+
+    files = sorted(p.stem for p in Path(methods.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    assert methods.import_all() == files
+    assert all(f"protosphere.methods.{name}" in sys.modules for name in files)

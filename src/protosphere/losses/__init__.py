@@ -1,4 +1,5 @@
-"""Losses on the unit hypersphere: pure functions (+ thin nn.Module wrappers), no state, no I/O (DESIGN §3)."""
+"""Losses on the unit hypersphere: pure functions (+ thin nn.Module wrappers), no state, no I/O; inputs are
+normalised by the caller, never here."""
 
 from ._checks import set_validation, validation
 from .contrastive import AsymmetricSupConLoss, FNC2Loss, SupConLoss, asymmetric_supcon, fnc2, supcon
@@ -15,7 +16,15 @@ from .normalized import (
     ntce,
     supervised_ntxent,
 )
-from .prototype import DRLoss, dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
+from .prototype import (
+    DRLoss,
+    PrototypeCELoss,
+    dr_distill,
+    dr_loss,
+    expert_dr_loss,
+    inverse_frequency_weights,
+    prototype_ce,
+)
 from .self_supervised import (
     CaSSLeDistillLoss,
     MoCoInfoNCELoss,
@@ -49,8 +58,10 @@ __all__ = [
     "dr_loss",
     "expert_dr_loss",
     "dr_distill",
+    "prototype_ce",
     "inverse_frequency_weights",
     "DRLoss",
+    "PrototypeCELoss",
     "normface",
     "ntce",
     "nonl",

@@ -1,9 +1,11 @@
 """Alignment of features with fixed prototypes: the NC-FSCIL / Neural Collapse Terminus misalignment (DR) loss, its
-per-expert form and its use as a distillation towards the past model's outputs (NCT)."""
+per-expert form and its use as a distillation towards the past model's outputs (NCT), and the cross-entropy on cosine
+logits to the prototypes (NCT's CE head)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._checks import (
@@ -11,12 +13,14 @@ from ._checks import (
     check_finite,
     check_labels,
     check_matrix,
+    check_temperature,
     check_unit_rows,
     compute_dtype,
     validation_enabled,
 )
 
-__all__ = ["dr_loss", "expert_dr_loss", "dr_distill", "inverse_frequency_weights", "DRLoss"]
+__all__ = ["dr_loss", "expert_dr_loss", "dr_distill", "prototype_ce", "inverse_frequency_weights", "DRLoss",
+           "PrototypeCELoss"]
 
 
 def inverse_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -75,15 +79,7 @@ def dr_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
     check_labels(labels, z.shape[0], loss, num_classes=num_classes)
     check_unit_rows(z, "z", loss)
     check_unit_rows(prototypes, "prototypes", loss)
-    if class_weights is not None:
-        if not isinstance(class_weights, torch.Tensor) or tuple(class_weights.shape) != (num_classes,):
-            got = (tuple(class_weights.shape) if isinstance(class_weights, torch.Tensor)
-                   else type(class_weights).__name__)
-            raise ValueError(f"{loss}: `class_weights` must be a tensor of shape ({num_classes},) (one weight per "
-                             f"prototype), got {got}.")
-        check_finite(class_weights, "class_weights", loss)
-        if validation_enabled() and bool((class_weights < 0).any()):
-            raise ValueError(f"{loss}: `class_weights` must be non-negative.")
+    _check_class_weights(class_weights, num_classes, loss)
     if z.shape[0] == 0:
         raise ValueError(f"{loss}: `z` has no rows.")
     with autocast_off(z):
@@ -99,6 +95,72 @@ def dr_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
             raise ValueError(f"{loss}: the class weights of the labels in the batch sum to 0; give present classes "
                              f"a positive weight.")
         return 0.5 * (a * sq).sum() / total
+
+
+def _check_class_weights(class_weights: torch.Tensor | None, num_classes: int, loss: str) -> None:
+    if class_weights is None:
+        return
+    if not isinstance(class_weights, torch.Tensor) or tuple(class_weights.shape) != (num_classes,):
+        got = tuple(class_weights.shape) if isinstance(class_weights, torch.Tensor) else type(class_weights).__name__
+        raise ValueError(f"{loss}: `class_weights` must be a tensor of shape ({num_classes},) (one weight per "
+                         f"prototype), got {got}.")
+    check_finite(class_weights, "class_weights", loss)
+    if validation_enabled() and bool((class_weights < 0).any()):
+        raise ValueError(f"{loss}: `class_weights` must be non-negative.")
+
+
+def prototype_ce(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1,
+                 class_weights: torch.Tensor | None = None, normalize_prototypes: bool = False) -> torch.Tensor:
+    r"""Cross-entropy on the cosine logits of features to class prototypes: NCT's CE head on the fixed simplex ETF
+    (Yang et al., Neural Collapse Terminus), and with ``normalize_prototypes`` a cosine classifier whose rows are
+    trained (NCT's learnable-classifier baseline)::
+
+        s_ik = z_i · w_k / τ           w_k = prototypes_k, or prototypes_k / ‖prototypes_k‖ with normalize_prototypes
+        loss = Σ_i a_i CE(s_i, y_i) / Σ_i a_i
+        a_i  = 1                       (class_weights is None)
+        a_i  = c_{y_i}                 (per-class weights c, e.g. :func:`inverse_frequency_weights`)
+
+    Normalising trained rows keeps the logits cosines / τ, as with unit ETF rows. Unweighted and with
+    ``normalize_prototypes`` it is :func:`~protosphere.losses.normface`'s equation.
+
+    Args:
+        z: (N, d) L2-normalised features.
+        labels: (N,) integer labels in ``[0, K)``.
+        prototypes: (K, d) unit-norm rows (checked), or with ``normalize_prototypes`` any non-zero rows; they carry
+            gradient (a trained classifier learns through this loss).
+        temperature: τ > 0.
+        class_weights: optional (K,) non-negative per-class weights; those of the classes present must not all be 0.
+        normalize_prototypes: row-normalise ``prototypes`` inside.
+
+    Returns:
+        A scalar tensor in the dtype the logits are computed in: z's, or, under autocast, the cross-entropy's float32.
+        Unlike the other losses here it leaves autocast on (so NCT's mixed-precision runs compute as they always did).
+
+    Under DDP: the loss is computed on the rows it is given; the engine gathers the global batch with gradients
+    before calling it (and class counts for the weights come from that global batch).
+    """
+    loss = "prototype_ce"
+    check_matrix(z, "z", loss)
+    check_matrix(prototypes, "prototypes", loss, dim=z.shape[1])
+    num_classes = prototypes.shape[0]
+    check_labels(labels, z.shape[0], loss, num_classes=num_classes)
+    check_unit_rows(z, "z", loss)
+    if normalize_prototypes:
+        check_finite(prototypes, "prototypes", loss)
+    else:
+        check_unit_rows(prototypes, "prototypes", loss)
+    check_temperature(temperature, "temperature", loss)
+    _check_class_weights(class_weights, num_classes, loss)
+    if z.shape[0] == 0:
+        raise ValueError(f"{loss}: `z` has no rows.")
+    weight = F.normalize(prototypes, dim=1) if normalize_prototypes else prototypes
+    ce = F.cross_entropy(z @ weight.T / temperature, labels, reduction="none")
+    a = class_weights[labels] if class_weights is not None else torch.ones_like(ce)
+    total = a.sum()
+    if class_weights is not None and validation_enabled() and not bool(total > 0):
+        raise ValueError(f"{loss}: the class weights of the labels in the batch sum to 0; give present classes "
+                         f"a positive weight.")
+    return (a * ce).sum() / total
 
 
 def expert_dr_loss(expert_z: torch.Tensor, labels: torch.Tensor, expert_of_class: torch.Tensor,
@@ -173,3 +235,15 @@ class DRLoss(nn.Module):
 
     def forward(self, z, labels, prototypes, class_weights=None):
         return dr_loss(z, labels, prototypes, class_weights)
+
+
+class PrototypeCELoss(nn.Module):
+    """Module form of :func:`prototype_ce`: ``PrototypeCELoss(temperature, normalize_prototypes=False)(z, labels,
+    prototypes, class_weights=None)``."""
+
+    def __init__(self, temperature: float = 0.1, normalize_prototypes: bool = False):
+        super().__init__()
+        self.temperature, self.normalize_prototypes = temperature, normalize_prototypes
+
+    def forward(self, z, labels, prototypes, class_weights=None):
+        return prototype_ce(z, labels, prototypes, self.temperature, class_weights, self.normalize_prototypes)

@@ -1,7 +1,11 @@
 """Methods, one file each; each registers its class (and so its settings schema) under a name in
-:data:`protosphere.registry.METHODS`."""
+:data:`protosphere.registry.METHODS`. Importing the package imports every module of this folder, so a new method is
+one new file here and nothing else."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from ..errors import ConfigError
 from ..registry import METHODS, UnknownNameError
@@ -24,21 +28,13 @@ def method_config_class(name: str):
     return method_class(name).config_class
 
 
-from . import (  # noqa: E402,F401  (fill the registry)
-    cassle,
-    ce,
-    clop,
-    co2l,
-    derpp,
-    er,
-    finetune,
-    fnc2,
-    joint,
-    lwf,
-    moco,
-    nct,
-    normalized,
-    simclr,
-    supcon,
-    sycon,
-)
+def import_all() -> list[str]:
+    """Import every module of the package's folder (``__path__``), in name order so that what registers first does
+    not depend on the file system; returns their names."""
+    names = sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    return names
+
+
+import_all()

@@ -17,15 +17,12 @@ z_past comes from a frozen copy of encoder + projector taken at the start of eve
 Classifiers are fitted after each task on the current task + buffer (the Co2L linear-probe protocol).
 """
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from ..losses import asymmetric_supcon, ird
 from ..registry import METHODS
 from .base import StepOutput
-from .parts import RepresentationMemory, class_mean_diagnostics
+from .parts import ClassMeanDrift, PastModel, RepresentationMemory
 from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
 
 
@@ -47,20 +44,13 @@ class Co2L(RepresentationMethod):
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        self.memory = RepresentationMemory(self.track_state, config.buffer_size, config.buffer_sampling,
-                                           config.replay_batch_size)
-        self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector),
-                               train_mode_bn=config.past_model_bn == "train")
-        self.register_buffer("learned_means", torch.zeros(num_classes, config.projection_dim))
+        self.memory = RepresentationMemory.from_config(self.track_state, config)
+        self.past = PastModel(self, train_mode_bn=config.past_model_bn == "train")
+        self.drift = ClassMeanDrift(self, num_classes, config.projection_dim)
 
     def begin_task(self, task):
         super().begin_task(task)
-        if task.index > 0 and self.config.distill_weight > 0:
-            self.take_snapshot("past")
-
-    @torch.no_grad()
-    def past_embed(self, views):
-        return F.normalize(self.snapshot("past")(views), dim=1)
+        self.past.begin_task(task, needed=self.config.distill_weight > 0)
 
     def training_step(self, images, labels, step):
         cfg = self.config
@@ -69,12 +59,12 @@ class Co2L(RepresentationMethod):
         z, y2 = self.gather(self.embed(views)), self.gather(y.repeat(2))
         loss = asym = asymmetric_supcon(z, y2, self.task.classes, cfg.temperature, cfg.base_temperature)
         terms = {"asym_supcon": asym.detach()}
-        if self.snapshot("past") is not None:
-            z_past = self.gather(self.past_embed(views))
+        if self.past.model is not None:
+            z_past = self.gather(self.past.embed(views))
             distill = ird(z, z_past, cfg.ird_current_temperature, cfg.ird_past_temperature)
             loss = loss + cfg.distill_weight * distill
             terms["ird"] = distill.detach()
         return StepOutput(loss, terms)
 
     def diagnostics(self, task):
-        return class_mean_diagnostics(self, task, self.learned_means)
+        return self.drift(task)

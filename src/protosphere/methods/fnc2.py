@@ -20,7 +20,6 @@ sees stored data, and the linear probe — the headline, as in the paper — is 
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
@@ -28,7 +27,7 @@ from torch import nn
 from ..losses import HSD_SCHEDULES, fnc2, hsd, hsd_alpha, ird, prd
 from ..registry import METHODS
 from .base import StepOutput
-from .parts import FixedPrototypes, RepresentationMemory, class_mean_diagnostics
+from .parts import ClassMeanDrift, FixedPrototypes, PastModel, RepresentationMemory
 from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
 
 
@@ -76,11 +75,9 @@ class FNC2(RepresentationMethod):
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        self.memory = RepresentationMemory(self.track_state, config.buffer_size, config.buffer_sampling,
-                                           config.replay_batch_size)
-        self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector),
-                               train_mode_bn=config.past_model_bn == "train")
-        self.register_buffer("learned_means", torch.zeros(num_classes, config.projection_dim))
+        self.memory = RepresentationMemory.from_config(self.track_state, config)
+        self.past = PastModel(self, train_mode_bn=config.past_model_bn == "train")
+        self.drift = ClassMeanDrift(self, num_classes, config.projection_dim)
         FixedPrototypes("simplex_etf", config.etf_seed).attach(self, num_classes, config.projection_dim)
         hidden, dim = config.distill_predictor_hidden, config.projection_dim
         self.distill_predictor = None if hidden is None else nn.Sequential(
@@ -92,12 +89,7 @@ class FNC2(RepresentationMethod):
 
     def begin_task(self, task):
         super().begin_task(task)
-        if task.index > 0 and self.uses_past_model:
-            self.take_snapshot("past")
-
-    @torch.no_grad()
-    def past_embed(self, views):
-        return F.normalize(self.snapshot("past")(views), dim=1)
+        self.past.begin_task(task, needed=self.uses_past_model)
 
     def training_step(self, images, labels, step):
         cfg, task = self.config, self.task
@@ -108,8 +100,8 @@ class FNC2(RepresentationMethod):
         loss = main = fnc2(z, y2, self.prototypes, task.classes, previous, cfg.temperature, cfg.base_temperature,
                            cfg.gamma)
         terms = {"fnc2": main.detach()}
-        if self.snapshot("past") is not None and self.uses_past_model:
-            z_past, seen = self.gather(self.past_embed(views)), self.prototypes[task.seen_classes]
+        if self.past.model is not None and self.uses_past_model:
+            z_past, seen = self.gather(self.past.embed(views)), self.prototypes[task.seen_classes]
             if self.distill_predictor is not None:
                 z = F.normalize(self.distill_predictor(z), dim=1)
             ird_t = (cfg.ird_current_temperature, cfg.ird_past_temperature)
@@ -128,4 +120,4 @@ class FNC2(RepresentationMethod):
         return StepOutput(loss, terms)
 
     def diagnostics(self, task):
-        return class_mean_diagnostics(self, task, self.learned_means)
+        return self.drift(task)

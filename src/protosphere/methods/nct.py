@@ -5,7 +5,7 @@ One simplex ETF for all K classes of the scenario is fixed from the start in pro
 later classes already own their prototype). With z the L2-normalised projection of the augmented batch (one view per
 sample unless ``views: 2``)::
 
-    loss = head_weight · head(z)                           head = dr_loss(z, y, ETF, c) or CE(z·ETFᵀ/τ, y)
+    loss = head_weight · head(z)                           head = dr_loss(z, y, ETF, c) or prototype_ce(z, y, ETF, τ, c)
          + distill_weight · dr_distill(z, z_past, m)       from task 1 on: ½ mean_i m_i (z_i·z_past_i − 1)², the DR
                                                             loss with the t−1 model's normalised output as target
                                                             (m: old-class rows when a buffer exists, all rows
@@ -13,11 +13,11 @@ sample unless ``views: 2``)::
 
 defaults head_weight 10, distill_weight 50 (NC-FSCIL / NCT). ``classifier: learnable`` replaces the fixed ETF with
 a trained cosine classifier (K × d rows from a seeded random start, renormalised in the loss; needs
-``head_loss: ce``), everything else equal: the learnable-classifier baseline of NCT's claim.
-``class_balanced``: c_k = 1/N_k over the (gathered)
-batch (:func:`~protosphere.losses.inverse_frequency_weights`). ``mixture_of_experts``: the projector is a
-:class:`~protosphere.models.heads.MixtureOfExperts` with one expert per task and a learned gate; besides the mixed
-output, each row's own-task expert is aligned to its prototype (``+ head_weight · expert_weight · expert_dr_loss``). All
+``head_loss: ce``), everything else equal: the learnable-classifier baseline of NCT's claim. ``class_balanced``:
+c_k = 1/N_k over the (gathered) batch (:func:`~protosphere.losses.inverse_frequency_weights`).
+``mixture_of_experts``: the projector is a :class:`~protosphere.models.heads.MixtureOfExperts` with one expert per task
+and a learned gate; besides the mixed output, each row's own-task expert is aligned to its prototype
+(``+ head_weight · expert_weight · expert_dr_loss``). All
 ``num_experts`` experts (default: the scenario's number of tasks, filled in by :meth:`NCT.resolve_config`) exist from
 the start and task t uses the first t+1: the gate's softmax runs over those, the later experts are neither evaluated
 nor trained, and their gate rows stay at zero until their task — the same numbers as adding one expert and one zero
@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError
-from ..losses import dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights
+from ..losses import dr_distill, dr_loss, expert_dr_loss, inverse_frequency_weights, prototype_ce
 from ..models.heads import MixtureOfExperts
 from ..registry import METHODS
 from .base import StepOutput
-from .parts import FixedPrototypes, RepresentationMemory, class_mean_diagnostics
+from .parts import ClassMeanDrift, FixedPrototypes, PastModel, RepresentationMemory
 from .representation import Classifier, ReplayContrastConfig, RepresentationMethod
 
 
@@ -59,8 +59,8 @@ class NCTConfig(ReplayContrastConfig):
     expert_weight: float = Field(1.0, ge=0)
     views: int = Field(1, ge=1, le=2)
     etf_seed: int = 0
-    classifiers: list[Classifier] = Field(default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe",
-                                                                   "linear_probe_seen"])
+    classifiers: list[Classifier] = Field(
+        default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
 
     @model_validator(mode="after")
     def _learnable_needs_ce(self):
@@ -76,11 +76,9 @@ class NCT(RepresentationMethod):
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
-        self.memory = RepresentationMemory(self.track_state, config.buffer_size, config.buffer_sampling,
-                                           config.replay_batch_size)
-        self.register_snapshot("past", lambda: nn.Sequential(self.backbone, self.projector),
-                               train_mode_bn=config.past_model_bn == "train")
-        self.register_buffer("learned_means", torch.zeros(num_classes, config.projection_dim))
+        self.memory = RepresentationMemory.from_config(self.track_state, config)
+        self.past = PastModel(self, train_mode_bn=config.past_model_bn == "train")
+        self.drift = ClassMeanDrift(self, num_classes, config.projection_dim)
         if config.classifier == "learnable":
             start = torch.randn(num_classes, config.projection_dim,
                                 generator=torch.Generator().manual_seed(config.etf_seed))
@@ -112,26 +110,22 @@ class NCT(RepresentationMethod):
                               f"{moe.num_experts}; leave num_experts unset (one per task) or raise it.")
         self.class_task[list(task.classes)] = task.index
         super().begin_task(task)
-        if task.index > 0 and self.config.distill_weight > 0:
-            self.take_snapshot("past")  # the t−1 model with its t active experts
+        self.past.begin_task(task, needed=self.config.distill_weight > 0)  # the t−1 model with its t active experts
         if moe is not None:
             moe.active = task.index + 1
 
     @torch.no_grad()
     def past_embed(self, views):
         if not self.config.mixture_of_experts:
-            return F.normalize(self.snapshot("past")(views), dim=1)
-        backbone, moe = self.snapshot("past")  # the t−1 model: its first t experts and gate rows
+            return self.past.embed(views)
+        backbone, moe = self.past.model  # the t−1 model: its first t experts and gate rows
         return F.normalize(moe(backbone(views), active=self.task.index), dim=1)
 
     def head(self, z, y, weights):
         if self.config.head_loss == "dr":
             return dr_loss(z, y, self.prototypes, weights)
-        # learnable rows are renormalised in the loss, so logits stay cosines / τ as with the unit-norm ETF rows
-        weight = F.normalize(self.prototypes, dim=1) if self.config.classifier == "learnable" else self.prototypes
-        ce = F.cross_entropy(z @ weight.T / self.config.ce_temperature, y, reduction="none")
-        a = weights[y] if weights is not None else torch.ones_like(ce)
-        return (a * ce).sum() / a.sum()
+        return prototype_ce(z, y, self.prototypes, self.config.ce_temperature, weights,
+                            normalize_prototypes=self.config.classifier == "learnable")
 
     def training_step(self, images, labels, step):
         cfg = self.config
@@ -149,7 +143,7 @@ class NCT(RepresentationMethod):
             expert = expert_dr_loss(F.normalize(mixed.experts, dim=2), y, self.class_task, self.prototypes)
             loss = loss + cfg.head_weight * cfg.expert_weight * expert
             terms["expert_dr"] = expert.detach()
-        if self.snapshot("past") is not None and cfg.distill_weight > 0:
+        if self.past.model is not None and cfg.distill_weight > 0:
             old_rows = None  # with a buffer only the old classes' rows are distilled
             if self.memory.buffer is not None:
                 old_rows = torch.isin(y, torch.tensor(self.task.previous_classes, device=y.device))
@@ -159,4 +153,4 @@ class NCT(RepresentationMethod):
         return StepOutput(loss, terms)
 
     def diagnostics(self, task):
-        return class_mean_diagnostics(self, task, self.learned_means)
+        return self.drift(task)

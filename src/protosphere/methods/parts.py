@@ -1,18 +1,23 @@
-"""Parts that methods compose: replay memory, fixed prototypes, a momentum encoder and a key queue.
+"""Parts that methods compose: replay memory, a past model, fixed prototypes, a momentum encoder and a key queue.
 
 * :class:`Replay` — the replay buffer every replay method uses (er, der++, co2l, fnc2, nct), with one storage
   convention: images are kept as uint8, as the datasets hold them, and become floats in [0, 1] when drawn.
 * :class:`RepresentationMemory` — what a two-stage representation method (co2l, fnc2, nct) stores: a training buffer
   (Co2L's refilled memory or an ER-style replay batch) and, for memory-free runs, a classifier-only buffer for the
   linear probe.
+* :class:`PastModel` — the frozen encoder + projector of the previous task that a method distils from (co2l, fnc2,
+  nct, cassle, sycon), and its normalised projections.
+* :class:`ClassMeanDrift` — after each task, drift of old-class means and alignment with the prototypes (co2l, fnc2,
+  nct).
 * :class:`FixedPrototypes` — class prototypes fixed in projection space (simplex ETF, orthonormal), registered one way
   as the method's ``prototypes`` buffer (fnc2, nct, clop).
 * :class:`MomentumEncoder` and :class:`KeyQueue` — MoCo's EMA copy of encoder + projector and its FIFO of keys
-  (moco, cassle and sycon on a MoCo base).
-* :func:`class_mean_diagnostics` — drift of old-class means and alignment with the prototypes after a task.
+  (the MoCo base of moco, cassle and sycon).
 
 Each part owns its state; a method registers the nn.Modules as submodules and tracks the buffers with
-:meth:`~protosphere.methods.base.Method.track_state`, so checkpoints hold them.
+:meth:`~protosphere.methods.base.Method.track_state`, so checkpoints hold them. A part built with the method itself
+(``PastModel(self)``) registers what it keeps on the method under the method's own names, so the checkpoint keys do
+not depend on which part holds them.
 """
 
 from __future__ import annotations
@@ -93,8 +98,8 @@ class RepresentationMemory:
       (:meth:`training_data`). ``reservoir`` / ``class_balanced``: :meth:`join` appends a replay batch drawn from the
       buffer to every stream batch (ER style) and then offers the stream batch to the buffer.
     * ``probe_buffer``: in memory-free runs, ``DEFAULT_PROBE_BUFFER`` (or ``eval.probe_buffer_size``) rows filled
-      exactly as a training buffer of that size would be, but only the linear probe sees them (DESIGN "Two-stage
-      evaluation"); with a training buffer the probe's data is that buffer, and there is none.
+      exactly as a training buffer of that size would be, but only the linear probe sees them (Co2L's and FNC2's
+      memory-free evaluation); with a training buffer the probe's data is that buffer, and there is none.
 
     ``track`` is the method's :meth:`~protosphere.methods.base.Method.track_state`, so both buffers are checkpointed
     (per process under DDP).
@@ -107,6 +112,11 @@ class RepresentationMemory:
         self.replay_batch_size = replay_batch_size
         self.buffer = self._new_buffer(size, "buffer")
         self.probe_buffer = self._new_buffer(DEFAULT_PROBE_BUFFER if self.buffer is None else 0, "probe_buffer")
+
+    @classmethod
+    def from_config(cls, track: Callable[[str, object], None], config) -> RepresentationMemory:
+        """The memory a config with ``buffer_size``, ``buffer_sampling`` and ``replay_batch_size`` asks for."""
+        return cls(track, config.buffer_size, config.buffer_sampling, config.replay_batch_size)
 
     def _new_buffer(self, size: int, name: str) -> Replay | None:
         buffer = None
@@ -190,6 +200,54 @@ class RepresentationMemory:
                                     f"of earlier tasks (eval.probe_buffer_size; never used in representation "
                                     f"training)"}
         return {}
+
+
+# --- past model and class-mean drift ----------------------------------------------------------------------------
+
+
+class PastModel:
+    """The frozen model of the previous task: a copy of the method's encoder + projector taken at the start of every
+    task ≥ 1, before its first step, without gradients, in eval mode unless ``train_mode_bn`` (then BatchNorm
+    normalises with batch statistics, as a ``copy.deepcopy`` of a model in train mode does in Co2L's and the FNC2
+    authors' code).
+
+    The copy is the method's snapshot ``name`` (:meth:`~protosphere.methods.base.Method.register_snapshot`), so it is
+    checkpointed with the method; :attr:`model` is None until the first copy.
+    """
+
+    def __init__(self, method: nn.Module, train_mode_bn: bool = False, name: str = "past"):
+        self._method, self.name = method, name
+        method.register_snapshot(name, lambda: nn.Sequential(method.backbone, method.projector), train_mode_bn)
+
+    def begin_task(self, task, needed: bool = True) -> None:
+        """Copy the current model at the start of a task ≥ 1; ``needed`` False (distillation switched off) skips
+        the copy, and :attr:`model` stays None."""
+        if task.index > 0 and needed:
+            self._method.take_snapshot(self.name)
+
+    @property
+    def model(self) -> nn.Module | None:
+        return self._method.snapshot(self.name)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm projections (N, d) of already transformed images by the past model."""
+        return F.normalize(self.model(images), dim=1)
+
+
+class ClassMeanDrift:
+    """The method's diagnostics after a task (:func:`class_mean_diagnostics`): each seen class's mean projection,
+    its cosine to the class prototype and the drift of old classes' means since the task that introduced them.
+
+    The means at introduction are kept in the method's ``learned_means`` buffer (num_classes, dim), checkpointed.
+    """
+
+    def __init__(self, method: nn.Module, num_classes: int, dim: int):
+        self._method = method
+        method.register_buffer("learned_means", torch.zeros(num_classes, dim))
+
+    def __call__(self, task) -> dict:
+        return class_mean_diagnostics(self._method, task, self._method.learned_means)
 
 
 # --- fixed prototypes -------------------------------------------------------------------------------------------
