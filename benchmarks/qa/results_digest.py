@@ -42,6 +42,7 @@ def canonical(run: Path) -> dict:
     record = json.loads((run / "results.json").read_text())
     for key in VOLATILE:
         record.pop(key, None)
+    record.get("config", {}).pop("output_dir", None)  # where the runs were written, not what they computed
     rows = list(csv.reader((run / "metrics.csv").open()))
     header = rows[0]
     keep = [i for i, name in enumerate(header) if name != "time"]
