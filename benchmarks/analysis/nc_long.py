@@ -5,7 +5,7 @@ final values, from the runs of one ``protosphere compare`` command run with ``ev
 
 OUT is the compare ``--out`` folder; every row of its compare.json is a line of the tables, under its label (the
 config's file stem). The tables (:func:`protosphere.report.summaries.nc_long_summary`): each classifier's accuracy
-and the NC metrics after the last epoch (DESIGN §6, test features; every one of them is 0 at full collapse);
+and the NC metrics after the last epoch (test features; every one of them is 0 at full collapse);
 "moving" = the relative change of each metric over the last 10 % of epochs (a run whose metrics still move by more
 than a few % has not converged); "first epoch ≤ baseline" = per seed, the first epoch at which the metric is at or
 below the same seed's final baseline value, and that epoch as a share of the baseline's epochs; when the runs

@@ -1,7 +1,7 @@
 """Neural collapse on the training features of finished one-task runs, beside the test-feature values they recorded.
 
 Neural collapse is a property of the training features at the end of training (Papyan et al.); the runs record
-their NC metrics on the test split (DESIGN §6). This script opens each run's final model
+their NC metrics on the test split (protosphere.metrics.neural_collapse). This script opens each run's final model
 (:func:`protosphere.load_run`), encodes the task's training images as the evaluation encodes test images (eval mode,
 no augmentation), and computes :func:`protosphere.metrics.neural_collapse.neural_collapse` with the method's
 classifier weights (:func:`protosphere.bench.features.train_feature_metrics`):

@@ -134,7 +134,7 @@ def main(argv) -> int:
               "100 · Σ_s E_s / Σ_s E_s^CE, paired by seed):\n")
         print("\n".join(corruptions))
     env = baseline[min(baseline)]["environment"]
-    print(f"\nNC metrics on test-split encoder features after the last epoch (DESIGN §6; nc3/nc4 use each method's "
+    print(f"\nNC metrics on test-split encoder features after the last epoch (test features; nc3/nc4 use each method's "
           f"classifier weights); 'first epoch' lists, per seed, the first epoch whose value is ≤ the same seed's CE "
           f"final value (— never). fit/predict s: seconds to fit the classifier after training (class-mean EMA: kept "
           f"during training) and to classify the test set; the shared feature encoding is not included. "

@@ -24,7 +24,7 @@ Environment (the authors' code needs torchvision; keep it out of protosphere's o
     /path/to/authors-venv/bin/pip install numpy pillow tqdm pyyaml kornia onedrivedownloader ftfy regex six \\
         python-dotenv pandas scikit-learn
 
-Usage (learning rates and minibatch sizes as in Mammoth's best arguments for seq-mnist, DESIGN of the configs)::
+Usage (learning rates and minibatch sizes as in Mammoth's best arguments for seq-mnist)::
 
     python benchmarks/authors/mammoth.py --mammoth ~/src/mammoth --python /path/to/authors-venv/bin/python \\
         --model er --buffer 200 --seeds 0 1 2 --out runs/authors

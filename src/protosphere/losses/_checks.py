@@ -56,7 +56,7 @@ def check_finite(x: torch.Tensor, name: str, loss: str) -> None:
 
 
 def check_unit_rows(x: torch.Tensor, name: str, loss: str) -> None:
-    """Rows must be L2-normalised: losses never re-normalise (see DESIGN §3), so a raw input is an error, not a fix.
+    """Rows must be L2-normalised: losses never re-normalise, so a raw input is an error, not a fix.
 
     The tolerance is ``UNIT_NORM_TOLERANCE``, widened to twice the format's epsilon for float16/bfloat16 rows, which
     are only unit to about that precision after normalisation.

@@ -186,7 +186,7 @@ HSD_SCHEDULES = ("official", "linear", "cosine", "constant")
 
 def hsd_alpha(step: int, total_steps: int, schedule: str = "official", alpha0: float = 1.0, epochs: int = 1,
               marks: tuple[float, float] = (0.3, 0.8)) -> float:
-    r"""HSD's IRD weight α at step s = 0…S−1 of a task of S steps spread over E = ``epochs`` epochs (DESIGN §3).
+    r"""HSD's IRD weight α at step s = 0…S−1 of a task of S steps spread over E = ``epochs`` epochs.
 
     - ``"official"`` (default; dangtrunganh/samix ``main_train.py``, ``--main_mark``/``second_mark``), per epoch
       e = 1…E (the epoch of step s is ⌊s·E/S⌋ + 1), with marks (m, s_m) = ``marks``::

@@ -1,7 +1,7 @@
 """Normalised supervised losses: NC-by-Design (NormFace, NTCE, NONL) and CLOP.
 
-All functions are pure: they take tensors and return a scalar, hold no state and never re-normalise the embeddings
-(DESIGN §3). Embeddings and prototypes must have unit-norm rows; class weights of NormFace/NTCE/NONL are raw and are
+All functions are pure: they take tensors and return a scalar, hold no state and never re-normalise the embeddings.
+Embeddings and prototypes must have unit-norm rows; class weights of NormFace/NTCE/NONL are raw and are
 row-normalised inside (they carry gradient). Computation runs in float32 at least (float64 stays float64) with autocast
 off, so half/bfloat16 inputs give a float32 loss. Every log-sum-exp subtracts its row maximum (``torch.logsumexp``).
 Unit-norm checks accept low-precision rows to the format's precision (bfloat16 rows are unit only to ~4e-3).

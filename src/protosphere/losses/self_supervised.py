@@ -1,6 +1,6 @@
 """Self-supervised contrastive losses: SimCLR NT-Xent, MoCo InfoNCE, Sy-CON/PNR and CaSSLe distillation.
 
-All functions are pure: they take tensors and return a scalar, hold no state and never re-normalise (DESIGN §3). Every
+All functions are pure: they take tensors and return a scalar, hold no state and never re-normalise. Every
 embedding must have unit-norm rows. Tensors that carry no gradient (momentum keys, queues, past-model outputs) are
 detached inside. Computation runs in float32 at least (float64 stays float64) with autocast off, so half/bfloat16
 inputs give a float32 loss; every log-sum-exp subtracts its row maximum (``torch.logsumexp``).
