@@ -102,7 +102,8 @@ def ddp_run_folder(world: Path, name: str) -> None:
     import torch
 
     from protosphere.config import dump_config, load_config
-    from protosphere.engine import CHECKPOINT_VERSION, config_fingerprint
+    from protosphere.config import config_fingerprint
+    from protosphere.engine import CHECKPOINT_VERSION
 
     config = load_config(world / "cfg.yaml", [f"name={name}", "fabric.devices=2", "fabric.strategy=ddp"])
     folder = world / "runs" / name

@@ -6,7 +6,7 @@ import json
 import time
 
 from protosphere.config import validate_config
-from protosphere.engine import config_fingerprint
+from protosphere.config import config_fingerprint
 from protosphere.runner import run
 
 

@@ -209,7 +209,7 @@ class Run:
     def model(self):
         """The trained method after the last task (a :class:`~protosphere.methods.base.Method`), in eval mode."""
         if self._model is None:
-            from .engine import config_fingerprint
+            from .config import config_fingerprint
             from .methods.base import TaskContext
             from .runner import build_method
 

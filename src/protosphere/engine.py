@@ -27,10 +27,8 @@ terms it logs are means over the ranks, i.e. the global loss.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
-import platform
 import signal
 import time
 from pathlib import Path
@@ -40,7 +38,7 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 
-from .config import RunConfig
+from .config import RunConfig, config_fingerprint
 from .data.augment import shard_draws
 from .data.scenarios import model_input
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
@@ -52,34 +50,8 @@ from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
 from .protocol import Protocol, TaskEvaluation, TaskTraining
 from .record import RunDir
-from .version import __version__
 
 CHECKPOINT_VERSION = 1
-
-
-def config_fingerprint(config: RunConfig) -> str:
-    """Hash of everything that changes the numbers (not the run's name, output place or devices)."""
-    data = config.model_dump(mode="json")
-    for key in ("name", "output_dir"):
-        data.pop(key, None)
-    data.pop("fabric", None)
-    data.pop("logging", None)  # trackers only watch
-    if data["data"].get("domains") is None:  # keys added later: at their defaults they keep earlier fingerprints
-        data["data"].pop("domains", None)
-    if data["eval"].get("probe_buffer_size") is None:
-        data["eval"].pop("probe_buffer_size", None)
-    if not data["eval"].get("probe_augment"):  # the probe as it always was (un-augmented features)
-        data["eval"].pop("probe_augment", None)
-    data["train"].pop("log_every_n_steps", None)
-    data["train"].pop("checkpoint_every_n_steps", None)
-    data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay
-    data["eval"].pop("report", None)
-    # options added later are left out at their defaults, so earlier runs keep their fingerprints
-    for section, key, default in (("model", "init", "default"), ("train", "normalize", True),
-                                   ("method", "classifier", "etf")):
-        if data[section].get(key) == default:
-            data[section].pop(key)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def nonfinite_names(state, prefix: str = "") -> list[str]:
@@ -548,20 +520,3 @@ class Engine:
 def epoch_order(seed: int, task: int, epoch: int, size: int) -> torch.Tensor:
     """The shuffled row order of one epoch of one task (the same on every rank; each takes its slice of a batch)."""
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + task * 1009 + epoch))
-
-
-def environment() -> dict:
-    import lightning_fabric
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "protosphere": __version__, "torch": torch.__version__, "lightning_fabric": lightning_fabric.__version__,
-        "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-    }

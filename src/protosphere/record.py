@@ -183,7 +183,7 @@ class RunRecord(_Fixed):
     nc_epochs: list[EpochNeuralCollapse] | None = None  # read from earlier files only; now derived from per_epoch
     corruptions: dict[str, dict[str, list[float]]] | None = None  # classifier → corruption → top-1 error per severity
     confusion: Confusion | None = None
-    fingerprint: str | None = None  # engine.config_fingerprint of the config: which runs may be reused
+    fingerprint: str | None = None  # config.config_fingerprint of the config: which runs may be reused
     command: str | None = None
     code: Provenance | None = None
     timings: Timings = Field(default_factory=Timings)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, config_fingerprint
 from .errors import ConfigError, RunError, shorten
 
 
@@ -300,7 +300,6 @@ def check_world_size(state: dict, world_size: int, run_dir: Path) -> None:
 def check_same_config(run_dir: Path, config: RunConfig) -> None:
     """Refuse to resume a run directory whose config.yaml differs from ``config`` in anything that changes numbers."""
     from .config import read_yaml, validate_config
-    from .engine import config_fingerprint
 
     path = run_dir / "config.yaml"
     if not path.exists():
@@ -341,7 +340,7 @@ def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = F
 def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
     """The newest readable checkpoint of ``run_dir``: ``last.ckpt``, or when it is missing or unreadable (a truncated
     copy, a full disk) the ``task-<t>.ckpt`` of the latest task that reads. ``state["loaded_from"]`` names the file."""
-    from .engine import CHECKPOINT_VERSION, config_fingerprint
+    from .engine import CHECKPOINT_VERSION
 
     folder = run_dir / "checkpoints"
     tasks = sorted(folder.glob("task-*.ckpt"), reverse=True,
@@ -423,7 +422,8 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
 
 def _run(config: RunConfig, lock, resume: bool, overwrite: bool, console, show_progress: bool,
          command: str | None) -> tuple[dict, Path]:
-    from .engine import Engine, config_fingerprint, environment
+    from .engine import Engine
+    from .provenance import environment
     from .protocol import summary_metrics
     from .record import RunDir, save_embedding_snapshot
 

@@ -5,7 +5,7 @@
 
 Every run is ``<out>/<name>`` with name = the config's file stem, each grid value as ``key-value``, then
 ``seed<s>`` (``er-200-buffer_size-500-seed1``). A run is **reused** when its ``results.json`` is complete and was
-produced by the same config (same :func:`~protosphere.engine.config_fingerprint`), **resumed** when it stopped part-way
+produced by the same config (same :func:`~protosphere.config.config_fingerprint`), **resumed** when it stopped part-way
 with a checkpoint of the same config, and **trained** otherwise, always through :func:`protosphere.runner.run`. With
 ``jobs`` > 1 the runs to train go to that many separate ``protosphere run`` processes, each logging to
 ``<out>/<name>.log`` and single-threaded (``fabric.threads=1``, unless the config or an override sets the threads); a
@@ -37,7 +37,7 @@ from typing import Sequence
 
 from . import runner
 from .config import load_config, parse_override, plain_name, validate_config
-from .engine import config_fingerprint
+from .config import config_fingerprint
 from .errors import ConfigError, Interrupted, RunError
 from .interrupt import handling_signals
 from .report.compare import (BEST_RULE, Entry, best_labels, best_test, build_columns, metric_value, rich_table,

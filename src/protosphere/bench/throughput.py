@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from protosphere.config import validate_config
 from protosphere.data import load_dataset
 from protosphere.data.scenarios import build_scenario, model_input
-from protosphere.engine import environment, train_step
+from protosphere.engine import train_step
+from protosphere.provenance import environment
 from protosphere.methods import method_names
 from protosphere.models.heads import MixtureOfExperts, Predictor, ProjectionHead
 from protosphere.methods.base import StepContext, TaskContext
