@@ -51,7 +51,7 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     from protosphere.config import load_config
     from protosphere.engine import Checkpoints
     from protosphere.protocol import Protocol
-    from protosphere.record import RunDir
+    from protosphere.rundir import RunDir
     import protosphere.methods  # noqa: F401
 
     phases["import protosphere"] = time.perf_counter() - t

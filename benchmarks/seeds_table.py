@@ -3,7 +3,7 @@ docs/results.md): class-IL and task-IL final average accuracy, class-IL average 
 
     python benchmarks/seeds_table.py RUNS PREFIX [PREFIX ...] [--classifiers nearest_prototype linear_probe ...]
 
-Runs are read through the run record (``protosphere.record.read_record``), so older and newer results.json alike.
+Runs are read through the run record (``protosphere.rundir.read_record``), so older and newer results.json alike.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from protosphere.record import read_record
+from protosphere.rundir import read_record
 
 
 def fmt(values: list[float]) -> str:

@@ -204,7 +204,7 @@ def test_per_epoch_and_task_entries_of_a_run(tmp_path):
         else:
             assert set(row) == {"class_il", "task_il"} and all(len(v) == t + 1 for v in row.values())
             assert entry["neural_collapse"]["classes"] == 5 * (t + 1)  # digits: 10 classes in 2 tasks
-    from protosphere.record import read_record
+    from protosphere.rundir import read_record
 
     assert "nc_epochs" not in results  # derived from per_epoch by the record, not written twice
     assert [e.model_dump(exclude_none=True) for e in read_record(run_dir).epoch_neural_collapse()] == \

@@ -11,7 +11,8 @@ import torch
 
 from protosphere.config import validate_config
 from protosphere.errors import RunError
-from protosphere.record import EpochNeuralCollapse, RunDir, RunRecord, atomic_write, read_record
+from protosphere.record import EpochNeuralCollapse, RunRecord
+from protosphere.rundir import RunDir, atomic_write, read_record
 from protosphere.runner import run
 
 TINY = {"data": {"dataset": "digits"}, "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"},
@@ -181,7 +182,7 @@ def test_atomic_write_of_text_bytes_and_checkpoints(tmp_path):
     atomic_write(tmp_path / "a.txt", b"\x00\x01")
     assert (tmp_path / "a.txt").read_bytes() == b"\x00\x01"
     state = {"weights": torch.arange(6.0).reshape(2, 3), "task": 1}
-    path = RunDir(tmp_path / "run").save_checkpoint(state, "last.ckpt")
+    path = RunDir(tmp_path / "run").save_checkpoint(state)
     assert path == tmp_path / "run" / "checkpoints" / "last.ckpt"
     loaded = torch.load(path, weights_only=True)
     assert torch.equal(loaded["weights"], state["weights"]) and loaded["task"] == 1

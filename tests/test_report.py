@@ -12,6 +12,7 @@ import pytest
 from protosphere import runner
 from protosphere.errors import ConfigError, RunError
 from protosphere.metrics.continual import summarize
+from protosphere.rundir import RunDir
 from protosphere.report import save_embedding_snapshot, write_report
 from protosphere.report.compare import format_mean_std, mean_std
 from protosphere.sweep import compare
@@ -357,7 +358,7 @@ def fake_run(monkeypatch):
                                config=config.model_dump(mode="json"),
                                value=BASE[method] + STEP[method] * config.seed)
         results["name"] = config.name
-        run_dir = runner.prepare_run_dir(config, resume=resume, overwrite=overwrite)
+        run_dir = RunDir.of(config).prepare(resume=resume, overwrite=overwrite)
         (run_dir / "results.json").write_text(json.dumps(results))
         return results, run_dir
 

@@ -56,6 +56,7 @@ def _summary_lines(results: dict) -> list[str]:
 def cmd_run(args) -> int:
     from .config import load_config
     from .progress import stdout_console
+    from .rundir import RunDir
     from .runner import run
 
     console = stdout_console(width=160)  # `| head` or a full disk switch the output off, never the run
@@ -73,9 +74,10 @@ def cmd_run(args) -> int:
         console.print(table)
     for line in _summary_lines(results):
         console.print(line)
-    console.print(f"results: {run_dir / 'results.json'}  ({results['timings']['total_s']:.1f} s)")
-    if (run_dir / "report.html").is_file():
-        console.print(f"report:  {run_dir / 'report.html'}", highlight=False, soft_wrap=True)
+    files = RunDir(run_dir)
+    console.print(f"results: {files.results}  ({results['timings']['total_s']:.1f} s)")
+    if files.report.is_file():
+        console.print(f"report:  {files.report}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -95,15 +97,14 @@ def cmd_datasets(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .record import RunLock
     from .report import write_report
     from .report.html import load_results
-    from .runner import check_no_links
+    from .rundir import RunDir, RunLock
 
     for run_dir in args.run_dirs:
         if not Path(run_dir).is_dir():  # load_results says what is wrong; nothing to lock
             load_results(run_dir)
-        check_no_links(Path(run_dir))  # report.html and plots/ are written there
+        RunDir(run_dir).check_no_links()  # report.html and plots/ are written there
         with RunLock(run_dir, purpose="report"):  # never beside a run (or another report) writing the folder
             path = write_report(run_dir, load_results(run_dir))
         print(f"report: {path}")

@@ -49,9 +49,8 @@ from .methods.base import Method, StepContext, StepOutput, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
 from .protocol import Protocol, TaskEvaluation, TaskTraining
-from .record import RunDir
+from .rundir import CHECKPOINT_VERSION, RunDir
 
-CHECKPOINT_VERSION = 1
 
 
 def nonfinite_names(state, prefix: str = "") -> list[str]:
@@ -213,13 +212,12 @@ class Checkpoints:
         self.config = config
         self.fabric = fabric
         self.files = files
-        self.folder = files.checkpoints
         self.log = log
 
     def advice(self) -> str:
         """What is kept after a NaN/inf stop and what the user can do (the same config would fail the same way, and a
         changed config cannot --resume)."""
-        good = self.folder / "last.ckpt"
+        good = self.files.last_checkpoint
         kept = f"the last good checkpoint {good} is kept" if good.exists() else "no checkpoint was written yet"
         return (f"{kept}; start again with a lower learning rate, e.g. --overwrite "
                 f"optimizer.lr={self.config.optimizer.lr / 10:g} (or a new name=...), or check the data.")
@@ -236,8 +234,10 @@ class Checkpoints:
             raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
                            f"{self.advice()}")
 
-    def save(self, name: str, method: Method, optimizer, results: dict, task: int, phase: str, step: int,
+    def save(self, method: Method, optimizer, results: dict, task: int, phase: str, step: int,
              global_step: int) -> None:
+        """``last.ckpt`` at ``step`` of ``task`` (``phase`` "in_task"), or after the task ("task_done", which also
+        writes the task's own checkpoint)."""
         self.check_state(method, task)
         device = self.fabric.device
         state = {
@@ -257,26 +257,16 @@ class Checkpoints:
                 "tracked": {name: obj.state_dict() for name, obj in method.tracked_state().items()},
             })
         if self.fabric.is_global_zero:
-            self.files.save_checkpoint(state, name)
-            if name != "last.ckpt":
-                self.files.save_checkpoint(state, "last.ckpt")
-                if not self.config.train.keep_checkpoints and task > 0:
-                    (self.folder / f"task-{task - 1}.ckpt").unlink(missing_ok=True)
+            self.files.save_checkpoint(state, task=task if phase == "task_done" else None,
+                                       keep_earlier=self.config.train.keep_checkpoints)
         self.fabric.barrier()
 
     def restore(self, state: dict, method: Method) -> None:
-        """Load a checkpoint's method state and this rank's own state (RNG, replay buffers) over ``method``."""
-        device = self.fabric.device
-        method.load_state_dict(state["method"])
+        """Load a checkpoint over ``method``: its state, this rank's own tracked state (replay buffers) on this rank's
+        device, and this rank's RNG streams."""
         own = state["ranks"][self.fabric.global_rank] if state.get("ranks") else None
-        if own is not None:
-            for name, obj_state in own["tracked"].items():
-                method.tracked_state()[name].load_state_dict(obj_state)
-        for obj in method.tracked_state().values():  # checkpoints load on the CPU; stored tensors belong on the device
-            data = getattr(obj, "data", None)
-            if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
-                obj.data = {key: value.to(device) for key, value in data.items()}
-        set_rng_state((own or state)["rng"], device)
+        method.restore_state(state["method"], own["tracked"] if own is not None else None, self.fabric.device)
+        set_rng_state((own or state)["rng"], self.fabric.device)
 
 
 class TaskMonitor:
@@ -388,8 +378,7 @@ class Engine:
                 training = self._train_task(model, method, optimizer, context, first_step if resumed else 0, protocol)
                 method.end_task(context)
                 evaluation = protocol.after_task(method, context, training)
-                checkpoints.save(f"task-{t}.ckpt", method, optimizer, protocol.results, t, "task_done", 0,
-                                 self.global_step)
+                checkpoints.save(method, optimizer, protocol.results, t, "task_done", 0, self.global_step)
                 self._announce(context, training, evaluation)
                 if t < scenario.num_tasks - 1 and self._stop_agreed():  # the last task's end is the run's end
                     raise self._interrupted(t, None)
@@ -433,8 +422,7 @@ class Engine:
             if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
                 protocol.after_epoch(method, context, epoch)
             if save:
-                self.checkpoints.save("last.ckpt", method, optimizer, protocol.results, t, "in_task", step + 1,
-                                      self.global_step)
+                self.checkpoints.save(method, optimizer, protocol.results, t, "in_task", step + 1, self.global_step)
             if stopping:
                 raise self._interrupted(t, step + 1)
         return monitor.finish()

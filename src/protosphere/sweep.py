@@ -40,6 +40,7 @@ from .config import load_config, parse_override, plain_name, validate_config
 from .config import config_fingerprint
 from .errors import ConfigError, Interrupted, RunError
 from .interrupt import handling_signals
+from .rundir import RunDir, atomic_write
 from .report.compare import (BEST_RULE, Entry, best_labels, best_test, build_columns, metric_value, rich_table,
                              summarize_rows, to_html, to_markdown)
 
@@ -206,7 +207,7 @@ def run_fingerprint(results: dict) -> str | None:
 
 def reusable_results(run_dir: Path, config) -> dict | None:
     """The finished results in ``run_dir`` when they were produced by ``config``; None otherwise."""
-    path = run_dir / "results.json"
+    path = RunDir(run_dir).results
     if not path.is_file():
         return None
     try:
@@ -221,18 +222,19 @@ def reusable_results(run_dir: Path, config) -> dict | None:
 def plan(config, overwrite: bool) -> tuple[str, dict | None]:
     """How the run of ``config`` is obtained: ``("reused", results)``, or ``("resume" | "train" | "overwrite", None)``;
     a folder holding another config's run raises RunError unless ``overwrite``."""
-    run_dir = Path(config.output_dir) / config.name
+    files = RunDir.of(config)
+    run_dir = files.path
     found = reusable_results(run_dir, config)
     if found is not None:
         return "reused", found
-    occupied = run_dir.is_dir() and bool(runner.run_entries(run_dir))  # a stale run.lock alone is no run
+    occupied = run_dir.is_dir() and bool(files.entries())  # a stale run.lock alone is no run
     if occupied and not overwrite:
-        if (run_dir / "results.json").is_file():
+        if files.results.is_file():
             raise RunError(f"{run_dir} holds a finished run of a different config; pass --overwrite to rerun it "
                            f"with this one, or choose another --out.")
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if files.last_checkpoint.is_file():
             try:
-                runner.load_checkpoint(run_dir, config)
+                files.load_checkpoint(config)
             except RunError:
                 raise RunError(f"{run_dir} holds an unfinished run of a different config (or an unreadable "
                                f"checkpoint); pass --overwrite to rerun it, or choose another --out.") from None
@@ -378,7 +380,7 @@ def finished_runs(root: str | Path, stem: str) -> dict[int, dict]:
     prefix = f"{plain_name(stem)}-seed"
     found = {}
     for run_dir in sorted(Path(root).glob(f"{prefix}*")):
-        if run_dir.name[len(prefix):].isdigit() and (run_dir / "results.json").is_file():
+        if run_dir.name[len(prefix):].isdigit() and RunDir(run_dir).results.is_file():
             results = load_results(run_dir)
             if results.get("status") == "complete":
                 found[results["seed"]] = results
@@ -411,8 +413,6 @@ def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path 
             grid: Sequence[str] = (), jobs: int = 1, markdown: str | Path | None = None) -> dict:
     """Run or reuse every config × grid point × seed, then write ``compare.{md,json,html}`` in ``out`` (and the
     Markdown table to ``markdown`` when given); returns the summary, whose ``failed`` lists runs that failed."""
-    from .report.html import atomic_write
-
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
     if jobs < 1:

@@ -249,6 +249,7 @@ def rich_table(summary: dict):
 
 
 def to_html(summary: dict, out: Path) -> str:
+    from ..rundir import RunDir
     from . import plots
     from .html import clear_pngs, esc, figure, page
 
@@ -280,7 +281,7 @@ def to_html(summary: dict, out: Path) -> str:
                    f'(n = {test["n"][0]}, {test["n"][1]})"' if bold and test.get("p") is not None else "")
             cells.append(f'<td data-key="{esc(row["label"] + "|" + c["key"])}" data-mean="{value}" '
                          f'data-std="{std}"{tip}>{"<b>" + text + "</b>" if bold else text}</td>')
-        links = " ".join(f'<a href="{esc(name)}/report.html">s{esc(seed)}</a>' if how != "failed" else
+        links = " ".join(f'<a href="{esc(RunDir(name).report.as_posix())}">s{esc(seed)}</a>' if how != "failed" else
                          f'<a href="{esc(name)}.log">s{esc(seed)} failed</a>'
                          for name, seed, how in zip(row["runs"], row["seeds"],
                                                     row.get("status") or [None] * len(row["runs"])))

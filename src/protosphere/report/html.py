@@ -1,7 +1,7 @@
 """``runs/<name>/report.html``: one self-contained page (inline CSS, PNGs as base64 data URIs) for a finished run.
 
 The report is rendered from the run record (``results.json``, read as a :class:`~protosphere.record.RunRecord`)
-alone, plus ``embeddings.npz`` when the run saved one (see :func:`~protosphere.record.save_embedding_snapshot`); every
+alone, plus ``embeddings.npz`` when the run saved one (see :func:`~protosphere.rundir.save_embedding_snapshot`); every
 part whose data is absent (task-IL, NC metrics, a second task, per-epoch
 accuracy, prototype alignment/drift, corruption errors, embeddings, timings) is left out. The PNGs are also kept
 under ``runs/<name>/plots/`` for papers and slides.
@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..record import (Diagnostics, EpochEvaluation, RunDir, RunRecord, atomic_write,  # noqa: F401 (re-exported)
-                      save_embedding_snapshot)
+from ..record import Diagnostics, EpochEvaluation, RunRecord
+from ..rundir import RunDir, atomic_write, save_embedding_snapshot  # noqa: F401 (save_embedding_snapshot: re-exported)
 from . import plots
 
-__all__ = ["atomic_write", "load_results", "render_report", "save_embedding_snapshot", "try_write_report",
-           "write_report"]  # atomic_write and save_embedding_snapshot live in protosphere.record
+__all__ = ["load_results", "render_report", "save_embedding_snapshot", "try_write_report", "write_report"]
 
 HEADLINE_METRICS = [
     ("final_average_accuracy", "final avg acc", "mean accuracy over all tasks after the last one (%)"),
@@ -150,7 +149,7 @@ def clear_pngs(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def load_results(run_dir: str | Path) -> dict:
     """``results.json`` of a run directory as plain data, validated against the
-    :class:`~protosphere.record.RunRecord` (read the typed record with :func:`protosphere.record.read_record`);
+    :class:`~protosphere.record.RunRecord` (read the typed record with :func:`protosphere.rundir.read_record`);
     :class:`RunError` with one sentence when it is missing, unreadable or does not match the schema."""
     return RunDir(run_dir).read_results().to_data()
 
@@ -618,7 +617,7 @@ def _training_section(run_dir: Path, plot_dir: Path, figures: list[Path]) -> str
     """Loss (and its terms) and learning rate over the whole run, from metrics.csv."""
     from . import curves
 
-    series = curves.read_training_rows(run_dir / "metrics.csv")
+    series = curves.read_training_rows(RunDir(run_dir).metrics)
     path = curves.training_curves(series, plot_dir / "training_curves.png") if series else None
     if path is None:
         return ""
@@ -736,8 +735,9 @@ def try_write_report(run_dir: str | Path, results: RunRecord | dict | None = Non
     try:
         return write_report(run_dir, results)
     except Exception as exc:  # noqa: BLE001 - a plotting bug must not fail a finished run
-        message = (f"could not write {Path(run_dir) / 'report.html'} ({type(exc).__name__}: {exc}); results.json "
-                   f"is intact — retry with `protosphere report {run_dir}`.")
+        files = RunDir(run_dir)
+        message = (f"could not write {files.report} ({type(exc).__name__}: {exc}); {files.RESULTS} is intact — "
+                   f"retry with `protosphere report {run_dir}`.")
         if console is not None:
             console.print(f"[yellow]warning:[/] {message}")
         else:
