@@ -28,9 +28,8 @@ def mean_std(values) -> str:
 PUBLISHED = [HERE / "seq_fmnist_baselines_e5.md", HERE / "seq_fmnist_contrastive_reconstruction.md"]
 
 
-def accuracy(results: dict, classifier: str | None = None) -> float:
-    classifier = classifier or results["headline_classifier"]
-    return results["metrics"][classifier]["class_il"]["final_average_accuracy"]
+def accuracy(record, classifier: str | None = None) -> float:
+    return record.summary(classifier).final_average_accuracy
 
 
 def published(stem: str, classifier: str | None) -> tuple[float, float, str] | None:
@@ -54,7 +53,7 @@ def side(root: Path, stem: str, classifier: str | None):
     runs = runs_of(root, stem)
     if runs:
         values = {s: accuracy(r, classifier) for s, r in runs.items()}
-        name = classifier or next(iter(runs.values()))["headline_classifier"]
+        name = classifier or next(iter(runs.values())).headline_classifier
         std = statistics.stdev(values.values()) if len(values) > 1 else 0.0
         return statistics.mean(values.values()), std, values, None, name
     found = published(stem, classifier)

@@ -87,13 +87,13 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     config = load_config(config_path, [*overrides, f"output_dir={out_dir}", "name=overhead"])
     phases["config"] = time.perf_counter() - t
     t = time.perf_counter()
-    results, _ = runner.run(config, overwrite=True, show_progress=False)
+    record, _ = runner.run(config, overwrite=True, show_progress=False)
     phases["run"] = time.perf_counter() - t
-    tasks = results["timings"]["tasks"]
-    phases["train"] = sum(x["train_s"] for x in tasks)
-    phases["eval"] = sum(x["eval_s"] for x in tasks)
+    tasks = record.timings.tasks
+    phases["train"] = sum(x.train_s for x in tasks)
+    phases["eval"] = sum(x.eval_s for x in tasks)
     phases.update(timers)
-    phases["img/s"] = sum(x["images"] for x in tasks) / phases["train"]
+    phases["img/s"] = sum(x.images for x in tasks) / phases["train"]
     import gc
 
     gc.freeze()  # as `protosphere run` does before its process exits

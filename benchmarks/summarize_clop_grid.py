@@ -29,7 +29,7 @@ def cell(run: Path, how: str, log: Path) -> dict:
     if how == "failed":
         text = log.read_text() if log.exists() else ""
         return {"state": "NaN" if "NaN/inf" in text else "missing"}
-    r = load_results(run)
+    r = load_results(run).to_data()
     nc = r["neural_collapse"][-1] or {}
     acc = {c: v["class_il"][-1][0] for c, v in r["accuracy"].items()}
     between, within = nc.get("between_class_effective_rank"), nc.get("within_class_effective_rank")

@@ -26,7 +26,7 @@ def tiny_run(root: Path, name: str, seed: int, tasks: int, epochs: int, per_epoc
         "eval": {"report": "off", "per_epoch": per_epoch, "embeddings": False, **eval_options},
         "fabric": {"threads": 1},
     })
-    return run(config, show_progress=False)[0]
+    return run(config, show_progress=False)[0].to_data()
 
 
 def test_seeds_table_averages_each_classifier_over_seeds(tmp_path, capsys):
@@ -131,7 +131,7 @@ def test_clop_long_averages_a_cell_over_seeds_and_counts_diverged_runs(tmp_path,
             "train": {"epochs": 1, "batch_size": 128, "augmentation": "none"},
             "eval": {"report": "off", "embeddings": False}, "fabric": {"threads": 1},
         })
-        results.append(run(config, show_progress=False)[0])
+        results.append(run(config, show_progress=False)[0].to_data())
     assert clop_long.main([str(tmp_path), "cell"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 50 %, λ = 1"))
     cells = [c.strip() for c in row.split("|")[1:-1]]

@@ -2,7 +2,7 @@
 
 ``run`` trains exactly as ``protosphere run`` does (same run folder, same files) and returns a :class:`Run`;
 ``load_run`` opens a finished run folder. A :class:`Run` holds the resolved config, the run record (results.json as a
-typed :class:`~protosphere.record.RunRecord`, and as plain data in ``results``) and, loaded on first use, the trained
+typed :class:`~protosphere.record.StoredRecord`, and as plain data in ``results``) and, loaded on first use, the trained
 model after the last task, ready for inference::
 
     import protosphere
@@ -28,7 +28,7 @@ import torch
 
 from .config import RunConfig, load_config, read_yaml, section, validate_config
 from .errors import ConfigError, RunError
-from .record import RunRecord
+from .record import RunRecord, StoredRecord
 from .rundir import RunDir
 
 __all__ = ["Run", "run", "load_run"]
@@ -91,9 +91,9 @@ def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resum
         progress = console.is_terminal or console.is_jupyter
     arguments = [repr(str(config_or_path) if isinstance(config_or_path, Path) else config_or_path)]
     arguments += [f"{key}={value!r}" for key, value in overrides.items()]
-    results, run_dir = run_config(config, resume=resume, overwrite=overwrite, console=console,
-                                  show_progress=progress, command=f"protosphere.run({', '.join(arguments)})")
-    return Run(run_dir, config, RunRecord.from_data(results, source=str(RunDir(run_dir).results)))
+    record, run_dir = run_config(config, resume=resume, overwrite=overwrite, console=console,
+                                 show_progress=progress, command=f"protosphere.run({', '.join(arguments)})")
+    return Run(run_dir, config, record)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> "Run":
@@ -114,12 +114,12 @@ class Run:
     """A finished run: ``config`` (RunConfig), ``record`` (the typed results.json), ``results`` (the same as plain
     data), ``model`` (the trained method, eval mode)."""
 
-    def __init__(self, run_dir: str | Path, config: RunConfig, record: RunRecord | dict,
+    def __init__(self, run_dir: str | Path, config: RunConfig, record: StoredRecord | RunRecord | dict,
                  device: str | torch.device = "cpu"):
         self.run_dir = Path(run_dir)
         self.files = RunDir(self.run_dir)
         self.config = config
-        self.record = RunRecord.from_data(record, source=str(self.files.results))
+        self.record = StoredRecord.from_data(record, source=str(self.files.results))
         self.results = self.record.to_data()
         self.device = torch.device(device)
         self._scenario = None

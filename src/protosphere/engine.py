@@ -27,7 +27,6 @@ terms it logs are means over the ranks, i.e. the global loss.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import time
@@ -49,6 +48,7 @@ from .methods.base import Method, StepContext, StepOutput, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
 from .protocol import Protocol, TaskEvaluation, TaskTraining
+from .record import Evaluation, RunResults
 from .rundir import CHECKPOINT_VERSION, RunDir
 
 
@@ -234,7 +234,7 @@ class Checkpoints:
             raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
                            f"{self.advice()}")
 
-    def save(self, method: Method, optimizer, results: dict, task: int, phase: str, step: int,
+    def save(self, method: Method, optimizer, evaluation: Evaluation, task: int, phase: str, step: int,
              global_step: int) -> None:
         """``last.ckpt`` at ``step`` of ``task`` (``phase`` "in_task"), or after the task ("task_done", which also
         writes the task's own checkpoint)."""
@@ -247,7 +247,7 @@ class Checkpoints:
             "optimizer": optimizer.state_dict(),
             "rng": rng_state(device),
             "task": task, "phase": phase, "step": step, "global_step": global_step,
-            "results": json.loads(json.dumps(results)),
+            "results": evaluation.saved(),
             "world_size": self.fabric.world_size,
             "metrics_bytes": self.log.tell() if self.log is not None else None,
         }
@@ -346,9 +346,9 @@ class Engine:
         self.global_step = 0
 
     # ----------------------------------------------------------------------------------------------------------
-    def fit(self, scenario, method: Method, resume: dict | None = None) -> dict:
+    def fit(self, scenario, method: Method, resume: dict | None = None) -> RunResults:
         """Train ``method`` on every task of ``scenario``, evaluating after each (:class:`~protosphere.protocol.
-        Protocol`), and return the evaluation record; ``resume``: a loaded checkpoint to continue from."""
+        Protocol`), and return the protocol's results; ``resume``: a loaded checkpoint to continue from."""
         state = resume or {}
         model = self._setup(method, resume)
         first_task, first_step, in_task = resume_point(state)
@@ -378,7 +378,7 @@ class Engine:
                 training = self._train_task(model, method, optimizer, context, first_step if resumed else 0, protocol)
                 method.end_task(context)
                 evaluation = protocol.after_task(method, context, training)
-                checkpoints.save(method, optimizer, protocol.results, t, "task_done", 0, self.global_step)
+                checkpoints.save(method, optimizer, protocol.evaluation, t, "task_done", 0, self.global_step)
                 self._announce(context, training, evaluation)
                 if t < scenario.num_tasks - 1 and self._stop_agreed():  # the last task's end is the run's end
                     raise self._interrupted(t, None)
@@ -387,7 +387,7 @@ class Engine:
             progress.stop()
             log.close(status)
             set_validation(True)
-        return protocol.results
+        return protocol.run_results(method)
 
     def _train_task(self, model, method: Method, optimizer, context: TaskContext, first: int,
                     protocol: Protocol) -> TaskTraining:
@@ -422,7 +422,7 @@ class Engine:
             if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
                 protocol.after_epoch(method, context, epoch)
             if save:
-                self.checkpoints.save(method, optimizer, protocol.results, t, "in_task", step + 1, self.global_step)
+                self.checkpoints.save(method, optimizer, protocol.evaluation, t, "in_task", step + 1, self.global_step)
             if stopping:
                 raise self._interrupted(t, step + 1)
         return monitor.finish()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Union
 
 from .errors import ConfigError, RunError, shorten
-from .record import RunRecord
+from .record import RunRecord, StoredRecord
 
 __all__ = ["CHECKPOINT_VERSION", "RunDir", "RunLock", "atomic_write", "read_record", "save_embedding_snapshot"]
 
@@ -76,7 +76,7 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def read_record(run_dir: str | Path) -> RunRecord:
+def read_record(run_dir: str | Path) -> StoredRecord:
     """The record of a run directory's results.json; :class:`RunError` with one sentence when it cannot be read."""
     return RunDir(run_dir).read_results()
 
@@ -183,13 +183,12 @@ class RunDir:
 
         return atomic_write(self.config, dump_config(config))
 
-    def write_results(self, results: RunRecord | dict) -> RunRecord:
-        """Validate ``results`` as a :class:`RunRecord` and write ``results.json``; returns the record."""
-        record = RunRecord.from_data(results, source=f"the results of {self.path}")
-        atomic_write(self.results, record.to_json())
-        return record
+    def write_results(self, record: RunRecord) -> Path:
+        """``results.json``: the record of the finished run."""
+        return atomic_write(self.results, record.to_json())
 
-    def read_results(self) -> RunRecord:
+    def read_results(self) -> StoredRecord:
+        """``results.json`` as read (:class:`~protosphere.record.StoredRecord`), from any version of protosphere."""
         if not self.path.is_dir():
             raise RunError(f"{self.path} is not a directory; pass a run directory such as runs/<name>.")
         if not self.results.is_file():
@@ -200,7 +199,7 @@ class RunDir:
         except (OSError, ValueError) as exc:
             raise RunError(f"{self.results} is not readable JSON ({type(exc).__name__}); rerun the run to rewrite "
                            f"it.") from None
-        return RunRecord.from_data(data, source=str(self.results))
+        return StoredRecord.from_data(data, source=str(self.results))
 
     def write_text(self, name: str, text: str) -> Path:
         """Any other text file of the run directory (e.g. ``report.html``), atomically."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from .config import RunConfig, config_fingerprint
 from .errors import ConfigError, shorten
+from .record import RunRecord, StoredRecord
 
 
 def build_fabric(config: RunConfig):
@@ -188,8 +190,9 @@ def precision_dtype(precision: str):
 
 
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
-        show_progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
-    """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv).
+        show_progress: bool = True, command: str | None = None) -> tuple[StoredRecord, Path]:
+    """Train and evaluate ``config``; returns the run's record (as a reader of its results.json gets it) and its
+    folder. ``command``: how the run was started, for results.json (default: sys.argv).
 
     The run folder is locked (``run.lock``) from the first look at it until results.json and the report are
     written, so a second process on the same folder (a --resume, --overwrite or report) is refused, naming this one."""
@@ -197,131 +200,159 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
 
     lock = RunLock(RunDir.of(config).path)
     try:
-        return _run(config, lock, resume=resume, overwrite=overwrite, console=console, show_progress=show_progress,
-                    command=command)
+        return _run(_Session(config, lock, resume, overwrite, console, show_progress), command)
     finally:
         lock.release()
 
 
-def _run(config: RunConfig, lock, resume: bool, overwrite: bool, console, show_progress: bool,
-         command: str | None) -> tuple[dict, Path]:
-    from .engine import Engine
-    from .provenance import environment
-    from .protocol import summary_metrics
-    from .rundir import RunDir, save_embedding_snapshot
-
-    from .distributed import rank_zero_first
-    from .provenance import command_line, source_revision
-
+def _run(session: "_Session", command: str | None) -> tuple[StoredRecord, Path]:
     started = time.time()
+    config = session.config
     check_threads(config)
     # Under DDP every process runs this function (torchrun / SLURM start them all; fabric.launch() starts the others
     # on one machine), so rank 0 alone checks and creates the run directory and the others follow its verdict.
-    fabric = build_fabric(config)
-    fabric.launch()
-    check_processes(config, fabric.world_size)
-    files = RunDir.of(config)
-    run_dir = files.path
-    loaded: dict = {}
+    session.fabric = build_fabric(config)
+    session.fabric.launch()
+    check_processes(config, session.fabric.world_size)
+    finished, state = session.check()
+    if finished is not None:
+        return finished, session.files.path
+    scenario, method = session.build()
+    results = session.train(scenario, method, state)
+    origin = _provenance(config, command)
+    record = RunRecord.assemble(results, origin, _environment(config, session.fabric), time.time() - started)
+    return session.finish(record), session.files.path
 
-    def check() -> bool:
-        files.check_no_links()  # run.lock is opened in the folder: never through a link
-        if run_dir.is_dir():
-            lock.acquire()  # before the folder is read, and long before --overwrite empties it
-        files.check(resume=resume, overwrite=overwrite)
-        if not resume:
+
+@dataclass
+class _Session:
+    """One call of :func:`run`: its config, folder and lock, what it was asked (resume / overwrite) and where it
+    reports; its steps are the methods, in the order :func:`_run` calls them."""
+
+    config: RunConfig
+    lock: object  # the run's RunLock
+    resume: bool
+    overwrite: bool
+    console: object
+    show_progress: bool
+    fabric: object = None
+
+    def __post_init__(self):
+        from .rundir import RunDir
+
+        self.files = RunDir.of(self.config)
+
+    @property
+    def speaks(self) -> bool:
+        return self.console is not None and self.fabric.is_global_zero
+
+    def check(self) -> tuple[StoredRecord | None, dict | None]:
+        """Check the run folder (rank 0; the others follow its verdict): the finished record when a --resume finds
+        the run done, else the checkpoint to continue from (None for a new run)."""
+        from .distributed import rank_zero_first
+
+        config, files, fabric = self.config, self.files, self.fabric
+        loaded: dict = {}
+
+        def check() -> bool:
+            files.check_no_links()  # run.lock is opened in the folder: never through a link
+            if files.path.is_dir():
+                self.lock.acquire()  # before the folder is read, and long before --overwrite empties it
+            files.check(resume=self.resume, overwrite=self.overwrite)
+            if not self.resume:
+                return False
+            files.check_same_config(config)
+            if files.results.exists():
+                return True
+            loaded["state"] = files.load_checkpoint(config)  # validates version and config fingerprint
+            files.check_world_size(loaded["state"], fabric.world_size)
             return False
-        files.check_same_config(config)
-        if files.results.exists():
-            return True
-        loaded["state"] = files.load_checkpoint(config)  # validates version and config fingerprint
-        files.check_world_size(loaded["state"], fabric.world_size)
-        return False
 
-    if rank_zero_first(fabric, check):
-        return files.read_results().to_data(), run_dir
-    state = (loaded.get("state") or files.load_checkpoint(config)) if resume else None
-    if state is not None and Path(state["loaded_from"]) != files.last_checkpoint and console is not None \
-            and fabric.is_global_zero:
-        console.print(f"note: {files.last_checkpoint} is missing or unreadable; resuming from "
-                      f"{state['loaded_from']}")
+        if rank_zero_first(fabric, check):
+            return files.read_results(), None
+        state = (loaded.get("state") or files.load_checkpoint(config)) if self.resume else None
+        if state is not None and Path(state["loaded_from"]) != files.last_checkpoint and self.speaks:
+            self.console.print(f"note: {files.last_checkpoint} is missing or unreadable; resuming from "
+                               f"{state['loaded_from']}")
+        return None, state
 
-    # everything that can still fail on bad input (data, scenario, method) fails before anything is written
-    from .loggers import check_trackers
+    def build(self):
+        """The scenario and the method: everything that can still fail on bad input (trackers, data, scenario,
+        method) fails here, before anything is written."""
+        from .loggers import check_trackers
+        from .threads import apply_threads
 
-    check_trackers(config)
-    fabric.seed_everything(config.seed, verbose=False)
-    scenario = build_scenario_from_config(config)
-    check_memory(config, scenario.image_shape)
-    method = build_method(config, scenario, world_size=fabric.world_size)
-    if console is not None and fabric.is_global_zero:
-        for note in scenario_notes(config, scenario):
-            console.print(f"note: {note}")
-    from .threads import apply_threads
+        config, fabric = self.config, self.fabric
+        check_trackers(config)
+        fabric.seed_everything(config.seed, verbose=False)
+        scenario = build_scenario_from_config(config)
+        check_memory(config, scenario.image_shape)
+        method = build_method(config, scenario, world_size=fabric.world_size)
+        if self.speaks:
+            for note in scenario_notes(config, scenario):
+                self.console.print(f"note: {note}")
+        apply_threads(config, method, scenario.image_shape)  # from the config alone: same numbers on a busy machine
+        if self.resume and self.speaks and not self.files.metrics.exists():
+            # a log, not the record (results.json and the checkpoints are): refusing would leave --overwrite as the
+            # only way to finish the run, so it is started afresh and the user is told what it lacks
+            self.console.print(f"note: {self.files.metrics} is missing; it is started afresh and holds only what the "
+                               f"run logs from now on (earlier rows are lost; results.json is not affected).")
+        return scenario, method
 
-    apply_threads(config, method, scenario.image_shape)  # from the config alone: same numbers on a busy machine
+    def train(self, scenario, method, state: dict | None):
+        """Prepare the folder, write config.yaml and run the engine; returns the protocol's results."""
+        from .distributed import rank_zero_first
+        from .engine import Engine
+        from .interrupt import stop_on_signals
+        from .rundir import save_embedding_snapshot
 
-    if resume and fabric.is_global_zero and not files.metrics.exists() and console is not None:
-        # a log, not the record (results.json and the checkpoints are): refusing would leave --overwrite as the only
-        # way to finish the run, so it is started afresh and the user is told what it lacks
-        console.print(f"note: {files.metrics} is missing; it is started afresh and holds only what the run logs from "
-                      f"now on (earlier rows are lost; results.json is not affected).")
+        config, files, fabric = self.config, self.files, self.fabric
 
-    def write_embeddings(features, labels, weights):
-        save_embedding_snapshot(run_dir, features, labels, weights)
+        def write_embeddings(features, labels, weights):
+            save_embedding_snapshot(files.path, features, labels, weights)
 
-    from .interrupt import stop_on_signals
+        # from the moment the folder is written until training ends, SIGTERM/SIGINT stop the run at its next
+        # checkpoint (RunInterrupted after the step under way), so a signalled run never leaves a folder without one
+        with files.errors_name_checkpoint(), stop_on_signals() as stop, precision_dtype(config.fabric.precision):
+            rank_zero_first(fabric, lambda: (files.prepare(resume=self.resume, overwrite=self.overwrite,
+                                                           lock=self.lock), files.write_config(config)))
+            engine = Engine(config, files.path, fabric, console=self.console, show_progress=self.show_progress,
+                            write_embeddings=write_embeddings, stop=stop)
+            return engine.fit(scenario, method, resume=state)
 
-    # from the moment the folder is written until training ends, SIGTERM/SIGINT stop the run at its next checkpoint
-    # (RunInterrupted after the step under way), so a signalled run never leaves a folder without one
-    with files.errors_name_checkpoint(), stop_on_signals() as stop, precision_dtype(config.fabric.precision):
-        rank_zero_first(fabric, lambda: (files.prepare(resume=resume, overwrite=overwrite, lock=lock),
-                                         files.write_config(config)))
-        engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress,
-                        write_embeddings=write_embeddings, stop=stop)
-        raw = engine.fit(scenario, method, resume=state)
-    random_init = raw["random_init"]
-    results = {
-        "name": config.name,
-        "status": "complete",
-        "seed": config.seed,
-        "method": config.method.name,
-        "headline_classifier": next(iter(raw["accuracy"])),
-        "classifier_data": {name: text for name, text in method.classifier_data().items() if name in raw["accuracy"]},
-        "scenario": {
-            "name": scenario.name, "kind": scenario.kind, "num_tasks": scenario.num_tasks,
-            "num_classes": scenario.num_classes, "class_order": scenario.class_order,
-            "class_names": scenario.class_names, "tasks": [list(t.classes) for t in scenario.tasks],
-            **scenario.extra,
-        },
-        "accuracy": raw["accuracy"],
-        "metrics": summary_metrics(raw["accuracy"], random_init, scenario.kind),
-        "random_init": random_init,
-        "neural_collapse": raw["neural_collapse"],
-        "diagnostics": raw.get("diagnostics", []),
-        "per_epoch": raw.get("per_epoch", []),
-        **({"corruptions": raw["corruptions"]} if "corruptions" in raw else {}),
-        **({"confusion": raw["confusion"]} if "confusion" in raw else {}),
-        "fingerprint": config_fingerprint(config),
-        "command": command if command is not None else command_line(),
-        "code": source_revision(),
-        "timings": {**raw["timings"], "total_s": time.time() - started},
-        "environment": {**environment(),
-                        "device": str(fabric.device), "world_size": fabric.world_size,
-                        "precision": config.fabric.precision},
-        "config": config.model_dump(mode="json"),
-    }
-    if not fabric.is_global_zero:
-        return results, run_dir
-    with files.errors_name_checkpoint():
-        record = files.write_results(results)
-        if config.eval.report == "inline":
-            from .report import try_write_report
+    def finish(self, record) -> StoredRecord:
+        """Write results.json (rank 0) and the report as the config asks; returns the record as read."""
+        read = StoredRecord.from_data(record)
+        if not self.fabric.is_global_zero:
+            return read
+        files = self.files
+        with files.errors_name_checkpoint():
+            files.write_results(record)
+            if self.config.eval.report == "inline":
+                from .report import try_write_report
 
-            try_write_report(run_dir, record, console=console)  # a plotting failure is a warning, never a lost run
-        elif config.eval.report == "background":
-            report_in_background(run_dir, lock)
-    return results, run_dir
+                try_write_report(files.path, read, console=self.console)  # a plotting failure is a warning only
+            elif self.config.eval.report == "background":
+                report_in_background(files.path, self.lock)
+        return read
+
+
+def _provenance(config: RunConfig, command: str | None):
+    """Where the run came from: its config's fingerprint, the command and the code that ran it."""
+    from .provenance import command_line, source_revision
+    from .record import CodeRevision, Provenance
+
+    command = command if command is not None else command_line()
+    return Provenance(fingerprint=config_fingerprint(config), command=command, code=CodeRevision(**source_revision()))
+
+
+def _environment(config: RunConfig, fabric):
+    """What the run ran on: software versions, the machine, and fabric's device, processes and precision."""
+    from .provenance import environment
+    from .record import Environment
+
+    return Environment(**environment(), device=str(fabric.device), world_size=fabric.world_size,
+                       precision=config.fabric.precision)
 
 
 def report_in_background(run_dir: Path, lock=None):

@@ -40,6 +40,7 @@ from .config import load_config, parse_override, plain_name, validate_config
 from .config import config_fingerprint
 from .errors import ConfigError, Interrupted, RunError
 from .interrupt import handling_signals
+from .record import StoredRecord
 from .rundir import RunDir, atomic_write
 from .report.compare import (BEST_RULE, Entry, best_labels, best_test, build_columns, metric_value, rich_table,
                              summarize_rows, to_html, to_markdown)
@@ -193,33 +194,34 @@ def check_same_scenario(names: Sequence, configs: Sequence) -> None:
                           f"scenario.num_tasks={keys[0][2]}).")
 
 
-def run_fingerprint(results: dict) -> str | None:
-    """Fingerprint of the config a results.json was produced by (None when it cannot be told)."""
-    if results.get("fingerprint"):
-        return results["fingerprint"]
-    if not isinstance(results.get("config"), dict):
+def run_fingerprint(record: StoredRecord) -> str | None:
+    """Fingerprint of the config a results.json was produced by (None when it cannot be told): stored since early
+    files of schema version 1, else computed from the stored config."""
+    if record.fingerprint:
+        return record.fingerprint
+    if not record.config:
         return None
     try:
-        return config_fingerprint(validate_config(results["config"]))
+        return config_fingerprint(validate_config(record.config))
     except Exception:  # noqa: BLE001 - an older or foreign schema: not reusable
         return None
 
 
-def reusable_results(run_dir: Path, config) -> dict | None:
-    """The finished results in ``run_dir`` when they were produced by ``config``; None otherwise."""
-    path = RunDir(run_dir).results
-    if not path.is_file():
+def reusable_results(run_dir: Path, config) -> StoredRecord | None:
+    """The record of the finished run in ``run_dir`` when ``config`` produced it; None otherwise."""
+    files = RunDir(run_dir)
+    if not files.results.is_file():
         return None
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = files.read_results()
+    except RunError:  # unreadable or not a results file: nothing to reuse
         return None
-    if not isinstance(results, dict) or results.get("status") != "complete":
+    if record.status != "complete":
         return None
-    return results if run_fingerprint(results) == config_fingerprint(config) else None
+    return record if run_fingerprint(record) == config_fingerprint(config) else None
 
 
-def plan(config, overwrite: bool) -> tuple[str, dict | None]:
+def plan(config, overwrite: bool) -> tuple[str, StoredRecord | None]:
     """How the run of ``config`` is obtained: ``("reused", results)``, or ``("resume" | "train" | "overwrite", None)``;
     a folder holding another config's run raises RunError unless ``overwrite``."""
     files = RunDir.of(config)
@@ -244,7 +246,7 @@ def plan(config, overwrite: bool) -> tuple[str, dict | None]:
     return ("overwrite" if occupied else "train"), None
 
 
-def obtain(config, overwrite: bool, console=None, show_progress: bool = False) -> tuple[dict, str]:
+def obtain(config, overwrite: bool, console=None, show_progress: bool = False) -> tuple[StoredRecord, str]:
     """Reuse, resume or train the run of ``config`` in this process; returns (results, how)."""
     how, results = plan(config, overwrite)
     if how == "reused":
@@ -315,10 +317,10 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
     """Obtain every run, training up to ``jobs`` at a time in separate processes; fills each entry's results and
     status (None and "failed" for a run whose process failed) and returns the failures as {run, log, error}."""
     plans = [plan(run.config, overwrite) for run in runs]  # every refusal before anything trains
-    outcome: dict[int, tuple[dict | None, str]] = {}
+    outcome: dict[int, tuple[StoredRecord | None, str]] = {}
     total, done = len(runs), 0
 
-    def report(run: PlannedRun, how: str, results: dict | None, detail: str = "") -> None:
+    def report(run: PlannedRun, how: str, results: StoredRecord | None, detail: str = "") -> None:
         nonlocal done
         done += 1
         if console is None:
@@ -372,18 +374,17 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
     return sorted(failures, key=lambda f: f["run"])
 
 
-def finished_runs(root: str | Path, stem: str) -> dict[int, dict]:
-    """``{seed: results}`` of the complete runs compare wrote under ``root`` for the config file ``stem`` without a
+def finished_runs(root: str | Path, stem: str) -> dict[int, StoredRecord]:
+    """``{seed: record}`` of the complete runs compare wrote under ``root`` for the config file ``stem`` without a
     grid (``<root>/<stem>-seed<S>``), for scripts that compute more than compare's table from the same runs."""
-    from .report.html import load_results
-
     prefix = f"{plain_name(stem)}-seed"
     found = {}
     for run_dir in sorted(Path(root).glob(f"{prefix}*")):
-        if run_dir.name[len(prefix):].isdigit() and RunDir(run_dir).results.is_file():
-            results = load_results(run_dir)
-            if results.get("status") == "complete":
-                found[results["seed"]] = results
+        files = RunDir(run_dir)
+        if run_dir.name[len(prefix):].isdigit() and files.results.is_file():
+            record = files.read_results()
+            if record.status == "complete":
+                found[record.seed] = record
     return found
 
 
