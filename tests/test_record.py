@@ -181,6 +181,18 @@ def test_a_misspelt_key_fails_where_the_value_is_made():
     assert evaluation.accuracy == {} and evaluation.random_init is None  # nothing half-made was kept
 
 
+def test_the_evaluation_a_checkpoint_keeps_round_trips_and_older_checkpoints_resume():
+    # what an earlier version saved in a checkpoint before its first task: no diagnostics yet
+    older = {"accuracy": {}, "random_init": None, "neural_collapse": [], "timings": {"tasks": []}, "per_epoch": []}
+    evaluation = Evaluation.of(older)
+    assert evaluation.saved() == {**older, "diagnostics": []}  # every key set, so the next checkpoint keeps them all
+    evaluation.add_row({"head": {"class_il": [50.0, 0.0]}})
+    evaluation.neural_collapse.append(None)
+    saved = evaluation.saved()
+    assert Evaluation.of(saved) == evaluation and Evaluation.of(saved).saved() == saved
+    assert "corruptions" not in saved and "confusion" not in saved  # measured after the last task only
+
+
 def test_a_misspelt_key_stops_the_run_at_its_first_evaluation(tmp_path, monkeypatch):
     """A metric that comes back under a wrong name stops the run when it is measured, after task 0, before its first
     checkpoint; not at the end, when results.json is written."""

@@ -363,8 +363,9 @@ class StoredRecord(_as_read(RunRecord)):
         return self.model_dump(mode="python", exclude_unset=True)
 
     def epoch_neural_collapse(self) -> list[EpochNeuralCollapse]:
-        """NC metrics after every evaluated epoch: from ``per_epoch``, or ``nc_epochs`` in files that stored them."""
-        if self.nc_epochs:
+        """NC metrics after every evaluated epoch: derived from ``per_epoch``, or read from ``nc_epochs`` in files of
+        schema version 1 that stored them."""
+        if self.schema_version == 1 and self.nc_epochs:
             return list(self.nc_epochs)
         return [EpochNeuralCollapse(task=e.task, epoch=e.epoch, **e.neural_collapse.model_dump(exclude_unset=True))
                 for e in self.per_epoch if e.neural_collapse is not None]
