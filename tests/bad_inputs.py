@@ -101,8 +101,8 @@ def ddp_run_folder(world: Path, name: str) -> None:
     """A run of cfg.yaml that 2 processes (DDP) trained part-way: its config.yaml says so and so does its checkpoint."""
     import torch
 
-    from protosphere.config import dump_config, load_config
-    from protosphere.engine import CHECKPOINT_VERSION, config_fingerprint
+    from protosphere.config import config_fingerprint, dump_config, load_config
+    from protosphere.engine import CHECKPOINT_VERSION
 
     config = load_config(world / "cfg.yaml", [f"name={name}", "fabric.devices=2", "fabric.strategy=ddp"])
     folder = world / "runs" / name

@@ -265,7 +265,10 @@ def test_overwrite_removes_only_a_run_folder(env, capsys):
 
 
 def test_run_folder_marker(tmp_path):
-    from protosphere.runner import holds_run
+    from protosphere.rundir import RunDir
+
+    def holds_run(path):
+        return RunDir(path).holds_run()
 
     fake_run_folder(tmp_path / "mine", "mine")
     assert holds_run(tmp_path / "mine")

@@ -33,8 +33,8 @@ def test_finished_runs_reads_complete_runs_of_one_config(tmp_path):
     unfinished = finished(tmp_path, "moco-class-il", 1, [])
     (tmp_path / "moco-class-il-seed1" / "results.json").write_text(json.dumps({**unfinished, "status": "running"}))
     runs = finished_runs(tmp_path, "moco-class-il")
-    assert sorted(runs) == [0, 2] and [r["metrics"]["linear_probe"]["class_il"]["final_average_accuracy"]
-                                       for _, r in sorted(runs.items())] == [70.0, 80.0]
+    assert sorted(runs) == [0, 2] and [r.summary().final_average_accuracy for _, r in sorted(runs.items())] == [
+        70.0, 80.0]
 
 
 def clop_run(root: Path, name: str, overrides: list[str], linear_probe: float | None) -> dict:

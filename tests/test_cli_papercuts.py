@@ -62,8 +62,7 @@ def test_only_the_checkpoints_a_resume_needs_are_kept(evaluations, tmp_path):
                            scenario={"num_tasks": 2}, eval={"neural_collapse": False, "random_init_baseline": False})
     assert sorted(p.name for p in (kept.run_dir / "checkpoints").iterdir()) == ["last.ckpt", "task-0.ckpt",
                                                                                  "task-1.ckpt"]
-    from protosphere.config import load_config
-    from protosphere.engine import config_fingerprint
+    from protosphere.config import config_fingerprint, load_config
 
     # the setting changes no number: a run with either value is the same run
     assert config_fingerprint(load_config(None, ["train.keep_checkpoints=true"])) == \

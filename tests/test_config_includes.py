@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from protosphere.config import deep_merge, dump_config, load_config, read_yaml
-from protosphere.engine import config_fingerprint
+from protosphere.config import config_fingerprint, deep_merge, dump_config, load_config, read_yaml
 from protosphere.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -86,7 +86,7 @@ def test_mammoth_init_and_inputs_are_selected_by_config(tmp_path):
 def test_finetune_forgets_and_joint_does_not(tmp_path):
     finetune, _ = run(digits_config(tmp_path, {"name": "finetune"}), show_progress=False)
     joint, _ = run(digits_config(tmp_path, {"name": "joint"}), show_progress=False)
-    final = lambda r: r["metrics"]["head"]["class_il"]["final_average_accuracy"]  # noqa: E731
+    final = lambda record: record.summary("head").final_average_accuracy  # noqa: E731
     assert final(finetune) < 40  # class-IL fine-tuning keeps little more than the last task (20 % of the classes)
     assert final(joint) > 85
 

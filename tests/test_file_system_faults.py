@@ -61,9 +61,9 @@ def snapshot(folder: Path) -> dict:
 def test_full_disk_at_a_checkpoint_keeps_the_previous_one(world, capsys, monkeypatch):
     """ENOSPC while task 1's checkpoint is written: one line naming the file and what to free, saying the last
     checkpoint is intact; it is (task 0's, whole), and no temporary file is left."""
-    import protosphere.record as record
+    import protosphere.rundir as rundir
 
-    original = record.atomic_write
+    original = rundir.atomic_write
 
     def full_disk(path, content):
         if Path(path).name != "task-1.ckpt":
@@ -75,7 +75,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one(world, capsys, monkeyp
 
         return original(path, write_half)
 
-    monkeypatch.setattr(record, "atomic_write", full_disk)
+    monkeypatch.setattr(rundir, "atomic_write", full_disk)
     line = fails(capsys, ["run", world["config"]])
     assert "task-1.ckpt" in line and "ENOSPC" in line and "free space" in line
     assert "last.ckpt is intact" in line and "--resume" in line
@@ -84,7 +84,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one(world, capsys, monkeyp
     assert (state["task"], state["phase"]) == (0, "task_done")
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "task-0.ckpt"]  # no .tmp left
     assert not (world["run"] / "results.json").exists()
-    monkeypatch.setattr(record, "atomic_write", original)
+    monkeypatch.setattr(rundir, "atomic_write", original)
     assert main(["run", world["config"], "--resume", "--no-progress"]) == 0  # and it continues from there
 
 

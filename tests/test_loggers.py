@@ -136,7 +136,7 @@ def test_logging_config_and_missing_packages(monkeypatch):
 
 
 def test_trackers_do_not_change_the_fingerprint():
-    from protosphere.engine import config_fingerprint
+    from protosphere.config import config_fingerprint
 
     assert config_fingerprint(load_config(None, ["logging.tensorboard=true", "logging.wandb=true"])) == \
         config_fingerprint(load_config(None, []))

@@ -492,7 +492,8 @@ def test_engine_smoke_run_two_tasks(tmp_path):
                        else ["linear_probe", "ncm"], **extra},
             "train": {"epochs": 1, "batch_size": 32, "augmentation": "none"},
             "fabric": {"accelerator": "cpu", "threads": 1}})
-        results, run_dir = run(config, show_progress=False)
+        record, run_dir = run(config, show_progress=False)
+        results = record.to_data()
         expected = {"nearest_prototype", "ncm", "linear_probe"} if name != "co2l" else {"ncm", "linear_probe"}
         assert set(results["accuracy"]) == expected
         for classifier in expected:

@@ -212,8 +212,8 @@ def _digits_run(tmp_path, method, **train):
         "method": method, "optimizer": {"lr": 0.05, "momentum": 0.9},
         "train": {"epochs": 2, "batch_size": 64, "augmentation": "none", **train}, "fabric": {"threads": 1},
     }
-    results, _ = run(validate_config(data), show_progress=False)
-    return results
+    record, _ = run(validate_config(data), show_progress=False)
+    return record.to_data()
 
 
 def test_supcon_and_ntce_run_end_to_end_on_digits(tmp_path):
@@ -247,7 +247,7 @@ def test_corruption_suite_runs_after_the_last_task(tmp_path, which):
         "train": {"epochs": 1, "batch_size": 128, "augmentation": "none"}, "fabric": {"threads": 1},
         "eval": {"corruptions": "all", "corruption_severities": [1, 5], "corruption_classifiers": which},
     }
-    results, _ = run(validate_config(data), show_progress=False)
+    results = run(validate_config(data), show_progress=False)[0].to_data()
     from protosphere.data.corruptions import CORRUPTIONS
 
     expected = {"class_mean_ema"} if which == "headline" else {"class_mean_ema", "ncm", "linear_probe"}

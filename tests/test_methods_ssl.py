@@ -487,8 +487,8 @@ def test_two_task_run_on_digits_reports_linear_probe_and_knn(tmp_path, method):
         "optimizer": {"name": "lars", "lr": 0.3, "weight_decay": 1e-4}, "eval": {"neural_collapse": False},
         "fabric": {"threads": 1},
     })
-    results, run_dir = run(config, show_progress=False)
-    accuracy = results["accuracy"]
+    record, run_dir = run(config, show_progress=False)
+    accuracy = record.accuracy
     assert list(accuracy) == ["linear_probe", "knn"]
     for classifier in ("linear_probe", "knn"):
         rows = accuracy[classifier]["class_il"]

@@ -94,7 +94,7 @@ def test_confusion_matrix_counts_per_sample_predictions():
     images = torch.cat([t.test_images for t in scenario.tasks])
     labels = torch.cat([t.test_labels for t in scenario.tasks])
     method.eval()
-    confusion = Protocol(config, scenario).confusion(method, images, labels)
+    confusion = Protocol(config, scenario).confusion(method, images, labels).model_dump()
     expected = [[0] * 4 for _ in range(4)]
     with torch.no_grad():
         for image, label in zip(images, labels.tolist()):
@@ -107,8 +107,8 @@ def test_neural_collapse_is_measured_on_the_seen_classes_test_features():
 
     config, scenario, method = tiny_setup({"name": "finetune"})
     protocol = Protocol(config, scenario)
-    assert protocol.neural_collapse(method, 0)["classes"] == 2
-    nc = protocol.neural_collapse(method, 1)
+    assert protocol.neural_collapse(method, 0).classes == 2
+    nc = protocol.neural_collapse(method, 1).model_dump(exclude_unset=True)
     images = torch.cat([t.test_images for t in scenario.tasks])
     labels = torch.cat([t.test_labels for t in scenario.tasks])
     method.eval()
@@ -125,20 +125,21 @@ def test_random_init_baseline_is_the_untrained_row_once():
     config, scenario, method = tiny_setup({"name": "finetune"})
     protocol = Protocol(config, scenario)
     protocol.random_init_baseline(method, TaskContext.of(scenario, 0))
-    assert protocol.results["random_init"] == per_sample_row(method, scenario, up_to=1)
-    protocol.results["random_init"] = {"kept": True}
+    assert protocol.evaluation.random_init == per_sample_row(method, scenario, up_to=1)
+    kept = {"head": {"class_il": [1.0, 2.0]}}
+    protocol.evaluation.random_init = kept
     protocol.random_init_baseline(method, TaskContext.of(scenario, 0))  # a resumed run keeps its baseline
-    assert protocol.results["random_init"] == {"kept": True}
+    assert protocol.evaluation.random_init == kept
 
 
 def test_summary_metrics_leave_fwt_out_of_class_il_only():
     matrix = [[90.0, 20.0], [70.0, 80.0]]
     baseline = {"head": {"class_il": [10.0, 15.0], "task_il": [50.0, 40.0]}}
     metrics = summary_metrics({"head": {"class_il": matrix, "task_il": matrix}}, baseline, "class_il")
-    assert metrics["head"]["class_il"] == summarize(matrix)
-    assert metrics["head"]["task_il"]["forward_transfer"] == forward_transfer(matrix, [50.0, 40.0])
+    assert metrics["head"]["class_il"].model_dump() == summarize(matrix)
+    assert metrics["head"]["task_il"].forward_transfer == forward_transfer(matrix, [50.0, 40.0])
     data_il = summary_metrics({"head": {"class_il": matrix}}, {"head": {"class_il": [50.0, 40.0]}}, "data_il")
-    assert data_il["head"]["class_il"]["forward_transfer"] == forward_transfer(matrix, [50.0, 40.0])
+    assert data_il["head"]["class_il"].forward_transfer == forward_transfer(matrix, [50.0, 40.0])
 
 
 def test_model_input_converts_uint8_once_and_passes_floats():
@@ -193,7 +194,8 @@ def test_per_epoch_and_task_entries_of_a_run(tmp_path):
         "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"}, "method": {"name": "finetune"},
         "train": {"epochs": 3, "batch_size": 64, "augmentation": "none"},
         "eval": {"per_epoch": True, "report": "off"}, "fabric": {"threads": 1}})
-    results, run_dir = run(config, show_progress=False)
+    record, run_dir = run(config, show_progress=False)
+    results = record.to_data()
     entries = results["per_epoch"]
     assert [(e["task"], e["epoch"]) for e in entries] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     matrix = results["accuracy"]["head"]
@@ -205,7 +207,7 @@ def test_per_epoch_and_task_entries_of_a_run(tmp_path):
         else:
             assert set(row) == {"class_il", "task_il"} and all(len(v) == t + 1 for v in row.values())
             assert entry["neural_collapse"]["classes"] == 5 * (t + 1)  # digits: 10 classes in 2 tasks
-    from protosphere.record import read_record
+    from protosphere.rundir import read_record
 
     assert "nc_epochs" not in results  # derived from per_epoch by the record, not written twice
     assert [e.model_dump(exclude_none=True) for e in read_record(run_dir).epoch_neural_collapse()] == \

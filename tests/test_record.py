@@ -1,17 +1,21 @@
-"""The run record (results.json's schema) and the run directory's one atomic write."""
+"""The run record (results.json's schema: strict as written, lenient as read) and the run directory's one atomic
+write."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from protosphere.config import validate_config
 from protosphere.errors import RunError
-from protosphere.record import EpochNeuralCollapse, RunDir, RunRecord, atomic_write, read_record
+from protosphere.record import SCHEMA_VERSION, EpochNeuralCollapse, Evaluation, RunRecord, StoredRecord, TaskTiming
+from protosphere.rundir import RunDir, atomic_write, read_record
 from protosphere.runner import run
 
 TINY = {"data": {"dataset": "digits"}, "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"},
@@ -45,16 +49,16 @@ def tiny_runs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_results_json_of_real_runs_validates_and_is_written_unchanged(tiny_runs, name):
-    results, run_dir = tiny_runs[name]
+    record, run_dir = tiny_runs[name]
     text = (run_dir / "results.json").read_text()
-    # the file is what json.dumps of the runner's results wrote before the record existed: same keys, order, floats
-    assert text == json.dumps(results, indent=2)
-    record = read_record(run_dir)
-    assert record.to_json() == text
-    assert set(json.loads(text)) <= set(RunRecord.model_fields)
-    assert "nc_epochs" not in results and "embeddings" not in results  # the duplicate and the dead key are gone
-    assert record.accuracy == results["accuracy"]
-    assert record.headline_classifier == next(iter(results["accuracy"]))
+    # the file holds exactly the record (keys, order, floats), written as json.dumps always wrote results.json
+    assert text == json.dumps(record.to_data(), indent=2)
+    data = json.loads(text)
+    assert RunRecord.model_validate(data).to_json() == text  # the strict model takes what it wrote, unchanged
+    assert read_record(run_dir) == record and record.schema_version == SCHEMA_VERSION
+    assert set(data) <= set(RunRecord.model_fields)
+    assert "nc_epochs" not in data and "embeddings" not in data  # the duplicate and the dead key are gone
+    assert record.headline_classifier == next(iter(data["accuracy"]))
 
 
 def test_typed_parts_hold_what_each_option_wrote(tiny_runs):
@@ -71,43 +75,62 @@ def test_typed_parts_hold_what_each_option_wrote(tiny_runs):
     assert fnc2.code is not None and fnc2.environment.world_size == 1
     lwf = read_record(tiny_runs["lwf"][1])
     assert lwf.random_init is None and lwf.neural_collapse == [None, None] and lwf.per_epoch == []
+    assert "corruptions" not in lwf.to_data()
 
 
 def test_load_run_reads_the_record(tiny_runs):
     import protosphere
 
-    results, run_dir = tiny_runs["fnc2"]
+    record, run_dir = tiny_runs["fnc2"]
     loaded = protosphere.load_run(run_dir)
-    assert loaded.record == read_record(run_dir) and loaded.results == results
-    assert loaded.classifiers == list(results["accuracy"]) and loaded.checkpoint_path().is_file()
+    assert loaded.record == record and loaded.results == record.to_data()
+    assert loaded.classifiers == list(record.accuracy) and loaded.checkpoint_path().is_file()
 
 
 def test_epoch_nc_metrics_come_from_per_epoch(tiny_runs):
     """What earlier versions stored twice as ``nc_epochs`` is derived from ``per_epoch``, entry for entry."""
-    results, run_dir = tiny_runs["fnc2"]
+    record, run_dir = tiny_runs["fnc2"]
     derived = read_record(run_dir).epoch_neural_collapse()
-    expected = [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in results["per_epoch"]
+    expected = [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in record.to_data()["per_epoch"]
                 if e["neural_collapse"]]
     assert len(expected) == 4 and [e.model_dump(exclude_none=True) for e in derived] == expected
 
 
-def test_old_file_with_nc_epochs_and_without_newer_keys_loads():
-    old = {  # the keys of the first protosphere versions: no classifier_data, fingerprint, code, confusion, ...
-        "name": "er-seed0", "status": "complete", "seed": 0, "method": "er", "headline_classifier": "head",
-        "scenario": {"name": "seq-digits", "kind": "class_il", "num_tasks": 2, "num_classes": 4,
-                     "class_order": [0, 1, 2, 3], "class_names": ["0", "1", "2", "3"], "tasks": [[0, 1], [2, 3]]},
-        "accuracy": {"head": {"class_il": [[90.0, 0.0], [40.0, 80.0]], "task_il": [[90.0, 50.0], [70.0, 85.0]]}},
-        "metrics": {"head": {"class_il": {"final_average_accuracy": 60.0}}},
-        "random_init": None, "neural_collapse": [None, {"split": "test", "classes": 4, "nc1": 0.5, "equinorm": 0.1}],
-        "nc_epochs": [{"task": 1, "epoch": 0, "nc1": 0.7, "equinorm": 0.2}],
-        "timings": {"total_s": 3.5}, "environment": {"torch": "2.0", "device": "cpu"},
-        "config": {"method": {"name": "er"}},
-    }
-    record = RunRecord.from_data(old)
-    assert record.epoch_neural_collapse() == [EpochNeuralCollapse(task=1, epoch=0, nc1=0.7, equinorm=0.2)]
-    assert record.summary().final_average_accuracy == 60.0 and record.summary().forgetting is None
-    assert record.code is None and record.classifier_data == {} and record.timings.tasks == []
-    assert record.to_data() == old  # nothing is added to a file that lacked it
+DATA = Path(__file__).parent / "data"
+# results.json of tiny digits runs written by earlier versions of protosphere (the commit in the name): the oldest
+# that runs (no per_epoch, fingerprint, diagnostics, classifier timings...), the first with nc_epochs, the last before
+# the record was typed (every key of today but nc_epochs written twice), and the first with today's layout
+OLD_FILES = {"results-v1-d52f1cb.json": 1, "results-v1-210563d.json": 1, "results-v1-232fb6c.json": 1,
+             "results-v2-b5a7424.json": 2}
+
+
+@pytest.mark.parametrize("name, version", OLD_FILES.items())
+def test_files_of_earlier_versions_read_through_the_lenient_model(tmp_path, name, version):
+    text = (DATA / name).read_text()
+    (tmp_path / "results.json").write_text(text)
+    record = read_record(tmp_path)
+    assert record.schema_version == version
+    assert record.to_data() == json.loads(text)  # nothing is added to a file that lacked it, nothing is lost
+    if version == SCHEMA_VERSION:
+        assert json.dumps(RunRecord.model_validate(json.loads(text)).to_data(), indent=2) == text
+    else:
+        with pytest.raises(ValidationError):  # the strict model is for writing: an older file does not pass it
+            RunRecord.model_validate(json.loads(text))
+    assert record.summary().final_average_accuracy == pytest.approx(record.to_data()["metrics"]["head"]["class_il"][
+        "final_average_accuracy"])
+    assert record.scenario.num_tasks == 2 and len(record.accuracy["head"]["class_il"]) == 2
+
+
+def test_absent_keys_read_as_empty_and_nc_epochs_as_epoch_metrics():
+    old = json.loads((DATA / "results-v1-d52f1cb.json").read_text())
+    record = StoredRecord.from_data(old)
+    assert record.per_epoch == [] and record.diagnostics == [] and record.classifier_data == {}
+    assert record.fingerprint is None and record.confusion.classes == [] and record.code.git_commit is None
+    assert "classifiers" not in record.to_data()["timings"]["tasks"][0] and record.timings.tasks[0].classifiers == {}
+    with_nc_epochs = json.loads((DATA / "results-v1-232fb6c.json").read_text())
+    record = StoredRecord.from_data(with_nc_epochs)
+    assert [e.model_dump(exclude_unset=True) for e in record.epoch_neural_collapse()] == with_nc_epochs["nc_epochs"]
+    assert record.epoch_neural_collapse()[0] == EpochNeuralCollapse(**with_nc_epochs["nc_epochs"][0])
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -144,13 +167,53 @@ def test_not_a_results_file(tmp_path):
         read_record(tmp_path / "empty")
 
 
-def test_writing_an_invalid_record_leaves_the_old_file(tmp_path):
-    files = RunDir(tmp_path)
-    good = files.write_results({"accuracy": {"head": {"class_il": [[50.0]]}}})
-    before = files.results.read_text()
-    with pytest.raises(RunError, match="unknown key `acuracy`"):
-        files.write_results({"accuracy": {}, "acuracy": {}})
-    assert files.results.read_text() == before and RunRecord.from_data(json.loads(before)) == good
+def test_a_misspelt_key_fails_where_the_value_is_made():
+    evaluation = Evaluation.of()
+    with pytest.raises(ValueError, match="random_innit"):
+        evaluation.random_innit = {"head": {"class_il": [10.0]}}
+    with pytest.raises(ValidationError, match="clas_il"):
+        evaluation.add_row({"head": {"clas_il": [50.0]}})
+    with pytest.raises(ValidationError, match="Input should be a valid number"):
+        evaluation.random_init = {"head": {"class_il": ["high"]}}  # assignments are validated too
+    with pytest.raises(ValidationError, match="clasifiers"):
+        TaskTiming(task=0, train_s=1.0, eval_s=1.0, images=10, img_per_s=10.0, clasifiers={})
+    with pytest.raises(ValidationError, match="eval_s"):  # and a key the record needs cannot be left out
+        TaskTiming(task=0, train_s=1.0, images=10, img_per_s=10.0, classifiers={})
+    assert evaluation.accuracy == {} and evaluation.random_init is None  # nothing half-made was kept
+
+
+def test_the_evaluation_a_checkpoint_keeps_round_trips_and_older_checkpoints_resume():
+    # what an earlier version saved in a checkpoint before its first task: no diagnostics yet
+    older = {"accuracy": {}, "random_init": None, "neural_collapse": [], "timings": {"tasks": []}, "per_epoch": []}
+    evaluation = Evaluation.of(older)
+    assert evaluation.saved() == {**older, "diagnostics": []}  # every key set, so the next checkpoint keeps them all
+    evaluation.add_row({"head": {"class_il": [50.0, 0.0]}})
+    evaluation.neural_collapse.append(None)
+    saved = evaluation.saved()
+    assert Evaluation.of(saved) == evaluation and Evaluation.of(saved).saved() == saved
+    assert "corruptions" not in saved and "confusion" not in saved  # measured after the last task only
+
+
+def test_a_misspelt_key_stops_the_run_at_its_first_evaluation(tmp_path, monkeypatch):
+    """A metric that comes back under a wrong name stops the run when it is measured, after task 0, before its first
+    checkpoint; not at the end, when results.json is written."""
+    import protosphere.protocol as protocol
+
+    measure = protocol.neural_collapse
+
+    def misspelt(*args, **kwargs):
+        metrics = measure(*args, **kwargs)
+        metrics["equinrom"] = metrics.pop("equinorm")
+        return metrics
+
+    monkeypatch.setattr(protocol, "neural_collapse", misspelt)
+    data = json.loads(json.dumps(TINY))
+    data.update(output_dir=str(tmp_path), name="misspelt", method={"name": "finetune"})
+    with pytest.raises(ValidationError, match="equinrom"):
+        run(validate_config(data), show_progress=False)
+    files = RunDir(tmp_path / "misspelt")
+    assert not files.results.exists() and not files.task_checkpoint(0).exists()
+    assert [row["task"] for row in csv.DictReader(files.metrics.open()) if row["split"] == "train"][-1] == "0"
 
 
 class Boom(Exception):
@@ -182,7 +245,7 @@ def test_atomic_write_of_text_bytes_and_checkpoints(tmp_path):
     atomic_write(tmp_path / "a.txt", b"\x00\x01")
     assert (tmp_path / "a.txt").read_bytes() == b"\x00\x01"
     state = {"weights": torch.arange(6.0).reshape(2, 3), "task": 1}
-    path = RunDir(tmp_path / "run").save_checkpoint(state, "last.ckpt")
+    path = RunDir(tmp_path / "run").save_checkpoint(state)
     assert path == tmp_path / "run" / "checkpoints" / "last.ckpt"
     loaded = torch.load(path, weights_only=True)
     assert torch.equal(loaded["weights"], state["weights"]) and loaded["task"] == 1

@@ -12,8 +12,10 @@ import pytest
 from protosphere import runner
 from protosphere.errors import ConfigError, RunError
 from protosphere.metrics.continual import summarize
+from protosphere.record import StoredRecord
 from protosphere.report import save_embedding_snapshot, write_report
 from protosphere.report.compare import format_mean_std, mean_std
+from protosphere.rundir import RunDir
 from protosphere.sweep import compare
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -357,9 +359,9 @@ def fake_run(monkeypatch):
                                config=config.model_dump(mode="json"),
                                value=BASE[method] + STEP[method] * config.seed)
         results["name"] = config.name
-        run_dir = runner.prepare_run_dir(config, resume=resume, overwrite=overwrite)
+        run_dir = RunDir.of(config).prepare(resume=resume, overwrite=overwrite)
         (run_dir / "results.json").write_text(json.dumps(results))
-        return results, run_dir
+        return StoredRecord.from_data(results), run_dir
 
     monkeypatch.setattr(runner, "run", run)
     return calls
@@ -454,7 +456,7 @@ def test_report_and_console_say_which_data_each_classifier_saw(tmp_path):
     text = write_report(write_run(tmp_path / "run", results)).read_text()
     assert "Fitted on the current task + 200 classifier-only samples." in text
     assert text.count("200 classifier-only samples") == 3  # its class-IL and task-IL rows, and its section
-    lines = _summary_lines(results)
+    lines = _summary_lines(StoredRecord.from_data(results))
     assert any(line.strip() == "linear_probe fitted on the current task + 200 classifier-only samples"
                for line in lines)
     del results["classifier_data"]  # runs written before the field existed still render

@@ -5,8 +5,7 @@ import hashlib
 import json
 import time
 
-from protosphere.config import validate_config
-from protosphere.engine import config_fingerprint
+from protosphere.config import config_fingerprint, validate_config
 from protosphere.runner import run
 
 

@@ -12,6 +12,8 @@ from protosphere import runner
 from protosphere.cli import main
 from protosphere.errors import ConfigError
 from protosphere.metrics.continual import summarize
+from protosphere.record import StoredRecord
+from protosphere.rundir import RunDir
 from protosphere.sweep import GridAxis, axis_names, compare, expand, parse_grid, split_values
 
 TINY = ('data: {dataset: digits}\nscenario: {num_tasks: 2}\nmodel: {backbone: mlp}\n'
@@ -94,9 +96,9 @@ def known_runs(monkeypatch):
                    "headline_classifier": "head", "config": config.model_dump(mode="json"),
                    "accuracy": {"head": {"class_il": matrix, "task_il": matrix}},
                    "metrics": {"head": {s: summarize(matrix, [10.0, 10.0]) for s in ("class_il", "task_il")}}}
-        run_dir = runner.prepare_run_dir(config, resume=resume, overwrite=overwrite)
+        run_dir = RunDir.of(config).prepare(resume=resume, overwrite=overwrite)
         (run_dir / "results.json").write_text(json.dumps(results))
-        return results, run_dir
+        return StoredRecord.from_data(results), run_dir
 
     monkeypatch.setattr(runner, "run", run)
     return calls

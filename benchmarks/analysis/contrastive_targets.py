@@ -27,7 +27,7 @@ PUBLISHED = [RESULTS / "seq_fmnist_baselines_e5.md", RESULTS / "seq_fmnist_contr
 def accuracies(root: Path, stem: str, classifier: str | None) -> dict[int, float]:
     """{seed: class-IL final average accuracy} of ``classifier`` (default: the headline) in the finished runs."""
     return {seed: r["metrics"][classifier or r["headline_classifier"]]["class_il"]["final_average_accuracy"]
-            for seed, r in finished_runs(root, stem).items()}
+            for seed, r in ((s, record.to_data()) for s, record in finished_runs(root, stem).items())}
 
 
 def compare(root: Path, left: str, right: str, left_classifier: str | None = None,

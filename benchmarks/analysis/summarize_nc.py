@@ -14,13 +14,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from protosphere.record import RunRecord
+from protosphere.record import StoredRecord
 from protosphere.report.compare import format_mean_std, mean_std
 from protosphere.report.summaries import corruption_rows
-from protosphere.sweep import finished_runs as load_runs
+from protosphere.sweep import finished_runs
 
 METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
 
+
+
+def load_runs(root: Path, stem: str) -> dict[int, dict]:
+    """{seed: results.json as plain data} of the finished runs of one config."""
+    return {seed: record.to_data() for seed, record in finished_runs(root, stem).items()}
 
 def fmt(values, digits: int = 2) -> str:
     return format_mean_std(mean_std(list(values)), digits)
@@ -32,7 +37,7 @@ def final_accuracy(results: dict, classifier: str) -> float:
 
 def epoch_nc(results: dict) -> list[dict]:
     """NC metrics after every evaluated epoch (``eval.per_epoch``), as the run record derives them."""
-    return [e.model_dump(exclude_none=True) for e in RunRecord.from_data(results).epoch_neural_collapse()]
+    return [e.model_dump(exclude_none=True) for e in StoredRecord.from_data(results).epoch_neural_collapse()]
 
 
 def nc_history(results: dict) -> list[dict]:

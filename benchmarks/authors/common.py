@@ -486,11 +486,11 @@ def matrix_means(rows: list[list[float]], every_task: bool) -> dict:
 
 
 def machine() -> dict:
-    """``protosphere.engine.environment()`` (cpu, torch, threads, ...), taken at the start of a run."""
+    """``protosphere.provenance.environment()`` (cpu, torch, threads, ...), taken at the start of a run."""
     import platform
 
     try:
-        from protosphere.engine import environment
+        from protosphere.provenance import environment
 
         return environment()
     except ImportError as exc:  # e.g. a protosphere checkout caught mid-edit: keep the essentials

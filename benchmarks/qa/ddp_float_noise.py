@@ -192,7 +192,7 @@ def main(argv=None) -> int:
 
     handle = open(args.out, "w") if args.out else None
     out = Tee(sys.stdout, *([handle] if handle else []))
-    from protosphere.engine import environment
+    from protosphere.provenance import environment
 
     env = environment()
     print(f"machine: {env.get('cpu')}, torch {torch.__version__}; config {args.config} " + " ".join(OVERRIDES),

@@ -52,7 +52,7 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     from protosphere.config import load_config
     from protosphere.engine import Checkpoints
     from protosphere.protocol import Protocol
-    from protosphere.record import RunDir
+    from protosphere.rundir import RunDir
 
     phases["import protosphere"] = time.perf_counter() - t
 
@@ -87,13 +87,13 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     config = load_config(config_path, [*overrides, f"output_dir={out_dir}", "name=overhead"])
     phases["config"] = time.perf_counter() - t
     t = time.perf_counter()
-    results, _ = runner.run(config, overwrite=True, show_progress=False)
+    record, _ = runner.run(config, overwrite=True, show_progress=False)
     phases["run"] = time.perf_counter() - t
-    tasks = results["timings"]["tasks"]
-    phases["train"] = sum(x["train_s"] for x in tasks)
-    phases["eval"] = sum(x["eval_s"] for x in tasks)
+    tasks = record.timings.tasks
+    phases["train"] = sum(x.train_s for x in tasks)
+    phases["eval"] = sum(x.eval_s for x in tasks)
     phases.update(timers)
-    phases["img/s"] = sum(x["images"] for x in tasks) / phases["train"]
+    phases["img/s"] = sum(x.images for x in tasks) / phases["train"]
     import gc
 
     gc.freeze()  # as `protosphere run` does before its process exits
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from protosphere.engine import environment
+    from protosphere.provenance import environment
 
     env = environment()
     load_before = os.getloadavg()

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from protosphere.engine import environment
+    from protosphere.provenance import environment
 
     env = environment()
     load_before = os.getloadavg()

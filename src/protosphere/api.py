@@ -2,7 +2,7 @@
 
 ``run`` trains exactly as ``protosphere run`` does (same run folder, same files) and returns a :class:`Run`;
 ``load_run`` opens a finished run folder. A :class:`Run` holds the resolved config, the run record (results.json as a
-typed :class:`~protosphere.record.RunRecord`, and as plain data in ``results``) and, loaded on first use, the trained
+typed :class:`~protosphere.record.StoredRecord`, and as plain data in ``results``) and, loaded on first use, the trained
 model after the last task, ready for inference::
 
     import protosphere
@@ -28,7 +28,8 @@ import torch
 
 from .config import RunConfig, load_config, read_yaml, section, validate_config
 from .errors import ConfigError, RunError
-from .record import RunDir, RunRecord
+from .record import RunRecord, StoredRecord
+from .rundir import RunDir
 
 __all__ = ["Run", "run", "load_run"]
 
@@ -90,25 +91,22 @@ def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resum
         progress = console.is_terminal or console.is_jupyter
     arguments = [repr(str(config_or_path) if isinstance(config_or_path, Path) else config_or_path)]
     arguments += [f"{key}={value!r}" for key, value in overrides.items()]
-    results, run_dir = run_config(config, resume=resume, overwrite=overwrite, console=console,
-                                  show_progress=progress, command=f"protosphere.run({', '.join(arguments)})")
-    return Run(run_dir, config, RunRecord.from_data(results, source=str(RunDir(run_dir).results)))
+    record, run_dir = run_config(config, resume=resume, overwrite=overwrite, console=console,
+                                 show_progress=progress, command=f"protosphere.run({', '.join(arguments)})")
+    return Run(run_dir, config, record)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Open a finished run folder (``runs/<name>``): its config, results and, on first use, its trained model."""
     files = RunDir(run_dir)
     if not files.results.is_file():
-        raise RunError(f"{files.path} holds no finished run (no results.json); pass a folder written by "
+        raise RunError(f"{files.path} holds no finished run (no {files.RESULTS}); pass a folder written by "
                        f"`protosphere run`, e.g. runs/<name>.")
-    try:
-        data = json.loads(files.results.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{files.results} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
-    record = RunRecord.from_data(data, source=str(files.results))
+    record = files.read_results()
     config = read_yaml(files.config) if files.config.is_file() else record.config
     if not config:
-        raise RunError(f"{files.path} has neither config.yaml nor a config in results.json; it cannot be reloaded.")
+        raise RunError(f"{files.path} has neither {files.CONFIG} nor a config in {files.RESULTS}; it cannot be "
+                       f"reloaded.")
     return Run(files.path, validate_config(config, source=str(files.config)), record, device=device)
 
 
@@ -116,12 +114,12 @@ class Run:
     """A finished run: ``config`` (RunConfig), ``record`` (the typed results.json), ``results`` (the same as plain
     data), ``model`` (the trained method, eval mode)."""
 
-    def __init__(self, run_dir: str | Path, config: RunConfig, record: RunRecord | dict,
+    def __init__(self, run_dir: str | Path, config: RunConfig, record: StoredRecord | RunRecord | dict,
                  device: str | torch.device = "cpu"):
         self.run_dir = Path(run_dir)
         self.files = RunDir(self.run_dir)
         self.config = config
-        self.record = RunRecord.from_data(record, source=str(self.files.results))
+        self.record = StoredRecord.from_data(record, source=str(self.files.results))
         self.results = self.record.to_data()
         self.device = torch.device(device)
         self._scenario = None
@@ -170,50 +168,18 @@ class Run:
         return self._scenario
 
     def checkpoint_path(self) -> Path:
-        """The checkpoint holding the model after the last task: ``last.ckpt``, else the newest readable task one."""
-        candidates = [self.files.last_checkpoint, self.files.task_checkpoint(self._last_task())]
-        for path in candidates:
-            if path.is_file():
-                return path
-        raise RunError(f"{self.run_dir} has no checkpoint of its last task ({' or '.join(map(str, candidates))}); "
-                       f"rerun it to get a model.")
-
-    def _load_state(self) -> dict:
-        from .engine import CHECKPOINT_VERSION
-
-        last_task = self._last_task()
-        problems = []
-        for path in [self.files.last_checkpoint, self.files.task_checkpoint(last_task)]:
-            if not path.is_file():
-                continue
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # truncated or foreign: try the task checkpoint
-                problems.append(f"{path} is unreadable ({type(exc).__name__})")
-                continue
-            if state.get("version") != CHECKPOINT_VERSION:
-                problems.append(f"{path} has format version {state.get('version')}, not {CHECKPOINT_VERSION}")
-                continue
-            if state.get("task") != last_task or state.get("phase") != "task_done":
-                problems.append(f"{path} was written before the end of the last task")
-                continue
-            if not isinstance(state.get("method"), dict):
-                problems.append(f"{path} holds no `method` entry (the trained model), so it is not a whole "
-                                f"protosphere checkpoint")
-                continue
-            return state
-        detail = "; ".join(problems) if problems else "no checkpoint of the last task exists"
-        raise RunError(f"Cannot load the model of {self.run_dir}: {detail}.")
+        """The checkpoint holding the model after the last task: ``last.ckpt``, else the last task's own."""
+        return self.files.final_checkpoint_path(self._last_task())
 
     @property
     def model(self):
         """The trained method after the last task (a :class:`~protosphere.methods.base.Method`), in eval mode."""
         if self._model is None:
-            from .engine import config_fingerprint
+            from .config import config_fingerprint
             from .methods.base import TaskContext
             from .runner import build_method
 
-            state = self._load_state()
+            state = self.files.load_final_checkpoint(self._last_task())
             if state.get("fingerprint") != config_fingerprint(self.config):
                 raise RunError(f"The checkpoint in {self.run_dir} was written by a different config than its "
                                f"config.yaml; the folder was changed after the run.")

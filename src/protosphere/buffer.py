@@ -174,6 +174,11 @@ class ReplayBuffer:
             "data": {key: value.clone() for key, value in self.data.items()},
         }
 
+    def to(self, device: torch.device | str) -> ReplayBuffer:
+        """Keep the stored rows on ``device`` (the host mirrors of the labels stay valid: they are copies)."""
+        self.data = {key: value.to(device) for key, value in self.data.items()}
+        return self
+
     def load_state_dict(self, state: dict) -> None:
         if int(state["capacity"]) != self.capacity or state["policy"] != self.policy:
             raise ValueError(

@@ -11,14 +11,14 @@ import sys
 from .errors import Interrupted, ProtosphereError
 
 
-def _accuracy_table(results: dict):
+def _accuracy_table(record):
     from rich.table import Table
 
     tables = []
-    headline = results["headline_classifier"]
-    for setting, matrix in results["accuracy"][headline].items():
+    headline = record.headline_classifier
+    for setting, matrix in record.accuracy[headline].items():
         num_tasks = len(matrix[0])
-        table = Table(title=f"{results['method']} — {setting.replace('_', '-')} accuracy (%) [{headline}] "
+        table = Table(title=f"{record.method} — {setting.replace('_', '-')} accuracy (%) [{headline}] "
                             f"row = after task t, column = test task j")
         table.add_column("after", justify="right")
         for j in range(num_tasks):
@@ -32,50 +32,53 @@ def _accuracy_table(results: dict):
     return tables
 
 
-def _summary_lines(results: dict) -> list[str]:
+def _summary_lines(record) -> list[str]:
     lines = []
-    for classifier, settings in results["metrics"].items():
+    for classifier, settings in record.metrics.items():
         for setting, m in settings.items():
             def fmt(key, m=m):
-                value = m.get(key)
+                value = getattr(m, key)
                 return "n/a" if value is None else f"{value:.2f}"
 
             lines.append(f"{classifier:>18} {setting:>8}: final avg acc {fmt('final_average_accuracy')}  "
                          f"avg incremental {fmt('average_incremental_accuracy')}  forgetting "
                          f"{fmt('average_forgetting')}  BWT {fmt('backward_transfer')}  FWT {fmt('forward_transfer')}")
-    for classifier, data in (results.get("classifier_data") or {}).items():
+    for classifier, data in record.classifier_data.items():
         lines.append(f"{classifier:>18} fitted on {data}")
-    nc = next((n for n in reversed(results.get("neural_collapse") or []) if n), None)
-    if nc:
-        keys = [k for k in ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4") if k in nc]
+    nc = next((n for n in reversed(record.neural_collapse) if n is not None), None)
+    if nc is not None:
+        values = nc.model_dump(exclude_none=True)
+        keys = [k for k in ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4") if k in values]
         lines.append("neural collapse (test features, seen classes): "
-                     + "  ".join(f"{k} {nc[k]:.4f}" for k in keys))
+                     + "  ".join(f"{k} {values[k]:.4f}" for k in keys))
     return lines
 
 
 def cmd_run(args) -> int:
     from .config import load_config
     from .progress import stdout_console
+    from .rundir import RunDir
     from .runner import run
 
     console = stdout_console(width=160)  # `| head` or a full disk switch the output off, never the run
     config = load_config(args.config, args.overrides)
     from .provenance import command_line
 
-    results, run_dir = run(config, resume=args.resume, overwrite=args.overwrite, console=console,
-                           show_progress=not args.no_progress and console.is_terminal,
-                           command=command_line(getattr(args, "argv", None)))
+    record, run_dir = run(config, resume=args.resume, overwrite=args.overwrite, console=console,
+                          show_progress=not args.no_progress and console.is_terminal,
+                          command=command_line(getattr(args, "argv", None)))
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP only the first process reports
         return 0
-    for table in _accuracy_table(results):
+    for table in _accuracy_table(record):
         console.print(table)
-    for line in _summary_lines(results):
+    for line in _summary_lines(record):
         console.print(line)
-    console.print(f"results: {run_dir / 'results.json'}  ({results['timings']['total_s']:.1f} s)")
-    if (run_dir / "report.html").is_file():
-        console.print(f"report:  {run_dir / 'report.html'}", highlight=False, soft_wrap=True)
+    files = RunDir(run_dir)
+    console.print(f"results: {files.results}  ({record.timings.total_s:.1f} s)")
+    if files.report.is_file():
+        console.print(f"report:  {files.report}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -95,15 +98,14 @@ def cmd_datasets(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .record import RunLock
     from .report import write_report
     from .report.html import load_results
-    from .runner import check_no_links
+    from .rundir import RunDir, RunLock
 
     for run_dir in args.run_dirs:
         if not Path(run_dir).is_dir():  # load_results says what is wrong; nothing to lock
             load_results(run_dir)
-        check_no_links(Path(run_dir))  # report.html and plots/ are written there
+        RunDir(run_dir).check_no_links()  # report.html and plots/ are written there
         with RunLock(run_dir, purpose="report"):  # never beside a run (or another report) writing the folder
             path = write_report(run_dir, load_results(run_dir))
         print(f"report: {path}")

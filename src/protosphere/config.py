@@ -16,6 +16,8 @@ have bases of their own.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -537,3 +539,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def config_fingerprint(config: RunConfig) -> str:
+    """Hash of everything that changes the numbers (not the run's name, output place or devices)."""
+    data = config.model_dump(mode="json")
+    for key in ("name", "output_dir"):
+        data.pop(key, None)
+    data.pop("fabric", None)
+    data.pop("logging", None)  # trackers only watch
+    if data["data"].get("domains") is None:  # keys added later: at their defaults they keep earlier fingerprints
+        data["data"].pop("domains", None)
+    if data["eval"].get("probe_buffer_size") is None:
+        data["eval"].pop("probe_buffer_size", None)
+    if not data["eval"].get("probe_augment"):  # the probe as it always was (un-augmented features)
+        data["eval"].pop("probe_augment", None)
+    data["train"].pop("log_every_n_steps", None)
+    data["train"].pop("checkpoint_every_n_steps", None)
+    data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay
+    data["eval"].pop("report", None)
+    # options added later are left out at their defaults, so earlier runs keep their fingerprints
+    for section, key, default in (("model", "init", "default"), ("train", "normalize", True),
+                                   ("method", "classifier", "etf")):
+        if data[section].get(key) == default:
+            data[section].pop(key)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -27,10 +27,7 @@ terms it logs are means over the ranks, i.e. the global loss.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import os
-import platform
 import signal
 import time
 from pathlib import Path
@@ -40,7 +37,7 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 
-from .config import RunConfig
+from .config import RunConfig, config_fingerprint
 from .data.augment import shard_draws
 from .data.scenarios import model_input
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
@@ -51,35 +48,8 @@ from .methods.base import Method, StepContext, StepOutput, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
 from .protocol import Protocol, TaskEvaluation, TaskTraining
-from .record import RunDir
-from .version import __version__
-
-CHECKPOINT_VERSION = 1
-
-
-def config_fingerprint(config: RunConfig) -> str:
-    """Hash of everything that changes the numbers (not the run's name, output place or devices)."""
-    data = config.model_dump(mode="json")
-    for key in ("name", "output_dir"):
-        data.pop(key, None)
-    data.pop("fabric", None)
-    data.pop("logging", None)  # trackers only watch
-    if data["data"].get("domains") is None:  # keys added later: at their defaults they keep earlier fingerprints
-        data["data"].pop("domains", None)
-    if data["eval"].get("probe_buffer_size") is None:
-        data["eval"].pop("probe_buffer_size", None)
-    if not data["eval"].get("probe_augment"):  # the probe as it always was (un-augmented features)
-        data["eval"].pop("probe_augment", None)
-    data["train"].pop("log_every_n_steps", None)
-    data["train"].pop("checkpoint_every_n_steps", None)
-    data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay
-    data["eval"].pop("report", None)
-    # options added later are left out at their defaults, so earlier runs keep their fingerprints
-    for section, key, default in (("model", "init", "default"), ("train", "normalize", True),
-                                   ("method", "classifier", "etf")):
-        if data[section].get(key) == default:
-            data[section].pop(key)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+from .record import Evaluation, RunResults
+from .rundir import CHECKPOINT_VERSION, RunDir
 
 
 def nonfinite_names(state, prefix: str = "") -> list[str]:
@@ -241,13 +211,12 @@ class Checkpoints:
         self.config = config
         self.fabric = fabric
         self.files = files
-        self.folder = files.checkpoints
         self.log = log
 
     def advice(self) -> str:
         """What is kept after a NaN/inf stop and what the user can do (the same config would fail the same way, and a
         changed config cannot --resume)."""
-        good = self.folder / "last.ckpt"
+        good = self.files.last_checkpoint
         kept = f"the last good checkpoint {good} is kept" if good.exists() else "no checkpoint was written yet"
         return (f"{kept}; start again with a lower learning rate, e.g. --overwrite "
                 f"optimizer.lr={self.config.optimizer.lr / 10:g} (or a new name=...), or check the data.")
@@ -264,8 +233,10 @@ class Checkpoints:
             raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
                            f"{self.advice()}")
 
-    def save(self, name: str, method: Method, optimizer, results: dict, task: int, phase: str, step: int,
+    def save(self, method: Method, optimizer, evaluation: Evaluation, task: int, phase: str, step: int,
              global_step: int) -> None:
+        """``last.ckpt`` at ``step`` of ``task`` (``phase`` "in_task"), or after the task ("task_done", which also
+        writes the task's own checkpoint)."""
         self.check_state(method, task)
         device = self.fabric.device
         state = {
@@ -275,7 +246,7 @@ class Checkpoints:
             "optimizer": optimizer.state_dict(),
             "rng": rng_state(device),
             "task": task, "phase": phase, "step": step, "global_step": global_step,
-            "results": json.loads(json.dumps(results)),
+            "results": evaluation.saved(),
             "world_size": self.fabric.world_size,
             "metrics_bytes": self.log.tell() if self.log is not None else None,
         }
@@ -285,26 +256,16 @@ class Checkpoints:
                 "tracked": {name: obj.state_dict() for name, obj in method.tracked_state().items()},
             })
         if self.fabric.is_global_zero:
-            self.files.save_checkpoint(state, name)
-            if name != "last.ckpt":
-                self.files.save_checkpoint(state, "last.ckpt")
-                if not self.config.train.keep_checkpoints and task > 0:
-                    (self.folder / f"task-{task - 1}.ckpt").unlink(missing_ok=True)
+            self.files.save_checkpoint(state, task=task if phase == "task_done" else None,
+                                       keep_earlier=self.config.train.keep_checkpoints)
         self.fabric.barrier()
 
     def restore(self, state: dict, method: Method) -> None:
-        """Load a checkpoint's method state and this rank's own state (RNG, replay buffers) over ``method``."""
-        device = self.fabric.device
-        method.load_state_dict(state["method"])
+        """Load a checkpoint over ``method``: its state, this rank's own tracked state (replay buffers) on this rank's
+        device, and this rank's RNG streams."""
         own = state["ranks"][self.fabric.global_rank] if state.get("ranks") else None
-        if own is not None:
-            for name, obj_state in own["tracked"].items():
-                method.tracked_state()[name].load_state_dict(obj_state)
-        for obj in method.tracked_state().values():  # checkpoints load on the CPU; stored tensors belong on the device
-            data = getattr(obj, "data", None)
-            if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
-                obj.data = {key: value.to(device) for key, value in data.items()}
-        set_rng_state((own or state)["rng"], device)
+        method.restore_state(state["method"], own["tracked"] if own is not None else None, self.fabric.device)
+        set_rng_state((own or state)["rng"], self.fabric.device)
 
 
 class TaskMonitor:
@@ -384,9 +345,9 @@ class Engine:
         self.global_step = 0
 
     # ----------------------------------------------------------------------------------------------------------
-    def fit(self, scenario, method: Method, resume: dict | None = None) -> dict:
+    def fit(self, scenario, method: Method, resume: dict | None = None) -> RunResults:
         """Train ``method`` on every task of ``scenario``, evaluating after each (:class:`~protosphere.protocol.
-        Protocol`), and return the evaluation record; ``resume``: a loaded checkpoint to continue from."""
+        Protocol`), and return the protocol's results; ``resume``: a loaded checkpoint to continue from."""
         state = resume or {}
         model = self._setup(method, resume)
         first_task, first_step, in_task = resume_point(state)
@@ -416,8 +377,7 @@ class Engine:
                 training = self._train_task(model, method, optimizer, context, first_step if resumed else 0, protocol)
                 method.end_task(context)
                 evaluation = protocol.after_task(method, context, training)
-                checkpoints.save(f"task-{t}.ckpt", method, optimizer, protocol.results, t, "task_done", 0,
-                                 self.global_step)
+                checkpoints.save(method, optimizer, protocol.evaluation, t, "task_done", 0, self.global_step)
                 self._announce(context, training, evaluation)
                 if t < scenario.num_tasks - 1 and self._stop_agreed():  # the last task's end is the run's end
                     raise self._interrupted(t, None)
@@ -426,7 +386,7 @@ class Engine:
             progress.stop()
             log.close(status)
             set_validation(True)
-        return protocol.results
+        return protocol.run_results(method)
 
     def _train_task(self, model, method: Method, optimizer, context: TaskContext, first: int,
                     protocol: Protocol) -> TaskTraining:
@@ -461,8 +421,7 @@ class Engine:
             if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
                 protocol.after_epoch(method, context, epoch)
             if save:
-                self.checkpoints.save("last.ckpt", method, optimizer, protocol.results, t, "in_task", step + 1,
-                                      self.global_step)
+                self.checkpoints.save(method, optimizer, protocol.evaluation, t, "in_task", step + 1, self.global_step)
             if stopping:
                 raise self._interrupted(t, step + 1)
         return monitor.finish()
@@ -548,20 +507,3 @@ class Engine:
 def epoch_order(seed: int, task: int, epoch: int, size: int) -> torch.Tensor:
     """The shuffled row order of one epoch of one task (the same on every rank; each takes its slice of a batch)."""
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + task * 1009 + epoch))
-
-
-def environment() -> dict:
-    import lightning_fabric
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "protosphere": __version__, "torch": torch.__version__, "lightning_fabric": lightning_fabric.__version__,
-        "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-    }

@@ -79,8 +79,10 @@ class RunInterrupted(Interrupted):
 
     def resume_command(self, imports: Sequence[str] = ()) -> str:
         """The command that continues the run: its own resolved config.yaml (overrides included) with --resume."""
+        from .rundir import RunDir
+
         words = ["protosphere", *(w for module in imports for w in ("--import", module)), "run",
-                 str(self.run_dir / "config.yaml"), "--resume"]
+                 str(RunDir(self.run_dir).config), "--resume"]
         return shlex.join(words)
 
     def describe(self, imports: Sequence[str] = ()) -> str:

@@ -23,6 +23,7 @@ from lightning_fabric.loggers.logger import Logger
 
 from .config import RunConfig
 from .errors import ConfigError
+from .rundir import RunDir
 
 
 def flat_hyperparameters(config: RunConfig) -> dict[str, Any]:
@@ -49,7 +50,7 @@ class WandbLogger(Logger):
         import wandb
 
         super().__init__()
-        folder = Path(run_dir) / "wandb"
+        folder = RunDir(run_dir).wandb
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / "run-id"
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else secrets.token_hex(6)
@@ -103,7 +104,8 @@ def open_trackers(config: RunConfig, run_dir: Path, resume_step: int | None = No
         from lightning_fabric.loggers import TensorBoardLogger
 
         kwargs = {"purge_step": resume_step} if resume_step is not None else {}
-        trackers.append(TensorBoardLogger(root_dir=str(run_dir), name="tensorboard", version="",
+        folder = RunDir(run_dir).tensorboard
+        trackers.append(TensorBoardLogger(root_dir=str(folder.parent), name=folder.name, version="",
                                           default_hp_metric=False, **kwargs))
     if config.logging.wandb is not None:
         w = config.logging.wandb

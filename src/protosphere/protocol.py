@@ -1,4 +1,4 @@
-"""The evaluation protocol: everything computed after a task or an epoch of a continual run (DESIGN §6).
+"""The evaluation protocol: everything computed after a task or an epoch of a continual run.
 
 After every task the method fits its classifiers on the data it may keep (:meth:`Method.prepare_evaluation`: class
 means, a linear probe on current task + buffer, a kNN bank), and each classifier is scored on the test data of every
@@ -13,8 +13,11 @@ Scores are computed with :mod:`protosphere.evaluation` (:func:`~protosphere.eval
 classifier or an encoder over a test set, :func:`~protosphere.evaluation.accuracy` scores the logits), and test
 images reach the network through :func:`~protosphere.data.scenarios.model_input`, as training batches do.
 
-The protocol keeps what it measured in :attr:`Protocol.results` (a JSON-ready dict, saved in every checkpoint so a
-resumed run continues it) and knows nothing of devices beyond the one the test sets live on, of files, or of losses.
+The protocol keeps what it measured in :attr:`Protocol.evaluation`, an :class:`~protosphere.record.Evaluation` whose
+parts are typed as they are measured (so a misspelt key fails at once, not when results.json is written) and which
+every checkpoint saves, so a resumed run continues it; after the last task :meth:`Protocol.run_results` adds what
+the run was and its continual metrics. It knows nothing of devices beyond the one the test sets live on, of files,
+or of losses.
 """
 
 from __future__ import annotations
@@ -33,6 +36,19 @@ from .evaluation import accuracy, extract_features
 from .methods.base import Method, TaskContext
 from .metrics.continual import summarize
 from .metrics.neural_collapse import neural_collapse
+from .record import (
+    ClassifierTiming,
+    Confusion,
+    Diagnostics,
+    EpochEvaluation,
+    Evaluation,
+    NeuralCollapse,
+    Row,
+    RunResults,
+    ScenarioInfo,
+    Summary,
+    TaskTiming,
+)
 
 
 @dataclass
@@ -51,8 +67,8 @@ class TaskTraining:
 class TaskEvaluation:
     """The evaluation after one task: accuracy row ``{classifier: {class_il|task_il: [T]}}``, NC metrics, seconds."""
 
-    row: dict
-    neural_collapse: dict | None
+    row: Row
+    neural_collapse: NeuralCollapse | None
     seconds: float
 
     @property
@@ -78,12 +94,7 @@ class _Silent:
         return 0.0
 
 
-def empty_results() -> dict:
-    """The evaluation record of a run before its first task."""
-    return {"accuracy": {}, "random_init": None, "neural_collapse": [], "timings": {"tasks": []}, "per_epoch": []}
-
-
-def summary_metrics(accuracy_matrices: dict, random_init: dict | None, kind: str) -> dict:
+def summary_metrics(accuracy_matrices: dict, random_init: dict | None, kind: str) -> dict[str, dict[str, Summary]]:
     """:func:`~protosphere.metrics.continual.summarize` of every classifier's class-IL / task-IL matrix, FWT against
     the untrained model's accuracies. FWT is not defined in class-IL (a task's classes cannot be predicted before
     it)."""
@@ -94,7 +105,7 @@ def summary_metrics(accuracy_matrices: dict, random_init: dict | None, kind: str
             baseline = random_init[classifier][setting] if random_init and classifier in random_init else None
             if kind == "class_il" and setting == "class_il":
                 baseline = None
-            metrics[classifier][setting] = summarize(matrix, baseline)
+            metrics[classifier][setting] = Summary(**summarize(matrix, baseline))
     return metrics
 
 
@@ -104,19 +115,19 @@ class Protocol:
     Args:
         config: the run's config (``eval`` section, ``model.channels_last``).
         scenario: the run's scenario; its test sets are moved to ``device`` once.
-        results: the evaluation record to continue (a resumed run's), else a new one.
+        evaluation: the evaluation to continue (a resumed run's, as its checkpoint saved it), else a new one.
         log: where measurements go (``log(split, values, task, epoch=None)``, e.g. the engine's metrics.csv).
         progress: the run's progress display (``start_evaluation`` / ``evaluation_step`` / ``end_evaluation``).
         write_embeddings: ``(features, labels, prototypes_or_weights)`` → the run's embedding snapshot; none: no
             snapshot is taken.
     """
 
-    def __init__(self, config: RunConfig, scenario, device=None, results: dict | None = None, log=None,
-                 progress=None, write_embeddings: Callable | None = None):
+    def __init__(self, config: RunConfig, scenario, device=None, evaluation: Evaluation | dict | None = None,
+                 log=None, progress=None, write_embeddings: Callable | None = None):
         self.config = config
         self.scenario = scenario
         self.test_sets = [(t.test_images.to(device), t.test_labels.to(device)) for t in scenario.tasks]
-        self.results = results or empty_results()
+        self.evaluation = evaluation if isinstance(evaluation, Evaluation) else Evaluation.of(evaluation)
         self.log = log or _Silent()
         self.progress = progress or _Silent()
         self.write_embeddings = write_embeddings
@@ -164,7 +175,7 @@ class Protocol:
         return row, predict_seconds
 
     @torch.no_grad()
-    def neural_collapse(self, method: Method, task: int) -> dict | None:
+    def neural_collapse(self, method: Method, task: int) -> NeuralCollapse | None:
         """NC metrics (:func:`~protosphere.metrics.neural_collapse.neural_collapse`) on test-split encoder features of
         the classes seen after ``task``, with the method's classifier weights for NC3/NC4; None below two classes."""
         seen = self.scenario.classes_up_to(task)
@@ -185,7 +196,7 @@ class Protocol:
             weights = weights.detach().float().cpu()[torch.tensor(seen)]
         metrics = neural_collapse(features, remap[labels], weights)
         method.train(was_training)
-        return {"split": "test", "classes": len(seen), **metrics}
+        return NeuralCollapse(split="test", classes=len(seen), **metrics)
 
     def units(self, method: Method, num_tasks: int, nc: bool = False, final: bool = False) -> int:
         """Units of the evaluation bar: classifier fits, one per classifier and test task, NC metrics, extras."""
@@ -195,11 +206,11 @@ class Protocol:
     def random_init_baseline(self, method: Method, context: TaskContext) -> None:
         """FWT's ``b_j``: the untrained model under the same classifiers (fitted on task 0 where they need data) on
         every task's test set, once per run (``eval.random_init_baseline``)."""
-        if self.results["random_init"] is not None or not self.config.eval.random_init_baseline:
+        if self.evaluation.random_init is not None or not self.config.eval.random_init_baseline:
             return
         last = self.scenario.num_tasks - 1
         self.progress.start_evaluation("evaluating the untrained model", self.units(method, last + 1), count=False)
-        self.results["random_init"] = self.accuracy_row(method, up_to=last, prepare=context)[0]
+        self.evaluation.random_init = self.accuracy_row(method, up_to=last, prepare=context)[0]
         self.progress.end_evaluation()
 
     def after_epoch(self, method: Method, context: TaskContext, epoch: int) -> None:
@@ -209,10 +220,9 @@ class Protocol:
         row = self.accuracy_row(method, up_to=task, prepare=context)[0]
         nc = self.neural_collapse(method, task) if self.config.eval.neural_collapse else None
         self.progress.end_evaluation()
-        self.results["per_epoch"].append({"task": task, "epoch": epoch, "accuracy": row, "neural_collapse": nc})
+        self.evaluation.per_epoch.append(EpochEvaluation(task=task, epoch=epoch, accuracy=row, neural_collapse=nc))
         values = {f"{c}/{s}/mean_seen": float(np.mean(a[: task + 1])) for c, ss in row.items() for s, a in ss.items()}
-        if nc:
-            values.update({f"nc/{k}": v for k, v in nc.items() if isinstance(v, (int, float))})
+        values.update(_nc_values(nc))
         self.log.log("epoch", values, task, epoch)
 
     def after_task(self, method: Method, context: TaskContext, training: TaskTraining) -> TaskEvaluation:
@@ -225,31 +235,20 @@ class Protocol:
         self.progress.start_evaluation(f"evaluating after task {t + 1}",
                                        self.units(method, num_tasks, cfg.eval.neural_collapse, last))
         row, predict_seconds = self.accuracy_row(method, up_to=num_tasks - 1, prepare=context)
-        for classifier, settings in row.items():
-            for setting, accuracies in settings.items():
-                self.results["accuracy"].setdefault(classifier, {}).setdefault(setting, []).append(accuracies)
+        self.evaluation.add_row(row)
         nc = None
         if cfg.eval.neural_collapse:
             self.progress.evaluation_step("neural-collapse metrics", advance=0)
             nc = self.neural_collapse(method, t)
             self.progress.evaluation_step("neural-collapse metrics")
-        self.results["neural_collapse"].append(nc)
-        with torch.no_grad():
-            diagnostics = method.diagnostics(context)
-        self.results.setdefault("diagnostics", []).append(diagnostics)
-        if diagnostics:
-            self.log.log("test", {f"diag/{k}": v for k, v in diagnostics.items() if isinstance(v, (int, float))}, t)
+        self.evaluation.neural_collapse.append(nc)
+        self._diagnostics(method, context)
         seconds = time.perf_counter() - start
-        self._record_timings(method, t, training, seconds, predict_seconds)
-        self.log.log("test", {f"{c}/{s}/task{j}": a for c, ss in row.items() for s, accs in ss.items()
-                              for j, a in enumerate(accs) if j <= t}, t)
-        self.log.log("test", {f"{c}/{s}/mean_seen": float(np.mean(accs[: t + 1])) for c, ss in row.items()
-                              for s, accs in ss.items()}, t)
-        if nc:
-            self.log.log("test", {f"nc/{k}": v for k, v in nc.items() if isinstance(v, (int, float))}, t)
+        self.evaluation.timings.tasks.append(_timing(method, t, training, seconds, predict_seconds))
+        self._log_task(t, row, nc)
         if cfg.eval.per_epoch:
             epoch = cfg.train.epochs_for(t) - 1
-            self.results["per_epoch"].append({"task": t, "epoch": epoch, "accuracy": row, "neural_collapse": nc})
+            self.evaluation.per_epoch.append(EpochEvaluation(task=t, epoch=epoch, accuracy=row, neural_collapse=nc))
         if last:
             self.progress.evaluation_step("corruptions and embeddings", advance=0)
             self.final_extras(method)
@@ -257,16 +256,38 @@ class Protocol:
         self.progress.end_evaluation()
         return TaskEvaluation(row, nc, seconds)
 
-    def _record_timings(self, method: Method, task: int, training: TaskTraining, eval_seconds: float,
-                        predict_seconds: dict[str, float]) -> None:
-        classifiers = {name: {"fit_s": method.fit_seconds.get(name, 0.0), "predict_s": seconds}
-                       for name, seconds in predict_seconds.items()}
-        if "encode" in method.fit_seconds:
-            classifiers["encode"] = {"fit_s": method.fit_seconds["encode"], "predict_s": 0.0}
-        self.results["timings"]["tasks"].append({"task": task, "train_s": training.seconds, "eval_s": eval_seconds,
-                                                 "images": training.images,
-                                                 "img_per_s": training.images_per_second,
-                                                 "classifiers": classifiers})
+    def _diagnostics(self, method: Method, context: TaskContext) -> None:
+        with torch.no_grad():
+            diagnostics = method.diagnostics(context)
+        self.evaluation.diagnostics.append(None if diagnostics is None else Diagnostics.model_validate(diagnostics))
+        if diagnostics:
+            self.log.log("test", {f"diag/{k}": v for k, v in diagnostics.items() if isinstance(v, (int, float))},
+                         context.index)
+
+    def _log_task(self, t: int, row: Row, nc: NeuralCollapse | None) -> None:
+        """metrics.csv after task ``t``: accuracy on each seen task and their mean, per classifier and setting; NC."""
+        self.log.log("test", {f"{c}/{s}/task{j}": a for c, ss in row.items() for s, accs in ss.items()
+                              for j, a in enumerate(accs) if j <= t}, t)
+        self.log.log("test", {f"{c}/{s}/mean_seen": float(np.mean(accs[: t + 1])) for c, ss in row.items()
+                              for s, accs in ss.items()}, t)
+        if nc is not None:
+            self.log.log("test", _nc_values(nc), t)
+
+    def run_results(self, method: Method) -> RunResults:
+        """After the last task: what the run was (config, scenario, which data each classifier was fitted on), its
+        evaluation and the continual metrics of every classifier."""
+        cfg, scenario, evaluation = self.config, self.scenario, self.evaluation
+        info = ScenarioInfo(name=scenario.name, kind=scenario.kind, num_tasks=scenario.num_tasks,
+                            num_classes=scenario.num_classes, class_order=scenario.class_order,
+                            class_names=scenario.class_names, tasks=[list(t.classes) for t in scenario.tasks],
+                            **scenario.extra)
+        return RunResults(
+            name=cfg.name, status="complete", seed=cfg.seed, method=cfg.method.name,
+            headline_classifier=next(iter(evaluation.accuracy)),
+            classifier_data={name: text for name, text in method.classifier_data().items()
+                             if name in evaluation.accuracy},
+            scenario=info, metrics=summary_metrics(evaluation.accuracy, evaluation.random_init, scenario.kind),
+            evaluation=evaluation, config=cfg.model_dump(mode="json"))
 
     @torch.no_grad()
     def final_extras(self, method: Method) -> None:
@@ -280,8 +301,8 @@ class Protocol:
         images = torch.cat([self.test_sets[j][0] for j in seen])
         labels = torch.cat([self.test_sets[j][1] for j in seen])
         if cfg.eval.corruptions:
-            self.results["corruptions"] = self.corruptions(method, images, labels)
-        self.results["confusion"] = self.confusion(method, images, labels)
+            self.evaluation.corruptions = self.corruptions(method, images, labels)
+        self.evaluation.confusion = self.confusion(method, images, labels)
         if cfg.eval.embeddings and self.write_embeddings is not None:
             prototypes = getattr(method, "prototypes", None)
             embed = (lambda x: method(method.transforms.eval(x))) if prototypes is not None else method.features
@@ -305,7 +326,7 @@ class Protocol:
                                            batch_size=cfg.eval.batch_size, seed=cfg.seed)
                 for name, classify in classifiers.items()}
 
-    def confusion(self, method: Method, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    def confusion(self, method: Method, images: torch.Tensor, labels: torch.Tensor) -> Confusion:
         """Confusion matrix of the headline classifier: ``matrix[a][b]`` = test images of class ``classes[a]``
         predicted as ``classes[b]`` (per-class accuracy = diagonal / row sum). Predictions outside the classes present
         are counted in a last column, ``other``."""
@@ -317,5 +338,23 @@ class Protocol:
         rows, cols = index[labels], index[predicted]
         counts = torch.zeros(len(classes), len(classes) + 1, dtype=torch.long, device=labels.device)
         counts.index_put_((rows, cols), torch.ones_like(rows), accumulate=True)
-        return {"classifier": name, "classes": classes, "matrix": counts[:, : len(classes)].tolist(),
-                "other": counts[:, len(classes)].tolist()}
+        return Confusion(classifier=name, classes=classes, matrix=counts[:, : len(classes)].tolist(),
+                         other=counts[:, len(classes)].tolist())
+
+
+def _timing(method: Method, task: int, training: TaskTraining, eval_seconds: float,
+            predict_seconds: dict[str, float]) -> TaskTiming:
+    """What a task cost: training, evaluation, and each classifier's fit and prediction."""
+    classifiers = {name: ClassifierTiming(fit_s=method.fit_seconds.get(name, 0.0), predict_s=seconds)
+                   for name, seconds in predict_seconds.items()}
+    if "encode" in method.fit_seconds:
+        classifiers["encode"] = ClassifierTiming(fit_s=method.fit_seconds["encode"], predict_s=0.0)
+    return TaskTiming(task=task, train_s=training.seconds, eval_s=eval_seconds, images=training.images,
+                      img_per_s=training.images_per_second, classifiers=classifiers)
+
+
+def _nc_values(nc: NeuralCollapse | None) -> dict[str, float]:
+    """The NC metrics as metrics.csv logs them (``nc/<key>``, the number of classes included)."""
+    if nc is None:
+        return {}
+    return {f"nc/{k}": v for k, v in nc.model_dump(exclude_unset=True).items() if isinstance(v, (int, float))}

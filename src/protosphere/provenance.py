@@ -1,7 +1,10 @@
-"""Where a run came from: the command that started it and the revision of the protosphere code that ran it."""
+"""Where a run came from: the command that started it, the revision of the protosphere code that ran it, and the
+software and machine it ran on."""
 
 from __future__ import annotations
 
+import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -37,3 +40,23 @@ def source_revision() -> dict:
         status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
         info["git_dirty"] = bool(status) if status is not None else None
     return info
+
+
+def environment() -> dict:
+    """Versions of the software a run uses and the machine it runs on (CPU model and cores, torch's threads, GPU)."""
+    import lightning_fabric
+    import numpy as np
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "protosphere": __version__, "torch": torch.__version__, "lightning_fabric": lightning_fabric.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+    }

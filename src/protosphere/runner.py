@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .errors import ConfigError, RunError, shorten
+from .config import RunConfig, config_fingerprint
+from .errors import ConfigError, shorten
+from .record import RunRecord, StoredRecord
 
 
 def build_fabric(config: RunConfig):
@@ -172,223 +173,6 @@ def build_method(config: RunConfig, scenario, world_size: int = 1):
     return init_weights(method, config.model.init)  # whole network, heads included (Mammoth's MNISTMLP.apply(xavier))
 
 
-def holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` is a folder a protosphere run wrote: a real folder (not a link) whose config.yaml or
-    results.json is a mapping naming this folder. Only such a folder is ever removed (``--overwrite``)."""
-    import json
-
-    import yaml
-
-    if run_dir.is_symlink() or not run_dir.is_dir():
-        return False
-    for file, parse in (("config.yaml", yaml.safe_load), ("results.json", json.loads)):
-        try:
-            data = parse((run_dir / file).read_text())
-        except (OSError, ValueError, yaml.YAMLError):
-            continue
-        if isinstance(data, dict) and data.get("name") == run_dir.name:
-            return True
-    return False
-
-
-def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
-    """The checks of :func:`prepare_run_dir`, without touching anything (so a run that fails later leaves no trace)."""
-    if resume and overwrite:
-        raise RunError("--resume and --overwrite contradict each other; pass one of them.")
-    run_dir = Path(config.output_dir) / config.name
-    check_no_links(run_dir)
-    if run_dir.is_dir() and run_entries(run_dir):
-        if not overwrite and not resume:
-            raise RunError(
-                f"Output directory {run_dir} already exists; pass --resume to continue that run, --overwrite to "
-                f"replace it, or name=<new name> for a new run."
-            )
-        if overwrite and not holds_run(run_dir):
-            raise RunError(
-                f"--overwrite removes only a protosphere run folder, and {run_dir} is not one (no config.yaml or "
-                f"results.json of a run named {config.name}); choose another name=... or move its files away."
-            )
-        if overwrite:
-            check_removable(run_dir)
-    elif resume:
-        raise RunError(f"Cannot resume: {run_dir} holds no run; start it without --resume.")
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RunError(f"Cannot write to output directory {run_dir} ({existing} is not a directory); choose a "
-                       f"writable output_dir=....")
-    return run_dir
-
-
-def check_no_links(run_dir: Path) -> None:
-    """Refuse a run folder that is a symbolic link or holds one where the run writes (any entry of the folder, and
-    anything in checkpoints/ and plots/): metrics.csv is appended and cut back in place and plots are saved by
-    path, so a link would send those writes out of the folder (into a file of someone else's, say)."""
-    if run_dir.is_symlink():
-        raise RunError(f"The run folder {run_dir} is a symbolic link (to {shorten(os.readlink(run_dir))}); a run "
-                       f"writes only into a real folder, so set output_dir= to where the link points instead.")
-    if not run_dir.is_dir():
-        return
-    inside = [path for sub in ("checkpoints", "plots") if (run_dir / sub).is_dir() and not (run_dir / sub).is_symlink()
-              for path in (run_dir / sub).rglob("*")]
-    for path in [*run_dir.iterdir(), *inside]:
-        if path.is_symlink():
-            raise RunError(f"{path} is a symbolic link (to {shorten(os.readlink(path))}), and a run never writes "
-                           f"through a link out of its folder; replace the link by the file it points to, or remove "
-                           f"it.")
-
-
-def run_entries(run_dir: Path) -> list[Path]:
-    """What a run folder holds besides the lock of the process looking at it."""
-    from .record import LOCK_FILE
-
-    return [path for path in run_dir.iterdir() if path.name != LOCK_FILE]
-
-
-RUN_FILES = frozenset({"config.yaml", "results.json", "metrics.csv", "checkpoints", "plots", "report.html",
-                       "report.log", "embeddings.npz", "tensorboard", "wandb", "run.lock", ".write-test"})
-
-
-def check_removable(run_dir: Path) -> None:
-    """Before --overwrite removes anything: every entry of the folder is one a run writes (a user's own file is
-    never removed with it) and every folder in it can be written (so the removal cannot stop half-way)."""
-    foreign = sorted(p.name for p in run_dir.iterdir()
-                     if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise RunError(f"--overwrite would remove {run_dir}, which also holds files no run writes ({shown}); move "
-                       f"them out of the folder first, or choose another name=....")
-    for folder, subfolders, _ in os.walk(run_dir):
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise RunError(f"--overwrite cannot remove the old run in {run_dir}: {folder} is not writable (read-only "
-                           f"file system or permissions); fix that first, or choose another name=....")
-        subfolders[:] = [d for d in subfolders if not os.path.islink(os.path.join(folder, d))]
-
-
-def remove_run_files(run_dir: Path) -> None:
-    """Empty a run folder for --overwrite, keeping the lock this process holds in it (removing the folder would
-    drop the lock: another process could then start in a new folder of the same name)."""
-    for path in run_entries(run_dir):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-def remove_leftover_temporaries(run_dir: Path) -> None:
-    """The temporary files of writes a killed run left half-done (``.<name>.<id>.tmp``, see
-    :func:`~protosphere.record.atomic_write`): never a complete file, so they only take space. Safe under the run's
-    lock, which no writer of this folder can hold now."""
-    for folder in (run_dir, run_dir / "checkpoints"):
-        if folder.is_dir() and not folder.is_symlink():
-            for path in folder.glob(".*.tmp"):
-                if path.is_file() and not path.is_symlink():
-                    path.unlink()
-
-
-def check_world_size(state: dict, world_size: int, run_dir: Path) -> None:
-    """A checkpoint continues only with the number of processes that wrote it (each holds its own RNG stream and
-    share of the replay memory); checked before config.yaml is rewritten with the new fabric settings."""
-    written = state.get("world_size", 1)
-    if written != world_size:
-        raise RunError(f"The checkpoint {state.get('loaded_from', run_dir)} was written by {written} process(es) and "
-                       f"this run has {world_size}; resume with the fabric.devices and fabric.num_nodes of "
-                       f"{run_dir / 'config.yaml'}.")
-
-
-def check_same_config(run_dir: Path, config: RunConfig) -> None:
-    """Refuse to resume a run directory whose config.yaml differs from ``config`` in anything that changes numbers."""
-    from .config import read_yaml, validate_config
-    from .engine import config_fingerprint
-
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return
-    try:
-        saved = validate_config(read_yaml(path), source=str(path))
-    except ConfigError:
-        saved = None
-    if saved is None or config_fingerprint(saved) != config_fingerprint(config):
-        raise RunError(f"The run in {run_dir} was made with a different config; resume with the run's own "
-                       f"{path} and no changed overrides, or start a new run with --overwrite.")
-
-
-def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False, lock=None) -> Path:
-    """Check, then create or (--overwrite) empty the run folder; ``lock``: the run's :class:`~protosphere.record.
-    RunLock`, taken here when the folder is new."""
-    run_dir = check_run_dir(config, resume=resume, overwrite=overwrite)
-    if overwrite and run_dir.is_dir() and run_entries(run_dir):
-        try:
-            remove_run_files(run_dir)
-        except OSError as exc:  # checked before (check_removable), so a race or a device failure
-            raise RunError(f"--overwrite could not empty {run_dir} ({exc.strerror}: {exc.filename}), so part of the "
-                           f"old run may be gone; fix that and run with --overwrite again.") from None
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if lock is not None:
-            lock.acquire()
-        remove_leftover_temporaries(run_dir)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RunError(f"Cannot write to output directory {run_dir} ({exc.strerror}); choose a writable "
-                       f"output_dir=... or fix its permissions.") from None
-    return run_dir
-
-
-def load_checkpoint(run_dir: Path, config: RunConfig) -> dict:
-    """The newest readable checkpoint of ``run_dir``: ``last.ckpt``, or when it is missing or unreadable (a truncated
-    copy, a full disk) the ``task-<t>.ckpt`` of the latest task that reads. ``state["loaded_from"]`` names the file."""
-    from .engine import CHECKPOINT_VERSION, config_fingerprint
-
-    folder = run_dir / "checkpoints"
-    tasks = sorted(folder.glob("task-*.ckpt"), reverse=True,
-                   key=lambda p: int(p.stem[5:]) if p.stem[5:].isdigit() else -1)
-    unreadable = []
-    for path in [folder / "last.ckpt", *tasks]:
-        if not path.is_file():
-            continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file
-            unreadable.append(f"{path.name} ({type(exc).__name__})")
-            continue
-        if not isinstance(state, dict):
-            unreadable.append(f"{path.name} (not a protosphere checkpoint)")
-            continue
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise RunError(f"Checkpoint {path} has format version {state.get('version')}, this protosphere reads "
-                           f"{CHECKPOINT_VERSION}; rerun with --overwrite.")
-        if state.get("fingerprint") != config_fingerprint(config):
-            raise RunError(f"Checkpoint {path} was written by a different config; resume with the run's own "
-                           f"{run_dir / 'config.yaml'} or start a new run with --overwrite.")
-        state["loaded_from"] = str(path)
-        return state
-    if unreadable:
-        raise RunError(f"Cannot resume: no checkpoint in {folder} is readable ({', '.join(unreadable)}); rerun with "
-                       f"--overwrite.")
-    raise RunError(f"Cannot resume: {folder} holds no checkpoint (the run stopped before its first one); rerun "
-                   f"with --overwrite.")
-
-
-@contextlib.contextmanager
-def os_errors_keep_checkpoint(files):
-    """An OSError while the run writes its folder (a full disk, a quota, a read-only or vanished folder) becomes one
-    sentence naming the file, what to free or fix, and the checkpoint that is intact (checkpoints are written
-    atomically, so the last one is always whole)."""
-    from .errors import describe_os_error
-
-    try:
-        yield
-    except OSError as exc:
-        last = files.last_checkpoint
-        kept = (f"; the last checkpoint {last} is intact, so --resume continues from it once that is fixed"
-                if last.is_file() else "; no checkpoint was written yet, so start the run again once that is fixed")
-        raise RunError(describe_os_error(exc, kept=kept)) from None
-
-
 @contextlib.contextmanager
 def precision_dtype(precision: str):
     """A float64 run (``fabric.precision=64-true``) trains and evaluates in float64 throughout: batches and replayed
@@ -406,138 +190,169 @@ def precision_dtype(precision: str):
 
 
 def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
-        show_progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
-    """Train and evaluate ``config``; ``command``: how the run was started, for results.json (default: sys.argv).
+        show_progress: bool = True, command: str | None = None) -> tuple[StoredRecord, Path]:
+    """Train and evaluate ``config``; returns the run's record (as a reader of its results.json gets it) and its
+    folder. ``command``: how the run was started, for results.json (default: sys.argv).
 
     The run folder is locked (``run.lock``) from the first look at it until results.json and the report are
     written, so a second process on the same folder (a --resume, --overwrite or report) is refused, naming this one."""
-    from .record import RunLock
+    from .rundir import RunDir, RunLock
 
-    lock = RunLock(Path(config.output_dir) / config.name)
+    lock = RunLock(RunDir.of(config).path)
     try:
-        return _run(config, lock, resume=resume, overwrite=overwrite, console=console, show_progress=show_progress,
-                    command=command)
+        return _run(_Session(config, lock, resume, overwrite, console, show_progress), command)
     finally:
         lock.release()
 
 
-def _run(config: RunConfig, lock, resume: bool, overwrite: bool, console, show_progress: bool,
-         command: str | None) -> tuple[dict, Path]:
-    from .distributed import rank_zero_first
-    from .engine import Engine, config_fingerprint, environment
-    from .protocol import summary_metrics
-    from .provenance import command_line, source_revision
-    from .record import RunDir, save_embedding_snapshot
-
+def _run(session: _Session, command: str | None) -> tuple[StoredRecord, Path]:
     started = time.time()
+    config = session.config
     check_threads(config)
     # Under DDP every process runs this function (torchrun / SLURM start them all; fabric.launch() starts the others
     # on one machine), so rank 0 alone checks and creates the run directory and the others follow its verdict.
-    fabric = build_fabric(config)
-    fabric.launch()
-    check_processes(config, fabric.world_size)
-    run_dir = Path(config.output_dir) / config.name
-    files = RunDir(run_dir)
-    loaded: dict = {}
+    session.fabric = build_fabric(config)
+    session.fabric.launch()
+    check_processes(config, session.fabric.world_size)
+    finished, state = session.check()
+    if finished is not None:
+        return finished, session.files.path
+    scenario, method = session.build()
+    results = session.train(scenario, method, state)
+    origin = _provenance(config, command)
+    record = RunRecord.assemble(results, origin, _environment(config, session.fabric), time.time() - started)
+    return session.finish(record), session.files.path
 
-    def check() -> bool:
-        check_no_links(run_dir)  # run.lock is opened in the folder: never through a link
-        if run_dir.is_dir():
-            lock.acquire()  # before the folder is read, and long before --overwrite empties it
-        check_run_dir(config, resume=resume, overwrite=overwrite)
-        if not resume:
+
+@dataclass
+class _Session:
+    """One call of :func:`run`: its config, folder and lock, what it was asked (resume / overwrite) and where it
+    reports; its steps are the methods, in the order :func:`_run` calls them."""
+
+    config: RunConfig
+    lock: object  # the run's RunLock
+    resume: bool
+    overwrite: bool
+    console: object
+    show_progress: bool
+    fabric: object = None
+
+    def __post_init__(self):
+        from .rundir import RunDir
+
+        self.files = RunDir.of(self.config)
+
+    @property
+    def speaks(self) -> bool:
+        return self.console is not None and self.fabric.is_global_zero
+
+    def check(self) -> tuple[StoredRecord | None, dict | None]:
+        """Check the run folder (rank 0; the others follow its verdict): the finished record when a --resume finds
+        the run done, else the checkpoint to continue from (None for a new run)."""
+        from .distributed import rank_zero_first
+
+        config, files, fabric = self.config, self.files, self.fabric
+        loaded: dict = {}
+
+        def check() -> bool:
+            files.check_no_links()  # run.lock is opened in the folder: never through a link
+            if files.path.is_dir():
+                self.lock.acquire()  # before the folder is read, and long before --overwrite empties it
+            files.check(resume=self.resume, overwrite=self.overwrite)
+            if not self.resume:
+                return False
+            files.check_same_config(config)
+            if files.results.exists():
+                return True
+            loaded["state"] = files.load_checkpoint(config)  # validates version and config fingerprint
+            files.check_world_size(loaded["state"], fabric.world_size)
             return False
-        check_same_config(run_dir, config)
-        if (run_dir / "results.json").exists():
-            return True
-        loaded["state"] = load_checkpoint(run_dir, config)  # validates version and config fingerprint
-        check_world_size(loaded["state"], fabric.world_size, run_dir)
-        return False
 
-    if rank_zero_first(fabric, check):
-        return files.read_results().to_data(), run_dir
-    state = (loaded.get("state") or load_checkpoint(run_dir, config)) if resume else None
-    if state is not None and Path(state["loaded_from"]).name != "last.ckpt" and console is not None \
-            and fabric.is_global_zero:
-        console.print(f"note: {run_dir / 'checkpoints' / 'last.ckpt'} is missing or unreadable; resuming from "
-                      f"{state['loaded_from']}")
+        if rank_zero_first(fabric, check):
+            return files.read_results(), None
+        state = (loaded.get("state") or files.load_checkpoint(config)) if self.resume else None
+        if state is not None and Path(state["loaded_from"]) != files.last_checkpoint and self.speaks:
+            self.console.print(f"note: {files.last_checkpoint} is missing or unreadable; resuming from "
+                               f"{state['loaded_from']}")
+        return None, state
 
-    # everything that can still fail on bad input (data, scenario, method) fails before anything is written
-    from .loggers import check_trackers
+    def build(self):
+        """The scenario and the method: everything that can still fail on bad input (trackers, data, scenario,
+        method) fails here, before anything is written."""
+        from .loggers import check_trackers
+        from .threads import apply_threads
 
-    check_trackers(config)
-    fabric.seed_everything(config.seed, verbose=False)
-    scenario = build_scenario_from_config(config)
-    check_memory(config, scenario.image_shape)
-    method = build_method(config, scenario, world_size=fabric.world_size)
-    if console is not None and fabric.is_global_zero:
-        for note in scenario_notes(config, scenario):
-            console.print(f"note: {note}")
-    from .threads import apply_threads
+        config, fabric = self.config, self.fabric
+        check_trackers(config)
+        fabric.seed_everything(config.seed, verbose=False)
+        scenario = build_scenario_from_config(config)
+        check_memory(config, scenario.image_shape)
+        method = build_method(config, scenario, world_size=fabric.world_size)
+        if self.speaks:
+            for note in scenario_notes(config, scenario):
+                self.console.print(f"note: {note}")
+        apply_threads(config, method, scenario.image_shape)  # from the config alone: same numbers on a busy machine
+        if self.resume and self.speaks and not self.files.metrics.exists():
+            # a log, not the record (results.json and the checkpoints are): refusing would leave --overwrite as the
+            # only way to finish the run, so it is started afresh and the user is told what it lacks
+            self.console.print(f"note: {self.files.metrics} is missing; it is started afresh and holds only what the "
+                               f"run logs from now on (earlier rows are lost; results.json is not affected).")
+        return scenario, method
 
-    apply_threads(config, method, scenario.image_shape)  # from the config alone: same numbers on a busy machine
+    def train(self, scenario, method, state: dict | None):
+        """Prepare the folder, write config.yaml and run the engine; returns the protocol's results."""
+        from .distributed import rank_zero_first
+        from .engine import Engine
+        from .interrupt import stop_on_signals
+        from .rundir import save_embedding_snapshot
 
-    if resume and fabric.is_global_zero and not files.metrics.exists() and console is not None:
-        # a log, not the record (results.json and the checkpoints are): refusing would leave --overwrite as the only
-        # way to finish the run, so it is started afresh and the user is told what it lacks
-        console.print(f"note: {files.metrics} is missing; it is started afresh and holds only what the run logs from "
-                      f"now on (earlier rows are lost; results.json is not affected).")
+        config, files, fabric = self.config, self.files, self.fabric
 
-    def write_embeddings(features, labels, weights):
-        save_embedding_snapshot(run_dir, features, labels, weights)
+        def write_embeddings(features, labels, weights):
+            save_embedding_snapshot(files.path, features, labels, weights)
 
-    from .interrupt import stop_on_signals
+        # from the moment the folder is written until training ends, SIGTERM/SIGINT stop the run at its next
+        # checkpoint (RunInterrupted after the step under way), so a signalled run never leaves a folder without one
+        with files.errors_name_checkpoint(), stop_on_signals() as stop, precision_dtype(config.fabric.precision):
+            rank_zero_first(fabric, lambda: (files.prepare(resume=self.resume, overwrite=self.overwrite,
+                                                           lock=self.lock), files.write_config(config)))
+            engine = Engine(config, files.path, fabric, console=self.console, show_progress=self.show_progress,
+                            write_embeddings=write_embeddings, stop=stop)
+            return engine.fit(scenario, method, resume=state)
 
-    # from the moment the folder is written until training ends, SIGTERM/SIGINT stop the run at its next checkpoint
-    # (RunInterrupted after the step under way), so a signalled run never leaves a folder without one
-    with os_errors_keep_checkpoint(files), stop_on_signals() as stop, precision_dtype(config.fabric.precision):
-        rank_zero_first(fabric, lambda: (prepare_run_dir(config, resume=resume, overwrite=overwrite, lock=lock),
-                                         files.write_config(config)))
-        engine = Engine(config, run_dir, fabric, console=console, show_progress=show_progress,
-                        write_embeddings=write_embeddings, stop=stop)
-        raw = engine.fit(scenario, method, resume=state)
-    random_init = raw["random_init"]
-    results = {
-        "name": config.name,
-        "status": "complete",
-        "seed": config.seed,
-        "method": config.method.name,
-        "headline_classifier": next(iter(raw["accuracy"])),
-        "classifier_data": {name: text for name, text in method.classifier_data().items() if name in raw["accuracy"]},
-        "scenario": {
-            "name": scenario.name, "kind": scenario.kind, "num_tasks": scenario.num_tasks,
-            "num_classes": scenario.num_classes, "class_order": scenario.class_order,
-            "class_names": scenario.class_names, "tasks": [list(t.classes) for t in scenario.tasks],
-            **scenario.extra,
-        },
-        "accuracy": raw["accuracy"],
-        "metrics": summary_metrics(raw["accuracy"], random_init, scenario.kind),
-        "random_init": random_init,
-        "neural_collapse": raw["neural_collapse"],
-        "diagnostics": raw.get("diagnostics", []),
-        "per_epoch": raw.get("per_epoch", []),
-        **({"corruptions": raw["corruptions"]} if "corruptions" in raw else {}),
-        **({"confusion": raw["confusion"]} if "confusion" in raw else {}),
-        "fingerprint": config_fingerprint(config),
-        "command": command if command is not None else command_line(),
-        "code": source_revision(),
-        "timings": {**raw["timings"], "total_s": time.time() - started},
-        "environment": {**environment(),
-                        "device": str(fabric.device), "world_size": fabric.world_size,
-                        "precision": config.fabric.precision},
-        "config": config.model_dump(mode="json"),
-    }
-    if not fabric.is_global_zero:
-        return results, run_dir
-    with os_errors_keep_checkpoint(files):
-        record = files.write_results(results)
-        if config.eval.report == "inline":
-            from .report import try_write_report
+    def finish(self, record) -> StoredRecord:
+        """Write results.json (rank 0) and the report as the config asks; returns the record as read."""
+        read = StoredRecord.from_data(record)
+        if not self.fabric.is_global_zero:
+            return read
+        files = self.files
+        with files.errors_name_checkpoint():
+            files.write_results(record)
+            if self.config.eval.report == "inline":
+                from .report import try_write_report
 
-            try_write_report(run_dir, record, console=console)  # a plotting failure is a warning, never a lost run
-        elif config.eval.report == "background":
-            report_in_background(run_dir, lock)
-    return results, run_dir
+                try_write_report(files.path, read, console=self.console)  # a plotting failure is a warning only
+            elif self.config.eval.report == "background":
+                report_in_background(files.path, self.lock)
+        return read
+
+
+def _provenance(config: RunConfig, command: str | None):
+    """Where the run came from: its config's fingerprint, the command and the code that ran it."""
+    from .provenance import command_line, source_revision
+    from .record import CodeRevision, Provenance
+
+    command = command if command is not None else command_line()
+    return Provenance(fingerprint=config_fingerprint(config), command=command, code=CodeRevision(**source_revision()))
+
+
+def _environment(config: RunConfig, fabric):
+    """What the run ran on: software versions, the machine, and fabric's device, processes and precision."""
+    from .provenance import environment
+    from .record import Environment
+
+    return Environment(**environment(), device=str(fabric.device), world_size=fabric.world_size,
+                       precision=config.fabric.precision)
 
 
 def report_in_background(run_dir: Path, lock=None):
@@ -549,7 +364,7 @@ def report_in_background(run_dir: Path, lock=None):
     import subprocess
     import sys
 
-    from .record import LOCK_FD_VARIABLE, RunDir
+    from .rundir import LOCK_FD_VARIABLE, RunDir
 
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}

@@ -6,7 +6,7 @@
 
 Every run is ``<out>/<name>`` with name = the config's file stem, each grid value as ``key-value``, then
 ``seed<s>`` (``er-200-buffer_size-500-seed1``). A run is **reused** when its ``results.json`` is complete and was
-produced by the same config (same :func:`~protosphere.engine.config_fingerprint`), **resumed** when it stopped part-way
+produced by the same config (same :func:`~protosphere.config.config_fingerprint`), **resumed** when it stopped part-way
 with a checkpoint of the same config, and **trained** otherwise, always through :func:`protosphere.runner.run`. With
 ``jobs`` > 1 the runs to train go to that many separate ``protosphere run`` processes, each logging to
 ``<out>/<name>.log`` and single-threaded (``fabric.threads=1``, unless the config or an override sets the threads); a
@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Sequence
 
 from . import runner
-from .config import load_config, parse_override, plain_name, validate_config
-from .engine import config_fingerprint
+from .config import config_fingerprint, load_config, parse_override, plain_name, validate_config
 from .errors import ConfigError, Interrupted, RunError
 from .interrupt import handling_signals
+from .record import StoredRecord
 from .report.compare import (
     BEST_RULE,
     Entry,
@@ -53,6 +53,7 @@ from .report.compare import (
     to_html,
     to_markdown,
 )
+from .rundir import RunDir, atomic_write
 
 RUN_KEYS = ("seed", "name", "output_dir")  # set by compare for every run
 
@@ -203,47 +204,49 @@ def check_same_scenario(names: Sequence, configs: Sequence) -> None:
                           f"scenario.num_tasks={keys[0][2]}).")
 
 
-def run_fingerprint(results: dict) -> str | None:
-    """Fingerprint of the config a results.json was produced by (None when it cannot be told)."""
-    if results.get("fingerprint"):
-        return results["fingerprint"]
-    if not isinstance(results.get("config"), dict):
+def run_fingerprint(record: StoredRecord) -> str | None:
+    """Fingerprint of the config a results.json was produced by (None when it cannot be told): stored since early
+    files of schema version 1, else computed from the stored config."""
+    if record.fingerprint:
+        return record.fingerprint
+    if not record.config:
         return None
     try:
-        return config_fingerprint(validate_config(results["config"]))
+        return config_fingerprint(validate_config(record.config))
     except Exception:  # noqa: BLE001 - an older or foreign schema: not reusable
         return None
 
 
-def reusable_results(run_dir: Path, config) -> dict | None:
-    """The finished results in ``run_dir`` when they were produced by ``config``; None otherwise."""
-    path = run_dir / "results.json"
-    if not path.is_file():
+def reusable_results(run_dir: Path, config) -> StoredRecord | None:
+    """The record of the finished run in ``run_dir`` when ``config`` produced it; None otherwise."""
+    files = RunDir(run_dir)
+    if not files.results.is_file():
         return None
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = files.read_results()
+    except RunError:  # unreadable or not a results file: nothing to reuse
         return None
-    if not isinstance(results, dict) or results.get("status") != "complete":
+    if record.status != "complete":
         return None
-    return results if run_fingerprint(results) == config_fingerprint(config) else None
+    return record if run_fingerprint(record) == config_fingerprint(config) else None
 
 
-def plan(config, overwrite: bool) -> tuple[str, dict | None]:
+def plan(config, overwrite: bool) -> tuple[str, StoredRecord | None]:
     """How the run of ``config`` is obtained: ``("reused", results)``, or ``("resume" | "train" | "overwrite", None)``;
     a folder holding another config's run raises RunError unless ``overwrite``."""
-    run_dir = Path(config.output_dir) / config.name
+    files = RunDir.of(config)
+    run_dir = files.path
     found = reusable_results(run_dir, config)
     if found is not None:
         return "reused", found
-    occupied = run_dir.is_dir() and bool(runner.run_entries(run_dir))  # a stale run.lock alone is no run
+    occupied = run_dir.is_dir() and bool(files.entries())  # a stale run.lock alone is no run
     if occupied and not overwrite:
-        if (run_dir / "results.json").is_file():
+        if files.results.is_file():
             raise RunError(f"{run_dir} holds a finished run of a different config; pass --overwrite to rerun it "
                            f"with this one, or choose another --out.")
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if files.last_checkpoint.is_file():
             try:
-                runner.load_checkpoint(run_dir, config)
+                files.load_checkpoint(config)
             except RunError:
                 raise RunError(f"{run_dir} holds an unfinished run of a different config (or an unreadable "
                                f"checkpoint); pass --overwrite to rerun it, or choose another --out.") from None
@@ -253,7 +256,7 @@ def plan(config, overwrite: bool) -> tuple[str, dict | None]:
     return ("overwrite" if occupied else "train"), None
 
 
-def obtain(config, overwrite: bool, console=None, show_progress: bool = False) -> tuple[dict, str]:
+def obtain(config, overwrite: bool, console=None, show_progress: bool = False) -> tuple[StoredRecord, str]:
     """Reuse, resume or train the run of ``config`` in this process; returns (results, how)."""
     how, results = plan(config, overwrite)
     if how == "reused":
@@ -324,10 +327,10 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
     """Obtain every run, training up to ``jobs`` at a time in separate processes; fills each entry's results and
     status (None and "failed" for a run whose process failed) and returns the failures as {run, log, error}."""
     plans = [plan(run.config, overwrite) for run in runs]  # every refusal before anything trains
-    outcome: dict[int, tuple[dict | None, str]] = {}
+    outcome: dict[int, tuple[StoredRecord | None, str]] = {}
     total, done = len(runs), 0
 
-    def report(run: PlannedRun, how: str, results: dict | None, detail: str = "") -> None:
+    def report(run: PlannedRun, how: str, results: StoredRecord | None, detail: str = "") -> None:
         nonlocal done
         done += 1
         if console is None:
@@ -381,18 +384,17 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
     return sorted(failures, key=lambda f: f["run"])
 
 
-def finished_runs(root: str | Path, stem: str) -> dict[int, dict]:
-    """``{seed: results}`` of the complete runs compare wrote under ``root`` for the config file ``stem`` without a
+def finished_runs(root: str | Path, stem: str) -> dict[int, StoredRecord]:
+    """``{seed: record}`` of the complete runs compare wrote under ``root`` for the config file ``stem`` without a
     grid (``<root>/<stem>-seed<S>``), for scripts that compute more than compare's table from the same runs."""
-    from .report.html import load_results
-
     prefix = f"{plain_name(stem)}-seed"
     found = {}
     for run_dir in sorted(Path(root).glob(f"{prefix}*")):
-        if run_dir.name[len(prefix):].isdigit() and (run_dir / "results.json").is_file():
-            results = load_results(run_dir)
-            if results.get("status") == "complete":
-                found[results["seed"]] = results
+        files = RunDir(run_dir)
+        if run_dir.name[len(prefix):].isdigit() and files.results.is_file():
+            record = files.read_results()
+            if record.status == "complete":
+                found[record.seed] = record
     return found
 
 
@@ -422,8 +424,6 @@ def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path 
             grid: Sequence[str] = (), jobs: int = 1, markdown: str | Path | None = None) -> dict:
     """Run or reuse every config × grid point × seed, then write ``compare.{md,json,html}`` in ``out`` (and the
     Markdown table to ``markdown`` when given); returns the summary, whose ``failed`` lists runs that failed."""
-    from .report.html import atomic_write
-
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
     if jobs < 1:

@@ -143,7 +143,8 @@ class Method(nn.Module):
     # state kept outside parameters -----------------------------------------------------------------------------
     def track_state(self, name: str, obj) -> None:
         """Save ``obj`` (anything with state_dict/load_state_dict, e.g. a replay buffer) with the method, under
-        ``name``; None forgets what was tracked under that name. Tracked state is kept per process under DDP."""
+        ``name``; None forgets what was tracked under that name. Tracked state is kept per process under DDP. An
+        object that keeps tensors on the training device also has ``to(device)``, which :meth:`restore_state` calls."""
         if obj is None:
             self._tracked.pop(name, None)
         else:
@@ -153,6 +154,19 @@ class Method(nn.Module):
         """Name → object of the state declared with :meth:`track_state`, in declaration order (a copy): what the
         engine checkpoints for every process and restores onto the training device."""
         return dict(self._tracked)
+
+    def restore_state(self, state: dict, own_tracked: dict | None = None, device: torch.device | None = None) -> None:
+        """Continue from a checkpoint: load ``state`` (a :meth:`state_dict`), then ``own_tracked`` (this process's
+        own tracked state, under DDP: the state holds rank 0's buffers) and put the tracked objects on ``device``
+        (checkpoints load on the CPU, while a buffer keeps its rows where the method trains)."""
+        self.load_state_dict(state)
+        for name, obj_state in (own_tracked or {}).items():
+            self._tracked[name].load_state_dict(obj_state)
+        if device is not None:
+            for obj in self._tracked.values():
+                move = getattr(obj, "to", None)
+                if move is not None:  # an object that keeps no tensors has nothing to place
+                    move(device)
 
     def register_snapshot(self, name: str, source: Callable[[], nn.Module], train_mode_bn: bool = False) -> None:
         """Declare a frozen copy (e.g. the past model) that :meth:`take_snapshot` refreshes from ``source()``."""

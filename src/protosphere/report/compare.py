@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..record import StoredRecord
 
 SETTINGS = ("class_il", "task_il")
 METRIC_KEYS = ("final_average_accuracy", "average_incremental_accuracy", "average_forgetting", "backward_transfer",
@@ -36,7 +39,7 @@ class Entry:
     path: Path
     label: str
     configs: list = field(default_factory=list)  # RunConfig per seed
-    results: list = field(default_factory=list)  # results dict per seed; None for a run that failed
+    results: list = field(default_factory=list)  # StoredRecord per seed; None for a run that failed
     status: list = field(default_factory=list)  # "reused" | "resumed" | "trained" | "failed" per seed
 
 
@@ -72,26 +75,25 @@ def cell_text(stat: dict, seeds: int) -> str:
     return text if stat.get("mean") is None or stat["n"] >= seeds else f"{text} (n = {stat['n']})"
 
 
-def metric_value(results: dict, classifier: str | None, setting: str, metric: str) -> float | None:
-    classifier = classifier or results.get("headline_classifier")
-    return (((results.get("metrics") or {}).get(classifier) or {}).get(setting) or {}).get(metric)
+def metric_value(record: StoredRecord, classifier: str | None, setting: str, metric: str) -> float | None:
+    """One continual metric of ``classifier`` (None: the run's headline classifier), None when the run lacks it."""
+    summary = record.summary(classifier, setting)
+    return None if summary is None else getattr(summary, metric)
 
 
-def seen_curve(results: dict, classifier: str | None = None, setting: str = "class_il") -> list[float] | None:
+def seen_curve(record: StoredRecord, classifier: str | None = None, setting: str = "class_il") -> list[float] | None:
     """Mean accuracy on the tasks seen so far, after each task (the curve whose mean is avg incremental acc)."""
-    classifier = classifier or results.get("headline_classifier")
-    matrix = ((results.get("accuracy") or {}).get(classifier) or {}).get(setting)
+    matrix = record.accuracy.get(classifier or record.headline_classifier, {}).get(setting)
     if not matrix:
         return None
     return [float(np.mean(row[: t + 1])) for t, row in enumerate(matrix)]
 
 
-def build_columns(all_results: Sequence[Sequence[dict]]) -> list[Column]:
+def build_columns(all_results: Sequence[Sequence[StoredRecord | None]]) -> list[Column]:
     """Headline-classifier columns, then one class-IL column per classifier of representation methods (None stands
     for a run that failed and is skipped)."""
     all_results = [[r for r in rs if r is not None] for rs in all_results]
-    has_task_il = any("task_il" in (r.get("metrics") or {}).get(r.get("headline_classifier"), {})
-                      for rs in all_results for r in rs)
+    has_task_il = any(r.summary(setting="task_il") is not None for rs in all_results for r in rs)
     columns = [Column("headline/class_il/final_average_accuracy", "class-IL final acc", None, "class_il",
                       "final_average_accuracy")]
     if has_task_il:
@@ -105,7 +107,7 @@ def build_columns(all_results: Sequence[Sequence[dict]]) -> list[Column]:
     classifiers: list[str] = []
     for rs in all_results:
         for r in rs:
-            names = list(r.get("metrics") or {})
+            names = list(r.metrics)
             if len(names) > 1:
                 classifiers += [n for n in names if n not in classifiers]
     for name in classifiers:
@@ -121,12 +123,12 @@ def summarize_rows(entries: Sequence[Entry], columns: Sequence[Column]) -> list[
     rows = []
     for entry in entries:
         finished = [r for r in entry.results if r is not None]
-        first = finished[0] if finished else {}
+        first = finished[0] if finished else None
         values = {c.key: mean_std([None if r is None else metric_value(r, c.classifier, c.setting, c.metric)
                                    for r in entry.results]) for c in columns}
         all_metrics: dict = {}
-        for classifier in first.get("metrics") or {}:
-            for setting in (first["metrics"][classifier] or {}):
+        for classifier, settings in (first.metrics if first is not None else {}).items():
+            for setting in settings:
                 for metric in METRIC_KEYS:
                     all_metrics.setdefault(classifier, {}).setdefault(setting, {})[metric] = mean_std(
                         [metric_value(r, classifier, setting, metric) for r in finished])
@@ -137,14 +139,13 @@ def summarize_rows(entries: Sequence[Entry], columns: Sequence[Column]) -> list[
             curve = {"mean": array.mean(0).tolist(),
                      "std": (array.std(0, ddof=1) if len(curves) > 1 else np.zeros(array.shape[1])).tolist()}
         configs = entry.configs or [None] * len(entry.results)
+        method = first.method if first is not None else None
         rows.append({
             "label": entry.label, "config": str(entry.path),
-            "method": first.get("method") or (entry.configs[0].method.name if entry.configs else None),
-            "headline_classifier": first.get("headline_classifier"),
-            "runs": [r.get("name") if r is not None else getattr(c, "name", None)
-                     for r, c in zip(entry.results, configs)],
-            "seeds": [r.get("seed") if r is not None else getattr(c, "seed", None)
-                      for r, c in zip(entry.results, configs)],
+            "method": method or (entry.configs[0].method.name if entry.configs else None),
+            "headline_classifier": first.headline_classifier if first is not None else None,
+            "runs": [r.name if r is not None else getattr(c, "name", None) for r, c in zip(entry.results, configs)],
+            "seeds": [r.seed if r is not None else getattr(c, "seed", None) for r, c in zip(entry.results, configs)],
             "status": list(entry.status), "values": values, "metrics": all_metrics,
             "class_il_seen_curve": curve,
         })
@@ -249,6 +250,7 @@ def rich_table(summary: dict):
 
 
 def to_html(summary: dict, out: Path) -> str:
+    from ..rundir import RunDir
     from . import plots
     from .html import clear_pngs, esc, figure, page
 
@@ -280,7 +282,7 @@ def to_html(summary: dict, out: Path) -> str:
                    f'(n = {test["n"][0]}, {test["n"][1]})"' if bold and test.get("p") is not None else "")
             cells.append(f'<td data-key="{esc(row["label"] + "|" + c["key"])}" data-mean="{value}" '
                          f'data-std="{std}"{tip}>{"<b>" + text + "</b>" if bold else text}</td>')
-        links = " ".join(f'<a href="{esc(name)}/report.html">s{esc(seed)}</a>' if how != "failed" else
+        links = " ".join(f'<a href="{esc(RunDir(name).report.as_posix())}">s{esc(seed)}</a>' if how != "failed" else
                          f'<a href="{esc(name)}.log">s{esc(seed)} failed</a>'
                          for name, seed, how in zip(row["runs"], row["seeds"],
                                                     row.get("status") or [None] * len(row["runs"])))

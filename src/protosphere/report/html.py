@@ -1,7 +1,7 @@
 """``runs/<name>/report.html``: one self-contained page (inline CSS, PNGs as base64 data URIs) for a finished run.
 
-The report is rendered from the run record (``results.json``, read as a :class:`~protosphere.record.RunRecord`)
-alone, plus ``embeddings.npz`` when the run saved one (see :func:`~protosphere.record.save_embedding_snapshot`); every
+The report is rendered from the run record (``results.json``, read as a :class:`~protosphere.record.StoredRecord`)
+alone, plus ``embeddings.npz`` when the run saved one (see :func:`~protosphere.rundir.save_embedding_snapshot`); every
 part whose data is absent (task-IL, NC metrics, a second task, per-epoch
 accuracy, prototype alignment/drift, corruption errors, embeddings, timings) is left out. The PNGs are also kept
 under ``runs/<name>/plots/`` for papers and slides.
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..record import Diagnostics, EpochEvaluation, RunDir, RunRecord, atomic_write, save_embedding_snapshot  # noqa: F401 (re-exported)
+from ..record import Diagnostics, EpochEvaluation, RunRecord, StoredRecord
+from ..rundir import RunDir, atomic_write, save_embedding_snapshot  # noqa: F401 (save_embedding_snapshot: re-exported)
 from . import plots
 
-__all__ = ["atomic_write", "load_results", "render_report", "save_embedding_snapshot", "try_write_report",
-           "write_report"]  # atomic_write and save_embedding_snapshot live in protosphere.record
+__all__ = ["load_results", "render_report", "save_embedding_snapshot", "try_write_report", "write_report"]
 
 HEADLINE_METRICS = [
     ("final_average_accuracy", "final avg acc", "mean accuracy over all tasks after the last one (%)"),
@@ -147,11 +147,10 @@ def clear_pngs(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------------------------
-def load_results(run_dir: str | Path) -> dict:
-    """``results.json`` of a run directory as plain data, validated against the
-    :class:`~protosphere.record.RunRecord` (read the typed record with :func:`protosphere.record.read_record`);
-    :class:`RunError` with one sentence when it is missing, unreadable or does not match the schema."""
-    return RunDir(run_dir).read_results().to_data()
+def load_results(run_dir: str | Path) -> StoredRecord:
+    """The record of a run directory's ``results.json`` (:func:`protosphere.rundir.read_record`), whichever version
+    wrote it; :class:`RunError` with one sentence when it is missing, unreadable or does not match the schema."""
+    return RunDir(run_dir).read_results()
 
 
 def load_embeddings(run_dir: Path) -> dict | None:
@@ -185,7 +184,7 @@ def load_embeddings(run_dir: Path) -> dict | None:
 # ---------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------
-def headline_table(record: RunRecord) -> str:
+def headline_table(record: StoredRecord) -> str:
     """Every classifier × setting with the five continual metrics; the headline classifier first and in bold."""
     headline = record.headline_classifier
     order = sorted(record.metrics, key=lambda c: c != headline)
@@ -204,7 +203,7 @@ def headline_table(record: RunRecord) -> str:
             f'<th class="l">fitted on</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
-def _cards(record: RunRecord) -> str:
+def _cards(record: StoredRecord) -> str:
     settings = record.metrics.get(record.headline_classifier or "", {})
     cards = []
     for setting, summary in settings.items():
@@ -222,7 +221,7 @@ def _cards(record: RunRecord) -> str:
     return f'<div class="cards">{body}</div>'
 
 
-def _meta(record: RunRecord) -> str:
+def _meta(record: StoredRecord) -> str:
     sc, env = record.scenario, record.environment
 
     def known(value):
@@ -243,11 +242,11 @@ def _meta(record: RunRecord) -> str:
                                           if v is not None) + "</div>"
 
 
-def _config_block(record: RunRecord, run_dir: Path) -> str:
+def _config_block(record: StoredRecord, run_dir: Path) -> str:
     import yaml
 
     text = None
-    if record.config is not None:
+    if record.config:
         text = yaml.safe_dump(record.config, sort_keys=False)
     elif RunDir(run_dir).config.is_file():
         text = RunDir(run_dir).config.read_text()
@@ -256,14 +255,14 @@ def _config_block(record: RunRecord, run_dir: Path) -> str:
     return f"<details><summary>Resolved config (YAML)</summary><pre>{esc(text)}</pre></details>"
 
 
-def _task_il_note(record: RunRecord) -> str:
+def _task_il_note(record: StoredRecord) -> str:
     if any("task_il" in settings for settings in record.metrics.values()):
         return ""
     return (f'<p class="note">No task-IL numbers: the {esc(plots.setting_label(record.scenario.kind or "?"))} '
             f"scenario has no task identities to mask with.</p>")
 
 
-def _classifier_sections(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+def _classifier_sections(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
     accuracy, metrics, headline = record.accuracy, record.metrics, record.headline_classifier
     parts = []
     for classifier in sorted(accuracy, key=lambda c: c != headline):
@@ -338,7 +337,7 @@ def _epoch_segments(entries: list) -> list[tuple[int, int, str]]:
     return [tuple(s) for s in segments]
 
 
-def epoch_accuracy(record: RunRecord) -> tuple[str | None, list[EpochEvaluation], dict[str, list[float | None]]]:
+def epoch_accuracy(record: StoredRecord) -> tuple[str | None, list[EpochEvaluation], dict[str, list[float | None]]]:
     """Mean accuracy over the tasks seen so far after every epoch (``per_epoch`` of the record), per setting.
 
     Returns ``(classifier, entries, {setting: [mean or None per entry]})`` for the headline classifier (the first
@@ -367,7 +366,7 @@ def epoch_accuracy(record: RunRecord) -> tuple[str | None, list[EpochEvaluation]
     return classifier, entries, series
 
 
-def _epoch_accuracy_part(record: RunRecord, plot_dir: Path, figures: list[Path], heading: str) -> str:
+def _epoch_accuracy_part(record: StoredRecord, plot_dir: Path, figures: list[Path], heading: str) -> str:
     classifier, entries, series = epoch_accuracy(record)
     if classifier is None:
         return ""
@@ -391,7 +390,7 @@ def _epoch_accuracy_part(record: RunRecord, plot_dir: Path, figures: list[Path],
     return "\n".join(parts)
 
 
-def _nc_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+def _nc_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
     entries = [None if e is None else e.model_dump(exclude_none=True) for e in record.neural_collapse]
     epoch_records = record.epoch_neural_collapse()
     if not any(entries) and not epoch_records:
@@ -430,7 +429,7 @@ def _class_label(names: Any, c: Any) -> str:
     return str(c)
 
 
-def _diagnostics_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+def _diagnostics_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
     """Mean prototype alignment and old-class drift per task (the record's ``diagnostics``); per class for the last."""
     entries = record.diagnostics
     alignment = [_number(e.prototype_alignment) if e else None for e in entries]
@@ -520,7 +519,7 @@ def corruption_table(errors: dict[str, list], severities: list, classifier: str)
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def _corruption_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+def _corruption_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
     """Top-1 error under corruptions (the record's ``corruptions``) of the headline classifier, table and plot."""
     corruptions = {c: errors for c, errors in (record.corruptions or {}).items() if errors}
     if not corruptions:
@@ -555,7 +554,7 @@ def _corruption_section(record: RunRecord, plot_dir: Path, figures: list[Path]) 
     return "\n".join(parts)
 
 
-def _embedding_section(record: RunRecord, run_dir: Path, plot_dir: Path, figures: list[Path]) -> str:
+def _embedding_section(record: StoredRecord, run_dir: Path, plot_dir: Path, figures: list[Path]) -> str:
     data = load_embeddings(run_dir)
     if data is None:
         return ""
@@ -582,7 +581,7 @@ def _embedding_section(record: RunRecord, run_dir: Path, plot_dir: Path, figures
     return "\n".join(parts)
 
 
-def _timings_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+def _timings_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
     tasks, total = record.timings.tasks, record.timings.total_s
     if not tasks and total is None:
         return ""
@@ -617,7 +616,7 @@ def _training_section(run_dir: Path, plot_dir: Path, figures: list[Path]) -> str
     """Loss (and its terms) and learning rate over the whole run, from metrics.csv."""
     from . import curves
 
-    series = curves.read_training_rows(run_dir / "metrics.csv")
+    series = curves.read_training_rows(RunDir(run_dir).metrics)
     path = curves.training_curves(series, plot_dir / "training_curves.png") if series else None
     if path is None:
         return ""
@@ -629,7 +628,7 @@ def _training_section(run_dir: Path, plot_dir: Path, figures: list[Path]) -> str
                      "(dashed lines: a new task starts). Source: <code>metrics.csv</code>."))
 
 
-def _per_class_section(record: RunRecord, plot_dir: Path, figures: list[Path]) -> str:
+def _per_class_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
     """Per-class accuracy after the last task and, up to 30 classes, the confusion matrix (the record's
     ``confusion``)."""
     from . import curves
@@ -687,9 +686,9 @@ def _with_contents(body: str) -> str:
     return body.replace("</header>", "</header>\n" + toc, 1) if "</header>" in body else toc + body
 
 
-def render_report(run_dir: str | Path, results: RunRecord | dict) -> str:
+def render_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict) -> str:
     """Write ``plots/*.png`` for ``results`` (a record, or results.json's data) and return the report's HTML text."""
-    record = RunRecord.from_data(results, source=f"the results of {run_dir}")
+    record = StoredRecord.from_data(results, source=f"the results of {run_dir}")
     run_dir = Path(run_dir)
     plot_dir = RunDir(run_dir).plots
     clear_pngs(plot_dir)
@@ -722,7 +721,7 @@ def render_report(run_dir: str | Path, results: RunRecord | dict) -> str:
                        f"<code>{esc(plot_dir)}</code>.")
 
 
-def write_report(run_dir: str | Path, results: RunRecord | dict | None = None) -> Path:
+def write_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict | None = None) -> Path:
     """Render ``run_dir/report.html`` (and ``run_dir/plots/*.png``) from ``results`` (a record, or results.json's
     data) or else ``run_dir/results.json``."""
     files = RunDir(run_dir)
@@ -730,13 +729,15 @@ def write_report(run_dir: str | Path, results: RunRecord | dict | None = None) -
     return atomic_write(files.report, render_report(files.path, record))
 
 
-def try_write_report(run_dir: str | Path, results: RunRecord | dict | None = None, console=None) -> Path | None:
+def try_write_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict | None = None,
+                     console=None) -> Path | None:
     """:func:`write_report` that never raises: a failure becomes a warning (results.json is already safe)."""
     try:
         return write_report(run_dir, results)
     except Exception as exc:  # noqa: BLE001 - a plotting bug must not fail a finished run
-        message = (f"could not write {Path(run_dir) / 'report.html'} ({type(exc).__name__}: {exc}); results.json "
-                   f"is intact — retry with `protosphere report {run_dir}`.")
+        files = RunDir(run_dir)
+        message = (f"could not write {files.report} ({type(exc).__name__}: {exc}); {files.RESULTS} is intact — "
+                   f"retry with `protosphere report {run_dir}`.")
         if console is not None:
             console.print(f"[yellow]warning:[/] {message}")
         else:

@@ -67,7 +67,7 @@ def finished(row: Row) -> dict[int, dict]:
     for seed, path in sorted(row.runs.items()):
         if row.status.get(seed) == "failed" or not (path / "results.json").is_file():
             continue
-        results = load_results(path)
+        results = load_results(path).to_data()
         if results.get("status", "complete") == "complete":
             found[seed] = results
     return found
@@ -267,7 +267,7 @@ def clop_cell(run: Path, how: str, log: Path) -> dict:
     if how == "failed":
         text = log.read_text(errors="replace") if log.exists() else ""
         return {"state": "NaN" if "NaN/inf" in text else "missing"}
-    r = load_results(run)
+    r = load_results(run).to_data()
     nc = (r.get("neural_collapse") or [None])[-1] or {}
     acc = {c: v["class_il"][-1][0] for c, v in r["accuracy"].items()}
     between, within = nc.get("between_class_effective_rank"), nc.get("within_class_effective_rank")
