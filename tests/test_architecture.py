@@ -1,4 +1,4 @@
-"""The package's import graph has no cycle.
+"""The package's import graph has no cycle, and every import points down the layers of docs/architecture.md.
 
 Every ``import`` / ``from ... import`` statement of every module under ``src/protosphere`` counts, wherever it stands
 (module level, inside a function, under ``TYPE_CHECKING``), relative imports included. ``from package import name``
@@ -145,6 +145,45 @@ def test_the_package_has_no_import_cycle():
     assert not found, f"{len(found)} import cycle(s) in src/{PACKAGE}:\n{text}"
 
 
+# The layers, lowest first. A module may import its own layer and the layers below it, never one above: a method
+# never reaches the engine, the engine never reaches a loss, the config never reaches a dataset.
+LAYERS: list[tuple[str, list[str]]] = [
+    ("leaves", ["errors", "version", "registry", "validation", "threads", "provenance"]),
+    ("config", ["config"]),
+    ("building blocks", ["data", "models", "geometry", "losses", "metrics", "buffer", "evaluation", "optim",
+                         "distributed"]),
+    ("methods", ["methods"]),
+    ("run records", ["record", "rundir", "interrupt", "loggers", "progress", "protocol"]),
+    ("report", ["report"]),
+    ("running", ["engine", "runner", "sweep"]),
+    ("entry points", ["api", "cli", "bench", "catalog", ""]),  # "": the package's __init__
+]
+
+
+def layer_of(module: str, layers: list[tuple[str, list[str]]] = LAYERS) -> int:
+    """Index in ``layers`` of the top-level module or subpackage that ``module`` belongs to."""
+    top = module.split(".")[1] if "." in module else ""
+    for index, (_, members) in enumerate(layers):
+        if top in members:
+            return index
+    raise KeyError(f"{module} is in no layer of tests/test_architecture.py LAYERS: place it")
+
+
+def upward_imports(graph: dict[str, set[str]], layers: list[tuple[str, list[str]]] = LAYERS) -> list[str]:
+    return sorted(f"{a} ({layers[layer_of(a, layers)][0]}) imports {b} ({layers[layer_of(b, layers)][0]})"
+                  for a, targets in graph.items() for b in targets if layer_of(b, layers) > layer_of(a, layers))
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph():
+        layer_of(module)
+
+
+def test_imports_only_point_down_the_layers():
+    found = upward_imports(import_graph())
+    assert not found, "imports up the layers:\n  " + "\n  ".join(found)
+
+
 # ------------------------------------------------------------------------------------- the checker checks itself
 def _write(root: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
@@ -199,3 +238,15 @@ def test_relative_imports_resolve_like_python(module, is_package, level, target,
 
     package = module if is_package else module.rpartition(".")[0]
     assert importlib.util.resolve_name("." * level + (target or ""), package) == expected
+
+
+def test_an_upward_import_is_caught_even_inside_a_function(tmp_path):
+    root = _write(tmp_path, {
+        "__init__.py": "",
+        "config.py": "def check():\n    from .data.corruptions import CORRUPTIONS\n",  # config → building blocks
+        "data/__init__.py": "",
+        "data/corruptions.py": "from ..registry import X\n",
+        "registry.py": "",
+    })
+    found = upward_imports(import_graph(root))
+    assert found == ["protosphere.config (config) imports protosphere.data.corruptions (building blocks)"]

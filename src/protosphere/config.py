@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from pydantic_core import core_schema
 
 from .errors import ConfigError, quote, shorten
-from .registry import AUGMENTATIONS, BACKBONES, DATASETS, METHODS, Registry, UnknownNameError
+from .registry import AUGMENTATIONS, BACKBONES, CORRUPTIONS, DATASETS, METHODS, Registry, UnknownNameError
 
 
 class Registered:
@@ -164,15 +164,14 @@ class EvalConfig(Section):
     @field_validator("corruptions", mode="before")
     @classmethod
     def _known_corruptions(cls, value):
-        from .data.corruptions import CORRUPTIONS
-
+        known = CORRUPTIONS.in_order()
         if value == "all":
-            return list(CORRUPTIONS)
+            return list(known)
 
         for name in value or []:
-            if name not in CORRUPTIONS:
-                close = difflib.get_close_matches(name, CORRUPTIONS, n=1)
-                hint = f"did you mean {close[0]!r}" if close else f"choose from {', '.join(CORRUPTIONS)}"
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]!r}" if close else f"choose from {', '.join(known)}"
                 raise ValueError(f"unknown corruption {name!r}; {hint}")
         return value
 

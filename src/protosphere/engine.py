@@ -43,13 +43,13 @@ from .data.scenarios import model_input
 from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
 from .errors import ConfigError, RunError
 from .interrupt import RunInterrupted, StopRequest
-from .losses._checks import set_validation
 from .methods.base import Method, StepContext, StepOutput, TaskContext
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
 from .protocol import Protocol, TaskEvaluation, TaskTraining
 from .record import Evaluation, RunResults
 from .rundir import CHECKPOINT_VERSION, RunDir
+from .validation import set_validation
 
 
 def nonfinite_names(state, prefix: str = "") -> list[str]:

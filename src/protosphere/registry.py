@@ -27,8 +27,8 @@ import importlib
 import importlib.metadata
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
-__all__ = ["Registry", "UnknownNameError", "METHODS", "DATASETS", "BACKBONES", "AUGMENTATIONS", "PLUGIN_GROUP",
-           "load_plugins"]
+__all__ = ["Registry", "UnknownNameError", "METHODS", "DATASETS", "BACKBONES", "AUGMENTATIONS", "CORRUPTIONS",
+           "PLUGIN_GROUP", "load_plugins"]
 
 T = TypeVar("T")
 
@@ -86,6 +86,11 @@ class Registry(Generic[T]):
         self._load_builtins()
         return tuple(sorted(self._entries))
 
+    def in_order(self) -> tuple[str, ...]:
+        """Every registered name in the order it was registered (built-ins first, as their module lists them)."""
+        self._load_builtins()
+        return tuple(self._entries)
+
     def __contains__(self, name: object) -> bool:
         self._load_builtins()
         return name in self._entries
@@ -134,6 +139,10 @@ DATASETS: Registry = Registry("dataset", builtins="protosphere.data.registry")
 BACKBONES: Registry = Registry("backbone", builtins="protosphere.models.backbones")
 """Backbone factories ``factory(in_channels, image_size, **options) -> nn.Module`` (with ``out_dim``), by
 ``model.backbone``."""
+
+CORRUPTIONS: Registry = Registry("corruption", builtins="protosphere.data.corruptions")
+"""Test-set corruptions ``corruption(images_uint8, severity, generator=None) -> images_uint8``, by
+``eval.corruptions``."""
 
 AUGMENTATIONS: Registry = Registry("augmentation", builtins="protosphere.data.augment")
 """Augmentation recipes ``recipe(image_size, channels, **options) -> list[BatchTransform]`` (normalisation is added

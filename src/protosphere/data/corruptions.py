@@ -42,6 +42,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..registry import CORRUPTIONS as REGISTERED_CORRUPTIONS
 from .scenarios import model_input
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "evaluate_corruptions", "corruption_errors",
@@ -165,6 +166,8 @@ CORRUPTIONS: dict[str, Callable] = {
     "pixelate": pixelate,
     "elastic": elastic,
 }
+for _name, _corruption in CORRUPTIONS.items():  # the config validates eval.corruptions against the registry
+    REGISTERED_CORRUPTIONS.register(_name, _corruption)
 
 
 def _generator(seed: int, device) -> torch.Generator:

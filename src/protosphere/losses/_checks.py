@@ -1,9 +1,9 @@
 """Input checks shared by the losses.
 
 Shape checks are free and always run. Value checks (unit norm, finiteness, label range) need a device-to-host sync, so
-they run only while :func:`validation_enabled` is true. It is on by default, so direct calls are always checked; the
-engine checks the first training step of a run and then switches the value checks off for speed (its non-finite-loss
-guard covers the rest of the run).
+they run only while :func:`protosphere.validation.validation_enabled` is true. It is on by default, so direct calls are
+always checked; the engine checks the first training step of a run and then switches the value checks off for speed
+(its non-finite-loss guard covers the rest of the run).
 """
 
 from __future__ import annotations
@@ -12,29 +12,9 @@ import contextlib
 
 import torch
 
-_VALIDATE = True
+from ..validation import set_validation, validation, validation_enabled  # noqa: F401 (protosphere.losses re-exports)
+
 UNIT_NORM_TOLERANCE = 1e-3
-
-
-def validation_enabled() -> bool:
-    return _VALIDATE
-
-
-def set_validation(enabled: bool) -> None:
-    """Turn the value checks (unit norm, NaN, label range) of every loss on or off."""
-    global _VALIDATE
-    _VALIDATE = bool(enabled)
-
-
-@contextlib.contextmanager
-def validation(enabled: bool):
-    """Context manager form of :func:`set_validation`."""
-    previous = _VALIDATE
-    set_validation(enabled)
-    try:
-        yield
-    finally:
-        set_validation(previous)
 
 
 def check_matrix(x: torch.Tensor, name: str, loss: str, rows: int | None = None, dim: int | None = None) -> None:
@@ -51,7 +31,7 @@ def check_matrix(x: torch.Tensor, name: str, loss: str, rows: int | None = None,
 
 
 def check_finite(x: torch.Tensor, name: str, loss: str) -> None:
-    if _VALIDATE and not bool(torch.isfinite(x).all()):
+    if validation_enabled() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{loss}: `{name}` contains NaN or inf; check the model output and the learning rate.")
 
 
@@ -62,7 +42,7 @@ def check_unit_rows(x: torch.Tensor, name: str, loss: str) -> None:
     are only unit to about that precision after normalisation.
     """
     check_finite(x, name, loss)
-    if _VALIDATE and x.numel():
+    if validation_enabled() and x.numel():
         tolerance = UNIT_NORM_TOLERANCE
         if x.dtype in (torch.float16, torch.bfloat16):
             tolerance = max(tolerance, 2 * torch.finfo(x.dtype).eps)
@@ -83,7 +63,7 @@ def check_labels(labels: torch.Tensor, rows: int, loss: str, num_classes: int | 
         raise ValueError(f"{loss}: `labels` must be a 1-D tensor with one entry per row ({rows}), got {shape}.")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"{loss}: `labels` must be an integer tensor, got {labels.dtype}.")
-    if not _VALIDATE or labels.numel() == 0:
+    if not validation_enabled() or labels.numel() == 0:
         return
     low = -1 if allow_unlabeled else 0
     lo, hi = int(labels.min()), int(labels.max())
