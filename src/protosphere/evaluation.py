@@ -20,7 +20,6 @@ __all__ = [
     "ncm_logits",
     "nearest_prototype_logits",
     "knn_logits",
-    "mask_logits",
     "accuracy",
 ]
 
@@ -262,25 +261,6 @@ def knn_logits(
         weights = (top_sim / temperature).exp()
         out[start : start + chunk_size].scatter_add_(1, y[top_idx], weights)
     return out
-
-
-def mask_logits(logits: torch.Tensor, classes: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Task-IL masking: a copy of ``logits`` (M, C) with -inf in every column not in ``classes``.
-
-    Args:
-        classes: the task's class indices (sequence of int or 1-D integer tensor), each in [0, C).
-    """
-    if logits.dim() != 2:
-        raise ValueError(f"mask_logits: logits must have shape (M, C), got {tuple(logits.shape)}.")
-    idx = torch.as_tensor(classes, dtype=torch.long).flatten().to(logits.device)
-    num_classes = logits.shape[1]
-    if idx.numel() == 0:
-        raise ValueError("mask_logits: classes is empty.")
-    if int(idx.min()) < 0 or int(idx.max()) >= num_classes:
-        raise ValueError(f"mask_logits: classes must lie in [0, {num_classes - 1}], got {idx.tolist()}.")
-    keep = torch.zeros(num_classes, dtype=torch.bool, device=logits.device)
-    keep[idx] = True
-    return logits.masked_fill(~keep, float("-inf"))
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

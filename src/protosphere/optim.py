@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 
 class LARS(torch.optim.Optimizer):
@@ -78,6 +77,3 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> N
     for group in optimizer.param_groups:
         group["lr"] = base_lr * factor
 
-
-def trainable(module: nn.Module):
-    return [p for p in module.parameters() if p.requires_grad]
