@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import RunError
+from ..rundir import RunDir
 from .compare import format_mean_std, mean_std
 
 NC_METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
@@ -65,7 +66,7 @@ def finished(row: Row) -> dict[int, dict]:
 
     found = {}
     for seed, path in sorted(row.runs.items()):
-        if row.status.get(seed) == "failed" or not (path / "results.json").is_file():
+        if row.status.get(seed) == "failed" or not RunDir(path).results.is_file():
             continue
         results = load_results(path).to_data()
         if results.get("status", "complete") == "complete":
@@ -281,7 +282,7 @@ def run_config(run: Path) -> dict:
     """The run's config.yaml as plain data (written when the run starts, so a failed run has it too)."""
     from ..config import read_yaml
 
-    return read_yaml(run / "config.yaml")
+    return read_yaml(RunDir(run).config)
 
 
 def clop_grid_cells(out: str | Path) -> dict[tuple[float, float, int, float], dict]:
