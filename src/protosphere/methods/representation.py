@@ -134,7 +134,7 @@ class RepresentationMethod(Method):
         }
         data["linear_probe_unaugmented"] = data["linear_probe"] + "; each image encoded once, un-augmented"
         if self.probe_augment:
-            data["linear_probe"] += "; a freshly augmented view of each image every probe epoch"
+            data["linear_probe"] += "; a new augmented view at every draw of an image"
         return data
 
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
