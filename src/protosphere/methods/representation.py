@@ -181,7 +181,6 @@ class RepresentationMethod(Method):
             if extra is not None:
                 probe_images = torch.cat([images, extra[0].to(images.device)])
                 probe_labels = torch.cat([labels, extra[1].to(labels.device)])
-            if extra is not None:
                 with self.fit_timer("encode"):
                     fixed = torch.cat([features, self.encode(extra[0].to(images.device))])
         if "linear_probe" in probes and self.probe_augment:
