@@ -175,8 +175,15 @@ def upward_imports(graph: dict[str, set[str]], layers: list[tuple[str, list[str]
 
 
 def test_every_module_has_a_layer():
+    unplaced = []
     for module in import_graph():
-        layer_of(module)
+        try:
+            layer_of(module)
+        except KeyError:
+            unplaced.append(module)
+    assert not unplaced, f"modules in no layer of LAYERS (place them): {', '.join(sorted(unplaced))}"
+    with pytest.raises(KeyError, match="place it"):
+        layer_of("protosphere.not_a_module")
 
 
 def test_imports_only_point_down_the_layers():
