@@ -102,7 +102,7 @@ def ddp_run_folder(world: Path, name: str) -> None:
     import torch
 
     from protosphere.config import config_fingerprint, dump_config, load_config
-    from protosphere.engine import CHECKPOINT_VERSION
+    from protosphere.runs.engine import CHECKPOINT_VERSION
 
     config = load_config(world / "cfg.yaml", [f"name={name}", "fabric.devices=2", "fabric.strategy=ddp"])
     folder = world / "runs" / name
@@ -355,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         import protosphere.cli  # noqa: F401
         import protosphere.data.augment  # noqa: F401
         import protosphere.data.scenarios  # noqa: F401
-        import protosphere.engine  # noqa: F401
         import protosphere.methods  # noqa: F401
         import protosphere.models  # noqa: F401
-        import protosphere.runner  # noqa: F401
+        import protosphere.runs.engine  # noqa: F401
+        import protosphere.runs.runner  # noqa: F401
     source = str(Path(__file__).resolve().parents[1] / "src")
     verdicts, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="protosphere-bad-inputs-") as tmp:

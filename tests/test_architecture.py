@@ -153,20 +153,27 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("building blocks", ["data", "models", "geometry", "losses", "metrics", "buffer", "evaluation", "optim",
                          "distributed"]),
     ("methods", ["methods"]),
-    ("run records", ["record", "rundir", "interrupt", "loggers", "progress", "protocol"]),
+    ("run records", ["runs.record", "runs.rundir", "runs.interrupt", "runs.loggers", "runs.progress", "runs.protocol",
+                     "runs"]),  # "runs": the subpackage's __init__
     ("report", ["report"]),
-    ("running", ["engine", "runner", "sweep"]),
+    ("running", ["runs.engine", "runs.runner", "runs.sweep"]),
     ("entry points", ["api", "cli", "bench", "catalog", ""]),  # "": the package's __init__
 ]
 
 
 def layer_of(module: str, layers: list[tuple[str, list[str]]] = LAYERS) -> int:
-    """Index in ``layers`` of the top-level module or subpackage that ``module`` belongs to."""
-    top = module.split(".")[1] if "." in module else ""
+    """Index in ``layers`` of the longest member (a module or subpackage, dotted below the package) that ``module``
+    is or lies in: ``protosphere.runs.engine`` is in ``runs.engine``, ``protosphere.data.augment`` in ``data``."""
+    inner = module.split(".", 1)[1] if "." in module else ""
+    best, best_length = None, -1
     for index, (_, members) in enumerate(layers):
-        if top in members:
-            return index
-    raise KeyError(f"{module} is in no layer of tests/test_architecture.py LAYERS: place it")
+        for member in members:
+            inside = inner == member or (member and inner.startswith(member + "."))
+            if inside and len(member) > best_length:
+                best, best_length = index, len(member)
+    if best is None:
+        raise KeyError(f"{module} is in no layer of tests/test_architecture.py LAYERS: place it")
+    return best
 
 
 def upward_imports(graph: dict[str, set[str]], layers: list[tuple[str, list[str]]] = LAYERS) -> list[str]:

@@ -265,7 +265,7 @@ def test_overwrite_removes_only_a_run_folder(env, capsys):
 
 
 def test_run_folder_marker(tmp_path):
-    from protosphere.rundir import RunDir
+    from protosphere.runs.rundir import RunDir
 
     def holds_run(path):
         return RunDir(path).holds_run()
@@ -428,8 +428,9 @@ def test_config_that_is_not_a_mapping(env, capsys, text):
 # ------------------------------------------------------------------------------- processes, class split, data hints
 def test_sizes_the_processes_must_divide():
     from protosphere.config import load_config
+    from protosphere.distributed import check_processes
     from protosphere.errors import ConfigError
-    from protosphere.runner import build_method, build_scenario_from_config, check_processes
+    from protosphere.runs.runner import build_method, build_scenario_from_config
 
     config = load_config(None, ["data.dataset=digits", "model.backbone=mlp", "method.name=er",
                                 "method.buffer_size=40", "train.batch_size=16"])
@@ -450,7 +451,7 @@ def test_sizes_the_processes_must_divide():
 
 def test_uneven_class_split_is_said(env, capsys):
     from protosphere.config import load_config
-    from protosphere.runner import build_scenario_from_config, scenario_notes
+    from protosphere.runs.runner import build_scenario_from_config, scenario_notes
 
     config = load_config(env["config"], ["scenario.num_tasks=3"])
     notes = scenario_notes(config, build_scenario_from_config(config))

@@ -13,8 +13,8 @@ import yaml
 
 from protosphere.config import validate_config
 from protosphere.report.summaries import classifier_rows, clop_seed_rows, compare_rows, finished, nc_long_summary
-from protosphere.runner import run
-from protosphere.sweep import compare
+from protosphere.runs.runner import run
+from protosphere.runs.sweep import compare
 
 
 def tiny_config(root: Path, stem: str, tasks: int, epochs: int, per_epoch: bool, method: dict | None = None,

@@ -25,7 +25,7 @@ def finished(root: Path, stem: str, seed: int, overrides: list[str], accuracy: f
 
 
 def test_finished_runs_reads_complete_runs_of_one_config(tmp_path):
-    from protosphere.sweep import finished_runs
+    from protosphere.runs.sweep import finished_runs
 
     finished(tmp_path, "moco-class-il", 0, [], 70.0)
     finished(tmp_path, "moco-class-il", 2, [], 80.0)

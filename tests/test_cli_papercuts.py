@@ -20,7 +20,7 @@ TINY = {"data": {"dataset": "digits"}, "scenario": {"num_tasks": 3}, "model": {"
 @pytest.fixture(scope="module")
 def evaluations(tmp_path_factory):
     """A 3-task run that records what the evaluation bar was told."""
-    from protosphere.progress import RunProgress
+    from protosphere.runs.progress import RunProgress
 
     calls = []
     start, step = RunProgress.start_evaluation, RunProgress.evaluation_step

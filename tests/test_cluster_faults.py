@@ -28,7 +28,7 @@ def test_run_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path):
     import sys
 
     from protosphere.errors import RunError
-    from protosphere.rundir import RunLock
+    from protosphere.runs.rundir import RunLock
 
     lock = RunLock(tmp_path).acquire()
     with pytest.raises(RunError, match=f"in use by process {os.getpid()} "):

@@ -142,7 +142,7 @@ def _nct_moe_check() -> dict:
 
     from protosphere.config import validate_config
     from protosphere.methods.base import StepContext, TaskContext
-    from protosphere.runner import build_fabric, build_method
+    from protosphere.runs.runner import build_fabric, build_method
 
     config = validate_config({
         "model": {"backbone": "mlp", "mlp_hidden": [12]}, "train": {"augmentation": "none"},
@@ -255,8 +255,8 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
     # per-rank replay buffers: each holds only rows of its own shard of the stream
     from protosphere.config import load_config
     from protosphere.distributed import shard_rows
-    from protosphere.engine import epoch_order
-    from protosphere.runner import build_scenario_from_config
+    from protosphere.runs.engine import epoch_order
+    from protosphere.runs.runner import build_scenario_from_config
 
     cfg = load_config(config)
     state = torch.load(tmp_path / "runs" / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu",

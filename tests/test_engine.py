@@ -13,8 +13,8 @@ from protosphere.config import load_config, validate_config
 from protosphere.data.scenarios import build_scenario
 from protosphere.methods.base import Method, Transforms
 from protosphere.metrics.continual import summarize
-from protosphere.protocol import Protocol
-from protosphere.runner import run
+from protosphere.runs.protocol import Protocol
+from protosphere.runs.runner import run
 
 
 def digits_config(tmp_path, method, **extra):
@@ -60,7 +60,7 @@ def test_baselines_run_end_to_end_on_digits(tmp_path, method):
 def test_mammoth_init_and_inputs_are_selected_by_config(tmp_path):
     """model.init: xavier and train.normalize: false (the Mammoth-protocol configs) reach the built method: Linear
     biases start at zero, and the training and evaluation transforms give [0, 1] pixels."""
-    from protosphere.runner import build_method, build_scenario_from_config
+    from protosphere.runs.runner import build_method, build_scenario_from_config
 
     config = digits_config(tmp_path, {"name": "er", "buffer_size": 50}, model={"init": "xavier"},
                            train={"normalize": False})

@@ -61,7 +61,7 @@ def snapshot(folder: Path) -> dict:
 def test_full_disk_at_a_checkpoint_keeps_the_previous_one(world, capsys, monkeypatch):
     """ENOSPC while task 1's checkpoint is written: one line naming the file and what to free, saying the last
     checkpoint is intact; it is (task 0's, whole), and no temporary file is left."""
-    import protosphere.rundir as rundir
+    import protosphere.runs.rundir as rundir
 
     original = rundir.atomic_write
 
@@ -89,7 +89,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one(world, capsys, monkeyp
 
 
 def test_unreadable_data_folder(world, capsys, monkeypatch):
-    import protosphere.runner as runner
+    import protosphere.runs.runner as runner
 
     def denied(config):
         raise PermissionError(errno.EACCES, "Permission denied", "/data/mnist/train-images-idx3-ubyte.gz")
@@ -114,7 +114,7 @@ def test_no_home_directory(world, capsys, monkeypatch):
 def test_overwrite_checks_the_whole_folder_can_go_before_removing_anything(world, capsys, monkeypatch):
     import os
 
-    import protosphere.runner as runner
+    import protosphere.runs.runner as runner
 
     assert main(["run", world["config"], "--no-progress"]) == 0
     before = snapshot(world["run"])
@@ -227,7 +227,7 @@ def test_resume_removes_temporary_files_and_cuts_a_partial_metrics_row(world, ca
 
 
 def test_a_partial_last_row_is_cut_before_appending(tmp_path):
-    from protosphere.engine import MetricsLog
+    from protosphere.runs.engine import MetricsLog
 
     path = tmp_path / "metrics.csv"
     path.write_text("time,task,epoch,step,split,name,value\n0.1,0,0,0,train,loss,2.3\n0.2,0,0,1,tra")

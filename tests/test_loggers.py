@@ -123,7 +123,7 @@ def test_logging_config_and_missing_packages(monkeypatch):
         load_config(None, ["logging.wandb={mode: sometimes}"])
     import importlib.util
 
-    from protosphere.loggers import check_trackers
+    from protosphere.runs.loggers import check_trackers
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -143,7 +143,7 @@ def test_trackers_do_not_change_the_fingerprint():
 
 
 def test_run_eta_counts_training_left_and_evaluations_left(monkeypatch):
-    from protosphere import progress as progress_module
+    from protosphere.runs import progress as progress_module
 
     clock = {"now": 0.0}
     monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock["now"])

@@ -234,7 +234,7 @@ def test_fnc2_prototypes_fixed_buffer_and_memory_free():
         assert images is data[t][0] and labels is data[t][1]
         assert method.evaluation_data(ctx)[1] is data[t][1]
     with pytest.raises(ConfigError, match="dim >= 5"):
-        from protosphere.runner import build_method
+        from protosphere.runs.runner import build_method
 
         config = validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"},
                                   "method": {"name": "fnc2", "projection_dim": 4}})
@@ -437,7 +437,7 @@ def test_nct_mixture_of_experts_one_expert_per_task():
 
 
 def test_nct_runner_gives_one_expert_per_task():
-    from protosphere.runner import build_method
+    from protosphere.runs.runner import build_method
 
     config = validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"},
                               "method": {"name": "nct", "projection_dim": 8, "mixture_of_experts": True}})
@@ -468,7 +468,7 @@ def test_method_configs_exist():
 
 @pytest.mark.parametrize("path", YAMLS, ids=[p.relative_to(CONFIGS).as_posix() for p in YAMLS])
 def test_every_config_loads_and_builds(path):
-    from protosphere.runner import build_method
+    from protosphere.runs.runner import build_method
 
     config = load_config(path)
     assert path.read_text().lstrip().startswith("#")  # each file says where it comes from
@@ -480,7 +480,7 @@ def test_every_config_loads_and_builds(path):
 
 
 def test_engine_smoke_run_two_tasks(tmp_path):
-    from protosphere.runner import run
+    from protosphere.runs.runner import run
 
     for name, extra in (("fnc2", {"buffer_size": 20}), ("nct", {}), ("co2l", {"buffer_size": 20})):
         config = validate_config({
@@ -599,7 +599,7 @@ def test_memory_free_probe_sees_the_classifier_only_samples():
 
 
 def test_probe_buffer_size_with_a_training_buffer():
-    from protosphere.runner import build_method
+    from protosphere.runs.runner import build_method
 
     method = make_method("fnc2", buffer_size=50)
     method.configure_evaluation(types.SimpleNamespace(probe_buffer_size=None))

@@ -20,7 +20,7 @@ from protosphere.methods import method_class
 from protosphere.methods.base import StepContext, TaskContext, Transforms
 from protosphere.methods.clop import labelled_mask
 from protosphere.models import build_backbone
-from protosphere.runner import run
+from protosphere.runs.runner import run
 
 IDENTITY = Transforms(train=lambda x: x, eval=lambda x: x)
 STEP = StepContext(task=0, epoch=0, step=0, steps_in_task=1, global_step=0)

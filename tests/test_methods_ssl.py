@@ -475,7 +475,7 @@ def test_evaluation_data_covers_every_seen_task():
                                     {"name": "cassle", "base": "moco", "queue_size": 256},
                                     {"name": "sycon", "queue_size": 256}])
 def test_two_task_run_on_digits_reports_linear_probe_and_knn(tmp_path, method):
-    from protosphere.runner import run
+    from protosphere.runs.runner import run
 
     config = validate_config({
         "output_dir": str(tmp_path / "runs"), "name": f"{method['name']}-ssl",

@@ -10,11 +10,11 @@ import torch
 from conftest import make_dataset
 from protosphere.config import validate_config
 from protosphere.data.scenarios import build_scenario, model_input
-from protosphere.engine import train_step
 from protosphere.methods.base import Method, StepContext, TaskContext, Transforms
 from protosphere.metrics.continual import forward_transfer, summarize
-from protosphere.protocol import Protocol, summary_metrics
-from protosphere.runner import build_method, run
+from protosphere.runs.engine import train_step
+from protosphere.runs.protocol import Protocol, summary_metrics
+from protosphere.runs.runner import build_method, run
 
 
 def tiny_setup(method: dict, num_tasks=2, seed=0):
@@ -207,7 +207,7 @@ def test_per_epoch_and_task_entries_of_a_run(tmp_path):
         else:
             assert set(row) == {"class_il", "task_il"} and all(len(v) == t + 1 for v in row.values())
             assert entry["neural_collapse"]["classes"] == 5 * (t + 1)  # digits: 10 classes in 2 tasks
-    from protosphere.rundir import read_record
+    from protosphere.runs.rundir import read_record
 
     assert "nc_epochs" not in results  # derived from per_epoch by the record, not written twice
     assert [e.model_dump(exclude_none=True) for e in read_record(run_dir).epoch_neural_collapse()] == \
@@ -225,7 +225,7 @@ def test_the_engine_does_not_import_the_report():
 
     import protosphere
 
-    code = ("import sys, protosphere.engine, protosphere.protocol; "
+    code = ("import sys, protosphere.runs.engine, protosphere.runs.protocol; "
             "print(sorted(m for m in sys.modules if m.startswith('protosphere.report')))")
     env = {**os.environ, "PYTHONPATH": str(Path(protosphere.__file__).parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout

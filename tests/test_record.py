@@ -14,9 +14,9 @@ from pydantic import ValidationError
 
 from protosphere.config import validate_config
 from protosphere.errors import RunError
-from protosphere.record import SCHEMA_VERSION, EpochNeuralCollapse, Evaluation, RunRecord, StoredRecord, TaskTiming
-from protosphere.rundir import RunDir, atomic_write, read_record
-from protosphere.runner import run
+from protosphere.runs.record import SCHEMA_VERSION, EpochNeuralCollapse, Evaluation, RunRecord, StoredRecord, TaskTiming
+from protosphere.runs.rundir import RunDir, atomic_write, read_record
+from protosphere.runs.runner import run
 
 TINY = {"data": {"dataset": "digits"}, "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"},
         "train": {"epochs": 2, "batch_size": 64, "augmentation": "none"}, "eval": {"report": "off"},
@@ -197,7 +197,7 @@ def test_the_evaluation_a_checkpoint_keeps_round_trips_and_older_checkpoints_res
 def test_a_misspelt_key_stops_the_run_at_its_first_evaluation(tmp_path, monkeypatch):
     """A metric that comes back under a wrong name stops the run when it is measured, after task 0, before its first
     checkpoint; not at the end, when results.json is written."""
-    import protosphere.protocol as protocol
+    import protosphere.runs.protocol as protocol
 
     measure = protocol.neural_collapse
 

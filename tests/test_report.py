@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protosphere import runner
 from protosphere.errors import ConfigError, RunError
 from protosphere.metrics.continual import summarize
-from protosphere.record import StoredRecord
 from protosphere.report import save_embedding_snapshot, write_report
 from protosphere.report.compare import format_mean_std, mean_std
-from protosphere.rundir import RunDir
-from protosphere.sweep import compare
+from protosphere.runs import runner
+from protosphere.runs.record import StoredRecord
+from protosphere.runs.rundir import RunDir
+from protosphere.runs.sweep import compare
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -85,7 +85,7 @@ class Interrupt(Exception):
 def test_resume_in_process_restores_snapshot_and_optimizer(tmp_path, monkeypatch, crash_after):
     """LwF (past-model snapshot) with momentum SGD: crash right after the n-th checkpoint write, resume, same
     numbers."""
-    from protosphere.engine import Checkpoints
+    from protosphere.runs.engine import Checkpoints
 
     config = write_config(tmp_path / "lwf.yaml", tmp_path / "runs", "method: {name: lwf}")
     overrides = ["train.epochs=1", "train.checkpoint_every_n_steps=20", "--no-progress"]

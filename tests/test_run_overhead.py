@@ -6,7 +6,7 @@ import json
 import time
 
 from protosphere.config import config_fingerprint, validate_config
-from protosphere.runner import run
+from protosphere.runs.runner import run
 
 
 def tiny_config(tmp_path, report):
@@ -75,7 +75,7 @@ def test_cli_freezes_the_collector_only_in_its_own_process(tmp_path, capsys):
 def test_nct_classifier_at_its_default_keeps_earlier_fingerprints():
     from unittest import mock
 
-    import protosphere.engine as engine
+    import protosphere.runs.engine as engine
 
     config = validate_config({"method": {"name": "nct"}})
     dump = config.model_dump(mode="json")

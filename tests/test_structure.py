@@ -1,6 +1,6 @@
-"""Properties of the source code that keep two refactors in place: the run folder has one owner (:mod:`protosphere.
-rundir` alone spells the names of a run's files), and the run's main loop stays readable (no function of the engine,
-the runner or the protocol is over 60 lines)."""
+"""Properties of the source code that keep two refactors in place: the run folder has one owner
+(:mod:`protosphere.runs.rundir` alone spells the names of a run's files), and the run's main loop stays readable (no
+function of the engine, the runner or the protocol is over 60 lines)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "protosphere"
-OWNER = SOURCE / "rundir.py"
+OWNER = SOURCE / "runs" / "rundir.py"
 # a string that is a path to a file of a run: its name alone, or the end of a path
 RUN_FILE = re.compile(r"(?:.*/)?(?:config\.yaml|results\.json|metrics\.csv|report\.html|report\.log|embeddings\.npz|"
                       r"run\.lock|\.write-test|checkpoints|[^/\s]*\.ckpt)")
@@ -51,7 +51,7 @@ def test_the_check_sees_the_names_where_they_are_spelt():
     assert [text for text in found if RUN_FILE.fullmatch(text)] == ["last.ckpt"]  # the path, not the prose
 
 
-@pytest.mark.parametrize("module", ["engine.py", "runner.py", "protocol.py"])
+@pytest.mark.parametrize("module", ["runs/engine.py", "runs/runner.py", "runs/protocol.py"])
 def test_no_function_of_the_run_loop_is_over_60_lines(module):
     tree = ast.parse((SOURCE / module).read_text())
     long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines, from line {node.lineno})"

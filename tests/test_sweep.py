@@ -1,5 +1,6 @@
-"""protosphere.sweep (``protosphere compare``): grids of configs × values × seeds, parallel jobs in separate processes
-that reuse finished runs by fingerprint and report a failed run without losing the others, and the Markdown table."""
+"""protosphere.runs.sweep (``protosphere compare``): grids of configs × values × seeds, parallel jobs in separate
+processes that reuse finished runs by fingerprint and report a failed run without losing the others, and the Markdown
+table."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from protosphere import runner
 from protosphere.cli import main
 from protosphere.errors import ConfigError
 from protosphere.metrics.continual import summarize
-from protosphere.record import StoredRecord
-from protosphere.rundir import RunDir
-from protosphere.sweep import GridAxis, axis_names, compare, expand, parse_grid, split_values
+from protosphere.runs import runner
+from protosphere.runs.record import StoredRecord
+from protosphere.runs.rundir import RunDir
+from protosphere.runs.sweep import GridAxis, axis_names, compare, expand, parse_grid, split_values
 
 TINY = ('data: {dataset: digits}\nscenario: {num_tasks: 2}\nmodel: {backbone: mlp}\n'
         'method: {name: %s}\ntrain: {epochs: 1, batch_size: 64}\noptimizer: {lr: 0.05}\n'

@@ -6,10 +6,11 @@ spread.
 
 Scored as the FNC2 paper scores it: class-IL final average accuracy of the linear probe fitted after the last task on
 that task's data plus 200 classifier-only samples (memory-free runs) or plus the buffer (co2l-/fnc2-200/500), against
-the baselines' own output head. Runs are those compare wrote for each config (:func:`protosphere.sweep.finished_runs`);
-a baseline with no finished run under RUNS_DIR is read from the table that published it
-(``benchmarks/results/seq_fmnist_baselines_e5.md``, ``benchmarks/results/seq_fmnist_contrastive_reconstruction.md``;
-code of those methods unchanged since), and named so in the row (:func:`protosphere.report.summaries.target_row`).
+the baselines' own output head. Runs are those compare wrote for each config
+(:func:`protosphere.runs.sweep.finished_runs`); a baseline with no finished run under RUNS_DIR is read from the table
+that published it (``benchmarks/results/seq_fmnist_baselines_e5.md``,
+``benchmarks/results/seq_fmnist_contrastive_reconstruction.md``; code of those methods unchanged since), and named so
+in the row (:func:`protosphere.report.summaries.target_row`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from protosphere.report.summaries import published_row, target_row
-from protosphere.sweep import finished_runs
+from protosphere.runs.sweep import finished_runs
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PUBLISHED = [RESULTS / "seq_fmnist_baselines_e5.md", RESULTS / "seq_fmnist_contrastive_reconstruction.md"]

@@ -5,7 +5,7 @@ and — when the runs evaluated corruptions (``eval.corruptions``) — the mean 
     python benchmarks/analysis/summarize_nc.py RUNS_DIR BASELINE_STEM STEM [STEM ...]
 
 Runs are those ``protosphere compare configs/nc/<stem>.yaml ... --out RUNS_DIR`` wrote (``RUNS_DIR/<stem>-seed<S>``),
-read with :func:`protosphere.sweep.finished_runs`; every comparison with the baseline pairs runs of the same seed.
+read with :func:`protosphere.runs.sweep.finished_runs`; every comparison with the baseline pairs runs of the same seed.
 Accuracies are %, mean ± std over seeds.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from protosphere.record import StoredRecord
 from protosphere.report.compare import format_mean_std, mean_std
 from protosphere.report.summaries import corruption_rows
-from protosphere.sweep import finished_runs
+from protosphere.runs.record import StoredRecord
+from protosphere.runs.sweep import finished_runs
 
 METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
 

@@ -126,14 +126,14 @@ class Start:
 
 
 def protosphere_start(config_name: str, seed: int) -> Start:
-    """What ``protosphere.runner.run`` builds before training: ``fabric.seed_everything(seed)`` (lightning's
+    """What ``protosphere.runs.runner.run`` builds before training: ``fabric.seed_everything(seed)`` (lightning's
     ``seed_everything`` seeds random, numpy and torch), ``build_scenario_from_config``, ``build_method`` — so the
     backbone and projector here hold the same initial weights as protosphere's run of ``config_name``, ``seed``."""
     from lightning_fabric.utilities.seed import seed_everything
 
     from protosphere.config import load_config
     from protosphere.models import to_channels_last
-    from protosphere.runner import build_method, build_scenario_from_config
+    from protosphere.runs.runner import build_method, build_scenario_from_config
 
     config = load_config(CONFIGS / f"{config_name}.yaml", [f"seed={seed}"])
     seed_everything(seed, verbose=False)

@@ -81,10 +81,10 @@ def whole_runs(config: str, overrides: list[str], out) -> None:
 def sensitivity(config: str, overrides: list[str], out, method_name: str | None = None) -> None:
     from protosphere.config import load_config
     from protosphere.data.scenarios import model_input
-    from protosphere.engine import epoch_order, train_step
     from protosphere.methods.base import StepContext, TaskContext
     from protosphere.optim import build_optimizer, lr_factor, set_lr
-    from protosphere.runner import build_method, build_scenario_from_config, precision_dtype
+    from protosphere.runs.engine import epoch_order, train_step
+    from protosphere.runs.runner import build_method, build_scenario_from_config, precision_dtype
 
     torch.set_num_threads(1)
     extra = [f"method={{name: {method_name}}}"] if method_name else []

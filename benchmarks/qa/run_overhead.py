@@ -2,7 +2,7 @@
 results and report — and the whole ``protosphere run`` command's wall time, measured from outside.
 
 Each round starts fresh processes (nothing cached in memory): one child runs the config through
-``protosphere.runner.run`` with timers wrapped around the phases (no change to the library's code), and one plain
+``protosphere.runs.runner.run`` with timers wrapped around the phases (no change to the library's code), and one plain
 ``python -m protosphere.cli run CONFIG`` is timed from the outside, start-up included (the number a user waits for).
 Medians over ``--repeats`` rounds.
 
@@ -48,11 +48,11 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> int:
     phases["import lightning_fabric"] = time.perf_counter() - t
     t = time.perf_counter()
     import protosphere.methods  # noqa: F401
-    from protosphere import runner
     from protosphere.config import load_config
-    from protosphere.engine import Checkpoints
-    from protosphere.protocol import Protocol
-    from protosphere.rundir import RunDir
+    from protosphere.runs import runner
+    from protosphere.runs.engine import Checkpoints
+    from protosphere.runs.protocol import Protocol
+    from protosphere.runs.rundir import RunDir
 
     phases["import protosphere"] = time.perf_counter() - t
 

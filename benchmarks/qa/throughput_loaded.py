@@ -2,9 +2,9 @@
 
 For each workload (a config plus overrides), a fresh child process builds the run's scenario and method exactly as
 ``protosphere run`` does, trains task 0 for a few steps (full buffers, past models), then times ``--steps`` of the
-engine's training steps of task 1 (``protosphere.engine.train_step``: method step, backward, SGD step) and prints img/s.
-Each child runs once on the quiet machine and once beside a busy neighbour (``python3 -c "while True: pass"``, started
-before the child and stopped after it), with 1 thread, 2 threads and protosphere's default choice
+engine's training steps of task 1 (``protosphere.runs.engine.train_step``: method step, backward, SGD step) and prints
+img/s. Each child runs once on the quiet machine and once beside a busy neighbour (``python3 -c "while True: pass"``,
+started before the child and stopped after it), with 1 thread, 2 threads and protosphere's default choice
 (``protosphere.threads``), quiet and loaded runs interleaved over ``--repeats`` rounds; the table gives medians.
 "loaded/quiet" is the share of quiet speed a run keeps beside the neighbour; "vs best quiet" compares a setting's quiet
 speed with the fastest quiet setting.
@@ -43,10 +43,10 @@ def child(args) -> int:
 
     from protosphere.config import load_config
     from protosphere.data.scenarios import model_input
-    from protosphere.engine import epoch_order, train_step
     from protosphere.methods.base import StepContext, TaskContext
     from protosphere.optim import build_optimizer
-    from protosphere.runner import build_method, build_scenario_from_config
+    from protosphere.runs.engine import epoch_order, train_step
+    from protosphere.runs.runner import build_method, build_scenario_from_config
     from protosphere.threads import apply_threads
 
     config = load_config(args.child, [*args.overrides, "data.train_fraction=0.5",

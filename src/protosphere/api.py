@@ -2,8 +2,8 @@
 
 ``run`` trains exactly as ``protosphere run`` does (same run folder, same files) and returns a :class:`Run`;
 ``load_run`` opens a finished run folder. A :class:`Run` holds the resolved config, the run record (results.json as a
-typed :class:`~protosphere.record.StoredRecord`, and as plain data in ``results``) and, loaded on first use, the trained
-model after the last task, ready for inference::
+typed :class:`~protosphere.runs.record.StoredRecord`, and as plain data in ``results``) and, loaded on first use, the
+trained model after the last task, ready for inference::
 
     import protosphere
     run = protosphere.run("configs/default.yaml", seed=1, train={"epochs": 2})   # or "train.epochs"=2 via **{...}
@@ -28,8 +28,8 @@ import torch
 
 from .config import RunConfig, load_config, read_yaml, section, validate_config
 from .errors import ConfigError, RunError
-from .record import RunRecord, StoredRecord
-from .rundir import RunDir
+from .runs.record import RunRecord, StoredRecord
+from .runs.rundir import RunDir
 
 __all__ = ["Run", "run", "load_run"]
 
@@ -83,7 +83,7 @@ def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resum
     """
     from rich.console import Console
 
-    from .runner import run as run_config
+    from .runs.runner import run as run_config
 
     config = resolve_config(config_or_path, **overrides)
     console = Console()
@@ -162,7 +162,7 @@ class Run:
     @property
     def scenario(self):
         if self._scenario is None:
-            from .runner import build_scenario_from_config
+            from .runs.runner import build_scenario_from_config
 
             self._scenario = build_scenario_from_config(self.config)
         return self._scenario
@@ -177,7 +177,7 @@ class Run:
         if self._model is None:
             from .config import config_fingerprint
             from .methods.base import TaskContext
-            from .runner import build_method
+            from .runs.runner import build_method
 
             state = self.files.load_final_checkpoint(self._last_task())
             if state.get("fingerprint") != config_fingerprint(self.config):
@@ -218,7 +218,7 @@ class Run:
     def _batches(self, images, fn) -> torch.Tensor:
         from .data.scenarios import model_input
         from .evaluation import extract_features
-        from .runner import precision_dtype
+        from .runs.runner import precision_dtype
 
         images = self._images(images)
         channels_last = self.config.model.channels_last  # the layout the engine evaluates in
@@ -245,7 +245,7 @@ class Run:
         if name not in table:
             raise ValueError(f"unknown classifier {name!r}; this run has {', '.join(table)}")
         if not self._fitted:
-            from .runner import precision_dtype
+            from .runs.runner import precision_dtype
 
             # refit what the run fitted after its last task (probe, kNN bank, class means)
             with torch.no_grad(), precision_dtype(self.config.fabric.precision):

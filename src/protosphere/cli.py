@@ -56,9 +56,9 @@ def _summary_lines(record) -> list[str]:
 
 def cmd_run(args) -> int:
     from .config import load_config
-    from .progress import stdout_console
-    from .rundir import RunDir
-    from .runner import run
+    from .runs.progress import stdout_console
+    from .runs.rundir import RunDir
+    from .runs.runner import run
 
     console = stdout_console(width=160)  # `| head` or a full disk switch the output off, never the run
     config = load_config(args.config, args.overrides)
@@ -100,7 +100,7 @@ def cmd_report(args) -> int:
 
     from .report import write_report
     from .report.html import load_results
-    from .rundir import RunDir, RunLock
+    from .runs.rundir import RunDir, RunLock
 
     for run_dir in args.run_dirs:
         if not Path(run_dir).is_dir():  # load_results says what is wrong; nothing to lock
@@ -114,8 +114,8 @@ def cmd_report(args) -> int:
 
 def cmd_compare(args) -> int:
     """Exit status 1 when a run failed (each named with its log on stderr); the table holds the runs that finished."""
-    from .progress import stdout_console
-    from .sweep import compare
+    from .runs.progress import stdout_console
+    from .runs.sweep import compare
 
     console = stdout_console(width=200)
     summary = compare(args.configs, seeds=args.seeds, out=args.out, overrides=args.overrides,

@@ -26,7 +26,8 @@ from typing import Callable
 
 import torch
 
-from .errors import ProtosphereError
+from .config import RunConfig
+from .errors import ConfigError, ProtosphereError
 
 
 def gather_with_grad(fabric) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -95,3 +96,18 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def check_processes(config: RunConfig, world_size: int) -> None:
+    """What the number of processes must divide, checked before anything is written: the global batch, and the
+    global replay memory ``method.buffer_size`` (each of W ranks keeps buffer_size / W over its own shard)."""
+    if world_size == 1:
+        return
+    if config.train.batch_size % world_size:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} is the global batch and must be divisible by "
+                          f"the number of processes ({world_size}); use a multiple of {world_size}.")
+    size = getattr(config.method, "buffer_size", 0) or 0
+    if size % world_size:
+        raise ConfigError(f"method.buffer_size={size} is the global replay memory, split evenly over the "
+                          f"{world_size} processes, so it must be divisible by {world_size}; use a multiple of "
+                          f"{world_size}, e.g. {size - size % world_size or world_size}.")

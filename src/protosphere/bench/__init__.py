@@ -59,7 +59,7 @@ def run_benchmarks(only: Sequence[str] | None = None, out: str | Path | None = N
     import importlib
     import tempfile
 
-    from ..rundir import atomic_write
+    from ..runs.rundir import atomic_write
 
     out = Path(out) if out is not None else None
     if out is not None:

@@ -42,7 +42,7 @@ def untrained_run(config) -> SimpleNamespace:
     ``model``, ``scenario`` and ``config``."""
     from lightning_fabric.utilities.seed import seed_everything
 
-    from ..runner import build_method, build_scenario_from_config
+    from ..runs.runner import build_method, build_scenario_from_config
 
     seed_everything(config.seed, verbose=False)
     scenario = build_scenario_from_config(config)
@@ -54,8 +54,8 @@ def untrained_floor(config) -> dict[str, float]:
     """Mean over tasks of each classifier's class-IL accuracy after the last task, with the classifiers fitted on the
     untrained network of ``config`` (its seed): what the evaluation protocol gives with no learning at all."""
     from ..methods.base import TaskContext
-    from ..protocol import Protocol
-    from ..runner import build_method, build_scenario_from_config
+    from ..runs.protocol import Protocol
+    from ..runs.runner import build_method, build_scenario_from_config
 
     torch.manual_seed(config.seed)
     scenario = build_scenario_from_config(config)

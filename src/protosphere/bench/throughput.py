@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from protosphere.config import validate_config
 from protosphere.data import load_dataset
 from protosphere.data.scenarios import build_scenario, model_input
-from protosphere.engine import train_step
 from protosphere.methods import method_names
 from protosphere.methods.base import StepContext, TaskContext
 from protosphere.models.heads import MixtureOfExperts, Predictor, ProjectionHead
 from protosphere.optim import build_optimizer
 from protosphere.provenance import environment
-from protosphere.runner import build_method
+from protosphere.runs.engine import train_step
+from protosphere.runs.runner import build_method
 
 HEADS = (ProjectionHead, Predictor, MixtureOfExperts)  # the networks a method puts on top of its backbone
 

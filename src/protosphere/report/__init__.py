@@ -3,11 +3,11 @@
 * :func:`write_report` — ``runs/<name>/report.html`` + ``runs/<name>/plots/*.png`` (``protosphere report``).
 * :func:`try_write_report` — the same, turning any failure into a warning (used at the end of a run).
 * :func:`save_embedding_snapshot` — ``runs/<name>/embeddings.npz`` for the sphere picture and the prototype–class-mean
-  cosine matrix (defined in :mod:`protosphere.rundir`, which owns the run directory's files).
+  cosine matrix (defined in :mod:`protosphere.runs.rundir`, which owns the run directory's files).
 * :func:`load_results` — a run directory's results.json as a typed record
-  (:class:`~protosphere.record.StoredRecord`).
+  (:class:`~protosphere.runs.record.StoredRecord`).
 * :mod:`.compare` — the tables of ``protosphere compare`` (mean ± std over seeds, Markdown, console, HTML); the runs
-  behind them are obtained by :mod:`protosphere.sweep`: reports only read results, they never train.
+  behind them are obtained by :mod:`protosphere.runs.sweep`: reports only read results, they never train.
 
 Matplotlib is imported only when a report is written.
 """

@@ -1,7 +1,7 @@
 """The tables of ``protosphere compare``: rows of finished runs → mean ± std columns, Welch's test for the best row, and
 the same table as Markdown, a rich console table and a self-contained HTML page.
 
-This module only reads results; :mod:`protosphere.sweep` obtains the runs (reuse, resume or train) and calls it.
+This module only reads results; :mod:`protosphere.runs.sweep` obtains the runs (reuse, resume or train) and calls it.
 Means and standard deviations are over seeds; the std is the sample standard deviation (n − 1 in the denominator),
 absent for a single seed. A row some of whose runs failed shows ``(n = k)`` after each value, so a mean over fewer
 seeds is never mistaken for the full one.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..record import StoredRecord
+    from ..runs.record import StoredRecord
 
 SETTINGS = ("class_il", "task_il")
 METRIC_KEYS = ("final_average_accuracy", "average_incremental_accuracy", "average_forgetting", "backward_transfer",
@@ -250,7 +250,7 @@ def rich_table(summary: dict):
 
 
 def to_html(summary: dict, out: Path) -> str:
-    from ..rundir import RunDir
+    from ..runs.rundir import RunDir
     from . import plots
     from .html import clear_pngs, esc, figure, page
 

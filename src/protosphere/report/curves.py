@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..record import Confusion
+    from ..runs.record import Confusion
 
 from .plots import _figure, _save, _style, color, label_heatmap
 

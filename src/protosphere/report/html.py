@@ -1,8 +1,8 @@
 """``runs/<name>/report.html``: one self-contained page (inline CSS, PNGs as base64 data URIs) for a finished run.
 
-The report is rendered from the run record (``results.json``, read as a :class:`~protosphere.record.StoredRecord`)
-alone, plus ``embeddings.npz`` when the run saved one (see :func:`~protosphere.rundir.save_embedding_snapshot`); every
-part whose data is absent (task-IL, NC metrics, a second task, per-epoch
+The report is rendered from the run record (``results.json``, read as a :class:`~protosphere.runs.record.StoredRecord`)
+alone, plus ``embeddings.npz`` when the run saved one (see :func:`~protosphere.runs.rundir.save_embedding_snapshot`);
+every part whose data is absent (task-IL, NC metrics, a second task, per-epoch
 accuracy, prototype alignment/drift, corruption errors, embeddings, timings) is left out. The PNGs are also kept
 under ``runs/<name>/plots/`` for papers and slides.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..record import Diagnostics, EpochEvaluation, RunRecord, StoredRecord
-from ..rundir import RunDir, atomic_write, save_embedding_snapshot  # noqa: F401 (save_embedding_snapshot: re-exported)
+from ..runs.record import Diagnostics, EpochEvaluation, RunRecord, StoredRecord
+from ..runs.rundir import RunDir, atomic_write, save_embedding_snapshot  # noqa: F401 (save_embedding_snapshot: re-exported)
 from . import plots
 
 __all__ = ["load_results", "render_report", "save_embedding_snapshot", "try_write_report", "write_report"]
@@ -148,7 +148,7 @@ def clear_pngs(folder: Path) -> None:
 # inputs
 # ---------------------------------------------------------------------------------------------------------------
 def load_results(run_dir: str | Path) -> StoredRecord:
-    """The record of a run directory's ``results.json`` (:func:`protosphere.rundir.read_record`), whichever version
+    """The record of a run directory's ``results.json`` (:func:`protosphere.runs.rundir.read_record`), whichever version
     wrote it; :class:`RunError` with one sentence when it is missing, unreadable or does not match the schema."""
     return RunDir(run_dir).read_results()
 

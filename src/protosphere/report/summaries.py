@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import RunError
-from ..rundir import RunDir
+from ..runs.rundir import RunDir
 from .compare import format_mean_std, mean_std
 
 NC_METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from lightning_fabric import Fabric
 
-from .config import RunConfig, config_fingerprint
-from .errors import ConfigError, shorten
-from .record import RunRecord, StoredRecord
+from ..config import RunConfig, config_fingerprint
+from ..data import load_dataset
+from ..data.augment import build_augmentation
+from ..data.image_folder import DOMAINNET_DOMAINS, load_domainnet
+from ..data.imbalance import long_tail_dataset
+from ..data.scenarios import build_scenario, scenario_from_domains
+from ..distributed import check_processes, rank_zero_first
+from ..errors import ConfigError, shorten
+from ..methods import method_class
+from ..methods.base import Transforms
+from ..models import build_backbone, init_weights
+from ..provenance import command_line, environment, source_revision
+from ..threads import apply_threads
+from .engine import Engine
+from .interrupt import stop_on_signals
+from .loggers import check_trackers
+from .record import CodeRevision, Environment, Provenance, RunRecord, StoredRecord
+from .rundir import LOCK_FD_VARIABLE, RunDir, RunLock, save_embedding_snapshot
 
 
 def build_fabric(config: RunConfig):
-    from lightning_fabric import Fabric
 
-    from .methods import method_class
 
     fc = config.fabric
     if fc.threads is not None:
@@ -37,8 +53,6 @@ def build_fabric(config: RunConfig):
 
 
 def build_scenario_from_config(config: RunConfig):
-    from .data import load_dataset
-    from .data.scenarios import build_scenario
 
     if config.data.dataset == "domainnet":
         return _domainnet_scenario(config)
@@ -46,27 +60,10 @@ def build_scenario_from_config(config: RunConfig):
     dataset = load_dataset(config.data.dataset, root=config.data.root, download=config.data.download, **kwargs)
     sc = config.scenario
     if sc.imbalance_ratio is not None:
-        from .data.imbalance import long_tail_dataset
-
         dataset = long_tail_dataset(dataset, sc.imbalance_ratio, seed=config.seed)
     return build_scenario(dataset, sc.kind, sc.num_tasks, classes_per_task=sc.classes_per_task,
                           class_order=sc.class_order, shuffle_classes=sc.shuffle_classes, seed=config.seed,
                           train_fraction=config.data.train_fraction, domain=sc.domain, max_rotation=sc.max_rotation)
-
-
-def check_processes(config: RunConfig, world_size: int) -> None:
-    """What the number of processes must divide, checked before anything is written: the global batch, and the
-    global replay memory ``method.buffer_size`` (each of W ranks keeps buffer_size / W over its own shard)."""
-    if world_size == 1:
-        return
-    if config.train.batch_size % world_size:
-        raise ConfigError(f"train.batch_size={config.train.batch_size} is the global batch and must be divisible by "
-                          f"the number of processes ({world_size}); use a multiple of {world_size}.")
-    size = getattr(config.method, "buffer_size", 0) or 0
-    if size % world_size:
-        raise ConfigError(f"method.buffer_size={size} is the global replay memory, split evenly over the "
-                          f"{world_size} processes, so it must be divisible by {world_size}; use a multiple of "
-                          f"{world_size}, e.g. {size - size % world_size or world_size}.")
 
 
 def usable_cores() -> int:
@@ -118,8 +115,6 @@ def scenario_notes(config: RunConfig, scenario) -> list[str]:
 
 def _domainnet_scenario(config: RunConfig):
     """DomainNet domain-IL: one task per domain (all classes in each), as in CaSSLe / Sy-CON."""
-    from .data.image_folder import DOMAINNET_DOMAINS, load_domainnet
-    from .data.scenarios import scenario_from_domains
 
     sc = config.scenario
     domains = list(config.data.domains or DOMAINNET_DOMAINS)
@@ -140,10 +135,6 @@ def _domainnet_scenario(config: RunConfig):
 
 
 def build_method(config: RunConfig, scenario, world_size: int = 1):
-    from .data.augment import build_augmentation
-    from .methods import method_class
-    from .methods.base import Transforms
-    from .models import build_backbone, init_weights
 
     channels, size = scenario.image_shape[0], scenario.image_shape[1]
     kwargs = {"hidden": tuple(config.model.mlp_hidden)} if config.model.backbone == "mlp" else {}
@@ -196,7 +187,6 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False, consol
 
     The run folder is locked (``run.lock``) from the first look at it until results.json and the report are
     written, so a second process on the same folder (a --resume, --overwrite or report) is refused, naming this one."""
-    from .rundir import RunDir, RunLock
 
     lock = RunLock(RunDir.of(config).path)
     try:
@@ -238,8 +228,6 @@ class _Session:
     fabric: object = None
 
     def __post_init__(self):
-        from .rundir import RunDir
-
         self.files = RunDir.of(self.config)
 
     @property
@@ -249,7 +237,6 @@ class _Session:
     def check(self) -> tuple[StoredRecord | None, dict | None]:
         """Check the run folder (rank 0; the others follow its verdict): the finished record when a --resume finds
         the run done, else the checkpoint to continue from (None for a new run)."""
-        from .distributed import rank_zero_first
 
         config, files, fabric = self.config, self.files, self.fabric
         loaded: dict = {}
@@ -279,8 +266,6 @@ class _Session:
     def build(self):
         """The scenario and the method: everything that can still fail on bad input (trackers, data, scenario,
         method) fails here, before anything is written."""
-        from .loggers import check_trackers
-        from .threads import apply_threads
 
         config, fabric = self.config, self.fabric
         check_trackers(config)
@@ -301,10 +286,6 @@ class _Session:
 
     def train(self, scenario, method, state: dict | None):
         """Prepare the folder, write config.yaml and run the engine; returns the protocol's results."""
-        from .distributed import rank_zero_first
-        from .engine import Engine
-        from .interrupt import stop_on_signals
-        from .rundir import save_embedding_snapshot
 
         config, files, fabric = self.config, self.files, self.fabric
 
@@ -329,7 +310,7 @@ class _Session:
         with files.errors_name_checkpoint():
             files.write_results(record)
             if self.config.eval.report == "inline":
-                from .report import try_write_report
+                from ..report import try_write_report  # matplotlib: imported only when the report is written inline
 
                 try_write_report(files.path, read, console=self.console)  # a plotting failure is a warning only
             elif self.config.eval.report == "background":
@@ -339,8 +320,6 @@ class _Session:
 
 def _provenance(config: RunConfig, command: str | None):
     """Where the run came from: its config's fingerprint, the command and the code that ran it."""
-    from .provenance import command_line, source_revision
-    from .record import CodeRevision, Provenance
 
     command = command if command is not None else command_line()
     return Provenance(fingerprint=config_fingerprint(config), command=command, code=CodeRevision(**source_revision()))
@@ -348,8 +327,6 @@ def _provenance(config: RunConfig, command: str | None):
 
 def _environment(config: RunConfig, fabric):
     """What the run ran on: software versions, the machine, and fabric's device, processes and precision."""
-    from .provenance import environment
-    from .record import Environment
 
     return Environment(**environment(), device=str(fabric.device), world_size=fabric.world_size,
                        precision=config.fabric.precision)
@@ -360,13 +337,9 @@ def report_in_background(run_dir: Path, lock=None):
     ``RUN_DIR/report.log``) and return at once: matplotlib's import and the plots (≈ 2–3 s) leave the run's wall time,
     and at ``nice`` 10 they take a core only when nothing else wants it. The run's ``lock``, when held, passes to the
     report process, so the folder stays locked until the report is written. Returns the process."""
-    import os
-    import subprocess
-    import sys
 
-    from .rundir import LOCK_FD_VARIABLE, RunDir
 
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds the protosphere package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     inherited = (lock.inheritable(),) if lock is not None and lock.held else ()
     if inherited:

@@ -13,8 +13,8 @@ Scores are computed with :mod:`protosphere.evaluation` (:func:`~protosphere.eval
 classifier or an encoder over a test set, :func:`~protosphere.evaluation.accuracy` scores the logits), and test
 images reach the network through :func:`~protosphere.data.scenarios.model_input`, as training batches do.
 
-The protocol keeps what it measured in :attr:`Protocol.evaluation`, an :class:`~protosphere.record.Evaluation` whose
-parts are typed as they are measured (so a misspelt key fails at once, not when results.json is written) and which
+The protocol keeps what it measured in :attr:`Protocol.evaluation`, an :class:`~protosphere.runs.record.Evaluation`
+whose parts are typed as they are measured (so a misspelt key fails at once, not when results.json is written) and which
 every checkpoint saves, so a resumed run continues it; after the last task :meth:`Protocol.run_results` adds what
 the run was and its continual metrics. It knows nothing of devices beyond the one the test sets live on, of files,
 or of losses.
@@ -29,13 +29,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .data.corruptions import evaluate_corruptions
-from .data.scenarios import model_input
-from .evaluation import accuracy, extract_features
-from .methods.base import Method, TaskContext
-from .metrics.continual import summarize
-from .metrics.neural_collapse import neural_collapse
+from ..config import RunConfig
+from ..data.corruptions import evaluate_corruptions
+from ..data.scenarios import model_input
+from ..evaluation import accuracy, extract_features
+from ..methods.base import Method, TaskContext
+from ..metrics.continual import summarize
+from ..metrics.neural_collapse import neural_collapse
 from .record import (
     ClassifierTiming,
     Confusion,

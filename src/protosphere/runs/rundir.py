@@ -1,7 +1,7 @@
 """The run directory (``runs/<name>/``): the one owner of its files.
 
 :class:`RunDir` names every file of a run, and is the only code that prepares, checks, writes and reads them:
-config.yaml, results.json (through the typed record of :mod:`protosphere.record`), metrics.csv (appended by the
+config.yaml, results.json (through the typed record of :mod:`protosphere.runs.record`), metrics.csv (appended by the
 engine's log at the path named here), the checkpoints, plots, report.html, report.log, embeddings.npz, the trackers'
 folders and run.lock (:class:`RunLock`). Every file but metrics.csv is written whole through :func:`atomic_write`: a
 temporary file in the same folder, flushed to disk and renamed over the target, so a crash or a failing serializer
@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .errors import ConfigError, RunError, shorten
+from ..errors import ConfigError, RunError, shorten
 from .record import RunRecord, StoredRecord
 
 __all__ = ["CHECKPOINT_VERSION", "RunDir", "RunLock", "atomic_write", "read_record", "save_embedding_snapshot"]
@@ -84,7 +84,7 @@ def read_record(run_dir: str | Path) -> StoredRecord:
 class RunDir:
     """The files of one run directory (``runs/<name>/``): their names, and every check, write and read of them.
 
-    ``metrics.csv`` is appended row by row as the run goes (see :class:`protosphere.engine.MetricsLog`) and the
+    ``metrics.csv`` is appended row by row as the run goes (see :class:`protosphere.runs.engine.MetricsLog`) and the
     trackers write their own folders; every other file is written whole through :func:`atomic_write`.
     """
 
@@ -179,7 +179,7 @@ class RunDir:
     # records ----------------------------------------------------------------------------------------------------
     def write_config(self, config) -> Path:
         """``config.yaml``: the resolved :class:`~protosphere.config.RunConfig`."""
-        from .config import dump_config
+        from ..config import dump_config
 
         return atomic_write(self.config, dump_config(config))
 
@@ -188,7 +188,7 @@ class RunDir:
         return atomic_write(self.results, record.to_json())
 
     def read_results(self) -> StoredRecord:
-        """``results.json`` as read (:class:`~protosphere.record.StoredRecord`), from any version of protosphere."""
+        """``results.json`` as read (:class:`~.record.StoredRecord`), from any version of protosphere."""
         if not self.path.is_dir():
             raise RunError(f"{self.path} is not a directory; pass a run directory such as runs/<name>.")
         if not self.results.is_file():
@@ -227,7 +227,7 @@ class RunDir:
         """The newest readable checkpoint of ``config``'s run: ``last.ckpt``, or when it is missing or unreadable (a
         truncated copy, a full disk) the ``task-<t>.ckpt`` of the latest task that reads. ``state["loaded_from"]``
         names the file."""
-        from .config import config_fingerprint
+        from ..config import config_fingerprint
 
         unreadable = []
         for path in [self.last_checkpoint, *self.task_checkpoints()]:
@@ -297,7 +297,7 @@ class RunDir:
         """An OSError while the run writes its folder (a full disk, a quota, a read-only or vanished folder) becomes
         one sentence naming the file, what to free or fix, and the checkpoint that is intact (checkpoints are written
         atomically, so the last one is always whole)."""
-        from .errors import describe_os_error
+        from ..errors import describe_os_error
 
         try:
             yield
@@ -391,7 +391,7 @@ class RunDir:
     def check_same_config(self, config) -> None:
         """Refuse to resume a run directory whose config.yaml differs from ``config`` in anything that changes
         numbers."""
-        from .config import config_fingerprint, read_yaml, validate_config
+        from ..config import config_fingerprint, read_yaml, validate_config
 
         if not self.config.exists():
             return

@@ -1,5 +1,5 @@
 """The run record: the schema of ``results.json``, as a run writes it and as a reader reads it (the file itself is
-:mod:`protosphere.rundir`'s).
+:mod:`protosphere.runs.rundir`'s).
 
 :class:`RunRecord` is the record a run writes. It is strict: every key this version writes is required (optional are
 only keys that depend on options: the corruption errors, NC3/NC4, a domain-IL scenario's domains, a method's
@@ -28,7 +28,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
-from .errors import RunError
+from ..errors import RunError
 
 __all__ = ["SCHEMA_VERSION", "Evaluation", "Provenance", "RunRecord", "RunResults", "StoredRecord"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from lightning_fabric.loggers.logger import Logger
 
-from .config import RunConfig
-from .errors import ConfigError
+from ..config import RunConfig
+from ..errors import ConfigError
 from .rundir import RunDir
 
 

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .errors import Interrupted
+from ..errors import Interrupted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

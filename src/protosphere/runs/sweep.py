@@ -7,8 +7,8 @@
 Every run is ``<out>/<name>`` with name = the config's file stem, each grid value as ``key-value``, then
 ``seed<s>`` (``er-200-buffer_size-500-seed1``). A run is **reused** when its ``results.json`` is complete and was
 produced by the same config (same :func:`~protosphere.config.config_fingerprint`), **resumed** when it stopped part-way
-with a checkpoint of the same config, and **trained** otherwise, always through :func:`protosphere.runner.run`. With
-``jobs`` > 1 the runs to train go to that many separate ``protosphere run`` processes, each logging to
+with a checkpoint of the same config, and **trained** otherwise, always through :func:`protosphere.runs.runner.run`.
+With ``jobs`` > 1 the runs to train go to that many separate ``protosphere run`` processes, each logging to
 ``<out>/<name>.log`` and single-threaded (``fabric.threads=1``, unless the config or an override sets the threads); a
 run that fails is reported with its log while the others finish. With one job the runs train in this process, with
 progress bars, and the first failure stops compare.
@@ -36,12 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import runner
-from .config import config_fingerprint, load_config, parse_override, plain_name, validate_config
-from .errors import ConfigError, Interrupted, RunError
-from .interrupt import handling_signals
-from .record import StoredRecord
-from .report.compare import (
+from ..config import config_fingerprint, load_config, parse_override, plain_name, validate_config
+from ..errors import ConfigError, Interrupted, RunError
+from ..report.compare import (
     BEST_RULE,
     Entry,
     best_labels,
@@ -53,6 +50,9 @@ from .report.compare import (
     to_html,
     to_markdown,
 )
+from . import runner
+from .interrupt import handling_signals
+from .record import StoredRecord
 from .rundir import RunDir, atomic_write
 
 RUN_KEYS = ("seed", "name", "output_dir")  # set by compare for every run

@@ -2,7 +2,7 @@
 
 :meth:`Engine.fit` is that loop; everything around it is a small object: :class:`TaskMonitor` (loss logging, speed,
 progress, the NaN/inf guard :class:`LossGuard`), :class:`Checkpoints`, :class:`MetricsLog`, and the evaluation
-protocol (:class:`~protosphere.protocol.Protocol`), which owns everything computed after a task or an epoch. The
+protocol (:class:`~protosphere.runs.protocol.Protocol`), which owns everything computed after a task or an epoch. The
 engine owns devices, processes, precision, files and progress display (through lightning-fabric and rich); it
 knows nothing of losses. A method sees batches, a :class:`~protosphere.methods.base.StepContext` and a ``gather``
 function; the engine sees a scalar loss and a dict of detached loss terms (:func:`train_step`).
@@ -16,8 +16,9 @@ are never written while a parameter or buffer holds NaN/inf (the run stops inste
 state over it, so every side effect of the hook is restored exactly; batch order is a function of (seed, task, epoch).
 Under DDP a checkpoint also holds every rank's own state (RNG states, replay buffers), gathered to rank 0, and
 ``metrics.csv`` is cut back to what it held at the checkpoint, so a resumed run logs every step once. SIGTERM and
-SIGINT (:mod:`protosphere.interrupt`) end the step under way (or the task's evaluation), save ``last.ckpt`` there and
-stop with :class:`~protosphere.interrupt.RunInterrupted`; resuming from it gives the numbers of an uninterrupted run.
+SIGINT (:mod:`protosphere.runs.interrupt`) end the step under way (or the task's evaluation), save ``last.ckpt`` there
+and stop with :class:`~protosphere.runs.interrupt.RunInterrupted`; resuming from it gives the numbers of an
+uninterrupted run.
 
 Under DDP ``train.batch_size`` is the global batch: each rank trains on its own slice of it and methods see the
 global batch through ``gather`` (see :mod:`protosphere.distributed` for why no loss scaling is needed); the loss and
@@ -37,19 +38,19 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 
-from .config import RunConfig, config_fingerprint
-from .data.augment import shard_draws
-from .data.scenarios import model_input
-from .distributed import gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
-from .errors import ConfigError, RunError
+from ..config import RunConfig, config_fingerprint
+from ..data.augment import shard_draws
+from ..data.scenarios import model_input
+from ..distributed import check_processes, gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
+from ..errors import RunError
+from ..methods.base import Method, StepContext, StepOutput, TaskContext
+from ..optim import build_optimizer, lr_factor, set_lr
+from ..validation import set_validation
 from .interrupt import RunInterrupted, StopRequest
-from .methods.base import Method, StepContext, StepOutput, TaskContext
-from .optim import build_optimizer, lr_factor, set_lr
 from .progress import RunProgress, hms
 from .protocol import Protocol, TaskEvaluation, TaskTraining
 from .record import Evaluation, RunResults
 from .rundir import CHECKPOINT_VERSION, RunDir
-from .validation import set_validation
 
 
 def nonfinite_names(state, prefix: str = "") -> list[str]:
@@ -73,7 +74,7 @@ class MetricsLog:
                  trackers=None):
         self.enabled = enabled
         self.start = time.time()
-        self.trackers = trackers  # TensorBoard / W&B (protosphere.loggers.Trackers): the same rows, by global step
+        self.trackers = trackers  # TensorBoard / W&B (protosphere.runs.loggers.Trackers): the same rows, by global step
         self.global_step = 0
         if not enabled:
             return
@@ -326,13 +327,13 @@ class TaskMonitor:
 class Engine:
     """Runs a method through a scenario. ``write_embeddings(features, labels, weights)`` stores the embedding
     snapshot taken after the last task (the runner passes the report's writer; none: no snapshot). ``stop``: a
-    :class:`~protosphere.interrupt.StopRequest`; once set, the run finishes its training step (or the evaluation of
-    its task), saves ``last.ckpt`` and raises :class:`~protosphere.interrupt.RunInterrupted`."""
+    :class:`~protosphere.runs.interrupt.StopRequest`; once set, the run finishes its training step (or the evaluation of
+    its task), saves ``last.ckpt`` and raises :class:`~protosphere.runs.interrupt.RunInterrupted`."""
 
     def __init__(self, config: RunConfig, run_dir: Path, fabric: Fabric, console=None, show_progress: bool = True,
                  write_embeddings: Callable | None = None, stop: StopRequest | None = None):
         self.config = config
-        self.stop = stop  # set by SIGTERM/SIGINT (protosphere.interrupt): checkpoint and stop at the next safe point
+        self.stop = stop  # set by SIGTERM/SIGINT (runs.interrupt): checkpoint and stop at the next safe point
         self.run_dir = Path(run_dir)
         self.fabric = fabric
         self.console = console
@@ -346,7 +347,7 @@ class Engine:
 
     # ----------------------------------------------------------------------------------------------------------
     def fit(self, scenario, method: Method, resume: dict | None = None) -> RunResults:
-        """Train ``method`` on every task of ``scenario``, evaluating after each (:class:`~protosphere.protocol.
+        """Train ``method`` on every task of ``scenario``, evaluating after each (:class:`~protosphere.runs.protocol.
         Protocol`), and return the protocol's results; ``resume``: a loaded checkpoint to continue from."""
         state = resume or {}
         model = self._setup(method, resume)
@@ -455,14 +456,11 @@ class Engine:
         :func:`~protosphere.data.augment.shard_draws`.)"""
         cfg, fabric = self.config, self.fabric
         device, world_size = fabric.device, fabric.world_size
+        check_processes(cfg, world_size)  # the runner checked already; the engine is also driven on its own
+        if resume is not None:
+            self.files.check_world_size(resume, world_size)
         if world_size > 1:
-            if cfg.train.batch_size % world_size:
-                raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be divisible "
-                                  f"by the number of processes ({world_size}); use a multiple of {world_size}.")
             method.install_collectives(gather=gather_with_grad(fabric))
-        if resume is not None and resume.get("world_size", 1) != world_size:
-            raise RunError(f"The checkpoint was written by {resume.get('world_size', 1)} process(es) and this run has "
-                           f"{world_size}; resume with the same fabric.devices and fabric.num_nodes.")
         method = method.to(device)
         if device.type == "cuda":
             method.install_collectives(synchronize=lambda: torch.cuda.synchronize(device))
