@@ -1,5 +1,5 @@
 # Two entry points: `make run` (the default job) and `make test` (the test suite); `make lint` checks the code with
-# ruff (rules in pyproject.toml [tool.ruff]), `make format` fixes what ruff can and formats the code.
+# ruff (formatting, then the rules in pyproject.toml [tool.ruff]), `make format` fixes what ruff can and formats the code.
 # Each creates .venv if missing, installs the CPU build of torch and protosphere with its dev extras, and makes sure
 # the real Fashion-MNIST data is there (target `data`): the job trains on it and the real-data tests read it.
 VENV ?= .venv
@@ -50,9 +50,9 @@ bench: install
 	$(PY) -m protosphere.cli bench $(ARGS)
 
 lint: install
+	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 
-# `ruff format` has not been applied to the whole tree yet, so `make lint` runs `ruff check` only for now
 format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .

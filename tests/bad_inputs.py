@@ -48,7 +48,8 @@ TINY = (
 
 # nine levels of ten aliases each: 10**9 values from a few hundred bytes
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
+)
 
 
 @dataclass
@@ -70,8 +71,12 @@ def idx_gz(array: np.ndarray, corrupt_magic: bool = False) -> bytes:
 def mnist_files(folder: Path, truncate: bool = False, corrupt_magic: bool = False) -> None:
     """The four MNIST files in the true IDX format (zero pixels, few rows)."""
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train-images-idx3-ubyte": np.zeros((10, 28, 28)), "train-labels-idx1-ubyte": np.zeros(10),
-              "t10k-images-idx3-ubyte": np.zeros((10, 28, 28)), "t10k-labels-idx1-ubyte": np.zeros(10)}
+    arrays = {
+        "train-images-idx3-ubyte": np.zeros((10, 28, 28)),
+        "train-labels-idx1-ubyte": np.zeros(10),
+        "t10k-images-idx3-ubyte": np.zeros((10, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.zeros(10),
+    }
     for stem, array in arrays.items():
         data = idx_gz(array, corrupt_magic and stem.startswith("train-images"))
         if truncate and stem.startswith("train-images"):
@@ -108,9 +113,19 @@ def ddp_run_folder(world: Path, name: str) -> None:
     folder = world / "runs" / name
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "config.yaml").write_text(dump_config(config))
-    torch.save({"version": CHECKPOINT_VERSION, "fingerprint": config_fingerprint(config), "world_size": 2,
-                "task": 0, "phase": "task_done", "step": 0, "global_step": 10, "results": {}},
-               folder / "checkpoints" / "last.ckpt")
+    torch.save(
+        {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": config_fingerprint(config),
+            "world_size": 2,
+            "task": 0,
+            "phase": "task_done",
+            "step": 0,
+            "global_step": 10,
+            "results": {},
+        },
+        folder / "checkpoints" / "last.ckpt",
+    )
 
 
 def user_folder(world: Path, name: str) -> None:
@@ -135,116 +150,270 @@ def steps(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
     def setup(world: Path) -> None:
         for step in setups:
             step(world)
+
     return setup
 
 
 CASES = [
     # datasets
     Case("data-missing", "dataset absent everywhere", ["data.dataset=mnist"], needle="MNIST"),
-    Case("data-missing-cifar", "CIFAR-10 absent (the hint is a CLI command)", ["data.dataset=cifar10"],
-         needle="protosphere datasets --ensure cifar10"),
-    Case("data-missing-root", "data.root names a folder that does not exist",
-         ["data.dataset=mnist", "data.root=nowhere"], needle="nowhere"),
-    Case("data-truncated", "truncated .gz", ["data.dataset=mnist"],
-         lambda w: mnist_files(w / "data" / "mnist", truncate=True), needle="train-images"),
-    Case("data-magic", "wrong IDX magic number", ["data.dataset=mnist"],
-         lambda w: mnist_files(w / "data" / "mnist", corrupt_magic=True), needle="magic"),
-    Case("data-checksum", "checksum mismatch in the download cache", ["data.dataset=mnist"],
-         lambda w: mnist_files(w / "cache" / "protosphere" / "mnist"), needle="MD5"),
-    Case("data-corrupt-cifar", "corrupt CIFAR archive", ["data.dataset=cifar10", "data.root=archives"],
-         lambda w: garbage(w / "archives" / "cifar-10-python.tar.gz"), needle="cifar-10-python.tar.gz"),
-    Case("data-corrupt-tiny", "corrupt Tiny-ImageNet archive", ["data.dataset=tiny_imagenet", "data.root=archives"],
-         lambda w: garbage(w / "archives" / "tiny-imagenet-200.zip"), needle="tiny-imagenet-200.zip"),
+    Case(
+        "data-missing-cifar",
+        "CIFAR-10 absent (the hint is a CLI command)",
+        ["data.dataset=cifar10"],
+        needle="protosphere datasets --ensure cifar10",
+    ),
+    Case(
+        "data-missing-root",
+        "data.root names a folder that does not exist",
+        ["data.dataset=mnist", "data.root=nowhere"],
+        needle="nowhere",
+    ),
+    Case(
+        "data-truncated",
+        "truncated .gz",
+        ["data.dataset=mnist"],
+        lambda w: mnist_files(w / "data" / "mnist", truncate=True),
+        needle="train-images",
+    ),
+    Case(
+        "data-magic",
+        "wrong IDX magic number",
+        ["data.dataset=mnist"],
+        lambda w: mnist_files(w / "data" / "mnist", corrupt_magic=True),
+        needle="magic",
+    ),
+    Case(
+        "data-checksum",
+        "checksum mismatch in the download cache",
+        ["data.dataset=mnist"],
+        lambda w: mnist_files(w / "cache" / "protosphere" / "mnist"),
+        needle="MD5",
+    ),
+    Case(
+        "data-corrupt-cifar",
+        "corrupt CIFAR archive",
+        ["data.dataset=cifar10", "data.root=archives"],
+        lambda w: garbage(w / "archives" / "cifar-10-python.tar.gz"),
+        needle="cifar-10-python.tar.gz",
+    ),
+    Case(
+        "data-corrupt-tiny",
+        "corrupt Tiny-ImageNet archive",
+        ["data.dataset=tiny_imagenet", "data.root=archives"],
+        lambda w: garbage(w / "archives" / "tiny-imagenet-200.zip"),
+        needle="tiny-imagenet-200.zip",
+    ),
     # config files and keys
     Case("config-missing", "config file does not exist", ["nowhere.yaml"], needle="does not exist"),
-    Case("config-syntax", "config file is not valid YAML", ["broken.yaml"],
-         write("broken.yaml", "data: {dataset: digits\n"), needle="not valid YAML"),
-    Case("config-scalar", "config file is a scalar (with an override)", ["scalar.yaml", "seed=1"],
-         write("scalar.yaml", "42\n"), needle="mapping"),
-    Case("config-list", "config file is a list", ["list.yaml"], write("list.yaml", "- data\n- method\n"),
-         needle="mapping"),
+    Case(
+        "config-syntax",
+        "config file is not valid YAML",
+        ["broken.yaml"],
+        write("broken.yaml", "data: {dataset: digits\n"),
+        needle="not valid YAML",
+    ),
+    Case(
+        "config-scalar",
+        "config file is a scalar (with an override)",
+        ["scalar.yaml", "seed=1"],
+        write("scalar.yaml", "42\n"),
+        needle="mapping",
+    ),
+    Case(
+        "config-list",
+        "config file is a list",
+        ["list.yaml"],
+        write("list.yaml", "- data\n- method\n"),
+        needle="mapping",
+    ),
     Case("key-unknown-section", "misspelt section", ["trian.epochs=2"], needle="did you mean `train`"),
     Case("key-unknown", "misspelt key", ["train.epoch=2"], needle="did you mean `train.epochs`"),
     Case("key-type", "wrong type", ["train.epochs=many"], needle="train.epochs"),
     Case("key-range", "out of range", ["optimizer.lr=-1"], needle="optimizer.lr"),
     Case("key-choice", "not one of the choices", ["fabric.precision=fp8"], needle="fabric.precision"),
-    Case("key-not-of-method", "a key the method does not have", ["method.buffer_size=10"],
-         needle="method.buffer_size"),
+    Case("key-not-of-method", "a key the method does not have", ["method.buffer_size=10"], needle="method.buffer_size"),
     Case("method-unknown", "unknown method", ["method.name=fnc3"], needle="fnc2"),
     Case("method-not-mapping", "method given as a plain value", ["method=er"], needle="method"),
     Case("fabric-strategy", "unknown fabric strategy", ["fabric.strategy=warp_drive"], needle="fabric"),
     Case("override-no-equals", "an override without `=`", ["epochs"], needle="key=value"),
     Case("override-into-value", "a sub-key of a plain value", ["seed.x=1"], needle="seed"),
-    Case("etf-too-small", "ETF dimension too small for the label space",
-         ["method.name=fnc2", "method.projection_dim=8"], needle="9"),
+    Case(
+        "etf-too-small",
+        "ETF dimension too small for the label space",
+        ["method.name=fnc2", "method.projection_dim=8"],
+        needle="9",
+    ),
     # scenarios
-    Case("order-duplicate", "class order repeats a class", ["scenario.class_order=[0,0,1,2,3,4,5,6,7,8]"],
-         needle="class_order"),
-    Case("order-outside", "class order names a class outside the data",
-         ["scenario.class_order=[0,1,2,3,4,5,6,7,8,12]"], needle="class_order"),
+    Case(
+        "order-duplicate",
+        "class order repeats a class",
+        ["scenario.class_order=[0,0,1,2,3,4,5,6,7,8]"],
+        needle="class_order",
+    ),
+    Case(
+        "order-outside",
+        "class order names a class outside the data",
+        ["scenario.class_order=[0,1,2,3,4,5,6,7,8,12]"],
+        needle="class_order",
+    ),
     Case("order-short", "class order misses classes", ["scenario.class_order=[0,1,2]"], needle="class_order"),
-    Case("order-and-shuffle", "class order and shuffle together",
-         ["scenario.class_order=[0,1,2,3,4,5,6,7,8,9]", "scenario.shuffle_classes=true"], needle="shuffle"),
+    Case(
+        "order-and-shuffle",
+        "class order and shuffle together",
+        ["scenario.class_order=[0,1,2,3,4,5,6,7,8,9]", "scenario.shuffle_classes=true"],
+        needle="shuffle",
+    ),
     Case("task-empty", "more tasks than classes (an empty task)", ["scenario.num_tasks=11"], needle="task"),
-    Case("classes-per-task-sum", "task sizes that do not add up", ["scenario.classes_per_task=[5,4]"],
-         needle="classes_per_task"),
-    Case("classes-per-task-count", "task sizes for another number of tasks", ["scenario.classes_per_task=[5,3,2]"],
-         needle="classes_per_task"),
+    Case(
+        "classes-per-task-sum",
+        "task sizes that do not add up",
+        ["scenario.classes_per_task=[5,4]"],
+        needle="classes_per_task",
+    ),
+    Case(
+        "classes-per-task-count",
+        "task sizes for another number of tasks",
+        ["scenario.classes_per_task=[5,3,2]"],
+        needle="classes_per_task",
+    ),
     # run names, output folders, resume
-    Case("name-dotdot", "run name `..` with --overwrite (would remove the working folder)",
-         ["name=..", "--overwrite"], lambda w: run_folder(w, "done"), needle="plain folder name"),
-    Case("name-dot", "run name `.` with --overwrite (would remove every run)", ["name=.", "--overwrite"],
-         lambda w: run_folder(w, "done"), needle="plain folder name"),
+    Case(
+        "name-dotdot",
+        "run name `..` with --overwrite (would remove the working folder)",
+        ["name=..", "--overwrite"],
+        lambda w: run_folder(w, "done"),
+        needle="plain folder name",
+    ),
+    Case(
+        "name-dot",
+        "run name `.` with --overwrite (would remove every run)",
+        ["name=.", "--overwrite"],
+        lambda w: run_folder(w, "done"),
+        needle="plain folder name",
+    ),
     Case("name-path", "run name with a slash", ["name=a/b"], needle="plain folder name"),
-    Case("overwrite-not-a-run", "--overwrite of a folder that holds no run", ["name=mine", "--overwrite"],
-         lambda w: user_folder(w, "mine"), needle="not one"),
-    Case("exists", "the run folder exists, neither --resume nor --overwrite", ["name=done"],
-         lambda w: run_folder(w, "done"), needle="--resume"),
-    Case("resume-and-overwrite", "--resume and --overwrite together", ["name=done", "--resume", "--overwrite"],
-         lambda w: run_folder(w, "done"), needle="contradict"),
+    Case(
+        "overwrite-not-a-run",
+        "--overwrite of a folder that holds no run",
+        ["name=mine", "--overwrite"],
+        lambda w: user_folder(w, "mine"),
+        needle="not one",
+    ),
+    Case(
+        "exists",
+        "the run folder exists, neither --resume nor --overwrite",
+        ["name=done"],
+        lambda w: run_folder(w, "done"),
+        needle="--resume",
+    ),
+    Case(
+        "resume-and-overwrite",
+        "--resume and --overwrite together",
+        ["name=done", "--resume", "--overwrite"],
+        lambda w: run_folder(w, "done"),
+        needle="contradict",
+    ),
     Case("resume-nothing", "--resume of a run that does not exist", ["name=ghost", "--resume"], needle="holds no run"),
-    Case("resume-changed-config", "--resume with a changed config", ["name=done", "--resume", "seed=1"],
-         lambda w: run_folder(w, "done"), needle="different config"),
-    Case("resume-no-checkpoint", "--resume of a run that stopped before its first checkpoint",
-         ["name=early", "--resume"], lambda w: run_folder(w, "early", finished=False), needle="no checkpoint"),
-    Case("resume-unreadable", "--resume when no checkpoint is readable", ["name=broken", "--resume"],
-         lambda w: run_folder(w, "broken", finished=False, checkpoints=("last.ckpt", "task-0.ckpt")),
-         needle="readable"),
+    Case(
+        "resume-changed-config",
+        "--resume with a changed config",
+        ["name=done", "--resume", "seed=1"],
+        lambda w: run_folder(w, "done"),
+        needle="different config",
+    ),
+    Case(
+        "resume-no-checkpoint",
+        "--resume of a run that stopped before its first checkpoint",
+        ["name=early", "--resume"],
+        lambda w: run_folder(w, "early", finished=False),
+        needle="no checkpoint",
+    ),
+    Case(
+        "resume-unreadable",
+        "--resume when no checkpoint is readable",
+        ["name=broken", "--resume"],
+        lambda w: run_folder(w, "broken", finished=False, checkpoints=("last.ckpt", "task-0.ckpt")),
+        needle="readable",
+    ),
     Case("output-under-a-file", "output_dir inside a file", ["output_dir=notes.txt/runs"], needle="output"),
     # the file system and the shared folder
-    Case("config-not-utf8", "a config file in Latin-1, not UTF-8", ["latin1.yaml"],
-         write("latin1.yaml", "seed: 1\n# caf\xe9\n".encode("latin-1")), needle="UTF-8"),
-    Case("name-too-long", "a run name longer than a file system allows", ["name=" + "a" * 300],
-         needle="200 characters"),
-    Case("overwrite-foreign-file", "--overwrite of a run folder that also holds the user's own file",
-         ["name=done", "--overwrite"], steps(lambda w: run_folder(w, "done"), write("runs/done/notes.md", "mine")),
-         needle="notes.md"),
-    Case("run-folder-link", "the run folder is a symbolic link to another folder", ["name=alias", "--resume"],
-         steps(lambda w: run_folder(w, "done"), link("runs/alias", "done")), needle="symbolic link"),
-    Case("resume-metrics-link", "--resume where metrics.csv links to a file outside the run folder",
-         ["name=linked", "--resume"],
-         steps(lambda w: run_folder(w, "linked", finished=False), link("runs/linked/metrics.csv", "../../notes.txt")),
-         needle="metrics.csv"),
-    Case("resume-other-world-size", "--resume of a 2-process (DDP) run with 1 process", ["name=ddp", "--resume"],
-         lambda w: ddp_run_folder(w, "ddp"), needle="2 process(es)"),
+    Case(
+        "config-not-utf8",
+        "a config file in Latin-1, not UTF-8",
+        ["latin1.yaml"],
+        write("latin1.yaml", "seed: 1\n# caf\xe9\n".encode("latin-1")),
+        needle="UTF-8",
+    ),
+    Case(
+        "name-too-long", "a run name longer than a file system allows", ["name=" + "a" * 300], needle="200 characters"
+    ),
+    Case(
+        "overwrite-foreign-file",
+        "--overwrite of a run folder that also holds the user's own file",
+        ["name=done", "--overwrite"],
+        steps(lambda w: run_folder(w, "done"), write("runs/done/notes.md", "mine")),
+        needle="notes.md",
+    ),
+    Case(
+        "run-folder-link",
+        "the run folder is a symbolic link to another folder",
+        ["name=alias", "--resume"],
+        steps(lambda w: run_folder(w, "done"), link("runs/alias", "done")),
+        needle="symbolic link",
+    ),
+    Case(
+        "resume-metrics-link",
+        "--resume where metrics.csv links to a file outside the run folder",
+        ["name=linked", "--resume"],
+        steps(lambda w: run_folder(w, "linked", finished=False), link("runs/linked/metrics.csv", "../../notes.txt")),
+        needle="metrics.csv",
+    ),
+    Case(
+        "resume-other-world-size",
+        "--resume of a 2-process (DDP) run with 1 process",
+        ["name=ddp", "--resume"],
+        lambda w: ddp_run_folder(w, "ddp"),
+        needle="2 process(es)",
+    ),
     # input that validates but should not
-    Case("yaml-billion-laughs", "a few hundred bytes of YAML aliases that expand into a billion values",
-         ["laughs.yaml"], write("laughs.yaml", BILLION_LAUGHS), needle="aliases"),
-    Case("yaml-duplicate-key", "a key given twice in one mapping (YAML keeps the last silently)", ["twice.yaml"],
-         write("twice.yaml", TINY.replace("output_dir: runs\n", "output_dir: runs\nseed: 1\nseed: 2\n")),
-         needle="lines 9 and 10"),
-    Case("override-empty-section", "an override without a value (`method=` would reset the method)", ["method="],
-         needle="no value"),
+    Case(
+        "yaml-billion-laughs",
+        "a few hundred bytes of YAML aliases that expand into a billion values",
+        ["laughs.yaml"],
+        write("laughs.yaml", BILLION_LAUGHS),
+        needle="aliases",
+    ),
+    Case(
+        "yaml-duplicate-key",
+        "a key given twice in one mapping (YAML keeps the last silently)",
+        ["twice.yaml"],
+        write("twice.yaml", TINY.replace("output_dir: runs\n", "output_dir: runs\nseed: 1\nseed: 2\n")),
+        needle="lines 9 and 10",
+    ),
+    Case(
+        "override-empty-section",
+        "an override without a value (`method=` would reset the method)",
+        ["method="],
+        needle="no value",
+    ),
     Case("override-empty-value", "an override without a value for a number", ["train.epochs="], needle="no value"),
     Case("seed-negative", "a seed below 0", ["seed=-1"], needle="seed"),
     Case("seed-too-large", "a seed above 2**32-1", ["seed=4294967296"], needle="seed"),
     Case("threads-too-many", "fabric.threads far above the cores", ["fabric.threads=100000"], needle="core"),
-    Case("buffer-beyond-ram", "a replay buffer larger than half the RAM",
-         ["method.name=er", "method.buffer_size=1000000000000"], needle="RAM"),
-    Case("override-value-quoted-short", "an ill-typed override 10,000 characters long",
-         ["train.epochs=" + "x" * 10000], needle="(10000 characters)"),
+    Case(
+        "buffer-beyond-ram",
+        "a replay buffer larger than half the RAM",
+        ["method.name=er", "method.buffer_size=1000000000000"],
+        needle="RAM",
+    ),
+    Case(
+        "override-value-quoted-short",
+        "an ill-typed override 10,000 characters long",
+        ["train.epochs=" + "x" * 10000],
+        needle="(10000 characters)",
+    ),
 ]
-
 
 
 def make_world(root: Path, case: Case) -> Path:
@@ -273,8 +442,9 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------------ running
 def run_fresh(argv: list[str], env: dict, cwd: Path) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "protosphere.cli", *argv], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "protosphere.cli", *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -364,22 +534,38 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="protosphere-bad-inputs-") as tmp:
         for case in cases:
             world = make_world(Path(tmp), case)
-            env = {**os.environ, "PROTOSPHERE_DATA": str(world / "data"), "XDG_CACHE_HOME": str(world / "cache"),
-                   "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-                       p for p in (source, os.environ.get("PYTHONPATH", "")) if p)}
+            env = {
+                **os.environ,
+                "PROTOSPHERE_DATA": str(world / "data"),
+                "XDG_CACHE_HOME": str(world / "cache"),
+                "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p),
+            }
             configs = [a for a in case.args if a.endswith(".yaml")] or ["cfg.yaml"]
             argv = ["run", *configs, *(a for a in case.args if not a.endswith(".yaml")), "--no-progress"]
             before = snapshot(world)
             start = time.time()
             code, stdout, stderr = (run_fresh if fresh else run_forked)(argv, env, world)
             problems = check(case, code, stdout, stderr, before, snapshot(world))
-            verdicts.append({"id": case.id, "what": case.what, "argv": argv, "exit": code, "ok": not problems,
-                             "problems": problems, "stderr": stderr.strip(), "seconds": round(time.time() - start, 2)})
+            verdicts.append(
+                {
+                    "id": case.id,
+                    "what": case.what,
+                    "argv": argv,
+                    "exit": code,
+                    "ok": not problems,
+                    "problems": problems,
+                    "stderr": stderr.strip(),
+                    "seconds": round(time.time() - start, 2),
+                }
+            )
             mark = "ok  " if not problems else "FAIL"
             print(f"{mark} {case.id:24} exit {code}  {'; '.join(problems) or stderr.strip()[:110]}", flush=True)
     failed = [v for v in verdicts if not v["ok"]]
-    print(f"{len(verdicts) - len(failed)}/{len(verdicts)} bad inputs end as the contract says "
-          f"({'fresh interpreters' if fresh else 'forked processes'}, {time.time() - started:.1f} s)")
+    print(
+        f"{len(verdicts) - len(failed)}/{len(verdicts)} bad inputs end as the contract says "
+        f"({'fresh interpreters' if fresh else 'forked processes'}, {time.time() - started:.1f} s)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"cases": verdicts, "fresh": fresh}, indent=2))
     return 1 if failed else 0

@@ -71,11 +71,25 @@ class DevTools:
         self.profile = tempfile.mkdtemp(prefix="protosphere-chromium-")
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-        args = [binary, "--headless=new", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
-                "--disable-background-networking", "--disable-component-update", "--metrics-recording-only",
-                f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
-                "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "about:blank"]
+        args = [
+            binary,
+            "--headless=new",
+            "--remote-debugging-pipe",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-sync",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--metrics-recording-only",
+            f"--user-data-dir={self.profile}",
+            f"--window-size={width},{height}",
+            "--proxy-server=127.0.0.1:9",
+            "--proxy-bypass-list=<-loopback>",
+            "about:blank",
+        ]
 
         def child_fds():  # the pipe ends Chromium expects as fd 3 and fd 4 (the pipes may already sit on 3-6)
             read_end, write_end = os.dup(to_chrome_r), os.dup(from_chrome_w)
@@ -84,8 +98,14 @@ class DevTools:
             os.set_inheritable(3, True)
             os.set_inheritable(4, True)
 
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, preexec_fn=child_fds, close_fds=False)
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=child_fds,
+            close_fds=False,
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buffer = b""
@@ -161,14 +181,21 @@ def check_page(tools: DevTools, path: Path, width: int) -> list[str]:
     session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log", "Network"):
         tools.send(f"{domain}.enable", session=session)
-    tools.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1,
-                                                      "mobile": False}, session=session)
+    tools.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        session=session,
+    )
     tools.events.clear()
     url = path.resolve().as_uri()
     tools.send("Page.navigate", {"url": url}, session=session)
     tools.wait_for("Page.loadEventFired", timeout=60)
-    result = tools.send("Runtime.evaluate", {"expression": CHECKS_JS, "awaitPromise": True, "returnByValue": True},
-                        session=session, timeout=60)
+    result = tools.send(
+        "Runtime.evaluate",
+        {"expression": CHECKS_JS, "awaitPromise": True, "returnByValue": True},
+        session=session,
+        timeout=60,
+    )
     if "exceptionDetails" in result:
         return [f"the check script failed: {result['exceptionDetails'].get('text')}"]
     facts = json.loads(result["result"]["value"])
@@ -192,8 +219,10 @@ def check_page(tools: DevTools, path: Path, width: int) -> list[str]:
         if not image["alt"].strip():
             problems.append(f"image {i + 1} has no alt text")
     if facts["scrollWidth"] > facts["clientWidth"] or facts["overflowing"]:
-        problems.append(f"content runs past the right edge at {width} px (page {facts['scrollWidth']} px wide): "
-                        + "; ".join(facts["overflowing"]))
+        problems.append(
+            f"content runs past the right edge at {width} px (page {facts['scrollWidth']} px wide): "
+            + "; ".join(facts["overflowing"])
+        )
     tools.send("Target.closeTarget", {"targetId": target})
     check_page.last_facts = facts
     return problems
@@ -215,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             problems = check_page(tools, page, args.width)
             facts = check_page.last_facts
             status = "ok" if not problems else "FAIL"
-            print(f"{status}  {page}  ({len(facts['images'])} images, {facts['headings']} sections, "
-                  f"{facts['scrollWidth']} px wide at {args.width} px)")
+            print(
+                f"{status}  {page}  ({len(facts['images'])} images, {facts['headings']} sections, "
+                f"{facts['scrollWidth']} px wide at {args.width} px)"
+            )
             for problem in problems:
                 print(f"      {problem}")
             failed |= bool(problems)

@@ -45,8 +45,11 @@ CONFIG = (
 
 
 def environment() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p),
+    }
 
 
 def cli(*args: str) -> list[str]:
@@ -59,8 +62,15 @@ def default_signals() -> None:
 
 
 def start(world: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(cli(*args), cwd=world, env=environment(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+    return subprocess.Popen(
+        cli(*args),
+        cwd=world,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    )
 
 
 def finish(world: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -238,8 +248,10 @@ def second_process_refused(root: Path) -> list[str]:
             second = finish(world, *args, *(["--no-progress"] if args[0] == "run" else []))
             lines = second.stderr.strip().splitlines()
             if second.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: "):
-                problems.append(f"`{' '.join(args)}` beside a running run: exit {second.returncode}, "
-                                f"stderr {second.stderr[-300:]!r}")
+                problems.append(
+                    f"`{' '.join(args)}` beside a running run: exit {second.returncode}, "
+                    f"stderr {second.stderr[-300:]!r}"
+                )
             elif str(holder.pid) not in lines[0]:
                 problems.append(f"`{' '.join(args)}`: the error does not name the PID {holder.pid}: {lines[0]!r}")
         if holder.poll() is not None:
@@ -281,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             started = time.time()
             problems = SCENARIOS[name](Path(tmp))
             failed += bool(problems)
-            print(f"{'ok  ' if not problems else 'FAIL'} {name:28} {time.time() - started:5.1f} s  "
-                  f"{'; '.join(problems)}", flush=True)
+            print(
+                f"{'ok  ' if not problems else 'FAIL'} {name:28} {time.time() - started:5.1f} s  {'; '.join(problems)}",
+                flush=True,
+            )
     print(f"{len(names) - failed}/{len(names)} cluster faults end as the contract says")
     return 1 if failed else 0
 

@@ -10,18 +10,32 @@ from protosphere import cli
 from protosphere.api import resolve_config
 from protosphere.errors import ConfigError, RunError
 
-TINY = {"data": {"dataset": "digits"}, "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"},
-        "train": {"epochs": 1, "batch_size": 64}, "eval": {"random_init_baseline": False},
-        "fabric": {"threads": 1}}
+TINY = {
+    "data": {"dataset": "digits"},
+    "scenario": {"num_tasks": 2},
+    "model": {"backbone": "mlp"},
+    "train": {"epochs": 1, "batch_size": 64},
+    "eval": {"random_init_baseline": False},
+    "fabric": {"threads": 1},
+}
 
 
 @pytest.fixture(scope="module")
 def fnc2_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("api")
     return protosphere.run(
-        TINY, output_dir=str(out), progress=False,
-        method={"name": "fnc2", "buffer_size": 20, "projection_dim": 16, "probe_epochs": 1, "probe_min_steps": 10,
-                "classifiers": ["nearest_prototype", "ncm", "linear_probe"]})
+        TINY,
+        output_dir=str(out),
+        progress=False,
+        method={
+            "name": "fnc2",
+            "buffer_size": 20,
+            "projection_dim": 16,
+            "probe_epochs": 1,
+            "probe_min_steps": 10,
+            "classifiers": ["nearest_prototype", "ncm", "linear_probe"],
+        },
+    )
 
 
 def test_run_returns_a_run_with_config_results_and_report(fnc2_run):

@@ -55,8 +55,7 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
                     add(alias.name)
         elif isinstance(node, ast.ImportFrom):
-            source = (_resolve_relative(module, is_package, node.level, node.module) if node.level
-                      else node.module or "")
+            source = _resolve_relative(module, is_package, node.level, node.module) if node.level else node.module or ""
             if source != PACKAGE and not source.startswith(PACKAGE + "."):
                 continue
             for alias in node.names:
@@ -140,8 +139,11 @@ def _closed_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
     found = tangles(graph)
-    text = "\n".join(f"  {' → '.join(_closed_path(graph, component))}\n    (all {len(component)} modules of this "
-                     f"tangle: {', '.join(sorted(component))})" for component in found)
+    text = "\n".join(
+        f"  {' → '.join(_closed_path(graph, component))}\n    (all {len(component)} modules of this "
+        f"tangle: {', '.join(sorted(component))})"
+        for component in found
+    )
     assert not found, f"{len(found)} import cycle(s) in src/{PACKAGE}:\n{text}"
 
 
@@ -150,11 +152,15 @@ def test_the_package_has_no_import_cycle():
 LAYERS: list[tuple[str, list[str]]] = [
     ("leaves", ["errors", "version", "registry", "validation", "threads", "provenance"]),
     ("config", ["config"]),
-    ("building blocks", ["data", "models", "geometry", "losses", "metrics", "buffer", "evaluation", "optim",
-                         "distributed"]),
+    (
+        "building blocks",
+        ["data", "models", "geometry", "losses", "metrics", "buffer", "evaluation", "optim", "distributed"],
+    ),
     ("methods", ["methods"]),
-    ("run records", ["runs.record", "runs.rundir", "runs.interrupt", "runs.loggers", "runs.progress", "runs.protocol",
-                     "runs"]),  # "runs": the subpackage's __init__
+    (
+        "run records",
+        ["runs.record", "runs.rundir", "runs.interrupt", "runs.loggers", "runs.progress", "runs.protocol", "runs"],
+    ),  # "runs": the subpackage's __init__
     ("report", ["report"]),
     ("running", ["runs.engine", "runs.runner", "runs.sweep"]),
     ("entry points", ["api", "cli", "bench", "catalog", ""]),  # "": the package's __init__
@@ -177,8 +183,12 @@ def layer_of(module: str, layers: list[tuple[str, list[str]]] = LAYERS) -> int:
 
 
 def upward_imports(graph: dict[str, set[str]], layers: list[tuple[str, list[str]]] = LAYERS) -> list[str]:
-    return sorted(f"{a} ({layers[layer_of(a, layers)][0]}) imports {b} ({layers[layer_of(b, layers)][0]})"
-                  for a, targets in graph.items() for b in targets if layer_of(b, layers) > layer_of(a, layers))
+    return sorted(
+        f"{a} ({layers[layer_of(a, layers)][0]}) imports {b} ({layers[layer_of(b, layers)][0]})"
+        for a, targets in graph.items()
+        for b in targets
+        if layer_of(b, layers) > layer_of(a, layers)
+    )
 
 
 def test_every_module_has_a_layer():
@@ -208,44 +218,56 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_function_level_and_relative_imports_are_edges(tmp_path):
-    root = _write(tmp_path, {
-        "__init__.py": "",
-        "config.py": "def f():\n    from .methods import method_class\n",
-        "methods/__init__.py": "from . import er\n",
-        "methods/er.py": "from ..config import X\nimport protosphere.geometry as g\n",
-        "geometry.py": "",
-    })
+    root = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "config.py": "def f():\n    from .methods import method_class\n",
+            "methods/__init__.py": "from . import er\n",
+            "methods/er.py": "from ..config import X\nimport protosphere.geometry as g\n",
+            "geometry.py": "",
+        },
+    )
     graph = import_graph(root)
     assert graph["protosphere.config"] == {"protosphere.methods"}
     assert graph["protosphere.methods"] == {"protosphere.methods.er"}
     assert graph["protosphere.methods.er"] == {"protosphere.config", "protosphere.geometry"}
-    assert cycles(graph) == [["protosphere.config", "protosphere.methods", "protosphere.methods.er",
-                              "protosphere.config"]]
+    assert cycles(graph) == [
+        ["protosphere.config", "protosphere.methods", "protosphere.methods.er", "protosphere.config"]
+    ]
 
 
 def test_every_cycle_is_reported_and_a_dag_has_none(tmp_path):
-    root = _write(tmp_path, {
-        "__init__.py": "",
-        "a.py": "from . import b\n",
-        "b.py": "from .a import thing\n",
-        "c.py": "from protosphere import d\n",
-        "d.py": "def g():\n    import protosphere.c\n",
-        "e.py": "from . import a, c\n",
-        "pkg/__init__.py": "from .leaf import x\n",
-        "pkg/leaf.py": "from ..a import y\n",
-    })
+    root = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "from . import b\n",
+            "b.py": "from .a import thing\n",
+            "c.py": "from protosphere import d\n",
+            "d.py": "def g():\n    import protosphere.c\n",
+            "e.py": "from . import a, c\n",
+            "pkg/__init__.py": "from .leaf import x\n",
+            "pkg/leaf.py": "from ..a import y\n",
+        },
+    )
     found = cycles(import_graph(root))
-    assert sorted(found) == [["protosphere.a", "protosphere.b", "protosphere.a"],
-                             ["protosphere.c", "protosphere.d", "protosphere.c"]]
+    assert sorted(found) == [
+        ["protosphere.a", "protosphere.b", "protosphere.a"],
+        ["protosphere.c", "protosphere.d", "protosphere.c"],
+    ]
     assert cycles({"x": {"y"}, "y": {"z"}, "z": set()}) == []
 
 
-@pytest.mark.parametrize("module, is_package, level, target, expected", [
-    ("protosphere.methods.er", False, 1, None, "protosphere.methods"),
-    ("protosphere.methods.er", False, 2, "config", "protosphere.config"),
-    ("protosphere.methods", True, 1, "er", "protosphere.methods.er"),
-    ("protosphere.methods", True, 2, "config", "protosphere.config"),
-])
+@pytest.mark.parametrize(
+    "module, is_package, level, target, expected",
+    [
+        ("protosphere.methods.er", False, 1, None, "protosphere.methods"),
+        ("protosphere.methods.er", False, 2, "config", "protosphere.config"),
+        ("protosphere.methods", True, 1, "er", "protosphere.methods.er"),
+        ("protosphere.methods", True, 2, "config", "protosphere.config"),
+    ],
+)
 def test_relative_imports_resolve_like_python(module, is_package, level, target, expected):
     assert _resolve_relative(module, is_package, level, target) == expected
     import importlib.util
@@ -255,12 +277,15 @@ def test_relative_imports_resolve_like_python(module, is_package, level, target,
 
 
 def test_an_upward_import_is_caught_even_inside_a_function(tmp_path):
-    root = _write(tmp_path, {
-        "__init__.py": "",
-        "config.py": "def check():\n    from .data.corruptions import CORRUPTIONS\n",  # config → building blocks
-        "data/__init__.py": "",
-        "data/corruptions.py": "from ..registry import X\n",
-        "registry.py": "",
-    })
+    root = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "config.py": "def check():\n    from .data.corruptions import CORRUPTIONS\n",  # config → building blocks
+            "data/__init__.py": "",
+            "data/corruptions.py": "from ..registry import X\n",
+            "registry.py": "",
+        },
+    )
     found = upward_imports(import_graph(root))
     assert found == ["protosphere.config (config) imports protosphere.data.corruptions (building blocks)"]

@@ -55,8 +55,11 @@ def fails(capsys, args: list[str]) -> str:
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- datasets
@@ -68,8 +71,12 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def write_mnist(folder: Path, images: int = 60000, gz: bool = True) -> dict[str, Path]:
     """The four MNIST files with the right headers (zero pixels; small test split for speed where allowed)."""
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train-images-idx3-ubyte": np.zeros((images, 28, 28)), "train-labels-idx1-ubyte": np.zeros(images),
-              "t10k-images-idx3-ubyte": np.zeros((10, 28, 28)), "t10k-labels-idx1-ubyte": np.zeros(10)}
+    arrays = {
+        "train-images-idx3-ubyte": np.zeros((images, 28, 28)),
+        "train-labels-idx1-ubyte": np.zeros(images),
+        "t10k-images-idx3-ubyte": np.zeros((10, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.zeros(10),
+    }
     paths = {}
     for stem, array in arrays.items():
         path = folder / (stem + (".gz" if gz else ""))
@@ -111,8 +118,9 @@ def test_checksum_mismatch(env, capsys):
     assert not env["run"].exists()
 
 
-@pytest.mark.parametrize("dataset,archive", [("cifar10", "cifar-10-python.tar.gz"),
-                                             ("tiny_imagenet", "tiny-imagenet-200.zip")])
+@pytest.mark.parametrize(
+    "dataset,archive", [("cifar10", "cifar-10-python.tar.gz"), ("tiny_imagenet", "tiny-imagenet-200.zip")]
+)
 def test_corrupt_archive(env, capsys, dataset, archive):
     root = env["tmp"] / "archives"
     root.mkdir()
@@ -123,15 +131,18 @@ def test_corrupt_archive(env, capsys, dataset, archive):
 
 
 # --------------------------------------------------------------------------------------------------------- config
-@pytest.mark.parametrize("override,needle", [
-    ("trian.epochs=2", "did you mean `train`"),
-    ("train.epoch=2", "did you mean `train.epochs`"),
-    ("train.epochs=many", "train.epochs"),
-    ("optimizer.lr=-1", "optimizer.lr"),
-    ("fabric.precision=fp8", "fabric.precision"),
-    ("method.buffer_size=10", "method.buffer_size"),  # finetune has no buffer
-    ("fabric.strategy=warp_drive", "fabric"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("trian.epochs=2", "did you mean `train`"),
+        ("train.epoch=2", "did you mean `train.epochs`"),
+        ("train.epochs=many", "train.epochs"),
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("fabric.precision=fp8", "fabric.precision"),
+        ("method.buffer_size=10", "method.buffer_size"),  # finetune has no buffer
+        ("fabric.strategy=warp_drive", "fabric"),
+    ],
+)
 def test_unknown_or_ill_typed_config(env, capsys, override, needle):
     line = fails(capsys, [env["config"], override])
     assert needle in line
@@ -150,9 +161,14 @@ def test_etf_dimension_too_small(env, capsys):
 
 
 # ------------------------------------------------------------------------------------------------------- scenario
-@pytest.mark.parametrize("override", ["scenario.class_order=[0,0,1,2,3,4,5,6,7,8]",
-                                      "scenario.class_order=[0,1,2,3,4,5,6,7,8,12]",
-                                      "scenario.class_order=[0,1,2]"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "scenario.class_order=[0,0,1,2,3,4,5,6,7,8]",
+        "scenario.class_order=[0,1,2,3,4,5,6,7,8,12]",
+        "scenario.class_order=[0,1,2]",
+    ],
+)
 def test_labels_outside_the_scenario(env, capsys, override):
     fails(capsys, [env["config"], override])
     assert not env["run"].exists()
@@ -214,14 +230,19 @@ def nan_method():
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(env, capsys, nan_method):
-    line = fails(capsys, [env["config"], "method.name=nan_at_step", "train.checkpoint_every_n_steps=3",
-                          "train.log_every_n_steps=100"])
+    line = fails(
+        capsys,
+        [env["config"], "method.name=nan_at_step", "train.checkpoint_every_n_steps=3", "train.log_every_n_steps=100"],
+    )
     assert "NaN/inf" in line and "task 1, step 4" in line and "exploding" in line and "last.ckpt" in line
     assert not (env["run"] / "results.json").exists()
     state = torch.load(env["run"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (state["task"], state["phase"], state["step"]) == (1, "in_task", 3)  # saved before the bad step
-    assert all(torch.isfinite(v).all() for v in state["method"].values()
-               if isinstance(v, torch.Tensor) and v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in state["method"].values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
     assert (env["run"] / "checkpoints" / "task-0.ckpt").exists()
 
 
@@ -358,8 +379,13 @@ def test_nonfinite_state_is_never_checkpointed(env, capsys, poison_method):
 
 def test_resume_into_a_nonfinite_step_stops_cleanly(env, capsys, poison_method):
     # the poisoned step is the first one a resumed run takes: a NaN/inf stop, not a loss's input-check traceback
-    args = [env["config"], "method.name=poison", "method.what=input", "train.checkpoint_every_n_steps=3",
-            "train.log_every_n_steps=100"]
+    args = [
+        env["config"],
+        "method.name=poison",
+        "method.what=input",
+        "train.checkpoint_every_n_steps=3",
+        "train.log_every_n_steps=100",
+    ]
     assert "supcon" in fails(capsys, args)
     assert finite_checkpoint(env["run"] / "checkpoints" / "last.ckpt")["step"] == 3
     line = fails(capsys, [*args, "--resume"])
@@ -432,8 +458,10 @@ def test_sizes_the_processes_must_divide():
     from protosphere.errors import ConfigError
     from protosphere.runs.runner import build_method, build_scenario_from_config
 
-    config = load_config(None, ["data.dataset=digits", "model.backbone=mlp", "method.name=er",
-                                "method.buffer_size=40", "train.batch_size=16"])
+    config = load_config(
+        None,
+        ["data.dataset=digits", "model.backbone=mlp", "method.name=er", "method.buffer_size=40", "train.batch_size=16"],
+    )
     for world in (1, 2, 4, 8):
         check_processes(config, world)
     config.method.buffer_size = 42
@@ -490,6 +518,11 @@ def test_bad_input_catalogue_end_to_end(tmp_path):
     stated = re.search(r"the catalogue, (\d+) bad inputs", " ".join((root / "README.md").read_text().split()))
     assert stated and int(stated.group(1)) == len(cases) >= 40
     # two cases as a user starts them: a new interpreter running `python -m protosphere.cli run ...`
-    proc = subprocess.run([*script, "--fresh", "--only", "name-dotdot", "config-scalar"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*script, "--fresh", "--only", "name-dotdot", "config-scalar"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "2/2 bad inputs" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -17,22 +17,33 @@ from protosphere.runs.runner import run
 from protosphere.runs.sweep import compare
 
 
-def tiny_config(root: Path, stem: str, tasks: int, epochs: int, per_epoch: bool, method: dict | None = None,
-                **eval_options) -> Path:
+def tiny_config(
+    root: Path, stem: str, tasks: int, epochs: int, per_epoch: bool, method: dict | None = None, **eval_options
+) -> Path:
     path = root / "configs" / f"{stem}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({
-        "data": {"dataset": "digits"}, "scenario": {"num_tasks": tasks}, "model": {"backbone": "mlp"},
-        "method": method or {"name": "finetune"}, "train": {"epochs": epochs, "batch_size": 64, "augmentation": "none"},
-        "eval": {"report": "off", "per_epoch": per_epoch, "embeddings": False, **eval_options},
-        "fabric": {"threads": 1},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"dataset": "digits"},
+                "scenario": {"num_tasks": tasks},
+                "model": {"backbone": "mlp"},
+                "method": method or {"name": "finetune"},
+                "train": {"epochs": epochs, "batch_size": 64, "augmentation": "none"},
+                "eval": {"report": "off", "per_epoch": per_epoch, "embeddings": False, **eval_options},
+                "fabric": {"threads": 1},
+            }
+        )
+    )
     return path
 
 
 def results(out: Path, label: str) -> dict[int, dict]:
-    return {seed: json.loads((out / f"{label}-seed{seed}" / "results.json").read_text()) for seed in (0, 1, 2)
-            if (out / f"{label}-seed{seed}" / "results.json").is_file()}
+    return {
+        seed: json.loads((out / f"{label}-seed{seed}" / "results.json").read_text())
+        for seed in (0, 1, 2)
+        if (out / f"{label}-seed{seed}" / "results.json").is_file()
+    }
 
 
 def test_compare_rows_are_the_rows_and_seeds_compare_wrote(tmp_path):
@@ -85,8 +96,7 @@ def test_nc_long_reads_per_epoch_curves_and_first_epochs(tmp_path):
     target = ce["per_epoch"][-1]["neural_collapse"]["nc1"]
     curve = [e["neural_collapse"]["nc1"] for e in other["per_epoch"]]
     first = next((i + 1 for i, v in enumerate(curve) if v <= target), None)
-    reach = next(line for line in lines if line.startswith("| other |") and "head" not in line
-                 and line.count("|") == 8)
+    reach = next(line for line in lines if line.startswith("| other |") and "head" not in line and line.count("|") == 8)
     assert reach.split("|")[2].strip().startswith("—" if first is None else str(first))
 
 
@@ -95,8 +105,11 @@ def test_nc_long_scores_corruptions_against_the_baseline_of_the_same_seed(tmp_pa
 
     corrupt = {"corruptions": ["gaussian_noise", "contrast"], "corruption_severities": [1, 5]}
     out = tmp_path / "out"
-    compare([tiny_config(tmp_path, "base", 1, 2, True, **corrupt), tiny_config(tmp_path, "other", 1, 1, True,
-                                                                                **corrupt)], seeds=1, out=out)
+    compare(
+        [tiny_config(tmp_path, "base", 1, 2, True, **corrupt), tiny_config(tmp_path, "other", 1, 1, True, **corrupt)],
+        seeds=1,
+        out=out,
+    )
     data = {row.label: finished(row) for row in compare_rows(out)}
     base, other = data["base"][0], data["other"][0]
     lines = nc_long_summary(data, "base")
@@ -120,15 +133,19 @@ def test_train_feature_metrics_measure_the_final_and_the_initial_network_on_trai
     compare([tiny_config(tmp_path, "moved", 1, 2, False)], seeds=1, out=out)
     trained = load_run(compare_rows(out)[0].runs[0])
     task = trained.scenario.tasks[0]
-    by_hand = neural_collapse(trained.encode(task.train_images), task.train_labels,
-                              trained.model.classifier_weights())
+    by_hand = neural_collapse(trained.encode(task.train_images), task.train_labels, trained.model.classifier_weights())
     assert train_feature_metrics(trained) == pytest.approx(by_hand, rel=1e-9)
     assert trained.results["neural_collapse"][-1]["split"] == "test"
 
     # at a learning rate too small to move a float32 weight, the final parameters are the initial ones: the rebuilt
     # untrained network must hold exactly them (and differ from a run that trained)
-    config = validate_config({**trained.config.model_dump(), "name": "frozen-seed0",
-                              "optimizer": {**trained.config.optimizer.model_dump(), "lr": 1e-30}})
+    config = validate_config(
+        {
+            **trained.config.model_dump(),
+            "name": "frozen-seed0",
+            "optimizer": {**trained.config.optimizer.model_dump(), "lr": 1e-30},
+        }
+    )
     run(config, show_progress=False)
     frozen = load_run(out / "frozen-seed0")
     initial = dict(untrained_run(frozen.config).model.named_parameters())
@@ -139,8 +156,14 @@ def test_train_feature_metrics_measure_the_final_and_the_initial_network_on_trai
 
 
 def test_clop_seed_rows_average_a_cell_over_seeds_and_count_diverged_runs(tmp_path):
-    method = {"name": "clop", "projection_dim": 16, "label_fraction": 0.5, "lam": 1.0, "probe_epochs": 1,
-              "probe_min_steps": 0}
+    method = {
+        "name": "clop",
+        "projection_dim": 16,
+        "label_fraction": 0.5,
+        "lam": 1.0,
+        "probe_epochs": 1,
+        "probe_min_steps": 0,
+    }
     config = tiny_config(tmp_path, "cell", 1, 1, False, method=method)
     out = tmp_path / "out"
     compare([config], seeds=2, out=out, overrides=["model.mlp_hidden=[32]", "train.batch_size=128"])

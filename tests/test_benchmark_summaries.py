@@ -13,11 +13,16 @@ CLOP = Path(__file__).resolve().parents[1] / "configs" / "nc" / "clop-10.yaml"
 
 def finished(root: Path, stem: str, seed: int, overrides: list[str], accuracy: float = 80.0) -> dict:
     config = load_config(CONFIG, [*overrides, f"seed={seed}", f"name={stem}-seed{seed}", f"output_dir={root}"])
-    results = {"status": "complete", "seed": seed, "headline_classifier": "linear_probe",
-               "config": config.model_dump(mode="json"), "timings": {"total_s": 60.0},
-               "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "python": "p"},
-               "accuracy": {"linear_probe": {"class_il": [[accuracy]]}},
-               "metrics": {"linear_probe": {"class_il": {"final_average_accuracy": accuracy}}}}
+    results = {
+        "status": "complete",
+        "seed": seed,
+        "headline_classifier": "linear_probe",
+        "config": config.model_dump(mode="json"),
+        "timings": {"total_s": 60.0},
+        "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "python": "p"},
+        "accuracy": {"linear_probe": {"class_il": [[accuracy]]}},
+        "metrics": {"linear_probe": {"class_il": {"final_average_accuracy": accuracy}}},
+    }
     run = root / f"{stem}-seed{seed}"
     run.mkdir(parents=True)
     (run / "results.json").write_text(json.dumps(results))
@@ -34,7 +39,9 @@ def test_finished_runs_reads_complete_runs_of_one_config(tmp_path):
     (tmp_path / "moco-class-il-seed1" / "results.json").write_text(json.dumps({**unfinished, "status": "running"}))
     runs = finished_runs(tmp_path, "moco-class-il")
     assert sorted(runs) == [0, 2] and [r.summary().final_average_accuracy for _, r in sorted(runs.items())] == [
-        70.0, 80.0]
+        70.0,
+        80.0,
+    ]
 
 
 def clop_run(root: Path, name: str, overrides: list[str], linear_probe: float | None) -> dict:
@@ -46,10 +53,16 @@ def clop_run(root: Path, name: str, overrides: list[str], linear_probe: float | 
     (root / name / "config.yaml").write_text(dump_config(config))
     if linear_probe is None:
         return {"run": name, "log": str(root / f"{name}.log"), "error": "exit status 2"}
-    (root / name / "results.json").write_text(json.dumps({
-        "status": "complete", "accuracy": {"linear_probe": {"class_il": [[linear_probe]]}},
-        "neural_collapse": [{"between_class_effective_rank": 3.0, "within_class_effective_rank": 9.0}],
-        "timings": {"total_s": 1.0}}))
+    (root / name / "results.json").write_text(
+        json.dumps(
+            {
+                "status": "complete",
+                "accuracy": {"linear_probe": {"class_il": [[linear_probe]]}},
+                "neural_collapse": [{"between_class_effective_rank": 3.0, "within_class_effective_rank": 9.0}],
+                "timings": {"total_s": 1.0},
+            }
+        )
+    )
     return {}
 
 
@@ -62,11 +75,18 @@ def test_clop_grid_reads_the_compare_grid_and_counts_unfinished_cells_apart(tmp_
     (tmp_path / "b.log").write_text("error: The loss became NaN/inf at task 0, step 3")
     unfinished = clop_run(tmp_path, "c", [*grid, "optimizer.lr=0.5"], None)
     (tmp_path / "c.log").write_text("error: interrupted")
-    (tmp_path / "compare.json").write_text(json.dumps({
-        "rows": [{"label": "a", "runs": ["a"], "seeds": [0], "status": ["trained"]},
-                 {"label": "b", "runs": ["b"], "seeds": [0], "status": ["failed"]},
-                 {"label": "c", "runs": ["c"], "seeds": [0], "status": ["failed"]}],
-        "failed": [f for f in (finished_cell, diverged, unfinished) if f]}))
+    (tmp_path / "compare.json").write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {"label": "a", "runs": ["a"], "seeds": [0], "status": ["trained"]},
+                    {"label": "b", "runs": ["b"], "seeds": [0], "status": ["failed"]},
+                    {"label": "c", "runs": ["c"], "seeds": [0], "status": ["failed"]},
+                ],
+                "failed": [f for f in (finished_cell, diverged, unfinished) if f],
+            }
+        )
+    )
     out = "\n".join(clop_grid_tables(clop_grid_cells(tmp_path)))
     # the probe below 50 % and the diverged run: 2 of 2 finished cells; the interrupted one is not counted
     assert "collapsed or diverged: 2 of 2 finished cells (1 not finished)" in out
@@ -76,8 +96,10 @@ def test_clop_grid_reads_the_compare_grid_and_counts_unfinished_cells_apart(tmp_
 def test_untrained_floor_is_reproducible_and_above_chance():
     from protosphere.bench.features import untrained_floor
 
-    config = load_config(CONFIG, ["seed=0", "data.dataset=digits", "model.backbone=mlp", "method.probe_epochs=1",
-                                  "method.probe_min_steps=10"])
+    config = load_config(
+        CONFIG,
+        ["seed=0", "data.dataset=digits", "model.backbone=mlp", "method.probe_epochs=1", "method.probe_min_steps=10"],
+    )
     first = untrained_floor(config)
     assert untrained_floor(config) == first  # same seed, same untrained network, same floor
     assert set(first) == {"linear_probe", "knn"}
@@ -93,9 +115,11 @@ def test_targets_margin_factor_spread_and_published_baseline(tmp_path):
     assert "| 82.00 ± 2.00 | 72.00 ± 2.00 | +10.00 | met | 0,1,2 |" in target_row("t", left, right)
     assert "| -4.40 | missed (within the spread) |" in target_row("t", left, right, factor=1.2)  # |82 − 86.4| ≤ 2 + 2.4
     table = tmp_path / "published.md"
-    table.write_text("| config | classifier | class-IL | task-IL | inc | forg | seeds | min | cmd |\n"
-                     "| derpp-200-e5 | head | 76.57 ± 2.47 | 96.17 ± 0.16 | 1 | 1 | 3 (0,1,2) | 8.6 | `x` |\n"
-                     "| one-seed | head | 77.33 | 98.39 | 1 | 1 | n=1 (seed 0) | 3.6 | `x` |\n")
+    table.write_text(
+        "| config | classifier | class-IL | task-IL | inc | forg | seeds | min | cmd |\n"
+        "| derpp-200-e5 | head | 76.57 ± 2.47 | 96.17 ± 0.16 | 1 | 1 | 3 (0,1,2) | 8.6 | `x` |\n"
+        "| one-seed | head | 77.33 | 98.39 | 1 | 1 | n=1 (seed 0) | 3.6 | `x` |\n"
+    )
     published = published_row([tmp_path / "absent.md", table], "derpp-200-e5", None)
     assert published == (76.57, 2.47, "3 (0,1,2) from published.md")
     row = target_row("t", left, None, published, factor=0.9)

@@ -72,6 +72,7 @@ def test_replay_stream_follows_the_run_seed():
     """A buffer made after ``torch.manual_seed(s)`` (as the runner seeds before it builds a method) draws its own
     stream of s: the same seed gives the same decisions, another seed other ones (runs of different seeds make
     independent replay decisions)."""
+
     def decisions(seed):
         torch.manual_seed(seed)
         buffer = ReplayBuffer(5, "reservoir")

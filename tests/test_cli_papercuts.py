@@ -12,9 +12,15 @@ import protosphere
 from protosphere import cli
 from protosphere.errors import ConfigError, DatasetError
 
-TINY = {"data": {"dataset": "digits"}, "scenario": {"num_tasks": 3}, "model": {"backbone": "mlp"},
-        "method": {"name": "er", "buffer_size": 20}, "train": {"epochs": 1, "batch_size": 64},
-        "eval": {"embeddings": False}, "fabric": {"threads": 1}}
+TINY = {
+    "data": {"dataset": "digits"},
+    "scenario": {"num_tasks": 3},
+    "model": {"backbone": "mlp"},
+    "method": {"name": "er", "buffer_size": 20},
+    "train": {"epochs": 1, "batch_size": 64},
+    "eval": {"embeddings": False},
+    "fabric": {"threads": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,12 @@ def evaluations(tmp_path_factory):
 
 def test_evaluation_progress_covers_every_unit(evaluations):
     _, calls = evaluations
-    assert [c["what"] for c in calls] == ["evaluating the untrained model", "evaluating after task 1",
-                                          "evaluating after task 2", "evaluating after task 3"]
+    assert [c["what"] for c in calls] == [
+        "evaluating the untrained model",
+        "evaluating after task 1",
+        "evaluating after task 2",
+        "evaluating after task 3",
+    ]
     assert [c["count"] for c in calls] == [False, True, True, True]
     for call in calls:
         assert call["advanced"] == call["units"], call  # the bar ends full: no unit is missed or counted twice
@@ -58,15 +68,25 @@ def test_evaluation_progress_covers_every_unit(evaluations):
 def test_only_the_checkpoints_a_resume_needs_are_kept(evaluations, tmp_path):
     run, _ = evaluations
     assert sorted(p.name for p in (run.run_dir / "checkpoints").iterdir()) == ["last.ckpt", "task-2.ckpt"]
-    kept = protosphere.run(TINY, output_dir=str(tmp_path), progress=False, train={"keep_checkpoints": True},
-                           scenario={"num_tasks": 2}, eval={"neural_collapse": False, "random_init_baseline": False})
-    assert sorted(p.name for p in (kept.run_dir / "checkpoints").iterdir()) == ["last.ckpt", "task-0.ckpt",
-                                                                                 "task-1.ckpt"]
+    kept = protosphere.run(
+        TINY,
+        output_dir=str(tmp_path),
+        progress=False,
+        train={"keep_checkpoints": True},
+        scenario={"num_tasks": 2},
+        eval={"neural_collapse": False, "random_init_baseline": False},
+    )
+    assert sorted(p.name for p in (kept.run_dir / "checkpoints").iterdir()) == [
+        "last.ckpt",
+        "task-0.ckpt",
+        "task-1.ckpt",
+    ]
     from protosphere.config import config_fingerprint, load_config
 
     # the setting changes no number: a run with either value is the same run
-    assert config_fingerprint(load_config(None, ["train.keep_checkpoints=true"])) == \
-        config_fingerprint(load_config(None, []))
+    assert config_fingerprint(load_config(None, ["train.keep_checkpoints=true"])) == config_fingerprint(
+        load_config(None, [])
+    )
 
 
 def test_missing_dataset_hints_speak_cli(monkeypatch, tmp_path):
@@ -99,11 +119,21 @@ def write_domainnet(root: Path, domains=("clipart", "sketch"), per_class=6) -> N
 
 def test_domainnet_is_selectable_in_a_config(tmp_path):
     write_domainnet(tmp_path / "dn")
-    base = {"data": {"dataset": "domainnet", "root": str(tmp_path / "dn"), "domains": ["clipart", "sketch"],
-                     "image_size": 8},
-            "scenario": {"kind": "domain_il", "num_tasks": 2}, "model": {"backbone": "mlp"},
-            "method": {"name": "finetune"}, "train": {"epochs": 1, "batch_size": 4, "augmentation": "none"},
-            "eval": {"embeddings": False}, "fabric": {"threads": 1}, "output_dir": str(tmp_path / "runs")}
+    base = {
+        "data": {
+            "dataset": "domainnet",
+            "root": str(tmp_path / "dn"),
+            "domains": ["clipart", "sketch"],
+            "image_size": 8,
+        },
+        "scenario": {"kind": "domain_il", "num_tasks": 2},
+        "model": {"backbone": "mlp"},
+        "method": {"name": "finetune"},
+        "train": {"epochs": 1, "batch_size": 4, "augmentation": "none"},
+        "eval": {"embeddings": False},
+        "fabric": {"threads": 1},
+        "output_dir": str(tmp_path / "runs"),
+    }
     run = protosphere.run(base, progress=False)
     scenario = run.results["scenario"]
     assert scenario["kind"] == "domain_il" and scenario["domains"] == ["clipart", "sketch"]
@@ -133,8 +163,10 @@ def fake_benchmark(report: str, code: int):
 def fake_benchmarks(monkeypatch):
     from protosphere.bench import losses, throughput
 
-    fakes = {"throughput": fake_benchmark("throughput ok\n", 0),
-             "losses": fake_benchmark("ratio 0.9 (target <= 0.67) FAIL\n", 1)}
+    fakes = {
+        "throughput": fake_benchmark("throughput ok\n", 0),
+        "losses": fake_benchmark("ratio 0.9 (target <= 0.67) FAIL\n", 1),
+    }
     monkeypatch.setattr(throughput, "main", fakes["throughput"])
     monkeypatch.setattr(losses, "main", fakes["losses"])
     return fakes

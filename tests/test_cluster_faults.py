@@ -14,8 +14,10 @@ def test_cluster_fault(tmp_path, name):
 
 
 def test_resume_command_is_parsed_from_the_line():
-    line = ("interrupted by SIGTERM at task 1, step 14; runs/a b/checkpoints/last.ckpt holds it; continue with: "
-            "protosphere run 'runs/a b/config.yaml' --resume")
+    line = (
+        "interrupted by SIGTERM at task 1, step 14; runs/a b/checkpoints/last.ckpt holds it; continue with: "
+        "protosphere run 'runs/a b/config.yaml' --resume"
+    )
     assert cluster_faults.resume_command(line) == ["run", "runs/a b/config.yaml", "--resume"]
 
 

@@ -28,8 +28,9 @@ def test_every_config_resolves_as_before(relative, monkeypatch):
 
 
 def test_configs_use_bases_and_keep_their_header():
-    with_base = [path for path in (ROOT / "configs").rglob("*.yaml")
-                 if "base" in (yaml.safe_load(path.read_text()) or {})]
+    with_base = [
+        path for path in (ROOT / "configs").rglob("*.yaml") if "base" in (yaml.safe_load(path.read_text()) or {})
+    ]
     assert len(with_base) >= 40  # the families of configs that differ in a few values
     for path in with_base:
         text = path.read_text()
@@ -40,8 +41,12 @@ def test_configs_use_bases_and_keep_their_header():
 def test_deep_merge():
     base = {"method": {"name": "fnc2", "buffer_size": 0, "marks": [0.3, 0.8]}, "train": {"epochs": 5}, "seed": 0}
     merged = deep_merge(base, {"method": {"buffer_size": 200, "marks": [0.4]}, "seed": None, "name": "x"})
-    assert merged == {"method": {"name": "fnc2", "buffer_size": 200, "marks": [0.4]}, "train": {"epochs": 5},
-                      "seed": None, "name": "x"}
+    assert merged == {
+        "method": {"name": "fnc2", "buffer_size": 200, "marks": [0.4]},
+        "train": {"epochs": 5},
+        "seed": None,
+        "name": "x",
+    }
     assert base["method"]["buffer_size"] == 0  # the base is not modified
     assert deep_merge({"eval": None}, {"eval": {"batch_size": 8}}) == {"eval": {"batch_size": 8}}
     assert deep_merge({"eval": {"batch_size": 8}}, {"eval": 3}) == {"eval": 3}
@@ -57,10 +62,17 @@ def write(folder: Path, name: str, text: str) -> Path:
 def test_a_chain_of_bases_relative_to_each_file(tmp_path):
     write(tmp_path, "root.yaml", "seed: 3\ntrain: {epochs: 4, batch_size: 64}\nmethod: {name: er, buffer_size: 100}\n")
     write(tmp_path, "family/middle.yaml", "base: ../root.yaml\ntrain: {epochs: 2}\n")
-    leaf = write(tmp_path, "family/ablations/leaf.yaml",
-                 "# a header\nbase: ../middle.yaml\nmethod: {buffer_size: 500}\nscenario: {num_tasks: 2}\n")
-    assert read_yaml(leaf) == {"seed": 3, "train": {"epochs": 2, "batch_size": 64},
-                               "method": {"name": "er", "buffer_size": 500}, "scenario": {"num_tasks": 2}}
+    leaf = write(
+        tmp_path,
+        "family/ablations/leaf.yaml",
+        "# a header\nbase: ../middle.yaml\nmethod: {buffer_size: 500}\nscenario: {num_tasks: 2}\n",
+    )
+    assert read_yaml(leaf) == {
+        "seed": 3,
+        "train": {"epochs": 2, "batch_size": 64},
+        "method": {"name": "er", "buffer_size": 500},
+        "scenario": {"num_tasks": 2},
+    }
     config = load_config(leaf, ["train.epochs=7"])
     assert (config.seed, config.train.epochs, config.train.batch_size) == (3, 7, 64)
     assert config.method.buffer_size == 500 and config.name == "leaf-seed3"
@@ -71,11 +83,14 @@ def test_a_chain_of_bases_relative_to_each_file(tmp_path):
 def test_a_run_directory_holds_the_merged_config(tmp_path):
     from protosphere.cli import main
 
-    write(tmp_path, "tiny.yaml",
-          "data: {dataset: digits, train_fraction: 0.2}\nscenario: {num_tasks: 2}\nmodel: {backbone: mlp, "
-          "mlp_hidden: [8]}\nmethod: {name: finetune}\ntrain: {epochs: 1, batch_size: 32, augmentation: none}\n"
-          "eval: {neural_collapse: false, random_init_baseline: false, embeddings: false, report: 'off'}\n"
-          "fabric: {threads: 1}\n")
+    write(
+        tmp_path,
+        "tiny.yaml",
+        "data: {dataset: digits, train_fraction: 0.2}\nscenario: {num_tasks: 2}\nmodel: {backbone: mlp, "
+        "mlp_hidden: [8]}\nmethod: {name: finetune}\ntrain: {epochs: 1, batch_size: 32, augmentation: none}\n"
+        "eval: {neural_collapse: false, random_init_baseline: false, embeddings: false, report: 'off'}\n"
+        "fabric: {threads: 1}\n",
+    )
     child = write(tmp_path, "child.yaml", f"base: tiny.yaml\noutput_dir: {tmp_path / 'runs'}\nmethod: {{name: er}}\n")
     assert main(["run", str(child), "--no-progress"]) == 0
     saved = yaml.safe_load((tmp_path / "runs" / "child-seed0" / "config.yaml").read_text())
@@ -84,15 +99,21 @@ def test_a_run_directory_holds_the_merged_config(tmp_path):
     assert saved["model"]["mlp_hidden"] == [8]
 
 
-@pytest.mark.parametrize("files, start, fragment", [
-    ({"a.yaml": "base: a.yaml\n"}, "a.yaml", "a.yaml includes itself through `base` ("),
-    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: ./a.yaml\nseed: 1\n"}, "a.yaml",
-     "includes itself through `base`"),
-    ({"a.yaml": "base: missing.yaml\n"}, "a.yaml", "its base missing.yaml does not exist"),
-    ({"a.yaml": "base: [b.yaml]\n"}, "a.yaml", "`base` must be the path of another YAML file"),
-    ({"a.yaml": "base: b.yaml\n", "b.yaml": "- not a mapping\n"}, "a.yaml", "must be a YAML mapping"),
-    ({"a.yaml": "base: b.yaml\n", "b.yaml": "train: {epoch: 2}\n"}, "a.yaml", "did you mean `train.epochs`"),
-])
+@pytest.mark.parametrize(
+    "files, start, fragment",
+    [
+        ({"a.yaml": "base: a.yaml\n"}, "a.yaml", "a.yaml includes itself through `base` ("),
+        (
+            {"a.yaml": "base: b.yaml\n", "b.yaml": "base: ./a.yaml\nseed: 1\n"},
+            "a.yaml",
+            "includes itself through `base`",
+        ),
+        ({"a.yaml": "base: missing.yaml\n"}, "a.yaml", "its base missing.yaml does not exist"),
+        ({"a.yaml": "base: [b.yaml]\n"}, "a.yaml", "`base` must be the path of another YAML file"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "- not a mapping\n"}, "a.yaml", "must be a YAML mapping"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "train: {epoch: 2}\n"}, "a.yaml", "did you mean `train.epochs`"),
+    ],
+)
 def test_bad_bases_are_one_clear_sentence(tmp_path, files, start, fragment):
     for name, text in files.items():
         write(tmp_path, name, text)

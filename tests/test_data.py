@@ -85,8 +85,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("PROTOSPHERE_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(mnist, "_COUNTS", dict(SMALL))
-    monkeypatch.setattr(mnist, "FASHION_MNIST",
-                        dataclasses.replace(mnist.FASHION_MNIST, system_dirs=(str(tmp_path / "debian"),)))
+    monkeypatch.setattr(
+        mnist, "FASHION_MNIST", dataclasses.replace(mnist.FASHION_MNIST, system_dirs=(str(tmp_path / "debian"),))
+    )
     return tmp_path
 
 
@@ -134,7 +135,7 @@ def test_read_idx_truncated_gzip(tmp_path):
 
 def test_read_idx_corrupt_gzip(tmp_path):
     data = bytearray(gzip.compress(idx_bytes(np.random.default_rng(1).integers(0, 255, (50, 28, 28), dtype=np.uint8))))
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # destroy part of the deflate stream
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # destroy part of the deflate stream
     path = tmp_path / "bad.gz"
     path.write_bytes(bytes(data))
     with pytest.raises(DatasetError, match=str(path).replace("\\", "\\\\")):
@@ -263,9 +264,15 @@ def test_missing_fashion_mnist_lists_places_and_commands(isolated, monkeypatch):
     with pytest.raises(DatasetError) as info:
         load_dataset("fashion_mnist")
     msg = str(info.value)
-    for needle in (str(isolated / "env" / "fashion_mnist"), str(isolated / "debian"),
-                   str(isolated / "cache" / "protosphere" / "fashion_mnist"), "apt-get install dataset-fashion-mnist",
-                   "PROTOSPHERE_DATA", "download=True", "protosphere datasets"):
+    for needle in (
+        str(isolated / "env" / "fashion_mnist"),
+        str(isolated / "debian"),
+        str(isolated / "cache" / "protosphere" / "fashion_mnist"),
+        "apt-get install dataset-fashion-mnist",
+        "PROTOSPHERE_DATA",
+        "download=True",
+        "protosphere datasets",
+    ):
         assert needle in msg
     assert isinstance(info.value, ProtosphereError)
 
@@ -290,8 +297,9 @@ def official_like_files(tmp_path: Path) -> dict[str, bytes]:
 
 def test_download_verify_and_atomic_rename(isolated, monkeypatch):
     served = official_like_files(isolated)
-    spec = dataclasses.replace(mnist.MNIST, gz_md5={k: hashlib.md5(served[s + ".gz"]).hexdigest()
-                                                    for k, s in mnist.IDX_FILES.items()})
+    spec = dataclasses.replace(
+        mnist.MNIST, gz_md5={k: hashlib.md5(served[s + ".gz"]).hexdigest() for k, s in mnist.IDX_FILES.items()}
+    )
     monkeypatch.setattr(mnist, "MNIST", spec)
     requested = []
 
@@ -348,15 +356,17 @@ def test_bad_download_leaves_nothing(isolated, monkeypatch):
 
 def test_download_completes_partial_cache(isolated, monkeypatch):
     served = official_like_files(isolated)
-    spec = dataclasses.replace(mnist.MNIST, gz_md5={k: hashlib.md5(served[s + ".gz"]).hexdigest()
-                                                    for k, s in mnist.IDX_FILES.items()})
+    spec = dataclasses.replace(
+        mnist.MNIST, gz_md5={k: hashlib.md5(served[s + ".gz"]).hexdigest() for k, s in mnist.IDX_FILES.items()}
+    )
     monkeypatch.setattr(mnist, "MNIST", spec)
     cache = isolated / "cache" / "protosphere" / "mnist"
     cache.mkdir(parents=True)
     (cache / "train-images-idx3-ubyte.gz").write_bytes(served["train-images-idx3-ubyte.gz"])
     requested = []
-    monkeypatch.setattr(_files, "fetch_url",
-                        lambda u, d: (requested.append(u), Path(d).write_bytes(served[u.rsplit("/", 1)[1]])))
+    monkeypatch.setattr(
+        _files, "fetch_url", lambda u, d: (requested.append(u), Path(d).write_bytes(served[u.rsplit("/", 1)[1]]))
+    )
     load_dataset("mnist", download=True)
     assert len(requested) == 3 and not any("train-images" in u for u in requested)
 
@@ -403,8 +413,11 @@ def test_real_fashion_mnist_under_protosphere_data(tmp_path, monkeypatch):
 def test_make_test_sets_up_the_data_like_make_run():
     """`make test` depends on the `data` target as `make run` does, and CI runs exactly `make test`."""
     root = Path(__file__).resolve().parents[1]
-    rules = dict(line.split(":", 1) for line in (root / "Makefile").read_text().splitlines()
-                 if line[:1].isalpha() and ":" in line and "=" not in line.split(":", 1)[0])
+    rules = dict(
+        line.split(":", 1)
+        for line in (root / "Makefile").read_text().splitlines()
+        if line[:1].isalpha() and ":" in line and "=" not in line.split(":", 1)[0]
+    )
     assert "data" in rules["test"].split() and "data" in rules["run"].split()
     assert "install" in rules["data"].split()
     ci = (root / ".ci" / "run").read_text().splitlines()
@@ -429,11 +442,22 @@ def write_cifar10(path: Path) -> dict:
     batches = {f"data_batch_{i}": (cifar_rows(2, i), [i % 10, (i + 3) % 10]) for i in range(1, 6)}
     batches["test_batch"] = (cifar_rows(3, 9), [9, 8, 7])
     with tarfile.open(path, "w:gz") as tar:
-        add_pickle(tar, "cifar-10-batches-py/batches.meta",
-                   {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": 2})
+        add_pickle(
+            tar,
+            "cifar-10-batches-py/batches.meta",
+            {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": 2},
+        )
         for name, (data, labels) in batches.items():
-            add_pickle(tar, f"cifar-10-batches-py/{name}", {b"batch_label": name.encode(), b"labels": labels,
-                                                           b"data": data, b"filenames": [b"x.png"] * len(labels)})
+            add_pickle(
+                tar,
+                f"cifar-10-batches-py/{name}",
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * len(labels),
+                },
+            )
     return batches
 
 
@@ -462,10 +486,14 @@ def test_cifar100_fine_labels(tmp_path):
     path = tmp_path / "cifar-100-python.tar.gz"
     train, test = cifar_rows(3, 1), cifar_rows(2, 2)
     with tarfile.open(path, "w:gz") as tar:
-        add_pickle(tar, "cifar-100-python/meta",
-                   {b"fine_label_names": [f"f{i}".encode() for i in range(100)], b"coarse_label_names": [b"k"] * 20})
-        add_pickle(tar, "cifar-100-python/train",
-                   {b"data": train, b"fine_labels": [99, 5, 0], b"coarse_labels": [1, 2, 3]})
+        add_pickle(
+            tar,
+            "cifar-100-python/meta",
+            {b"fine_label_names": [f"f{i}".encode() for i in range(100)], b"coarse_label_names": [b"k"] * 20},
+        )
+        add_pickle(
+            tar, "cifar-100-python/train", {b"data": train, b"fine_labels": [99, 5, 0], b"coarse_labels": [1, 2, 3]}
+        )
         add_pickle(tar, "cifar-100-python/test", {b"data": test, b"fine_labels": [42, 17], b"coarse_labels": [0, 0]})
     ds = load_cifar100(root=path)
     assert ds.num_classes == 100 and ds.class_names[99] == "f99"
@@ -512,8 +540,9 @@ def test_cifar_refuses_pickled_code(tmp_path):
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"], b"x": _Evil()}, protocol=2))
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (folder / name).write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, protocol=2))
-    with pytest.raises(DatasetError,
-                       match=r"not a readable CIFAR batch \(UnpicklingError: global (posix|os|nt)\.system") as info:
+    with pytest.raises(
+        DatasetError, match=r"not a readable CIFAR batch \(UnpicklingError: global (posix|os|nt)\.system"
+    ) as info:
         load_cifar10(root=tmp_path)
     assert str(folder / "batches.meta") in str(info.value)
 
@@ -588,7 +617,7 @@ def test_tiny_imagenet_corrupt_zip(tmp_path):
     # intact directory, damaged member data: caught by the CRC check
     buf = bytearray(data)
     start = data.index(b"\xff\xd8\xff")  # first JPEG (stored uncompressed by writestr's default)
-    buf[start + 300: start + 340] = bytes(40)
+    buf[start + 300 : start + 340] = bytes(40)
     path.write_bytes(bytes(buf))
     with pytest.raises(DatasetError, match=str(path)):
         load_tiny_imagenet(root=tmp_path)
@@ -641,8 +670,9 @@ def test_domainnet_seeded_split(tmp_path):
 
 def test_domainnet_official_split_files(tmp_path):
     write_domainnet(tmp_path, domains=("real",))
-    (tmp_path / "real_train.txt").write_text("real/bus/real_000.png 1\nreal/apple/real_001.png 0\n"
-                                             "real/apple/real_002.png 0\n")
+    (tmp_path / "real_train.txt").write_text(
+        "real/bus/real_000.png 1\nreal/apple/real_001.png 0\nreal/apple/real_002.png 0\n"
+    )
     (tmp_path / "real_test.txt").write_text("real/bus/real_004.png 1\n")
     (ds,) = load_domainnet(tmp_path, ["real"], image_size=4)
     assert ds.train_labels.tolist() == [1, 0, 0] and ds.test_labels.tolist() == [1]
@@ -717,8 +747,15 @@ def test_image_dataset_validation_and_stats():
 
 
 def test_load_dataset_names():
-    assert set(DATASET_NAMES) == {"fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet",
-                                  "imagenet100"}
+    assert set(DATASET_NAMES) == {
+        "fashion_mnist",
+        "mnist",
+        "digits",
+        "cifar10",
+        "cifar100",
+        "tiny_imagenet",
+        "imagenet100",
+    }
     with pytest.raises(DatasetError, match="did you mean 'cifar100'"):
         load_dataset("cifar1000")
     with pytest.raises(DatasetError, match="load_domainnet"):

@@ -29,8 +29,12 @@ GLOBAL_BATCH, WORLD = 8, 2
 # a whole contrastive run with distillation (task 1) and two augmented views, in float64, where 1 and 2 processes
 # must agree to rounding: a real difference (a batch, an augmentation, a gradient, a buffer) shows as it does in
 # float32, while float32 rounding differences, which the linear probe amplifies, do not (docs/scaling.md)
-FNC2_FLOAT64 = ["method={name: fnc2, projection_dim: 16}", "train.augmentation=contrastive",
-                "train.log_every_n_steps=1", "fabric.precision=64-true"]
+FNC2_FLOAT64 = [
+    "method={name: fnc2, projection_dim: 16}",
+    "train.augmentation=contrastive",
+    "train.log_every_n_steps=1",
+    "fabric.precision=64-true",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------- worker
@@ -48,8 +52,10 @@ def _compare(fabric, build, loss_fn, inputs):
     ref_loss = loss_fn(reference, inputs, lambda t: t)
     ref_loss.backward()
     loss_err = abs(float(loss) - float(ref_loss))
-    grad_err = max(float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
-                   for p, q in zip(module.parameters(), reference.parameters()))
+    grad_err = max(
+        float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
+        for p, q in zip(module.parameters(), reference.parameters())
+    )
     return {"loss": float(ref_loss), "loss_err": loss_err, "grad_err": grad_err}
 
 
@@ -81,9 +87,15 @@ def _loss_checks(fabric) -> dict:
         labels = gather(xs[1])
         return losses.fnc2(gather(embed(m, xs[0])), labels, prototypes, [1, 2, 3], [0], temperature=0.5)
 
-    out = {name: _compare(fabric, linear, fn, inputs) for name, fn, inputs in [
-        ("supcon", supcon, [x1, y]), ("nt_xent", nt_xent, [x1, x2]), ("asymmetric_supcon", asymmetric, [x1, y]),
-        ("fnc2", fnc2, [x1, y])]}
+    out = {
+        name: _compare(fabric, linear, fn, inputs)
+        for name, fn, inputs in [
+            ("supcon", supcon, [x1, y]),
+            ("nt_xent", nt_xent, [x1, x2]),
+            ("asymmetric_supcon", asymmetric, [x1, y]),
+            ("fnc2", fnc2, [x1, y]),
+        ]
+    }
     out["method_step"] = _method_check(fabric)
     return out
 
@@ -129,8 +141,11 @@ def _step_on_ranks_and_alone(fabric, method, reference, images, labels, ctx):
     fabric.backward(out.loss)
     ref = reference.training_step(images, labels, ctx)
     ref.loss.backward()
-    grad_err = max(float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
-                   for p, q in zip(method.parameters(), reference.parameters()) if q.grad is not None)
+    grad_err = max(
+        float((p.grad - q.grad).abs().max() / (1 + q.grad.abs().max()))
+        for p, q in zip(method.parameters(), reference.parameters())
+        if q.grad is not None
+    )
     return out, ref, grad_err
 
 
@@ -144,12 +159,22 @@ def _nct_moe_check() -> dict:
     from protosphere.methods.base import StepContext, TaskContext
     from protosphere.runs.runner import build_fabric, build_method
 
-    config = validate_config({
-        "model": {"backbone": "mlp", "mlp_hidden": [12]}, "train": {"augmentation": "none"},
-        "scenario": {"num_tasks": 3},
-        "method": {"name": "nct", "mixture_of_experts": True, "projection_dim": 5, "projection_hidden": 8,
-                   "distill_weight": 2.0, "class_balanced": True},
-        "fabric": {"accelerator": "cpu", "devices": WORLD, "strategy": "ddp", "threads": 1}})
+    config = validate_config(
+        {
+            "model": {"backbone": "mlp", "mlp_hidden": [12]},
+            "train": {"augmentation": "none"},
+            "scenario": {"num_tasks": 3},
+            "method": {
+                "name": "nct",
+                "mixture_of_experts": True,
+                "projection_dim": 5,
+                "projection_hidden": 8,
+                "distill_weight": 2.0,
+                "class_balanced": True,
+            },
+            "fabric": {"accelerator": "cpu", "devices": WORLD, "strategy": "ddp", "threads": 1},
+        }
+    )
     fabric = build_fabric(config)  # the runner's choice of DDP mode for this config
     find_unused = bool(fabric.strategy._ddp_kwargs.get("find_unused_parameters"))
     fabric.launch()
@@ -159,10 +184,18 @@ def _nct_moe_check() -> dict:
     g = torch.Generator().manual_seed(3)
     stored = torch.randint(0, 256, (4, 1, 4, 4), generator=g, dtype=torch.uint8)
     for t, classes in enumerate([(0, 1), (2, 3)]):
-        method.begin_task(TaskContext(index=t, classes=classes, seen_classes=list(range(2 * t + 2)), num_tasks=3,
-                                      train_images=stored, train_labels=torch.tensor([*classes, *classes]),
-                                      previous_classes=[0, 1] if t else [],
-                                      previous=[(stored, torch.tensor([0, 1, 0, 1]))] if t else []))
+        method.begin_task(
+            TaskContext(
+                index=t,
+                classes=classes,
+                seen_classes=list(range(2 * t + 2)),
+                num_tasks=3,
+                train_images=stored,
+                train_labels=torch.tensor([*classes, *classes]),
+                previous_classes=[0, 1] if t else [],
+                previous=[(stored, torch.tensor([0, 1, 0, 1]))] if t else [],
+            )
+        )
         with torch.no_grad():  # "training" of task t, the same on every rank (which weights does not matter here)
             for p in method.parameters():
                 p.add_(0.2 * torch.randn(p.shape, generator=g))
@@ -175,9 +208,16 @@ def _nct_moe_check() -> dict:
     idle = [name for name, q in reference.named_parameters() if q.grad is None]
     # None under DDP too, so the optimiser (weight decay, momentum) leaves idle experts as one process does
     idle_ddp = sorted(name for name, p in method.named_parameters() if p.grad is None)
-    return {"loss": float(ref.loss), "loss_err": abs(float(loss) - float(ref.loss)), "grad_err": grad_err,
-            "terms": sorted(ref.terms), "idle": sorted(idle), "idle_ddp": idle_ddp, "find_unused": find_unused,
-            "gate_grad": [float(r.abs().sum()) for r in reference.projector.gate.weight.grad]}
+    return {
+        "loss": float(ref.loss),
+        "loss_err": abs(float(loss) - float(ref.loss)),
+        "grad_err": grad_err,
+        "terms": sorted(ref.terms),
+        "idle": sorted(idle),
+        "idle_ddp": idle_ddp,
+        "find_unused": find_unused,
+        "gate_grad": [float(r.abs().sum()) for r in reference.projector.gate.weight.grad],
+    }
 
 
 def _worker(out: Path, run_args: list[str]) -> None:
@@ -193,8 +233,10 @@ def _worker(out: Path, run_args: list[str]) -> None:
     # the real engine, through the CLI, in the same two processes (the runner's Fabric reuses the process group)
     code = main(["run", *run_args, "--no-progress"])
     # sizes the 2 processes do not divide are refused before anything is written; a per-rank loss is logged globally
-    refused = {name: main(["run", *run_args, override, f"name={name}", "--no-progress"])
-               for name, override in (("odd-buffer", "method.buffer_size=41"), ("odd-batch", "train.batch_size=15"))}
+    refused = {
+        name: main(["run", *run_args, override, f"name={name}", "--no-progress"])
+        for name, override in (("odd-buffer", "method.buffer_size=41"), ("odd-batch", "train.batch_size=15"))
+    }
     finetune = main(["run", *run_args, "method={name: finetune}", "name=finetune", "--no-progress"])
     fnc2 = main(["run", *run_args, *FNC2_FLOAT64, "name=fnc2-f64", "--no-progress"])
     codes = {"exit": code, "refused": refused, "finetune": finetune, "fnc2": fnc2}
@@ -227,8 +269,14 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out), *run_args], env=env,
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), str(out), *run_args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rank1 = json.loads(out.with_name(out.name + ".rank1").read_text())
@@ -259,8 +307,7 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
     from protosphere.runs.runner import build_scenario_from_config
 
     cfg = load_config(config)
-    state = torch.load(tmp_path / "runs" / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=True)
+    state = torch.load(tmp_path / "runs" / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     scenario = build_scenario_from_config(cfg)
     streams = [set(), set()]
@@ -289,13 +336,14 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
     # gradients averaged by DDP), so its logged losses equal those of one process, not rank 0's half-batch losses
     from protosphere.cli import main
 
-    assert main(["run", *run_args[:1], "method={name: finetune}", "name=finetune-1", "fabric.threads=1",
-                 "--no-progress"]) == 0
+    assert (
+        main(["run", *run_args[:1], "method={name: finetune}", "name=finetune-1", "fabric.threads=1", "--no-progress"])
+        == 0
+    )
     losses = [train_losses(tmp_path / "runs" / name) for name in ("finetune", "finetune-1")]
     assert len(losses[0]) == len(losses[1]) > 3 and losses[0].keys() == losses[1].keys()
     for key, value in losses[1].items():
         assert abs(losses[0][key] - value) < 1e-4 * max(1.0, abs(value)), (key, losses[0][key], value)
-
 
     # float64 FNC2 + HSD, two views, two tasks: 2 processes train exactly what 1 process trains, and every
     # classifier scores the same (the probes, fitted on features equal to ~1e-15, to one test image)
@@ -306,10 +354,14 @@ def test_ddp_losses_gradients_and_per_rank_buffers(tmp_path):
     assert any(key[2] == "hsd" for key in losses[1]), "the run never distilled"
     for key, value in losses[1].items():
         assert abs(losses[0][key] - value) <= 1e-5 * max(1.0, abs(value)), (key, losses[0][key], value)
-    weights = [torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["method"]
-               for d in (two, one)]
-    gaps = {k: float((v - weights[0][k]).abs().max() / v.abs().max().clamp_min(1e-12))
-            for k, v in weights[1].items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    weights = [
+        torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["method"] for d in (two, one)
+    ]
+    gaps = {
+        k: float((v - weights[0][k]).abs().max() / v.abs().max().clamp_min(1e-12))
+        for k, v in weights[1].items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
     assert gaps and max(gaps.values()) < 1e-10, sorted(gaps.items(), key=lambda kv: -kv[1])[:3]
     accuracy = [json.loads((d / "results.json").read_text())["accuracy"] for d in (two, one)]
     for name, cells in accuracy[1].items():
@@ -322,8 +374,11 @@ def train_losses(run_dir: Path) -> dict:
     import csv
 
     with open(run_dir / "metrics.csv") as f:
-        return {(r["task"], r["step"], r["name"]): float(r["value"]) for r in csv.DictReader(f)
-                if r["split"] == "train" and r["name"] not in ("lr", "img_per_s")}
+        return {
+            (r["task"], r["step"], r["name"]): float(r["value"])
+            for r in csv.DictReader(f)
+            if r["split"] == "train" and r["name"] not in ("lr", "img_per_s")
+        }
 
 
 if __name__ == "__main__":

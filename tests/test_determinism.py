@@ -50,5 +50,8 @@ def test_bf16_mixed_precision_cpu_run(tmp_path):
     assert results["environment"]["precision"] == "bf16-mixed"
     matrix = results["accuracy"]["head"]["class_il"]
     assert len(matrix) == 2 and all(math.isfinite(a) for row in matrix for a in row)
-    assert all(torch.isfinite(w).all() and w.dtype == torch.float32 for k, w in weights.items()
-               if isinstance(w, torch.Tensor) and w.is_floating_point())
+    assert all(
+        torch.isfinite(w).all() and w.dtype == torch.float32
+        for k, w in weights.items()
+        if isinstance(w, torch.Tensor) and w.is_floating_point()
+    )

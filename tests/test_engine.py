@@ -19,19 +19,31 @@ from protosphere.runs.runner import run
 
 def digits_config(tmp_path, method, **extra):
     data = {
-        "output_dir": str(tmp_path / "runs"), "name": f"{method['name'].replace('+', 'p')}-test",
-        "data": {"dataset": "digits"}, "scenario": {"num_tasks": 5},
-        "model": {"backbone": "mlp"}, "method": method,
+        "output_dir": str(tmp_path / "runs"),
+        "name": f"{method['name'].replace('+', 'p')}-test",
+        "data": {"dataset": "digits"},
+        "scenario": {"num_tasks": 5},
+        "model": {"backbone": "mlp"},
+        "method": method,
         "train": {"epochs": 2, "batch_size": 16, "augmentation": "none"},
-        "optimizer": {"lr": 0.05, "momentum": 0.0}, "fabric": {"threads": 1},
+        "optimizer": {"lr": 0.05, "momentum": 0.0},
+        "fabric": {"threads": 1},
     }
     for key, value in extra.items():
         data.setdefault(key, {}).update(value)
     return validate_config(data)
 
 
-@pytest.mark.parametrize("method", [{"name": "finetune"}, {"name": "er", "buffer_size": 50},
-                                    {"name": "der++", "buffer_size": 50}, {"name": "lwf"}, {"name": "joint"}])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "finetune"},
+        {"name": "er", "buffer_size": 50},
+        {"name": "der++", "buffer_size": 50},
+        {"name": "lwf"},
+        {"name": "joint"},
+    ],
+)
 def test_baselines_run_end_to_end_on_digits(tmp_path, method):
     config = digits_config(tmp_path, method)
     results, run_dir = run(config, show_progress=False)
@@ -41,8 +53,9 @@ def test_baselines_run_end_to_end_on_digits(tmp_path, method):
     assert len(matrix) == 5 and all(len(row) == 5 for row in matrix)
     # FWT is not defined in class-IL (n/a); task-IL has it against the random-init baseline
     assert saved["metrics"]["head"]["class_il"] == summarize(matrix)
-    assert saved["metrics"]["head"]["task_il"] == summarize(saved["accuracy"]["head"]["task_il"],
-                                                            saved["random_init"]["head"]["task_il"])
+    assert saved["metrics"]["head"]["task_il"] == summarize(
+        saved["accuracy"]["head"]["task_il"], saved["random_init"]["head"]["task_il"]
+    )
     # every task is learnt when it is trained (diagonal), and task-IL is at least as good as class-IL
     task_il = saved["accuracy"]["head"]["task_il"]
     assert min(matrix[t][t] for t in range(5)) > 80
@@ -62,8 +75,9 @@ def test_mammoth_init_and_inputs_are_selected_by_config(tmp_path):
     biases start at zero, and the training and evaluation transforms give [0, 1] pixels."""
     from protosphere.runs.runner import build_method, build_scenario_from_config
 
-    config = digits_config(tmp_path, {"name": "er", "buffer_size": 50}, model={"init": "xavier"},
-                           train={"normalize": False})
+    config = digits_config(
+        tmp_path, {"name": "er", "buffer_size": 50}, model={"init": "xavier"}, train={"normalize": False}
+    )
     scenario = build_scenario_from_config(config)
     torch.manual_seed(0)
     method = build_method(config, scenario)
@@ -95,16 +109,19 @@ class FixedLogits(Method):
     """Predicts class (label + shift) % K from a label encoded in the first pixel, to check the accuracy bookkeeping."""
 
     def __init__(self, num_classes, shift_for):
-        super().__init__(validate_config({}).method, torch.nn.Identity(), num_classes,
-                         Transforms(lambda x: x, lambda x: x))
+        super().__init__(
+            validate_config({}).method, torch.nn.Identity(), num_classes, Transforms(lambda x: x, lambda x: x)
+        )
         self.shift_for = shift_for
         self.backbone.out_dim = 1
 
     def logits(self, images):
         labels = (images[:, 0, 0, 0] * 255).round().long()
         shifted = torch.where(self.shift_for(labels), (labels + 1) % self.num_classes, labels)
-        return torch.nn.functional.one_hot(shifted, self.num_classes).float() + 0.5 * torch.nn.functional.one_hot(
-            labels, self.num_classes).float()
+        return (
+            torch.nn.functional.one_hot(shifted, self.num_classes).float()
+            + 0.5 * torch.nn.functional.one_hot(labels, self.num_classes).float()
+        )
 
 
 def test_evaluate_matches_hand_computed_class_and_task_il():
@@ -129,6 +146,7 @@ def test_der_plus_plus_step_is_the_written_loss():
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 6))
     backbone.out_dim = 6
     method = DERpp(DERppConfig(buffer_size=8, alpha=0.3, beta=0.7), backbone, 3, Transforms(lambda x: x, lambda x: x))
+
     def batch(n):  # as the engine makes batches: uint8 images / 255
         return torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8).float().div(255)
 
@@ -145,15 +163,18 @@ def test_der_plus_plus_step_is_the_written_loss():
     for drawn in (first, second):
         drawn["examples"] = drawn["examples"].float().div(255)
     f = lambda x: method.classifier(backbone(x))  # noqa: E731
-    expected = (torch.nn.functional.cross_entropy(f(x2), y2)
-                + 0.3 * torch.nn.functional.mse_loss(f(first["examples"]), first["logits"])
-                + 0.7 * torch.nn.functional.cross_entropy(f(second["examples"]), second["labels"]))
+    expected = (
+        torch.nn.functional.cross_entropy(f(x2), y2)
+        + 0.3 * torch.nn.functional.mse_loss(f(first["examples"]), first["logits"])
+        + 0.7 * torch.nn.functional.cross_entropy(f(second["examples"]), second["labels"])
+    )
     assert torch.allclose(out.loss, expected, atol=1e-6)
 
 
 def test_lwf_snapshot_is_frozen_and_taken_at_task_start(tmp_path):
-    config = digits_config(tmp_path, {"name": "lwf"}, scenario={"num_tasks": 2},
-                           train={"epochs": 1, "keep_checkpoints": True})  # task-0.ckpt is read below
+    config = digits_config(
+        tmp_path, {"name": "lwf"}, scenario={"num_tasks": 2}, train={"epochs": 1, "keep_checkpoints": True}
+    )  # task-0.ckpt is read below
     results, run_dir = run(config, show_progress=False)
     state = torch.load(run_dir / "checkpoints" / "task-1.ckpt", weights_only=True)["method"]
     snapshot = state["_extra_state"]["snapshots"]["past"]

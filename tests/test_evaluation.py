@@ -74,8 +74,18 @@ def test_linear_probe_min_steps_adds_epochs_to_a_small_set():
 @pytest.mark.parametrize("schedule", ["step", "constant"])
 def test_linear_probe_other_schedules_and_balanced(schedule):
     x, y = _blobs(40, num_classes=3, seed=3)
-    probe = fit_linear_probe(x, y, 3, epochs=20, lr=0.05, batch_size=16, schedule=schedule, milestones=(10, 15),
-                             class_balanced=True, weight_decay=1e-4)
+    probe = fit_linear_probe(
+        x,
+        y,
+        3,
+        epochs=20,
+        lr=0.05,
+        batch_size=16,
+        schedule=schedule,
+        milestones=(10, 15),
+        class_balanced=True,
+        weight_decay=1e-4,
+    )
     assert accuracy(probe(x), y) == 100.0
     with pytest.raises(ValueError, match="schedule"):
         fit_linear_probe(x, y, 3, epochs=1, schedule="poly")

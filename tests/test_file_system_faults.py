@@ -53,8 +53,10 @@ def fails(capsys, args: list[str]) -> str:
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 # --------------------------------------------------------------------------------------- the file system says no
@@ -158,11 +160,15 @@ def test_yaml_refuses_duplicate_keys_and_alias_bombs_but_keeps_anchors_and_merge
     from protosphere.errors import ConfigError
 
     assert load_yaml("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  q: 3\nc: [*x, *x]\n") == {
-        "a": {"p": 1, "q": 2}, "b": {"p": 1, "q": 3}, "c": [{"p": 1, "q": 2}, {"p": 1, "q": 2}]}
+        "a": {"p": 1, "q": 2},
+        "b": {"p": 1, "q": 3},
+        "c": [{"p": 1, "q": 2}, {"p": 1, "q": 2}],
+    }
     with pytest.raises(ConfigError, match=r"`epochs` appears twice in one mapping \(lines 2 and 4\)"):
         load_yaml("train:\n  epochs: 1\n  batch_size: 8\n  epochs: 2\n")
     bomb = "a: &a [x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 8)}]\n" for i in range(7))
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 8)}]\n" for i in range(7)
+    )
     assert len(bomb) < 400
     # level k holds 1 + 8 x (level k-1) nodes, level 0 nine; plus the root and its eight keys
     levels = [9]
@@ -184,8 +190,13 @@ def test_output_dir_expands_the_home_folder(world, monkeypatch):
 # ------------------------------------------------------------------------------------------ the terminal goes away
 def cli_process(world, *args, stdout) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, "-m", "protosphere.cli", "run", world["config"], *args, "--no-progress"],
-                            stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=world["tmp"])
+    return subprocess.Popen(
+        [sys.executable, "-m", "protosphere.cli", "run", world["config"], *args, "--no-progress"],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=world["tmp"],
+    )
 
 
 def test_a_pipe_closed_after_the_first_line_does_not_stop_the_run(world):
@@ -220,6 +231,7 @@ def test_resume_removes_temporary_files_and_cuts_a_partial_metrics_row(world, ca
     metrics.write_bytes(metrics.read_bytes()[: state["metrics_bytes"]] + b"12.5,1,0,3,tr")  # a row cut by a kill
     assert main(["run", *args, "--resume"]) == 0
     assert not list(world["run"].rglob("*.tmp"))
+
     def places(path):  # (task, epoch, step, split, name) of every row: each step logged once, in order
         return [line.split(",")[1:6] for line in path.read_text().splitlines()]
 

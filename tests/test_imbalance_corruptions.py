@@ -142,6 +142,11 @@ def test_evaluate_corruptions_errors_and_determinism():
     assert all(0 <= e <= 100 for v in errors.values() for e in v)
     assert errors["brightness"][-1] > 0  # brightening pushes dark images over the threshold
     assert errors == evaluate_corruptions(brightness_rule, images, labels, names, (1, 3, 5), batch_size=7, seed=2)
-    constant = evaluate_corruptions(lambda x: torch.tensor([[1.0, 0.0]]).expand(len(x), 2), images,
-                                    torch.zeros(20, dtype=torch.long), ["pixelate"], (1, 2))
+    constant = evaluate_corruptions(
+        lambda x: torch.tensor([[1.0, 0.0]]).expand(len(x), 2),
+        images,
+        torch.zeros(20, dtype=torch.long),
+        ["pixelate"],
+        (1, 2),
+    )
     assert constant == {"pixelate": [0.0, 0.0]}

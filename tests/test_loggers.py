@@ -14,9 +14,11 @@ from protosphere import cli
 from protosphere.config import load_config
 from protosphere.errors import ConfigError
 
-TINY = ("data: {dataset: digits}\nscenario: {num_tasks: 2}\nmodel: {backbone: mlp}\n"
-        "method: {name: er, buffer_size: 20}\ntrain: {epochs: 2, batch_size: 64, log_every_n_steps: 3}\n"
-        "eval: {random_init_baseline: false}\nfabric: {threads: 1}\n")
+TINY = (
+    "data: {dataset: digits}\nscenario: {num_tasks: 2}\nmodel: {backbone: mlp}\n"
+    "method: {name: er, buffer_size: 20}\ntrain: {epochs: 2, batch_size: 64, log_every_n_steps: 3}\n"
+    "eval: {random_init_baseline: false}\nfabric: {threads: 1}\n"
+)
 
 
 def tiny_config(folder: Path) -> str:
@@ -34,8 +36,9 @@ def tracked_run(tmp_path_factory):
 
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = cli.main(["run", "--no-progress", tiny_config(out), f"output_dir={out}", "name=tracked",
-                         "logging.tensorboard=true"])
+        code = cli.main(
+            ["run", "--no-progress", tiny_config(out), f"output_dir={out}", "name=tracked", "logging.tensorboard=true"]
+        )
     assert code == 0
     return out / "tracked", stdout.getvalue()
 
@@ -55,8 +58,15 @@ def test_tensorboard_gets_every_metrics_csv_value_by_a_global_step(tracked_run):
     rows = csv_rows(run_dir)
     names = {f"{r['split']}/{r['name']}" for r in rows}
     assert names <= tags, names - tags
-    for tag in ("train/loss", "train/lr", "train/img_per_s", "test/head/class_il/task0", "test/head/task_il/task1",
-                "test/head/class_il/mean_seen", "test/nc/nc1"):
+    for tag in (
+        "train/loss",
+        "train/lr",
+        "train/img_per_s",
+        "test/head/class_il/task0",
+        "test/head/task_il/task1",
+        "test/head/class_il/mean_seen",
+        "test/nc/nc1",
+    ):
         assert tag in tags
     # the same values, in the same order
     csv_loss = [float(r["value"]) for r in rows if r["split"] == "train" and r["name"] == "loss"]
@@ -76,8 +86,12 @@ def test_tensorboard_gets_every_metrics_csv_value_by_a_global_step(tracked_run):
 def test_plain_lines_per_epoch_off_a_terminal(tracked_run):
     run_dir, out = tracked_run
     lines = [line for line in out.splitlines() if " epoch " in line and line.startswith("task ")]
-    assert [line.split("  ")[:2] for line in lines] == [["task 1/2", "epoch 1/2"], ["task 1/2", "epoch 2/2"],
-                                                        ["task 2/2", "epoch 1/2"], ["task 2/2", "epoch 2/2"]]
+    assert [line.split("  ")[:2] for line in lines] == [
+        ["task 1/2", "epoch 1/2"],
+        ["task 1/2", "epoch 2/2"],
+        ["task 2/2", "epoch 1/2"],
+        ["task 2/2", "epoch 2/2"],
+    ]
     for line in lines:
         assert "loss " in line and "lr " in line and "img/s" in line and "ETA run ~" in line
     assert "\x1b" not in out and "━" not in out.split("report:")[0].split("accuracy (%)")[0]
@@ -102,9 +116,19 @@ def test_wandb_offline_writes_under_the_run_folder(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")  # belt and braces: nothing may reach the network
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    code = cli.main(["run", "--no-progress", tiny_config(tmp_path), "train.epochs=1", "eval.neural_collapse=false",
-                     "eval.embeddings=false", f"output_dir={tmp_path}", "name=wb",
-                     "logging.wandb={project: protosphere-test, mode: offline}"])
+    code = cli.main(
+        [
+            "run",
+            "--no-progress",
+            tiny_config(tmp_path),
+            "train.epochs=1",
+            "eval.neural_collapse=false",
+            "eval.embeddings=false",
+            f"output_dir={tmp_path}",
+            "name=wb",
+            "logging.wandb={project: protosphere-test, mode: offline}",
+        ]
+    )
     assert code == 0
     folder = tmp_path / "wb" / "wandb"
     run_id = (folder / "run-id").read_text().strip()
@@ -126,8 +150,11 @@ def test_logging_config_and_missing_packages(monkeypatch):
     from protosphere.runs.loggers import check_trackers
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("tensorboard", "tensorboardX", "wandb") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("tensorboard", "tensorboardX", "wandb") else real(name, *a),
+    )
     with pytest.raises(ConfigError, match=r"pip install protosphere\[tensorboard\]"):
         check_trackers(load_config(None, ["logging.tensorboard=true"]))
     with pytest.raises(ConfigError, match=r"pip install protosphere\[wandb\]"):
@@ -138,8 +165,9 @@ def test_logging_config_and_missing_packages(monkeypatch):
 def test_trackers_do_not_change_the_fingerprint():
     from protosphere.config import config_fingerprint
 
-    assert config_fingerprint(load_config(None, ["logging.tensorboard=true", "logging.wandb=true"])) == \
-        config_fingerprint(load_config(None, []))
+    assert config_fingerprint(
+        load_config(None, ["logging.tensorboard=true", "logging.wandb=true"])
+    ) == config_fingerprint(load_config(None, []))
 
 
 def test_run_eta_counts_training_left_and_evaluations_left(monkeypatch):

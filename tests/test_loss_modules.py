@@ -28,10 +28,16 @@ QUEUE = unit(16, D, 4)
 # module name -> (function name, constructor kwargs, the function's per-call tensors as (parameter name, value))
 MODULES = {
     "SupConLoss": ("supcon", {"temperature": 0.1}, [("z", Z), ("labels", LABELS)]),
-    "AsymmetricSupConLoss": ("asymmetric_supcon", {"temperature": 0.5},
-                             [("z", Z), ("labels", LABELS), ("current_classes", [2, 3])]),
-    "FNC2Loss": ("fnc2", {}, [("z", Z), ("labels", LABELS), ("prototypes", P), ("current_classes", [2, 3]),
-                              ("previous_classes", [0, 1])]),
+    "AsymmetricSupConLoss": (
+        "asymmetric_supcon",
+        {"temperature": 0.5},
+        [("z", Z), ("labels", LABELS), ("current_classes", [2, 3])],
+    ),
+    "FNC2Loss": (
+        "fnc2",
+        {},
+        [("z", Z), ("labels", LABELS), ("prototypes", P), ("current_classes", [2, 3]), ("previous_classes", [0, 1])],
+    ),
     "IRDLoss": ("ird", {"current_temperature": 0.3}, [("z", Z), ("z_past", ZP)]),
     "PRDLoss": ("prd", {"past_temperature": 0.2}, [("z", Z), ("z_past", ZP), ("prototypes", P)]),
     "HSDLoss": ("hsd", {}, [("z", Z), ("z_past", ZP), ("prototypes", P), ("alpha", 0.3)]),
@@ -44,17 +50,26 @@ MODULES = {
     "SupervisedNTXentLoss": ("supervised_ntxent", {"temperature": 0.3}, [("z1", Z), ("z2", Z2), ("labels", LABELS)]),
     "NTXentLoss": ("nt_xent", {"temperature": 0.3}, [("z1", Z), ("z2", Z2)]),
     "MoCoInfoNCELoss": ("moco_infonce", {"temperature": 0.3}, [("q", Z), ("k", Z2), ("queue", QUEUE)]),
-    "PNRMoCoLoss": ("pnr_moco", {"temperature": 0.3},
-                    [("q", Z), ("k", Z2), ("p", ZP), ("f", unit(N, D, 5)), ("negatives", QUEUE)]),
-    "PNRSimCLRLoss": ("pnr_simclr", {"temperature": 0.3},
-                      [("z1", Z), ("z2", Z2), ("p1", ZP), ("p2", unit(N, D, 6)), ("f1", unit(N, D, 7)),
-                       ("f2", unit(N, D, 8))]),
+    "PNRMoCoLoss": (
+        "pnr_moco",
+        {"temperature": 0.3},
+        [("q", Z), ("k", Z2), ("p", ZP), ("f", unit(N, D, 5)), ("negatives", QUEUE)],
+    ),
+    "PNRSimCLRLoss": (
+        "pnr_simclr",
+        {"temperature": 0.3},
+        [("z1", Z), ("z2", Z2), ("p1", ZP), ("p2", unit(N, D, 6)), ("f1", unit(N, D, 7)), ("f2", unit(N, D, 8))],
+    ),
     "CaSSLeDistillLoss": ("cassle_distill", {"temperature": 0.3}, [("p", Z), ("f", Z2)]),
 }
 
+
 def exported_modules() -> list[str]:
-    return sorted(name for name in losses.__all__
-                  if inspect.isclass(getattr(losses, name)) and issubclass(getattr(losses, name), nn.Module))
+    return sorted(
+        name
+        for name in losses.__all__
+        if inspect.isclass(getattr(losses, name)) and issubclass(getattr(losses, name), nn.Module)
+    )
 
 
 def test_every_exported_loss_module_is_walked():
@@ -91,6 +106,7 @@ def test_supcon_equals_pml_times_tau_over_base_temperature():
         ours = losses.SupConLoss(temperature=tau)(z, LABELS)
         theirs = pml.SupConLoss(temperature=tau)(z, LABELS)
         torch.testing.assert_close(ours, theirs * tau / 0.07, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(losses.SupConLoss(tau, base_temperature=tau)(z, LABELS), theirs,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            losses.SupConLoss(tau, base_temperature=tau)(z, LABELS), theirs, rtol=1e-5, atol=1e-6
+        )
     assert "0.07" in losses.SupConLoss.__doc__ and "Metric Learning" in losses.SupConLoss.__doc__

@@ -20,6 +20,7 @@ from protosphere.losses import (
 # slow, obviously-correct references: loops over anchors, plain float64 scalars, naive exp/log (values stay small)
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _dot(a, b):
     return (a * b).sum()
 
@@ -75,7 +76,7 @@ def official_fnc2(features, labels, points, target_labels, temperature, base_tem
     corresponding_prototypes = points[labels.repeat(anchor_count)]
     mask = torch.eq(labels.view(-1, 1), labels.view(-1, 1).T).to(features.dtype)
     anchor_dot_contrast = torch.div(torch.matmul(anchor_feature, anchor_feature.T), temperature)
-    previous_proto = points[:min(target_labels)]
+    previous_proto = points[: min(target_labels)]
     anchor_contrast_previous_proto = None
     if previous_proto.numel() != 0:
         anchor_contrast_previous_proto = torch.div(torch.matmul(anchor_feature, previous_proto.T), temperature)
@@ -83,8 +84,9 @@ def official_fnc2(features, labels, points, target_labels, temperature, base_tem
     idx = torch.arange(corresponding_prototypes.size(0))
     anchor_dot_contrast[idx, idx] = points_dot_contrast
     if anchor_contrast_previous_proto is not None:
-        logits_max, _ = torch.max(torch.cat((anchor_dot_contrast, anchor_contrast_previous_proto), dim=1), dim=1,
-                                  keepdim=True)
+        logits_max, _ = torch.max(
+            torch.cat((anchor_dot_contrast, anchor_contrast_previous_proto), dim=1), dim=1, keepdim=True
+        )
         previous_logits_sample_proto = anchor_contrast_previous_proto - logits_max.detach()
     else:
         logits_max, _ = torch.max(anchor_dot_contrast, dim=1, keepdim=True)
@@ -104,7 +106,7 @@ def official_fnc2(features, labels, points, target_labels, temperature, base_tem
     mean_log_prob_pos = -(temperature / base_temperature) * mean_log_prob_pos
     curr_class_mask = torch.zeros_like(labels)
     for tc in target_labels:
-        curr_class_mask += (labels == tc)
+        curr_class_mask += labels == tc
     loss = curr_class_mask * mean_log_prob_pos.view(anchor_count, batch_size)
     return loss.mean()
 
@@ -124,10 +126,10 @@ LABEL_PATTERNS = {
 }
 
 
-
 # ---------------------------------------------------------------------------------------------------------------------
 # value and gradient against the references
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("pattern", list(LABEL_PATTERNS))
@@ -145,8 +147,12 @@ def test_asymmetric_supcon_matches_reference(dtype, pattern):
     current = sorted(set(labels.tolist()))[::2]
     on = [int(v) in current for v in labels]
     z = unit(len(labels), 6, seed=3)
-    assert_matches(lambda x: asymmetric_supcon(x, labels, current, 0.5, 0.07),
-                   lambda x: ref_supcon(x, labels, 0.5, 0.07, anchor_on=on), z, dtype)
+    assert_matches(
+        lambda x: asymmetric_supcon(x, labels, current, 0.5, 0.07),
+        lambda x: ref_supcon(x, labels, 0.5, 0.07, anchor_on=on),
+        z,
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -156,11 +162,18 @@ def test_asymmetric_supcon_matches_reference(dtype, pattern):
 def test_fnc2_matches_reference(dtype, pattern, gamma, kind):
     labels = LABEL_PATTERNS[pattern] % 6 + 2
     present = sorted(set(labels.tolist()))
-    current, previous = {"first_task": (present, []), "later_task": (present, [0, 1]),
-                         "with_buffer_rows": (present[1:] or present, [0, 1, 2] if present[0] > 2 else [0, 1])}[kind]
+    current, previous = {
+        "first_task": (present, []),
+        "later_task": (present, [0, 1]),
+        "with_buffer_rows": (present[1:] or present, [0, 1, 2] if present[0] > 2 else [0, 1]),
+    }[kind]
     z, protos = unit(len(labels), 9, seed=11), unit(8, 9, seed=12)
-    assert_matches(lambda x: fnc2(x, labels, protos.to(x.dtype), current, previous, 0.5, 0.07, gamma),
-                   lambda x: ref_fnc2(x, labels, protos, current, previous, 0.5, 0.07, gamma), z, dtype)
+    assert_matches(
+        lambda x: fnc2(x, labels, protos.to(x.dtype), current, previous, 0.5, 0.07, gamma),
+        lambda x: ref_fnc2(x, labels, protos, current, previous, 0.5, 0.07, gamma),
+        z,
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("gamma", [0, 1, 2])
@@ -180,10 +193,12 @@ def test_fnc2_equals_the_authors_code(gamma, task, temps):
     tau, tau_b = temps
     ours, g_ours = value_and_grad(
         lambda z: fnc2(z, labels.repeat(2), points, target, list(range(2 * task)), tau, tau_b, gamma),
-        torch.cat(torch.unbind(features, dim=1)))
+        torch.cat(torch.unbind(features, dim=1)),
+    )
     theirs, g_theirs = value_and_grad(
         lambda z: official_fnc2(torch.stack(z.chunk(2), dim=1), labels, points, target, tau, tau_b, gamma),
-        torch.cat(torch.unbind(features, dim=1)))
+        torch.cat(torch.unbind(features, dim=1)),
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g_ours, g_theirs, rtol=1e-8, atol=1e-11)
 
@@ -205,8 +220,9 @@ def test_fnc2_own_prototype_is_a_positive_not_in_the_denominator():
     labels = torch.arange(3)
     s = z @ z.T / 0.5
     own = (z * protos).sum(1) / 0.5
-    expected = torch.stack([-(own[i] - torch.logsumexp(s[i, [j for j in range(3) if j != i]], 0))
-                            for i in range(3)]).mean()
+    expected = torch.stack(
+        [-(own[i] - torch.logsumexp(s[i, [j for j in range(3) if j != i]], 0)) for i in range(3)]
+    ).mean()
     torch.testing.assert_close(fnc2(z, labels, protos, [0, 1, 2], [], 0.5, 0.5, 0), expected)
     # p_ii may exceed 1 (the prototype is not in its own denominator): γ = 1 then weighs it negatively, as the code does
     z_close = torch.stack([protos[0], protos[0]])
@@ -225,21 +241,27 @@ def test_fnc2_gamma_must_be_a_non_negative_integer(gamma):
 def test_asymmetric_supcon_with_all_classes_current_equals_supcon():
     labels = LABEL_PATTERNS["two_views"]
     z = unit(12, 5, seed=8)
-    torch.testing.assert_close(asymmetric_supcon(z, labels, torch.tensor([0, 1, 2, 3]), 0.5, 0.07),
-                               supcon(z, labels, 0.5, 0.07), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        asymmetric_supcon(z, labels, torch.tensor([0, 1, 2, 3]), 0.5, 0.07),
+        supcon(z, labels, 0.5, 0.07),
+        rtol=1e-12,
+        atol=0,
+    )
 
 
 def test_supcon_matches_pytorch_metric_learning_when_available():
     pml = pytest.importorskip("pytorch_metric_learning.losses")
     labels = torch.arange(16).repeat(2)
     z = unit(32, 8, seed=0, dtype=torch.float32)
-    torch.testing.assert_close(supcon(z, labels, 0.07, 0.07), pml.SupConLoss(temperature=0.07)(z, labels),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        supcon(z, labels, 0.07, 0.07), pml.SupConLoss(temperature=0.07)(z, labels), rtol=1e-5, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # edge cases
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_anchor_without_positive_counts_in_the_mean():
     labels = torch.tensor([0, 0, 1])
@@ -302,14 +324,18 @@ def test_seen_classes_accepts_tensor_and_ignores_duplicates():
 # precision
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
 def test_low_precision_input_returns_float32(low):
     labels = torch.arange(32).repeat(2) % 20
     z = unit(64, 16, seed=0).to(low)
     protos = unit(20, 16, seed=1).to(low)
     with validation(False):  # rounding to half breaks unit norm by more than the tolerance for bfloat16
-        for value in (supcon(z, labels), asymmetric_supcon(z, labels, [0, 1, 2]),
-                      fnc2(z, labels, protos, list(range(10, 20)), list(range(10)))):
+        for value in (
+            supcon(z, labels),
+            asymmetric_supcon(z, labels, [0, 1, 2]),
+            fnc2(z, labels, protos, list(range(10, 20)), list(range(10))),
+        ):
             assert value.dtype == torch.float32
             assert torch.isfinite(value)
     zz = z.clone().requires_grad_(True)
@@ -337,13 +363,15 @@ def test_large_logits_are_stable():
     value = supcon(z, labels, temperature=0.01, base_temperature=0.07)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(z.grad).all()
-    torch.testing.assert_close(value.double(), ref_supcon(z.detach().double(), labels, 0.01, 0.07), rtol=1e-4,
-                               atol=1e-4)
+    torch.testing.assert_close(
+        value.double(), ref_supcon(z.detach().double(), labels, 0.01, 0.07), rtol=1e-4, atol=1e-4
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _bad_calls():
     z, labels = unit(4, 3, seed=0), torch.tensor([0, 0, 1, 1])
@@ -367,8 +395,11 @@ def _bad_calls():
         ("fnc2 nan", lambda: fnc2(nan, labels, protos, [0, 1], []), "NaN"),
         ("fnc2 current outside", lambda: fnc2(z, labels, protos, [0, 1, 5], []), "current_classes"),
         ("fnc2 previous outside", lambda: fnc2(z, labels, protos, [1], [0, 7]), "previous_classes"),
-        ("fnc2 previous 2-D", lambda: fnc2(z, labels, protos, [1], torch.zeros(1, 1, dtype=torch.long)),
-         "previous_classes"),
+        (
+            "fnc2 previous 2-D",
+            lambda: fnc2(z, labels, protos, [1], torch.zeros(1, 1, dtype=torch.long)),
+            "previous_classes",
+        ),
         ("fnc2 gamma", lambda: fnc2(z, labels, protos, [0, 1], [], gamma=-1), "gamma"),
         ("fnc2 base temperature", lambda: fnc2(z, labels, protos, [0, 1], [], base_temperature=0), "base_temperature"),
     ]
@@ -393,14 +424,16 @@ def test_validation_switch_skips_value_checks():
 # module wrappers
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_wrappers_call_the_functions():
     labels = LABEL_PATTERNS["two_views"]
     z, protos = unit(12, 5, seed=1), unit(4, 5, seed=2)
     assert torch.equal(SupConLoss(temperature=0.1)(z, labels), supcon(z, labels, 0.1, 0.07))
-    assert torch.equal(AsymmetricSupConLoss()(z, labels, current_classes=[1, 2]),
-                       asymmetric_supcon(z, labels, [1, 2]))
+    assert torch.equal(AsymmetricSupConLoss()(z, labels, current_classes=[1, 2]), asymmetric_supcon(z, labels, [1, 2]))
     assert torch.equal(FNC2Loss(gamma=2)(z, labels, protos, [1, 2], [0]), fnc2(z, labels, protos, [1, 2], [0], gamma=2))
-    assert torch.equal(FNC2Loss()(z, labels, prototypes=protos, current_classes=[1, 2], previous_classes=[0]),
-                       fnc2(z, labels, protos, [1, 2], [0], 0.5, 0.07, 1))
+    assert torch.equal(
+        FNC2Loss()(z, labels, prototypes=protos, current_classes=[1, 2], previous_classes=[0]),
+        fnc2(z, labels, protos, [1, 2], [0], 0.5, 0.07, 1),
+    )
     assert "temperature=0.1" in repr(SupConLoss(temperature=0.1))
     assert math.isfinite(FNC2Loss()(z, labels, protos, [0, 1, 2, 3], []).item())

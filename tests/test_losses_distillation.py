@@ -28,6 +28,7 @@ from protosphere.losses import (
 # slow references: per-sample Python loops in float64, naive exp/log (float64 holds exp(100))
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _dot(a, b):
     return (a * b).sum()
 
@@ -55,8 +56,9 @@ def ref_prd(z, z_past, w, tc, tp):
         den_p = sum(torch.exp(_dot(z[i], w[c]) / tc) for c in range(k))
         den_q = sum(torch.exp(_dot(zp[i], w[c]) / tp) for c in range(k))
         for c in range(k):
-            total = total - (torch.exp(_dot(zp[i], w[c]) / tp) / den_q
-                             * torch.log(torch.exp(_dot(z[i], w[c]) / tc) / den_p))
+            total = total - (
+                torch.exp(_dot(zp[i], w[c]) / tp) / den_q * torch.log(torch.exp(_dot(z[i], w[c]) / tc) / den_p)
+            )
     return total / n
 
 
@@ -79,7 +81,6 @@ def ref_dr(z, labels, w, class_weights=None):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-
 def close_past(z, seed, noise=0.3):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(z.double() + noise * torch.randn(z.shape, generator=g, dtype=torch.float64), dim=1)
@@ -88,6 +89,7 @@ def close_past(z, seed, noise=0.3):
 # ---------------------------------------------------------------------------------------------------------------------
 # ird / prd / hsd against the references
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [2, 3, 10])
@@ -104,8 +106,9 @@ def test_ird_matches_reference(dtype, n, temps):
 def test_prd_matches_reference(dtype, n, k, temps):
     z, w = unit(n, 8, seed=n), unit(k, 8, seed=100 + k)
     zp = close_past(z, seed=2)
-    assert_matches(lambda x: prd(x, zp.to(x.dtype), w.to(x.dtype), *temps), lambda x: ref_prd(x, zp, w, *temps), z,
-                   dtype)
+    assert_matches(
+        lambda x: prd(x, zp.to(x.dtype), w.to(x.dtype), *temps), lambda x: ref_prd(x, zp, w, *temps), z, dtype
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -113,15 +116,28 @@ def test_prd_matches_reference(dtype, n, k, temps):
 def test_hsd_matches_reference(dtype, alpha):
     z, w = unit(8, 6, seed=3), unit(3, 6, seed=4)
     zp = close_past(z, seed=5)
-    assert_matches(lambda x: hsd(x, zp.to(x.dtype), w.to(x.dtype), alpha, (0.3, 0.05), (0.2, 0.1)),
-                   lambda x: alpha * ref_ird(x, zp, 0.3, 0.05) + (1 - alpha) * ref_prd(x, zp, w, 0.2, 0.1), z, dtype)
+    assert_matches(
+        lambda x: hsd(x, zp.to(x.dtype), w.to(x.dtype), alpha, (0.3, 0.05), (0.2, 0.1)),
+        lambda x: alpha * ref_ird(x, zp, 0.3, 0.05) + (1 - alpha) * ref_prd(x, zp, w, 0.2, 0.1),
+        z,
+        dtype,
+    )
 
 
-def official_hsd(features, features_past, set_prototypes, alpha_balance_distillation, current_temp, past_temp,
-                 current_temp_sprd, past_temp_sprd):
+def official_hsd(
+    features,
+    features_past,
+    set_prototypes,
+    alpha_balance_distillation,
+    current_temp,
+    past_temp,
+    current_temp_sprd,
+    past_temp_sprd,
+):
     """The authors' HSD (dangtrunganh/samix @ eaea3ef36ddd5c3ebce13535039044a798ebdc03, src/distillation/stab_loss.py:
     ``compute_ird`` lines 4–16, ``compute_sprd`` 19–23, ``compute_distillation_loss`` branch ``hsd`` 43–59),
     transcribed with ``.cuda()`` removed and the frozen model's output passed in."""
+
     def compute_ird(f, temp):
         sim = torch.div(torch.matmul(f, f.T), temp)
         logits_mask = torch.scatter(torch.ones_like(sim), 1, torch.arange(sim.size(0)).view(-1, 1), 0)
@@ -129,7 +145,8 @@ def official_hsd(features, features_past, set_prototypes, alpha_balance_distilla
         sim = sim - logits_max.detach()
         rows = sim.size(0)
         return torch.exp(sim[logits_mask.bool()].view(rows, -1)) / torch.exp(
-            sim[logits_mask.bool()].view(rows, -1)).sum(dim=1, keepdim=True)
+            sim[logits_mask.bool()].view(rows, -1)
+        ).sum(dim=1, keepdim=True)
 
     def compute_sprd(f, prototypes, temp):
         sim = torch.div(torch.matmul(f, prototypes.T), temp)
@@ -142,8 +159,9 @@ def official_hsd(features, features_past, set_prototypes, alpha_balance_distilla
     with torch.no_grad():
         logits2 = compute_ird(features_past, past_temp)
         logits2_proto = compute_sprd(features_past, set_prototypes, past_temp_sprd)
-    return (1 - alpha_balance_distillation) * (-logits2 * torch.log(logits1)).sum(1).mean() \
-        + alpha_balance_distillation * (-logits2_proto * torch.log(logits1_proto)).sum(1).mean()
+    return (1 - alpha_balance_distillation) * (-logits2 * torch.log(logits1)).sum(
+        1
+    ).mean() + alpha_balance_distillation * (-logits2_proto * torch.log(logits1_proto)).sum(1).mean()
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.9, 0.5, 0.0])
@@ -196,8 +214,13 @@ def test_low_precision_input_returns_float32(low):
     zp = close_past(z.double(), seed=2).to(low)
     labels = torch.arange(64) % 5
     with validation(False):
-        for value in (ird(z, zp), prd(z, zp, w), hsd(z, zp, w, 0.5), dr_loss(z, labels, w),
-                      dr_loss(z, labels, w, inverse_frequency_weights(labels, 5))):
+        for value in (
+            ird(z, zp),
+            prd(z, zp, w),
+            hsd(z, zp, w, 0.5),
+            dr_loss(z, labels, w),
+            dr_loss(z, labels, w, inverse_frequency_weights(labels, 5)),
+        ):
             assert value.dtype == torch.float32 and torch.isfinite(value)
 
 
@@ -215,6 +238,7 @@ def test_autocast_does_not_lower_precision():
 # ---------------------------------------------------------------------------------------------------------------------
 # hsd_alpha schedules
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_hsd_alpha_endpoints(schedule):
@@ -262,9 +286,18 @@ def test_hsd_alpha_official_on_the_cpu_schedule():
     assert values == pytest.approx([1.0, 0.9, 0.7, 0.5, 0.5])
 
 
-@pytest.mark.parametrize("args", [(0, 10, "exp"), (10, 10, "linear"), (-1, 10, "linear"), (0, 0, "linear"),
-                                  (0, 3, "constant", 1.5), (0, 10, "official", 1.0, 0),
-                                  (0, 10, "official", 1.0, 2, (0.8, 0.3))])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (0, 10, "exp"),
+        (10, 10, "linear"),
+        (-1, 10, "linear"),
+        (0, 0, "linear"),
+        (0, 3, "constant", 1.5),
+        (0, 10, "official", 1.0, 0),
+        (0, 10, "official", 1.0, 2, (0.8, 0.3)),
+    ],
+)
 def test_hsd_alpha_bad_arguments(args):
     with pytest.raises(ValueError):
         hsd_alpha(*args)
@@ -273,6 +306,7 @@ def test_hsd_alpha_bad_arguments(args):
 # ---------------------------------------------------------------------------------------------------------------------
 # dr_loss and inverse_frequency_weights
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("weighted", [False, True])
@@ -310,6 +344,7 @@ def test_inverse_frequency_weights():
 # NCT's expert DR term and DR distillation
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def ref_expert_dr(expert_z, labels, expert_of_class, w):
     """Per row: the row's own expert (the one of its class), its DR term; the mean over rows."""
     terms = []
@@ -338,15 +373,20 @@ def test_expert_dr_loss_matches_reference(dtype):
     def flat(fn):
         return lambda x: fn(x.reshape(6, 3, 5))
 
-    assert_matches(flat(lambda x: expert_dr_loss(x, labels, expert_of_class, w.to(x.dtype))),
-                   flat(lambda x: ref_expert_dr(x, labels, expert_of_class, w)), z.reshape(6, 15), dtype)
+    assert_matches(
+        flat(lambda x: expert_dr_loss(x, labels, expert_of_class, w.to(x.dtype))),
+        flat(lambda x: ref_expert_dr(x, labels, expert_of_class, w)),
+        z.reshape(6, 15),
+        dtype,
+    )
     # only each row's own expert enters: changing another expert's output changes nothing
     other = z.clone()
     other[0, 1] = -other[0, 1]
     assert torch.equal(expert_dr_loss(other, labels, expert_of_class, w), expert_dr_loss(z, labels, expert_of_class, w))
     # with one expert it is the DR loss
-    torch.testing.assert_close(expert_dr_loss(z[:, :1], labels, torch.zeros(4, dtype=torch.long), w),
-                               dr_loss(z[:, 0], labels, w))
+    torch.testing.assert_close(
+        expert_dr_loss(z[:, :1], labels, torch.zeros(4, dtype=torch.long), w), dr_loss(z[:, 0], labels, w)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -372,6 +412,7 @@ def test_dr_distill_is_zero_on_the_past_output_and_never_backpropagates_into_it(
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _bad_calls():
     z, w = unit(4, 3, seed=0), unit(2, 3, seed=1)
@@ -420,6 +461,7 @@ def test_bad_input_raises_value_error(case):
 # ---------------------------------------------------------------------------------------------------------------------
 # module wrappers (one call shape: loss(z, labels, **extra); the distillation losses ignore labels)
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_wrappers_call_the_functions():
     z, w = unit(6, 4, seed=0), unit(3, 4, seed=1)

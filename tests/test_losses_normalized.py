@@ -54,6 +54,7 @@ def assert_matches_reference(fn, ref, inputs, dtype):
 
 # ----------------------------------------------------------------------------- slow references (float64, loops)
 
+
 def _normalize_rows(w):
     return [w[c] / torch.sqrt(sum(w[c][k] ** 2 for k in range(w.shape[1]))) for c in range(w.shape[0])]
 
@@ -122,24 +123,30 @@ LABELS = torch.tensor([0, 1, 2, 0, 1, 3, 3, 0, 2, 1])
 @pytest.mark.parametrize("tau", [0.1, 0.2])
 def test_normface_matches_reference(dtype, tau):
     u, w = unit(10, 6, 0), raw(5, 6, 1)  # class 4 has a weight but no sample
-    assert_matches_reference(lambda u, w: normface(u, LABELS, w, tau), lambda u, w: ref_normface(u, LABELS, w, tau),
-                             [u, w], dtype)
+    assert_matches_reference(
+        lambda u, w: normface(u, LABELS, w, tau), lambda u, w: ref_normface(u, LABELS, w, tau), [u, w], dtype
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tau", [0.1, 0.2])
 def test_ntce_matches_reference(dtype, tau):
     u, w = unit(10, 6, 2), raw(5, 6, 3)
-    assert_matches_reference(lambda u, w: ntce(u, LABELS, w, tau), lambda u, w: ref_ntce(u, LABELS, w, tau),
-                             [u, w], dtype)
+    assert_matches_reference(
+        lambda u, w: ntce(u, LABELS, w, tau), lambda u, w: ref_ntce(u, LABELS, w, tau), [u, w], dtype
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_nonl_matches_reference(dtype, bidirectional):
     u, w = unit(10, 6, 4), raw(5, 6, 5)
-    assert_matches_reference(lambda u, w: nonl(u, LABELS, w, 0.1, bidirectional=bidirectional),
-            lambda u, w: ref_nonl(u, LABELS, w, 0.1, bidirectional), [u, w], dtype)
+    assert_matches_reference(
+        lambda u, w: nonl(u, LABELS, w, 0.1, bidirectional=bidirectional),
+        lambda u, w: ref_nonl(u, LABELS, w, 0.1, bidirectional),
+        [u, w],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -147,8 +154,12 @@ def test_nonl_matches_reference(dtype, bidirectional):
 def test_clop_matches_reference(dtype, lam):
     labels = torch.tensor([0, -1, 2, 0, -1, 1, 2, 2])
     z1, z2, a = unit(8, 5, 6), unit(8, 5, 7), unit(3, 5, 8)
-    assert_matches_reference(lambda z1, z2, a: clop(z1, z2, labels, a, lam=lam),
-            lambda z1, z2, a: ref_clop(z1, z2, labels, a, lam), [z1, z2, a], dtype)
+    assert_matches_reference(
+        lambda z1, z2, a: clop(z1, z2, labels, a, lam=lam),
+        lambda z1, z2, a: ref_clop(z1, z2, labels, a, lam),
+        [z1, z2, a],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -156,24 +167,38 @@ def test_clop_matches_reference(dtype, lam):
 def test_supervised_ntxent_matches_reference(dtype, tau):
     labels = torch.tensor([0, -1, 2, 0, -1, 1, 2, 2, 5])  # class 1 and class 5: no positive but the other view
     z1, z2 = unit(9, 5, 9), unit(9, 5, 10)
-    assert_matches_reference(lambda z1, z2: supervised_ntxent(z1, z2, labels, tau),
-            lambda z1, z2: ref_supervised_ntxent(z1, z2, labels, tau), [z1, z2], dtype)
+    assert_matches_reference(
+        lambda z1, z2: supervised_ntxent(z1, z2, labels, tau),
+        lambda z1, z2: ref_supervised_ntxent(z1, z2, labels, tau),
+        [z1, z2],
+        dtype,
+    )
 
 
 # ----------------------------------------------------------------------------- edge cases
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_two_rows(dtype):
     labels = torch.tensor([0, 1])
     u, w = unit(2, 4, 11), raw(2, 4, 12)
     for fn, ref in [(normface, ref_normface), (ntce, ref_ntce), (nonl, ref_nonl)]:
-        assert_matches_reference(lambda u, w, fn=fn: fn(u, labels, w, 0.2),
-                                 lambda u, w, ref=ref: ref(u, labels, w, 0.2), [u, w], dtype)
+        assert_matches_reference(
+            lambda u, w, fn=fn: fn(u, labels, w, 0.2), lambda u, w, ref=ref: ref(u, labels, w, 0.2), [u, w], dtype
+        )
     z1, z2, a = unit(2, 4, 13), unit(2, 4, 14), unit(2, 4, 15)
-    assert_matches_reference(lambda z1, z2, a: clop(z1, z2, labels, a),
-                             lambda z1, z2, a: ref_clop(z1, z2, labels, a, 1.0), [z1, z2, a], dtype)
-    assert_matches_reference(lambda z1, z2: supervised_ntxent(z1, z2, torch.tensor([3, 3])),
-            lambda z1, z2: ref_supervised_ntxent(z1, z2, torch.tensor([3, 3]), 0.5), [z1, z2], dtype)
+    assert_matches_reference(
+        lambda z1, z2, a: clop(z1, z2, labels, a),
+        lambda z1, z2, a: ref_clop(z1, z2, labels, a, 1.0),
+        [z1, z2, a],
+        dtype,
+    )
+    assert_matches_reference(
+        lambda z1, z2: supervised_ntxent(z1, z2, torch.tensor([3, 3])),
+        lambda z1, z2: ref_supervised_ntxent(z1, z2, torch.tensor([3, 3]), 0.5),
+        [z1, z2],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.5])
@@ -187,8 +212,9 @@ def test_one_sample_per_class_closed_forms(tau):
     assert normface(u, labels, w, tau).item() == pytest.approx(expected_ce, rel=1e-12)
     assert ntce(u, labels, w, tau).item() == pytest.approx(expected_ce, rel=1e-12)
     assert nonl(u, labels, w, tau).item() == pytest.approx(-1 / tau + math.log(n - 1), rel=1e-12)
-    assert nonl(u, labels, w, tau, bidirectional=True).item() == pytest.approx(-1 / tau + math.log(2 * (n - 1)),
-                                                                               rel=1e-12)
+    assert nonl(u, labels, w, tau, bidirectional=True).item() == pytest.approx(
+        -1 / tau + math.log(2 * (n - 1)), rel=1e-12
+    )
     expected_sup = -math.log(e / (e + n - 1 + 1e-8))
     assert supervised_ntxent(u, u, labels, tau).item() == pytest.approx(expected_sup, rel=1e-12)
 
@@ -216,8 +242,12 @@ def test_nonl_single_class_batch_raises():
 def test_nonl_bidirectional_works_with_one_class(dtype):
     labels = torch.tensor([2, 2, 2])
     u, w = unit(3, 4, 18), raw(3, 4, 19)
-    out = assert_matches_reference(lambda u, w: nonl(u, labels, w, 0.1, bidirectional=True),
-                  lambda u, w: ref_nonl(u, labels, w, 0.1, True), [u, w], dtype)
+    out = assert_matches_reference(
+        lambda u, w: nonl(u, labels, w, 0.1, bidirectional=True),
+        lambda u, w: ref_nonl(u, labels, w, 0.1, True),
+        [u, w],
+        dtype,
+    )
     assert torch.isfinite(out)
     with pytest.raises(ValueError, match="NONL needs"):  # a single class weight leaves nothing to contrast with
         nonl(u, torch.tensor([0, 0, 0]), w[:1], 0.1, bidirectional=True)
@@ -241,8 +271,8 @@ def test_clop_known_values():
     a = torch.eye(3)[:2]
     z = a[[0, 1, 1]]
     labels = torch.tensor([0, 1, 1])
-    assert clop(z, z, labels, a).item() == 0.0                            # aligned with its anchor
-    assert clop(z, -z, labels, a, lam=2.5).item() == pytest.approx(2.5)   # 1 − ½(1 − 1) = 1, times λ
+    assert clop(z, z, labels, a).item() == 0.0  # aligned with its anchor
+    assert clop(z, -z, labels, a, lam=2.5).item() == pytest.approx(2.5)  # 1 − ½(1 − 1) = 1, times λ
     assert clop(-z, -z, labels, a).item() == pytest.approx(2.0)
     # unlabeled rows do not enter the mean, whatever their embeddings
     assert clop(torch.cat([z, -z]), torch.cat([z, -z]), torch.tensor([0, 1, 1, -1, -1, -1]), a).item() == 0.0
@@ -272,15 +302,23 @@ def test_low_precision_inputs_give_finite_float32(dtype):
     labels = torch.tensor([0, 1, 2, 0, 1, 2, -1, -1])
     u, v = unit(8, 16, 35, torch.float32).to(dtype), unit(8, 16, 36, torch.float32).to(dtype)
     w, a = raw(3, 16, 37).to(dtype), unit(3, 16, 38).to(dtype)
-    outs = [normface(u[:6], labels[:6], w, 0.1), ntce(u[:6], labels[:6], w, 0.1), nonl(u[:6], labels[:6], w, 0.1),
-            nonl(u[:6], labels[:6], w, 0.1, True), clop(u, v, labels, a), supervised_ntxent(u, v, labels, 0.2)]
+    outs = [
+        normface(u[:6], labels[:6], w, 0.1),
+        ntce(u[:6], labels[:6], w, 0.1),
+        nonl(u[:6], labels[:6], w, 0.1),
+        nonl(u[:6], labels[:6], w, 0.1, True),
+        clop(u, v, labels, a),
+        supervised_ntxent(u, v, labels, 0.2),
+    ]
     with validation(False):  # the same bf16 values in float32 are only unit to bf16 precision
-        refs = [normface(u[:6].float(), labels[:6], w.float(), 0.1),
-                ntce(u[:6].float(), labels[:6], w.float(), 0.1),
-                nonl(u[:6].float(), labels[:6], w.float(), 0.1),
-                nonl(u[:6].float(), labels[:6], w.float(), 0.1, True),
-                clop(u.float(), v.float(), labels, a.float()),
-                supervised_ntxent(u.float(), v.float(), labels, 0.2)]
+        refs = [
+            normface(u[:6].float(), labels[:6], w.float(), 0.1),
+            ntce(u[:6].float(), labels[:6], w.float(), 0.1),
+            nonl(u[:6].float(), labels[:6], w.float(), 0.1),
+            nonl(u[:6].float(), labels[:6], w.float(), 0.1, True),
+            clop(u.float(), v.float(), labels, a.float()),
+            supervised_ntxent(u.float(), v.float(), labels, 0.2),
+        ]
     for out, ref in zip(outs, refs):
         assert out.dtype == torch.float32 and torch.isfinite(out)
         torch.testing.assert_close(out, ref)  # the same values, computed in float32
@@ -290,9 +328,13 @@ def test_autocast_does_not_lower_precision():
     labels = torch.tensor([0, 1, 2, 0, 1, 2, -1, -1])
     u, v = unit(8, 32, 39, torch.float32), unit(8, 32, 40, torch.float32)
     w, a = raw(3, 32, 41).float(), unit(3, 32, 42, torch.float32)
-    calls = [lambda: normface(u[:6], labels[:6], w, 0.1), lambda: ntce(u[:6], labels[:6], w, 0.1),
-             lambda: nonl(u[:6], labels[:6], w, 0.1, True), lambda: clop(u, v, labels, a),
-             lambda: supervised_ntxent(u, v, labels, 0.1)]
+    calls = [
+        lambda: normface(u[:6], labels[:6], w, 0.1),
+        lambda: ntce(u[:6], labels[:6], w, 0.1),
+        lambda: nonl(u[:6], labels[:6], w, 0.1, True),
+        lambda: clop(u, v, labels, a),
+        lambda: supervised_ntxent(u, v, labels, 0.1),
+    ]
     for call in calls:
         expected = call()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -302,6 +344,7 @@ def test_autocast_does_not_lower_precision():
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def test_bad_inputs_raise_naming_the_problem():
     u, w, labels = unit(4, 3, 26), raw(3, 3, 27), torch.tensor([0, 1, 2, 0])

@@ -49,8 +49,12 @@ def test_prototype_ce_on_the_fixed_etf_matches_reference(dtype, weighted, labels
     labels = torch.tensor(labels)
     etf = simplex_etf(5, 6, seed=1).double()
     cw = inverse_frequency_weights(labels, 5) if weighted else None
-    assert_matches(lambda z, w: prototype_ce(z, labels, w, 0.1, None if cw is None else cw.to(z.dtype)),
-                   lambda z, w: ref_prototype_ce(z, labels, w, 0.1, cw), [unit(len(labels), 6, seed=2), etf], dtype)
+    assert_matches(
+        lambda z, w: prototype_ce(z, labels, w, 0.1, None if cw is None else cw.to(z.dtype)),
+        lambda z, w: ref_prototype_ce(z, labels, w, 0.1, cw),
+        [unit(len(labels), 6, seed=2), etf],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -59,10 +63,12 @@ def test_prototype_ce_with_trained_rows_normalises_them_and_trains_them(dtype, w
     labels = torch.tensor([0, 3, 1, 1, 2, 0])
     raw = 3 * torch.randn(4, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)  # not unit rows
     cw = torch.tensor([0.5, 2.0, 1.0, 0.0]) if weighted else None
-    assert_matches(lambda z, w: prototype_ce(z, labels, w, 0.2, None if cw is None else cw.to(z.dtype),
-                                             normalize_prototypes=True),
-                   lambda z, w: ref_prototype_ce(z, labels, w, 0.2, cw, normalize=True),
-                   [unit(6, 5, seed=4), raw], dtype)
+    assert_matches(
+        lambda z, w: prototype_ce(z, labels, w, 0.2, None if cw is None else cw.to(z.dtype), normalize_prototypes=True),
+        lambda z, w: ref_prototype_ce(z, labels, w, 0.2, cw, normalize=True),
+        [unit(6, 5, seed=4), raw],
+        dtype,
+    )
 
 
 def test_prototype_ce_is_normface_when_unweighted_with_trained_rows():
@@ -101,5 +107,7 @@ def test_prototype_ce_refuses_what_it_cannot_use():
 
 def test_prototype_ce_module_form():
     z, labels, raw = unit(4, 3, seed=1), torch.tensor([0, 1, 1, 0]), torch.randn(2, 3, dtype=torch.float64)
-    assert torch.equal(PrototypeCELoss(0.2, normalize_prototypes=True)(z, labels, raw),
-                       prototype_ce(z, labels, raw, 0.2, normalize_prototypes=True))
+    assert torch.equal(
+        PrototypeCELoss(0.2, normalize_prototypes=True)(z, labels, raw),
+        prototype_ce(z, labels, raw, 0.2, normalize_prototypes=True),
+    )

@@ -37,8 +37,7 @@ def assert_matches_reference(fn, ref, inputs, dtype, detached=()):
     cast = [leaf(x.to(dtype)) for x in inputs]
     out = fn(*cast)
     grads = torch.autograd.grad(out, cast, allow_unused=True)
-    ref_inputs = [leaf(x.detach().double()) if i not in detached else x.detach().double()
-                  for i, x in enumerate(cast)]
+    ref_inputs = [leaf(x.detach().double()) if i not in detached else x.detach().double() for i, x in enumerate(cast)]
     ref_out = ref(*ref_inputs)
     live = [i for i in range(len(cast)) if i not in detached]
     ref_grads = torch.autograd.grad(ref_out, [ref_inputs[i] for i in live])
@@ -53,6 +52,7 @@ def assert_matches_reference(fn, ref, inputs, dtype, detached=()):
 
 
 # ----------------------------------------------------------------------------- slow references (float64, loops)
+
 
 def ref_nt_xent(z1, z2, tau):
     z = torch.cat([z1, z2])
@@ -83,11 +83,13 @@ def ref_pnr_simclr(z1, z2, p1, p2, f1, f2, tau):
     n, b = z.shape[0], z1.shape[0]
     plasticity, stability = 0, 0
     for i in range(n):
-        den = sum(torch.exp(torch.dot(z[i], z[j]) / tau) + torch.exp(torch.dot(z[i], f[j]) / tau)
-                  for j in range(n) if j != i)
+        den = sum(
+            torch.exp(torch.dot(z[i], z[j]) / tau) + torch.exp(torch.dot(z[i], f[j]) / tau) for j in range(n) if j != i
+        )
         plasticity = plasticity - (torch.dot(z[i], z[(i + b) % n]) / tau - torch.log(den))
-        den = sum(torch.exp(torch.dot(p[i], f[j]) / tau) + torch.exp(torch.dot(p[i], z[j]) / tau)
-                  for j in range(n) if j != i)
+        den = sum(
+            torch.exp(torch.dot(p[i], f[j]) / tau) + torch.exp(torch.dot(p[i], z[j]) / tau) for j in range(n) if j != i
+        )
         stability = stability - (torch.dot(p[i], f[i]) / tau - torch.log(den))
     return plasticity / n + stability / n
 
@@ -99,50 +101,72 @@ def ref_cassle(p, f, tau):
             den = sum(torch.exp(torch.dot(a[i], b[j]) / tau) for j in range(b.shape[0]))
             total = total - torch.log(torch.exp(torch.dot(a[i], b[i]) / tau) / den)
         return total / a.shape[0]
+
     return 0.5 * (d(p, f) + d(f, p))
 
 
 # ----------------------------------------------------------------------------- value and gradient vs reference
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b", [1, 5])
 def test_nt_xent_matches_reference(dtype, b):
-    assert_matches_reference(lambda z1, z2: nt_xent(z1, z2, 0.2), lambda z1, z2: ref_nt_xent(z1, z2, 0.2),
-            [unit(b, 6, 0), unit(b, 6, 1)], dtype)
+    assert_matches_reference(
+        lambda z1, z2: nt_xent(z1, z2, 0.2),
+        lambda z1, z2: ref_nt_xent(z1, z2, 0.2),
+        [unit(b, 6, 0), unit(b, 6, 1)],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [0, 1, 7])
 def test_moco_infonce_matches_reference(dtype, m):
-    assert_matches_reference(lambda q, k, queue: moco_infonce(q, k, queue, 0.2),
-                             lambda q, k, queue: ref_infonce(q, k, queue, 0.2),
-                             [unit(4, 6, 2), unit(4, 6, 3), unit(m, 6, 4)], dtype, detached=(1, 2))
+    assert_matches_reference(
+        lambda q, k, queue: moco_infonce(q, k, queue, 0.2),
+        lambda q, k, queue: ref_infonce(q, k, queue, 0.2),
+        [unit(4, 6, 2), unit(4, 6, 3), unit(m, 6, 4)],
+        dtype,
+        detached=(1, 2),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("taus", [(0.2, 0.2), (0.1, 0.3)])
 def test_pnr_moco_matches_reference(dtype, taus):
     inputs = [unit(4, 6, s) for s in range(5, 9)] + [unit(6, 6, 9)]
-    assert_matches_reference(lambda q, k, p, f, neg: pnr_moco(q, k, p, f, neg, *taus),
-            lambda q, k, p, f, neg: ref_pnr_moco(q, k, p, f, neg, *taus), inputs, dtype, detached=(1, 3, 4))
+    assert_matches_reference(
+        lambda q, k, p, f, neg: pnr_moco(q, k, p, f, neg, *taus),
+        lambda q, k, p, f, neg: ref_pnr_moco(q, k, p, f, neg, *taus),
+        inputs,
+        dtype,
+        detached=(1, 3, 4),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b", [1, 4])
 def test_pnr_simclr_matches_reference(dtype, b):
     inputs = [unit(b, 6, s) for s in range(10, 16)]
-    assert_matches_reference(lambda *x: pnr_simclr(*x, temperature=0.2), lambda *x: ref_pnr_simclr(*x, 0.2), inputs,
-                             dtype, detached=(4, 5))
+    assert_matches_reference(
+        lambda *x: pnr_simclr(*x, temperature=0.2), lambda *x: ref_pnr_simclr(*x, 0.2), inputs, dtype, detached=(4, 5)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [2, 8])
 def test_cassle_distill_matches_reference(dtype, n):
-    assert_matches_reference(lambda p, f: cassle_distill(p, f, 0.2), lambda p, f: ref_cassle(p, f, 0.2),
-            [unit(n, 6, 16), unit(n, 6, 17)], dtype, detached=(1,))
+    assert_matches_reference(
+        lambda p, f: cassle_distill(p, f, 0.2),
+        lambda p, f: ref_cassle(p, f, 0.2),
+        [unit(n, 6, 16), unit(n, 6, 17)],
+        dtype,
+        detached=(1,),
+    )
 
 
 # ----------------------------------------------------------------------------- known values and edge cases
+
 
 @pytest.mark.parametrize("tau", [0.1, 0.5])
 @pytest.mark.parametrize("b", [1, 3])
@@ -171,7 +195,7 @@ def test_moco_known_value():
     e = torch.eye(6, dtype=torch.float64)
     tau, m = 0.2, 3
     expected = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + m))
-    assert moco_infonce(e[:2], e[:2], e[2:2 + m], tau).item() == pytest.approx(expected)
+    assert moco_infonce(e[:2], e[:2], e[2 : 2 + m], tau).item() == pytest.approx(expected)
 
 
 def test_pnr_moco_is_two_infonce_terms():
@@ -187,7 +211,7 @@ def test_pnr_simclr_stability_positive_is_not_in_its_denominator():
     z1, z2, f1, f2 = e[0:2], e[2:4], e[4:6], e[6:8]  # all mutually orthogonal
     out = pnr_simclr(z1, z2, f1, f2, f1, f2, tau)
     n = 2 * b
-    plasticity = math.log(2 * (n - 1))                     # positive logit 0, 2(n−1) zero logits
+    plasticity = math.log(2 * (n - 1))  # positive logit 0, 2(n−1) zero logits
     stability = -1 / tau + math.log(2 * (n - 1))
     assert out.item() == pytest.approx(plasticity + stability)
     assert stability < 0
@@ -229,9 +253,13 @@ def test_mixed_precision_queue():
 
 def test_autocast_does_not_lower_precision():
     x = [unit(8, 32, s, torch.float32) for s in range(47, 53)]
-    calls = [lambda: nt_xent(*x[:2], temperature=0.1), lambda: moco_infonce(*x[:3], temperature=0.1),
-             lambda: pnr_moco(*x[:5], temperature=0.1, distill_temperature=0.1),
-             lambda: pnr_simclr(*x, temperature=0.1), lambda: cassle_distill(*x[:2], temperature=0.1)]
+    calls = [
+        lambda: nt_xent(*x[:2], temperature=0.1),
+        lambda: moco_infonce(*x[:3], temperature=0.1),
+        lambda: pnr_moco(*x[:5], temperature=0.1, distill_temperature=0.1),
+        lambda: pnr_simclr(*x, temperature=0.1),
+        lambda: cassle_distill(*x[:2], temperature=0.1),
+    ]
     for call in calls:
         expected = call()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -241,6 +269,7 @@ def test_autocast_does_not_lower_precision():
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def test_bad_inputs_raise_naming_the_problem():
     a, b = unit(4, 3, 39), unit(4, 3, 40)

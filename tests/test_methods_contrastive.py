@@ -46,14 +46,22 @@ def tiny_tasks(per_class=10, seed=0):
 
 def context(data, t):
     seen = sorted(c for cs in TASKS[: t + 1] for c in cs)
-    return TaskContext(index=t, classes=TASKS[t], seen_classes=seen, num_tasks=len(TASKS), train_images=data[t][0],
-                       train_labels=data[t][1], previous_classes=seen[: -len(TASKS[t])] if t else [],
-                       previous=list(data[:t]))
+    return TaskContext(
+        index=t,
+        classes=TASKS[t],
+        seen_classes=seen,
+        num_tasks=len(TASKS),
+        train_images=data[t][0],
+        train_labels=data[t][1],
+        previous_classes=seen[: -len(TASKS[t])] if t else [],
+        previous=list(data[:t]),
+    )
 
 
 def step_ctx(task, step=0, total=10, epochs=1):
-    return StepContext(task=task, epoch=step * epochs // total, step=step, steps_in_task=total, global_step=step,
-                       epochs_in_task=epochs)
+    return StepContext(
+        task=task, epoch=step * epochs // total, step=step, steps_in_task=total, global_step=step, epochs_in_task=epochs
+    )
 
 
 def perturb(module, seed=1):
@@ -180,8 +188,16 @@ def test_reservoir_replay_batch_joins_the_stream():
 @pytest.mark.parametrize("buffer_size", [0, 8])
 @pytest.mark.parametrize("predictor", [None, 12])
 def test_fnc2_step_is_fnc2_plus_hsd(distillation, buffer_size, predictor):
-    method = make_method("fnc2", buffer_size=buffer_size, distillation=distillation, gamma=2, hsd_weight=0.8,
-                         temperature=0.4, base_temperature=0.1, distill_predictor_hidden=predictor)
+    method = make_method(
+        "fnc2",
+        buffer_size=buffer_size,
+        distillation=distillation,
+        gamma=2,
+        hsd_weight=0.8,
+        temperature=0.4,
+        base_temperature=0.1,
+        distill_predictor_hidden=predictor,
+    )
     data = tiny_tasks()
     ctx, past = enter_task(method, data, 1)
     x, y = batch(method, ctx)
@@ -236,8 +252,13 @@ def test_fnc2_prototypes_fixed_buffer_and_memory_free():
     with pytest.raises(ConfigError, match="dim >= 5"):
         from protosphere.runs.runner import build_method
 
-        config = validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"},
-                                  "method": {"name": "fnc2", "projection_dim": 4}})
+        config = validate_config(
+            {
+                "data": {"dataset": "digits"},
+                "model": {"backbone": "mlp"},
+                "method": {"name": "fnc2", "projection_dim": 4},
+            }
+        )
         build_method(config, types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6))
 
 
@@ -248,8 +269,7 @@ def test_fnc2_alpha_schedule_over_the_task(schedule):
     x, y = data[1][0][:6].float() / 255, data[1][1][:6]
     epochs, per_epoch = 10, 2
     total = epochs * per_epoch
-    alphas = [float(method.training_step(x, y, step_ctx(1, s, total, epochs)).terms["hsd_alpha"])
-              for s in range(total)]
+    alphas = [float(method.training_step(x, y, step_ctx(1, s, total, epochs)).terms["hsd_alpha"]) for s in range(total)]
     assert alphas == pytest.approx([hsd_alpha(s, total, schedule, epochs=epochs) for s in range(total)])
     assert alphas[0] == 1.0 and all(a >= b for a, b in zip(alphas, alphas[1:]))
     if schedule == "official":  # 1 up to epoch 3 (= 0.3 · 10), then −0.1 per epoch, 0.5 from epoch 8 (= 0.8 · 10)
@@ -432,15 +452,24 @@ def test_nct_mixture_of_experts_one_expert_per_task():
         two.begin_task(context(data, 2))
     cls = method_class("nct")
     with pytest.raises(ValueError, match="needs num_experts"):  # built without the runner's resolve_config
-        cls(cls.config_class(mixture_of_experts=True), build_backbone("mlp", in_channels=1, image_size=SIZE), K,
-            Transforms(train=noisy, eval=lambda x: x))
+        cls(
+            cls.config_class(mixture_of_experts=True),
+            build_backbone("mlp", in_channels=1, image_size=SIZE),
+            K,
+            Transforms(train=noisy, eval=lambda x: x),
+        )
 
 
 def test_nct_runner_gives_one_expert_per_task():
     from protosphere.runs.runner import build_method
 
-    config = validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"},
-                              "method": {"name": "nct", "projection_dim": 8, "mixture_of_experts": True}})
+    config = validate_config(
+        {
+            "data": {"dataset": "digits"},
+            "model": {"backbone": "mlp"},
+            "method": {"name": "nct", "projection_dim": 8, "mixture_of_experts": True},
+        }
+    )
     scenario = types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6, num_tasks=4)
     method = build_method(config, scenario)
     assert method.config.num_experts == 4 and method.projector.num_experts == 4
@@ -483,15 +512,27 @@ def test_engine_smoke_run_two_tasks(tmp_path):
     from protosphere.runs.runner import run
 
     for name, extra in (("fnc2", {"buffer_size": 20}), ("nct", {}), ("co2l", {"buffer_size": 20})):
-        config = validate_config({
-            "name": name, "output_dir": str(tmp_path), "data": {"dataset": "digits", "train_fraction": 0.5},
-            "scenario": {"num_tasks": 2},
-            "model": {"backbone": "mlp", "mlp_hidden": [32]}, "eval": {"random_init_baseline": False},
-            "method": {"name": name, "projection_dim": 16, "probe_epochs": 2,
-                       "classifiers": ["nearest_prototype", "ncm", "linear_probe"] if name != "co2l"
-                       else ["linear_probe", "ncm"], **extra},
-            "train": {"epochs": 1, "batch_size": 32, "augmentation": "none"},
-            "fabric": {"accelerator": "cpu", "threads": 1}})
+        config = validate_config(
+            {
+                "name": name,
+                "output_dir": str(tmp_path),
+                "data": {"dataset": "digits", "train_fraction": 0.5},
+                "scenario": {"num_tasks": 2},
+                "model": {"backbone": "mlp", "mlp_hidden": [32]},
+                "eval": {"random_init_baseline": False},
+                "method": {
+                    "name": name,
+                    "projection_dim": 16,
+                    "probe_epochs": 2,
+                    "classifiers": ["nearest_prototype", "ncm", "linear_probe"]
+                    if name != "co2l"
+                    else ["linear_probe", "ncm"],
+                    **extra,
+                },
+                "train": {"epochs": 1, "batch_size": 32, "augmentation": "none"},
+                "fabric": {"accelerator": "cpu", "threads": 1},
+            }
+        )
         record, run_dir = run(config, show_progress=False)
         results = record.to_data()
         expected = {"nearest_prototype", "ncm", "linear_probe"} if name != "co2l" else {"ncm", "linear_probe"}
@@ -609,9 +650,15 @@ def test_probe_buffer_size_with_a_training_buffer():
     scenario = types.SimpleNamespace(image_shape=(1, 8, 8), mean=(0.5,), std=(0.5,), num_classes=6)
 
     def config(probe, buffer=200):
-        return validate_config({"data": {"dataset": "digits"}, "model": {"backbone": "mlp"},
-                                "eval": {"probe_buffer_size": probe},
-                                "method": {"name": "fnc2", "projection_dim": 8, "buffer_size": buffer}})
+        return validate_config(
+            {
+                "data": {"dataset": "digits"},
+                "model": {"backbone": "mlp"},
+                "eval": {"probe_buffer_size": probe},
+                "method": {"name": "fnc2", "projection_dim": 8, "buffer_size": buffer},
+            }
+        )
+
     with pytest.raises(ConfigError, match="memory-free"):
         build_method(config(100), scenario)
     # the global sizes are compared: 2 processes keep the Co2L memory whole on each rank (filled from the whole

@@ -39,8 +39,14 @@ def batch(n=12, num_classes=4, seed=0):
 
 
 def task_context(images, labels, index=0, classes=(0, 1, 2, 3)):
-    return TaskContext(index=index, classes=tuple(classes), seen_classes=list(classes), num_tasks=1,
-                       train_images=images, train_labels=labels)
+    return TaskContext(
+        index=index,
+        classes=tuple(classes),
+        seen_classes=list(classes),
+        num_tasks=1,
+        train_images=images,
+        train_labels=labels,
+    )
 
 
 def test_ce_step_is_cross_entropy_of_the_linear_head():
@@ -90,7 +96,8 @@ def test_contrastive_steps_use_gather_on_embeddings_and_labels():
     method.install_collectives(gather=twice)
     z1, z2 = method.embed(torch.cat([x, x])).chunk(2)
     expected = clop(twice(z1), twice(z2), twice(y), method.prototypes) + supervised_ntxent(
-        twice(z1), twice(z2), twice(y), temperature=0.5)
+        twice(z1), twice(z2), twice(y), temperature=0.5
+    )
     assert torch.allclose(method.training_step(x, y, STEP).loss, expected)
 
 
@@ -207,10 +214,15 @@ def test_clop_probe_sees_only_labelled_rows():
 
 def _digits_run(tmp_path, method, **train):
     data = {
-        "output_dir": str(tmp_path / "runs"), "name": f"{method['name']}-smoke",
-        "data": {"dataset": "digits"}, "scenario": {"num_tasks": 1}, "model": {"backbone": "mlp", "mlp_hidden": [64]},
-        "method": method, "optimizer": {"lr": 0.05, "momentum": 0.9},
-        "train": {"epochs": 2, "batch_size": 64, "augmentation": "none", **train}, "fabric": {"threads": 1},
+        "output_dir": str(tmp_path / "runs"),
+        "name": f"{method['name']}-smoke",
+        "data": {"dataset": "digits"},
+        "scenario": {"num_tasks": 1},
+        "model": {"backbone": "mlp", "mlp_hidden": [64]},
+        "method": method,
+        "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "train": {"epochs": 2, "batch_size": 64, "augmentation": "none", **train},
+        "fabric": {"threads": 1},
     }
     record, _ = run(validate_config(data), show_progress=False)
     return record.to_data()
@@ -241,10 +253,14 @@ def test_supcon_and_ntce_run_end_to_end_on_digits(tmp_path):
 @pytest.mark.parametrize("which", ["headline", "all"])
 def test_corruption_suite_runs_after_the_last_task(tmp_path, which):
     data = {
-        "output_dir": str(tmp_path / "runs"), "name": f"corrupt-{which}", "data": {"dataset": "digits"},
-        "scenario": {"num_tasks": 1}, "model": {"backbone": "mlp", "mlp_hidden": [32]},
+        "output_dir": str(tmp_path / "runs"),
+        "name": f"corrupt-{which}",
+        "data": {"dataset": "digits"},
+        "scenario": {"num_tasks": 1},
+        "model": {"backbone": "mlp", "mlp_hidden": [32]},
         "method": {"name": "supcon", "probe_epochs": 1, "probe_min_steps": 0, "projection_dim": 16},
-        "train": {"epochs": 1, "batch_size": 128, "augmentation": "none"}, "fabric": {"threads": 1},
+        "train": {"epochs": 1, "batch_size": 128, "augmentation": "none"},
+        "fabric": {"threads": 1},
         "eval": {"corruptions": "all", "corruption_severities": [1, 5], "corruption_classifiers": which},
     }
     results = run(validate_config(data), show_progress=False)[0].to_data()

@@ -144,20 +144,29 @@ def test_class_mean_drift_keeps_each_class_mean_from_its_own_task():
     assert "learned_means" in method.state_dict() and method.learned_means.shape == (4, 3)
     images = torch.randint(0, 256, (8, 1, 3, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     labels = torch.tensor([0, 1] * 4)
-    first = types.SimpleNamespace(classes=(0, 1), seen_classes=[0, 1], previous_classes=[], previous=[],
-                                  train_images=images, train_labels=labels)
+    first = types.SimpleNamespace(
+        classes=(0, 1), seen_classes=[0, 1], previous_classes=[], previous=[], train_images=images, train_labels=labels
+    )
     out = drift(first)
-    means = torch.stack([nn.functional.normalize(method(images[labels == c].float() / 255).mean(0), dim=0)
-                         for c in (0, 1)])
+    means = torch.stack(
+        [nn.functional.normalize(method(images[labels == c].float() / 255).mean(0), dim=0) for c in (0, 1)]
+    )
     torch.testing.assert_close(method.learned_means[:2], means.detach())
     assert out == {"classes": [0, 1]}
     with torch.no_grad():
         method.projector.weight.add_(0.5)
-    second = types.SimpleNamespace(classes=(2, 3), seen_classes=[0, 1, 2, 3], previous_classes=[0, 1],
-                                   previous=[(images, labels)], train_images=images, train_labels=labels + 2)
+    second = types.SimpleNamespace(
+        classes=(2, 3),
+        seen_classes=[0, 1, 2, 3],
+        previous_classes=[0, 1],
+        previous=[(images, labels)],
+        train_images=images,
+        train_labels=labels + 2,
+    )
     out = drift(second)
-    now = torch.stack([nn.functional.normalize(method(images[labels == c].float() / 255).mean(0), dim=0)
-                       for c in (0, 1)])
+    now = torch.stack(
+        [nn.functional.normalize(method(images[labels == c].float() / 255).mean(0), dim=0) for c in (0, 1)]
+    )
     torch.testing.assert_close(torch.tensor(out["old_mean_drift_per_class"]), 1 - (now * means).sum(1).detach())
     torch.testing.assert_close(method.learned_means[:2], means.detach())  # old classes keep their first means
 
@@ -182,8 +191,11 @@ def test_fixed_prototypes_unknown_kind():
 def test_methods_with_fixed_prototypes_use_the_part():
     backbone = build_backbone("mlp", in_channels=1, image_size=3, hidden=(6,))
     identity = Transforms(lambda x: x, lambda x: x)
-    for name, kind, seed_key in (("fnc2", "simplex_etf", "etf_seed"), ("nct", "simplex_etf", "etf_seed"),
-                                 ("clop", "orthonormal", "prototype_seed")):
+    for name, kind, seed_key in (
+        ("fnc2", "simplex_etf", "etf_seed"),
+        ("nct", "simplex_etf", "etf_seed"),
+        ("clop", "orthonormal", "prototype_seed"),
+    ):
         config = method_config_class(name).model_validate({"name": name, "projection_dim": 8, seed_key: 2})
         method = method_class(name)(config, backbone, 4, identity)
         assert torch.equal(method.prototypes, FixedPrototypes(kind, 2).build(4, 8)), name
@@ -298,12 +310,16 @@ def test_checkpoints_written_before_the_parts_still_load(name):
     state = method.state_dict()
     old = {}  # the key names of the earlier layout
     for key, value in state.items():
-        for new, was in (("momentum_encoder.backbone.", "momentum_backbone."),
-                         ("momentum_encoder.projector.", "momentum_projector."),
-                         ("past_queue.keys", "past_queue"), ("past_queue.ptr", "past_queue_ptr"),
-                         ("queue.keys", "queue"), ("queue.ptr", "queue_ptr")):
+        for new, was in (
+            ("momentum_encoder.backbone.", "momentum_backbone."),
+            ("momentum_encoder.projector.", "momentum_projector."),
+            ("past_queue.keys", "past_queue"),
+            ("past_queue.ptr", "past_queue_ptr"),
+            ("queue.keys", "queue"),
+            ("queue.ptr", "queue_ptr"),
+        ):
             if key.startswith(new):
-                key = was + key[len(new):]
+                key = was + key[len(new) :]
                 break
         old[key] = value
     assert "queue" in old and "momentum_backbone.net.0.weight" in old

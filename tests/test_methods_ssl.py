@@ -48,14 +48,23 @@ def make(name, seed=0, **settings):
 
 def task_data(index, n):
     g = torch.Generator().manual_seed(100 + index)
-    return (torch.randint(0, 256, (n, 1, SIDE, SIDE), generator=g, dtype=torch.uint8),
-            torch.randint(0, CLASSES, (n,), generator=g))
+    return (
+        torch.randint(0, 256, (n, 1, SIDE, SIDE), generator=g, dtype=torch.uint8),
+        torch.randint(0, CLASSES, (n,), generator=g),
+    )
 
 
 def task(index, n=24):
     images, labels = task_data(index, n)
-    return TaskContext(index=index, classes=tuple(range(CLASSES)), seen_classes=list(range(CLASSES)), num_tasks=3,
-                       train_images=images, train_labels=labels, previous=[task_data(j, n) for j in range(index)])
+    return TaskContext(
+        index=index,
+        classes=tuple(range(CLASSES)),
+        seen_classes=list(range(CLASSES)),
+        num_tasks=3,
+        train_images=images,
+        train_labels=labels,
+        previous=[task_data(j, n) for j in range(index)],
+    )
 
 
 def batch(seed=0):
@@ -182,12 +191,16 @@ def test_sycon_moco_step_from_task_1_is_pnr_on_both_views():
     p1, p2 = norm(method.predictor(q1)), norm(method.predictor(q2))
     past = method.snapshot("past")
     f1, f2 = norm(past(x)), norm(past(x2))
-    expected = 0.5 * (pnr_moco(q1, k2, p1, f1, torch.cat([queue[1], past_queue[1]]), 0.3, 0.4)
-                      + pnr_moco(q2, k1, p2, f2, torch.cat([queue[0], past_queue[0]]), 0.3, 0.4))
+    expected = 0.5 * (
+        pnr_moco(q1, k2, p1, f1, torch.cat([queue[1], past_queue[1]]), 0.3, 0.4)
+        + pnr_moco(q2, k1, p2, f2, torch.cat([queue[0], past_queue[0]]), 0.3, 0.4)
+    )
     torch.testing.assert_close(out.loss, expected)
     # and not the official argument order read literally (the past model of the other view as f)
-    swapped = 0.5 * (pnr_moco(q1, k2, p1, f2, torch.cat([queue[1], past_queue[1]]), 0.3, 0.4)
-                     + pnr_moco(q2, k1, p2, f1, torch.cat([queue[0], past_queue[0]]), 0.3, 0.4))
+    swapped = 0.5 * (
+        pnr_moco(q1, k2, p1, f2, torch.cat([queue[1], past_queue[1]]), 0.3, 0.4)
+        + pnr_moco(q2, k1, p2, f1, torch.cat([queue[0], past_queue[0]]), 0.3, 0.4)
+    )
     assert not torch.allclose(out.loss, swapped)
     assert set(out.terms) == {"pnr"}
 
@@ -208,8 +221,9 @@ def test_sycon_simclr_base_is_nt_xent_then_pnr_simclr():
     out = method.training_step(x, y, ctx(0, task_index=1))
     z1, z2 = project(method, x), project(method, x2)
     past = method.snapshot("past")
-    expected = pnr_simclr(norm(z1), norm(z2), norm(method.predictor(z1)), norm(method.predictor(z2)),
-                          norm(past(x)), norm(past(x2)), 0.4)
+    expected = pnr_simclr(
+        norm(z1), norm(z2), norm(method.predictor(z1)), norm(method.predictor(z2)), norm(past(x)), norm(past(x2)), 0.4
+    )
     torch.testing.assert_close(out.loss, expected)
 
 
@@ -272,8 +286,9 @@ def test_sycon_task_0_is_moco():
         torch.testing.assert_close(outs[0].loss, outs[1].loss)
         for out in outs:
             out.loss.backward()
-        torch.testing.assert_close([p.grad for p in moco.backbone.parameters()],
-                                   [p.grad for p in sycon.backbone.parameters()])
+        torch.testing.assert_close(
+            [p.grad for p in moco.backbone.parameters()], [p.grad for p in sycon.backbone.parameters()]
+        )
         torch.testing.assert_close(moco.queue.keys, sycon.queue.keys)
     assert sycon.predictor.net[0].weight.grad is None  # the predictor is idle in task 0
 
@@ -381,8 +396,13 @@ def test_past_model_is_frozen_eval_copy_taken_at_task_start(name):
     advance(method, 2)
     start(method, 1)
     past = method.snapshot("past")
-    torch.testing.assert_close(past.state_dict(), {**{f"0.{k}": v for k, v in method.backbone.state_dict().items()},
-                                                   **{f"1.{k}": v for k, v in method.projector.state_dict().items()}})
+    torch.testing.assert_close(
+        past.state_dict(),
+        {
+            **{f"0.{k}": v for k, v in method.backbone.state_dict().items()},
+            **{f"1.{k}": v for k, v in method.projector.state_dict().items()},
+        },
+    )
     frozen = copy.deepcopy(past.state_dict())
     assert not past.training and all(not p.requires_grad for p in past.parameters())
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
@@ -415,14 +435,16 @@ def test_state_dict_round_trip_keeps_queues_momentum_encoder_and_past_model(name
     for key, value in method.state_dict().items():
         if key != "_extra_state":
             torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
-    torch.testing.assert_close(fresh.momentum_encoder.backbone.state_dict(),
-                               method.momentum_encoder.backbone.state_dict())
+    torch.testing.assert_close(
+        fresh.momentum_encoder.backbone.state_dict(), method.momentum_encoder.backbone.state_dict()
+    )
     if name == "sycon":
         torch.testing.assert_close(fresh.snapshot("past").state_dict(), method.snapshot("past").state_dict())
         assert int(fresh.past_queue.ptr) == 2 * B
     x, y = batch(77)
-    torch.testing.assert_close(fresh.training_step(x, y, ctx(2, task_index=1)).loss,
-                               method.training_step(x, y, ctx(2, task_index=1)).loss)
+    torch.testing.assert_close(
+        fresh.training_step(x, y, ctx(2, task_index=1)).loss, method.training_step(x, y, ctx(2, task_index=1)).loss
+    )
 
 
 @pytest.mark.parametrize("name", ["simclr", "moco", "sycon"])
@@ -439,8 +461,10 @@ def test_online_classifier_leaves_encoder_gradients_unchanged(name):
     for out in outs:
         out.loss.backward()
     for module in ("backbone", "projector"):
-        torch.testing.assert_close([p.grad for p in getattr(plain, module).parameters()],
-                                   [p.grad for p in getattr(online, module).parameters()])
+        torch.testing.assert_close(
+            [p.grad for p in getattr(plain, module).parameters()],
+            [p.grad for p in getattr(online, module).parameters()],
+        )
     assert outs[1].loss > outs[0].loss and "online_ce" in outs[1].terms
     torch.testing.assert_close(outs[1].loss - outs[0].loss, outs[1].terms["online_ce"])
     assert online.online.weight.grad is not None
@@ -471,22 +495,38 @@ def test_evaluation_data_covers_every_seen_task():
 # --- end to end ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", [{"name": "simclr"}, {"name": "moco", "queue_size": 256},
-                                    {"name": "cassle", "base": "moco", "queue_size": 256},
-                                    {"name": "sycon", "queue_size": 256}])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "simclr"},
+        {"name": "moco", "queue_size": 256},
+        {"name": "cassle", "base": "moco", "queue_size": 256},
+        {"name": "sycon", "queue_size": 256},
+    ],
+)
 def test_two_task_run_on_digits_reports_linear_probe_and_knn(tmp_path, method):
     from protosphere.runs.runner import run
 
-    config = validate_config({
-        "output_dir": str(tmp_path / "runs"), "name": f"{method['name']}-ssl",
-        "data": {"dataset": "digits"}, "scenario": {"num_tasks": 2},
-        "model": {"backbone": "mlp", "mlp_hidden": [64]},
-        "method": {**method, "projection_hidden": 64, "projection_dim": 32, "probe_epochs": 5,
-                   **({"predictor_hidden": 64} if method["name"] in ("cassle", "sycon") else {})},
-        "train": {"epochs": 1, "batch_size": 64, "augmentation": "contrastive", "flip": False},
-        "optimizer": {"name": "lars", "lr": 0.3, "weight_decay": 1e-4}, "eval": {"neural_collapse": False},
-        "fabric": {"threads": 1},
-    })
+    config = validate_config(
+        {
+            "output_dir": str(tmp_path / "runs"),
+            "name": f"{method['name']}-ssl",
+            "data": {"dataset": "digits"},
+            "scenario": {"num_tasks": 2},
+            "model": {"backbone": "mlp", "mlp_hidden": [64]},
+            "method": {
+                **method,
+                "projection_hidden": 64,
+                "projection_dim": 32,
+                "probe_epochs": 5,
+                **({"predictor_hidden": 64} if method["name"] in ("cassle", "sycon") else {}),
+            },
+            "train": {"epochs": 1, "batch_size": 64, "augmentation": "contrastive", "flip": False},
+            "optimizer": {"name": "lars", "lr": 0.3, "weight_decay": 1e-4},
+            "eval": {"neural_collapse": False},
+            "fabric": {"threads": 1},
+        }
+    )
     record, run_dir = run(config, show_progress=False)
     accuracy = record.accuracy
     assert list(accuracy) == ["linear_probe", "knn"]

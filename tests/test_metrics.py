@@ -80,8 +80,14 @@ def _exact_etf64(k, d, seed=0):
     return torch.from_numpy(m.T.copy())
 
 
-NC_KEYS = {"nc1", "equinorm", "equiangularity", "max_angle", "within_class_effective_rank",
-           "between_class_effective_rank"}
+NC_KEYS = {
+    "nc1",
+    "equinorm",
+    "equiangularity",
+    "max_angle",
+    "within_class_effective_rank",
+    "between_class_effective_rank",
+}
 
 
 @pytest.mark.parametrize("k,d", [(4, 8), (10, 16)])
@@ -143,8 +149,15 @@ def test_neural_collapse_invariances():
     shifted = neural_collapse(ht + 4.0, yt)
     for key in base:
         assert rotated[key] == pytest.approx(base[key], rel=1e-8, abs=1e-12), key
-    for key in ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "within_class_effective_rank",
-                "between_class_effective_rank"):
+    for key in (
+        "nc1",
+        "equinorm",
+        "equiangularity",
+        "max_angle",
+        "nc3",
+        "within_class_effective_rank",
+        "between_class_effective_rank",
+    ):
         assert scaled[key] == pytest.approx(base[key], rel=1e-8), key
     for key in ("nc1", "equinorm", "equiangularity", "max_angle"):
         assert shifted[key] == pytest.approx(base[key], rel=1e-8), key
@@ -180,8 +193,9 @@ def test_prototype_alignment_and_drift():
     means[3] = -protos[3]
     cos = prototype_alignment(means, protos)
     assert torch.allclose(cos, torch.tensor([1.0, 1.0, 1.0, -1.0], dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(mean_drift(protos, means), torch.tensor([0.0, 0.0, 0.0, 2.0], dtype=torch.float64),
-                          atol=1e-12)
+    assert torch.allclose(
+        mean_drift(protos, means), torch.tensor([0.0, 0.0, 0.0, 2.0], dtype=torch.float64), atol=1e-12
+    )
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     b = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
     assert torch.allclose(mean_drift(a, b), torch.tensor([1 - 2**-0.5, 1.0], dtype=torch.float64))

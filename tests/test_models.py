@@ -77,7 +77,7 @@ def test_xavier_init_is_mammoths():
         fan_out, fan_in = m.weight.shape
         bound = (3.0 * 2.0 / (fan_in + fan_out)) ** 0.5
         assert m.weight.abs().max() <= bound and m.weight.abs().max() > 0.95 * bound  # fills the whole range
-        assert abs(m.weight.std().item() - bound / 3 ** 0.5) < 0.05 * bound  # uniform: std = a / sqrt(3)
+        assert abs(m.weight.std().item() - bound / 3**0.5) < 0.05 * bound  # uniform: std = a / sqrt(3)
         assert torch.count_nonzero(m.bias) == 0
     assert torch.equal(net[2].weight, conv) and torch.equal(net[3].weight, torch.ones(4))
     # seeded: the same weights every time; "default" changes nothing
@@ -105,8 +105,9 @@ def test_resnet_structure():
     assert build_backbone("resnet18", 3, 64, stem_stride=2).conv1.stride == (2, 2)
 
 
-@pytest.mark.parametrize("name,channels,size",
-                         [("small_cnn", 1, 28), ("small_cnn", 3, 32), ("resnet18_reduced", 3, 32)])
+@pytest.mark.parametrize(
+    "name,channels,size", [("small_cnn", 1, 28), ("small_cnn", 3, 32), ("resnet18_reduced", 3, 32)]
+)
 def test_channels_last_matches_contiguous(name, channels, size):
     torch.manual_seed(0)
     net = build_backbone(name, channels, size)

@@ -80,8 +80,9 @@ def test_float64_run_computes_what_float32_does(tmp_path):
     for precision in ("32-true", "64-true"):
         assert main(["run", str(config), f"name={precision}", f"fabric.precision={precision}", "--no-progress"]) == 0
         with open(tmp_path / "runs" / precision / "metrics.csv") as f:
-            curves[precision] = [float(r["value"]) for r in csv.DictReader(f)
-                                 if r["split"] == "train" and r["name"] == "loss"]
+            curves[precision] = [
+                float(r["value"]) for r in csv.DictReader(f) if r["split"] == "train" and r["name"] == "loss"
+            ]
     single, double = curves["32-true"], curves["64-true"]
     assert len(single) == len(double) >= 3
     for a, b in zip(single[:3], double[:3]):

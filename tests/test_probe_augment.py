@@ -104,12 +104,15 @@ def test_augmented_probe_changes_the_probe_only(tmp_path):
     for name, value in (("augmented", "true"), ("fixed", "false")):
         assert main(["run", str(config), f"name={name}", f"eval.probe_augment={value}", "--no-progress"]) == 0
         run_dir = tmp_path / "runs" / name
-        runs[name] = (json.loads((run_dir / "results.json").read_text()),
-                      torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["method"])
+        runs[name] = (
+            json.loads((run_dir / "results.json").read_text()),
+            torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["method"],
+        )
     (aug, aug_weights), (fixed, fixed_weights) = runs["augmented"], runs["fixed"]
     assert aug_weights.keys() == fixed_weights.keys()
-    assert all(torch.equal(aug_weights[k], fixed_weights[k]) for k in aug_weights
-               if isinstance(aug_weights[k], torch.Tensor))
+    assert all(
+        torch.equal(aug_weights[k], fixed_weights[k]) for k in aug_weights if isinstance(aug_weights[k], torch.Tensor)
+    )
     for name in ("ncm", "nearest_prototype", "linear_probe_seen"):
         assert aug["accuracy"][name] == fixed["accuracy"][name], name
     assert aug["accuracy"]["linear_probe"] != fixed["accuracy"]["linear_probe"]

@@ -18,10 +18,17 @@ from protosphere.runs.runner import build_method, run
 
 
 def tiny_setup(method: dict, num_tasks=2, seed=0):
-    config = validate_config({"model": {"backbone": "mlp", "mlp_hidden": [16], "channels_last": False},
-                              "method": method, "train": {"augmentation": "none"}, "eval": {"batch_size": 7}})
-    scenario = build_scenario(make_dataset(num_classes=4, per_class_train=10, per_class_test=9, seed=seed),
-                              "class_il", num_tasks)
+    config = validate_config(
+        {
+            "model": {"backbone": "mlp", "mlp_hidden": [16], "channels_last": False},
+            "method": method,
+            "train": {"augmentation": "none"},
+            "eval": {"batch_size": 7},
+        }
+    )
+    scenario = build_scenario(
+        make_dataset(num_classes=4, per_class_train=10, per_class_test=9, seed=seed), "class_il", num_tasks
+    )
     torch.manual_seed(seed)
     return config, scenario, build_method(config, scenario)
 
@@ -57,8 +64,15 @@ def test_accuracy_row_equals_a_per_sample_reference():
 def test_fitted_classifiers_are_scored_like_the_per_sample_reference():
     """ncm and the linear probe, fitted on task 1 by the protocol, scored on both tasks (a batch size that does not
     divide the test sets)."""
-    config, scenario, method = tiny_setup({"name": "supcon", "classifiers": ["ncm", "linear_probe"],
-                                           "probe_epochs": 2, "probe_min_steps": 0, "projection_dim": 4})
+    config, scenario, method = tiny_setup(
+        {
+            "name": "supcon",
+            "classifiers": ["ncm", "linear_probe"],
+            "probe_epochs": 2,
+            "probe_min_steps": 0,
+            "projection_dim": 4,
+        }
+    )
     protocol = Protocol(config, scenario)
     row, _ = protocol.accuracy_row(method, up_to=1, prepare=TaskContext.of(scenario, 1))
     assert list(row) == ["ncm", "linear_probe"]
@@ -148,7 +162,8 @@ def test_model_input_converts_uint8_once_and_passes_floats():
     assert x.dtype == torch.float32 and torch.equal(x, pixels.float() / 255)
     assert torch.equal((x * 255).round().to(torch.uint8), pixels) and 0 <= float(x.min()) <= float(x.max()) <= 1
     assert x.is_contiguous() and model_input(pixels, channels_last=True).is_contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     assert model_input(x) is x
 
 
@@ -172,8 +187,14 @@ def test_train_step_is_forward_backward_and_one_optimiser_step():
     step = StepContext(task=0, epoch=0, step=0, steps_in_task=1, global_step=0)
     no_grads_yet = []
     optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
-    out = train_step(method, optimizer, x, y, step,
-                     inspect=lambda output: no_grads_yet.append(all(p.grad is None for p in method.parameters())))
+    out = train_step(
+        method,
+        optimizer,
+        x,
+        y,
+        step,
+        inspect=lambda output: no_grads_yet.append(all(p.grad is None for p in method.parameters())),
+    )
     expected = reference.training_step(x, y, step)
     expected.loss.backward()
     with torch.no_grad():
@@ -189,11 +210,19 @@ def test_train_step_is_forward_backward_and_one_optimiser_step():
 def test_per_epoch_and_task_entries_of_a_run(tmp_path):
     """eval.per_epoch: an entry per epoch; the last epoch of a task repeats that task's accuracy row (all tasks), the
     others score the tasks seen so far; nc_epochs repeats their NC metrics; metrics.csv logs the inner epochs."""
-    config = validate_config({
-        "output_dir": str(tmp_path), "name": "per-epoch", "data": {"dataset": "digits"},
-        "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"}, "method": {"name": "finetune"},
-        "train": {"epochs": 3, "batch_size": 64, "augmentation": "none"},
-        "eval": {"per_epoch": True, "report": "off"}, "fabric": {"threads": 1}})
+    config = validate_config(
+        {
+            "output_dir": str(tmp_path),
+            "name": "per-epoch",
+            "data": {"dataset": "digits"},
+            "scenario": {"num_tasks": 2},
+            "model": {"backbone": "mlp"},
+            "method": {"name": "finetune"},
+            "train": {"epochs": 3, "batch_size": 64, "augmentation": "none"},
+            "eval": {"per_epoch": True, "report": "off"},
+            "fabric": {"threads": 1},
+        }
+    )
     record, run_dir = run(config, show_progress=False)
     results = record.to_data()
     entries = results["per_epoch"]
@@ -210,8 +239,9 @@ def test_per_epoch_and_task_entries_of_a_run(tmp_path):
     from protosphere.runs.rundir import read_record
 
     assert "nc_epochs" not in results  # derived from per_epoch by the record, not written twice
-    assert [e.model_dump(exclude_none=True) for e in read_record(run_dir).epoch_neural_collapse()] == \
-        [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in entries]
+    assert [e.model_dump(exclude_none=True) for e in read_record(run_dir).epoch_neural_collapse()] == [
+        {"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in entries
+    ]
     assert [len(row) for row in matrix["class_il"]] == [2, 2]
     assert [x["task"] for x in results["timings"]["tasks"]] == [0, 1]
     assert set(results["timings"]["tasks"][0]["classifiers"]) == {"head"}
@@ -225,8 +255,10 @@ def test_the_engine_does_not_import_the_report():
 
     import protosphere
 
-    code = ("import sys, protosphere.runs.engine, protosphere.runs.protocol; "
-            "print(sorted(m for m in sys.modules if m.startswith('protosphere.report')))")
+    code = (
+        "import sys, protosphere.runs.engine, protosphere.runs.protocol; "
+        "print(sorted(m for m in sys.modules if m.startswith('protosphere.report')))"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(protosphere.__file__).parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "[]"

@@ -18,18 +18,34 @@ from protosphere.runs.record import SCHEMA_VERSION, EpochNeuralCollapse, Evaluat
 from protosphere.runs.rundir import RunDir, atomic_write, read_record
 from protosphere.runs.runner import run
 
-TINY = {"data": {"dataset": "digits"}, "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"},
-        "train": {"epochs": 2, "batch_size": 64, "augmentation": "none"}, "eval": {"report": "off"},
-        "fabric": {"threads": 1}}
+TINY = {
+    "data": {"dataset": "digits"},
+    "scenario": {"num_tasks": 2},
+    "model": {"backbone": "mlp"},
+    "train": {"epochs": 2, "batch_size": 64, "augmentation": "none"},
+    "eval": {"report": "off"},
+    "fabric": {"threads": 1},
+}
 
 # method and eval options of the tiny runs: replay with per-epoch evaluation and corruptions (confusion, random-init
 # baseline, corruption errors), FNC2 (prototype diagnostics, NC metrics with nc3/nc4, three classifiers with their
 # fit timings), LwF without NC metrics and without the baseline (the optional keys at their other values)
 RUNS = {
-    "er": ({"name": "er", "buffer_size": 30},
-           {"per_epoch": True, "corruptions": ["gaussian_noise", "contrast"], "corruption_severities": [1, 3]}),
-    "fnc2": ({"name": "fnc2", "buffer_size": 20, "projection_dim": 16, "probe_epochs": 1, "probe_min_steps": 10,
-              "classifiers": ["nearest_prototype", "ncm", "linear_probe"]}, {"per_epoch": True}),
+    "er": (
+        {"name": "er", "buffer_size": 30},
+        {"per_epoch": True, "corruptions": ["gaussian_noise", "contrast"], "corruption_severities": [1, 3]},
+    ),
+    "fnc2": (
+        {
+            "name": "fnc2",
+            "buffer_size": 20,
+            "projection_dim": 16,
+            "probe_epochs": 1,
+            "probe_min_steps": 10,
+            "classifiers": ["nearest_prototype", "ncm", "linear_probe"],
+        },
+        {"per_epoch": True},
+    ),
     "lwf": ({"name": "lwf"}, {"neural_collapse": False, "random_init_baseline": False}),
 }
 
@@ -91,8 +107,11 @@ def test_epoch_nc_metrics_come_from_per_epoch(tiny_runs):
     """What earlier versions stored twice as ``nc_epochs`` is derived from ``per_epoch``, entry for entry."""
     record, run_dir = tiny_runs["fnc2"]
     derived = read_record(run_dir).epoch_neural_collapse()
-    expected = [{"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]} for e in record.to_data()["per_epoch"]
-                if e["neural_collapse"]]
+    expected = [
+        {"task": e["task"], "epoch": e["epoch"], **e["neural_collapse"]}
+        for e in record.to_data()["per_epoch"]
+        if e["neural_collapse"]
+    ]
     assert len(expected) == 4 and [e.model_dump(exclude_none=True) for e in derived] == expected
 
 
@@ -100,8 +119,12 @@ DATA = Path(__file__).parent / "data"
 # results.json of tiny digits runs written by earlier versions of protosphere (the commit in the name): the oldest
 # that runs (no per_epoch, fingerprint, diagnostics, classifier timings...), the first with nc_epochs, the last before
 # the record was typed (every key of today but nc_epochs written twice), and the first with today's layout
-OLD_FILES = {"results-v1-d52f1cb.json": 1, "results-v1-210563d.json": 1, "results-v1-232fb6c.json": 1,
-             "results-v2-b5a7424.json": 2}
+OLD_FILES = {
+    "results-v1-d52f1cb.json": 1,
+    "results-v1-210563d.json": 1,
+    "results-v1-232fb6c.json": 1,
+    "results-v2-b5a7424.json": 2,
+}
 
 
 @pytest.mark.parametrize("name, version", OLD_FILES.items())
@@ -116,8 +139,9 @@ def test_files_of_earlier_versions_read_through_the_lenient_model(tmp_path, name
     else:
         with pytest.raises(ValidationError):  # the strict model is for writing: an older file does not pass it
             RunRecord.model_validate(json.loads(text))
-    assert record.summary().final_average_accuracy == pytest.approx(record.to_data()["metrics"]["head"]["class_il"][
-        "final_average_accuracy"])
+    assert record.summary().final_average_accuracy == pytest.approx(
+        record.to_data()["metrics"]["head"]["class_il"]["final_average_accuracy"]
+    )
     assert record.scenario.num_tasks == 2 and len(record.accuracy["head"]["class_il"]) == 2
 
 
@@ -133,19 +157,30 @@ def test_absent_keys_read_as_empty_and_nc_epochs_as_epoch_metrics():
     assert record.epoch_neural_collapse()[0] == EpochNeuralCollapse(**with_nc_epochs["nc_epochs"][0])
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda d: d["metrics"]["head"]["class_il"].update(final_average_acuracy=1.0),
-     "unknown key `metrics.head.class_il.final_average_acuracy`"),
-    (lambda d: d.update(neural_colapse=[]), "unknown key `neural_colapse`"),
-    (lambda d: d["timings"].update(total_s="long"), "`timings.total_s`: input should be a valid number"),
-    (lambda d: d["accuracy"]["head"].update(clas_il=[[1.0]]),
-     "unknown key `accuracy.head.clas_il` (input should be 'class_il' or 'task_il')"),
-    (lambda d: d["scenario"].update(num_tasks=[2]), "`scenario.num_tasks`: input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda d: d["metrics"]["head"]["class_il"].update(final_average_acuracy=1.0),
+            "unknown key `metrics.head.class_il.final_average_acuracy`",
+        ),
+        (lambda d: d.update(neural_colapse=[]), "unknown key `neural_colapse`"),
+        (lambda d: d["timings"].update(total_s="long"), "`timings.total_s`: input should be a valid number"),
+        (
+            lambda d: d["accuracy"]["head"].update(clas_il=[[1.0]]),
+            "unknown key `accuracy.head.clas_il` (input should be 'class_il' or 'task_il')",
+        ),
+        (lambda d: d["scenario"].update(num_tasks=[2]), "`scenario.num_tasks`: input should be a valid integer"),
+    ],
+)
 def test_broken_file_fails_with_one_clear_sentence(tmp_path, change, expected):
-    data = {"headline_classifier": "head", "accuracy": {"head": {"class_il": [[50.0]]}},
-            "metrics": {"head": {"class_il": {"final_average_accuracy": 50.0}}},
-            "scenario": {"num_tasks": 1}, "timings": {"total_s": 1.0}}
+    data = {
+        "headline_classifier": "head",
+        "accuracy": {"head": {"class_il": [[50.0]]}},
+        "metrics": {"head": {"class_il": {"final_average_accuracy": 50.0}}},
+        "scenario": {"num_tasks": 1},
+        "timings": {"total_s": 1.0},
+    }
     change(data)
     (tmp_path / "results.json").write_text(json.dumps(data))
     with pytest.raises(RunError) as info:
@@ -230,8 +265,10 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
     path = tmp_path / "results.json"
     path.write_text("old content")
     if not callable(content):  # text and bytes: fail at the flush to disk, after the data went to the temporary file
+
         def fail(fd):
             raise Boom("fsync failed")
+
         monkeypatch.setattr(os, "fsync", fail)
     with pytest.raises(Boom):
         atomic_write(path, content)
@@ -256,9 +293,16 @@ def test_atomic_write_of_text_bytes_and_checkpoints(tmp_path):
 
 def test_run_dir_names_every_file(tmp_path):
     files = RunDir(tmp_path)
-    names = {files.config: "config.yaml", files.results: "results.json", files.metrics: "metrics.csv",
-             files.report: "report.html", files.report_log: "report.log", files.embeddings: "embeddings.npz",
-             files.last_checkpoint: "checkpoints/last.ckpt", files.task_checkpoint(3): "checkpoints/task-3.ckpt",
-             files.plots: "plots"}
+    names = {
+        files.config: "config.yaml",
+        files.results: "results.json",
+        files.metrics: "metrics.csv",
+        files.report: "report.html",
+        files.report_log: "report.log",
+        files.embeddings: "embeddings.npz",
+        files.last_checkpoint: "checkpoints/last.ckpt",
+        files.task_checkpoint(3): "checkpoints/task-3.ckpt",
+        files.plots: "plots",
+    }
     for path, name in names.items():
         assert path == tmp_path / Path(name)

@@ -54,7 +54,7 @@ def test_register_get_and_the_unknown_name_sentence():
     def square(x):
         return x * x
 
-    things.register("cube", lambda x: x ** 3)
+    things.register("cube", lambda x: x**3)
     assert things.get("square") is square and things.get("cube")(2) == 8
     assert things.names() == ("cube", "square") and list(things) == ["cube", "square"] and len(things) == 2
     with pytest.raises(UnknownNameError) as caught:
@@ -76,7 +76,8 @@ def test_built_ins_are_imported_on_the_first_look_up(tmp_path, monkeypatch, clea
     (tmp_path / "toy_builtins.py").write_text(
         "from protosphere.registry import Registry\n"
         "import sys\n"
-        "sys.modules['toy_builtins_registry'].register('alpha', 1)\n")
+        "sys.modules['toy_builtins_registry'].register('alpha', 1)\n"
+    )
     things = Registry("thing", builtins="toy_builtins")
     monkeypatch.setitem(sys.modules, "toy_builtins_registry", things)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -87,19 +88,30 @@ def test_built_ins_are_imported_on_the_first_look_up(tmp_path, monkeypatch, clea
 
 def test_the_built_in_names():
     assert set(METHODS.names()) >= {"er", "der++", "fnc2", "co2l", "nct", "sycon", "cassle", "clop", "ntce"}
-    assert set(DATASETS.names()) == {"fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "tiny_imagenet",
-                                     "imagenet100", "domainnet"}
+    assert set(DATASETS.names()) == {
+        "fashion_mnist",
+        "mnist",
+        "digits",
+        "cifar10",
+        "cifar100",
+        "tiny_imagenet",
+        "imagenet100",
+        "domainnet",
+    }
     assert set(BACKBONES.names()) == {"mlp", "small_cnn", "resnet18", "resnet18_reduced"}
     assert set(AUGMENTATIONS.names()) == {"none", "supervised", "contrastive"}
 
 
 # ------------------------------------------------------------------------------------ config schemas follow them
-@pytest.mark.parametrize("section, key, registry, wrong, closest", [
-    ("data", "dataset", DATASETS, "cifar1000", "cifar100"),
-    ("model", "backbone", BACKBONES, "resnet-18", "resnet18"),
-    ("train", "augmentation", AUGMENTATIONS, "contrastiv", "contrastive"),
-    ("method", "name", METHODS, "fcn2", "fnc2"),
-])
+@pytest.mark.parametrize(
+    "section, key, registry, wrong, closest",
+    [
+        ("data", "dataset", DATASETS, "cifar1000", "cifar100"),
+        ("model", "backbone", BACKBONES, "resnet-18", "resnet18"),
+        ("train", "augmentation", AUGMENTATIONS, "contrastiv", "contrastive"),
+        ("method", "name", METHODS, "fcn2", "fnc2"),
+    ],
+)
 def test_config_names_come_from_the_registry(section, key, registry, wrong, closest, clean_registries):
     with pytest.raises(ConfigError) as caught:
         validate_config({section: {key: wrong}})
@@ -162,15 +174,18 @@ def test_import_of_a_missing_module_is_one_sentence(tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     assert main(["--import", "toy_no_such_module", "methods"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: --import toy_no_such_module: no module named `toy_no_such_module` on the Python path; "
-                   "give a dotted module name importable from the current folder or an installed package, or the "
-                   "path of a .py file.")
+    assert err == (
+        "error: --import toy_no_such_module: no module named `toy_no_such_module` on the Python path; "
+        "give a dotted module name importable from the current folder or an installed package, or the "
+        "path of a .py file."
+    )
 
 
 def test_entry_point_plugins_are_loaded_when_the_cli_starts(tmp_path, monkeypatch, capsys, clean_registries):
     (tmp_path / "entry_plugin_toy.py").write_text(
         "from protosphere.registry import AUGMENTATIONS\n"
-        "AUGMENTATIONS.register('toy_from_entry_point', lambda image_size, channels, **options: [])\n")
+        "AUGMENTATIONS.register('toy_from_entry_point', lambda image_size, channels, **options: [])\n"
+    )
     info = tmp_path / "entry_plugin_toy-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: entry-plugin-toy\nVersion: 1.0\n")
@@ -181,8 +196,10 @@ def test_entry_point_plugins_are_loaded_when_the_cli_starts(tmp_path, monkeypatc
     assert "toy_from_entry_point" in AUGMENTATIONS
     capsys.readouterr()
     assert load_plugins([], entry_points=True) == ["entry_plugin_toy"]
-    assert validate_config({"train": {"augmentation": "toy_from_entry_point"}}).train.augmentation == \
-        "toy_from_entry_point"
+    assert (
+        validate_config({"train": {"augmentation": "toy_from_entry_point"}}).train.augmentation
+        == "toy_from_entry_point"
+    )
 
 
 def broken_entry_point(folder: Path) -> None:
@@ -194,8 +211,7 @@ def broken_entry_point(folder: Path) -> None:
     (info / "entry_points.txt").write_text("[protosphere.plugins]\nbroken = entry_plugin_broken\n")
 
 
-def test_a_broken_installed_plugin_is_one_line_and_methods_still_work(tmp_path, monkeypatch, capsys,
-                                                                      clean_registries):
+def test_a_broken_installed_plugin_is_one_line_and_methods_still_work(tmp_path, monkeypatch, capsys, clean_registries):
     broken_entry_point(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["methods"]) == 0

@@ -21,8 +21,18 @@ from protosphere.runs.sweep import compare
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_results(num_tasks=3, task_il=True, nc=True, classifiers=("head",), seed=0, method="er", config=None,
-                 value=None, nc_epochs=False, extras=False) -> dict:
+def fake_results(
+    num_tasks=3,
+    task_il=True,
+    nc=True,
+    classifiers=("head",),
+    seed=0,
+    method="er",
+    config=None,
+    value=None,
+    nc_epochs=False,
+    extras=False,
+) -> dict:
     """A results dict shaped like runner.run's; with ``value`` every accuracy equals it (known metrics)."""
     rng = np.random.default_rng(seed)
     accuracy, metrics = {}, {}
@@ -35,27 +45,63 @@ def fake_results(num_tasks=3, task_il=True, nc=True, classifiers=("head",), seed
                 matrix = np.full((num_tasks, num_tasks), float(value)).tolist()
             accuracy[c][setting] = matrix
             metrics[c][setting] = summarize(matrix, [10.0] * num_tasks)
-    nc_list = [None] + [{"split": "test", "classes": 2 * (t + 1), "nc1": 0.1 * (t + 1), "equinorm": 0.2,
-                         "equiangularity": 0.3, "max_angle": 0.05 * t, "nc3": 0.9, "nc4": 0.01,
-                         "within_class_effective_rank": 3.0 + t, "between_class_effective_rank": 1.0 + t}
-                        for t in range(1, num_tasks)] if nc else [None] * num_tasks
+    nc_list = (
+        [None]
+        + [
+            {
+                "split": "test",
+                "classes": 2 * (t + 1),
+                "nc1": 0.1 * (t + 1),
+                "equinorm": 0.2,
+                "equiangularity": 0.3,
+                "max_angle": 0.05 * t,
+                "nc3": 0.9,
+                "nc4": 0.01,
+                "within_class_effective_rank": 3.0 + t,
+                "between_class_effective_rank": 1.0 + t,
+            }
+            for t in range(1, num_tasks)
+        ]
+        if nc
+        else [None] * num_tasks
+    )
     results = {
-        "name": f"{method}-seed{seed}", "status": "complete", "seed": seed, "method": method,
+        "name": f"{method}-seed{seed}",
+        "status": "complete",
+        "seed": seed,
+        "method": method,
         "headline_classifier": classifiers[0],
-        "scenario": {"name": "seq-digits", "kind": "class_il" if task_il else "domain_il", "num_tasks": num_tasks,
-                     "num_classes": 2 * num_tasks, "class_order": list(range(2 * num_tasks)),
-                     "class_names": [str(i) for i in range(2 * num_tasks)],
-                     "tasks": [[2 * t, 2 * t + 1] for t in range(num_tasks)]},
-        "accuracy": accuracy, "metrics": metrics, "random_init": None, "neural_collapse": nc_list,
-        "timings": {"tasks": [{"task": t, "train_s": 0.5 + t, "eval_s": 0.1, "images": 1000,
-                               "img_per_s": 1000 / (0.5 + t)} for t in range(num_tasks)], "total_s": 9.0},
+        "scenario": {
+            "name": "seq-digits",
+            "kind": "class_il" if task_il else "domain_il",
+            "num_tasks": num_tasks,
+            "num_classes": 2 * num_tasks,
+            "class_order": list(range(2 * num_tasks)),
+            "class_names": [str(i) for i in range(2 * num_tasks)],
+            "tasks": [[2 * t, 2 * t + 1] for t in range(num_tasks)],
+        },
+        "accuracy": accuracy,
+        "metrics": metrics,
+        "random_init": None,
+        "neural_collapse": nc_list,
+        "timings": {
+            "tasks": [
+                {"task": t, "train_s": 0.5 + t, "eval_s": 0.1, "images": 1000, "img_per_s": 1000 / (0.5 + t)}
+                for t in range(num_tasks)
+            ],
+            "total_s": 9.0,
+        },
         "environment": {"device": "cpu", "world_size": 1, "precision": "32-true", "torch": "x"},
-        "config": config if config is not None else {"name": f"{method}-seed{seed}", "seed": seed,
-                                                      "method": {"name": method}},
+        "config": config
+        if config is not None
+        else {"name": f"{method}-seed{seed}", "seed": seed, "method": {"name": method}},
     }
     if nc_epochs:
-        results["nc_epochs"] = [{"task": t, "epoch": e, "nc1": 1.0 / (1 + e + t), "equinorm": 0.1}
-                                for t in range(num_tasks) for e in range(2)]
+        results["nc_epochs"] = [
+            {"task": t, "epoch": e, "nc1": 1.0 / (1 + e + t), "equinorm": 0.1}
+            for t in range(num_tasks)
+            for e in range(2)
+        ]
     if extras:
         add_extras(results, num_tasks, classifiers, task_il)
     return results
@@ -79,9 +125,13 @@ def add_extras(results: dict, num_tasks: int, classifiers, task_il: bool = True)
         diagnostics.append(entry)
     results["diagnostics"] = diagnostics
     results["corruptions"] = {
-        c: {"gaussian_noise": [10.0 + k, 20.5 + k, 47.25 + k], "contrast": [5.0 + k, 7.5 + k, 9.125 + k],
-            "pixelate": [30.0 + k, 31.0 + k, 60.0 + k]}
-        for k, c in enumerate(classifiers)}  # every classifier differs, so showing the wrong one fails
+        c: {
+            "gaussian_noise": [10.0 + k, 20.5 + k, 47.25 + k],
+            "contrast": [5.0 + k, 7.5 + k, 9.125 + k],
+            "pixelate": [30.0 + k, 31.0 + k, 60.0 + k],
+        }
+        for k, c in enumerate(classifiers)
+    }  # every classifier differs, so showing the wrong one fails
     results["config"].setdefault("eval", {})["corruption_severities"] = SEVERITIES
     per_epoch = []
     for t in range(num_tasks):
@@ -137,10 +187,20 @@ def test_report_is_self_contained_with_valid_pngs(full_report):
     assert not re.search(r"url\(|@import|https?://", text, flags=re.I)
     pngs = sorted((run_dir / "plots").glob("*.png"))
     names = {p.name for p in pngs}
-    assert {"accuracy_matrix_ncm.png", "accuracy_over_time_linear_probe.png", "forgetting_ncm.png",
-            "nc_over_tasks.png", "nc_over_epochs.png", "embedding_sphere.png", "prototype_cosine.png",
-            "timings.png", "accuracy_over_epochs.png", "alignment_drift.png", "alignment_drift_per_class.png",
-            "corruption_errors.png"} <= names
+    assert {
+        "accuracy_matrix_ncm.png",
+        "accuracy_over_time_linear_probe.png",
+        "forgetting_ncm.png",
+        "nc_over_tasks.png",
+        "nc_over_epochs.png",
+        "embedding_sphere.png",
+        "prototype_cosine.png",
+        "timings.png",
+        "accuracy_over_epochs.png",
+        "alignment_drift.png",
+        "alignment_drift_per_class.png",
+        "corruption_errors.png",
+    } <= names
     import base64
 
     for png in pngs:
@@ -158,8 +218,13 @@ def test_headline_numbers_equal_results_json(full_report):
     checked = 0
     for classifier, settings in results["metrics"].items():
         for setting, m in settings.items():
-            for key in ("final_average_accuracy", "average_incremental_accuracy", "average_forgetting",
-                        "backward_transfer", "forward_transfer"):
+            for key in (
+                "final_average_accuracy",
+                "average_incremental_accuracy",
+                "average_forgetting",
+                "backward_transfer",
+                "forward_transfer",
+            ):
                 raw = cells[f"{classifier}/{setting}/{key}"]
                 assert float(raw) == m[key]
                 shown = re.search(rf'data-key="{classifier}/{setting}/{key}"[^>]*>([^<]*)<', text).group(1)
@@ -276,9 +341,14 @@ def test_new_sections_fallbacks_and_absence(tmp_path):
     assert re.findall(r"<th>severity (\d+)</th>", corruption) == ["1", "2", "3"]
     assert float(cells_of(corruption)["corruption/probe/contrast/3"]) == 10.125
 
-    for empty in ({"corruptions": {}, "per_epoch": [], "diagnostics": []},
-                  {"corruptions": {"head": {}}, "per_epoch": [{"task": 0, "epoch": 0, "accuracy": {}}],
-                   "diagnostics": [None, None]}):
+    for empty in (
+        {"corruptions": {}, "per_epoch": [], "diagnostics": []},
+        {
+            "corruptions": {"head": {}},
+            "per_epoch": [{"task": 0, "epoch": 0, "accuracy": {}}],
+            "diagnostics": [None, None],
+        },
+    ):
         results.update(empty)
         text = write_report(run_dir, results).read_text()
         assert not re.search(r"alignment|drift|corruption|over epochs", text, flags=re.I)
@@ -342,8 +412,10 @@ def write_configs(folder: Path, num_tasks=(3, 3)) -> list[Path]:
     paths = []
     for (name, extra), tasks in zip((("er", ", buffer_size: 20"), ("finetune", "")), num_tasks):
         path = folder / f"{name}.yaml"
-        path.write_text(f"data: {{dataset: digits}}\nscenario: {{num_tasks: {tasks}}}\nmodel: {{backbone: mlp}}\n"
-                        f"method: {{name: {name}{extra}}}\ntrain: {{epochs: 1}}\n")
+        path.write_text(
+            f"data: {{dataset: digits}}\nscenario: {{num_tasks: {tasks}}}\nmodel: {{backbone: mlp}}\n"
+            f"method: {{name: {name}{extra}}}\ntrain: {{epochs: 1}}\n"
+        )
         paths.append(path)
     return paths
 
@@ -355,9 +427,13 @@ def fake_run(monkeypatch):
     def run(config, resume=False, overwrite=False, console=None, show_progress=True):
         calls.append((config.name, config.seed, resume, overwrite))
         method = config.method.name
-        results = fake_results(num_tasks=config.scenario.num_tasks, seed=config.seed, method=method,
-                               config=config.model_dump(mode="json"),
-                               value=BASE[method] + STEP[method] * config.seed)
+        results = fake_results(
+            num_tasks=config.scenario.num_tasks,
+            seed=config.seed,
+            method=method,
+            config=config.model_dump(mode="json"),
+            value=BASE[method] + STEP[method] * config.seed,
+        )
         results["name"] = config.name
         run_dir = RunDir.of(config).prepare(resume=resume, overwrite=overwrite)
         (run_dir / "results.json").write_text(json.dumps(results))
@@ -424,8 +500,23 @@ def test_compare_cli_parses_overrides_and_options(tmp_path, fake_run):
 
     paths = write_configs(tmp_path)
     out = tmp_path / "cli-out"
-    assert main(["compare", str(paths[0]), str(paths[1]), "train.epochs=2", "--seeds", "2", "--out", str(out),
-                 "optimizer.lr=0.3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(paths[0]),
+                str(paths[1]),
+                "train.epochs=2",
+                "--seeds",
+                "2",
+                "--out",
+                str(out),
+                "optimizer.lr=0.3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert len(fake_run) == 4
     saved = json.loads((out / "compare.json").read_text())
     assert "train.epochs=2" in saved["command"] and "optimizer.lr=0.3" in saved["command"]
@@ -451,13 +542,16 @@ def test_report_and_console_say_which_data_each_classifier_saw(tmp_path):
     from protosphere.cli import _summary_lines
 
     results = fake_results(num_tasks=2, classifiers=("linear_probe", "ncm"), nc=False)
-    results["classifier_data"] = {"linear_probe": "the current task + 200 classifier-only samples",
-                                  "ncm": "the current task's training data"}
+    results["classifier_data"] = {
+        "linear_probe": "the current task + 200 classifier-only samples",
+        "ncm": "the current task's training data",
+    }
     text = write_report(write_run(tmp_path / "run", results)).read_text()
     assert "Fitted on the current task + 200 classifier-only samples." in text
     assert text.count("200 classifier-only samples") == 3  # its class-IL and task-IL rows, and its section
     lines = _summary_lines(StoredRecord.from_data(results))
-    assert any(line.strip() == "linear_probe fitted on the current task + 200 classifier-only samples"
-               for line in lines)
+    assert any(
+        line.strip() == "linear_probe fitted on the current task + 200 classifier-only samples" for line in lines
+    )
     del results["classifier_data"]  # runs written before the field existed still render
     assert "Fitted on" not in write_report(write_run(tmp_path / "old", results)).read_text()

@@ -18,16 +18,26 @@ from test_report import fake_results, write_run
 def report(tmp_path_factory):
     results = fake_results(num_tasks=3, classifiers=("nearest_prototype", "ncm", "linear_probe"))
     results["scenario"]["class_names"] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal"]
-    results["confusion"] = {"classifier": "nearest_prototype", "classes": [0, 1, 2, 3, 4, 5],
-                            "matrix": [[8, 2, 0, 0, 0, 0], [0, 10, 0, 0, 0, 0], [1, 1, 5, 3, 0, 0],
-                                       [0, 0, 0, 9, 1, 0], [0, 0, 0, 0, 4, 0], [0, 0, 0, 0, 0, 0]],
-                            "other": [0, 0, 0, 0, 0, 0]}
+    results["confusion"] = {
+        "classifier": "nearest_prototype",
+        "classes": [0, 1, 2, 3, 4, 5],
+        "matrix": [
+            [8, 2, 0, 0, 0, 0],
+            [0, 10, 0, 0, 0, 0],
+            [1, 1, 5, 3, 0, 0],
+            [0, 0, 0, 9, 1, 0],
+            [0, 0, 0, 0, 4, 0],
+            [0, 0, 0, 0, 0, 0],
+        ],
+        "other": [0, 0, 0, 0, 0, 0],
+    }
     run_dir = write_run(tmp_path_factory.mktemp("usability") / "run", results)
     (run_dir / "metrics.csv").write_text(
         "time,task,epoch,step,split,name,value\n"
         "0.1,0,0,4,train,loss,2.0\n0.1,0,0,4,train,lr,0.1\n0.2,0,1,9,train,loss,1.5\n0.2,0,1,9,train,lr,0.05\n"
         "0.3,0,1,,test,ncm/class_il/task0,50\n"
-        "0.4,1,0,4,train,loss,2.5\n0.4,1,0,4,train,lr,0.1\n0.5,1,1,9,train,loss,1.2\n0.5,1,1,9,train,lr,0.05\n")
+        "0.4,1,0,4,train,loss,2.5\n0.4,1,0,4,train,lr,0.1\n0.5,1,1,9,train,loss,1.2\n0.5,1,1,9,train,lr,0.05\n"
+    )
     return run_dir, results, write_report(run_dir).read_text()
 
 
@@ -37,14 +47,17 @@ def test_table_of_contents_links_every_section_in_order(report):
     links = re.findall(r'<a href="#([^"]+)">(.*?)</a>', nav)
     headings = re.findall(r'<a class="anchor" id="([^"]+)"></a><h2>(.*?)</h2>', text)
     assert links == headings and len(links) >= 5
-    assert [title for _, title in links][:3] == ["Headline numbers", "Accuracy", "Per-class accuracy after the last "
-                                                                                 "task"]
+    assert [title for _, title in links][:3] == [
+        "Headline numbers",
+        "Accuracy",
+        "Per-class accuracy after the last task",
+    ]
     assert text.index("</header>") < text.index('<nav class="toc"') < text.index("<h2>")
 
 
 def test_headline_classifier_first_and_the_others_folded(report):
     _, _, text = report
-    accuracy = text[text.index("<h2>Accuracy</h2>"):text.index("<h2>Per-class")]
+    accuracy = text[text.index("<h2>Accuracy</h2>") : text.index("<h2>Per-class")]
     first_img = accuracy.index('alt="accuracy matrix nearest_prototype (headline)"')
     folded = re.findall(r'<details class="classifier"><summary>(.*?)</summary>(.*?)</details>', accuracy, flags=re.S)
     assert [re.search(r"<code>(.*?)</code>", s).group(1) for s, _ in folded] == ["ncm", "linear_probe"]
@@ -66,7 +79,7 @@ def test_training_curves_from_metrics_csv_with_a_global_step(report, tmp_path):
 
 def test_per_class_accuracy_equals_the_confusion_matrix(report):
     _, results, text = report
-    section = text[text.index("<h2>Per-class accuracy after the last task</h2>"):]
+    section = text[text.index("<h2>Per-class accuracy after the last task</h2>") :]
     cells = dict(re.findall(r'data-key="per_class/(\d+)" data-value="([^"]+)"', section))
     assert float(cells["0"]) == pytest.approx(80.0) and float(cells["2"]) == pytest.approx(50.0)
     assert cells["5"] == "null"  # no test image of that class
@@ -97,8 +110,12 @@ def _capture(monkeypatch):
 
 
 def _overlaps(boxes) -> list:
-    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)
-            and a.intersection(a, b).width > 1 and a.intersection(a, b).height > 1]
+    return [
+        (a, b)
+        for i, a in enumerate(boxes)
+        for b in boxes[i + 1 :]
+        if a.overlaps(b) and a.intersection(a, b).width > 1 and a.intersection(a, b).height > 1
+    ]
 
 
 def _slanted_too_close(fig) -> list:
@@ -121,12 +138,24 @@ def _slanted_too_close(fig) -> list:
 @pytest.mark.parametrize("count", [6, 10, 30])
 def test_class_names_never_overlap_on_bars_and_cosine_matrix(monkeypatch, tmp_path, count):
     figures = _capture(monkeypatch)
-    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-             "Ankle boot"] * 3
+    names = [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ] * 3
     names = [f"{n}{i // 10 or ''}" for i, n in enumerate(names[:count])]
     values = np.linspace(-0.3, 0.6, count)
-    plots.per_class_bars([("alignment per class", names, values, "cos"), ("drift", names[:-1], values[:-1], "1-cos")],
-                         tmp_path / "bars.png")
+    plots.per_class_bars(
+        [("alignment per class", names, values, "cos"), ("drift", names[:-1], values[:-1], "1-cos")],
+        tmp_path / "bars.png",
+    )
     plots.cosine_matrix(np.random.default_rng(0).uniform(-1, 1, (count, count)), tmp_path / "cos.png", names, names)
     for fig in figures:
         fig.canvas.draw()
@@ -140,8 +169,7 @@ def test_class_names_never_overlap_on_bars_and_cosine_matrix(monkeypatch, tmp_pa
 def test_legends_never_cover_a_bar_value(monkeypatch, tmp_path):
     figures = _capture(monkeypatch)
     # the last bars are the tallest: a legend in the upper right used to sit on their values
-    plots.forgetting_bars({"class_il": [10.0, 30.0, 60.0, 90.0], "task_il": [5.0, 8.0, 20.0, 85.0]},
-                          tmp_path / "f.png")
+    plots.forgetting_bars({"class_il": [10.0, 30.0, 60.0, 90.0], "task_il": [5.0, 8.0, 20.0, 85.0]}, tmp_path / "f.png")
     fig = figures[-1]
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -153,10 +181,19 @@ def test_legends_never_cover_a_bar_value(monkeypatch, tmp_path):
 def test_fwt_is_na_in_class_il_and_defined_in_task_il(tmp_path):
     import protosphere
 
-    run = protosphere.run({"data": {"dataset": "digits"}, "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"},
-                           "method": {"name": "er", "buffer_size": 20}, "train": {"epochs": 1, "batch_size": 64},
-                           "eval": {"neural_collapse": False, "embeddings": False}, "fabric": {"threads": 1},
-                           "output_dir": str(tmp_path)}, progress=False)
+    run = protosphere.run(
+        {
+            "data": {"dataset": "digits"},
+            "scenario": {"num_tasks": 2},
+            "model": {"backbone": "mlp"},
+            "method": {"name": "er", "buffer_size": 20},
+            "train": {"epochs": 1, "batch_size": 64},
+            "eval": {"neural_collapse": False, "embeddings": False},
+            "fabric": {"threads": 1},
+            "output_dir": str(tmp_path),
+        },
+        progress=False,
+    )
     metrics = run.results["metrics"]["head"]
     assert metrics["class_il"]["forward_transfer"] is None
     assert metrics["task_il"]["forward_transfer"] is not None
@@ -198,8 +235,7 @@ def test_best_needs_three_seeds_and_a_significant_difference():
     test = best_test(_rows({"a": [50.0, 60.0, 55.0], "b": [52.0, 58.0, 49.0]}), COLUMN)["k"]
     assert test["leader"] == "a" and test["p"] > 0.05 and test["best"] is None
     # n = 3, clearly apart: bold, with the test recorded
-    test = best_test(_rows({"a": [50.0, 51.0, 52.0], "b": [40.0, 41.0, 42.5], "c": [30.0, 31.0, 32.0]}),
-                     COLUMN)["k"]
+    test = best_test(_rows({"a": [50.0, 51.0, 52.0], "b": [40.0, 41.0, 42.5], "c": [30.0, 31.0, 32.0]}), COLUMN)["k"]
     assert test["best"] == "a" and test["runner_up"] == "b" and test["p"] < 0.05 and test["n"] == [3, 3]
     # forgetting: lower is better
     column = [Column("k", "forgetting", None, "class_il", "average_forgetting")]
@@ -211,8 +247,14 @@ def test_markdown_bolds_only_a_significant_best():
         rows = _rows(values)
         for row in rows:
             row.update(method="er", headline_classifier="head", runs=[], status=[])
-        return {"scenario": {"description": "x"}, "seeds": [0, 1], "columns": [c.__dict__ for c in COLUMN],
-                "rows": rows, "best": best_labels(rows, COLUMN), "command": "protosphere compare", }
+        return {
+            "scenario": {"description": "x"},
+            "seeds": [0, 1],
+            "columns": [c.__dict__ for c in COLUMN],
+            "rows": rows,
+            "best": best_labels(rows, COLUMN),
+            "command": "protosphere compare",
+        }
 
     two = to_markdown(summary({"a": [90.0, 91.0], "b": [10.0, 11.0]}))
     assert "**90.50" not in two and "Welch's t-test" in two

@@ -50,8 +50,12 @@ def test_sigkill_mid_task_then_resume_is_exact(tmp_path):
 
     run_dir = tmp_path / "runs" / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "protosphere.cli", "run", str(config), "name=killed",
-                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protosphere.cli", "run", str(config), "name=killed", "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     wanted, seen, last_mtime = random.Random().randint(1, 4), 0, None  # kill after a random number of checkpoints
     deadline = time.time() + 120

@@ -10,12 +10,19 @@ from protosphere.runs.runner import run
 
 
 def tiny_config(tmp_path, report):
-    return validate_config({
-        "output_dir": str(tmp_path / "runs"), "name": f"r-{report}", "data": {"dataset": "digits"},
-        "scenario": {"num_tasks": 2}, "model": {"backbone": "mlp"}, "method": {"name": "finetune"},
-        "train": {"epochs": 1, "batch_size": 32, "augmentation": "none"},
-        "eval": {"report": report, "random_init_baseline": False}, "fabric": {"threads": 1},
-    })
+    return validate_config(
+        {
+            "output_dir": str(tmp_path / "runs"),
+            "name": f"r-{report}",
+            "data": {"dataset": "digits"},
+            "scenario": {"num_tasks": 2},
+            "model": {"backbone": "mlp"},
+            "method": {"name": "finetune"},
+            "train": {"epochs": 1, "batch_size": 32, "augmentation": "none"},
+            "eval": {"report": report, "random_init_baseline": False},
+            "fabric": {"threads": 1},
+        }
+    )
 
 
 def test_background_report_is_written_after_the_run_returns(tmp_path):

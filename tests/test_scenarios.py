@@ -64,7 +64,8 @@ def test_rotation_by_90_degrees_matches_rot90():
     images = torch.randint(0, 255, (3, 1, 6, 6), dtype=torch.uint8)
     rotated = rotate_images(images, 90)
     assert torch.equal(rotated, torch.rot90(images, 1, dims=(2, 3))) or torch.equal(
-        rotated, torch.rot90(images, -1, dims=(2, 3)))
+        rotated, torch.rot90(images, -1, dims=(2, 3))
+    )
 
 
 def test_train_fraction_keeps_every_class(toy_dataset):

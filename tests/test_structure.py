@@ -13,8 +13,10 @@ import pytest
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "protosphere"
 OWNER = SOURCE / "runs" / "rundir.py"
 # a string that is a path to a file of a run: its name alone, or the end of a path
-RUN_FILE = re.compile(r"(?:.*/)?(?:config\.yaml|results\.json|metrics\.csv|report\.html|report\.log|embeddings\.npz|"
-                      r"run\.lock|\.write-test|checkpoints|[^/\s]*\.ckpt)")
+RUN_FILE = re.compile(
+    r"(?:.*/)?(?:config\.yaml|results\.json|metrics\.csv|report\.html|report\.log|embeddings\.npz|"
+    r"run\.lock|\.write-test|checkpoints|[^/\s]*\.ckpt)"
+)
 LONGEST = 60
 
 
@@ -28,14 +30,18 @@ def strings(tree: ast.AST) -> list[tuple[int, str]]:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             found.append((node.lineno, node.value))
         elif isinstance(node, ast.JoinedStr):
-            found.append((node.lineno, "".join(part.value if isinstance(part, ast.Constant) else "{}"
-                                               for part in node.values)))
+            found.append(
+                (node.lineno, "".join(part.value if isinstance(part, ast.Constant) else "{}" for part in node.values))
+            )
     return found
 
 
 def run_file_names(path: Path) -> list[str]:
-    return [f"{path.relative_to(SOURCE.parent)}:{line}: {text!r}" for line, text in strings(ast.parse(path.read_text()))
-            if RUN_FILE.fullmatch(text)]
+    return [
+        f"{path.relative_to(SOURCE.parent)}:{line}: {text!r}"
+        for line, text in strings(ast.parse(path.read_text()))
+        if RUN_FILE.fullmatch(text)
+    ]
 
 
 def test_only_the_run_folder_owner_spells_the_names_of_a_runs_files():
@@ -54,7 +60,9 @@ def test_the_check_sees_the_names_where_they_are_spelt():
 @pytest.mark.parametrize("module", ["runs/engine.py", "runs/runner.py", "runs/protocol.py"])
 def test_no_function_of_the_run_loop_is_over_60_lines(module):
     tree = ast.parse((SOURCE / module).read_text())
-    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines, from line {node.lineno})"
-            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and node.end_lineno - node.lineno + 1 > LONGEST]
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines, from line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > LONGEST
+    ]
     assert not long, f"{module}: split " + ", ".join(long)

@@ -17,9 +17,11 @@ from protosphere.runs.record import StoredRecord
 from protosphere.runs.rundir import RunDir
 from protosphere.runs.sweep import GridAxis, axis_names, compare, expand, parse_grid, split_values
 
-TINY = ('data: {dataset: digits}\nscenario: {num_tasks: 2}\nmodel: {backbone: mlp}\n'
-        'method: {name: %s}\ntrain: {epochs: 1, batch_size: 64}\noptimizer: {lr: 0.05}\n'
-        'eval: {report: "off", embeddings: false}\n')
+TINY = (
+    "data: {dataset: digits}\nscenario: {num_tasks: 2}\nmodel: {backbone: mlp}\n"
+    "method: {name: %s}\ntrain: {epochs: 1, batch_size: 64}\noptimizer: {lr: 0.05}\n"
+    'eval: {report: "off", embeddings: false}\n'
+)
 
 
 def write_config(folder: Path, stem: str, method: str = "er, buffer_size: 20") -> Path:
@@ -35,17 +37,24 @@ def test_parse_grid_values_and_errors():
     axes = parse_grid(["optimizer.lr=0.1, 0.2", "model.mlp_hidden=[100,100],[256]"])
     assert axes == [GridAxis("optimizer.lr", ("0.1", "0.2")), GridAxis("model.mlp_hidden", ("[100,100]", "[256]"))]
     assert split_values("a,[1,{b: 2}],c") == ["a", "[1,{b: 2}]", "c"]
-    for bad, words in [("optimizer.lr", "is not KEY=V1,V2"), ("=1,2", "is not KEY=V1,V2"),
-                       ("optimizer..lr=1", "is not KEY=V1,V2"), ("seed=0,1", "use --seeds"),
-                       ("output_dir=a,b", "--out DIR"), ("optimizer.lr=0.1,,0.2", "empty value"),
-                       ("optimizer.lr=0.1,0.1", "lists a value twice")]:
+    for bad, words in [
+        ("optimizer.lr", "is not KEY=V1,V2"),
+        ("=1,2", "is not KEY=V1,V2"),
+        ("optimizer..lr=1", "is not KEY=V1,V2"),
+        ("seed=0,1", "use --seeds"),
+        ("output_dir=a,b", "--out DIR"),
+        ("optimizer.lr=0.1,,0.2", "empty value"),
+        ("optimizer.lr=0.1,0.1", "lists a value twice"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             parse_grid([bad])
     with pytest.raises(ConfigError, match="given twice"):
         parse_grid(["optimizer.lr=0.1", "optimizer.lr=0.2"])
     assert axis_names(parse_grid(["optimizer.lr=1", "train.batch_size=2"])) == ["lr", "batch_size"]
-    assert axis_names([GridAxis("optimizer.lr", ("1",)), GridAxis("method.probe.lr", ("2",))]) == \
-        ["optimizer.lr", "method.probe.lr"]  # a shared last part is ambiguous: the whole key
+    assert axis_names([GridAxis("optimizer.lr", ("1",)), GridAxis("method.probe.lr", ("2",))]) == [
+        "optimizer.lr",
+        "method.probe.lr",
+    ]  # a shared last part is ambiguous: the whole key
 
 
 def test_expand_is_the_cross_product_with_readable_names_and_precedence(tmp_path):
@@ -53,8 +62,13 @@ def test_expand_is_the_cross_product_with_readable_names_and_precedence(tmp_path
     out = tmp_path / "out"
     axes = parse_grid(["optimizer.lr=0.1,0.2", "train.batch_size=16,32"])
     runs = expand([er, finetune], ["train.epochs=2"], axes, seeds=2, out=out)
-    expected = [(path.stem, lr, batch, seed) for path in (er, finetune) for lr in (0.1, 0.2) for batch in (16, 32)
-                for seed in (0, 1)]
+    expected = [
+        (path.stem, lr, batch, seed)
+        for path in (er, finetune)
+        for lr in (0.1, 0.2)
+        for batch in (16, 32)
+        for seed in (0, 1)
+    ]
     assert len(runs) == len(expected) == 16
     for run, (stem, lr, batch, seed) in zip(runs, expected):
         config = run.config
@@ -93,10 +107,16 @@ def known_runs(monkeypatch):
         calls.append(config.name)
         value = 100 * config.optimizer.lr + config.seed
         matrix = [[value] * 2] * 2
-        results = {"name": config.name, "status": "complete", "seed": config.seed, "method": config.method.name,
-                   "headline_classifier": "head", "config": config.model_dump(mode="json"),
-                   "accuracy": {"head": {"class_il": matrix, "task_il": matrix}},
-                   "metrics": {"head": {s: summarize(matrix, [10.0, 10.0]) for s in ("class_il", "task_il")}}}
+        results = {
+            "name": config.name,
+            "status": "complete",
+            "seed": config.seed,
+            "method": config.method.name,
+            "headline_classifier": "head",
+            "config": config.model_dump(mode="json"),
+            "accuracy": {"head": {"class_il": matrix, "task_il": matrix}},
+            "metrics": {"head": {s: summarize(matrix, [10.0, 10.0]) for s in ("class_il", "task_il")}},
+        }
         run_dir = RunDir.of(config).prepare(resume=resume, overwrite=overwrite)
         (run_dir / "results.json").write_text(json.dumps(results))
         return StoredRecord.from_data(results), run_dir
@@ -121,8 +141,9 @@ def test_compare_grid_rows_and_markdown_match_the_console(tmp_path, known_runs):
     er = write_config(tmp_path, "er")
     markdown = tmp_path / "tables" / "er.md"
     console = Console(record=True, width=250)
-    summary = compare([er], seeds=3, out=tmp_path / "out", grid=["optimizer.lr=0.5,0.6"], markdown=markdown,
-                      console=console)
+    summary = compare(
+        [er], seeds=3, out=tmp_path / "out", grid=["optimizer.lr=0.5,0.6"], markdown=markdown, console=console
+    )
     assert known_runs == [f"er-lr-{lr}-seed{s}" for lr in (0.5, 0.6) for s in range(3)]
     rows = {r["label"]: r for r in summary["rows"]}
     stat = rows["er lr=0.6"]["values"]["headline/class_il/final_average_accuracy"]

@@ -30,8 +30,9 @@ def test_apply_threads_follows_the_config_only():
             self.backbone = backbone
 
     try:
-        mammoth = validate_config({"model": {"backbone": "mlp"}, "train": {"batch_size": 10},
-                                   "fabric": {"accelerator": "cpu"}})
+        mammoth = validate_config(
+            {"model": {"backbone": "mlp"}, "train": {"batch_size": 10}, "fabric": {"accelerator": "cpu"}}
+        )
         assert apply_threads(mammoth, Holder(build_backbone("mlp", 1, 28)), (1, 28, 28)) == 1
         assert torch.get_num_threads() == 1
         explicit = validate_config({"model": {"backbone": "mlp"}, "fabric": {"threads": 2, "accelerator": "cpu"}})

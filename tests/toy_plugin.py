@@ -24,7 +24,7 @@ def toy_quadrants(root, download, *, image_size=None) -> ImageDataset:
         images = rng.integers(0, 60, size=(n, 8, 8, 1), dtype=np.uint8)
         for i, c in enumerate(labels):
             row, col = divmod(int(c), 2)
-            images[i, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 180
+            images[i, 4 * row : 4 * row + 4, 4 * col : 4 * col + 4] += 180
         return images, labels
 
     train, test = split(160), split(40)

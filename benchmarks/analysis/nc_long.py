@@ -34,8 +34,9 @@ def plot(data: dict[str, dict[int, dict]], out: Path) -> None:
         if not seeds:
             continue
         for ax, (title, metric) in zip(axes, panels):
-            curves = [accuracy_curve(r, headline(r)) if metric is None else metric_curve(r, metric)
-                      for r in seeds.values()]
+            curves = [
+                accuracy_curve(r, headline(r)) if metric is None else metric_curve(r, metric) for r in seeds.values()
+            ]
             n = min(len(c) for c in curves)
             values = np.array([c[:n] for c in curves])
             x = np.arange(1, n + 1)

@@ -27,8 +27,7 @@ from protosphere.report.summaries import NC_METRICS, compare_rows, finished, fmt
 
 
 def table(out: Path) -> list[str]:
-    lines = ["| run | features | seeds | " + " | ".join(NC_METRICS) + " |",
-             "|---|---|---|" + "---|" * len(NC_METRICS)]
+    lines = ["| run | features | seeds | " + " | ".join(NC_METRICS) + " |", "|---|---|---|" + "---|" * len(NC_METRICS)]
     closed_lines = ["| run | seeds | " + " | ".join(NC_METRICS) + " |", "|---|---|" + "---|" * len(NC_METRICS)]
     for row in compare_rows(out):
         seeds = list(finished(row))
@@ -45,12 +44,26 @@ def table(out: Path) -> list[str]:
         for split, values in rows.items():
             cells = [fmt([r[m] for r in values if m in r], 3) for m in NC_METRICS]
             lines.append(f"| {row.label} | {split} | {seed_text} | " + " | ".join(cells) + " |")
-        closed = [fmt([100 * (1 - end[m] / start[m]) for start, end in zip(rows["train, untrained network"],
-                                                                          rows["train"]) if m in end and m in start],
-                      1) for m in NC_METRICS]
+        closed = [
+            fmt(
+                [
+                    100 * (1 - end[m] / start[m])
+                    for start, end in zip(rows["train, untrained network"], rows["train"])
+                    if m in end and m in start
+                ],
+                1,
+            )
+            for m in NC_METRICS
+        ]
         closed_lines.append(f"| {row.label} | {seed_text} | " + " | ".join(closed) + " |")
-    return [*lines, "", "Share of the way from the untrained network to the limit (0) closed on training features, "
-            "100 · (1 − final / untrained), %:", "", *closed_lines]
+    return [
+        *lines,
+        "",
+        "Share of the way from the untrained network to the limit (0) closed on training features, "
+        "100 · (1 − final / untrained), %:",
+        "",
+        *closed_lines,
+    ]
 
 
 def main(argv=None) -> int:

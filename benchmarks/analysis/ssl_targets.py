@@ -25,19 +25,26 @@ def main(argv) -> int:
         rows += [compare(root, cassle, f"{plain}-{scenario}") for plain in ("moco", "simclr")]
         rows += [compare(root, sycon, f"{plain}-{scenario}") for plain in ("moco", "simclr")]
     # the same order with SimCLR as the base of both stability methods (class-IL only)
-    rows += [compare(root, "sycon-simclr-class-il", "cassle-simclr-class-il"),
-             compare(root, "cassle-simclr-class-il", "simclr-class-il"),
-             compare(root, "sycon-simclr-class-il", "simclr-class-il")]
+    rows += [
+        compare(root, "sycon-simclr-class-il", "cassle-simclr-class-il"),
+        compare(root, "cassle-simclr-class-il", "simclr-class-il"),
+        compare(root, "sycon-simclr-class-il", "simclr-class-il"),
+    ]
     print("| target | left, class-IL (%) | right, class-IL (%) | margin | verdict | seeds |")
     print("|---|---|---|---|---|---|")
     missing = [r for r in rows if "no shared finished seeds" in r]
     print("\n".join(r for r in rows if r not in missing))
     if missing:
-        print("\nNot compared (no seed finished on both sides): "
-              + "; ".join(r.split("|")[1].strip() for r in missing) + ".")
-    print("\nEvery method is scored with the linear probe on frozen features over all classes seen so far, fitted "
-          "after the last task (the CaSSLe protocol); a margin within one standard deviation of either side is not a "
-          "difference these seeds can resolve.")
+        print(
+            "\nNot compared (no seed finished on both sides): "
+            + "; ".join(r.split("|")[1].strip() for r in missing)
+            + "."
+        )
+    print(
+        "\nEvery method is scored with the linear probe on frozen features over all classes seen so far, fitted "
+        "after the last task (the CaSSLe protocol); a margin within one standard deviation of either side is not a "
+        "difference these seeds can resolve."
+    )
     return 0
 
 

@@ -24,12 +24,16 @@ def main(argv) -> int:
         return 2
     runs = Path(argv[0])
     if not (runs / "compare.json").is_file():
-        print(f"No grid under {runs}: run the `protosphere compare configs/nc/clop-10.yaml --grid ...` command of "
-              f"docs/results.md with --out {runs} first.")
+        print(
+            f"No grid under {runs}: run the `protosphere compare configs/nc/clop-10.yaml --grid ...` command of "
+            f"docs/results.md with --out {runs} first."
+        )
         return 2
     print("\n".join(clop_grid_tables(clop_grid_cells(runs))))
-    print("\nCell: linear-probe / nearest-prototype accuracy (%) on the test set; rank: between-class / within-class "
-          "effective rank of the test features (K − 1 = 9 at most between classes).")
+    print(
+        "\nCell: linear-probe / nearest-prototype accuracy (%) on the test set; rank: between-class / within-class "
+        "effective rank of the test features (K − 1 = 9 at most between classes)."
+    )
     return 0
 
 

@@ -22,10 +22,10 @@ from protosphere.runs.sweep import finished_runs
 METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
 
 
-
 def load_runs(root: Path, stem: str) -> dict[int, dict]:
     """{seed: results.json as plain data} of the finished runs of one config."""
     return {seed: record.to_data() for seed, record in finished_runs(root, stem).items()}
+
 
 def fmt(values, digits: int = 2) -> str:
     return format_mean_std(mean_std(list(values)), digits)
@@ -51,9 +51,14 @@ def first_epoch_reaching(history: list[dict], metric: str, target: float) -> int
 
 
 def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> list[str]:
-    lines = ["| run | classifier | accuracy (%) | seeds | fit s | predict s | "
-             + " | ".join(METRICS) + " | first epoch ≤ CE's final " + " / ".join(METRICS) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    lines = [
+        "| run | classifier | accuracy (%) | seeds | fit s | predict s | "
+        + " | ".join(METRICS)
+        + " | first epoch ≤ CE's final "
+        + " / ".join(METRICS)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(METRICS) + "---|",
+    ]
     for stem in stems:
         by_seed = load_runs(runs, stem)
         if not by_seed:
@@ -76,8 +81,13 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
         for i, classifier in enumerate(first["accuracy"]):
             # runs written before per-classifier timings were recorded have none: average over the runs that do
             timed = {seed: r for seed, r in by_seed.items() if all("classifiers" in t for t in r["timings"]["tasks"])}
-            fit, predict = ([sum(t["classifiers"].get(classifier, {}).get(k, 0.0) for t in r["timings"]["tasks"])
-                             for r in timed.values()] for k in ("fit_s", "predict_s"))
+            fit, predict = (
+                [
+                    sum(t["classifiers"].get(classifier, {}).get(k, 0.0) for t in r["timings"]["tasks"])
+                    for r in timed.values()
+                ]
+                for k in ("fit_s", "predict_s")
+            )
             partial = f" (seeds {','.join(map(str, timed))})" if timed and len(timed) < len(by_seed) else ""
             fit_cell = fmt(fit, 2) + partial if timed else "n/a"
             predict_cell = fmt(predict, 2) + partial if timed else "n/a"
@@ -85,8 +95,12 @@ def accuracy_table(runs: Path, baseline: dict[int, dict], stems: list[str]) -> l
             lines.append(
                 f"| {stem} | {classifier}{head} | {fmt([final_accuracy(r, classifier) for r in by_seed.values()])} "
                 f"| {','.join(map(str, seeds))} | {fit_cell} | {predict_cell} | "
-                + (f"{nc_cells} | {' / '.join(reached) or 'n/a (no eval.per_epoch)'} |" if i == 0
-                   else " |" * len(METRICS) + " |"))
+                + (
+                    f"{nc_cells} | {' / '.join(reached) or 'n/a (no eval.per_epoch)'} |"
+                    if i == 0
+                    else " |" * len(METRICS) + " |"
+                )
+            )
     return lines
 
 
@@ -102,11 +116,13 @@ def epochs_table(runs: Path, stems: list[str]) -> list[str]:
         if not by_seed:
             continue
         head = by_seed[min(by_seed)]["headline_classifier"]
-        series = {"accuracy (%)": [[e["accuracy"][head]["class_il"][0] for e in r["per_epoch"]]
-                                   for r in by_seed.values()]}
+        series = {
+            "accuracy (%)": [[e["accuracy"][head]["class_il"][0] for e in r["per_epoch"]] for r in by_seed.values()]
+        }
         for metric in ("nc1", "equiangularity", "max_angle", "nc3"):
-            series[metric] = [[(e.get("neural_collapse") or {}).get(metric) for e in r["per_epoch"]]
-                              for r in by_seed.values()]
+            series[metric] = [
+                [(e.get("neural_collapse") or {}).get(metric) for e in r["per_epoch"]] for r in by_seed.values()
+            ]
         for name, per_seed in series.items():
             length = min(len(v) for v in per_seed)
             epochs = max(epochs, length)
@@ -115,8 +131,10 @@ def epochs_table(runs: Path, stems: list[str]) -> list[str]:
             rows.append(f"| {stem} ({head}) | {name} | " + " | ".join(cells) + f" | {len(by_seed)} |")
     if not rows:
         return []
-    return (["| run | metric | " + " | ".join(f"epoch {i + 1}" for i in range(epochs)) + " | seeds |",
-             "|---|---|" + "---|" * epochs + "---|"] + rows)
+    return [
+        "| run | metric | " + " | ".join(f"epoch {i + 1}" for i in range(epochs)) + " | seeds |",
+        "|---|---|" + "---|" * epochs + "---|",
+    ] + rows
 
 
 def main(argv) -> int:
@@ -135,16 +153,20 @@ def main(argv) -> int:
         print("\n".join(over_epochs))
     corruptions = corruption_table(runs, baseline, stems)
     if corruptions:
-        print("\nCorruptions (8 types × 5 severities, headline classifier; mCE = mean over corruptions of "
-              "100 · Σ_s E_s / Σ_s E_s^CE, paired by seed):\n")
+        print(
+            "\nCorruptions (8 types × 5 severities, headline classifier; mCE = mean over corruptions of "
+            "100 · Σ_s E_s / Σ_s E_s^CE, paired by seed):\n"
+        )
         print("\n".join(corruptions))
     env = baseline[min(baseline)]["environment"]
-    print(f"\nNC metrics on test-split encoder features after the last epoch (test features; nc3/nc4 use each method's "
-          f"classifier weights); 'first epoch' lists, per seed, the first epoch whose value is ≤ the same seed's CE "
-          f"final value (— never). fit/predict s: seconds to fit the classifier after training (class-mean EMA: kept "
-          f"during training) and to classify the test set; the shared feature encoding is not included. "
-          f"Machine: {env['cpu']} ({env['cpu_count']} cores; each run single-threaded, two at a time), "
-          f"torch {env['torch']}.")
+    print(
+        f"\nNC metrics on test-split encoder features after the last epoch (test features; nc3/nc4 use each method's "
+        f"classifier weights); 'first epoch' lists, per seed, the first epoch whose value is ≤ the same seed's CE "
+        f"final value (— never). fit/predict s: seconds to fit the classifier after training (class-mean EMA: kept "
+        f"during training) and to classify the test set; the shared feature encoding is not included. "
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores; each run single-threaded, two at a time), "
+        f"torch {env['torch']}."
+    )
     return 0
 
 

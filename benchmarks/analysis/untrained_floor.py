@@ -23,7 +23,7 @@ def main(argv) -> int:
     if "--seeds" in argv:
         i = argv.index("--seeds")
         seeds = [int(s) for s in argv[i + 1].split(",")]
-        argv = argv[:i] + argv[i + 2:]
+        argv = argv[:i] + argv[i + 2 :]
     configs = [a for a in argv if a.endswith(".yaml")]
     overrides = [a for a in argv if "=" in a and not a.endswith(".yaml")]
     print("| config | classifier | untrained class-IL accuracy after the last task (%) | seeds |")

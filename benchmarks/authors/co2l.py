@@ -57,8 +57,12 @@ def main(argv=None):
     environment = common.machine()
     cfg, method = start.config, start.config.method
     epochs = args.epochs or cfg.train.epochs
-    checks = {"base_temperature": (method.base_temperature, 0.07), "projection_dim": (method.projection_dim, 128),
-              "warmup_epochs": (cfg.optimizer.warmup_epochs, 0), "scheduler": (cfg.optimizer.scheduler, "cosine")}
+    checks = {
+        "base_temperature": (method.base_temperature, 0.07),
+        "projection_dim": (method.projection_dim, 128),
+        "warmup_epochs": (cfg.optimizer.warmup_epochs, 0),
+        "scheduler": (cfg.optimizer.scheduler, "cosine"),
+    }
     for key, (ours, theirs_fixed) in checks.items():  # what their flags cannot express must match their default
         if ours != theirs_fixed:
             raise SystemExit(f"{config_name}.yaml has {key}={ours}; Co2L's code fixes it at {theirs_fixed}")
@@ -66,18 +70,53 @@ def main(argv=None):
     probe_dir = workdir / "probe_buffer"
     probe_dir.mkdir(parents=True, exist_ok=True)
     arrays = common.install_dataset(start, args.fraction, args.seed)
-    train_argv = ["--batch_size", cfg.train.batch_size, "--model", common.BACKBONE_NAME, "--dataset", "cifar10",
-                  "--mem_size", args.buffer, "--epochs", epochs, "--start_epoch", epochs,
-                  "--learning_rate", cfg.optimizer.lr, "--momentum", cfg.optimizer.momentum,
-                  "--weight_decay", cfg.optimizer.weight_decay, "--cosine", "--temp", method.temperature,
-                  "--current_temp", method.ird_current_temperature, "--past_temp", method.ird_past_temperature,
-                  "--distill_power", method.distill_weight, "--num_workers", 0, "--trial", f"seed{args.seed}"]
+    train_argv = [
+        "--batch_size",
+        cfg.train.batch_size,
+        "--model",
+        common.BACKBONE_NAME,
+        "--dataset",
+        "cifar10",
+        "--mem_size",
+        args.buffer,
+        "--epochs",
+        epochs,
+        "--start_epoch",
+        epochs,
+        "--learning_rate",
+        cfg.optimizer.lr,
+        "--momentum",
+        cfg.optimizer.momentum,
+        "--weight_decay",
+        cfg.optimizer.weight_decay,
+        "--cosine",
+        "--temp",
+        method.temperature,
+        "--current_temp",
+        method.ird_current_temperature,
+        "--past_temp",
+        method.ird_past_temperature,
+        "--distill_power",
+        method.distill_weight,
+        "--num_workers",
+        0,
+        "--trial",
+        f"seed{args.seed}",
+    ]
     train_argv = [str(a) for a in train_argv]
-    common.announce(f"Co2L on Seq-FashionMNIST: {name}", common.numbered_items(__doc__),
-                    {"checkout": str(args.co2l), "commit": common.checkout_commit(args.co2l),
-                     "train_argv": " ".join(train_argv), "fraction": args.fraction,
-                     "train_rows": len(arrays["train"][1]), "test_rows": len(arrays["test"][1]),
-                     "init_checksum": start.checksum})
+    common.announce(
+        f"Co2L on Seq-FashionMNIST: {name}",
+        common.numbered_items(__doc__),
+        {
+            "checkout": str(args.co2l),
+            "commit": common.checkout_commit(args.co2l),
+            "train_argv": " ".join(train_argv),
+            "fraction": args.fraction,
+            "train_rows": len(arrays["train"][1]),
+            "test_rows": len(arrays["test"][1]),
+            "init_checksum": start.checksum,
+        },
+    )
 
     # --- their modules, with the replacements -------------------------------------------------------------------
     common.import_from_checkout(args.co2l, "main.py")
@@ -131,35 +170,70 @@ def main(argv=None):
     for t in tasks:
         stored, rows = common.stored_rows(logs, opt, t, arrays)
         probe_epochs = common.probe_epochs(rows, args.probe_epochs)
-        eval_argv = ["--target_task", t, "--dataset", "cifar10", "--learning_rate", common.PROBE_LR,
-                     "--batch_size", common.PROBE_BATCH, "--epochs", probe_epochs, "--cosine", "--num_workers", 0,
-                     "--model", common.BACKBONE_NAME, "--ckpt", workdir / opt.save_folder, "--logpt", logs,
-                     "--print_freq", 1000]
+        eval_argv = [
+            "--target_task",
+            t,
+            "--dataset",
+            "cifar10",
+            "--learning_rate",
+            common.PROBE_LR,
+            "--batch_size",
+            common.PROBE_BATCH,
+            "--epochs",
+            probe_epochs,
+            "--cosine",
+            "--num_workers",
+            0,
+            "--model",
+            common.BACKBONE_NAME,
+            "--ckpt",
+            workdir / opt.save_folder,
+            "--logpt",
+            logs,
+            "--print_freq",
+            1000,
+        ]
         sys.argv = ["main_linear_buffer.py", *[str(a) for a in eval_argv]]
         common.seed_all(args.seed)
         began = time.time()
         main_linear_buffer.main()
         eval_s += time.time() - began
         _, _, corr, cnt, their_task = probe.result
-        row_class, row_task, record = common.probe_row(probe, t, per_task, (corr, cnt, their_task), stored, arrays,
-                                                       probe_epochs, rows, began)
+        row_class, row_task, record = common.probe_row(
+            probe, t, per_task, (corr, cnt, their_task), stored, arrays, probe_epochs, rows, began
+        )
         class_il.append(row_class)
         task_il.append(row_task)
         probes.append(record)
 
     record = {
-        "code": "co2l", "repository": "chaht01/Co2L", "commit": common.checkout_commit(args.co2l),
-        "config": config_name, "seed": args.seed, "buffer": args.buffer, "method": "co2l",
-        "fraction": args.fraction, "epochs": epochs,
-        "class_il": class_il, "task_il": task_il,
-        "summary": {"class_il": common.matrix_means(class_il, len(tasks) == num_tasks),
-                    "task_il": common.matrix_means(task_il, len(tasks) == num_tasks)},
-        "probes": probes, "train_loss": losses.loss, "distill_loss": losses.distill,
+        "code": "co2l",
+        "repository": "chaht01/Co2L",
+        "commit": common.checkout_commit(args.co2l),
+        "config": config_name,
+        "seed": args.seed,
+        "buffer": args.buffer,
+        "method": "co2l",
+        "fraction": args.fraction,
+        "epochs": epochs,
+        "class_il": class_il,
+        "task_il": task_il,
+        "summary": {
+            "class_il": common.matrix_means(class_il, len(tasks) == num_tasks),
+            "task_il": common.matrix_means(task_il, len(tasks) == num_tasks),
+        },
+        "probes": probes,
+        "train_loss": losses.loss,
+        "distill_loss": losses.distill,
         "steps_per_task": [losses.steps_per_task.get(t, 0) for t in range(num_tasks)],
-        "probed_tasks": list(tasks), "wall_s": time.time() - wall_start,
+        "probed_tasks": list(tasks),
+        "wall_s": time.time() - wall_start,
         "timings": {"train_s": train_s, "eval_s": eval_s, "total_s": time.time() - wall_start},
-        "init_checksum": start.checksum, "train_argv": train_argv, "command": sys.orig_argv,
-        "replacements": common.numbered_items(__doc__), "environment": environment,
+        "init_checksum": start.checksum,
+        "train_argv": train_argv,
+        "command": sys.orig_argv,
+        "replacements": common.numbered_items(__doc__),
+        "environment": environment,
     }
     path = common.write_result(args.out, name, record)
     print(f"[harness] wrote {path}", flush=True)

@@ -100,8 +100,9 @@ def allow_their_checkpoints() -> None:
 
 def checkout_commit(path: Path) -> str:
     try:
-        return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -115,6 +116,7 @@ def import_from_checkout(path: Path, probe_file: str) -> None:
 
 
 # --- protosphere's side: scenario and initial weights ------------------------------------------------------------
+
 
 @dataclass
 class Start:
@@ -142,8 +144,14 @@ def protosphere_start(config_name: str, seed: int) -> Start:
     backbone, projector = copy.deepcopy(method.backbone), copy.deepcopy(method.projector)
     if config.model.channels_last:  # memory layout only (protosphere's engine feeds channels-last batches too)
         to_channels_last(backbone)
-    checksum = float(sum(p.detach().abs().sum() for m in (backbone, projector) for p in m.state_dict().values()
-                         if p.is_floating_point()))
+    checksum = float(
+        sum(
+            p.detach().abs().sum()
+            for m in (backbone, projector)
+            for p in m.state_dict().values()
+            if p.is_floating_point()
+        )
+    )
     return Start(config, scenario, backbone, projector, checksum)
 
 
@@ -164,6 +172,7 @@ def install_backbone(model_dict: dict, supcon_class: type, start: Start) -> type
 
 # --- data --------------------------------------------------------------------------------------------------------
 
+
 def scenario_arrays(scenario, fraction: float, seed: int) -> dict:
     """(images (N, H, W) uint8, labels (N,) int64) of the train and test splits, tasks in order; with
     ``fraction`` < 1 a class-stratified subset of both (smoke runs)."""
@@ -175,8 +184,14 @@ def scenario_arrays(scenario, fraction: float, seed: int) -> dict:
         x = torch.cat([getattr(t, f"{split}_images") for t in scenario.tasks])[:, 0].numpy()
         y = torch.cat([getattr(t, f"{split}_labels") for t in scenario.tasks]).numpy()
         if fraction < 1:
-            keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:max(1, round(fraction * (y == c)
-                                           .sum()))] for c in np.unique(y)]))
+            keep = np.sort(
+                np.concatenate(
+                    [
+                        rng.permutation(np.flatnonzero(y == c))[: max(1, round(fraction * (y == c).sum()))]
+                        for c in np.unique(y)
+                    ]
+                )
+            )
             x, y = x[keep], y[keep]
         out[split] = (np.ascontiguousarray(x), y.astype(np.int64))
     return out
@@ -188,8 +203,15 @@ def fmnist_transforms(scenario) -> dict:
 
     size = scenario.image_shape[1]
     normalize = T.Normalize(scenario.mean, scenario.std)
-    train = T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0)), T.RandomHorizontalFlip(),
-                       T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8), T.ToTensor(), normalize])
+    train = T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+            T.ToTensor(),
+            normalize,
+        ]
+    )
     return {"train": train, "test": T.Compose([T.ToTensor(), normalize])}
 
 
@@ -254,6 +276,7 @@ def install_dataset(start: Start, fraction: float, seed: int) -> dict:
 
 
 # --- recording hooks ---------------------------------------------------------------------------------------------
+
 
 class LossRecorder:
     """Per-step losses as their own training loop logs them. Both loops create four meters in this order — samix
@@ -343,7 +366,7 @@ class ProbeRecorder:
             rows = (y // cls_per_task) == j
             lo = j * cls_per_task
             c = (out[rows].argmax(1) == y[rows]).double()
-            t = (out[rows, lo:lo + cls_per_task].argmax(1) == y[rows] - lo).double()
+            t = (out[rows, lo : lo + cls_per_task].argmax(1) == y[rows] - lo).double()
             class_il.append(100.0 * c.mean().item())
             task_il.append(100.0 * t.mean().item())
             hits_c, hits_t = hits_c + c.sum().item(), hits_t + t.sum().item()
@@ -404,8 +427,18 @@ def stored_rows(logs: Path, opt, task: int, arrays: dict) -> tuple[np.ndarray, i
     return stored, int(own) + len(stored)
 
 
-def probe_row(probe, task: int, per_task: int, their: tuple, stored: np.ndarray, arrays: dict, epochs: int,
-              rows: int, began: float, **extra) -> tuple[list, list, dict]:
+def probe_row(
+    probe,
+    task: int,
+    per_task: int,
+    their: tuple,
+    stored: np.ndarray,
+    arrays: dict,
+    epochs: int,
+    rows: int,
+    began: float,
+    **extra,
+) -> tuple[list, list, dict]:
     """Row ``task`` of the class-IL and task-IL matrices from the outputs their ``validate`` scored, checked against
     their own overall numbers (``their`` = correct per class, counts per class, their task-IL accuracy), and the
     probe's record."""
@@ -413,14 +446,27 @@ def probe_row(probe, task: int, per_task: int, their: tuple, stored: np.ndarray,
     corr, cnt, their_task = their
     their_overall = float(np.sum(corr) / np.sum(cnt) * 100.0)
     if abs(their_overall - overall) > 1e-6 or abs(float(their_task) - overall_task) > 1e-4:
-        raise RuntimeError(f"per-task split disagrees with their validate: {overall} vs {their_overall}, "
-                           f"{overall_task} vs {float(their_task)}")
+        raise RuntimeError(
+            f"per-task split disagrees with their validate: {overall} vs {their_overall}, "
+            f"{overall_task} vs {float(their_task)}"
+        )
     counts = np.unique(arrays["train"][1][stored.astype(int)], return_counts=True)[1].tolist() if len(stored) else []
-    record = {"task": task, "epochs": epochs, "rows": rows, "stored_rows": len(stored), "stored_per_class": counts,
-              "their_last_class_il": their_overall, "their_last_task_il": float(their_task), **extra,
-              "seconds": time.time() - began}
-    print(f"[harness] after task {task}: class-IL per task {np.round(row_class, 2).tolist()}, task-IL "
-          f"{np.round(row_task, 2).tolist()}", flush=True)
+    record = {
+        "task": task,
+        "epochs": epochs,
+        "rows": rows,
+        "stored_rows": len(stored),
+        "stored_per_class": counts,
+        "their_last_class_il": their_overall,
+        "their_last_task_il": float(their_task),
+        **extra,
+        "seconds": time.time() - began,
+    }
+    print(
+        f"[harness] after task {task}: class-IL per task {np.round(row_class, 2).tolist()}, task-IL "
+        f"{np.round(row_task, 2).tolist()}",
+        flush=True,
+    )
     return row_class, row_task, record
 
 
@@ -438,17 +484,24 @@ def probe_epochs(rows: int, override: int | None = None) -> int:
 
 # --- command line, report, result file ---------------------------------------------------------------------------
 
+
 def parser(code: str, checkout_flag: str, default_checkout: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=f"Run the authors' {code} code on protosphere's Seq-FashionMNIST work "
-                                            f"(see benchmarks/authors/README.md).")
+    p = argparse.ArgumentParser(
+        description=f"Run the authors' {code} code on protosphere's Seq-FashionMNIST work "
+        f"(see benchmarks/authors/README.md)."
+    )
     p.add_argument(checkout_flag, type=Path, default=Path(default_checkout), help="the authors' checkout")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--buffer", type=int, choices=(0, 200), default=0, help="0: memory-free; 200: replay buffer")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "authors")
     p.add_argument("--fraction", type=float, default=1.0, help="class-stratified fraction of train and test (smoke)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the config's, 5)")
-    p.add_argument("--probe-epochs", type=int, default=None,
-                   help="linear-probe epochs (default: protosphere's, 10 or more for at least 300 steps; smoke runs)")
+    p.add_argument(
+        "--probe-epochs",
+        type=int,
+        default=None,
+        help="linear-probe epochs (default: protosphere's, 10 or more for at least 300 steps; smoke runs)",
+    )
     p.add_argument("--probe-tasks", default="all", help="'all' (the full matrix) or 'last'")
     return p
 
@@ -481,8 +534,10 @@ def announce(title: str, replacements: list[str], settings: dict) -> None:
 def matrix_means(rows: list[list[float]], every_task: bool) -> dict:
     """Final average accuracy (mean of the last row; ``rows[t]`` holds test tasks 0..t) and, when every task was
     probed, the average incremental accuracy (mean of the rows' means)."""
-    return {"final_average": float(np.mean(rows[-1])),
-            "average_incremental": float(np.mean([np.mean(r) for r in rows])) if every_task else None}
+    return {
+        "final_average": float(np.mean(rows[-1])),
+        "average_incremental": float(np.mean([np.mean(r) for r in rows])) if every_task else None,
+    }
 
 
 def machine() -> dict:
@@ -494,8 +549,14 @@ def machine() -> dict:
 
         return environment()
     except ImportError as exc:  # e.g. a protosphere checkout caught mid-edit: keep the essentials
-        return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "note": str(exc)}
+        return {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "note": str(exc),
+        }
 
 
 def write_result(out_dir: Path, name: str, record: dict) -> Path:

@@ -73,8 +73,13 @@ def epoch_means(xs, ys, tasks, epochs: int) -> dict[int, tuple[float, float]]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ours", type=Path, action="append", required=True, help="a protosphere run folder (repeatable)")
-    p.add_argument("--theirs", type=Path, action="append", required=True,
-                   help="the authors' run JSON paired with the --ours of the same position")
+    p.add_argument(
+        "--theirs",
+        type=Path,
+        action="append",
+        required=True,
+        help="the authors' run JSON paired with the --ours of the same position",
+    )
     p.add_argument("--epochs", type=int, default=5, help="epochs per task (for the first/last-epoch means)")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write (an SVG is written beside it)")
     args = p.parse_args(argv)
@@ -92,10 +97,13 @@ def main(argv=None) -> None:
         tx, ty, tt = theirs_losses(theirs_json)
         record = json.loads(theirs_json.read_text())
         ax.plot(tx, ty, color="tab:orange", alpha=0.25, linewidth=0.6)
-        ax.plot(tx, running_mean(ty, 50), color="tab:orange", label=f"{record['code']} @ {record['commit'][:7]} "
-                f"(every step; 50-step mean)")
-        ax.plot(ox, oy, "o-", color="tab:blue", markersize=3, linewidth=1,
-                label="protosphere (every 50th step)")
+        ax.plot(
+            tx,
+            running_mean(ty, 50),
+            color="tab:orange",
+            label=f"{record['code']} @ {record['commit'][:7]} (every step; 50-step mean)",
+        )
+        ax.plot(ox, oy, "o-", color="tab:blue", markersize=3, linewidth=1, label="protosphere (every 50th step)")
         for t in range(1, max(ot) + 1):
             ax.axvline(t, color="grey", linewidth=0.5, linestyle=":")
         ax.set_title(f"{ours_run.name} vs {theirs_json.stem}")
@@ -107,8 +115,10 @@ def main(argv=None) -> None:
         print("|---|---|---|---|---|---|")
         om, tm = epoch_means(ox, oy, ot, args.epochs), epoch_means(tx, ty, tt, args.epochs)
         for t in sorted(om):
-            print(f"| {t + 1} | {om[t][0]:.2f} | {tm[t][0]:.2f} | {om[t][1]:.2f} | {tm[t][1]:.2f} | "
-                  f"{om[t][1] - tm[t][1]:+.2f} |")
+            print(
+                f"| {t + 1} | {om[t][0]:.2f} | {tm[t][0]:.2f} | {om[t][1]:.2f} | {tm[t][1]:.2f} | "
+                f"{om[t][1] - tm[t][1]:+.2f} |"
+            )
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)

@@ -80,8 +80,12 @@ def prepare_data(folder: Path) -> Path:
 
         data = load_fashion_mnist()
         raw.mkdir(parents=True, exist_ok=True)
-        arrays = (data.train_images[..., 0], data.train_labels.astype("uint8"), data.test_images[..., 0],
-                  data.test_labels.astype("uint8"))
+        arrays = (
+            data.train_images[..., 0],
+            data.train_labels.astype("uint8"),
+            data.test_images[..., 0],
+            data.test_labels.astype("uint8"),
+        )
         for name, array in zip(FILES, arrays):
             tmp = raw / f"{name}.tmp"
             tmp.write_bytes(_idx_bytes(array))
@@ -105,7 +109,7 @@ def inner(mammoth: Path, model: str, argv: list[str]) -> None:
     except RuntimeError:  # a torchvision built for another torch: its operators are missing
         for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
             del sys.modules[name]
-        library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+        library.register_fake = lambda *args, **kwargs: lambda fn: fn
         import torchvision  # noqa: F401
     finally:
         library.register_fake = register_fake
@@ -133,11 +137,38 @@ def run(args, seed: int) -> Path:
         print(f"{out} exists; skipped (--overwrite reruns it)")
         return out
     base = prepare_data(Path(args.out) / "mammoth-data")
-    argv = ["--dataset", "seq-mnist", "--model", args.model, "--buffer_size", str(args.buffer), "--batch_size", "10",
-            "--n_epochs", "1", "--seed", str(seed), "--base_path", f"{base.resolve()}/", "--non_verbose", "1",
-            "--num_workers", "0", *RECIPES[(args.model, args.buffer)]]
-    cmd = [args.python, str(Path(__file__).resolve()), "--inner", "--mammoth", str(args.mammoth), "--model",
-           args.model, "--", *argv]
+    argv = [
+        "--dataset",
+        "seq-mnist",
+        "--model",
+        args.model,
+        "--buffer_size",
+        str(args.buffer),
+        "--batch_size",
+        "10",
+        "--n_epochs",
+        "1",
+        "--seed",
+        str(seed),
+        "--base_path",
+        f"{base.resolve()}/",
+        "--non_verbose",
+        "1",
+        "--num_workers",
+        "0",
+        *RECIPES[(args.model, args.buffer)],
+    ]
+    cmd = [
+        args.python,
+        str(Path(__file__).resolve()),
+        "--inner",
+        "--mammoth",
+        str(args.mammoth),
+        "--model",
+        args.model,
+        "--",
+        *argv,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     start = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -145,15 +176,25 @@ def run(args, seed: int) -> Path:
     rows = ROW.findall(proc.stdout + proc.stderr)
     if proc.returncode or len(rows) < 5:
         tail = (proc.stdout + proc.stderr)[-3000:]
-        raise SystemExit(f"error: Mammoth failed (exit {proc.returncode}, {len(rows)} task rows); command: "
-                         f"{' '.join(cmd)}\n{tail}")
+        raise SystemExit(
+            f"error: Mammoth failed (exit {proc.returncode}, {len(rows)} task rows); command: {' '.join(cmd)}\n{tail}"
+        )
     rows = rows[-5:]  # Mammoth logs each row twice (stdout and its logger); the last five are one per task
-    commit = subprocess.run(["git", "-C", str(args.mammoth), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(args.mammoth), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     record = {
-        "code": "mammoth", "commit": commit, "model": args.model, "buffer_size": args.buffer, "seed": seed,
-        "class_il": [ast.literal_eval(c) for c, _ in rows], "task_il": [ast.literal_eval(t) for _, t in rows],
-        "wall_s": wall, "threads": args.threads, "command": " ".join(cmd), "replacements": REPLACEMENTS,
+        "code": "mammoth",
+        "commit": commit,
+        "model": args.model,
+        "buffer_size": args.buffer,
+        "seed": seed,
+        "class_il": [ast.literal_eval(c) for c, _ in rows],
+        "task_il": [ast.literal_eval(t) for _, t in rows],
+        "wall_s": wall,
+        "threads": args.threads,
+        "command": " ".join(cmd),
+        "replacements": REPLACEMENTS,
     }
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -172,7 +213,7 @@ def main(argv=None) -> int:
         own.add_argument("--mammoth", type=Path, required=True)
         own.add_argument("--model", required=True)
         inner_args = own.parse_args(argv[:split])
-        inner(inner_args.mammoth, inner_args.model, argv[split + 1:])
+        inner(inner_args.mammoth, inner_args.model, argv[split + 1 :])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mammoth", type=Path, required=True, help="a checkout of aimagelab/mammoth")
@@ -185,8 +226,10 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     if not (args.mammoth / "main.py").is_file():
-        raise SystemExit(f"error: {args.mammoth} is not a Mammoth checkout (no main.py); clone aimagelab/mammoth and "
-                         "pass its folder with --mammoth.")
+        raise SystemExit(
+            f"error: {args.mammoth} is not a Mammoth checkout (no main.py); clone aimagelab/mammoth and "
+            "pass its folder with --mammoth."
+        )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print("replacements: " + "; ".join(REPLACEMENTS))
     for seed in args.seeds:

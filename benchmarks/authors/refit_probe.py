@@ -41,8 +41,9 @@ def main(argv=None) -> None:
     p.add_argument("--classifiers", nargs="*", default=["linear_probe"], help="default: linear_probe")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     for path in args.runs:
         start = time.perf_counter()
         run = protosphere.load_run(path)

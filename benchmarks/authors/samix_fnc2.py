@@ -57,8 +57,10 @@ def hsd_marks(epochs: int, fractions=(0.3, 0.8)) -> tuple[int, int]:
     """Integer (main_mark, second_mark) for ``epochs``: the fractions of the epochs rounded half up, kept inside what
     ``main_train.py:98`` asserts (0 < main < epochs - 1, main < second <= epochs). 5 epochs -> (2, 4)."""
     if epochs < 3:
-        raise SystemExit("samix's HSD needs at least 3 epochs per task (main_train.py:98 asserts "
-                         "0 < main_mark < epochs - 1); use --epochs 3 or more")
+        raise SystemExit(
+            "samix's HSD needs at least 3 epochs per task (main_train.py:98 asserts "
+            "0 < main_mark < epochs - 1); use --epochs 3 or more"
+        )
     main = min(max(1, math.floor(fractions[0] * epochs + 0.5)), epochs - 2)
     return main, min(max(main + 1, math.floor(fractions[1] * epochs + 0.5)), epochs)
 
@@ -77,9 +79,14 @@ def main(argv=None) -> Path:
     cfg, method = start.config, start.config.method
     epochs = args.epochs or cfg.train.epochs
     main_mark, second_mark = hsd_marks(epochs, method.hsd_marks)
-    checks = {"base_temperature": (method.base_temperature, 0.07), "projection_dim": (method.projection_dim, 128),
-              "hsd_schedule": (method.hsd_schedule, "official"), "distillation": (method.distillation, "hsd"),
-              "warmup_epochs": (cfg.optimizer.warmup_epochs, 0), "scheduler": (cfg.optimizer.scheduler, "cosine")}
+    checks = {
+        "base_temperature": (method.base_temperature, 0.07),
+        "projection_dim": (method.projection_dim, 128),
+        "hsd_schedule": (method.hsd_schedule, "official"),
+        "distillation": (method.distillation, "hsd"),
+        "warmup_epochs": (cfg.optimizer.warmup_epochs, 0),
+        "scheduler": (cfg.optimizer.scheduler, "cosine"),
+    }
     for key, (ours, theirs_fixed) in checks.items():  # what their flags cannot express must match their default
         if ours != theirs_fixed:
             raise SystemExit(f"{config_name}.yaml has {key}={ours}; samix's code fixes it at {theirs_fixed}")
@@ -87,22 +94,71 @@ def main(argv=None) -> Path:
     probe_dir = workdir / "probe_buffer"
     probe_dir.mkdir(parents=True, exist_ok=True)
     arrays = common.install_dataset(start, args.fraction, args.seed)
-    train_argv = ["--seed", args.seed, "--batch_size", cfg.train.batch_size, "--model", common.BACKBONE_NAME,
-                  "--dataset", "cifar10", "--mem_size", args.buffer, "--epochs", epochs, "--start_epoch", epochs,
-                  "--learning_rate", cfg.optimizer.lr, "--momentum", cfg.optimizer.momentum,
-                  "--weight_decay", cfg.optimizer.weight_decay, "--cosine", "--temperature", method.temperature,
-                  "--current_temp", method.ird_current_temperature, "--past_temp", method.ird_past_temperature,
-                  "--current_temp_sprd", method.prd_current_temperature,
-                  "--past_temp_sprd", method.prd_past_temperature, "--distill_power", method.hsd_weight,
-                  "--num_workers", 0, "--job_run_name", name, "--distillation", "hsd", "--loss", "fnc2",
-                  "--filter_distillation_point", "--predictor_hidden_dim", method.distill_predictor_hidden,
-                  "--main_mark", main_mark, "--focal_gamma", method.gamma]
+    train_argv = [
+        "--seed",
+        args.seed,
+        "--batch_size",
+        cfg.train.batch_size,
+        "--model",
+        common.BACKBONE_NAME,
+        "--dataset",
+        "cifar10",
+        "--mem_size",
+        args.buffer,
+        "--epochs",
+        epochs,
+        "--start_epoch",
+        epochs,
+        "--learning_rate",
+        cfg.optimizer.lr,
+        "--momentum",
+        cfg.optimizer.momentum,
+        "--weight_decay",
+        cfg.optimizer.weight_decay,
+        "--cosine",
+        "--temperature",
+        method.temperature,
+        "--current_temp",
+        method.ird_current_temperature,
+        "--past_temp",
+        method.ird_past_temperature,
+        "--current_temp_sprd",
+        method.prd_current_temperature,
+        "--past_temp_sprd",
+        method.prd_past_temperature,
+        "--distill_power",
+        method.hsd_weight,
+        "--num_workers",
+        0,
+        "--job_run_name",
+        name,
+        "--distillation",
+        "hsd",
+        "--loss",
+        "fnc2",
+        "--filter_distillation_point",
+        "--predictor_hidden_dim",
+        method.distill_predictor_hidden,
+        "--main_mark",
+        main_mark,
+        "--focal_gamma",
+        method.gamma,
+    ]
     train_argv = [str(a) for a in train_argv]
-    common.announce(f"samix (FNC2 + HSD) on Seq-FashionMNIST: {name}", common.numbered_items(__doc__),
-                    {"checkout": str(args.samix), "commit": common.checkout_commit(args.samix),
-                     "train_argv": " ".join(train_argv), "second_mark": second_mark, "fraction": args.fraction,
-                     "train_rows": len(arrays["train"][1]), "test_rows": len(arrays["test"][1]),
-                     "init_checksum": start.checksum})
+    common.announce(
+        f"samix (FNC2 + HSD) on Seq-FashionMNIST: {name}",
+        common.numbered_items(__doc__),
+        {
+            "checkout": str(args.samix),
+            "commit": common.checkout_commit(args.samix),
+            "train_argv": " ".join(train_argv),
+            "second_mark": second_mark,
+            "fraction": args.fraction,
+            "train_rows": len(arrays["train"][1]),
+            "test_rows": len(arrays["test"][1]),
+            "init_checksum": start.checksum,
+        },
+    )
 
     # --- their modules, with the replacements -------------------------------------------------------------------
     common.import_from_checkout(args.samix, "main_train.py")
@@ -172,10 +228,33 @@ def main(argv=None) -> Path:
     for t in tasks:
         stored, rows = common.stored_rows(logs, opt, t, arrays)
         probe_epochs = common.probe_epochs(rows, args.probe_epochs)
-        eval_argv = ["--seed", args.seed, "--target_task", t, "--dataset", "cifar10",
-                     "--learning_rate", common.PROBE_LR, "--batch_size", common.PROBE_BATCH, "--epochs", probe_epochs,
-                     "--cosine", "--num_workers", 0, "--model", common.BACKBONE_NAME, "--job_run_name", name,
-                     "--ckpt", opt.save_folder, "--logpt", logs, "--print_freq", 1000]
+        eval_argv = [
+            "--seed",
+            args.seed,
+            "--target_task",
+            t,
+            "--dataset",
+            "cifar10",
+            "--learning_rate",
+            common.PROBE_LR,
+            "--batch_size",
+            common.PROBE_BATCH,
+            "--epochs",
+            probe_epochs,
+            "--cosine",
+            "--num_workers",
+            0,
+            "--model",
+            common.BACKBONE_NAME,
+            "--job_run_name",
+            name,
+            "--ckpt",
+            opt.save_folder,
+            "--logpt",
+            logs,
+            "--print_freq",
+            1000,
+        ]
         sys.argv = ["main_eval.py", *[str(a) for a in eval_argv]]
         began = time.time()
         eval_opt = main_eval.parse_all_evaluating_args(read_config(), main_eval.parse_general_evaluating_args())
@@ -184,26 +263,51 @@ def main(argv=None) -> Path:
         accuracy = main_eval.evaluate_single_task(eval_opt)
         eval_s += time.time() - began
         _, corr, cnt, their_task = probe.result
-        row_class, row_task, record = common.probe_row(probe, t, per_task, (corr, cnt, their_task), stored, arrays,
-                                                       probe_epochs, rows, began,
-                                                       their_best_class_il=float(accuracy.best_acc[1]))
+        row_class, row_task, record = common.probe_row(
+            probe,
+            t,
+            per_task,
+            (corr, cnt, their_task),
+            stored,
+            arrays,
+            probe_epochs,
+            rows,
+            began,
+            their_best_class_il=float(accuracy.best_acc[1]),
+        )
         class_il.append(row_class)
         task_il.append(row_task)
         probes.append(record)
 
     record = {
-        "code": "samix", "repository": "dangtrunganh/samix", "commit": common.checkout_commit(args.samix),
-        "config": config_name, "seed": args.seed, "buffer": args.buffer, "method": "fnc2 + hsd (--loss fnc2)",
-        "fraction": args.fraction, "epochs": epochs, "hsd_marks": [main_mark, second_mark],
-        "class_il": class_il, "task_il": task_il,
-        "summary": {"class_il": common.matrix_means(class_il, len(tasks) == num_tasks),
-                    "task_il": common.matrix_means(task_il, len(tasks) == num_tasks)},
-        "probes": probes, "train_loss": losses.loss, "distill_loss": losses.distill,
+        "code": "samix",
+        "repository": "dangtrunganh/samix",
+        "commit": common.checkout_commit(args.samix),
+        "config": config_name,
+        "seed": args.seed,
+        "buffer": args.buffer,
+        "method": "fnc2 + hsd (--loss fnc2)",
+        "fraction": args.fraction,
+        "epochs": epochs,
+        "hsd_marks": [main_mark, second_mark],
+        "class_il": class_il,
+        "task_il": task_il,
+        "summary": {
+            "class_il": common.matrix_means(class_il, len(tasks) == num_tasks),
+            "task_il": common.matrix_means(task_il, len(tasks) == num_tasks),
+        },
+        "probes": probes,
+        "train_loss": losses.loss,
+        "distill_loss": losses.distill,
         "steps_per_task": [losses.steps_per_task.get(t, 0) for t in range(num_tasks)],
-        "probed_tasks": list(tasks), "wall_s": time.time() - wall_start,
+        "probed_tasks": list(tasks),
+        "wall_s": time.time() - wall_start,
         "timings": {"train_s": train_s, "eval_s": eval_s, "total_s": time.time() - wall_start},
-        "init_checksum": start.checksum, "train_argv": train_argv, "command": sys.orig_argv,
-        "replacements": common.numbered_items(__doc__), "environment": environment,
+        "init_checksum": start.checksum,
+        "train_argv": train_argv,
+        "command": sys.orig_argv,
+        "replacements": common.numbered_items(__doc__),
+        "environment": environment,
     }
     path = common.write_result(args.out, name, record)
     print(f"[harness] wrote {path}", flush=True)

@@ -45,8 +45,11 @@ def ours(runs: Path, config: str, classifier: str | None, refit: bool = False) -
             if not refitted.is_file():
                 continue
             accuracy = json.loads(refitted.read_text())["accuracy"][name]
-        out[seed] = {"class_il": final_average(accuracy["class_il"]), "task_il": final_average(accuracy["task_il"]),
-                     "wall_s": record["timings"]["total_s"]}
+        out[seed] = {
+            "class_il": final_average(accuracy["class_il"]),
+            "task_il": final_average(accuracy["task_il"]),
+            "wall_s": record["timings"]["total_s"],
+        }
     return out
 
 
@@ -57,8 +60,11 @@ def theirs(authors: Path, stem: str) -> dict[int, dict]:
         wall = record.get("wall_s")
         if wall is None:
             wall = sum(v for k, v in record.items() if k.endswith("_s") and isinstance(v, (int, float)))
-        out[int(record["seed"])] = {"class_il": final_average(record["class_il"]),
-                                    "task_il": final_average(record["task_il"]), "wall_s": wall}
+        out[int(record["seed"])] = {
+            "class_il": final_average(record["class_il"]),
+            "task_il": final_average(record["task_il"]),
+            "wall_s": wall,
+        }
     return out
 
 
@@ -80,15 +86,19 @@ def table(label: str, a: dict[int, dict], b: dict[int, dict]) -> tuple[str, list
         p = welch_p(x, y)
         parity = None if p is None else abs(delta) <= PARITY_POINTS and p > PARITY_P  # None: too few seeds
         per_seed = " / ".join(f"{u:.2f} vs {v:.2f}" for u, v in zip(x, y))
-        lines.append(f"| {label} | {setting.replace('_', '-').replace('il', 'IL')} | {per_seed} | "
-                     f"{format_mean_std(mx)} | {format_mean_std(my)} | {delta:+.2f} | "
-                     f"{'—' if p is None else f'{p:.2f}'} | {VERDICT[parity]} |")
+        lines.append(
+            f"| {label} | {setting.replace('_', '-').replace('il', 'IL')} | {per_seed} | "
+            f"{format_mean_std(mx)} | {format_mean_std(my)} | {delta:+.2f} | "
+            f"{'—' if p is None else f'{p:.2f}'} | {VERDICT[parity]} |"
+        )
         verdicts.append(parity)
     wall_a = mean_std([a[s]["wall_s"] for s in seeds])["mean"]
     wall_b = mean_std([b[s]["wall_s"] for s in seeds])["mean"]
-    lines.append(f"| {label} | wall time per run | " + " / ".join(f"{a[s]['wall_s']:.0f} vs {b[s]['wall_s']:.0f} s"
-                                                           for s in seeds)
-                 + f" | {wall_a:.0f} s | {wall_b:.0f} s | {speed(wall_a, wall_b)} | | |")
+    lines.append(
+        f"| {label} | wall time per run | "
+        + " / ".join(f"{a[s]['wall_s']:.0f} vs {b[s]['wall_s']:.0f} s" for s in seeds)
+        + f" | {wall_a:.0f} s | {wall_b:.0f} s | {speed(wall_a, wall_b)} | | |"
+    )
     overall = None if None in verdicts else all(verdicts)
     return "\n".join(lines) + "\n", [f"{label}: seeds {', '.join(map(str, seeds))}; parity {VERDICT[overall]}"]
 
@@ -97,15 +107,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, required=True, help="folder of protosphere run folders")
     parser.add_argument("--authors", type=Path, required=True, help="folder of the authors' run JSONs")
-    parser.add_argument("--pair", action="append", required=True, metavar="CONFIG=STEM",
-                        help="protosphere config name = the authors' file stem (before -seed<S>.json)")
+    parser.add_argument(
+        "--pair",
+        action="append",
+        required=True,
+        metavar="CONFIG=STEM",
+        help="protosphere config name = the authors' file stem (before -seed<S>.json)",
+    )
     parser.add_argument("--classifier", help="protosphere's classifier (default: each run's headline)")
     parser.add_argument("--out", type=Path, help="also write the table here")
-    parser.add_argument("--refit", action="store_true",
-                        help="protosphere's last row from each run's refit.json (refit_probe.py), not results.json")
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="protosphere's last row from each run's refit.json (refit_probe.py), not results.json",
+    )
     args = parser.parse_args(argv)
-    text = ("| pair | setting | per seed: protosphere vs authors (%) | protosphere | authors | Δ (points) | Welch p | "
-            "parity |\n|---|---|---|---|---|---|---|---|\n")
+    text = (
+        "| pair | setting | per seed: protosphere vs authors (%) | protosphere | authors | Δ (points) | Welch p | "
+        "parity |\n|---|---|---|---|---|---|---|---|\n"
+    )
     notes = []
     for pair in args.pair:
         config, _, stem = pair.partition("=")

@@ -52,8 +52,11 @@ def torchvision_sources(size: int) -> dict:
 
 def protosphere_sources(size: int, mean, std) -> dict:
     both = build_augmentation("contrastive", size, 1, mean, std, normalize=False)
-    return {"crop": Compose([RandomResizedCrop((0.2, 1.0))], None),
-            "jitter": Compose([ColorJitter(0.4, 0.4, 0, 0)], None), "both": both}
+    return {
+        "crop": Compose([RandomResizedCrop((0.2, 1.0))], None),
+        "jitter": Compose([ColorJitter(0.4, 0.4, 0, 0)], None),
+        "both": both,
+    }
 
 
 def torchvision_views(transform, images: np.ndarray, k: int, seed: int) -> torch.Tensor:
@@ -81,10 +84,15 @@ def describe(run, probe, clean: torch.Tensor, labels: torch.Tensor, views: torch
     accuracy = float((predicted == target).float().mean())
     n = len(target)
     cosine = F.cosine_similarity(features, clean.repeat(k, 1), dim=1)
-    return {"accuracy": 100 * accuracy, "se": 100 * math.sqrt(accuracy * (1 - accuracy) / n),
-            "cosine": float(cosine.mean()), "norm": float(features.norm(dim=1).mean()),
-            "pixel_mean": float(views.mean()), "at_0": float((views == 0).float().mean()),
-            "at_1": float((views >= 1).float().mean())}
+    return {
+        "accuracy": 100 * accuracy,
+        "se": 100 * math.sqrt(accuracy * (1 - accuracy) / n),
+        "cosine": float(cosine.mean()),
+        "norm": float(features.norm(dim=1).mean()),
+        "pixel_mean": float(views.mean()),
+        "at_0": float((views == 0).float().mean()),
+        "at_1": float((views >= 1).float().mean()),
+    }
 
 
 def probe_streams(run, streams: int) -> None:
@@ -104,11 +112,19 @@ def probe_streams(run, streams: int) -> None:
     tv = torchvision_sources(images.shape[-1])["both"]
 
     def fit_and_score(epoch_features) -> float:
-        probe = fit_linear_probe(clean_probe_rows, labels, method.num_classes, epochs=cfg.probe_epochs,
-                                 lr=cfg.probe_lr, batch_size=cfg.probe_batch_size,
-                                 class_balanced=cfg.probe_class_balanced, seed=task.index,
-                                 schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps,
-                                 epoch_features=epoch_features)
+        probe = fit_linear_probe(
+            clean_probe_rows,
+            labels,
+            method.num_classes,
+            epochs=cfg.probe_epochs,
+            lr=cfg.probe_lr,
+            batch_size=cfg.probe_batch_size,
+            class_balanced=cfg.probe_class_balanced,
+            seed=task.index,
+            schedule=cfg.probe_schedule,
+            min_steps=cfg.probe_min_steps,
+            epoch_features=epoch_features,
+        )
         predicted = probe(run.encode(test_images)).argmax(1)
         return 100 * float((predicted == test_labels).float().mean())
 
@@ -116,18 +132,28 @@ def probe_streams(run, streams: int) -> None:
     for stream in range(streams):
         method.run_seed = 1000 + stream
         with torch.no_grad():
-            results["protosphere"].append(fit_and_score(
-                lambda epoch, rows: method.augmented_probe_features(images[rows], task.index, epoch)))
-        results["torchvision"].append(fit_and_score(
-            lambda epoch, rows, stream=stream: run.encode(torchvision_views(tv, pil[rows.numpy()], 1,
-                                                                            1_000_003 * stream + epoch))))
-        print(f"stream {stream}: protosphere {results['protosphere'][-1]:.2f}  torchvision "
-              f"{results['torchvision'][-1]:.2f}", flush=True)
+            results["protosphere"].append(
+                fit_and_score(lambda epoch, rows: method.augmented_probe_features(images[rows], task.index, epoch))
+            )
+        results["torchvision"].append(
+            fit_and_score(
+                lambda epoch, rows, stream=stream: run.encode(
+                    torchvision_views(tv, pil[rows.numpy()], 1, 1_000_003 * stream + epoch)
+                )
+            )
+        )
+        print(
+            f"stream {stream}: protosphere {results['protosphere'][-1]:.2f}  torchvision "
+            f"{results['torchvision'][-1]:.2f}",
+            flush=True,
+        )
     a, b = np.array(results["protosphere"]), np.array(results["torchvision"])
     p = stats.ttest_ind(a, b, equal_var=False).pvalue if streams > 1 else float("nan")
-    print(f"\nthe run's last-task probe, class-IL over all test tasks, {streams} streams per source: protosphere "
-          f"{a.mean():.2f} ± {a.std(ddof=1) if streams > 1 else 0:.2f}, torchvision {b.mean():.2f} ± "
-          f"{b.std(ddof=1) if streams > 1 else 0:.2f}; Welch p {p:.3f}")
+    print(
+        f"\nthe run's last-task probe, class-IL over all test tasks, {streams} streams per source: protosphere "
+        f"{a.mean():.2f} ± {a.std(ddof=1) if streams > 1 else 0:.2f}, torchvision {b.mean():.2f} ± "
+        f"{b.std(ddof=1) if streams > 1 else 0:.2f}; Welch p {p:.3f}"
+    )
 
 
 def main(argv=None) -> None:
@@ -136,8 +162,12 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=4000, help="training images used (default 4000)")
     p.add_argument("--views", type=int, default=4, help="views per image and source (default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probe-streams", type=int, default=0,
-                   help="also refit the run's last-task probe on this many augmentation streams per source")
+    p.add_argument(
+        "--probe-streams",
+        type=int,
+        default=0,
+        help="also refit the run's last-task probe on this many augmentation streams per source",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     common.import_torchvision()
@@ -150,18 +180,25 @@ def main(argv=None) -> None:
     clean = run.encode(torch.from_numpy(images).unsqueeze(1))
     probe = fit_linear_probe(clean, labels, int(labels.max()) + 1, epochs=30, lr=0.1, seed=args.seed)
     size = images.shape[1]
-    print(f"run {args.run}; {len(images)} training images x {args.views} views per source; fixed probe fit on the "
-          f"clean features: {100 * float((probe(clean).argmax(1) == labels).float().mean()):.2f} % on them\n")
+    print(
+        f"run {args.run}; {len(images)} training images x {args.views} views per source; fixed probe fit on the "
+        f"clean features: {100 * float((probe(clean).argmax(1) == labels).float().mean()):.2f} % on them\n"
+    )
     print("| part | source | accuracy % (± s.e.) | cos(view, clean) | ‖feature‖ | pixel mean | at 0 | at 1 |")
     print("|---|---|---|---|---|---|---|---|")
     ours = protosphere_sources(size, scenario.mean, scenario.std)
     theirs = torchvision_sources(size)
     for part in ("crop", "jitter", "both"):
-        for source, views in (("protosphere", protosphere_views(ours[part], images, args.views, args.seed)),
-                              ("torchvision", torchvision_views(theirs[part], images, args.views, args.seed))):
+        for source, views in (
+            ("protosphere", protosphere_views(ours[part], images, args.views, args.seed)),
+            ("torchvision", torchvision_views(theirs[part], images, args.views, args.seed)),
+        ):
             r = describe(run, probe, clean, labels, views, args.views)
-            print(f"| {part} | {source} | {r['accuracy']:.2f} ± {r['se']:.2f} | {r['cosine']:.4f} | {r['norm']:.3f} "
-                  f"| {r['pixel_mean']:.4f} | {r['at_0']:.4f} | {r['at_1']:.4f} |", flush=True)
+            print(
+                f"| {part} | {source} | {r['accuracy']:.2f} ± {r['se']:.2f} | {r['cosine']:.4f} | {r['norm']:.3f} "
+                f"| {r['pixel_mean']:.4f} | {r['at_0']:.4f} | {r['at_1']:.4f} |",
+                flush=True,
+            )
     if args.probe_streams:
         print()
         probe_streams(run, args.probe_streams)

@@ -33,21 +33,35 @@ from pathlib import Path
 import torch
 
 CONFIG = "configs/nc/supcon.yaml"
-OVERRIDES = ["model.backbone=mlp", "train.augmentation=none", "data.train_fraction=0.05", "train.epochs=2",
-             "fabric.threads=1", "train.log_every_n_steps=1", "eval.report=off", "eval.neural_collapse=false",
-             "eval.random_init_baseline=false"]
+OVERRIDES = [
+    "model.backbone=mlp",
+    "train.augmentation=none",
+    "data.train_fraction=0.05",
+    "train.epochs=2",
+    "fabric.threads=1",
+    "train.log_every_n_steps=1",
+    "eval.report=off",
+    "eval.neural_collapse=false",
+    "eval.random_init_baseline=false",
+]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _losses(run_dir: Path) -> dict:
     with open(run_dir / "metrics.csv") as f:
-        return {(r["task"], int(r["step"])): float(r["value"]) for r in csv.DictReader(f)
-                if r["split"] == "train" and r["name"] == "loss"}
+        return {
+            (r["task"], int(r["step"])): float(r["value"])
+            for r in csv.DictReader(f)
+            if r["split"] == "train" and r["name"] == "loss"
+        }
 
 
 def _relative_gaps(a: dict, b: dict) -> dict:
-    return {k: float((v - b[k]).abs().max() / v.abs().max().clamp_min(1e-30)) for k, v in a.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return {
+        k: float((v - b[k]).abs().max() / v.abs().max().clamp_min(1e-30))
+        for k, v in a.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
 
 
 def whole_runs(config: str, overrides: list[str], out) -> None:
@@ -58,8 +72,19 @@ def whole_runs(config: str, overrides: list[str], out) -> None:
             for procs in (1, 2):
                 name = f"p{procs}-{precision}"
                 ddp = ["fabric.accelerator=cpu", "fabric.devices=2", "fabric.strategy=ddp"] if procs == 2 else []
-                cmd = [sys.executable, "-m", "protosphere.cli", "run", config, *overrides, *ddp,
-                       f"fabric.precision={precision}", f"name={name}", f"output_dir={tmp}", "--no-progress"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "protosphere.cli",
+                    "run",
+                    config,
+                    *overrides,
+                    *ddp,
+                    f"fabric.precision={precision}",
+                    f"name={name}",
+                    f"output_dir={tmp}",
+                    "--no-progress",
+                ]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
                 if proc.returncode:
                     raise SystemExit(f"error: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
@@ -72,10 +97,13 @@ def whole_runs(config: str, overrides: list[str], out) -> None:
             pb = torch.load(dirs[2] / "checkpoints" / "last.ckpt", weights_only=True)["method"]
             gaps = _relative_gaps(pa, pb)
             worst = max(gaps, key=gaps.get)
-            print(f"{precision}: {len(steps)} steps; logged losses (6 significant digits) first differ at step "
-                  f"{first}, largest gap {max(loss_gaps):.3g}; final parameters: largest relative gap "
-                  f"{gaps[worst]:.3g} ({worst}), median {sorted(gaps.values())[len(gaps) // 2]:.3g}", file=out,
-                  flush=True)
+            print(
+                f"{precision}: {len(steps)} steps; logged losses (6 significant digits) first differ at step "
+                f"{first}, largest gap {max(loss_gaps):.3g}; final parameters: largest relative gap "
+                f"{gaps[worst]:.3g} ({worst}), median {sorted(gaps.values())[len(gaps) // 2]:.3g}",
+                file=out,
+                flush=True,
+            )
 
 
 def sensitivity(config: str, overrides: list[str], out, method_name: str | None = None) -> None:
@@ -100,7 +128,7 @@ def sensitivity(config: str, overrides: list[str], out, method_name: str | None 
                 with torch.no_grad():
                     for p in method.parameters():
                         sign = torch.randint(0, 2, p.shape, generator=g).to(p.dtype) * 2 - 1
-                        p.mul_(1 + sign * 2.0 ** -24)
+                        p.mul_(1 + sign * 2.0**-24)
             copies.append(method)
         with precision_dtype(precision):
             context = TaskContext.of(scenario, 0, torch.device("cpu"))
@@ -117,21 +145,27 @@ def sensitivity(config: str, overrides: list[str], out, method_name: str | None 
             for step in range(total):
                 epoch, index = divmod(step, per_epoch)
                 rows = epoch_order(cfg.seed, 0, epoch, len(labels))[index * batch : (index + 1) * batch]
-                where = StepContext(task=0, epoch=epoch, step=step, steps_in_task=total, global_step=step,
-                                    epochs_in_task=epochs)
+                where = StepContext(
+                    task=0, epoch=epoch, step=step, steps_in_task=total, global_step=step, epochs_in_task=epochs
+                )
                 for method, optimizer in zip(copies, optimizers):
                     set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, per_epoch))
                     torch.manual_seed(step)  # any randomness inside the step is the same for both copies
                     train_step(method, optimizer, model_input(images[rows]), labels[rows], where)
                 a = {n: p.detach() for n, p in copies[0].named_parameters()}
-                gap = max(float((p.detach() - a[n]).abs().max() / a[n].abs().max())
-                          for n, p in copies[1].named_parameters())
+                gap = max(
+                    float((p.detach() - a[n]).abs().max() / a[n].abs().max()) for n, p in copies[1].named_parameters()
+                )
                 curve.append(gap)
         shown = [s for s in (0, 1, 2, 4, 9, 14, 19, total - 1) if s < total]
         growth = (curve[-1] / curve[0]) ** (1 / max(1, total - 1)) if curve[0] > 0 else float("nan")
-        print(f"{cfg.method.name} {precision}: start gap 2^-24 = {2.0 ** -24:.2g}; relative parameter gap after step "
-              + ", ".join(f"{s + 1}: {curve[s]:.2g}" for s in shown)
-              + f"; growth x{growth:.2f} per step over {total} steps", file=out, flush=True)
+        print(
+            f"{cfg.method.name} {precision}: start gap 2^-24 = {2.0**-24:.2g}; relative parameter gap after step "
+            + ", ".join(f"{s + 1}: {curve[s]:.2g}" for s in shown)
+            + f"; growth x{growth:.2f} per step over {total} steps",
+            file=out,
+            flush=True,
+        )
 
 
 def probe_sensitivity(out) -> None:
@@ -142,10 +176,21 @@ def probe_sensitivity(out) -> None:
     torch.set_num_threads(1)
     for augmentation in ("contrastive", "none"):
         with tempfile.TemporaryDirectory() as tmp:
-            run = protosphere.run(str(ROOT / "configs/seq-fmnist/fnc2.yaml"), **{
-                "data.dataset": "digits", "model.backbone": "mlp", "train.epochs": 1, "train.batch_size": 32,
-                "train.augmentation": augmentation, "fabric.precision": "64-true", "fabric.threads": 1,
-                "eval.report": "off", "output_dir": tmp, "name": "probe"})
+            run = protosphere.run(
+                str(ROOT / "configs/seq-fmnist/fnc2.yaml"),
+                **{
+                    "data.dataset": "digits",
+                    "model.backbone": "mlp",
+                    "train.epochs": 1,
+                    "train.batch_size": 32,
+                    "train.augmentation": augmentation,
+                    "fabric.precision": "64-true",
+                    "fabric.threads": 1,
+                    "eval.report": "off",
+                    "output_dir": tmp,
+                    "name": "probe",
+                },
+            )
             _refit_probes(run, f"augmentation={augmentation}", out)
 
 
@@ -153,9 +198,15 @@ def _refit_probes(run, label: str, out) -> None:
     from protosphere.evaluation import fit_linear_probe
 
     cfg, num_classes = run.model.config, run.scenario.num_classes
-    options = dict(epochs=cfg.probe_epochs, lr=cfg.probe_lr, batch_size=cfg.probe_batch_size,
-                   class_balanced=cfg.probe_class_balanced, seed=0, schedule=cfg.probe_schedule,
-                   min_steps=cfg.probe_min_steps)
+    options = dict(
+        epochs=cfg.probe_epochs,
+        lr=cfg.probe_lr,
+        batch_size=cfg.probe_batch_size,
+        class_balanced=cfg.probe_class_balanced,
+        seed=0,
+        schedule=cfg.probe_schedule,
+        min_steps=cfg.probe_min_steps,
+    )
     for task in run.scenario.tasks:
         x, y = run.encode(task.train_images), task.train_labels  # float64, as the run computed them
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
@@ -164,9 +215,13 @@ def _refit_probes(run, label: str, out) -> None:
         changed = float((a(x).argmax(1) != b(x).argmax(1)).double().mean())
         gap = float((a.weight - b.weight).abs().max() / a.weight.abs().max())
         steepness = cfg.probe_lr * float(x.square().sum(1).mean())
-        print(f"{label}, probe on task {task.classes}: features perturbed by 1e-13 -> weights {gap:.2g} apart, "
-              f"{100 * changed:.1f} % of predictions change; lr * mean |x|^2 = {steepness:.0f} (plain SGD on a "
-              "convex loss is stable below ~2)", file=out, flush=True)
+        print(
+            f"{label}, probe on task {task.classes}: features perturbed by 1e-13 -> weights {gap:.2g} apart, "
+            f"{100 * changed:.1f} % of predictions change; lr * mean |x|^2 = {steepness:.0f} (plain SGD on a "
+            "convex loss is stable below ~2)",
+            file=out,
+            flush=True,
+        )
 
 
 def main(argv=None) -> int:
@@ -195,8 +250,9 @@ def main(argv=None) -> int:
     from protosphere.provenance import environment
 
     env = environment()
-    print(f"machine: {env.get('cpu')}, torch {torch.__version__}; config {args.config} " + " ".join(OVERRIDES),
-          file=out)
+    print(
+        f"machine: {env.get('cpu')}, torch {torch.__version__}; config {args.config} " + " ".join(OVERRIDES), file=out
+    )
     if args.runs:
         whole_runs(args.config, OVERRIDES, out)
     if args.sensitivity:

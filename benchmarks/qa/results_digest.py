@@ -68,8 +68,17 @@ def main(argv=None) -> int:
     digests = {}
     for config in configs:
         name = f"{Path(config).parent.name}-{Path(config).stem}"
-        cmd = [sys.executable, "-m", "protosphere.cli", "run", str(REPO / config), *SHORT, f"name={name}",
-               f"output_dir={out}", "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "protosphere.cli",
+            "run",
+            str(REPO / config),
+            *SHORT,
+            f"name={name}",
+            f"output_dir={out}",
+            "--no-progress",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if result.returncode != 0:
             print(f"{name}: the run failed (exit {result.returncode}):\n{result.stderr[-2000:]}", file=sys.stderr)
@@ -84,8 +93,10 @@ def main(argv=None) -> int:
     differ = [n for n in digests if before.get(n) != digests[n]]
     missing = [n for n in digests if n not in before]
     for n in differ:
-        print(f"DIFFERS: {n} ({'not in ' + str(args.check) if n in missing else 'results or metrics changed'}; "
-              f"rerun with --keep DIR and diff its results.json against the old code's)")
+        print(
+            f"DIFFERS: {n} ({'not in ' + str(args.check) if n in missing else 'results or metrics changed'}; "
+            f"rerun with --keep DIR and diff its results.json against the old code's)"
+        )
     print(f"{len(digests) - len(differ)}/{len(digests)} runs equal to {args.check}")
     return 1 if differ else 0
 

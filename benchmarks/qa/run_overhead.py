@@ -122,8 +122,13 @@ def main(argv=None) -> int:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             started = time.time()
-            out = subprocess.run([sys.executable, __file__, args.config, "--child", "--dir", tmp, *overrides],
-                                 capture_output=True, text=True, cwd=ROOT, check=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, args.config, "--child", "--dir", tmp, *overrides],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=True,
+            ).stdout
             wall = time.time() - started
             row = json.loads(out.strip().splitlines()[-1])
             phases = row["phases"]
@@ -134,9 +139,23 @@ def main(argv=None) -> int:
         for mode in REPORT_MODES:  # the user's wait, start-up included, with the report inline and in the background
             with tempfile.TemporaryDirectory() as tmp:
                 started = time.time()
-                subprocess.run([sys.executable, "-m", "protosphere.cli", "run", args.config, f"output_dir={tmp}",
-                                *overrides, f"eval.report={mode}", "--no-progress"], capture_output=True, text=True,
-                               cwd=ROOT, check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "protosphere.cli",
+                        "run",
+                        args.config,
+                        f"output_dir={tmp}",
+                        *overrides,
+                        f"eval.report={mode}",
+                        "--no-progress",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                    check=True,
+                )
                 cli_walls.setdefault(mode, []).append(time.time() - started)
                 if mode == "background":  # let the report finish before the next round (and the folder goes)
                     deadline = time.time() + 120
@@ -145,8 +164,18 @@ def main(argv=None) -> int:
                         time.sleep(0.2)
                         report = next(Path(tmp).glob("*/report.html"), None)
     median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    inside = ("fabric", "data", "model", "random-init baseline", "train", "eval", "checkpoints", "final extras",
-              "results", "report")
+    inside = (
+        "fabric",
+        "data",
+        "model",
+        "random-init baseline",
+        "train",
+        "eval",
+        "checkpoints",
+        "final extras",
+        "results",
+        "report",
+    )
     median["other"] = median["run"] - sum(median.get(k, 0.0) for k in inside)
     load_after = os.getloadavg()
     lines = [
@@ -157,20 +186,41 @@ def main(argv=None) -> int:
         f"{'phase':<28} {'seconds':>8} {'share':>7}",
     ]
     total = median["total (process wall)"]
-    order = ["start", "import torch", "import lightning_fabric", "import protosphere", "config", "fabric", "data",
-             "model", "random-init baseline", "train", "eval", "of eval: NC metrics", "checkpoints", "final extras",
-             "results", "report", "other", "exit"]
+    order = [
+        "start",
+        "import torch",
+        "import lightning_fabric",
+        "import protosphere",
+        "config",
+        "fabric",
+        "data",
+        "model",
+        "random-init baseline",
+        "train",
+        "eval",
+        "of eval: NC metrics",
+        "checkpoints",
+        "final extras",
+        "results",
+        "report",
+        "other",
+        "exit",
+    ]
     for key in order:
         if key in median and median[key] == median[key]:  # skip NaN (phase not reported)
             lines.append(f"{key:<28} {median[key]:>8.2f} {median[key] / total:>7.1%}")
     lines.append(f"{'total (process wall)':<28} {total:>8.2f} {1:>7.0%}")
     lines.append(f"training speed: {median['img/s']:,.0f} img/s")
     for mode, walls in cli_walls.items():
-        lines.append(f"`protosphere run {' '.join([args.config, *overrides])} eval.report={mode}` wall, start-up "
-                     f"included: {statistics.median(walls):.2f} s (median; runs: "
-                     f"{', '.join(f'{w:.2f}' for w in walls)})")
-    lines.append(f"# load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
-                 f"{', '.join(f'{v:.2f}' for v in load_after)} (includes this benchmark's own process)")
+        lines.append(
+            f"`protosphere run {' '.join([args.config, *overrides])} eval.report={mode}` wall, start-up "
+            f"included: {statistics.median(walls):.2f} s (median; runs: "
+            f"{', '.join(f'{w:.2f}' for w in walls)})"
+        )
+    lines.append(
+        f"# load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
+        f"{', '.join(f'{v:.2f}' for v in load_after)} (includes this benchmark's own process)"
+    )
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

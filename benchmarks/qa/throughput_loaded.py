@@ -32,8 +32,11 @@ WORKLOADS = {
     "mammoth-er-200 (mlp, b10)": ("configs/mammoth-protocol/er-200.yaml", [], 1.0),
     "mammoth-derpp-200 (mlp, b10)": ("configs/mammoth-protocol/derpp-200.yaml", [], 0.5),
     "mlp er b128": ("configs/mammoth-protocol/er-200.yaml", ["train.batch_size=128"], 0.2),
-    "small_cnn er b10": ("configs/mammoth-protocol/er-200.yaml", ["model.backbone=small_cnn",
-                                                                  "model.channels_last=true"], 0.3),
+    "small_cnn er b10": (
+        "configs/mammoth-protocol/er-200.yaml",
+        ["model.backbone=small_cnn", "model.channels_last=true"],
+        0.3,
+    ),
     "small_cnn er b64 (seq-fmnist)": ("configs/seq-fmnist/er-200.yaml", [], 0.05),
 }
 
@@ -49,8 +52,14 @@ def child(args) -> int:
     from protosphere.runs.runner import build_method, build_scenario_from_config
     from protosphere.threads import apply_threads
 
-    config = load_config(args.child, [*args.overrides, "data.train_fraction=0.5",
-                                      *([] if args.threads == "auto" else [f"fabric.threads={args.threads}"])])
+    config = load_config(
+        args.child,
+        [
+            *args.overrides,
+            "data.train_fraction=0.5",
+            *([] if args.threads == "auto" else [f"fabric.threads={args.threads}"]),
+        ],
+    )
     torch.manual_seed(0)
     scenario = build_scenario_from_config(config)
     method = build_method(config, scenario)
@@ -68,9 +77,14 @@ def child(args) -> int:
         for step in range(steps):
             if step == steps // 10:
                 start = time.perf_counter()  # the first tenth warms up
-            rows = order[(step * batch) % (len(labels) - batch):][:batch]
-            train_step(method, optimizer, model_input(images[rows], config.model.channels_last), labels[rows],
-                       StepContext(t, 0, step, steps, step))
+            rows = order[(step * batch) % (len(labels) - batch) :][:batch]
+            train_step(
+                method,
+                optimizer,
+                model_input(images[rows], config.model.channels_last),
+                labels[rows],
+                StepContext(t, 0, step, steps, step),
+            )
         elapsed = time.perf_counter() - start
         method.end_task(ctx)
         return (steps - steps // 10) * batch / elapsed
@@ -102,12 +116,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--threads", default="auto", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=2000, help="training steps per measurement at batch 10 "
-                        "(scaled down per workload)")
+    parser.add_argument(
+        "--steps", type=int, default=2000, help="training steps per measurement at batch 10 (scaled down per workload)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=["2 spin", "1", "2", "auto"],
-                        help="thread settings: a count or auto, with ' spin' for torch's default OpenMP spin-waiting "
-                             "instead of protosphere's passive waits")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=["2 spin", "1", "2", "auto"],
+        help="thread settings: a count or auto, with ' spin' for torch's default OpenMP spin-waiting "
+        "instead of protosphere's passive waits",
+    )
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS), metavar="NAME")
     parser.add_argument("--out", type=Path, default=None)
     args, overrides = parser.parse_known_args(argv)
@@ -150,13 +169,17 @@ def main(argv=None) -> int:
             quiet = statistics.median(samples[(setting, False)])
             loaded = statistics.median(samples[(setting, True)])
             label = f"auto [{chosen[setting]}]" if setting == "auto" else setting
-            line = (f"{name:<32} {label:>9} {quiet:>12,.0f} {loaded:>13,.0f} {loaded / quiet:>13.2f} "
-                    f"{quiet / best_quiet:>14.2f}")
+            line = (
+                f"{name:<32} {label:>9} {quiet:>12,.0f} {loaded:>13,.0f} {loaded / quiet:>13.2f} "
+                f"{quiet / best_quiet:>14.2f}"
+            )
             print(line, flush=True)
             lines.append(line)
     load_after = os.getloadavg()
-    tail = (f"# load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
-            f"{', '.join(f'{v:.2f}' for v in load_after)} (includes this benchmark's own processes)")
+    tail = (
+        f"# load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
+        f"{', '.join(f'{v:.2f}' for v in load_after)} (includes this benchmark's own processes)"
+    )
     print(tail)
     lines.append(tail)
     if args.out:

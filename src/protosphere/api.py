@@ -64,8 +64,9 @@ def resolve_config(config_or_path: str | Path | Mapping | RunConfig | None = Non
         if "name" not in read_yaml(config_or_path):
             data.pop("name", None)  # the default name follows the overridden seed, as on the command line
     else:
-        raise ConfigError(f"protosphere.run takes a YAML path, a mapping or a RunConfig, got "
-                          f"{type(config_or_path).__name__}.")
+        raise ConfigError(
+            f"protosphere.run takes a YAML path, a mapping or a RunConfig, got {type(config_or_path).__name__}."
+        )
     for key, value in overrides.items():
         _set_dotted(data, key, value)
     config = validate_config(data, source=str(config_or_path) if stem else "config")
@@ -74,8 +75,14 @@ def resolve_config(config_or_path: str | Path | Mapping | RunConfig | None = Non
     return config
 
 
-def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resume: bool = False,
-        overwrite: bool = False, progress: bool | None = None, **overrides) -> Run:
+def run(
+    config_or_path: str | Path | Mapping | RunConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    **overrides,
+) -> Run:
     """Train and evaluate one config (as ``protosphere run``) and return the finished :class:`Run`.
 
     ``progress``: rich progress bars (default: when the output is a terminal or a notebook; one line per epoch
@@ -91,8 +98,14 @@ def run(config_or_path: str | Path | Mapping | RunConfig | None = None, *, resum
         progress = console.is_terminal or console.is_jupyter
     arguments = [repr(str(config_or_path) if isinstance(config_or_path, Path) else config_or_path)]
     arguments += [f"{key}={value!r}" for key, value in overrides.items()]
-    record, run_dir = run_config(config, resume=resume, overwrite=overwrite, console=console,
-                                 show_progress=progress, command=f"protosphere.run({', '.join(arguments)})")
+    record, run_dir = run_config(
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        console=console,
+        show_progress=progress,
+        command=f"protosphere.run({', '.join(arguments)})",
+    )
     return Run(run_dir, config, record)
 
 
@@ -100,13 +113,16 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Open a finished run folder (``runs/<name>``): its config, results and, on first use, its trained model."""
     files = RunDir(run_dir)
     if not files.results.is_file():
-        raise RunError(f"{files.path} holds no finished run (no {files.RESULTS}); pass a folder written by "
-                       f"`protosphere run`, e.g. runs/<name>.")
+        raise RunError(
+            f"{files.path} holds no finished run (no {files.RESULTS}); pass a folder written by "
+            f"`protosphere run`, e.g. runs/<name>."
+        )
     record = files.read_results()
     config = read_yaml(files.config) if files.config.is_file() else record.config
     if not config:
-        raise RunError(f"{files.path} has neither {files.CONFIG} nor a config in {files.RESULTS}; it cannot be "
-                       f"reloaded.")
+        raise RunError(
+            f"{files.path} has neither {files.CONFIG} nor a config in {files.RESULTS}; it cannot be reloaded."
+        )
     return Run(files.path, validate_config(config, source=str(files.config)), record, device=device)
 
 
@@ -114,8 +130,13 @@ class Run:
     """A finished run: ``config`` (RunConfig), ``record`` (the typed results.json), ``results`` (the same as plain
     data), ``model`` (the trained method, eval mode)."""
 
-    def __init__(self, run_dir: str | Path, config: RunConfig, record: StoredRecord | RunRecord | dict,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: RunConfig,
+        record: StoredRecord | RunRecord | dict,
+        device: str | torch.device = "cpu",
+    ):
         self.run_dir = Path(run_dir)
         self.files = RunDir(self.run_dir)
         self.config = config
@@ -181,8 +202,10 @@ class Run:
 
             state = self.files.load_final_checkpoint(self._last_task())
             if state.get("fingerprint") != config_fingerprint(self.config):
-                raise RunError(f"The checkpoint in {self.run_dir} was written by a different config than its "
-                               f"config.yaml; the folder was changed after the run.")
+                raise RunError(
+                    f"The checkpoint in {self.run_dir} was written by a different config than its "
+                    f"config.yaml; the folder was changed after the run."
+                )
             scenario = self.scenario
             method = build_method(self.config, scenario)
             if self.config.fabric.precision == "64-true":
@@ -202,15 +225,19 @@ class Run:
         if images.dim() == 3 and shape[0] == 1 and tuple(images.shape[1:]) == shape[1:]:
             images = images.unsqueeze(1)  # (N, H, W) grey images
         if images.dim() != 4 or tuple(images.shape[1:]) != shape:
-            raise ValueError(f"expected images of shape (N, {', '.join(map(str, shape))}) as the dataset holds them, "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(
+                f"expected images of shape (N, {', '.join(map(str, shape))}) as the dataset holds them, "
+                f"got {tuple(images.shape)}"
+            )
         if images.dtype == torch.uint8:
             return images
         if not images.is_floating_point():
             raise ValueError(f"expected uint8 images or floats in [0, 1], got dtype {images.dtype}")
         if not bool(torch.isfinite(images).all()):  # NaN passes every comparison with 0 and 1 below
-            raise ValueError(f"images hold {int((~torch.isfinite(images)).sum())} NaN/inf value(s); pass finite "
-                             f"floats in [0, 1] or uint8 pixels")
+            raise ValueError(
+                f"images hold {int((~torch.isfinite(images)).sum())} NaN/inf value(s); pass finite "
+                f"floats in [0, 1] or uint8 pixels"
+            )
         if len(images) and (float(images.min()) < 0 or float(images.max()) > 1):
             raise ValueError("float images must lie in [0, 1] (divide uint8 pixels by 255)")
         return images

@@ -46,8 +46,7 @@ class ReplayBuffer:
     def _allocate(self, fields: dict[str, torch.Tensor]) -> None:
         for key, value in fields.items():
             if key not in self.data:
-                self.data[key] = torch.zeros((self.capacity, *value.shape[1:]), dtype=value.dtype,
-                                             device=value.device)
+                self.data[key] = torch.zeros((self.capacity, *value.shape[1:]), dtype=value.dtype, device=value.device)
 
     def add(self, labels: torch.Tensor, **fields: torch.Tensor) -> None:
         """Offer a batch: ``labels`` (B,) plus any row-aligned tensors (examples, logits, task ids...)."""

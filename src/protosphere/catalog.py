@@ -97,8 +97,7 @@ def config_rows(method: str) -> list[tuple[str, str, str, str]]:
             if sub is not None and not issubclass(sub, MethodConfig):
                 walk(sub, f"{prefix}{key}.")
                 continue
-            optional = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
-                            None)
+            optional = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
             if optional is not None:  # an optional section (off when null): the switch, then its keys
                 rows.append((f"{prefix}{key}", "null", "mapping | true | null", field.description or ""))
                 walk(optional, f"{prefix}{key}.")
@@ -107,8 +106,9 @@ def config_rows(method: str) -> list[tuple[str, str, str, str]]:
             registered = next((m.registry for m in field.metadata if hasattr(m, "registry")), None)
             kind = " | ".join(registered.names()) if registered is not None else _type_text(annotation)
             limits = _constraints(field)
-            description = field.description or ("the method (see `protosphere methods`)"
-                                                 if prefix == "method." and key == "name" else "")
+            description = field.description or (
+                "the method (see `protosphere methods`)" if prefix == "method." and key == "name" else ""
+            )
             if limits:
                 description = f"{description} ({limits})" if description else limits
             rows.append((f"{prefix}{key}", "null" if default is None else _yaml_value(default), kind, description))

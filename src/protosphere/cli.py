@@ -18,16 +18,21 @@ def _accuracy_table(record):
     headline = record.headline_classifier
     for setting, matrix in record.accuracy[headline].items():
         num_tasks = len(matrix[0])
-        table = Table(title=f"{record.method} — {setting.replace('_', '-')} accuracy (%) [{headline}] "
-                            f"row = after task t, column = test task j")
+        table = Table(
+            title=f"{record.method} — {setting.replace('_', '-')} accuracy (%) [{headline}] "
+            f"row = after task t, column = test task j"
+        )
         table.add_column("after", justify="right")
         for j in range(num_tasks):
             table.add_column(f"T{j + 1}", justify="right")
         table.add_column("avg seen", justify="right")
         for t, row in enumerate(matrix):
             seen = row[: t + 1]
-            table.add_row(f"T{t + 1}", *[f"{a:.1f}" if j <= t else f"[dim]{a:.1f}[/]" for j, a in enumerate(row)],
-                          f"[bold]{sum(seen) / len(seen):.2f}[/]")
+            table.add_row(
+                f"T{t + 1}",
+                *[f"{a:.1f}" if j <= t else f"[dim]{a:.1f}[/]" for j, a in enumerate(row)],
+                f"[bold]{sum(seen) / len(seen):.2f}[/]",
+            )
         tables.append(table)
     return tables
 
@@ -36,21 +41,25 @@ def _summary_lines(record) -> list[str]:
     lines = []
     for classifier, settings in record.metrics.items():
         for setting, m in settings.items():
+
             def fmt(key, m=m):
                 value = getattr(m, key)
                 return "n/a" if value is None else f"{value:.2f}"
 
-            lines.append(f"{classifier:>18} {setting:>8}: final avg acc {fmt('final_average_accuracy')}  "
-                         f"avg incremental {fmt('average_incremental_accuracy')}  forgetting "
-                         f"{fmt('average_forgetting')}  BWT {fmt('backward_transfer')}  FWT {fmt('forward_transfer')}")
+            lines.append(
+                f"{classifier:>18} {setting:>8}: final avg acc {fmt('final_average_accuracy')}  "
+                f"avg incremental {fmt('average_incremental_accuracy')}  forgetting "
+                f"{fmt('average_forgetting')}  BWT {fmt('backward_transfer')}  FWT {fmt('forward_transfer')}"
+            )
     for classifier, data in record.classifier_data.items():
         lines.append(f"{classifier:>18} fitted on {data}")
     nc = next((n for n in reversed(record.neural_collapse) if n is not None), None)
     if nc is not None:
         values = nc.model_dump(exclude_none=True)
         keys = [k for k in ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4") if k in values]
-        lines.append("neural collapse (test features, seen classes): "
-                     + "  ".join(f"{k} {values[k]:.4f}" for k in keys))
+        lines.append(
+            "neural collapse (test features, seen classes): " + "  ".join(f"{k} {values[k]:.4f}" for k in keys)
+        )
     return lines
 
 
@@ -64,9 +73,14 @@ def cmd_run(args) -> int:
     config = load_config(args.config, args.overrides)
     from .provenance import command_line
 
-    record, run_dir = run(config, resume=args.resume, overwrite=args.overwrite, console=console,
-                          show_progress=not args.no_progress and console.is_terminal,
-                          command=command_line(getattr(args, "argv", None)))
+    record, run_dir = run(
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        console=console,
+        show_progress=not args.no_progress and console.is_terminal,
+        command=command_line(getattr(args, "argv", None)),
+    )
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP only the first process reports
@@ -88,8 +102,10 @@ def cmd_datasets(args) -> int:
     if args.ensure:
         for name in args.ensure:
             dataset = load_dataset(name, download=True)
-            print(f"{dataset.name}: {len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, "
-                  f"{dataset.num_classes} classes, verified, from {dataset.source}")
+            print(
+                f"{dataset.name}: {len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, "
+                f"{dataset.num_classes} classes, verified, from {dataset.source}"
+            )
         return 0
     print(format_dataset_status(dataset_status()))
     return 0
@@ -118,10 +134,18 @@ def cmd_compare(args) -> int:
     from .runs.sweep import compare
 
     console = stdout_console(width=200)
-    summary = compare(args.configs, seeds=args.seeds, out=args.out, overrides=args.overrides,
-                      overwrite=args.overwrite, console=console,
-                      show_progress=not args.no_progress and console.is_terminal, grid=args.grid or (),
-                      jobs=args.jobs, markdown=args.markdown)
+    summary = compare(
+        args.configs,
+        seeds=args.seeds,
+        out=args.out,
+        overrides=args.overrides,
+        overwrite=args.overwrite,
+        console=console,
+        show_progress=not args.no_progress and console.is_terminal,
+        grid=args.grid or (),
+        jobs=args.jobs,
+        markdown=args.markdown,
+    )
     for failure in summary["failed"]:
         print(f"failed: {failure['run']} ({failure['error']}); log: {failure['log']}", file=sys.stderr)
     return 1 if summary["failed"] else 0
@@ -154,8 +178,9 @@ def cmd_methods(args) -> int:
 
     from .catalog import method_summaries
 
-    table = Table(title="methods (method.name); `protosphere config METHOD` lists a method's settings",
-                  show_lines=False)
+    table = Table(
+        title="methods (method.name); `protosphere config METHOD` lists a method's settings", show_lines=False
+    )
     table.add_column("method", style="bold", no_wrap=True)
     table.add_column("what it is, paper")
     for name, summary in method_summaries():
@@ -212,61 +237,103 @@ def _load_plugins(modules: list[str], command: str | None = None) -> None:
         raise ConfigError(str(exc)) from None
     except ModuleNotFoundError as exc:  # the --import module itself (a missing dependency is a PluginLoadError)
         wanted = next((m for m in modules if exc.name and (m == exc.name or m.startswith(exc.name + "."))), exc.name)
-        raise ConfigError(f"--import {wanted}: no module named `{exc.name}` on the Python path; give a dotted module "
-                          f"name importable from the current folder or an installed package, or the path of a .py "
-                          f"file.") from None
+        raise ConfigError(
+            f"--import {wanted}: no module named `{exc.name}` on the Python path; give a dotted module "
+            f"name importable from the current folder or an installed package, or the path of a .py "
+            f"file."
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="protosphere",
-                                     description="Prototype contrast on the unit hypersphere: continual learning "
-                                                 "with neural-collapse prototypes.")
+    parser = argparse.ArgumentParser(
+        prog="protosphere",
+        description="Prototype contrast on the unit hypersphere: continual learning with neural-collapse prototypes.",
+    )
     parser.add_argument("--version", action="version", version=f"protosphere {__version__}")
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import this module first (repeatable), e.g. one that registers a dataset, backbone, "
-                             "augmentation or method; the current folder is searched too")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (repeatable), e.g. one that registers a dataset, backbone, "
+        "augmentation or method; the current folder is searched too",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train and evaluate one config")
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 seed=1")
     p.add_argument("--resume", action="store_true", help="continue the run in runs/<name> from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace runs/<name> if it holds a protosphere run (nothing else is ever removed)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace runs/<name> if it holds a protosphere run (nothing else is ever removed)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("datasets", help="where each dataset is found and how to get the missing ones")
-    p.add_argument("--ensure", nargs="+", metavar="NAME",
-                   help="load and verify these datasets, downloading into the user cache when they are missing")
+    p.add_argument(
+        "--ensure",
+        nargs="+",
+        metavar="NAME",
+        help="load and verify these datasets, downloading into the user cache when they are missing",
+    )
     p.set_defaults(func=cmd_datasets)
     p = sub.add_parser("report", help="re-render runs/<name>/report.html (and plots/) from results.json")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, e.g. runs/fnc2-seed0")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("compare", help="run or reuse configs × seeds on one scenario; table of mean ± std")
-    p.add_argument("configs", nargs="+", metavar="CONFIG.yaml | key=value",
-                   help="YAML configs sharing dataset, scenario kind and number of tasks, then dotted key=value "
-                        "overrides applied to all of them")
+    p.add_argument(
+        "configs",
+        nargs="+",
+        metavar="CONFIG.yaml | key=value",
+        help="YAML configs sharing dataset, scenario kind and number of tasks, then dotted key=value "
+        "overrides applied to all of them",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per config (default 3)")
-    p.add_argument("--out", default=None, help="directory for the runs and compare.{md,json,html} "
-                                               "(default: <output_dir of the first config>/compare)")
-    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
-                   help="also vary a dotted config key over these values (repeatable: the cross product of all "
-                        "grids x configs x seeds; run names add each key and value, e.g. er-200-buffer_size-500-seed0)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="train N runs at a time, each a separate single-threaded process logging to <out>/<run>.log "
-                        "(default 1: in this process, with progress bars)")
-    p.add_argument("--markdown", metavar="FILE", default=None,
-                   help="also write the Markdown table, with the command that produced it, to FILE")
-    p.add_argument("--overwrite", action="store_true",
-                   help="rerun runs in --out that belong to a different config instead of stopping")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="directory for the runs and compare.{md,json,html} (default: <output_dir of the first config>/compare)",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="also vary a dotted config key over these values (repeatable: the cross product of all "
+        "grids x configs x seeds; run names add each key and value, e.g. er-200-buffer_size-500-seed0)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train N runs at a time, each a separate single-threaded process logging to <out>/<run>.log "
+        "(default 1: in this process, with progress bars)",
+    )
+    p.add_argument(
+        "--markdown",
+        metavar="FILE",
+        default=None,
+        help="also write the Markdown table, with the command that produced it, to FILE",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rerun runs in --out that belong to a different config instead of stopping",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("bench", help="throughput (incl. the batch-10 Mammoth protocol) and loss benchmarks")
     p.add_argument("--only", nargs="+", choices=["throughput", "losses"], help="run only these")
-    p.add_argument("--out", metavar="FILE", default=None,
-                   help="also write the reports, one after the other, to FILE (default: print them only; never a "
-                        "file git tracks, such as the committed benchmarks/results/*.txt)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="also write the reports, one after the other, to FILE (default: print them only; never a "
+        "file git tracks, such as the committed benchmarks/results/*.txt)",
+    )
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("methods", help="every method, one line each, with its paper")
     p.set_defaults(func=cmd_methods)
@@ -281,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     args.argv = ["protosphere", *(sys.argv[1:] if argv is None else argv)]
     # overrides may come after options (`run cfg.yaml --overwrite seed=1`), which argparse leaves unparsed
-    leftover = [e for e in extra
-                if not (args.command in ("run", "compare") and "=" in e and not e.startswith("-"))]
+    leftover = [e for e in extra if not (args.command in ("run", "compare") and "=" in e and not e.startswith("-"))]
     if leftover:
         parser.error(f"unrecognized arguments: {' '.join(leftover)}")
     if args.command == "run":
@@ -295,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         if argv is None:  # a command-line process about to exit: skip the garbage collector's passes over every
             import gc  # object of torch & co. at interpreter shut-down (~0.3 s of a short run; benchmarks/
-            gc.freeze()   # results/run_overhead.txt); atexit handlers and file flushing run as usual
+
+            gc.freeze()  # results/run_overhead.txt); atexit handlers and file flushing run as usual
         return code
     except Interrupted as exc:  # SIGTERM/SIGINT: stopped at a checkpoint; how to continue, in one line
         print(exc.describe(args.imports), file=sys.stderr)
@@ -311,8 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         if "home directory" not in str(exc):  # pathlib's Path.home() without $HOME or a passwd entry; others are bugs
             raise
-        print("error: there is no home directory for the download cache ($HOME is unset and the user has none); "
-              "set HOME, or XDG_CACHE_HOME and PROTOSPHERE_DATA, to a writable folder.", file=sys.stderr)
+        print(
+            "error: there is no home directory for the download cache ($HOME is unset and the user has none); "
+            "set HOME, or XDG_CACHE_HOME and PROTOSPHERE_DATA, to a writable folder.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

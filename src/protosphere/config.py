@@ -53,21 +53,29 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     dataset: Annotated[str, Registered(DATASETS)] = Field(
-        "fashion_mnist", description="dataset (`protosphere datasets` shows which are present)")
-    domains: list[str] | None = Field(None, description="DomainNet: its domains in task order, one task each "
-                                                        "(default: clipart, infograph, painting, quickdraw, real, "
-                                                        "sketch); needs scenario.kind=domain_il")
-    root: str | None = Field(None,
-        description="folder holding the dataset (default: $PROTOSPHERE_DATA, system packages, user cache)")
-    download: bool = Field(False,
-        description="download a missing dataset from its official source (or run `protosphere datasets --ensure NAME`)")
+        "fashion_mnist", description="dataset (`protosphere datasets` shows which are present)"
+    )
+    domains: list[str] | None = Field(
+        None,
+        description="DomainNet: its domains in task order, one task each "
+        "(default: clipart, infograph, painting, quickdraw, real, "
+        "sketch); needs scenario.kind=domain_il",
+    )
+    root: str | None = Field(
+        None, description="folder holding the dataset (default: $PROTOSPHERE_DATA, system packages, user cache)"
+    )
+    download: bool = Field(
+        False,
+        description="download a missing dataset from its official source (or run `protosphere datasets --ensure NAME`)",
+    )
     train_fraction: float = Field(1.0, gt=0, le=1, description="class-stratified fraction of the training set to use")
     image_size: int | None = Field(None, ge=8, description="resize for image-folder datasets")
 
 
 class ScenarioConfig(Section):
-    kind: Literal["class_il", "data_il", "domain_il"] = Field("class_il",
-        description="class-, data- or domain-incremental")
+    kind: Literal["class_il", "data_il", "domain_il"] = Field(
+        "class_il", description="class-, data- or domain-incremental"
+    )
     num_tasks: int = Field(5, ge=1, description="number of tasks the data is split into")
     classes_per_task: list[int] | None = Field(None, description="classes of each task (default: an even split)")
     class_order: list[int] | None = Field(None, description="order in which classes arrive (default: 0, 1, 2, ...)")
@@ -95,8 +103,10 @@ class ModelConfig(Section):
     mlp_hidden: list[int] = Field(default_factory=lambda: [100, 100], description="hidden widths of the mlp backbone")
     channels_last: bool = Field(True, description="channels-last memory layout for convolutions (faster)")
     init: Literal["default", "xavier"] = Field(
-        "default", description="weight initialisation: torch's default, or Mammoth's Xavier-uniform with zero biases "
-        "on every Linear layer (backbone and heads)")
+        "default",
+        description="weight initialisation: torch's default, or Mammoth's Xavier-uniform with zero biases "
+        "on every Linear layer (backbone and heads)",
+    )
 
 
 class OptimizerConfig(Section):
@@ -106,8 +116,10 @@ class OptimizerConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
     scheduler: Literal["none", "cosine", "step"] = Field("none", description="learning-rate schedule within each task")
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs at the start of each task")
-    milestones: list[float] = Field(default_factory=lambda: [0.6, 0.75, 0.9],
-        description="step schedule: fractions of a task at which the lr decays")
+    milestones: list[float] = Field(
+        default_factory=lambda: [0.6, 0.75, 0.9],
+        description="step schedule: fractions of a task at which the lr decays",
+    )
     gamma: float = Field(0.2, gt=0, le=1, description="step schedule: decay factor")
 
 
@@ -115,16 +127,22 @@ class TrainConfig(Section):
     epochs: int = Field(1, ge=1, description="epochs per task")
     first_task_epochs: int | None = Field(None, ge=1, description="epochs of the first task (default: epochs)")
     batch_size: int = Field(32, ge=1, description="global training batch (split across processes under DDP)")
-    augmentation: Annotated[str, Registered(AUGMENTATIONS)] = Field("supervised",
-        description="training augmentation recipe")
-    normalize: bool = Field(True, description="normalise inputs by the dataset's mean and std (training and "
-                            "evaluation); false keeps pixels in [0, 1], as Mammoth's ToTensor()-only inputs")
+    augmentation: Annotated[str, Registered(AUGMENTATIONS)] = Field(
+        "supervised", description="training augmentation recipe"
+    )
+    normalize: bool = Field(
+        True,
+        description="normalise inputs by the dataset's mean and std (training and "
+        "evaluation); false keeps pixels in [0, 1], as Mammoth's ToTensor()-only inputs",
+    )
     flip: bool = Field(True, description="random horizontal flips in the augmentation")
     log_every_n_steps: int = Field(50, ge=1, description="training loss, lr and img/s logged every N steps")
     checkpoint_every_n_steps: int | None = Field(None, ge=1, description="also checkpoint within a task every N steps")
     keep_checkpoints: bool = Field(
-        False, description="keep every task-<t>.ckpt; by default only last.ckpt and the latest task-<t>.ckpt are "
-                           "kept (what --resume and its fallback need)")
+        False,
+        description="keep every task-<t>.ckpt; by default only last.ckpt and the latest task-<t>.ckpt are "
+        "kept (what --resume and its fallback need)",
+    )
 
     def epochs_for(self, task: int) -> int:
         return self.first_task_epochs if task == 0 and self.first_task_epochs is not None else self.epochs
@@ -135,26 +153,36 @@ class EvalConfig(Section):
     random_init_baseline: bool = Field(True, description="evaluate the untrained model first (FWT's baseline)")
     neural_collapse: bool = Field(True, description="NC metrics on test features after every task")
     per_epoch: bool = Field(False, description="also evaluate accuracy and NC metrics after every epoch")
-    corruptions: list[str] | None = Field(None, description="corruptions applied to the test set after the last "
-                                         "task; 'all' for the whole suite")
-    corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5],
-        description="corruption severities 1..5")
+    corruptions: list[str] | None = Field(
+        None, description="corruptions applied to the test set after the last task; 'all' for the whole suite"
+    )
+    corruption_severities: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5], description="corruption severities 1..5"
+    )
     corruption_classifiers: Literal["headline", "all"] = Field(
-        "headline", description="which classifiers the corruption suite evaluates (each one costs a full pass)")
+        "headline", description="which classifiers the corruption suite evaluates (each one costs a full pass)"
+    )
     embeddings: bool = Field(True, description="save test embeddings for the report's sphere picture")
     probe_buffer_size: int | None = Field(
-        None, ge=0, description="two-stage methods (co2l, fnc2, nct) without a training buffer: samples stored only "
+        None,
+        ge=0,
+        description="two-stage methods (co2l, fnc2, nct) without a training buffer: samples stored only "
         "for the linear probe, filled as a training buffer of that size would be (default 200, Co2L's protocol; 0 = "
-        "the last task alone); with a training buffer the probe uses that buffer")
+        "the last task alone); with a training buffer the probe uses that buffer",
+    )
     probe_augment: bool | None = Field(
-        None, description="two-stage methods: every linear-probe epoch encodes freshly augmented copies of the probe's "
+        None,
+        description="two-stage methods: every linear-probe epoch encodes freshly augmented copies of the probe's "
         "training images (the training augmentation, one view, under no_grad), as the Co2L and FNC2 authors' linear "
         "stages do; false: each image encoded once, un-augmented. Default: the method's protocol (true for co2l and "
-        "fnc2)")
+        "fnc2)",
+    )
     report: Literal["inline", "background", "off"] = Field(
-        "inline", description="report.html and plots: written before the run returns (inline), by a low-priority "
+        "inline",
+        description="report.html and plots: written before the run returns (inline), by a low-priority "
         "process started when results.json is written, so the run returns at once (background), or not at all "
-        "(off; `protosphere report RUN_DIR` writes them later)")
+        "(off; `protosphere report RUN_DIR` writes them later)",
+    )
 
     @field_validator("report", mode="before")
     @classmethod
@@ -188,16 +216,19 @@ class FabricConfig(Section):
     devices: int | str = Field(1, description="devices per node (number, list or 'auto')")
     num_nodes: int = Field(1, ge=1, description="nodes (multi-node under torchrun or SLURM)")
     strategy: str = Field("auto", description="lightning-fabric strategy, e.g. ddp")
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = Field("32-true",
-        description="numeric precision")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = Field(
+        "32-true", description="numeric precision"
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
 
 
 class WandbConfig(Section):
     project: str = Field("protosphere", description="Weights & Biases project")
     mode: Literal["offline", "online"] = Field(
-        "offline", description="offline: files under the run folder only (sync later with `wandb sync`); online: "
-                               "stream to the W&B server")
+        "offline",
+        description="offline: files under the run folder only (sync later with `wandb sync`); online: "
+        "stream to the W&B server",
+    )
     entity: str | None = Field(None, description="W&B team or user (default: yours)")
     group: str | None = Field(None, description="W&B group, e.g. one per compare (default: none)")
     tags: list[str] = Field(default_factory=list, description="W&B tags")
@@ -206,10 +237,12 @@ class WandbConfig(Section):
 class LoggingConfig(Section):
     """Experiment trackers beside metrics.csv (which is always written): they log the same values."""
 
-    tensorboard: bool = Field(False, description="TensorBoard event files under <run>/tensorboard "
-                                                 "(pip install protosphere[tensorboard])")
-    wandb: WandbConfig | None = Field(None, description="Weights & Biases, e.g. {project: p, mode: offline} or true "
-                                                        "(pip install protosphere[wandb])")
+    tensorboard: bool = Field(
+        False, description="TensorBoard event files under <run>/tensorboard (pip install protosphere[tensorboard])"
+    )
+    wandb: WandbConfig | None = Field(
+        None, description="Weights & Biases, e.g. {project: p, mode: offline} or true (pip install protosphere[wandb])"
+    )
 
     @field_validator("wandb", mode="before")
     @classmethod
@@ -236,12 +269,17 @@ def plain_name(text: str) -> str:
 
 
 class RunConfig(Section):
-    name: str | None = Field(None, description="the run's folder under output_dir, one plain folder name (default: "
-                               "<config file>-seed<seed>)")
+    name: str | None = Field(
+        None, description="the run's folder under output_dir, one plain folder name (default: <config file>-seed<seed>)"
+    )
     output_dir: str = Field("runs", description="where run folders are written (`~` is your home folder)")
-    seed: int = Field(0, ge=0, le=2**32 - 1,
-                      description="one seed for data order, augmentation, init and class order (0 to 2**32-1, the "
-                                  "range every generator accepts as it is)")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="one seed for data order, augmentation, init and class order (0 to 2**32-1, the "
+        "range every generator accepts as it is)",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -261,8 +299,10 @@ class RunConfig(Section):
     @classmethod
     def _plain_folder_name(cls, value: str | None) -> str | None:
         if value is not None and (not RUN_NAME.fullmatch(value) or value in (".", "..")):
-            raise ValueError("a run name is one plain folder name (letters, digits and `._-`, not `.` or `..`, at "
-                             "most 200 characters); put other folders in output_dir=...")
+            raise ValueError(
+                "a run name is one plain folder name (letters, digits and `._-`, not `.` or `..`, at "
+                "most 200 characters); put other folders in output_dir=..."
+            )
         return value
 
     @field_validator("method", mode="before")
@@ -313,8 +353,18 @@ def _section_at(model: type[BaseModel], loc: tuple, data: dict) -> type[BaseMode
         if field is None:
             return None
         annotation = field.annotation
-        sub = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)
-                    and issubclass(a, BaseModel)), None) if annotation is not None else None
+        sub = (
+            next(
+                (
+                    a
+                    for a in getattr(annotation, "__args__", (annotation,))
+                    if isinstance(a, type) and issubclass(a, BaseModel)
+                ),
+                None,
+            )
+            if annotation is not None
+            else None
+        )
         if sub is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
             sub = annotation
         if sub is None:
@@ -333,8 +383,11 @@ def _describe(error: dict, data: dict) -> str:
         valid = sorted(owner.model_fields) if owner is not None else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         parent = ".".join(str(p) for p in loc[:-1])
-        hint = f"did you mean `{(parent + '.') if parent else ''}{close[0]}`?" if close else (
-            f"valid keys here: {', '.join(valid)}." if valid else "remove it.")
+        hint = (
+            f"did you mean `{(parent + '.') if parent else ''}{close[0]}`?"
+            if close
+            else (f"valid keys here: {', '.join(valid)}." if valid else "remove it.")
+        )
         return f"Unknown config key `{dotted}`: {hint}"
     given = error.get("input")
     given_text = "" if isinstance(given, dict) else f" (got {quote(given)})"
@@ -349,15 +402,19 @@ def _describe(error: dict, data: dict) -> str:
 def validate_config(data: dict, source: str = "config") -> RunConfig:
     """Validate a plain mapping into a :class:`RunConfig`, turning pydantic errors into one readable ConfigError."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source} must be a YAML mapping of sections (data, scenario, method, ...), "
-                          f"got {type(data).__name__}.")
+        raise ConfigError(
+            f"{source} must be a YAML mapping of sections (data, scenario, method, ...), got {type(data).__name__}."
+        )
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         first = _describe(errors[0], data)
-        more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after fixing this)" if len(
-            errors) > 1 else ""
+        more = (
+            f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after fixing this)"
+            if len(errors) > 1
+            else ""
+        )
         raise ConfigError(f"{source}: {first}{more}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
@@ -369,11 +426,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"Override `{shorten(text)}` has an empty key; write dotted keys such as "
-                          f"method.buffer_size=500.")
+        raise ConfigError(
+            f"Override `{shorten(text)}` has an empty key; write dotted keys such as method.buffer_size=500."
+        )
     if not raw.strip():  # `method=` would reset a whole section to its defaults, `train.epochs=` fail obscurely
-        raise ConfigError(f"Override `{shorten(text)}` has no value after `=`; give one (e.g. {shorten(key, 40)}=...), "
-                          f"or write {shorten(key, 40)}=null to unset it.")
+        raise ConfigError(
+            f"Override `{shorten(text)}` has no value after `=`; give one (e.g. {shorten(key, 40)}=...), "
+            f"or write {shorten(key, 40)}=null to unset it."
+        )
     try:
         value = load_yaml(raw)
     except ConfigError as exc:
@@ -418,9 +478,11 @@ class ConfigLoader(yaml.SafeLoader):
         node = super().compose_document()
         expanded = expanded_size(node)
         if expanded > MAX_YAML_NODES:
-            raise ConfigError(f"its aliases (`*name`) expand into {expanded:,} values, more than the "
-                              f"{MAX_YAML_NODES:,} a config may hold; write the values out or use fewer nested "
-                              f"aliases.")
+            raise ConfigError(
+                f"its aliases (`*name`) expand into {expanded:,} values, more than the "
+                f"{MAX_YAML_NODES:,} a config may hold; write the values out or use fewer nested "
+                f"aliases."
+            )
         return node
 
     def construct_mapping(self, node, deep=False):
@@ -432,8 +494,10 @@ class ConfigLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 if isinstance(key, (str, int, float, bool)) and key in lines:
-                    raise ConfigError(f"the key `{shorten(key)}` appears twice in one mapping (lines {lines[key]} "
-                                      f"and {line}), and only the last would count; keep one of them.")
+                    raise ConfigError(
+                        f"the key `{shorten(key)}` appears twice in one mapping (lines {lines[key]} "
+                        f"and {line}), and only the last would count; keep one of them."
+                    )
                 if isinstance(key, (str, int, float, bool)):
                     lines[key] = line
         return super().construct_mapping(node, deep=deep)
@@ -447,8 +511,11 @@ def expanded_size(node) -> int:
     def size(n) -> int:
         if id(n) not in sizes:
             sizes[id(n)] = 0  # a recursive alias counts once instead of looping
-            children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else (
-                n.value if isinstance(n, yaml.SequenceNode) else [])
+            children = (
+                [c for pair in n.value for c in pair]
+                if isinstance(n, yaml.MappingNode)
+                else (n.value if isinstance(n, yaml.SequenceNode) else [])
+            )
             sizes[id(n)] = 1 + sum(size(c) for c in children)
         return sizes[id(n)]
 
@@ -466,8 +533,10 @@ def _read_mapping(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                          f"{exc.start}); save it as UTF-8.") from None
+        raise ConfigError(
+            f"Config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8."
+        ) from None
     try:
         data = load_yaml(text)
     except ConfigError as exc:
@@ -479,8 +548,10 @@ def _read_mapping(path: Path) -> dict:
     if data is None:  # an empty file: every default
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"Config file {path} must be a YAML mapping of sections (data, scenario, method, ...), "
-                          f"got a {type(data).__name__}; see configs/ for examples.")
+        raise ConfigError(
+            f"Config file {path} must be a YAML mapping of sections (data, scenario, method, ...), "
+            f"got a {type(data).__name__}; see configs/ for examples."
+        )
     return data
 
 
@@ -508,16 +579,21 @@ def read_yaml(path: str | Path) -> dict:
         if base is None:
             break
         if not isinstance(base, str) or not base.strip():
-            raise ConfigError(f"Config file {path}: `base` must be the path of another YAML file (relative to "
-                              f"{path.parent}), got {base!r}.")
+            raise ConfigError(
+                f"Config file {path}: `base` must be the path of another YAML file (relative to "
+                f"{path.parent}), got {base!r}."
+            )
         following = path.parent / base
         if not following.is_file():
-            raise ConfigError(f"Config file {path}: its base {base} does not exist (looked for {following}); `base` is "
-                              f"a path relative to the including file.")
+            raise ConfigError(
+                f"Config file {path}: its base {base} does not exist (looked for {following}); `base` is "
+                f"a path relative to the including file."
+            )
         if any(following.resolve() == seen.resolve() for seen in chain):
             loop = " → ".join(str(p) for p in chain + [following])
-            raise ConfigError(f"Config file {chain[0]} includes itself through `base` ({loop}); remove one of these "
-                              f"`base:` lines.")
+            raise ConfigError(
+                f"Config file {chain[0]} includes itself through `base` ({loop}); remove one of these `base:` lines."
+            )
         path = following
     data: dict = {}
     for layer in reversed(layers):
@@ -558,8 +634,11 @@ def config_fingerprint(config: RunConfig) -> str:
     data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay
     data["eval"].pop("report", None)
     # options added later are left out at their defaults, so earlier runs keep their fingerprints
-    for section, key, default in (("model", "init", "default"), ("train", "normalize", True),
-                                   ("method", "classifier", "etf")):
+    for section, key, default in (
+        ("model", "init", "default"),
+        ("train", "normalize", True),
+        ("method", "classifier", "etf"),
+    ):
         if data[section].get(key) == default:
             data[section].pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -104,10 +104,14 @@ def check_processes(config: RunConfig, world_size: int) -> None:
     if world_size == 1:
         return
     if config.train.batch_size % world_size:
-        raise ConfigError(f"train.batch_size={config.train.batch_size} is the global batch and must be divisible by "
-                          f"the number of processes ({world_size}); use a multiple of {world_size}.")
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} is the global batch and must be divisible by "
+            f"the number of processes ({world_size}); use a multiple of {world_size}."
+        )
     size = getattr(config.method, "buffer_size", 0) or 0
     if size % world_size:
-        raise ConfigError(f"method.buffer_size={size} is the global replay memory, split evenly over the "
-                          f"{world_size} processes, so it must be divisible by {world_size}; use a multiple of "
-                          f"{world_size}, e.g. {size - size % world_size or world_size}.")
+        raise ConfigError(
+            f"method.buffer_size={size} is the global replay memory, split evenly over the "
+            f"{world_size} processes, so it must be divisible by {world_size}; use a multiple of "
+            f"{world_size}, e.g. {size - size % world_size or world_size}."
+        )

@@ -61,7 +61,7 @@ _OS_ADVICE = {
 def shorten(text: object, limit: int = 80) -> str:
     """``text`` for an error message: at most ``limit`` characters, with the length of what was cut."""
     text = str(text)
-    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 def quote(value: object, limit: int = 80) -> str:
@@ -69,7 +69,7 @@ def quote(value: object, limit: int = 80) -> str:
     text = repr(value)
     if len(text) <= limit:
         return text
-    return f"{str(value)[:limit - 2]!r}… ({len(str(value))} characters)"
+    return f"{str(value)[: limit - 2]!r}… ({len(str(value))} characters)"
 
 
 def describe_os_error(exc: OSError, kept: str = "") -> str:

@@ -131,8 +131,10 @@ def fit_linear_probe(
     if schedule not in ("cosine", "step", "constant"):
         raise ValueError(f"fit_linear_probe: schedule must be 'cosine', 'step' or 'constant', got {schedule!r}.")
     if epochs < 1 or batch_size < 1 or min_steps < 0:
-        raise ValueError(f"fit_linear_probe: epochs and batch_size must be >= 1 and min_steps >= 0, got {epochs}, "
-                         f"{batch_size}, {min_steps}.")
+        raise ValueError(
+            f"fit_linear_probe: epochs and batch_size must be >= 1 and min_steps >= 0, got {epochs}, "
+            f"{batch_size}, {min_steps}."
+        )
     device = features.device
     dtype = torch.promote_types(features.dtype, torch.float32)
     x_all = features.detach().to(dtype)
@@ -165,8 +167,10 @@ def fit_linear_probe(
         if epoch_features is not None:  # one fresh view per draw, rows in the order drawn
             x_epoch = epoch_features(epoch, order).detach().to(device=device, dtype=dtype)
             if x_epoch.shape != (n, d):
-                raise ValueError(f"fit_linear_probe: epoch_features returned {tuple(x_epoch.shape)} for {n} drawn rows "
-                                 f"of dimension {d}; it must return one feature row per drawn row.")
+                raise ValueError(
+                    f"fit_linear_probe: epoch_features returned {tuple(x_epoch.shape)} for {n} drawn rows "
+                    f"of dimension {d}; it must return one feature row per drawn row."
+                )
             y_epoch, order = y_all[order], torch.arange(n, device=device)
         for start in range(0, n, batch_size):
             if schedule == "cosine":
@@ -246,8 +250,9 @@ def knn_logits(
             f"{tuple(test_features.shape)}."
         )
     if k < 1 or temperature <= 0 or chunk_size < 1:
-        raise ValueError(f"knn_logits: need k >= 1, temperature > 0, chunk_size >= 1; got {k}, {temperature}, "
-                         f"{chunk_size}.")
+        raise ValueError(
+            f"knn_logits: need k >= 1, temperature > 0, chunk_size >= 1; got {k}, {temperature}, {chunk_size}."
+        )
     device = test_features.device
     dtype = torch.promote_types(test_features.dtype, torch.float32)
     train = F.normalize(train_features.detach().to(device=device, dtype=dtype), dim=1)

@@ -114,8 +114,7 @@ def _check_labels(labels: torch.Tensor, num_rows: int, num_classes: int, where: 
         raise ValueError(f"{where}: labels must be an integer tensor, got {labels.dtype}.")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(
-            f"{where}: labels must lie in [0, {num_classes - 1}], got range "
-            f"[{int(labels.min())}, {int(labels.max())}]."
+            f"{where}: labels must lie in [0, {num_classes - 1}], got range [{int(labels.min())}, {int(labels.max())}]."
         )
 
 

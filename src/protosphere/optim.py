@@ -13,10 +13,19 @@ class LARS(torch.optim.Optimizer):
     ``eta · ‖w‖ / (‖g‖ + wd · ‖w‖)`` (clipped at 1 when ``clip``); biases and 1-D normalisation parameters are neither
     scaled nor decayed."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02,
-                 clip: bool = True, exclude_1d: bool = True):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip,
-                                      exclude_1d=exclude_1d))
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.02,
+        clip: bool = True,
+        exclude_1d: bool = True,
+    ):
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, exclude_1d=exclude_1d)
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -31,8 +40,9 @@ class LARS(torch.optim.Optimizer):
                     if group["weight_decay"]:
                         grad = grad.add(p, alpha=group["weight_decay"])
                     p_norm, g_norm = torch.norm(p), torch.norm(grad)
-                    trust = torch.where((p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm,
-                                        torch.ones_like(p_norm))
+                    trust = torch.where(
+                        (p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm, torch.ones_like(p_norm)
+                    )
                     if group["clip"]:
                         trust = torch.clamp(trust / group["lr"], max=1.0) if group["lr"] > 0 else trust
                     grad = grad * trust
@@ -76,4 +86,3 @@ def lr_factor(config, step: int, total_steps: int, steps_per_epoch: int) -> floa
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = base_lr * factor
-

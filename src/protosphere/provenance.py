@@ -56,7 +56,14 @@ def environment() -> dict:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "protosphere": __version__, "torch": torch.__version__, "lightning_fabric": lightning_fabric.__version__,
-        "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+        "protosphere": __version__,
+        "torch": torch.__version__,
+        "lightning_fabric": lightning_fabric.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
     }

@@ -27,8 +27,17 @@ import importlib
 import importlib.metadata
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
-__all__ = ["Registry", "UnknownNameError", "METHODS", "DATASETS", "BACKBONES", "AUGMENTATIONS", "CORRUPTIONS",
-           "PLUGIN_GROUP", "load_plugins"]
+__all__ = [
+    "Registry",
+    "UnknownNameError",
+    "METHODS",
+    "DATASETS",
+    "BACKBONES",
+    "AUGMENTATIONS",
+    "CORRUPTIONS",
+    "PLUGIN_GROUP",
+    "load_plugins",
+]
 
 T = TypeVar("T")
 
@@ -61,8 +70,10 @@ class Registry(Generic[T]):
 
         def add(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj and not replace:
-                raise ValueError(f"{self.kind} `{name}` is already registered (by {_origin(self._entries[name])}); "
-                                 f"choose another name or pass replace=True")
+                raise ValueError(
+                    f"{self.kind} `{name}` is already registered (by {_origin(self._entries[name])}); "
+                    f"choose another name or pass replace=True"
+                )
             self._entries[name] = obj
             return obj
 
@@ -185,8 +196,11 @@ def import_module_or_file(name: str):
         return importlib.import_module(name)
     path = Path(name).expanduser()
     if not path.is_file():
-        raise PluginLoadError(f"--import {name}: there is no such Python file; give the path of a .py file or a dotted "
-                              f"module name.", name, installed=False)
+        raise PluginLoadError(
+            f"--import {name}: there is no such Python file; give the path of a .py file or a dotted module name.",
+            name,
+            installed=False,
+        )
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module  # so that pickling, dataclasses and the module's own imports find it
@@ -216,11 +230,11 @@ def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> l
         except ModuleNotFoundError as exc:
             if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
                 raise  # the module itself is not there (the command line says how to name it)
-            raise PluginLoadError(_failure(f"--import {name}", exc, f"install `{exc.name}` or fix the module"),
-                                  name, installed=False) from exc
+            raise PluginLoadError(
+                _failure(f"--import {name}", exc, f"install `{exc.name}` or fix the module"), name, installed=False
+            ) from exc
         except Exception as exc:
-            raise PluginLoadError(_failure(f"--import {name}", exc, "fix the module"), name, installed=False) \
-                from exc
+            raise PluginLoadError(_failure(f"--import {name}", exc, "fix the module"), name, installed=False) from exc
         loaded.append(name)
     if entry_points:
         failures = []
@@ -229,9 +243,17 @@ def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> l
                 point.load()
             except Exception as exc:
                 package = point.dist.name if getattr(point, "dist", None) is not None else "its package"
-                failures.append(PluginLoadError(_failure(
-                    f"The installed plugin `{point.name}` ({point.value}, from {package})", exc,
-                    f"fix or uninstall {package} (pip uninstall {package})"), point.name, installed=True))
+                failures.append(
+                    PluginLoadError(
+                        _failure(
+                            f"The installed plugin `{point.name}` ({point.value}, from {package})",
+                            exc,
+                            f"fix or uninstall {package} (pip uninstall {package})",
+                        ),
+                        point.name,
+                        installed=True,
+                    )
+                )
                 continue
             loaded.append(point.value)
         if failures:

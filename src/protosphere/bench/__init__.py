@@ -20,8 +20,25 @@ from ..errors import RunError
 # (group for --only, module under protosphere.bench, its arguments)
 BENCHMARKS = (
     ("throughput", "throughput", []),
-    ("throughput", "throughput", ["--backbone", "mlp", "--batch-size", "10", "--augmentation", "none", "--methods",
-                                  "finetune", "er", "der++", "lwf", "--steps", "200"]),
+    (
+        "throughput",
+        "throughput",
+        [
+            "--backbone",
+            "mlp",
+            "--batch-size",
+            "10",
+            "--augmentation",
+            "none",
+            "--methods",
+            "finetune",
+            "er",
+            "der++",
+            "lwf",
+            "--steps",
+            "200",
+        ],
+    ),
     ("losses", "losses", []),
 )
 
@@ -32,8 +49,12 @@ def tracked_by_git(path: Path) -> bool:
     if folder is None:
         return False
     try:
-        done = subprocess.run(["git", "-C", str(folder), "ls-files", "--error-unmatch", path.name],
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "-C", str(folder), "ls-files", "--error-unmatch", path.name],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0
@@ -44,13 +65,16 @@ def check_out_file(out: Path) -> None:
     if out.is_dir():
         raise RunError(f"bench --out {out} is a folder; pass a file, e.g. --out runs/bench.txt.")
     if out.exists() and tracked_by_git(out.resolve()):
-        raise RunError(f"bench would overwrite {out}, tracked by git (the committed reference numbers); pass --out "
-                       f"to another file, e.g. --out runs/bench.txt.")
+        raise RunError(
+            f"bench would overwrite {out}, tracked by git (the committed reference numbers); pass --out "
+            f"to another file, e.g. --out runs/bench.txt."
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunError(f"Cannot create the folder of bench --out {out} ({exc.strerror}); pass a writable "
-                       f"file.") from None
+        raise RunError(
+            f"Cannot create the folder of bench --out {out} ({exc.strerror}); pass a writable file."
+        ) from None
 
 
 def run_benchmarks(only: Sequence[str] | None = None, out: str | Path | None = None) -> list[str]:

@@ -85,6 +85,7 @@ def interleaved_medians(calls: dict, reps: int, device, warmup: int = 3, with_mi
 # peak memory (child process mode)
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _memory_child(which: str, b: int, d: int) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     from pytorch_metric_learning.losses import SupConLoss
@@ -118,14 +119,19 @@ def peak_memory(which: str, b: int, d: int, device) -> float:
         fn(leaf, labels).backward()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    out = subprocess.run([sys.executable, "-m", "protosphere.bench.losses", "--memory-child", which, str(b), str(d)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "protosphere.bench.losses", "--memory-child", which, str(b), str(d)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # CNN train step
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 class _FallbackCNN(nn.Module):
     """conv32–conv64–pool–conv128–pool–(4×4 avg)–fc → 128 (≈0.36 M parameters); used if protosphere.models is absent."""
@@ -138,8 +144,16 @@ class _FallbackCNN(nn.Module):
         def block(i, o):
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
-        self.net = nn.Sequential(block(1, 32), block(32, 64), nn.MaxPool2d(2), block(64, 128), nn.MaxPool2d(2),
-                                 nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128 * 16, 128))
+        self.net = nn.Sequential(
+            block(1, 32),
+            block(32, 64),
+            nn.MaxPool2d(2),
+            block(64, 128),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(128 * 16, 128),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -182,10 +196,14 @@ def main(argv=None) -> int:
         lines.append(text)
 
     emit("protosphere loss benchmark")
-    emit(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
-         f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
-    emit(f"torch {torch.__version__}, pytorch-metric-learning {pml_version}, python {platform.python_version()}; "
-         f"load average before start {os.getloadavg()[0]:.2f}")
+    emit(
+        f"machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
+        f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+    )
+    emit(
+        f"torch {torch.__version__}, pytorch-metric-learning {pml_version}, python {platform.python_version()}; "
+        f"load average before start {os.getloadavg()[0]:.2f}"
+    )
     emit()
 
     # --- supcon vs PML: time ------------------------------------------------------------------------------------
@@ -195,35 +213,52 @@ def main(argv=None) -> int:
     L.set_validation(False)
     ours_value = L.supcon(z, labels, 0.07, 0.07).item()
     pml_value = pml(z, labels).item()
+
     def ours_checked():
         with L.validation(True):
             return fwd_bwd(L.supcon, z, labels, 0.07, 0.07)
 
-    med, best = interleaved_medians({
-        "protosphere": lambda: fwd_bwd(L.supcon, z, labels, 0.07, 0.07),
-        "pml": lambda: fwd_bwd(pml, z, labels),
-        "checked": ours_checked,
-    }, args.reps, device, with_min=True)
+    med, best = interleaved_medians(
+        {
+            "protosphere": lambda: fwd_bwd(L.supcon, z, labels, 0.07, 0.07),
+            "pml": lambda: fwd_bwd(pml, z, labels),
+            "checked": ours_checked,
+        },
+        args.reps,
+        device,
+        with_min=True,
+    )
     checked = med["checked"]
     ratio = med["protosphere"] / med["pml"]
     emit(f"supcon vs PML SupConLoss(temperature=0.07), B={b}, d={d}, two views of {b // 2} images, 100 classes")
     emit(f"  loss values: protosphere {ours_value:.6f}, PML {pml_value:.6f} (|diff| {abs(ours_value - pml_value):.2e})")
-    emit(f"  forward+backward median of {args.reps}: protosphere {med['protosphere'] * 1e3:.2f} ms, "
-         f"PML {med['pml'] * 1e3:.2f} ms -> ratio {ratio:.3f} (target <= 0.67) {'PASS' if ratio <= 0.67 else 'FAIL'}")
-    emit(f"  best of {args.reps}: protosphere {best['protosphere'] * 1e3:.2f} ms, PML {best['pml'] * 1e3:.2f} ms "
-         f"-> ratio {best['protosphere'] / best['pml']:.3f}")
-    emit(f"  protosphere with value checks on (direct-call default): median {checked * 1e3:.2f} ms "
-         f"(ratio {checked / med['pml']:.3f})")
+    emit(
+        f"  forward+backward median of {args.reps}: protosphere {med['protosphere'] * 1e3:.2f} ms, "
+        f"PML {med['pml'] * 1e3:.2f} ms -> ratio {ratio:.3f} (target <= 0.67) {'PASS' if ratio <= 0.67 else 'FAIL'}"
+    )
+    emit(
+        f"  best of {args.reps}: protosphere {best['protosphere'] * 1e3:.2f} ms, PML {best['pml'] * 1e3:.2f} ms "
+        f"-> ratio {best['protosphere'] / best['pml']:.3f}"
+    )
+    emit(
+        f"  protosphere with value checks on (direct-call default): median {checked * 1e3:.2f} ms "
+        f"(ratio {checked / med['pml']:.3f})"
+    )
 
     # --- supcon vs PML: peak memory ---------------------------------------------------------------------------------
     bm = 4096
     mem_ours = peak_memory("protosphere", bm, d, device)
     mem_pml = peak_memory("pml", bm, d, device)
-    method = ("torch.cuda.max_memory_allocated growth" if device.type == "cuda"
-              else "peak-RSS growth (ru_maxrss) of a fresh subprocess over one forward+backward")
+    method = (
+        "torch.cuda.max_memory_allocated growth"
+        if device.type == "cuda"
+        else "peak-RSS growth (ru_maxrss) of a fresh subprocess over one forward+backward"
+    )
     emit(f"peak memory, B={bm}, d={d} ({method}; one N×N float32 = {bm * bm * 4 / 2**20:.0f} MiB):")
-    emit(f"  protosphere {mem_ours:.0f} MiB, PML {mem_pml:.0f} MiB -> ratio {mem_ours / mem_pml:.3f} "
-         f"(target <= 1) {'PASS' if mem_ours <= mem_pml else 'FAIL'}")
+    emit(
+        f"  protosphere {mem_ours:.0f} MiB, PML {mem_pml:.0f} MiB -> ratio {mem_ours / mem_pml:.3f} "
+        f"(target <= 1) {'PASS' if mem_ours <= mem_pml else 'FAIL'}"
+    )
     emit()
 
     # --- each loss vs a 2-view CNN training step --------------------------------------------------------------------
@@ -241,8 +276,9 @@ def main(argv=None) -> int:
         L.supcon(feats, y, 0.1, 0.1).backward()
         opt.step()
 
-    step_med, step_best = interleaved_medians({"step": train_step}, max(5, args.reps // 2), device, warmup=2,
-                                              with_min=True)
+    step_med, step_best = interleaved_medians(
+        {"step": train_step}, max(5, args.reps // 2), device, warmup=2, with_min=True
+    )
     step, step_best = step_med["step"], step_best["step"]
     zz, _ = batch(512, 128, device, seed=1)
     zp = F.normalize(zz + 0.3 * torch.randn_like(zz), dim=1)
@@ -276,17 +312,24 @@ def main(argv=None) -> int:
         "pnr_simclr": lambda x: L.pnr_simclr(x[:256], x[256:], x[256:], x[:256], zp[:256], zp[256:]),
         "cassle_distill": lambda x: L.cassle_distill(x, zp),
     }
-    times, bests = interleaved_medians({k: (lambda f=f: fwd_bwd(f, zz)) for k, f in losses.items()}, args.reps, device,
-                                       with_min=True)
-    emit("each loss's forward+backward on 512 rows x 128-d (2 views x 256), value checks off, as a fraction of one "
-         "2-view training step")
-    emit(f"  step: {model_name}, {params / 1e6:.2f} M parameters, 2x256 images 1x28x28, SGD, "
-         f"SupCon loss -> median {step * 1e3:.1f} ms (best {step_best * 1e3:.1f} ms)")
+    times, bests = interleaved_medians(
+        {k: (lambda f=f: fwd_bwd(f, zz)) for k, f in losses.items()}, args.reps, device, with_min=True
+    )
+    emit(
+        "each loss's forward+backward on 512 rows x 128-d (2 views x 256), value checks off, as a fraction of one "
+        "2-view training step"
+    )
+    emit(
+        f"  step: {model_name}, {params / 1e6:.2f} M parameters, 2x256 images 1x28x28, SGD, "
+        f"SupCon loss -> median {step * 1e3:.1f} ms (best {step_best * 1e3:.1f} ms)"
+    )
     emit(f"  {'loss':<40s} {'median':>9s}  {'% of median step':>16s}   {'best':>8s}  {'best/best step':>14s}")
     for name, t in times.items():
         frac = t / step
-        emit(f"  {name:<40s} {t * 1e3:6.2f} ms  {100 * frac:14.2f} %   {bests[name] * 1e3:5.2f} ms  "
-             f"{100 * bests[name] / step_best:12.2f} %  {'PASS' if frac <= 0.05 else 'FAIL'} (target <= 5 %)")
+        emit(
+            f"  {name:<40s} {t * 1e3:6.2f} ms  {100 * frac:14.2f} %   {bests[name] * 1e3:5.2f} ms  "
+            f"{100 * bests[name] / step_best:12.2f} %  {'PASS' if frac <= 0.05 else 'FAIL'} (target <= 5 %)"
+        )
     emit(f"load average at the end {os.getloadavg()[0]:.2f}")
     if args.out:
         with open(args.out, "w") as fh:

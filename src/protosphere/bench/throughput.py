@@ -55,9 +55,14 @@ def batches(context: TaskContext, batch_size: int, count: int, seed: int):
 
 def bench_method(name: str, scenario, args, device) -> dict:
     settings = {"name": name, **DEFAULT_METHOD_SETTINGS.get(name, {})}
-    config = validate_config({"method": settings, "model": {"backbone": args.backbone},
-                              "train": {"batch_size": args.batch_size, "augmentation": args.augmentation},
-                              "optimizer": {"lr": 0.01}})
+    config = validate_config(
+        {
+            "method": settings,
+            "model": {"backbone": args.backbone},
+            "train": {"batch_size": args.batch_size, "augmentation": args.augmentation},
+            "optimizer": {"lr": 0.01},
+        }
+    )
     torch.manual_seed(0)
     method = build_method(config, scenario).to(device)
     method.train()
@@ -165,8 +170,7 @@ def bench_method(name: str, scenario, args, device) -> dict:
                 frozen_backbone.train(training)
                 with torch.no_grad():
                     frozen_backbone(xb)
-        loss = sum(F.cross_entropy(bare_head(o), y.repeat((len(o) + len(y) - 1) // len(y))[: len(o)])
-                   for o in outputs)
+        loss = sum(F.cross_entropy(bare_head(o), y.repeat((len(o) + len(y) - 1) // len(y))[: len(o)]) for o in outputs)
         bare_optimizer.zero_grad()
         loss.backward()
         bare_optimizer.step()
@@ -201,18 +205,32 @@ def bench_method(name: str, scenario, args, device) -> dict:
             floor_times.append(t4 - t3)
             heads_times.append(t5 - t4)
             method_times.append(t6 - t5)
-    bare, bare2, past, floor, heads, meth = (statistics.median(t) for t in (bare_times, bare2_times, past_times,
-                                                                            floor_times, heads_times, method_times))
-    passes = " + ".join(f"{'aug ' if kind == 'aug' else ''}{rows}{'' if grad or kind == 'aug' else ' no-grad'}"
-                        for kind, rows, grad, _ in calls)
+    bare, bare2, past, floor, heads, meth = (
+        statistics.median(t) for t in (bare_times, bare2_times, past_times, floor_times, heads_times, method_times)
+    )
+    passes = " + ".join(
+        f"{'aug ' if kind == 'aug' else ''}{rows}{'' if grad or kind == 'aug' else ' no-grad'}"
+        for kind, rows, grad, _ in calls
+    )
     if head_calls:
-        passes += "; heads " + " + ".join(f"{type(m).__name__} {shape[0]}×{shape[1]}{'' if grad else ' no-grad'}"
-                                          for m, shape, grad, _ in head_calls)
-    return {"method": name, "bare_img_s": args.batch_size / bare, "bare2_img_s": args.batch_size / bare2,
-            "past_img_s": args.batch_size / past, "floor_img_s": args.batch_size / floor,
-            "heads_img_s": args.batch_size / heads, "ratio_heads": meth / heads,
-            "method_img_s": args.batch_size / meth, "ratio": meth / bare, "ratio2": meth / bare2,
-            "ratio_past": meth / past, "ratio_floor": meth / floor, "passes": passes}
+        passes += "; heads " + " + ".join(
+            f"{type(m).__name__} {shape[0]}×{shape[1]}{'' if grad else ' no-grad'}" for m, shape, grad, _ in head_calls
+        )
+    return {
+        "method": name,
+        "bare_img_s": args.batch_size / bare,
+        "bare2_img_s": args.batch_size / bare2,
+        "past_img_s": args.batch_size / past,
+        "floor_img_s": args.batch_size / floor,
+        "heads_img_s": args.batch_size / heads,
+        "ratio_heads": meth / heads,
+        "method_img_s": args.batch_size / meth,
+        "ratio": meth / bare,
+        "ratio2": meth / bare2,
+        "ratio_past": meth / past,
+        "ratio_floor": meth / floor,
+        "passes": passes,
+    }
 
 
 def main(argv=None) -> int:
@@ -257,11 +275,13 @@ def main(argv=None) -> int:
     print("\n".join(lines), flush=True)
     for name in names:
         row = bench_method(name, scenario, args, device)
-        line = (f"{row['method']:<12} {row['bare_img_s']:>12,.0f} {row['bare2_img_s']:>12,.0f} "
-                f"{row['past_img_s']:>12,.0f} {row['floor_img_s']:>9,.0f} {row['heads_img_s']:>9,.0f} "
-                f"{row['method_img_s']:>9,.0f} {row['ratio']:>10.2f} {row['ratio2']:>10.2f} {row['ratio_past']:>9.2f} "
-                f"{row['ratio_floor']:>9.2f} {row['ratio_heads']:>10.2f}  "
-                f"{row['passes']}")
+        line = (
+            f"{row['method']:<12} {row['bare_img_s']:>12,.0f} {row['bare2_img_s']:>12,.0f} "
+            f"{row['past_img_s']:>12,.0f} {row['floor_img_s']:>9,.0f} {row['heads_img_s']:>9,.0f} "
+            f"{row['method_img_s']:>9,.0f} {row['ratio']:>10.2f} {row['ratio2']:>10.2f} {row['ratio_past']:>9.2f} "
+            f"{row['ratio_floor']:>9.2f} {row['ratio_heads']:>10.2f}  "
+            f"{row['passes']}"
+        )
         print(line, flush=True)
         lines.append(line)
     if args.out:

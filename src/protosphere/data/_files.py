@@ -38,8 +38,10 @@ def cache_dir(name: str) -> Path:
 def fetch_hint(name: str, what: str = "it", again: bool = False) -> str:
     """How to download dataset ``name`` into the user cache: the command first, then the config key and Python."""
     where = "again" if again else f"into {cache_dir(name)}"
-    return (f"run `protosphere datasets --ensure {name}` (data.download=true in a run's config, download=True in "
-            f"Python) to fetch {what} {where}")
+    return (
+        f"run `protosphere datasets --ensure {name}` (data.download=true in a run's config, download=True in "
+        f"Python) to fetch {what} {where}"
+    )
 
 
 def md5_file(path: str | os.PathLike) -> str:

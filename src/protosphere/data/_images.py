@@ -24,8 +24,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".
 
 def check_image_size(image_size: int) -> int:
     """Validate the requested square side length (a user setting) and return it as int."""
-    if (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
-            or not 1 <= int(image_size) <= 4096):
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or not 1 <= int(image_size) <= 4096
+    ):
         raise DatasetError(f"image_size must be an integer between 1 and 4096, got {image_size!r}; fix the setting.")
     return int(image_size)
 
@@ -66,7 +69,7 @@ def decode_images(
         workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(items), chunk):
-            batch = items[start:start + chunk]
+            batch = items[start : start + chunk]
             payloads = [(where, _read(where, read)) for where, read in batch]
             for i, arr in enumerate(pool.map(lambda p: decode_image(p[1], size, p[0]), payloads)):
                 out[start + i] = arr

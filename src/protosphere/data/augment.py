@@ -186,8 +186,9 @@ class Normalize(BatchTransform):
         x = _as_float(x)
         for name, t in (("mean", self.mean), ("std", self.std)):
             if t.shape[1] not in (1, x.shape[1]):
-                raise ValueError(f"normalisation {name} has {t.shape[1]} values but the batch has {x.shape[1]} "
-                                 f"channels")
+                raise ValueError(
+                    f"normalisation {name} has {t.shape[1]} values but the batch has {x.shape[1]} channels"
+                )
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
@@ -301,10 +302,12 @@ class RandomResizedCrop(BatchTransform):
         gx = sx[:, None] * xs[None, :] + cx[:, None]  # (B, W)
         gy = (h / H)[:, None] * ys[None, :] + cy[:, None]  # (B, H)
         # a resize of the cropped image never reads past the crop: clamp to its first and last pixel centres
-        gx = torch.maximum(torch.minimum(gx, ((2.0 * (left + w) - 1.0) / W - 1.0)[:, None]),
-                           ((2.0 * left + 1.0) / W - 1.0)[:, None])
-        gy = torch.maximum(torch.minimum(gy, ((2.0 * (top + h) - 1.0) / H - 1.0)[:, None]),
-                           ((2.0 * top + 1.0) / H - 1.0)[:, None])
+        gx = torch.maximum(
+            torch.minimum(gx, ((2.0 * (left + w) - 1.0) / W - 1.0)[:, None]), ((2.0 * left + 1.0) / W - 1.0)[:, None]
+        )
+        gy = torch.maximum(
+            torch.minimum(gy, ((2.0 * (top + h) - 1.0) / H - 1.0)[:, None]), ((2.0 * top + 1.0) / H - 1.0)[:, None]
+        )
         grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (B, H, W, 2)
         return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -323,7 +326,10 @@ class ColorJitter(BatchTransform):
         if not 0 <= hue <= 0.5:
             raise ConfigError(f"ColorJitter hue must be in [0, 0.5], got {hue}")
         self.brightness, self.contrast, self.saturation, self.hue = (
-            float(brightness), float(contrast), float(saturation), float(hue)
+            float(brightness),
+            float(contrast),
+            float(saturation),
+            float(hue),
         )
         self.p = float(p)
 
@@ -379,8 +385,11 @@ class Compose(BatchTransform):
     """
 
     def __init__(
-        self, transforms: Sequence[BatchTransform], normalize: Normalize | None, channels: int | None = None,
-        preset: str = ""
+        self,
+        transforms: Sequence[BatchTransform],
+        normalize: Normalize | None,
+        channels: int | None = None,
+        preset: str = "",
     ) -> None:
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
@@ -403,9 +412,7 @@ class Compose(BatchTransform):
         return f"preset={self.preset!r}, channels={self.channels}"
 
 
-def views(
-    transform: nn.Module, x: torch.Tensor, n: int = 2, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def views(transform: nn.Module, x: torch.Tensor, n: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` independently augmented views of ``x`` stacked as ``(n·B, C, H, W)``, view 1's rows first:
     ``torch.cat([transform(x, generator) for _ in range(n)])``."""
     if n < 1:
@@ -485,8 +492,7 @@ def build_augmentation(
         if t.shape[1] not in (1, channels):
             raise ConfigError(f"Normalisation {name} has {t.shape[1]} values but the data has {channels} channel(s)")
 
-    return Compose(recipe(image_size, channels, **options), norm if normalize else None, channels=channels,
-                   preset=key)
+    return Compose(recipe(image_size, channels, **options), norm if normalize else None, channels=channels, preset=key)
 
 
 @AUGMENTATIONS.register("none")

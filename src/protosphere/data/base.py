@@ -38,8 +38,9 @@ class ImageDataset:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         k = len(self.class_names)
         if k < 1:
-            raise DatasetError(f"dataset {self.name!r} read from {self.source} has no classes; check that the files "
-                               f"are complete.")
+            raise DatasetError(
+                f"dataset {self.name!r} read from {self.source} has no classes; check that the files are complete."
+            )
         shape = None
         for split in ("train", "test"):
             images = getattr(self, f"{split}_images")
@@ -76,8 +77,10 @@ class ImageDataset:
             if len(images):
                 shape = images.shape[1:]
         if len(self.train_images) == 0:
-            raise DatasetError(f"dataset {self.name!r} read from {self.source} has no training images; check that "
-                               f"the files are complete.")
+            raise DatasetError(
+                f"dataset {self.name!r} read from {self.source} has no training images; check that "
+                f"the files are complete."
+            )
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +111,7 @@ class ImageDataset:
             mean = float((counts * levels).sum() / total)
             var = float((counts * (levels - mean) ** 2).sum() / total)
             means.append(mean)
-            stds.append(var ** 0.5)
+            stds.append(var**0.5)
         return tuple(means), tuple(stds)
 
     def __repr__(self) -> str:

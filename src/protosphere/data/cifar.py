@@ -117,8 +117,9 @@ def _unpickle(data: bytes, where: str) -> dict:
             "archive again."
         ) from exc
     if not isinstance(obj, dict):
-        raise DatasetError(f"{where} holds a {type(obj).__name__}, not a CIFAR batch dictionary; replace it with the "
-                           f"official file.")
+        raise DatasetError(
+            f"{where} holds a {type(obj).__name__}, not a CIFAR batch dictionary; replace it with the official file."
+        )
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 

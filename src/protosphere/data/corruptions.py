@@ -45,8 +45,7 @@ import torch.nn.functional as F
 from ..registry import CORRUPTIONS as REGISTERED_CORRUPTIONS
 from .scenarios import model_input
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "evaluate_corruptions", "corruption_errors",
-           "mean_corruption_error"]
+__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "evaluate_corruptions", "corruption_errors", "mean_corruption_error"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -71,8 +70,9 @@ def _param(name: str, severity: int):
 
 def _to_float(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"corruptions take a uint8 (N, C, H, W) batch, got {images.dtype} with shape "
-                         f"{tuple(images.shape)}.")
+        raise ValueError(
+            f"corruptions take a uint8 (N, C, H, W) batch, got {images.dtype} with shape {tuple(images.shape)}."
+        )
     return images.float().div(255)
 
 
@@ -123,7 +123,7 @@ def contrast(images, severity, generator=None):
 
 def brightness(images, severity, generator=None):
     x = _to_float(images)
-    value = x.amax(dim=1, keepdim=True)                   # HSV value; hue and saturation are kept
+    value = x.amax(dim=1, keepdim=True)  # HSV value; hue and saturation are kept
     shifted = (value + _param("brightness", severity)).clamp(0, 1)
     scaled = x * (shifted / value.clamp_min(1e-12))
     return _to_uint8(torch.where(value > 0, scaled, shifted.expand_as(x)))
@@ -147,10 +147,11 @@ def elastic(images, severity, generator=None):
     field = torch.rand((n, 2, h, w), generator=generator, device=x.device) * 2 - 1
     field = _gaussian_filter(field, ELASTIC_SIGMA * scale)
     field = field / field.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    displacement = _param("elastic", severity) * scale * field          # pixels, (N, 2, H, W): (dx, dy)
-    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
-                            torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
-    gx = (xs + displacement[:, 0] + 0.5) / w * 2 - 1                     # align_corners=False pixel centres
+    displacement = _param("elastic", severity) * scale * field  # pixels, (N, 2, H, W): (dx, dy)
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=x.device, dtype=x.dtype), torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij"
+    )
+    gx = (xs + displacement[:, 0] + 0.5) / w * 2 - 1  # align_corners=False pixel centres
     gy = (ys + displacement[:, 1] + 0.5) / h * 2 - 1
     grid = torch.stack([gx, gy], dim=-1)
     return _to_uint8(F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False))
@@ -184,10 +185,15 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int | None = 0
 
 
 @torch.no_grad()
-def evaluate_corruptions(classify: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                         labels: torch.Tensor, corruptions: Sequence[str] | None = None,
-                         severities: Sequence[int] = SEVERITIES, batch_size: int = 256,
-                         seed: int = 0) -> dict[str, list[float]]:
+def evaluate_corruptions(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """Top-1 error (%) of ``classify`` on each corruption and severity of the test set: ``{name: [E_s, ...]}``.
 
     ``classify`` maps a float batch in [0, 1] (B, C, H, W) on the images' device to logits (B, K), like the
@@ -200,8 +206,9 @@ def evaluate_corruptions(classify: Callable[[torch.Tensor], torch.Tensor], image
         if name not in CORRUPTIONS:
             raise ValueError(f"Unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}.")
     if len(labels) != len(images) or len(labels) == 0:
-        raise ValueError(f"evaluate_corruptions needs as many labels as images (> 0), got {len(labels)} and "
-                         f"{len(images)}.")
+        raise ValueError(
+            f"evaluate_corruptions needs as many labels as images (> 0), got {len(labels)} and {len(images)}."
+        )
     errors: dict[str, list[float]] = {}
     for name in names:
         errors[name] = []
@@ -216,8 +223,9 @@ def evaluate_corruptions(classify: Callable[[torch.Tensor], torch.Tensor], image
     return errors
 
 
-def corruption_errors(errors: Mapping[str, Sequence[float]],
-                      baseline_errors: Mapping[str, Sequence[float]]) -> dict[str, float]:
+def corruption_errors(
+    errors: Mapping[str, Sequence[float]], baseline_errors: Mapping[str, Sequence[float]]
+) -> dict[str, float]:
     """Corruption error per corruption, ``CE_c = 100 · Σ_s E_{s,c} / Σ_s E^baseline_{s,c}`` (Hendrycks & Dietterich
     2019; the baseline is AlexNet on ImageNet-C, here any reference model)."""
     missing = sorted(set(errors) - set(baseline_errors))
@@ -235,8 +243,9 @@ def corruption_errors(errors: Mapping[str, Sequence[float]],
     return out
 
 
-def mean_corruption_error(errors: Mapping[str, Sequence[float]],
-                          baseline_errors: Mapping[str, Sequence[float]]) -> float:
+def mean_corruption_error(
+    errors: Mapping[str, Sequence[float]], baseline_errors: Mapping[str, Sequence[float]]
+) -> float:
     """mCE = mean over corruptions of ``100 · Σ_s E_s / Σ_s E_s^baseline`` (errors in % per severity)."""
     if not errors:
         raise ValueError("mean_corruption_error needs errors for at least one corruption.")

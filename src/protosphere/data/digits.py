@@ -51,5 +51,5 @@ def load_digits(seed: int = 0) -> ImageDataset:
         test_labels=labels[test],
         class_names=tuple(str(i) for i in range(10)),
         source=f"scikit-learn {sklearn.__version__} sklearn.datasets.load_digits (bundled, seeded 80/20 split, "
-               f"seed {seed})",
+        f"seed {seed})",
     )

@@ -34,8 +34,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _refetch_hint(path: Path) -> str:
-    return (f"delete {path} and fetch it again (`protosphere datasets --ensure NAME` with the dataset's name, or "
-            f"reinstall the package that provides it)")
+    return (
+        f"delete {path} and fetch it again (`protosphere datasets --ensure NAME` with the dataset's name, or "
+        f"reinstall the package that provides it)"
+    )
 
 
 def _read_exact(stream, n: int, path: Path, what: str) -> bytes:
@@ -67,9 +69,7 @@ def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None) -> np
     except FileNotFoundError as exc:
         raise DatasetError(f"{path} does not exist; check the path or fetch the dataset again.") from exc
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DatasetError(
-            f"{path} is a truncated or corrupt gzip file ({exc}); {_refetch_hint(path)}."
-        ) from exc
+        raise DatasetError(f"{path} is a truncated or corrupt gzip file ({exc}); {_refetch_hint(path)}.") from exc
     except IsADirectoryError as exc:
         raise DatasetError(f"{path} is a directory, not an IDX file; point to the file itself.") from exc
     except PermissionError as exc:

@@ -51,9 +51,7 @@ def _items(paths: list[Path]) -> list[tuple[str, object]]:
     return [(str(p), p.read_bytes) for p in paths]
 
 
-def load_image_folder_split(
-    train_dir: Path, test_dir: Path, name: str, image_size: int, source: str
-) -> ImageDataset:
+def load_image_folder_split(train_dir: Path, test_dir: Path, name: str, image_size: int, source: str) -> ImageDataset:
     """Load ``train_dir/<class>/*`` and ``test_dir/<class>/*`` into one dataset labelled by sorted train classes."""
     size = check_image_size(image_size)
     for folder in (train_dir, test_dir):
@@ -186,8 +184,9 @@ def load_domainnet(
             )
     classes = sorted({d.name for domain in domains for d in _class_dirs(base / domain)})
     if not classes:
-        raise DatasetError(f"{base} has no <domain>/<class>/ folders for {domains}; extract the DomainNet images "
-                           f"there.")
+        raise DatasetError(
+            f"{base} has no <domain>/<class>/ folders for {domains}; extract the DomainNet images there."
+        )
     index = {c: i for i, c in enumerate(classes)}
 
     datasets = []
@@ -221,8 +220,9 @@ def load_domainnet(
             labels = np.asarray([index[c] for _, c in entries], dtype=np.int64)
             arrays.append((images, labels))
         if len(arrays[0][1]) == 0:
-            raise DatasetError(f"DomainNet domain {domain!r} in {folder} has no training images; extract its images "
-                               f"there.")
+            raise DatasetError(
+                f"DomainNet domain {domain!r} in {folder} has no training images; extract its images there."
+            )
         datasets.append(
             ImageDataset(
                 name=f"domainnet_{domain}",

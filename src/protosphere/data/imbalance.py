@@ -34,8 +34,9 @@ def long_tail_counts(n_max: int, num_classes: int, ratio: float = 0.01) -> list[
     return [max(1, math.floor(n_max * ratio ** (c / (num_classes - 1)))) for c in range(num_classes)]
 
 
-def long_tail_indices(labels, ratio: float = 0.01, seed: int = 0,
-                      class_order: Sequence[int] | None = None) -> np.ndarray:
+def long_tail_indices(
+    labels, ratio: float = 0.01, seed: int = 0, class_order: Sequence[int] | None = None
+) -> np.ndarray:
     """Sorted row indices of a long-tailed subset of ``labels`` (int array (N,) with classes 0..C−1).
 
     ``class_order`` lists the classes from head to tail (default: 0, 1, …, C−1, as in Cui et al.); the class at
@@ -56,9 +57,14 @@ def long_tail_indices(labels, ratio: float = 0.01, seed: int = 0,
     return np.sort(np.concatenate(keep))
 
 
-def long_tail_dataset(dataset: ImageDataset, ratio: float = 0.01, seed: int = 0,
-                      class_order: Sequence[int] | None = None) -> ImageDataset:
+def long_tail_dataset(
+    dataset: ImageDataset, ratio: float = 0.01, seed: int = 0, class_order: Sequence[int] | None = None
+) -> ImageDataset:
     """A copy of ``dataset`` whose training split is long-tailed (:func:`long_tail_indices`); test split unchanged."""
     rows = long_tail_indices(dataset.train_labels, ratio, seed, class_order)
-    return replace(dataset, train_images=dataset.train_images[rows], train_labels=dataset.train_labels[rows],
-                   source=f"{dataset.source} (long-tailed, ratio {ratio:g}, seed {seed})")
+    return replace(
+        dataset,
+        train_images=dataset.train_images[rows],
+        train_labels=dataset.train_labels[rows],
+        source=f"{dataset.source} (long-tailed, ratio {ratio:g}, seed {seed})",
+    )

@@ -75,7 +75,16 @@ FASHION_MNIST = IdxDatasetSpec(
     name="fashion_mnist",
     title="Fashion-MNIST",
     class_names=(
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ),
     base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     gz_md5={
@@ -238,8 +247,9 @@ def _decode(spec: IdxDatasetSpec, files: dict[str, Path], fix: str) -> dict[str,
     return arrays
 
 
-def load_idx_dataset(spec: IdxDatasetSpec, root: str | os.PathLike | None = None,
-                     download: bool = False) -> ImageDataset:
+def load_idx_dataset(
+    spec: IdxDatasetSpec, root: str | os.PathLike | None = None, download: bool = False
+) -> ImageDataset:
     """Find (or, with ``download=True``, fetch), verify and decode an IDX dataset; see the module docstring."""
     found = find_idx_dataset(spec, root, download)
     if found is None:

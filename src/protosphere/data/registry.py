@@ -39,8 +39,10 @@ def _imagenet100(root, download, *, image_size=None):
 
 
 def _domainnet(root, download, *, image_size=None):
-    raise DatasetError("DomainNet is loaded per domain, not as one dataset: in a config, data.dataset=domainnet with "
-                       "scenario.kind=domain_il; in Python, protosphere.data.load_domainnet.")
+    raise DatasetError(
+        "DomainNet is loaded per domain, not as one dataset: in a config, data.dataset=domainnet with "
+        "scenario.kind=domain_il; in Python, protosphere.data.load_domainnet."
+    )
 
 
 _BUILT_IN: dict[str, Loader] = {
@@ -50,7 +52,8 @@ _BUILT_IN: dict[str, Loader] = {
     "cifar10": _native_size("cifar10", 32, cifar.load_cifar10),
     "cifar100": _native_size("cifar100", 32, cifar.load_cifar100),
     "tiny_imagenet": lambda root, download, *, image_size=None: tiny_imagenet.load_tiny_imagenet(
-        root, download, image_size=64 if image_size is None else image_size),
+        root, download, image_size=64 if image_size is None else image_size
+    ),
     "imagenet100": _imagenet100,
 }
 for _name, _loader in _BUILT_IN.items():
@@ -104,8 +107,9 @@ def dataset_status() -> list[DatasetStatus]:
     """Where each dataset (and DomainNet) would be loaded from without ``root``, and how to get missing ones."""
     sklearn_found = importlib.util.find_spec("sklearn") is not None
     return [
-        _status("fashion_mnist", lambda: mnist.find_idx_dataset(mnist.FASHION_MNIST),
-                mnist.how_to_get(mnist.FASHION_MNIST)),
+        _status(
+            "fashion_mnist", lambda: mnist.find_idx_dataset(mnist.FASHION_MNIST), mnist.how_to_get(mnist.FASHION_MNIST)
+        ),
         _status("mnist", lambda: mnist.find_idx_dataset(mnist.MNIST), mnist.how_to_get(mnist.MNIST)),
         DatasetStatus(
             "digits",

@@ -135,9 +135,19 @@ def permute_pixels(images: torch.Tensor, permutation: torch.Tensor) -> torch.Ten
     return images.reshape(n, c, h * w)[:, :, permutation].reshape(n, c, h, w).contiguous()
 
 
-def build_scenario(dataset, kind: str = "class_il", num_tasks: int = 5, *, classes_per_task: list[int] | None = None,
-                   class_order: list[int] | None = None, shuffle_classes: bool = False, seed: int = 0,
-                   train_fraction: float = 1.0, domain: str = "rotation", max_rotation: float = 180.0) -> Scenario:
+def build_scenario(
+    dataset,
+    kind: str = "class_il",
+    num_tasks: int = 5,
+    *,
+    classes_per_task: list[int] | None = None,
+    class_order: list[int] | None = None,
+    shuffle_classes: bool = False,
+    seed: int = 0,
+    train_fraction: float = 1.0,
+    domain: str = "rotation",
+    max_rotation: float = 180.0,
+) -> Scenario:
     """Split an :class:`~protosphere.data.ImageDataset` into tasks. One ``seed`` fixes class order, shards, domains."""
     rng = np.random.default_rng(seed)
     num_classes = dataset.num_classes
@@ -171,10 +181,20 @@ def build_scenario(dataset, kind: str = "class_il", num_tasks: int = 5, *, class
             train_rows = torch.isin(train_new, block_t).nonzero().flatten()
             test_rows = torch.isin(test_new, block_t).nonzero().flatten()
             if len(train_rows) == 0:
-                raise ScenarioError(f"Task {index} (classes {block}) has no training images; "
-                                    f"raise data.train_fraction or use fewer tasks.")
-            tasks.append(Task(index, tuple(block), train_x[train_rows], train_new[train_rows],
-                              test_x[test_rows], test_new[test_rows]))
+                raise ScenarioError(
+                    f"Task {index} (classes {block}) has no training images; "
+                    f"raise data.train_fraction or use fewer tasks."
+                )
+            tasks.append(
+                Task(
+                    index,
+                    tuple(block),
+                    train_x[train_rows],
+                    train_new[train_rows],
+                    test_x[test_rows],
+                    test_new[test_rows],
+                )
+            )
         return Scenario(f"seq-{dataset.name}", kind, tasks, num_classes, order, [names[c] for c in order], **common)
 
     if kind not in ("data_il", "domain_il"):
@@ -190,8 +210,10 @@ def build_scenario(dataset, kind: str = "class_il", num_tasks: int = 5, *, class
         tasks = []
         for t, rows in enumerate(shards):
             if not rows:
-                raise ScenarioError(f"Data-IL shard {t} is empty: {len(train_y)} training images cannot fill "
-                                    f"{num_tasks} shards; use fewer tasks.")
+                raise ScenarioError(
+                    f"Data-IL shard {t} is empty: {len(train_y)} training images cannot fill "
+                    f"{num_tasks} shards; use fewer tasks."
+                )
             rows_t = torch.tensor(sorted(rows))
             tasks.append(Task(t, all_classes, train_x[rows_t], train_y_t[rows_t], test_x, test_y_t))
         return Scenario(f"{dataset.name}-data-il", kind, tasks, num_classes, list(all_classes), names, **common)
@@ -212,8 +234,16 @@ def build_scenario(dataset, kind: str = "class_il", num_tasks: int = 5, *, class
         else:
             raise ScenarioError(f"Unknown domain {domain!r}; use rotation or permutation.")
         tasks.append(Task(t, all_classes, make(train_x), train_y_t, make(test_x), test_y_t))
-    return Scenario(f"{dataset.name}-{domain}-domain-il", kind, tasks, num_classes, list(all_classes), names,
-                    extra={"domains": domains}, **common)
+    return Scenario(
+        f"{dataset.name}-{domain}-domain-il",
+        kind,
+        tasks,
+        num_classes,
+        list(all_classes),
+        names,
+        extra={"domains": domains},
+        **common,
+    )
 
 
 def scenario_from_domains(datasets, train_fraction: float = 1.0, seed: int = 0) -> Scenario:
@@ -231,17 +261,33 @@ def scenario_from_domains(datasets, train_fraction: float = 1.0, seed: int = 0) 
     tasks, weights, means, squares = [], [], [], []
     for t, dataset in enumerate(datasets):
         keep = _subset(dataset.train_labels, train_fraction, rng)
-        tasks.append(Task(t, all_classes, _to_nchw(dataset.train_images[keep]),
-                          torch.from_numpy(dataset.train_labels[keep]), _to_nchw(dataset.test_images),
-                          torch.from_numpy(dataset.test_labels)))
+        tasks.append(
+            Task(
+                t,
+                all_classes,
+                _to_nchw(dataset.train_images[keep]),
+                torch.from_numpy(dataset.train_labels[keep]),
+                _to_nchw(dataset.test_images),
+                torch.from_numpy(dataset.test_labels),
+            )
+        )
         mean, std = dataset.channel_stats()
         weights.append(dataset.train_images.size)
         means.append(np.asarray(mean))
         squares.append(np.asarray(std) ** 2 + np.asarray(mean) ** 2)
     w = np.asarray(weights, dtype=np.float64) / sum(weights)
     mean = sum(wi * m for wi, m in zip(w, means))
-    std = np.sqrt(np.maximum(sum(wi * q for wi, q in zip(w, squares)) - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(sum(wi * q for wi, q in zip(w, squares)) - mean**2, 1e-12))
     domains = [d.name.removeprefix("domainnet_") for d in datasets]
-    return Scenario(f"{datasets[0].name.split('_')[0]}-domain-il", "domain_il", tasks, len(names), list(all_classes),
-                    names, image_shape=tuple(tasks[0].train_images.shape[1:]), mean=tuple(map(float, mean)),
-                    std=tuple(map(float, std)), extra={"domains": domains})
+    return Scenario(
+        f"{datasets[0].name.split('_')[0]}-domain-il",
+        "domain_il",
+        tasks,
+        len(names),
+        list(all_classes),
+        names,
+        image_shape=tuple(tasks[0].train_images.shape[1:]),
+        mean=tuple(map(float, mean)),
+        std=tuple(map(float, std)),
+        extra={"domains": domains},
+    )

@@ -70,8 +70,9 @@ class _Tree:
         try:
             return self.zip.read(self.prefix + rel)
         except KeyError:
-            raise DatasetError(f"{self.where(rel)} is missing; the archive is incomplete, fetch the official "
-                               f"{TINY_ARCHIVE} again.") from None
+            raise DatasetError(
+                f"{self.where(rel)} is missing; the archive is incomplete, fetch the official {TINY_ARCHIVE} again."
+            ) from None
         except _ZIP_ERRORS as exc:
             raise _corrupt(self.path, exc) from exc
 
@@ -84,8 +85,9 @@ class _Tree:
         try:
             return self.read(rel).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise DatasetError(f"{self.where(rel)} is not UTF-8 text ({exc}); replace it with the official "
-                               f"file.") from exc
+            raise DatasetError(
+                f"{self.where(rel)} is not UTF-8 text ({exc}); replace it with the official file."
+            ) from exc
 
     def list_dir(self, rel: str) -> list[str]:
         """File names directly inside folder ``rel``."""

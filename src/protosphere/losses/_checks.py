@@ -24,8 +24,9 @@ def check_matrix(x: torch.Tensor, name: str, loss: str, rows: int | None = None,
     if rows is not None and x.shape[0] != rows:
         raise ValueError(f"{loss}: `{name}` has {x.shape[0]} rows but {rows} were expected; pass row-aligned tensors.")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{loss}: `{name}` has dimension {x.shape[1]} but {dim} was expected; use the same "
-                         f"embedding size.")
+        raise ValueError(
+            f"{loss}: `{name}` has dimension {x.shape[1]} but {dim} was expected; use the same embedding size."
+        )
     if not x.is_floating_point():
         raise ValueError(f"{loss}: `{name}` must be a floating-point tensor, got {x.dtype}.")
 
@@ -55,8 +56,9 @@ def check_unit_rows(x: torch.Tensor, name: str, loss: str) -> None:
             )
 
 
-def check_labels(labels: torch.Tensor, rows: int, loss: str, num_classes: int | None = None,
-                 allow_unlabeled: bool = False) -> None:
+def check_labels(
+    labels: torch.Tensor, rows: int, loss: str, num_classes: int | None = None, allow_unlabeled: bool = False
+) -> None:
     """Labels are a 1-D integer tensor of length `rows`, in [0, num_classes) (or -1 for unlabeled when allowed)."""
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != rows:
         shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
@@ -78,6 +80,7 @@ def check_labels(labels: torch.Tensor, rows: int, loss: str, num_classes: int | 
 
 
 # --- numerics helpers shared by the losses (added with contrastive/distillation/prototype losses) -------------------
+
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype a loss computes in: float64 if any input is float64, else float32 (half/bfloat16 are promoted)."""

@@ -34,6 +34,7 @@ __all__ = ["supcon", "asymmetric_supcon", "fnc2", "SupConLoss", "AsymmetricSupCo
 # shared pieces
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _same_class_sums(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For every row i: ``S_{y_i} = Σ_{j: y_j = y_i} z_j`` (N, d) and ``n_{y_i}`` (N,), without an N×N mask or sync.
 
@@ -58,30 +59,42 @@ def _class_tensor(classes, loss: str, name: str, device: torch.device, num_class
     """A sequence of ints or a 1-D integer tensor → sorted unique int64 tensor on `device`."""
     if isinstance(classes, torch.Tensor):
         if classes.dim() > 1 or classes.is_floating_point() or classes.dtype == torch.bool:
-            raise ValueError(f"{loss}: `{name}` must be a sequence of ints or a 1-D integer tensor, got "
-                             f"{classes.dtype} of shape {tuple(classes.shape)}.")
+            raise ValueError(
+                f"{loss}: `{name}` must be a sequence of ints or a 1-D integer tensor, got "
+                f"{classes.dtype} of shape {tuple(classes.shape)}."
+            )
         out = classes.reshape(-1).to(device=device, dtype=torch.long)
         if validation_enabled() and out.numel():
             lo, hi = int(out.min()), int(out.max())
             if lo < 0 or (num_classes is not None and hi >= num_classes):
                 bad = lo if lo < 0 else hi
-                raise ValueError(f"{loss}: class {bad} in `{name}` is not a valid class index"
-                                 + (f" (0..{num_classes - 1})." if num_classes is not None else "."))
+                raise ValueError(
+                    f"{loss}: class {bad} in `{name}` is not a valid class index"
+                    + (f" (0..{num_classes - 1})." if num_classes is not None else ".")
+                )
         return torch.unique(out) if out.numel() > 1 else out
     try:
         values = sorted({int(c) for c in classes})
     except (TypeError, ValueError):
-        raise ValueError(f"{loss}: `{name}` must be a sequence of ints or a 1-D integer tensor, "
-                         f"got {classes!r}.") from None
+        raise ValueError(
+            f"{loss}: `{name}` must be a sequence of ints or a 1-D integer tensor, got {classes!r}."
+        ) from None
     for c in values:
         if c < 0 or (num_classes is not None and c >= num_classes):
-            raise ValueError(f"{loss}: class {c} in `{name}` is not a valid class index"
-                             + (f" (0..{num_classes - 1})." if num_classes is not None else "."))
+            raise ValueError(
+                f"{loss}: class {c} in `{name}` is not a valid class index"
+                + (f" (0..{num_classes - 1})." if num_classes is not None else ".")
+            )
     return torch.tensor(values, dtype=torch.long, device=device)
 
 
-def _supcon_core(z: torch.Tensor, labels: torch.Tensor, temperature: float, base_temperature: float,
-                 anchor_weight: torch.Tensor | None) -> torch.Tensor:
+def _supcon_core(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    base_temperature: float,
+    anchor_weight: torch.Tensor | None,
+) -> torch.Tensor:
     """(τ/τ_b)/N · Σ_i w_i · 1[|P(i)|>0] · (LSE_{a≠i} s_ia − mean_{p∈P(i)} s_ip)."""
     n = z.shape[0]
     if n < 2:  # a single row has no positive: contributes 0, graph kept
@@ -109,8 +122,10 @@ def _prepare(z: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
 # public functions
 # ---------------------------------------------------------------------------------------------------------------------
 
-def supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07,
-           base_temperature: float = 0.07) -> torch.Tensor:
+
+def supcon(
+    z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07, base_temperature: float = 0.07
+) -> torch.Tensor:
     r"""Supervised contrastive loss (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020).
 
     With ``s = z zᵀ/τ``, positives ``P(i) = {j ≠ i : y_j = y_i}`` and contrast set ``A(i) = {j ≠ i}``::
@@ -141,8 +156,13 @@ def supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07,
         return _supcon_core(z, labels, temperature, base_temperature, None)
 
 
-def asymmetric_supcon(z: torch.Tensor, labels: torch.Tensor, current_classes: Sequence[int] | torch.Tensor,
-                      temperature: float = 0.5, base_temperature: float = 0.07) -> torch.Tensor:
+def asymmetric_supcon(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    current_classes: Sequence[int] | torch.Tensor,
+    temperature: float = 0.5,
+    base_temperature: float = 0.07,
+) -> torch.Tensor:
     r"""Asymmetric supervised contrastive loss (Cha et al., "Co2L: Contrastive Continual Learning", ICCV 2021).
 
     The SupCon term of :func:`supcon` restricted to anchors of the current task; every row stays in the contrast
@@ -175,9 +195,16 @@ def asymmetric_supcon(z: torch.Tensor, labels: torch.Tensor, current_classes: Se
         return _supcon_core(z, labels, temperature, base_temperature, weight)
 
 
-def fnc2(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-         current_classes: Sequence[int] | torch.Tensor, previous_classes: Sequence[int] | torch.Tensor,
-         temperature: float = 0.5, base_temperature: float = 0.07, gamma: int = 1) -> torch.Tensor:
+def fnc2(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    current_classes: Sequence[int] | torch.Tensor,
+    previous_classes: Sequence[int] | torch.Tensor,
+    temperature: float = 0.5,
+    base_temperature: float = 0.07,
+    gamma: int = 1,
+) -> torch.Tensor:
     r"""Focal neural-collapse contrastive loss (FNC2; Dang et al., "Memory-efficient Continual Learning with Neural
     Collapse Contrastive", WACV 2025, arXiv 2412.02865), as the authors' code computes it (dangtrunganh/samix
     ``src/plas_losses/main_loss_fnc2.py``, ``FNC2.compute_fnc2_loss`` and ``forward``).
@@ -217,8 +244,10 @@ def fnc2(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
     check_temperature(temperature, "temperature", loss)
     check_temperature(base_temperature, "base_temperature", loss)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma != int(gamma) or gamma < 0:
-        raise ValueError(f"{loss}: `gamma` must be a non-negative integer (p_ii may exceed 1, so a fractional power "
-                         f"is undefined), got {gamma!r}.")
+        raise ValueError(
+            f"{loss}: `gamma` must be a non-negative integer (p_ii may exceed 1, so a fractional power "
+            f"is undefined), got {gamma!r}."
+        )
     gamma = int(gamma)
     check_matrix(z, "z", loss)
     check_matrix(prototypes, "prototypes", loss, dim=z.shape[1])
@@ -258,6 +287,7 @@ def fnc2(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
 # ---------------------------------------------------------------------------------------------------------------------
 # nn.Module wrappers: hyper-parameters in the constructor, one call shape  loss(z, labels, **per_call_tensors)
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 class _FunctionalLoss(nn.Module):
     """Base of the thin wrappers: ``Loss(**hyper_parameters)(z, labels, **extra)`` calls the functional form."""
@@ -313,7 +343,12 @@ class FNC2Loss(_FunctionalLoss):
     def __init__(self, temperature: float = 0.5, base_temperature: float = 0.07, gamma: int = 1):
         super().__init__(temperature=temperature, base_temperature=base_temperature, gamma=gamma)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-                current_classes: Sequence[int] | torch.Tensor, previous_classes: Sequence[int] | torch.Tensor
-                ) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+        prototypes: torch.Tensor,
+        current_classes: Sequence[int] | torch.Tensor,
+        previous_classes: Sequence[int] | torch.Tensor,
+    ) -> torch.Tensor:
         return fnc2(z, labels, prototypes, current_classes, previous_classes, **self.hyper_parameters)

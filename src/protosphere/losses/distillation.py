@@ -52,8 +52,9 @@ def _ird(z: torch.Tensor, z_past: torch.Tensor, current_temperature: float, past
     return (lse - cross).mean()
 
 
-def _prd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, current_temperature: float,
-         past_temperature: float) -> torch.Tensor:
+def _prd(
+    z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, current_temperature: float, past_temperature: float
+) -> torch.Tensor:
     dtype = compute_dtype(z)
     z = z.to(dtype)
     w = prototypes.detach().to(device=z.device, dtype=dtype)
@@ -63,8 +64,9 @@ def _prd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, curren
     return (torch.logsumexp(cur, dim=1) - (q * cur).sum(dim=1)).mean()
 
 
-def ird(z: torch.Tensor, z_past: torch.Tensor, current_temperature: float = 0.2,
-        past_temperature: float = 0.01) -> torch.Tensor:
+def ird(
+    z: torch.Tensor, z_past: torch.Tensor, current_temperature: float = 0.2, past_temperature: float = 0.01
+) -> torch.Tensor:
     r"""Instance-wise relation distillation (Cha et al., "Co2L: Contrastive Continual Learning", ICCV 2021).
 
     For each row, softmax over the other N−1 rows of the similarity ``z zᵀ/κ`` (diagonal removed), for the current
@@ -95,8 +97,13 @@ def ird(z: torch.Tensor, z_past: torch.Tensor, current_temperature: float = 0.2,
         return _ird(z, z_past, current_temperature, past_temperature)
 
 
-def prd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, current_temperature: float = 0.2,
-        past_temperature: float = 0.1) -> torch.Tensor:
+def prd(
+    z: torch.Tensor,
+    z_past: torch.Tensor,
+    prototypes: torch.Tensor,
+    current_temperature: float = 0.2,
+    past_temperature: float = 0.1,
+) -> torch.Tensor:
     r"""Sample–prototype relation distillation, S-PRD (Li et al., "Contrastive Continual Learning with Importance
     Sampling and Prototype-Instance Relation Distillation" — CCLIS, AAAI 2024).
 
@@ -122,15 +129,25 @@ def prd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, current
     check_temperature(current_temperature, "current_temperature", loss)
     check_temperature(past_temperature, "past_temperature", loss)
     _check_pair(z, z_past, loss)
-    _check_old_prototypes(prototypes, "prototypes", z, loss, "it needs the prototypes of at least one previous-task "
-                          "class (do not apply it in the first task).")
+    _check_old_prototypes(
+        prototypes,
+        "prototypes",
+        z,
+        loss,
+        "it needs the prototypes of at least one previous-task class (do not apply it in the first task).",
+    )
     with autocast_off(z):
         return _prd(z, z_past, prototypes, current_temperature, past_temperature)
 
 
-def hsd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, alpha,
-        ird_temperatures: tuple[float, float] = (0.2, 0.01),
-        prd_temperatures: tuple[float, float] = (0.2, 0.1)) -> torch.Tensor:
+def hsd(
+    z: torch.Tensor,
+    z_past: torch.Tensor,
+    prototypes: torch.Tensor,
+    alpha,
+    ird_temperatures: tuple[float, float] = (0.2, 0.01),
+    prd_temperatures: tuple[float, float] = (0.2, 0.1),
+) -> torch.Tensor:
     r"""Hardness–softness distillation (FNC2 + HSD; Dang et al., WACV 2025, arXiv 2412.02865), as the authors' code
     computes it (dangtrunganh/samix ``src/distillation/stab_loss.py``, ``compute_distillation_loss``, branch ``hsd``)::
 
@@ -167,8 +184,12 @@ def hsd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, alpha,
             raise ValueError(f"{loss}: `alpha` must be in [0, 1], got {alpha!r}.")
     ird_cur, ird_past = ird_temperatures
     prd_cur, prd_past = prd_temperatures
-    for name, t in (("ird_temperatures", ird_cur), ("ird_temperatures", ird_past),
-                    ("prd_temperatures", prd_cur), ("prd_temperatures", prd_past)):
+    for name, t in (
+        ("ird_temperatures", ird_cur),
+        ("ird_temperatures", ird_past),
+        ("prd_temperatures", prd_cur),
+        ("prd_temperatures", prd_past),
+    ):
         check_temperature(t, name, loss)
     _check_pair(z, z_past, loss)
     _check_old_prototypes(prototypes, "prototypes", z, loss, "pass the prototypes of the classes seen so far.")
@@ -177,15 +198,20 @@ def hsd(z: torch.Tensor, z_past: torch.Tensor, prototypes: torch.Tensor, alpha,
             return _ird(z, z_past, ird_cur, ird_past)
         if isinstance(alpha, float) and alpha == 0.0:
             return _prd(z, z_past, prototypes, prd_cur, prd_past)
-        return alpha * _ird(z, z_past, ird_cur, ird_past) \
-            + (1 - alpha) * _prd(z, z_past, prototypes, prd_cur, prd_past)
+        return alpha * _ird(z, z_past, ird_cur, ird_past) + (1 - alpha) * _prd(z, z_past, prototypes, prd_cur, prd_past)
 
 
 HSD_SCHEDULES = ("official", "linear", "cosine", "constant")
 
 
-def hsd_alpha(step: int, total_steps: int, schedule: str = "official", alpha0: float = 1.0, epochs: int = 1,
-              marks: tuple[float, float] = (0.3, 0.8)) -> float:
+def hsd_alpha(
+    step: int,
+    total_steps: int,
+    schedule: str = "official",
+    alpha0: float = 1.0,
+    epochs: int = 1,
+    marks: tuple[float, float] = (0.3, 0.8),
+) -> float:
     r"""HSD's IRD weight α at step s = 0…S−1 of a task of S steps spread over E = ``epochs`` epochs.
 
     - ``"official"`` (default; dangtrunganh/samix ``main_train.py``, ``--main_mark``/``second_mark``), per epoch
@@ -236,6 +262,7 @@ def hsd_alpha(step: int, total_steps: int, schedule: str = "official", alpha0: f
 # nn.Module wrappers: one call shape  loss(z, labels=None, **per_call_tensors); these losses ignore labels
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 class IRDLoss(nn.Module):
     """Module form of :func:`ird`: ``IRDLoss(current_temperature=0.2, past_temperature=0.01)(z, z_past)``."""
 
@@ -269,8 +296,9 @@ class HSDLoss(nn.Module):
     """Module form of :func:`hsd`: ``HSDLoss(ird_temperatures=(0.2, 0.01), prd_temperatures=(0.2, 0.1))(z, z_past,
     prototypes, alpha)`` (the per-call tensors positionally or by keyword)."""
 
-    def __init__(self, ird_temperatures: tuple[float, float] = (0.2, 0.01),
-                 prd_temperatures: tuple[float, float] = (0.2, 0.1)):
+    def __init__(
+        self, ird_temperatures: tuple[float, float] = (0.2, 0.01), prd_temperatures: tuple[float, float] = (0.2, 0.1)
+    ):
         super().__init__()
         self.ird_temperatures, self.prd_temperatures = tuple(ird_temperatures), tuple(prd_temperatures)
 

@@ -147,15 +147,16 @@ def ntce(u: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, temperatu
     """
     loss = "ntce"
     u, labels, w_hat, tau = _prepare_classwise(u, labels, weights, temperature, loss)
-    anchors = w_hat[labels]                              # (N, d)
-    logits = anchors @ u.T / tau                         # (N, N): row i = ŵ_{y_i}·u_j / τ
+    anchors = w_hat[labels]  # (N, d)
+    logits = anchors @ u.T / tau  # (N, N): row i = ŵ_{y_i}·u_j / τ
     positive = (anchors * u).sum(dim=1) / tau
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
 @_autocast_off
-def nonl(u: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, temperature: float,
-         bidirectional: bool = False) -> torch.Tensor:
+def nonl(
+    u: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, temperature: float, bidirectional: bool = False
+) -> torch.Tensor:
     """NONL: normalised loss with only other-class samples in the denominator (NC by Design).
 
     .. math:: \\mathcal{L} = -\\frac{1}{N}\\sum_i \\log \\frac{\\exp(\\hat w_{y_i}\\cdot u_i/\\tau)}{D_i},\\qquad
@@ -185,8 +186,8 @@ def nonl(u: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, temperatu
     loss = "nonl"
     u, labels, w_hat, tau = _prepare_classwise(u, labels, weights, temperature, loss)
     num_classes = w_hat.shape[0]
-    anchors = w_hat[labels]                                          # (N, d)
-    same = labels[:, None] == labels[None, :]                        # (N, N) bool
+    anchors = w_hat[labels]  # (N, d)
+    same = labels[:, None] == labels[None, :]  # (N, N) bool
     if validation_enabled():
         others = (~same).sum(dim=1) + (num_classes - 1 if bidirectional else 0)
         if bool((others == 0).any()):
@@ -197,7 +198,7 @@ def nonl(u: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, temperatu
     positive = (anchors * u).sum(dim=1) / tau
     sample_logits = (anchors @ u.T / tau).masked_fill(same, _NEG_INF)  # (N, N)
     if bidirectional:
-        class_logits = (u @ w_hat.T / tau)                               # (N, K)
+        class_logits = u @ w_hat.T / tau  # (N, K)
         own = F.one_hot(labels, num_classes).bool()
         logits = torch.cat([sample_logits, class_logits.masked_fill(own, _NEG_INF)], dim=1)
     else:
@@ -206,8 +207,9 @@ def nonl(u: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, temperatu
 
 
 @_autocast_off
-def clop(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-         lam: float = 1.0) -> torch.Tensor:
+def clop(
+    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, lam: float = 1.0
+) -> torch.Tensor:
     """CLOP prototype-alignment loss (Li et al., arXiv 2403.18699).
 
     .. math:: \\mathcal{L} = \\lambda\\cdot\\frac{1}{|L|}\\sum_{i\\in L}
@@ -247,15 +249,16 @@ def clop(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, prototypes: t
     z1, z2, prototypes = _upcast(dtype, z1, z2, prototypes)
     labels = labels.long()
     labelled = labels != -1
-    anchors = prototypes[labels.clamp(min=0)]                          # (N, d); unlabeled rows masked below
+    anchors = prototypes[labels.clamp(min=0)]  # (N, d); unlabeled rows masked below
     per_row = 1.0 - 0.5 * ((z1 * anchors).sum(dim=1) + (z2 * anchors).sum(dim=1))
     weight = labelled.to(dtype)
     return lam * (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 @_autocast_off
-def supervised_ntxent(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
-                      temperature: float = 0.5) -> torch.Tensor:
+def supervised_ntxent(
+    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temperature: float = 0.5
+) -> torch.Tensor:
     """CLOP's supervised NT-Xent (its ``Supervised_NTXentLoss``; Li et al., arXiv 2403.18699) — not Khosla SupCon.
 
     Anchors are the rows of z1, candidates all rows of z2, ``s = z1 z2ᵀ / τ``:
@@ -290,12 +293,13 @@ def supervised_ntxent(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
     z1, z2 = _upcast(dtype, z1, z2)
     labels = labels.long()
     n = z1.shape[0]
-    logits = z1 @ z2.T / tau                                                      # (N, N)
+    logits = z1 @ z2.T / tau  # (N, N)
     positives = (labels[:, None] == labels[None, :]) & (labels != -1)[:, None]
     positives |= torch.eye(n, dtype=torch.bool, device=z1.device)
     numerator = torch.logsumexp(logits.masked_fill(~positives, _NEG_INF), dim=1)
-    denominator = torch.logaddexp(torch.logsumexp(logits, dim=1),
-                                  torch.tensor(math.log(1e-8), dtype=dtype, device=z1.device))
+    denominator = torch.logaddexp(
+        torch.logsumexp(logits, dim=1), torch.tensor(math.log(1e-8), dtype=dtype, device=z1.device)
+    )
     return (denominator - numerator).mean()
 
 
@@ -349,8 +353,9 @@ class CLOPLoss(nn.Module):
         super().__init__()
         self.lam = lam
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
-                prototypes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor
+    ) -> torch.Tensor:
         return clop(z1, z2, labels, prototypes, lam=self.lam)
 
     def extra_repr(self) -> str:

@@ -19,8 +19,15 @@ from ._checks import (
     validation_enabled,
 )
 
-__all__ = ["dr_loss", "expert_dr_loss", "dr_distill", "prototype_ce", "inverse_frequency_weights", "DRLoss",
-           "PrototypeCELoss"]
+__all__ = [
+    "dr_loss",
+    "expert_dr_loss",
+    "dr_distill",
+    "prototype_ce",
+    "inverse_frequency_weights",
+    "DRLoss",
+    "PrototypeCELoss",
+]
 
 
 def inverse_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -47,8 +54,9 @@ def inverse_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.T
     return torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
 
 
-def dr_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-            class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def dr_loss(
+    z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""Misalignment / dot-regression (DR) loss (Yang et al., "Neural Collapse Inspired Feature-Classifier Alignment for
     Few-Shot Class-Incremental Learning" — NC-FSCIL, ICLR 2023; used by Neural Collapse Terminus, NCT)::
 
@@ -92,8 +100,10 @@ def dr_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
         a = class_weights.detach().to(device=z.device, dtype=dtype).index_select(0, labels)
         total = a.sum()
         if validation_enabled() and not bool(total > 0):
-            raise ValueError(f"{loss}: the class weights of the labels in the batch sum to 0; give present classes "
-                             f"a positive weight.")
+            raise ValueError(
+                f"{loss}: the class weights of the labels in the batch sum to 0; give present classes "
+                f"a positive weight."
+            )
         return 0.5 * (a * sq).sum() / total
 
 
@@ -102,15 +112,22 @@ def _check_class_weights(class_weights: torch.Tensor | None, num_classes: int, l
         return
     if not isinstance(class_weights, torch.Tensor) or tuple(class_weights.shape) != (num_classes,):
         got = tuple(class_weights.shape) if isinstance(class_weights, torch.Tensor) else type(class_weights).__name__
-        raise ValueError(f"{loss}: `class_weights` must be a tensor of shape ({num_classes},) (one weight per "
-                         f"prototype), got {got}.")
+        raise ValueError(
+            f"{loss}: `class_weights` must be a tensor of shape ({num_classes},) (one weight per prototype), got {got}."
+        )
     check_finite(class_weights, "class_weights", loss)
     if validation_enabled() and bool((class_weights < 0).any()):
         raise ValueError(f"{loss}: `class_weights` must be non-negative.")
 
 
-def prototype_ce(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1,
-                 class_weights: torch.Tensor | None = None, normalize_prototypes: bool = False) -> torch.Tensor:
+def prototype_ce(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    temperature: float = 0.1,
+    class_weights: torch.Tensor | None = None,
+    normalize_prototypes: bool = False,
+) -> torch.Tensor:
     r"""Cross-entropy on the cosine logits of features to class prototypes: NCT's CE head on the fixed simplex ETF
     (Yang et al., Neural Collapse Terminus), and with ``normalize_prototypes`` a cosine classifier whose rows are
     trained (NCT's learnable-classifier baseline)::
@@ -158,13 +175,15 @@ def prototype_ce(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor
     a = class_weights[labels] if class_weights is not None else torch.ones_like(ce)
     total = a.sum()
     if class_weights is not None and validation_enabled() and not bool(total > 0):
-        raise ValueError(f"{loss}: the class weights of the labels in the batch sum to 0; give present classes "
-                         f"a positive weight.")
+        raise ValueError(
+            f"{loss}: the class weights of the labels in the batch sum to 0; give present classes a positive weight."
+        )
     return (a * ce).sum() / total
 
 
-def expert_dr_loss(expert_z: torch.Tensor, labels: torch.Tensor, expert_of_class: torch.Tensor,
-                   prototypes: torch.Tensor) -> torch.Tensor:
+def expert_dr_loss(
+    expert_z: torch.Tensor, labels: torch.Tensor, expert_of_class: torch.Tensor, prototypes: torch.Tensor
+) -> torch.Tensor:
     r"""DR loss of each row's own expert (NCT's mixture of experts: expert e is aligned to the prototypes of task e)::
 
         loss = ½ · (1/N) Σ_i (z_{i, e(y_i)} · w_{y_i} − 1)²      e(k) = expert_of_class[k]
@@ -187,14 +206,18 @@ def expert_dr_loss(expert_z: torch.Tensor, labels: torch.Tensor, expert_of_class
         raise ValueError(f"{loss}: `expert_z` must be a 3-D tensor (rows, experts, dim), got {shape}.")
     check_labels(labels, expert_z.shape[0], loss, num_classes=prototypes.shape[0])
     if not isinstance(expert_of_class, torch.Tensor) or tuple(expert_of_class.shape) != (prototypes.shape[0],):
-        raise ValueError(f"{loss}: `expert_of_class` must be a tensor of shape ({prototypes.shape[0]},) (one expert "
-                         f"index per prototype).")
+        raise ValueError(
+            f"{loss}: `expert_of_class` must be a tensor of shape ({prototypes.shape[0]},) (one expert "
+            f"index per prototype)."
+        )
     experts = expert_of_class.index_select(0, labels)
     if validation_enabled() and labels.numel():
         low, high = int(experts.min()), int(experts.max())
         if low < 0 or high >= expert_z.shape[1]:
-            raise ValueError(f"{loss}: a label's expert index ({low if low < 0 else high}) is outside the "
-                             f"{expert_z.shape[1]} experts; set expert_of_class for every class in the batch.")
+            raise ValueError(
+                f"{loss}: a label's expert index ({low if low < 0 else high}) is outside the "
+                f"{expert_z.shape[1]} experts; set expert_of_class for every class in the batch."
+            )
     own = expert_z[torch.arange(expert_z.shape[0], device=expert_z.device), experts]
     return dr_loss(own, labels, prototypes)
 

@@ -45,8 +45,8 @@ def _check_rows(tensors: dict, loss: str, rows: int | None = None, dim: int | No
 
 def _info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, tau: float) -> torch.Tensor:
     """mean_i CE([a_i·p_i, a_i·Nᵀ] / τ, target 0) = mean_i [logsumexp(...) − a_i·p_i / τ]."""
-    pos = (anchor * positive).sum(dim=1) / tau                        # (B,)
-    neg = anchor @ negatives.T / tau                                  # (B, M)
+    pos = (anchor * positive).sum(dim=1) / tau  # (B,)
+    neg = anchor @ negatives.T / tau  # (B, M)
     lse = torch.logsumexp(torch.cat([pos[:, None], neg], dim=1), dim=1)
     return (lse - pos).mean()
 
@@ -82,9 +82,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     tau = _check_positive(temperature, "temperature", loss)
     z1, z2 = _upcast(compute_dtype(z1, z2), z1, z2)
     b = z1.shape[0]
-    z = torch.cat([z1, z2], dim=0)                                    # (2B, d)
+    z = torch.cat([z1, z2], dim=0)  # (2B, d)
     logits = (z @ z.T / tau).masked_fill(_diag_mask(2 * b, z.device), _NEG_INF)
-    positive = (z * z.roll(b, dims=0)).sum(dim=1) / tau              # row i pairs with i ± B
+    positive = (z * z.roll(b, dims=0)).sum(dim=1) / tau  # row i pairs with i ± B
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
@@ -119,8 +119,15 @@ def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperat
 
 
 @_autocast_off
-def pnr_moco(q: torch.Tensor, k: torch.Tensor, p: torch.Tensor, f: torch.Tensor, negatives: torch.Tensor,
-             temperature: float = 0.2, distill_temperature: float = 0.2) -> torch.Tensor:
+def pnr_moco(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    p: torch.Tensor,
+    f: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float = 0.2,
+    distill_temperature: float = 0.2,
+) -> torch.Tensor:
     """Sy-CON / PNR loss for one query view, MoCo base (Cha et al., ICML 2024, arXiv 2306.05101; csm9493/PNR
     ``cassle/losses/pnr.py``).
 
@@ -152,14 +159,22 @@ def pnr_moco(q: torch.Tensor, k: torch.Tensor, p: torch.Tensor, f: torch.Tensor,
     check_unit_rows(negatives, "negatives", loss)
     tau = _check_positive(temperature, "temperature", loss)
     tau_d = _check_positive(distill_temperature, "distill_temperature", loss)
-    q, k, p, f, negatives = _upcast(compute_dtype(q, k, p, f, negatives),
-                                    q, k.detach(), p, f.detach(), negatives.detach())
+    q, k, p, f, negatives = _upcast(
+        compute_dtype(q, k, p, f, negatives), q, k.detach(), p, f.detach(), negatives.detach()
+    )
     return _info_nce(q, k, negatives, tau) + _info_nce(p, f, negatives, tau_d)
 
 
 @_autocast_off
-def pnr_simclr(z1: torch.Tensor, z2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, f1: torch.Tensor,
-               f2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def pnr_simclr(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    p1: torch.Tensor,
+    p2: torch.Tensor,
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    temperature: float = 0.2,
+) -> torch.Tensor:
     """Sy-CON / PNR loss, in-batch SimCLR base (Cha et al., ICML 2024, arXiv 2306.05101; PNR's
     ``simclr_moco_loss_func``).
 
@@ -190,14 +205,14 @@ def pnr_simclr(z1: torch.Tensor, z2: torch.Tensor, p1: torch.Tensor, p2: torch.T
     _check_rows({"z1": z1, "z2": z2, "p1": p1, "p2": p2, "f1": f1, "f2": f2}, loss)
     tau = _check_positive(temperature, "temperature", loss)
     dtype = compute_dtype(z1, z2, p1, p2, f1, f2)
-    z = torch.cat(_upcast(dtype, z1, z2), dim=0)                      # (2B, d)
+    z = torch.cat(_upcast(dtype, z1, z2), dim=0)  # (2B, d)
     p = torch.cat(_upcast(dtype, p1, p2), dim=0)
     f = torch.cat(_upcast(dtype, f1.detach(), f2.detach()), dim=0)
     b = z1.shape[0]
     diag = _diag_mask(2 * b, z.device)
-    zf = torch.cat([z, f], dim=0)                                     # candidates of the plasticity term
-    fz = torch.cat([f, z], dim=0)                                     # candidates of the stability term
-    diag2 = torch.cat([diag, diag], dim=1)                            # (2B, 4B): drops j = i in both blocks
+    zf = torch.cat([z, f], dim=0)  # candidates of the plasticity term
+    fz = torch.cat([f, z], dim=0)  # candidates of the stability term
+    diag2 = torch.cat([diag, diag], dim=1)  # (2B, 4B): drops j = i in both blocks
     plastic_logits = (z @ zf.T / tau).masked_fill(diag2, _NEG_INF)
     plastic_pos = (z * z.roll(b, dims=0)).sum(dim=1) / tau
     stable_logits = (p @ fz.T / tau).masked_fill(diag2, _NEG_INF)
@@ -232,10 +247,10 @@ def cassle_distill(p: torch.Tensor, f: torch.Tensor, temperature: float = 0.2) -
     _check_rows({"p": p, "f": f}, loss)
     tau = _check_positive(temperature, "temperature", loss)
     p, f = _upcast(compute_dtype(p, f), p, f.detach())
-    logits = p @ f.T / tau                                            # (2B, 2B): [i, j] = p_i·f_j / τ
+    logits = p @ f.T / tau  # (2B, 2B): [i, j] = p_i·f_j / τ
     positive = (p * f).sum(dim=1) / tau
-    d_pf = (torch.logsumexp(logits, dim=1) - positive).mean()         # anchors p, candidates f
-    d_fp = (torch.logsumexp(logits, dim=0) - positive).mean()         # anchors f, candidates p (columns)
+    d_pf = (torch.logsumexp(logits, dim=1) - positive).mean()  # anchors p, candidates f
+    d_fp = (torch.logsumexp(logits, dim=0) - positive).mean()  # anchors f, candidates p (columns)
     return 0.5 * (d_pf + d_fp)
 
 
@@ -275,10 +290,12 @@ class PNRMoCoLoss(nn.Module):
         self.temperature = temperature
         self.distill_temperature = distill_temperature
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, p: torch.Tensor, f: torch.Tensor,
-                negatives: torch.Tensor) -> torch.Tensor:
-        return pnr_moco(q, k, p, f, negatives, temperature=self.temperature,
-                        distill_temperature=self.distill_temperature)
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, p: torch.Tensor, f: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        return pnr_moco(
+            q, k, p, f, negatives, temperature=self.temperature, distill_temperature=self.distill_temperature
+        )
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, distill_temperature={self.distill_temperature}"
@@ -291,8 +308,9 @@ class PNRSimCLRLoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, f1: torch.Tensor,
-                f2: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor
+    ) -> torch.Tensor:
         return pnr_simclr(z1, z2, p1, p2, f1, f2, temperature=self.temperature)
 
     def extra_repr(self) -> str:

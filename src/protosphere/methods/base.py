@@ -50,11 +50,16 @@ class TaskContext:
         """The context of task ``index`` of a :class:`~protosphere.data.scenarios.Scenario`: its training data on
         ``device`` (earlier tasks' data stay where the scenario holds them, on the host)."""
         task = scenario.tasks[index]
-        return cls(index=index, classes=tuple(task.classes), seen_classes=scenario.classes_up_to(index),
-                   num_tasks=scenario.num_tasks, train_images=task.train_images.to(device),
-                   train_labels=task.train_labels.to(device),
-                   previous_classes=scenario.classes_up_to(index - 1) if index > 0 else [],
-                   previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:index]])
+        return cls(
+            index=index,
+            classes=tuple(task.classes),
+            seen_classes=scenario.classes_up_to(index),
+            num_tasks=scenario.num_tasks,
+            train_images=task.train_images.to(device),
+            train_labels=task.train_labels.to(device),
+            previous_classes=scenario.classes_up_to(index - 1) if index > 0 else [],
+            previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:index]],
+        )
 
     def seen_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training images and labels of tasks 0..index (earlier tasks moved to this task's device)."""
@@ -127,8 +132,11 @@ class Method(nn.Module):
         self.fit_seconds: dict[str, float] = {}
         self.install_collectives(gather=lambda tensor: tensor, synchronize=lambda: None)
 
-    def install_collectives(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                            synchronize: Callable[[], None] | None = None) -> None:
+    def install_collectives(
+        self,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        synchronize: Callable[[], None] | None = None,
+    ) -> None:
         """How the engine connects the method to its processes and device (the only way it does).
 
         ``gather(tensor)`` concatenates a tensor's rows across processes with gradients (the identity on one
@@ -195,9 +203,10 @@ class Method(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for old, new in self.renamed_state.items():
-            for key in [k for k in state_dict if k == prefix + old or (old.endswith(".") and
-                                                                      k.startswith(prefix + old))]:
-                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+            for key in [
+                k for k in state_dict if k == prefix + old or (old.endswith(".") and k.startswith(prefix + old))
+            ]:
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
@@ -263,7 +272,6 @@ class Method(nn.Module):
     def classifier_weights(self) -> torch.Tensor | None:
         """(K, d) weights of the feature classifier, for the NC3/NC4 metrics (None when there is none)."""
         return None
-
 
 
 class SupervisedMethod(Method):

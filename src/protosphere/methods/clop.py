@@ -84,8 +84,9 @@ class CLOP(RepresentationMethod):
         data = super().classifier_data()
         if self.config.label_fraction < 1:
             labelled = f"the labelled {self.config.label_fraction:.0%} of the current task's training data"
-            data.update(ncm=labelled + "; earlier means kept for the other classes", linear_probe=labelled,
-                        knn=labelled)
+            data.update(
+                ncm=labelled + "; earlier means kept for the other classes", linear_probe=labelled, knn=labelled
+            )
         return data
 
     def training_step(self, images, labels, step):

@@ -34,7 +34,8 @@ class Co2LConfig(ReplayContrastConfig):
     ird_current_temperature: float = Field(0.2, gt=0)
     ird_past_temperature: float = Field(0.01, gt=0)
     classifiers: list[Classifier] = Field(
-        default_factory=lambda: ["linear_probe", "ncm", "linear_probe_seen", "linear_probe_unaugmented"])
+        default_factory=lambda: ["linear_probe", "ncm", "linear_probe_seen", "linear_probe_unaugmented"]
+    )
 
 
 @METHODS.register("co2l")

@@ -40,21 +40,34 @@ class FNC2Config(ReplayContrastConfig):
     distillation: Literal["hsd", "ird", "prd", "none"] = "hsd"
     hsd_weight: float = Field(1.0, ge=0, description="λ_hsd, the weight of the distillation term")
     hsd_schedule: Literal[HSD_SCHEDULES] = "official"
-    hsd_marks: tuple[float, float] = Field((0.3, 0.8), description="official schedule: α starts to fall at the first "
-                                           "fraction of the task's epochs and stops at the second")
+    hsd_marks: tuple[float, float] = Field(
+        (0.3, 0.8),
+        description="official schedule: α starts to fall at the first "
+        "fraction of the task's epochs and stops at the second",
+    )
     hsd_alpha0: float = Field(1.0, ge=0, le=1, description="α of the constant schedule")
     ird_current_temperature: float = Field(0.2, gt=0)
     ird_past_temperature: float = Field(0.01, gt=0)
     prd_current_temperature: float = Field(0.2, gt=0)
     prd_past_temperature: float = Field(0.1, gt=0)
-    distill_predictor_hidden: int | None = Field(128, ge=1, description="hidden width of the distillation "
+    distill_predictor_hidden: int | None = Field(
+        128,
+        ge=1,
+        description="hidden width of the distillation "
         "predictor (Linear–BN–ReLU–Linear) on the current side of HSD from the second task, as every training "
-        "script of the authors sets it (--predictor_hidden_dim 128; 256 on Tiny-ImageNet); null: no predictor")
+        "script of the authors sets it (--predictor_hidden_dim 128; 256 on Tiny-ImageNet); null: no predictor",
+    )
     past_model_bn: Literal["eval", "train"] = "train"
     etf_seed: int = 0
     classifiers: list[Classifier] = Field(
-        default_factory=lambda: ["linear_probe", "nearest_prototype", "ncm", "linear_probe_seen",
-                                 "linear_probe_unaugmented"])
+        default_factory=lambda: [
+            "linear_probe",
+            "nearest_prototype",
+            "ncm",
+            "linear_probe_seen",
+            "linear_probe_unaugmented",
+        ]
+    )
 
     @field_validator("hsd_marks")
     @classmethod
@@ -80,8 +93,13 @@ class FNC2(RepresentationMethod):
         self.drift = ClassMeanDrift(self, num_classes, config.projection_dim)
         FixedPrototypes("simplex_etf", config.etf_seed).attach(self, num_classes, config.projection_dim)
         hidden, dim = config.distill_predictor_hidden, config.projection_dim
-        self.distill_predictor = None if hidden is None else nn.Sequential(
-            nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.distill_predictor = (
+            None
+            if hidden is None
+            else nn.Sequential(
+                nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)
+            )
+        )
 
     @property
     def uses_past_model(self):
@@ -97,8 +115,9 @@ class FNC2(RepresentationMethod):
         views = self.two_views(x)
         z, y2 = self.gather(self.embed(views)), self.gather(y.repeat(2))
         previous = task.previous_classes if cfg.old_prototypes_as_negatives else []
-        loss = main = fnc2(z, y2, self.prototypes, task.classes, previous, cfg.temperature, cfg.base_temperature,
-                           cfg.gamma)
+        loss = main = fnc2(
+            z, y2, self.prototypes, task.classes, previous, cfg.temperature, cfg.base_temperature, cfg.gamma
+        )
         terms = {"fnc2": main.detach()}
         if self.past.model is not None and self.uses_past_model:
             z_past, seen = self.gather(self.past.embed(views)), self.prototypes[task.seen_classes]
@@ -107,8 +126,14 @@ class FNC2(RepresentationMethod):
             ird_t = (cfg.ird_current_temperature, cfg.ird_past_temperature)
             prd_t = (cfg.prd_current_temperature, cfg.prd_past_temperature)
             if cfg.distillation == "hsd":
-                alpha = hsd_alpha(step.step, step.steps_in_task, cfg.hsd_schedule, cfg.hsd_alpha0,
-                                  epochs=step.epochs_in_task, marks=cfg.hsd_marks)
+                alpha = hsd_alpha(
+                    step.step,
+                    step.steps_in_task,
+                    cfg.hsd_schedule,
+                    cfg.hsd_alpha0,
+                    epochs=step.epochs_in_task,
+                    marks=cfg.hsd_marks,
+                )
                 distill = hsd(z, z_past, seen, alpha, ird_t, prd_t)
                 terms["hsd_alpha"] = z.new_tensor(alpha)
             elif cfg.distillation == "ird":

@@ -64,16 +64,21 @@ class MoCoBase(SelfSupervisedBase):
 
     term = "moco"
     # checkpoints written before the momentum encoder and the queues were parts
-    renamed_state = {"momentum_backbone.": "momentum_encoder.backbone.",
-                     "momentum_projector.": "momentum_encoder.projector.",
-                     "queue": "queue.keys", "queue_ptr": "queue.ptr",
-                     "past_queue": "past_queue.keys", "past_queue_ptr": "past_queue.ptr"}
+    renamed_state = {
+        "momentum_backbone.": "momentum_encoder.backbone.",
+        "momentum_projector.": "momentum_encoder.projector.",
+        "queue": "queue.keys",
+        "queue_ptr": "queue.ptr",
+        "past_queue": "past_queue.keys",
+        "past_queue_ptr": "past_queue.ptr",
+    }
 
     def __init__(self, method):
         super().__init__(method)
         cfg = method.config
-        method.momentum_encoder = MomentumEncoder(method.backbone, method.projector, cfg.base_momentum,
-                                                  cfg.final_momentum)
+        method.momentum_encoder = MomentumEncoder(
+            method.backbone, method.projector, cfg.base_momentum, cfg.final_momentum
+        )
         method.queue = KeyQueue(cfg.queue_size, cfg.projection_dim, clamp=cfg.clamp_queue)
         self.queues = [method.queue]
 
@@ -107,8 +112,18 @@ class MoCoBase(SelfSupervisedBase):
         method = self.method
         k, keys = self.keys(views, step)
         queue, past_queue = method.queue.read(), method.past_queue.read()
-        loss = 0.5 * sum(pnr_moco(q[v], k[1 - v], p[v], f[v], torch.cat([queue[1 - v], past_queue[1 - v]]),
-                                  method.config.temperature, distill_temperature) for v in (0, 1))
+        loss = 0.5 * sum(
+            pnr_moco(
+                q[v],
+                k[1 - v],
+                p[v],
+                f[v],
+                torch.cat([queue[1 - v], past_queue[1 - v]]),
+                method.config.temperature,
+                distill_temperature,
+            )
+            for v in (0, 1)
+        )
         method.queue.enqueue(keys)
         method.past_queue.enqueue(torch.stack([method.gather(f[0]), method.gather(f[1])]))
         return loss

@@ -48,8 +48,10 @@ class NCTConfig(ReplayContrastConfig):
     name: str = "nct"
     head_loss: Literal["dr", "ce"] = "dr"
     classifier: Literal["etf", "learnable"] = Field(
-        "etf", description="etf: the fixed simplex ETF (NCT); learnable: a trained cosine classifier (unit-normalised "
-                           "rows, random start) with the same distillation — the baseline NCT is compared against")
+        "etf",
+        description="etf: the fixed simplex ETF (NCT); learnable: a trained cosine classifier (unit-normalised "
+        "rows, random start) with the same distillation — the baseline NCT is compared against",
+    )
     head_weight: float = Field(10.0, ge=0)
     ce_temperature: float = Field(0.1, gt=0, description="τ of the CE on ETF logits")
     distill_weight: float = Field(50.0, ge=0)
@@ -60,13 +62,16 @@ class NCTConfig(ReplayContrastConfig):
     views: int = Field(1, ge=1, le=2)
     etf_seed: int = 0
     classifiers: list[Classifier] = Field(
-        default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"])
+        default_factory=lambda: ["nearest_prototype", "ncm", "linear_probe", "linear_probe_seen"]
+    )
 
     @model_validator(mode="after")
     def _learnable_needs_ce(self):
         if self.classifier == "learnable" and self.head_loss != "ce":
-            raise ValueError("method.classifier=learnable needs method.head_loss=ce: the DR loss pulls each row to a "
-                             "fixed target, and with learnable rows nothing keeps the classes apart; set head_loss: ce")
+            raise ValueError(
+                "method.classifier=learnable needs method.head_loss=ce: the DR loss pulls each row to a "
+                "fixed target, and with learnable rows nothing keeps the classes apart; set head_loss: ce"
+            )
         return self
 
 
@@ -80,18 +85,26 @@ class NCT(RepresentationMethod):
         self.past = PastModel(self, train_mode_bn=config.past_model_bn == "train")
         self.drift = ClassMeanDrift(self, num_classes, config.projection_dim)
         if config.classifier == "learnable":
-            start = torch.randn(num_classes, config.projection_dim,
-                                generator=torch.Generator().manual_seed(config.etf_seed))
+            start = torch.randn(
+                num_classes, config.projection_dim, generator=torch.Generator().manual_seed(config.etf_seed)
+            )
             self.prototypes = nn.Parameter(F.normalize(start, dim=1))
         else:
             FixedPrototypes("simplex_etf", config.etf_seed).attach(self, num_classes, config.projection_dim)
         self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
         if config.mixture_of_experts:
             if config.num_experts is None:
-                raise ValueError("mixture_of_experts needs num_experts (one per task; build_method sets it to the "
-                                 "scenario's number of tasks)")
-            self.projector = MixtureOfExperts(backbone.out_dim, config.projection_dim, config.num_experts,
-                                              config.projection_hidden or backbone.out_dim, active=1)
+                raise ValueError(
+                    "mixture_of_experts needs num_experts (one per task; build_method sets it to the "
+                    "scenario's number of tasks)"
+                )
+            self.projector = MixtureOfExperts(
+                backbone.out_dim,
+                config.projection_dim,
+                config.num_experts,
+                config.projection_hidden or backbone.out_dim,
+                active=1,
+            )
 
     @classmethod
     def resolve_config(cls, config, scenario):
@@ -106,8 +119,10 @@ class NCT(RepresentationMethod):
     def begin_task(self, task):
         moe = self.projector if self.config.mixture_of_experts else None
         if moe is not None and task.index >= moe.num_experts:
-            raise ConfigError(f"nct: task {task.index + 1} needs expert {task.index + 1} but method.num_experts is "
-                              f"{moe.num_experts}; leave num_experts unset (one per task) or raise it.")
+            raise ConfigError(
+                f"nct: task {task.index + 1} needs expert {task.index + 1} but method.num_experts is "
+                f"{moe.num_experts}; leave num_experts unset (one per task) or raise it."
+            )
         self.class_task[list(task.classes)] = task.index
         super().begin_task(task)
         self.past.begin_task(task, needed=self.config.distill_weight > 0)  # the t−1 model with its t active experts
@@ -124,8 +139,14 @@ class NCT(RepresentationMethod):
     def head(self, z, y, weights):
         if self.config.head_loss == "dr":
             return dr_loss(z, y, self.prototypes, weights)
-        return prototype_ce(z, y, self.prototypes, self.config.ce_temperature, weights,
-                            normalize_prototypes=self.config.classifier == "learnable")
+        return prototype_ce(
+            z,
+            y,
+            self.prototypes,
+            self.config.ce_temperature,
+            weights,
+            normalize_prototypes=self.config.classifier == "learnable",
+        )
 
     def training_step(self, images, labels, step):
         cfg = self.config

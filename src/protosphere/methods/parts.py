@@ -105,8 +105,13 @@ class RepresentationMemory:
     (per process under DDP).
     """
 
-    def __init__(self, track: Callable[[str, object], None], size: int, sampling: Sampling = "co2l",
-                 replay_batch_size: int | None = None):
+    def __init__(
+        self,
+        track: Callable[[str, object], None],
+        size: int,
+        sampling: Sampling = "co2l",
+        replay_batch_size: int | None = None,
+    ):
         self._track = track
         self.sampling = sampling
         self.replay_batch_size = replay_batch_size
@@ -179,8 +184,10 @@ class RepresentationMemory:
         if self.buffer is None or self.buffer.is_empty():
             return task.train_images, task.train_labels
         stored, device = self.buffer.all(), task.train_images.device
-        return (torch.cat([task.train_images, stored["examples"].to(device)]),
-                torch.cat([task.train_labels, stored["labels"].to(device)]))
+        return (
+            torch.cat([task.train_images, stored["examples"].to(device)]),
+            torch.cat([task.train_labels, stored["labels"].to(device)]),
+        )
 
     def classifier_only_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The classifier-only buffer's (images, labels), or None when there is none or it is empty."""
@@ -193,12 +200,13 @@ class RepresentationMemory:
         """Which data the classifiers see, in words, for the entries this memory changes."""
         if self.buffer is not None:
             stored = f"the current task + the training buffer ({self.buffer.capacity} samples)"
-            return {"ncm": stored + "; earlier means kept for classes not in it", "linear_probe": stored,
-                    "knn": stored}
+            return {"ncm": stored + "; earlier means kept for classes not in it", "linear_probe": stored, "knn": stored}
         if self.probe_buffer is not None:
-            return {"linear_probe": f"the current task + up to {self.probe_buffer.capacity} classifier-only samples "
-                                    f"of earlier tasks (eval.probe_buffer_size; never used in representation "
-                                    f"training)"}
+            return {
+                "linear_probe": f"the current task + up to {self.probe_buffer.capacity} classifier-only samples "
+                f"of earlier tasks (eval.probe_buffer_size; never used in representation "
+                f"training)"
+            }
         return {}
 
 
@@ -383,9 +391,11 @@ def clamp_to_task(queues: list[KeyQueue], batch: int, owner: str, task=None) -> 
             continue
         if queue is queues[0]:
             index = task.index if task is not None else 0
-            log.warning(f"{owner}: queue_size {current} exceeds the {size} training images of task {index} "
-                        f"(rounded down to a multiple of the batch of {batch}: {limit}); the queues now hold "
-                        f"{limit} entries per view.")
+            log.warning(
+                f"{owner}: queue_size {current} exceeds the {size} training images of task {index} "
+                f"(rounded down to a multiple of the batch of {batch}: {limit}); the queues now hold "
+                f"{limit} entries per view."
+            )
         queue.shrink(limit)
 
 

@@ -34,8 +34,7 @@ from ..models import ProjectionHead
 from .base import Method, TaskContext
 from .parts import RepresentationMemory
 
-Classifier = Literal["nearest_prototype", "ncm", "linear_probe", "linear_probe_unaugmented", "linear_probe_seen",
-                     "knn"]
+Classifier = Literal["nearest_prototype", "ncm", "linear_probe", "linear_probe_unaugmented", "linear_probe_seen", "knn"]
 
 
 class RepresentationConfig(MethodConfig):
@@ -71,8 +70,9 @@ class RepresentationMethod(Method):
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
         hidden = config.projection_hidden or backbone.out_dim
-        self.projector = ProjectionHead(backbone.out_dim, hidden, config.projection_dim,
-                                        batch_norm=config.projection_batch_norm)
+        self.projector = ProjectionHead(
+            backbone.out_dim, hidden, config.projection_dim, batch_norm=config.projection_batch_norm
+        )
         self.register_buffer("class_means", torch.zeros(num_classes, backbone.out_dim))
         # fixed prototypes, when a method has them (FixedPrototypes.attach); the nearest-prototype classifier reads them
         self.register_buffer("prototypes", None)
@@ -142,8 +142,9 @@ class RepresentationMethod(Method):
         dtype = torch.get_default_dtype()  # float32, or float64 in a float64 run
         return extract_features(lambda batch: self.features(model_input(batch)).to(dtype), images, batch_size)
 
-    def augmented_probe_features(self, images: torch.Tensor, task: int, epoch: int,
-                                 batch_size: int = 256) -> torch.Tensor:
+    def augmented_probe_features(
+        self, images: torch.Tensor, task: int, epoch: int, batch_size: int = 256
+    ) -> torch.Tensor:
         """Encoder features (N, d) of one freshly augmented view of each image (an image given twice gets two views) —
         the training augmentation, as the Co2L / FNC2 authors' linear stages load their training images — under
         ``no_grad`` in eval mode, batched on the images' device. The augmentation draws from a generator seeded by
@@ -169,10 +170,19 @@ class RepresentationMethod(Method):
                 self.class_means[c] = F.normalize(normalized[labels == c].mean(0), dim=0)
 
         def probe(x, y, epoch_features=None):
-            return fit_linear_probe(x, y, self.num_classes, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                                    batch_size=cfg.probe_batch_size, class_balanced=cfg.probe_class_balanced,
-                                    seed=task.index, schedule=cfg.probe_schedule, min_steps=cfg.probe_min_steps,
-                                    epoch_features=epoch_features).to(features.device)
+            return fit_linear_probe(
+                x,
+                y,
+                self.num_classes,
+                epochs=cfg.probe_epochs,
+                lr=cfg.probe_lr,
+                batch_size=cfg.probe_batch_size,
+                class_balanced=cfg.probe_class_balanced,
+                seed=task.index,
+                schedule=cfg.probe_schedule,
+                min_steps=cfg.probe_min_steps,
+                epoch_features=epoch_features,
+            ).to(features.device)
 
         probes = {"linear_probe", "linear_probe_unaugmented"} & set(cfg.classifiers)
         if probes:  # the probe's data: the evaluation data, then any classifier-only rows
@@ -185,6 +195,7 @@ class RepresentationMethod(Method):
                     fixed = torch.cat([features, self.encode(extra[0].to(images.device))])
         if "linear_probe" in probes and self.probe_augment:
             with self.fit_timer("linear_probe"):  # a new view at every draw (the authors' linear stage)
+
                 def views(epoch, rows):
                     return self.augmented_probe_features(probe_images[rows.to(probe_images.device)], task.index, epoch)
 
@@ -209,9 +220,14 @@ class RepresentationMethod(Method):
             "linear_probe": lambda x: self._fitted["probe"](self.features(x)),
             "linear_probe_unaugmented": lambda x: self._fitted["probe_fixed"](self.features(x)),
             "linear_probe_seen": lambda x: self._fitted["probe_seen"](self.features(x)),
-            "knn": lambda x: knn_logits(self._bank[0], self._bank[1], F.normalize(self.features(x), dim=1),
-                                        self.num_classes, k=self.config.knn_k,
-                                        temperature=self.config.knn_temperature),
+            "knn": lambda x: knn_logits(
+                self._bank[0],
+                self._bank[1],
+                F.normalize(self.features(x), dim=1),
+                self.num_classes,
+                k=self.config.knn_k,
+                temperature=self.config.knn_temperature,
+            ),
             **self.extra_classifiers(),
         }
         names = [n for n in self.config.classifiers if n != "nearest_prototype" or self.prototypes is not None]

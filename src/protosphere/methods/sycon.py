@@ -43,8 +43,9 @@ class SyCon(SelfSupervisedMethod):
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)
         if type(self.base).pseudo_negative_loss is SelfSupervisedBase.pseudo_negative_loss:
-            raise ConfigError(f"sycon: the base `{config.base}` has no pseudo-negative form; choose another "
-                              f"method.base.")
+            raise ConfigError(
+                f"sycon: the base `{config.base}` has no pseudo-negative form; choose another method.base."
+            )
         self.predictor = Predictor(config.projection_dim, config.predictor_hidden)
         self.past = PastModel(self)
         self.base.prepare_pseudo_negatives()

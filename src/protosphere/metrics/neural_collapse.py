@@ -139,8 +139,9 @@ def neural_collapse(
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
     if a.dim() != 2 or a.shape != b.shape:
-        raise ValueError(f"{names}: expected two (C, d) tensors of the same shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}.")
+        raise ValueError(
+            f"{names}: expected two (C, d) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
 
 
 def prototype_alignment(class_means: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

@@ -158,9 +158,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -262,7 +260,7 @@ def init_weights(module: nn.Module, scheme: str = "default") -> nn.Module:
             for m in module.modules():
                 if type(m) is nn.Linear:
                     fan_out, fan_in = m.weight.shape
-                    bound = 3.0 ** 0.5 * (2.0 / (fan_in + fan_out)) ** 0.5
+                    bound = 3.0**0.5 * (2.0 / (fan_in + fan_out)) ** 0.5
                     m.weight.uniform_(-bound, bound)
                     if m.bias is not None:
                         m.bias.zero_()

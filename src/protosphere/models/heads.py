@@ -169,8 +169,9 @@ class MixtureOfExperts(nn.Module):
     optional ``active`` that overrides the module's own count for one call (e.g. the past model's first t experts).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, num_experts: int = 1, hidden_dim: int = 512,
-                 active: int | None = None) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, num_experts: int = 1, hidden_dim: int = 512, active: int | None = None
+    ) -> None:
         super().__init__()
         if num_experts < 1:
             raise ConfigError(f"MixtureOfExperts needs num_experts ≥ 1, got {num_experts}")

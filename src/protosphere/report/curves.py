@@ -66,13 +66,28 @@ def training_curves(series: dict[str, list[tuple[int, float, int]]], path: Path)
     def boundaries(ax):
         for step, task in starts:
             ax.axvline(step - 0.5, color="#999999", linewidth=0.8, linestyle="--")
-            ax.text(step, 1.0, f" T{task + 1}", transform=ax.get_xaxis_transform(), fontsize=7, color="#666666",
-                    va="top", ha="left")
+            ax.text(
+                step,
+                1.0,
+                f" T{task + 1}",
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                color="#666666",
+                va="top",
+                ha="left",
+            )
 
     ax = axes[0]
     x = [s for s, _, _ in loss]
-    ax.plot(x, [v for _, v, _ in loss], color="black", linewidth=1.8, label="loss", marker="o" if len(x) < 40 else None,
-            markersize=3)
+    ax.plot(
+        x,
+        [v for _, v, _ in loss],
+        color="black",
+        linewidth=1.8,
+        label="loss",
+        marker="o" if len(x) < 40 else None,
+        markersize=3,
+    )
     for i, name in enumerate(terms):
         rows = series[name]
         ax.plot([s for s, _, _ in rows], [v for _, v, _ in rows], color=color(i), linewidth=1.1, label=name)
@@ -86,8 +101,14 @@ def training_curves(series: dict[str, list[tuple[int, float, int]]], path: Path)
     if has_lr:
         ax = axes[1]
         rows = series["lr"]
-        ax.plot([s for s, _, _ in rows], [v for _, v, _ in rows], color=color(0), linewidth=1.6,
-                marker="o" if len(rows) < 40 else None, markersize=3)
+        ax.plot(
+            [s for s, _, _ in rows],
+            [v for _, v, _ in rows],
+            color=color(0),
+            linewidth=1.6,
+            marker="o" if len(rows) < 40 else None,
+            markersize=3,
+        )
         ax.set_xlabel("global step (all tasks)", fontsize=9)
         ax.set_ylabel("learning rate", fontsize=9)
         ax.set_title("learning rate", fontsize=10)
@@ -111,10 +132,18 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], pat
         for i in range(n):
             for j in range(n):
                 if counts[i, j]:
-                    ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if share[i, j] > 60 else "black")
-    label_heatmap(fig, ax, image, labels, labels, cell, ("true class", "predicted class"), title,
-                  bar_label="% of the true class")
+                    ax.text(
+                        j,
+                        i,
+                        f"{share[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if share[i, j] > 60 else "black",
+                    )
+    label_heatmap(
+        fig, ax, image, labels, labels, cell, ("true class", "predicted class"), title, bar_label="% of the true class"
+    )
     return _save(fig, path)
 
 

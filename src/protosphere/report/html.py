@@ -26,14 +26,20 @@ __all__ = ["load_results", "render_report", "save_embedding_snapshot", "try_writ
 
 HEADLINE_METRICS = [
     ("final_average_accuracy", "final avg acc", "mean accuracy over all tasks after the last one (%)"),
-    ("average_incremental_accuracy", "avg incremental acc",
-     "mean over time of the accuracy on the tasks seen so far (%)"),
+    (
+        "average_incremental_accuracy",
+        "avg incremental acc",
+        "mean over time of the accuracy on the tasks seen so far (%)",
+    ),
     ("average_forgetting", "forgetting", "mean over earlier tasks of best − final accuracy (pp, lower is better)"),
     ("backward_transfer", "BWT", "mean of final − just-learned accuracy over earlier tasks (pp)"),
     ("forward_transfer", "FWT", "mean accuracy on a task before learning it, minus a random-init model (pp)"),
 ]
-NC_SHORT = {"within_class_effective_rank": "eff. rank (within)", "between_class_effective_rank": "eff. rank (between)",
-            "max_angle": "max-angle"}
+NC_SHORT = {
+    "within_class_effective_rank": "eff. rank (within)",
+    "between_class_effective_rank": "eff. rank (between)",
+    "max_angle": "max-angle",
+}
 
 CSS = """
 :root { --fg:#1f2328; --muted:#656d76; --line:#d8dee4; --bg:#f6f8fa; --accent:#4C72B0; }
@@ -124,10 +130,12 @@ def page(title: str, body: str, footer: str = "") -> str:
     from ..version import __version__
 
     foot = f"<footer>{footer} Rendered {esc(stamp)} by protosphere {esc(__version__)}.</footer>"
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{_scrolling(body)}\n{foot}\n"
-            "</main>\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{_scrolling(body)}\n{foot}\n"
+        "</main>\n</body>\n</html>\n"
+    )
 
 
 def _scrolling(body: str) -> str:
@@ -192,15 +200,20 @@ def headline_table(record: StoredRecord) -> str:
     rows = []
     for classifier in order:
         for setting, summary in record.metrics[classifier].items():
-            cells = "".join(number_cell(getattr(summary, key), f"{classifier}/{setting}/{key}")
-                            for key, _, _ in HEADLINE_METRICS)
+            cells = "".join(
+                number_cell(getattr(summary, key), f"{classifier}/{setting}/{key}") for key, _, _ in HEADLINE_METRICS
+            )
             mark = " ★" if classifier == headline else ""
             cls = ' class="headline"' if classifier == headline else ""
-            rows.append(f"<tr{cls}><td class=\"l\">{esc(classifier)}{mark}</td>"
-                        f"<td class=\"l\">{esc(plots.setting_label(setting))}</td>{cells}"
-                        f"<td class=\"l\">{esc(record.classifier_data.get(classifier, ''))}</td></tr>")
-    return (f'<table class="headline-numbers"><thead><tr><th class="l">classifier</th><th class="l">setting</th>{head}'
-            f'<th class="l">fitted on</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            rows.append(
+                f'<tr{cls}><td class="l">{esc(classifier)}{mark}</td>'
+                f'<td class="l">{esc(plots.setting_label(setting))}</td>{cells}'
+                f'<td class="l">{esc(record.classifier_data.get(classifier, ""))}</td></tr>'
+            )
+    return (
+        f'<table class="headline-numbers"><thead><tr><th class="l">classifier</th><th class="l">setting</th>{head}'
+        f'<th class="l">fitted on</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 def _cards(record: StoredRecord) -> str:
@@ -215,9 +228,12 @@ def _cards(record: StoredRecord) -> str:
             cards.append(("class-IL forgetting", summary.average_forgetting, " pp"))
     if record.timings.total_s is not None:
         cards.append(("wall time", record.timings.total_s, " s"))
-    body = "".join(f'<div class="card"><div class="value">{fmt(v, 1) if v is not None else "n/a"}'
-                   f'<small>{esc(unit) if v is not None else ""}</small></div>'
-                   f'<div class="label">{esc(label)}</div></div>' for label, v, unit in cards)
+    body = "".join(
+        f'<div class="card"><div class="value">{fmt(v, 1) if v is not None else "n/a"}'
+        f"<small>{esc(unit) if v is not None else ''}</small></div>"
+        f'<div class="label">{esc(label)}</div></div>'
+        for label, v, unit in cards
+    )
     return f'<div class="cards">{body}</div>'
 
 
@@ -229,8 +245,11 @@ def _meta(record: StoredRecord) -> str:
 
     items = [
         ("method", record.method),
-        ("scenario", f"{known(sc.name)} ({plots.setting_label(sc.kind or '?')}, "
-                     f"{known(sc.num_tasks)} tasks, {known(sc.num_classes)} classes)"),
+        (
+            "scenario",
+            f"{known(sc.name)} ({plots.setting_label(sc.kind or '?')}, "
+            f"{known(sc.num_tasks)} tasks, {known(sc.num_classes)} classes)",
+        ),
         ("seed", record.seed),
         ("headline classifier", record.headline_classifier),
         ("status", record.status),
@@ -238,8 +257,11 @@ def _meta(record: StoredRecord) -> str:
         ("world size", env.world_size),
         ("precision", env.precision),
     ]
-    return '<div class="meta">' + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in items
-                                          if v is not None) + "</div>"
+    return (
+        '<div class="meta">'
+        + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in items if v is not None)
+        + "</div>"
+    )
 
 
 def _config_block(record: StoredRecord, run_dir: Path) -> str:
@@ -258,8 +280,10 @@ def _config_block(record: StoredRecord, run_dir: Path) -> str:
 def _task_il_note(record: StoredRecord) -> str:
     if any("task_il" in settings for settings in record.metrics.values()):
         return ""
-    return (f'<p class="note">No task-IL numbers: the {esc(plots.setting_label(record.scenario.kind or "?"))} '
-            f"scenario has no task identities to mask with.</p>")
+    return (
+        f'<p class="note">No task-IL numbers: the {esc(plots.setting_label(record.scenario.kind or "?"))} '
+        f"scenario has no task identities to mask with.</p>"
+    )
 
 
 def _classifier_sections(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
@@ -272,30 +296,46 @@ def _classifier_sections(record: StoredRecord, plot_dir: Path, figures: list[Pat
         num_tasks = len(next(iter(matrices.values())))
         safe = _slug(classifier)
         title = f"{classifier}{' (headline)' if classifier == headline else ''}"
-        section = [f"<h3>Classifier <code>{esc(classifier)}</code>{' — headline' if classifier == headline else ''}"
-                   f"</h3>"]
+        section = [
+            f"<h3>Classifier <code>{esc(classifier)}</code>{' — headline' if classifier == headline else ''}</h3>"
+        ]
         if classifier in record.classifier_data:
             section.append(f'<p class="note">Fitted on {esc(record.classifier_data[classifier])}.</p>')
         heat = plots.accuracy_heatmaps(matrices, plot_dir / f"accuracy_matrix_{safe}.png")
         figures.append(heat)
-        section.append(figure(heat, f"accuracy matrix {title}",
-                              "Accuracy (%) on the test data of task j (column) after training task t (row). "
-                              "Hatched cells above the diagonal are tasks not trained yet."))
+        section.append(
+            figure(
+                heat,
+                f"accuracy matrix {title}",
+                "Accuracy (%) on the test data of task j (column) after training task t (row). "
+                "Hatched cells above the diagonal are tasks not trained yet.",
+            )
+        )
         if num_tasks > 1:
             lines = plots.accuracy_over_time(matrices, plot_dir / f"accuracy_over_time_{safe}.png")
             figures.append(lines)
-            section.append(figure(lines, f"accuracy over time {title}",
-                                  "Accuracy of each task from the moment it is learned; the thick black line is "
-                                  "the mean over the tasks seen so far (its mean is the average incremental "
-                                  "accuracy)."))
+            section.append(
+                figure(
+                    lines,
+                    f"accuracy over time {title}",
+                    "Accuracy of each task from the moment it is learned; the thick black line is "
+                    "the mean over the tasks seen so far (its mean is the average incremental "
+                    "accuracy).",
+                )
+            )
             forgetting = {s: m.forgetting for s, m in metrics.get(classifier, {}).items() if m.forgetting}
             if forgetting:
                 bars = plots.forgetting_bars(forgetting, plot_dir / f"forgetting_{safe}.png")
                 figures.append(bars)
-                section.append(figure(bars, f"forgetting {title}",
-                                      "Forgetting per task: best accuracy at any evaluation after learning it, "
-                                      "minus the final accuracy (percentage points; the last task cannot be "
-                                      "forgotten)."))
+                section.append(
+                    figure(
+                        bars,
+                        f"forgetting {title}",
+                        "Forgetting per task: best accuracy at any evaluation after learning it, "
+                        "minus the final accuracy (percentage points; the last task cannot be "
+                        "forgotten).",
+                    )
+                )
         else:
             section.append('<p class="note">One task: nothing to forget, no accuracy over time.</p>')
         if classifier == headline or len(accuracy) == 1:
@@ -303,10 +343,12 @@ def _classifier_sections(record: StoredRecord, plot_dir: Path, figures: list[Pat
         else:  # the other classifiers folded: the headline is what a reader looks at first
             summary = record.summary(classifier, "class_il")
             final = summary.final_average_accuracy if summary is not None else None
-            summary = (f"Classifier <code>{esc(classifier)}</code>"
-                       + (f" — class-IL final avg acc {fmt(final)} %" if final is not None else ""))
-            parts.append(f'<details class="classifier"><summary>{summary}</summary>\n'
-                         + "\n".join(section[1:]) + "\n</details>")
+            summary = f"Classifier <code>{esc(classifier)}</code>" + (
+                f" — class-IL final avg acc {fmt(final)} %" if final is not None else ""
+            )
+            parts.append(
+                f'<details class="classifier"><summary>{summary}</summary>\n' + "\n".join(section[1:]) + "\n</details>"
+            )
     return "\n".join(parts)
 
 
@@ -374,19 +416,26 @@ def _epoch_accuracy_part(record: StoredRecord, plot_dir: Path, figures: list[Pat
     path = plots.accuracy_over_epochs(series, plot_dir / "accuracy_over_epochs.png", _epoch_segments(entries))
     if path is not None:
         figures.append(path)
-        parts.append(figure(path, "accuracy over epochs",
-                            f"Accuracy (%) of <code>{esc(classifier)}</code> after every epoch, averaged over the "
-                            f"tasks seen so far (dashed lines: task boundaries; the last point of a task is the "
-                            f"mean over seen tasks of that task's row of the accuracy matrix)."))
+        parts.append(
+            figure(
+                path,
+                "accuracy over epochs",
+                f"Accuracy (%) of <code>{esc(classifier)}</code> after every epoch, averaged over the "
+                f"tasks seen so far (dashed lines: task boundaries; the last point of a task is the "
+                f"mean over seen tasks of that task's row of the accuracy matrix).",
+            )
+        )
     head = "".join(f"<th>{esc(plots.setting_label(s))}</th>" for s in series)
     rows = []
     for i, e in enumerate(entries):
         label, ep = f"T{e.task + 1}", f"{e.epoch + 1}"
         cells = "".join(number_cell(series[s][i], f"epoch/{label}/E{ep}/{s}") for s in series)
         rows.append(f'<tr><td class="l">{esc(label)}</td><td>{esc(ep)}</td>{cells}</tr>')
-    parts.append(f"<details><summary>Per-epoch numbers ({esc(classifier)}, mean over seen tasks, %)</summary>"
-                 f'<table class="epoch-accuracy"><thead><tr><th class="l">task</th><th>epoch</th>{head}</tr></thead>'
-                 f"<tbody>{''.join(rows)}</tbody></table></details>")
+    parts.append(
+        f"<details><summary>Per-epoch numbers ({esc(classifier)}, mean over seen tasks, %)</summary>"
+        f'<table class="epoch-accuracy"><thead><tr><th class="l">task</th><th>epoch</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></details>"
+    )
     return "\n".join(parts)
 
 
@@ -402,23 +451,39 @@ def _nc_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> st
         path = plots.nc_over_tasks(entries, plot_dir / "nc_over_tasks.png")
         if path is not None:
             figures.append(path)
-            parts.append(figure(path, "neural collapse metrics over tasks",
-                                f"NC metrics on {esc(split)}-split encoder features of the classes seen so far, "
-                                f"after each task (lower is more collapsed; gaps: fewer than two classes seen)."))
+            parts.append(
+                figure(
+                    path,
+                    "neural collapse metrics over tasks",
+                    f"NC metrics on {esc(split)}-split encoder features of the classes seen so far, "
+                    f"after each task (lower is more collapsed; gaps: fewer than two classes seen).",
+                )
+            )
         keys = plots._nc_keys([last])
         head = "".join(f'<th title="{esc(plots.NC_LABELS.get(k, k))}">{esc(NC_SHORT.get(k, k))}</th>' for k in keys)
         cells = "".join(number_cell(last.get(k), f"nc/{k}", 4) for k in keys)
-        parts.append(f"<table><thead><tr><th class=\"l\">after last task</th>{head}</tr></thead>"
-                     f"<tbody><tr><td class=\"l\">{esc(last.get('classes', '?'))} classes, {esc(split)}</td>{cells}"
-                     f"</tr></tbody></table>")
+        parts.append(
+            f'<table><thead><tr><th class="l">after last task</th>{head}</tr></thead>'
+            f'<tbody><tr><td class="l">{esc(last.get("classes", "?"))} classes, {esc(split)}</td>{cells}'
+            f"</tr></tbody></table>"
+        )
     if epoch_records:
         epochs = [e.model_dump(exclude_none=True) for e in epoch_records]
-        path = plots.nc_over_tasks(epochs, plot_dir / "nc_over_epochs.png", xlabel="epochs, grouped by task",
-                                   segments=_epoch_segments(epoch_records))
+        path = plots.nc_over_tasks(
+            epochs,
+            plot_dir / "nc_over_epochs.png",
+            xlabel="epochs, grouped by task",
+            segments=_epoch_segments(epoch_records),
+        )
         if path is not None:
             figures.append(path)
-            parts.append(figure(path, "neural collapse metrics over epochs",
-                                "NC metrics during training, per epoch (dashed lines: task boundaries)."))
+            parts.append(
+                figure(
+                    path,
+                    "neural collapse metrics over epochs",
+                    "NC metrics during training, per epoch (dashed lines: task boundaries).",
+                )
+            )
     parts.append(_epoch_accuracy_part(record, plot_dir, figures, "<h3>Accuracy over epochs</h3>"))
     return "\n".join(p for p in parts if p)
 
@@ -447,35 +512,58 @@ def _diagnostics_section(record: StoredRecord, plot_dir: Path, figures: list[Pat
         figures.append(path)
         what = []
         if has_align:
-            what.append("alignment: mean over the seen classes of cos(class mean, the class's fixed prototype), "
-                        "higher is better")
+            what.append(
+                "alignment: mean over the seen classes of cos(class mean, the class's fixed prototype), "
+                "higher is better"
+            )
         if has_drift:
-            what.append("drift: mean over the earlier tasks' classes of 1 − cos(class mean now, class mean when "
-                        "it was learned), lower is better; none after the first task")
-        pictures.append(figure(path, "prototype alignment and old-class drift over tasks",
-                               "Projection-space class means (training images) after each task. "
-                               + "; ".join(what).capitalize() + "."))
+            what.append(
+                "drift: mean over the earlier tasks' classes of 1 − cos(class mean now, class mean when "
+                "it was learned), lower is better; none after the first task"
+            )
+        pictures.append(
+            figure(
+                path,
+                "prototype alignment and old-class drift over tasks",
+                "Projection-space class means (training images) after each task. " + "; ".join(what).capitalize() + ".",
+            )
+        )
     # per class, for the last task that recorded per-class values
-    last_t = next((t for t in range(len(entries) - 1, -1, -1) if entries[t] and (
-        entries[t].prototype_alignment_per_class or entries[t].old_mean_drift_per_class)), None)
+    last_t = next(
+        (
+            t
+            for t in range(len(entries) - 1, -1, -1)
+            if entries[t] and (entries[t].prototype_alignment_per_class or entries[t].old_mean_drift_per_class)
+        ),
+        None,
+    )
     if last_t is not None:
         e = entries[last_t]
         panels = []
         for values_key, classes_key, title, ylabel in (
-                ("prototype_alignment_per_class", "classes", "alignment per class", "cos(class mean, prototype)"),
-                ("old_mean_drift_per_class", "old_classes", "drift per old class", "1 − cos since learned")):
+            ("prototype_alignment_per_class", "classes", "alignment per class", "cos(class mean, prototype)"),
+            ("old_mean_drift_per_class", "old_classes", "drift per old class", "1 − cos since learned"),
+        ):
             values = getattr(e, values_key) or []
             classes = getattr(e, classes_key) or []
             if not values:
                 continue
-            tick = ([_class_label(names, c) for c in classes] if len(classes) == len(values)
-                    else [str(i) for i in range(len(values))])
+            tick = (
+                [_class_label(names, c) for c in classes]
+                if len(classes) == len(values)
+                else [str(i) for i in range(len(values))]
+            )
             panels.append((title, tick, values, ylabel))
         path = plots.per_class_bars(panels, plot_dir / "alignment_drift_per_class.png")
         if path is not None:
             figures.append(path)
-            pictures.append(figure(path, f"alignment and drift per class after task {last_t + 1}",
-                                   f"The same per class, after task {last_t + 1}."))
+            pictures.append(
+                figure(
+                    path,
+                    f"alignment and drift per class after task {last_t + 1}",
+                    f"The same per class, after task {last_t + 1}.",
+                )
+            )
     parts.append('<div class="row">' + "".join(pictures) + "</div>")
     head = '<th class="l">after task</th><th>classes seen</th>'
     if has_align:
@@ -506,8 +594,10 @@ def corruption_table(errors: dict[str, list], severities: list, classifier: str)
     rows = []
     for name, values in errors.items():
         values = list(values or [])
-        cells = "".join(number_cell(_number(values[i]) if i < len(values) else None,
-                                    f"corruption/{classifier}/{name}/{s}") for i, s in enumerate(severities))
+        cells = "".join(
+            number_cell(_number(values[i]) if i < len(values) else None, f"corruption/{classifier}/{name}/{s}")
+            for i, s in enumerate(severities)
+        )
         cells += number_cell(_mean(values), f"corruption/{classifier}/{name}/mean")
         rows.append(f'<tr><td class="l">{esc(name)}</td>{cells}</tr>')
     columns = [_mean([v[i] for v in errors.values() if v and i < len(v)]) for i in range(len(severities))]
@@ -515,8 +605,10 @@ def corruption_table(errors: dict[str, list], severities: list, classifier: str)
     cells = "".join(number_cell(m, f"corruption/{classifier}/all/{s}") for m, s in zip(columns, severities))
     cells += number_cell(overall, f"corruption/{classifier}/all/mean")
     rows.append(f'<tr class="headline"><td class="l">mean over corruptions</td>{cells}</tr>')
-    return (f'<table class="corruptions"><thead><tr><th class="l">corruption</th>{head}<th>mean</th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (
+        f'<table class="corruptions"><thead><tr><th class="l">corruption</th>{head}<th>mean</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _corruption_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
@@ -533,22 +625,31 @@ def _corruption_section(record: StoredRecord, plot_dir: Path, figures: list[Path
         severities = list(range(1, count + 1))
     parts = ["<h2>Robustness to corruptions</h2>"]
     if classifier != headline:
-        parts.append(f'<p class="note">No corruption numbers for the headline classifier; showing '
-                     f"<code>{esc(classifier)}</code>.</p>")
+        parts.append(
+            f'<p class="note">No corruption numbers for the headline classifier; showing '
+            f"<code>{esc(classifier)}</code>.</p>"
+        )
     order = sorted(corruptions, key=lambda c: c != classifier)
     by_classifier = {}
     for c in order:
         means = [_mean([v[i] for v in corruptions[c].values() if i < len(v)]) for i in range(count)]
         overall = _mean([x for v in corruptions[c].values() for x in v])
         by_classifier[f"{c} (mean {fmt(overall, 1)})"] = [np.nan if m is None else m for m in means]
-    path = plots.corruption_errors(errors, severities, plot_dir / "corruption_errors.png", by_classifier,
-                                   title=f"{classifier}, per corruption")
+    path = plots.corruption_errors(
+        errors, severities, plot_dir / "corruption_errors.png", by_classifier, title=f"{classifier}, per corruption"
+    )
     figures.append(path)
-    others = (" Right: the mean over corruptions of every classifier (thick black: the one on the left)."
-              if len(by_classifier) > 1 else "")
-    picture = figure(path, "error under corruptions vs severity",
-                     f"Top-1 error (%) after the last task on corrupted test images of the seen tasks, per "
-                     f"corruption and severity (lower is better).{others}")
+    others = (
+        " Right: the mean over corruptions of every classifier (thick black: the one on the left)."
+        if len(by_classifier) > 1
+        else ""
+    )
+    picture = figure(
+        path,
+        "error under corruptions vs severity",
+        f"Top-1 error (%) after the last task on corrupted test images of the seen tasks, per "
+        f"corruption and severity (lower is better).{others}",
+    )
     table = corruption_table(errors, severities, classifier)
     parts.append(f"<h3>Classifier <code>{esc(classifier)}</code>: top-1 error (%)</h3>{table}{picture}")
     return "\n".join(parts)
@@ -560,23 +661,41 @@ def _embedding_section(record: StoredRecord, run_dir: Path, plot_dir: Path, figu
         return ""
     names = record.scenario.class_names
     parts = ["<h2>Embeddings on the sphere</h2>", '<div class="row">']
-    sphere = plots.embedding_sphere(data["features"], data["labels"], plot_dir / "embedding_sphere.png",
-                                    prototypes=data.get("prototypes"), class_names=names)
+    sphere = plots.embedding_sphere(
+        data["features"],
+        data["labels"],
+        plot_dir / "embedding_sphere.png",
+        prototypes=data.get("prototypes"),
+        class_names=names,
+    )
     figures.append(sphere)
-    stars = " Stars: the prototypes of the classes shown, projected the same way." if data.get(
-        "prototypes") is not None else ""
-    parts.append(figure(sphere, "embeddings on the sphere",
-                        f"{len(data['labels'])} test embeddings, L2-normalised, projected on their top-3 principal "
-                        f"directions and put back on the unit sphere; colour = class.{stars}"))
+    stars = (
+        " Stars: the prototypes of the classes shown, projected the same way."
+        if data.get("prototypes") is not None
+        else ""
+    )
+    parts.append(
+        figure(
+            sphere,
+            "embeddings on the sphere",
+            f"{len(data['labels'])} test embeddings, L2-normalised, projected on their top-3 principal "
+            f"directions and put back on the unit sphere; colour = class.{stars}",
+        )
+    )
     if data.get("cosine") is not None and np.asarray(data["cosine"]).size:
         classes = np.asarray(data.get("classes", np.arange(len(data["cosine"])))).astype(int)
         label = [names[c] if names and c < len(names) else str(c) for c in classes]
         cos = plots.cosine_matrix(np.asarray(data["cosine"]), plot_dir / "prototype_cosine.png", label, label)
         figures.append(cos)
         diag = np.diag(np.asarray(data["cosine"], dtype=float))
-        parts.append(figure(cos, "cosine of class means and prototypes",
-                            f"cos(class mean of class a, prototype of class b); the diagonal is the alignment of "
-                            f"each class with its own prototype (mean {diag.mean():.3f}, min {diag.min():.3f})."))
+        parts.append(
+            figure(
+                cos,
+                "cosine of class means and prototypes",
+                f"cos(class mean of class a, prototype of class b); the diagonal is the alignment of "
+                f"each class with its own prototype (mean {diag.mean():.3f}, min {diag.min():.3f}).",
+            )
+        )
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -589,26 +708,45 @@ def _timings_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) 
     if tasks:
         path = plots.timings(tasks, plot_dir / "timings.png")
         figures.append(path)
-        rows = "".join(f"<tr><td class=\"l\">T{(i if t.task is None else t.task) + 1}</td>"
-                       + number_cell(t.train_s, digits=2) + number_cell(t.eval_s, digits=2)
-                       + (f"<td>{t.images:,}</td>" if t.images is not None else '<td class="na">n/a</td>')
-                       + number_cell(t.img_per_s, digits=0) + "</tr>"
-                       for i, t in enumerate(tasks))
+        rows = "".join(
+            f'<tr><td class="l">T{(i if t.task is None else t.task) + 1}</td>'
+            + number_cell(t.train_s, digits=2)
+            + number_cell(t.eval_s, digits=2)
+            + (f"<td>{t.images:,}</td>" if t.images is not None else '<td class="na">n/a</td>')
+            + number_cell(t.img_per_s, digits=0)
+            + "</tr>"
+            for i, t in enumerate(tasks)
+        )
         train = sum(t.train_s or 0.0 for t in tasks)
         evals = sum(t.eval_s or 0.0 for t in tasks)
         images = sum(t.images or 0 for t in tasks)
-        rows += (f"<tr class=\"headline\"><td class=\"l\">all</td>{number_cell(train)}{number_cell(evals)}"
-                 f"<td>{images:,}</td>{number_cell(images / train if train > 0 else None, digits=0)}</tr>")
-        table = ("<table><thead><tr><th class=\"l\">task</th><th>train (s)</th><th>eval (s)</th><th>images</th>"
-                 f"<th>img/s</th></tr></thead><tbody>{rows}</tbody></table>")
+        rows += (
+            f'<tr class="headline"><td class="l">all</td>{number_cell(train)}{number_cell(evals)}'
+            f"<td>{images:,}</td>{number_cell(images / train if train > 0 else None, digits=0)}</tr>"
+        )
+        table = (
+            '<table><thead><tr><th class="l">task</th><th>train (s)</th><th>eval (s)</th><th>images</th>'
+            f"<th>img/s</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
         picture = figure(path, "timings per task", "Seconds per task (train + evaluation) and training throughput.")
         parts.append(f'<div class="row">{picture}<div>{table}</div></div>')
     env = record.environment
-    facts = [("total wall time", f"{total:.1f} s" if total is not None else None), ("device", env.device),
-             ("GPU", env.gpu), ("CPU", env.cpu), ("torch threads", env.torch_threads), ("torch", env.torch),
-             ("lightning-fabric", env.lightning_fabric), ("python", env.python), ("platform", env.platform)]
-    parts.append('<div class="meta">' + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in facts
-                                                if v is not None) + "</div>")
+    facts = [
+        ("total wall time", f"{total:.1f} s" if total is not None else None),
+        ("device", env.device),
+        ("GPU", env.gpu),
+        ("CPU", env.cpu),
+        ("torch threads", env.torch_threads),
+        ("torch", env.torch),
+        ("lightning-fabric", env.lightning_fabric),
+        ("python", env.python),
+        ("platform", env.platform),
+    ]
+    parts.append(
+        '<div class="meta">'
+        + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in facts if v is not None)
+        + "</div>"
+    )
     return "\n".join(parts)
 
 
@@ -621,11 +759,13 @@ def _training_section(run_dir: Path, plot_dir: Path, figures: list[Path]) -> str
     if path is None:
         return ""
     figures.append(path)
-    return ("<h2>Training curves</h2>"
-            + figure(path, "training loss and learning rate",
-                     "Training loss (thick; thin lines: its terms) and learning rate against the global step, "
-                     "logged every <code>train.log_every_n_steps</code> steps and at the end of each task "
-                     "(dashed lines: a new task starts). Source: <code>metrics.csv</code>."))
+    return "<h2>Training curves</h2>" + figure(
+        path,
+        "training loss and learning rate",
+        "Training loss (thick; thin lines: its terms) and learning rate against the global step, "
+        "logged every <code>train.log_every_n_steps</code> steps and at the end of each task "
+        "(dashed lines: a new task starts). Source: <code>metrics.csv</code>.",
+    )
 
 
 def _per_class_section(record: StoredRecord, plot_dir: Path, figures: list[Path]) -> str:
@@ -644,25 +784,41 @@ def _per_class_section(record: StoredRecord, plot_dir: Path, figures: list[Path]
     parts = ["<h2>Per-class accuracy after the last task</h2>"]
     pictures = []
     values = [a if a is not None else float("nan") for _, a, _ in per_class]
-    bars = plots.per_class_bars([("accuracy per class", labels, values, "accuracy (%)")],
-                                plot_dir / "per_class_accuracy.png")
+    bars = plots.per_class_bars(
+        [("accuracy per class", labels, values, "accuracy (%)")], plot_dir / "per_class_accuracy.png"
+    )
     if bars is not None:
         figures.append(bars)
-        pictures.append(figure(bars, "per-class accuracy after the last task",
-                               f"Accuracy (%) of <code>{esc(classifier)}</code> per class on the test data of the "
-                               f"seen tasks after the last task (dashed: the mean over classes)."))
+        pictures.append(
+            figure(
+                bars,
+                "per-class accuracy after the last task",
+                f"Accuracy (%) of <code>{esc(classifier)}</code> per class on the test data of the "
+                f"seen tasks after the last task (dashed: the mean over classes).",
+            )
+        )
     if len(classes) <= 30:
-        path = curves.confusion_matrix(confusion.matrix, labels, plot_dir / "confusion_matrix.png",
-                                       f"confusion matrix, {classifier}")
+        path = curves.confusion_matrix(
+            confusion.matrix, labels, plot_dir / "confusion_matrix.png", f"confusion matrix, {classifier}"
+        )
         figures.append(path)
-        pictures.append(figure(path, "confusion matrix after the last task",
-                               "Share (%) of each true class (row) predicted as each class (column)."))
+        pictures.append(
+            figure(
+                path,
+                "confusion matrix after the last task",
+                "Share (%) of each true class (row) predicted as each class (column).",
+            )
+        )
     parts.append('<div class="row">' + "".join(pictures) + "</div>")
-    rows = "".join(f'<tr><td class="l">{esc(label)}</td><td>{c}</td><td>{n:,}</td>'
-                   f'{number_cell(a, f"per_class/{c}")}</tr>' for label, (c, a, n) in zip(labels, per_class))
-    parts.append(f"<details><summary>Per-class numbers ({esc(classifier)})</summary>"
-                 f'<table class="per-class"><thead><tr><th class="l">class</th><th>id</th><th>test images</th>'
-                 f"<th>accuracy (%)</th></tr></thead><tbody>{rows}</tbody></table></details>")
+    rows = "".join(
+        f'<tr><td class="l">{esc(label)}</td><td>{c}</td><td>{n:,}</td>{number_cell(a, f"per_class/{c}")}</tr>'
+        for label, (c, a, n) in zip(labels, per_class)
+    )
+    parts.append(
+        f"<details><summary>Per-class numbers ({esc(classifier)})</summary>"
+        f'<table class="per-class"><thead><tr><th class="l">class</th><th>id</th><th>test images</th>'
+        f"<th>accuracy (%)</th></tr></thead><tbody>{rows}</tbody></table></details>"
+    )
     return "\n".join(parts)
 
 
@@ -697,15 +853,19 @@ def render_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict)
     name = record.name or run_dir.name
     body = [f"<header><h1>{esc(name)}</h1>{_meta(record)}</header>"]
     if record.status not in (None, "complete"):
-        body.append(f'<p class="warn">This run is not complete (status: {esc(record.status)}); the numbers '
-                    f"cover the tasks finished so far.</p>")
+        body.append(
+            f'<p class="warn">This run is not complete (status: {esc(record.status)}); the numbers '
+            f"cover the tasks finished so far.</p>"
+        )
     body.append(_cards(record))
     body.append(_config_block(record, run_dir))
     body.append("<h2>Headline numbers</h2>")
     body.append(headline_table(record))
-    body.append('<p class="note">Accuracies in %, forgetting/BWT/FWT in percentage points; ★ = headline classifier. '
-                "n/a: the metric needs a second task (forgetting, BWT, FWT) or a random-init baseline (FWT); FWT is "
-                "not defined in class-IL (a task's classes cannot be predicted before they are learned).</p>")
+    body.append(
+        '<p class="note">Accuracies in %, forgetting/BWT/FWT in percentage points; ★ = headline classifier. '
+        "n/a: the metric needs a second task (forgetting, BWT, FWT) or a random-init baseline (FWT); FWT is "
+        "not defined in class-IL (a task's classes cannot be predicted before they are learned).</p>"
+    )
     body.append(_task_il_note(record))
     body.append("<h2>Accuracy</h2>")
     body.append(_classifier_sections(record, plot_dir, figures))
@@ -716,9 +876,11 @@ def render_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict)
     body.append(_corruption_section(record, plot_dir, figures))
     body.append(_embedding_section(record, run_dir, plot_dir, figures))
     body.append(_timings_section(record, plot_dir, figures))
-    return page(f"protosphere report — {name}", _with_contents("\n".join(p for p in body if p)),
-                footer=f"Source: <code>{esc(RunDir(run_dir).results)}</code>; plots in "
-                       f"<code>{esc(plot_dir)}</code>.")
+    return page(
+        f"protosphere report — {name}",
+        _with_contents("\n".join(p for p in body if p)),
+        footer=f"Source: <code>{esc(RunDir(run_dir).results)}</code>; plots in <code>{esc(plot_dir)}</code>.",
+    )
 
 
 def write_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict | None = None) -> Path:
@@ -729,15 +891,18 @@ def write_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict |
     return atomic_write(files.report, render_report(files.path, record))
 
 
-def try_write_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict | None = None,
-                     console=None) -> Path | None:
+def try_write_report(
+    run_dir: str | Path, results: StoredRecord | RunRecord | dict | None = None, console=None
+) -> Path | None:
     """:func:`write_report` that never raises: a failure becomes a warning (results.json is already safe)."""
     try:
         return write_report(run_dir, results)
     except Exception as exc:  # noqa: BLE001 - a plotting bug must not fail a finished run
         files = RunDir(run_dir)
-        message = (f"could not write {files.report} ({type(exc).__name__}: {exc}); {files.RESULTS} is intact — "
-                   f"retry with `protosphere report {run_dir}`.")
+        message = (
+            f"could not write {files.report} ({type(exc).__name__}: {exc}); {files.RESULTS} is intact — "
+            f"retry with `protosphere report {run_dir}`."
+        )
         if console is not None:
             console.print(f"[yellow]warning:[/] {message}")
         else:

@@ -20,8 +20,7 @@ if TYPE_CHECKING:
     from ..runs.record import TaskTiming
 
 DPI = 110
-PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
-           "#64B5CD"]
+PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
 SETTING_LABELS = {"class_il": "class-IL", "task_il": "task-IL"}
 NC_LABELS = {
     "nc1": "NC1  Tr(Σ_W Σ_B⁺)/C",
@@ -61,8 +60,15 @@ def _style(ax) -> None:
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.12,
-                metadata={"Software": None})
+    fig.savefig(
+        path,
+        format="png",
+        dpi=DPI,
+        facecolor="white",
+        bbox_inches="tight",
+        pad_inches=0.12,
+        metadata={"Software": None},
+    )
     return path
 
 
@@ -120,9 +126,16 @@ def accuracy_heatmaps(matrices: dict[str, Sequence[Sequence[float]]], path: Path
             for i in range(t):
                 for j in range(t):
                     value = m[i, j]
-                    ax.text(j, i, f"{value:.1f}" if value < 99.95 else "100", ha="center", va="center",
-                            fontsize=8 if t <= 8 else 6.5, color="white" if value < 60 else "black",
-                            alpha=1.0 if j <= i else 0.65)
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.1f}" if value < 99.95 else "100",
+                        ha="center",
+                        va="center",
+                        fontsize=8 if t <= 8 else 6.5,
+                        color="white" if value < 60 else "black",
+                        alpha=1.0 if j <= i else 0.65,
+                    )
         _task_ticks(ax, t, "x")
         _task_ticks(ax, t, "y")
         ax.set_xlabel("evaluated on task j", fontsize=9)
@@ -158,9 +171,16 @@ def accuracy_over_time(matrices: dict[str, Sequence[Sequence[float]]], path: Pat
         many = t > 10
         for j in range(t):
             xs = x[j:]
-            ax.plot(xs, m[j:, j], marker="o" if not many else None, markersize=3.5, linewidth=1.2,
-                    color=color(j) if not many else _cmap_color(j, t), alpha=0.9,
-                    label=f"task {j + 1}" if not many else None)
+            ax.plot(
+                xs,
+                m[j:, j],
+                marker="o" if not many else None,
+                markersize=3.5,
+                linewidth=1.2,
+                color=color(j) if not many else _cmap_color(j, t),
+                alpha=0.9,
+                label=f"task {j + 1}" if not many else None,
+            )
         seen = [m[i, : i + 1].mean() for i in range(t)]
         ax.plot(x, seen, color="black", linewidth=2.4, marker="s", markersize=4, label="mean over seen tasks")
         _task_ticks(ax, t, "x")
@@ -193,16 +213,22 @@ def forgetting_bars(forgetting: dict[str, Sequence[float]], path: Path, title: s
     x = np.arange(n)
     for k, setting in enumerate(settings):
         values = np.asarray(forgetting[setting], dtype=float)
-        bars = ax.bar(x[: len(values)] + (k - (len(settings) - 1) / 2) * width, values, width * 0.92,
-                      color=color(k), label=f"{setting_label(setting)} (mean {values.mean():.1f})")
+        bars = ax.bar(
+            x[: len(values)] + (k - (len(settings) - 1) / 2) * width,
+            values,
+            width * 0.92,
+            color=color(k),
+            label=f"{setting_label(setting)} (mean {values.mean():.1f})",
+        )
         if n <= 12:
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1.5)
     ax.axhline(0, color="#555555", linewidth=0.8)
     _task_ticks(ax, n, "x")
     ax.set_xlabel("task", fontsize=9)
     ax.set_ylabel("forgetting (pp)", fontsize=9)
-    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside upper center",
-               ncol=len(settings))  # above the axes: never over a bar or its value
+    fig.legend(
+        *ax.get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside upper center", ncol=len(settings)
+    )  # above the axes: never over a bar or its value
     ax.margins(y=0.15)
     _style(ax)
     if title:
@@ -216,8 +242,12 @@ def _nc_keys(entries: Sequence[dict | None]) -> list[str]:
     return [k for k in NC_ORDER if k in present] + sorted(present - set(NC_ORDER))
 
 
-def nc_over_tasks(entries: Sequence[dict | None], path: Path, xlabel: str = "after training task",
-                  segments: Sequence[tuple[int, int, str]] | None = None) -> Path | None:
+def nc_over_tasks(
+    entries: Sequence[dict | None],
+    path: Path,
+    xlabel: str = "after training task",
+    segments: Sequence[tuple[int, int, str]] | None = None,
+) -> Path | None:
     """Small multiples, one panel per NC metric; ``None`` entries (fewer than two classes seen) are gaps.
 
     ``segments`` — (first index, last index, label) of consecutive entries that belong together (the epochs of one
@@ -240,7 +270,7 @@ def nc_over_tasks(entries: Sequence[dict | None], path: Path, xlabel: str = "aft
         ax.set_title(NC_LABELS.get(key, key), fontsize=9)
         _segment_axis(ax, len(x), segments)
         _style(ax)
-    for ax in axes[len(keys):]:
+    for ax in axes[len(keys) :]:
         ax.set_visible(False)
     fig.supxlabel(xlabel, fontsize=9)
     return _save(fig, path)
@@ -276,8 +306,14 @@ def pca_sphere(features: np.ndarray, prototypes: np.ndarray | None = None) -> tu
     return project(z), protos
 
 
-def embedding_sphere(features: np.ndarray, labels: np.ndarray, path: Path, prototypes: np.ndarray | None = None,
-                     class_names: Sequence[str] | None = None, title: str = "") -> Path:
+def embedding_sphere(
+    features: np.ndarray,
+    labels: np.ndarray,
+    path: Path,
+    prototypes: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
     """3-D picture of the normalised features on the sphere (PCA), coloured by class; prototypes as stars."""
     labels = np.asarray(labels).astype(int)
     classes = np.unique(labels)
@@ -292,8 +328,9 @@ def embedding_sphere(features: np.ndarray, labels: np.ndarray, path: Path, proto
     ax = fig.add_subplot(projection="3d")
     ax.set_axis_off()
     u, v = np.mgrid[0 : 2 * np.pi : 25j, 0 : np.pi : 13j]
-    ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="#c8c8c8", linewidth=0.4,
-                      alpha=0.7)
+    ax.plot_wireframe(
+        np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="#c8c8c8", linewidth=0.4, alpha=0.7
+    )
     for axis in range(3):  # the three principal axes through the centre
         ends = np.zeros((2, 3))
         ends[:, axis] = (-1.15, 1.15)
@@ -310,16 +347,43 @@ def embedding_sphere(features: np.ndarray, labels: np.ndarray, path: Path, proto
     for i, c in enumerate(classes):
         rows = labels == c
         name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
-        ax.scatter(points[rows, 0], points[rows, 1], points[rows, 2], s=9, alpha=0.6, color=class_color(i),
-                   depthshade=False, linewidths=0)
+        ax.scatter(
+            points[rows, 0],
+            points[rows, 1],
+            points[rows, 2],
+            s=9,
+            alpha=0.6,
+            color=class_color(i),
+            depthshade=False,
+            linewidths=0,
+        )
         handles.append(Line2D([], [], linestyle="", marker="o", markersize=5, color=class_color(i), label=name))
     if protos is not None:
         index = {c: i for i, c in enumerate(classes)}
-        ax.scatter(protos[:, 0], protos[:, 1], protos[:, 2], marker="*", s=240,
-                   c=[class_color(index[c]) for c in proto_rows], edgecolors="black", linewidths=0.9,
-                   depthshade=False, zorder=10)
-        handles.append(Line2D([], [], linestyle="", marker="*", markersize=11, markerfacecolor="white",
-                              markeredgecolor="black", label="prototype"))
+        ax.scatter(
+            protos[:, 0],
+            protos[:, 1],
+            protos[:, 2],
+            marker="*",
+            s=240,
+            c=[class_color(index[c]) for c in proto_rows],
+            edgecolors="black",
+            linewidths=0.9,
+            depthshade=False,
+            zorder=10,
+        )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="",
+                marker="*",
+                markersize=11,
+                markerfacecolor="white",
+                markeredgecolor="black",
+                label="prototype",
+            )
+        )
     ax.set_box_aspect((1, 1, 1), zoom=1.25)
     lim = 1.0
     ax.set_xlim(-lim, lim)
@@ -327,15 +391,21 @@ def embedding_sphere(features: np.ndarray, labels: np.ndarray, path: Path, proto
     ax.set_zlim(-lim, lim)
     ax.view_init(elev=22, azim=35)
     if len(classes) <= 20:
-        fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False, title="class",
-                   title_fontsize=8.5)
+        fig.legend(
+            handles=handles, loc="outside right center", fontsize=8, frameon=False, title="class", title_fontsize=8.5
+        )
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
-def cosine_matrix(cosine: np.ndarray, path: Path, row_labels: Sequence[str], col_labels: Sequence[str],
-                  title: str = "cos(class mean, prototype)") -> Path:
+def cosine_matrix(
+    cosine: np.ndarray,
+    path: Path,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str = "cos(class mean, prototype)",
+) -> Path:
     """Annotated heatmap of cosines in [−1, 1] (diverging colours, 0 = white)."""
     m = np.asarray(cosine, dtype=float)
     r, c = m.shape
@@ -346,14 +416,30 @@ def cosine_matrix(cosine: np.ndarray, path: Path, row_labels: Sequence[str], col
     if max(r, c) <= 12:
         for i in range(r):
             for j in range(c):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5.8 if c > 8 else 7.5,
-                        color="white" if abs(m[i, j]) > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=5.8 if c > 8 else 7.5,
+                    color="white" if abs(m[i, j]) > 0.6 else "black",
+                )
     label_heatmap(fig, ax, image, row_labels, col_labels, cell, ("class mean", "prototype"), title)
     return _save(fig, path)
 
 
-def label_heatmap(fig, ax, image, row_labels: Sequence[str], col_labels: Sequence[str], cell: float,
-                  axis_labels: tuple[str, str], title: str, bar_label: str | None = None) -> None:
+def label_heatmap(
+    fig,
+    ax,
+    image,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    cell: float,
+    axis_labels: tuple[str, str],
+    title: str,
+    bar_label: str | None = None,
+) -> None:
     """Class names on both axes (never overlapping), axis labels (rows, columns), no frame, a colour bar, a title."""
     class_ticks(ax, list(row_labels), "y", cell)
     class_ticks(ax, list(col_labels), "x", cell)
@@ -386,8 +472,15 @@ def timings(tasks: Sequence[TaskTiming], path: Path) -> Path:
     speed = [t.img_per_s for t in tasks]
     if any(s is not None for s in speed):
         twin = ax.twinx()
-        twin.plot(x, [np.nan if s is None else s for s in speed], color="black", marker="o", markersize=4,
-                  linewidth=1.5, label="train img/s")
+        twin.plot(
+            x,
+            [np.nan if s is None else s for s in speed],
+            color="black",
+            marker="o",
+            markersize=4,
+            linewidth=1.5,
+            label="train img/s",
+        )
         twin.set_ylabel("images / s", fontsize=9)
         twin.set_ylim(bottom=0)
         twin.tick_params(labelsize=9)
@@ -416,13 +509,18 @@ def _values(seq: Sequence) -> np.ndarray:
     return np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in seq])
 
 
-def alignment_drift_over_tasks(alignment: Sequence[float | None], drift: Sequence[float | None], path: Path,
-                               labels: Sequence[str] | None = None) -> Path | None:
+def alignment_drift_over_tasks(
+    alignment: Sequence[float | None], drift: Sequence[float | None], path: Path, labels: Sequence[str] | None = None
+) -> Path | None:
     """Two panels over tasks: mean cos(class mean, own prototype) and mean old-class drift 1 − cos; None = gap."""
-    panels = [(values, title, ylabel, c) for values, title, ylabel, c in (
-        (_values(alignment), "prototype alignment (higher is better)", "mean cos(class mean, prototype)", color(0)),
-        (_values(drift), "old-class mean drift (lower is better)", "mean 1 − cos since learned", color(3)))
-        if np.isfinite(values).any()]
+    panels = [
+        (values, title, ylabel, c)
+        for values, title, ylabel, c in (
+            (_values(alignment), "prototype alignment (higher is better)", "mean cos(class mean, prototype)", color(0)),
+            (_values(drift), "old-class mean drift (lower is better)", "mean 1 − cos since learned", color(3)),
+        )
+        if np.isfinite(values).any()
+    ]
     if not panels:
         return None
     fig = _figure(4.0 * len(panels), 3.0)
@@ -433,8 +531,9 @@ def alignment_drift_over_tasks(alignment: Sequence[float | None], drift: Sequenc
         if len(x) <= 12:
             for xi, yi in zip(x, values):
                 if np.isfinite(yi):
-                    ax.annotate(f"{yi:.3f}", (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center",
-                                fontsize=7.5)
+                    ax.annotate(
+                        f"{yi:.3f}", (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7.5
+                    )
         if labels is not None:
             step = max(1, math.ceil(len(x) / 20))
             ax.set_xticks(x[::step], [labels[i] for i in x[::step]])
@@ -449,8 +548,9 @@ def alignment_drift_over_tasks(alignment: Sequence[float | None], drift: Sequenc
     return _save(fig, path)
 
 
-def per_class_bars(panels: Sequence[tuple[str, Sequence[str], Sequence[float], str]], path: Path,
-                   title: str = "") -> Path | None:
+def per_class_bars(
+    panels: Sequence[tuple[str, Sequence[str], Sequence[float], str]], path: Path, title: str = ""
+) -> Path | None:
     """One bar panel per ``(title, class labels, values, y label)``; the mean is drawn as a dashed line."""
     panels = [p for p in panels if len(p[2])]
     if not panels:
@@ -464,8 +564,7 @@ def per_class_bars(panels: Sequence[tuple[str, Sequence[str], Sequence[float], s
         x = np.arange(len(values))
         bars = ax.bar(x, np.nan_to_num(values), 0.72, color=color(0 if k == 0 else 3))
         if len(values) <= 20:
-            ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "" for v in values], fontsize=6.5,
-                         padding=1.5)
+            ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "" for v in values], fontsize=6.5, padding=1.5)
         finite = values[np.isfinite(values)]
         if finite.size:
             ax.axhline(finite.mean(), color="black", linewidth=1.0, linestyle="--")
@@ -482,8 +581,13 @@ def per_class_bars(panels: Sequence[tuple[str, Sequence[str], Sequence[float], s
     return _save(fig, path)
 
 
-def corruption_errors(errors: dict[str, Sequence[float]], severities: Sequence, path: Path,
-                      by_classifier: dict[str, Sequence[float]] | None = None, title: str = "") -> Path:
+def corruption_errors(
+    errors: dict[str, Sequence[float]],
+    severities: Sequence,
+    path: Path,
+    by_classifier: dict[str, Sequence[float]] | None = None,
+    title: str = "",
+) -> Path:
     """Error (%) vs severity, one line per corruption; optionally a second panel with the mean over corruptions of
     each classifier (``by_classifier``: {classifier: [mean error per severity]})."""
     panels = 2 if by_classifier and len(by_classifier) > 1 else 1
@@ -495,8 +599,15 @@ def corruption_errors(errors: dict[str, Sequence[float]], severities: Sequence, 
     def draw(ax, series, heading, offset=0, bold=None):
         for i, (name, values) in enumerate(series.items()):
             shade = "black" if name == bold else _cmap_color(i, len(series)) if many else color(i + offset)
-            ax.plot(x[: len(values)], _values(values), marker="o" if offset == 0 else "s", markersize=3.5,
-                    linewidth=2.4 if name == bold else 1.4, color=shade, label=name)
+            ax.plot(
+                x[: len(values)],
+                _values(values),
+                marker="o" if offset == 0 else "s",
+                markersize=3.5,
+                linewidth=2.4 if name == bold else 1.4,
+                color=shade,
+                label=name,
+            )
         ax.set_xticks(x, [str(s) for s in severities])
         ax.set_xlim(-0.3, len(x) - 0.7 if len(x) > 1 else 0.3)
         ax.set_xlabel("severity", fontsize=9)
@@ -506,16 +617,25 @@ def corruption_errors(errors: dict[str, Sequence[float]], severities: Sequence, 
 
     draw(axes[0], errors, title or "per corruption")
     if panels == 2:
-        draw(axes[1], by_classifier, "mean over corruptions, per classifier", offset=len(errors) % len(PALETTE),
-             bold=next(iter(by_classifier)))
+        draw(
+            axes[1],
+            by_classifier,
+            "mean over corruptions, per classifier",
+            offset=len(errors) % len(PALETTE),
+            bold=next(iter(by_classifier)),
+        )
     axes[0].set_ylabel("top-1 error (%)", fontsize=9)
     axes[0].set_ylim(-2, 102)
     return _save(fig, path)
 
 
-def accuracy_over_epochs(series: dict[str, Sequence[float | None]], path: Path,
-                         segments: Sequence[tuple[int, int, str]] | None = None,
-                         xlabel: str = "epochs, grouped by task", title: str = "") -> Path | None:
+def accuracy_over_epochs(
+    series: dict[str, Sequence[float | None]],
+    path: Path,
+    segments: Sequence[tuple[int, int, str]] | None = None,
+    xlabel: str = "epochs, grouped by task",
+    title: str = "",
+) -> Path | None:
     """Accuracy (%) after every epoch, one line per setting (e.g. class-IL / task-IL mean over seen tasks)."""
     series = {k: _values(v) for k, v in series.items()}
     series = {k: v for k, v in series.items() if np.isfinite(v).any()}
@@ -525,14 +645,22 @@ def accuracy_over_epochs(series: dict[str, Sequence[float | None]], path: Path,
     fig = _figure(max(5.0, min(11.0, 3.2 + 0.18 * count)), 3.2)
     ax = fig.subplots()
     for i, (name, values) in enumerate(series.items()):
-        ax.plot(np.arange(len(values)), values, marker="o", markersize=3.5 if count <= 60 else 0, linewidth=1.7,
-                color=color(i), label=setting_label(name))
+        ax.plot(
+            np.arange(len(values)),
+            values,
+            marker="o",
+            markersize=3.5 if count <= 60 else 0,
+            linewidth=1.7,
+            color=color(i),
+            label=setting_label(name),
+        )
     _segment_axis(ax, count, segments)
     ax.set_ylim(-2, 102)
     ax.set_ylabel("mean accuracy on seen tasks (%)", fontsize=9)
     ax.set_xlabel(xlabel, fontsize=9)
-    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside upper center",
-               ncol=len(series))  # above the axes: never over a point
+    fig.legend(
+        *ax.get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside upper center", ncol=len(series)
+    )  # above the axes: never over a point
     if title:
         ax.set_title(title, fontsize=10)
     _style(ax)
@@ -542,8 +670,12 @@ def accuracy_over_epochs(series: dict[str, Sequence[float | None]], path: Path,
 # ---------------------------------------------------------------------------------------------------------------
 # comparison
 # ---------------------------------------------------------------------------------------------------------------
-def compare_bars(names: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path,
-                 ylabel: str = "final average accuracy (%)") -> Path:
+def compare_bars(
+    names: Sequence[str],
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    ylabel: str = "final average accuracy (%)",
+) -> Path:
     """Grouped bars with ±std error bars: one group per config, one bar per series (e.g. class-IL / task-IL)."""
     n, k = len(names), len(series)
     fig = _figure(max(5.0, min(12.0, 2.5 + 0.9 * n * max(1, k) / 1.5)), 3.6)
@@ -553,20 +685,32 @@ def compare_bars(names: Sequence[str], series: dict[str, tuple[Sequence[float], 
     for i, (label, (means, stds)) in enumerate(series.items()):
         means = np.array([np.nan if m is None else m for m in means], dtype=float)
         stds = np.array([0.0 if s is None else s for s in stds], dtype=float)
-        bars = ax.bar(x + (i - (k - 1) / 2) * width, means, width * 0.92, yerr=stds, capsize=3, color=color(i),
-                      label=label, error_kw={"linewidth": 1, "ecolor": "#333333"})
+        bars = ax.bar(
+            x + (i - (k - 1) / 2) * width,
+            means,
+            width * 0.92,
+            yerr=stds,
+            capsize=3,
+            color=color(i),
+            label=label,
+            error_kw={"linewidth": 1, "ecolor": "#333333"},
+        )
         ax.bar_label(bars, labels=[f"{m:.1f}" if np.isfinite(m) else "" for m in means], fontsize=7, padding=2)
     ax.set_xticks(x, names, rotation=15 if n > 4 else 0, ha="right" if n > 4 else "center")
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18 if n <= 4 else -0.3),
-              ncol=max(1, k))
+    ax.legend(
+        fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18 if n <= 4 else -0.3), ncol=max(1, k)
+    )
     _style(ax)
     return _save(fig, path)
 
 
-def compare_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path,
-                   ylabel: str = "mean accuracy on seen tasks (%)") -> Path:
+def compare_curves(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    ylabel: str = "mean accuracy on seen tasks (%)",
+) -> Path:
     """Mean (line) ± std (band) over seeds of a per-task curve, one line per config."""
     fig = _figure(5.6, 3.5)
     ax = fig.subplots()

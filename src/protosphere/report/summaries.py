@@ -30,6 +30,7 @@ NC_METRICS = ("nc1", "equinorm", "equiangularity", "max_angle", "nc3", "nc4")
 @dataclass
 class Row:
     """One row of a compare output: a config (with its grid values) and its runs by seed."""
+
     label: str
     runs: dict[int, Path] = field(default_factory=dict)  # seed → run folder
     status: dict[int, str] = field(default_factory=dict)  # seed → "reused" | "resumed" | "trained" | "failed"
@@ -42,8 +43,9 @@ def compare_rows(out: str | Path) -> list[Row]:
     try:
         summary = json.loads((out / "compare.json").read_text())
     except (OSError, ValueError):
-        raise RunError(f"{out} holds no readable compare.json; run the `protosphere compare ... --out {out}` command "
-                       f"first.") from None
+        raise RunError(
+            f"{out} holds no readable compare.json; run the `protosphere compare ... --out {out}` command first."
+        ) from None
     logs = {f["run"]: Path(f["log"]) for f in summary.get("failed") or []}
     rows = []
     for row in summary.get("rows") or []:
@@ -87,8 +89,11 @@ def fmt(values: Sequence[float | None], digits: int = 2) -> str:
 def classifier_rows(rows: Sequence[Row], classifiers: Sequence[str] | None = None) -> list[str]:
     """One Markdown row per compare row and classifier: class-IL and task-IL final average accuracy and average
     forgetting over the row's finished seeds (compare's own table shows them for the headline classifier only)."""
-    lines = ["| run | classifier | class-IL final avg acc (%) | task-IL final avg acc (%) | class-IL forgetting | "
-             "task-IL forgetting | seeds |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | classifier | class-IL final avg acc (%) | task-IL final avg acc (%) | class-IL forgetting | "
+        "task-IL forgetting | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         runs = finished(row)
         if not runs:
@@ -105,9 +110,11 @@ def classifier_rows(rows: Sequence[Row], classifiers: Sequence[str] | None = Non
                 return fmt([((r["metrics"].get(name) or {}).get(setting) or {}).get(metric) for r in runs.values()])
 
             tag = " (headline)" if name == headline and len(names) > 1 else ""
-            lines.append(f"| {row.label} | {name}{tag} | {cell('class_il', 'final_average_accuracy')} | "
-                         f"{cell('task_il', 'final_average_accuracy')} | {cell('class_il', 'average_forgetting')} | "
-                         f"{cell('task_il', 'average_forgetting')} | {','.join(map(str, runs))} |")
+            lines.append(
+                f"| {row.label} | {name}{tag} | {cell('class_il', 'final_average_accuracy')} | "
+                f"{cell('task_il', 'final_average_accuracy')} | {cell('class_il', 'average_forgetting')} | "
+                f"{cell('task_il', 'average_forgetting')} | {','.join(map(str, runs))} |"
+            )
     return lines
 
 
@@ -144,8 +151,10 @@ def corruption_rows(runs_by_label: dict[str, dict[int, dict]], baseline: dict[in
     seed); ``runs_by_label`` maps a row label to ``{seed: results}``. No run with corruptions: no table."""
     from ..data.corruptions import mean_corruption_error
 
-    lines = ["| run | classifier | clean error (%) | mean corrupted error (%) | mCE vs CE (%) | seeds |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| run | classifier | clean error (%) | mean corrupted error (%) | mCE vs CE (%) | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, by_seed in runs_by_label.items():
         if not by_seed or not any(r.get("corruptions") for r in by_seed.values()):
             continue
@@ -163,8 +172,9 @@ def corruption_rows(runs_by_label: dict[str, dict[int, dict]], baseline: dict[in
             if base and base.get("corruptions"):
                 base_errors = base["corruptions"][base["headline_classifier"]]
                 mce.append(mean_corruption_error(errors, {n: base_errors[n] for n in errors}))
-        lines.append(f"| {label} | {classifier} | {fmt(clean)} | {fmt(corrupted)} | {fmt(mce)} "
-                     f"| {','.join(map(str, seeds))} |")
+        lines.append(
+            f"| {label} | {classifier} | {fmt(clean)} | {fmt(corrupted)} | {fmt(mce)} | {','.join(map(str, seeds))} |"
+        )
     return lines if len(lines) > 2 else []
 
 
@@ -174,8 +184,10 @@ def nc_long_summary(data: dict[str, dict[int, dict]], baseline: str) -> list[str
     last 10 % of epochs; per seed, the first epoch at or below ``baseline``'s final value of the same seed; the
     corruptions against ``baseline`` when the runs evaluated them; and the curves at a few epochs."""
     base = data.get(baseline) or {}
-    lines = ["| run | classifier | accuracy (%) | seeds | epochs | " + " | ".join(NC_METRICS) + " |",
-             "|---|---|---|---|---|" + "---|" * len(NC_METRICS)]
+    lines = [
+        "| run | classifier | accuracy (%) | seeds | epochs | " + " | ".join(NC_METRICS) + " |",
+        "|---|---|---|---|---|" + "---|" * len(NC_METRICS),
+    ]
     for label, seeds in data.items():
         if not seeds:
             lines.append(f"| {label} | (no finished run) | | | |" + " |" * len(NC_METRICS))
@@ -183,14 +195,24 @@ def nc_long_summary(data: dict[str, dict[int, dict]], baseline: str) -> list[str
         any_run = next(iter(seeds.values()))
         for i, classifier in enumerate(any_run["accuracy"]):
             accs = [r["accuracy"][classifier]["class_il"][-1][0] for r in seeds.values()]
-            nc = (" | ".join(fmt([metric_curve(r, m)[-1] for r in seeds.values()], 3) for m in NC_METRICS) if i == 0
-                  else " | ".join("" for _ in NC_METRICS))
+            nc = (
+                " | ".join(fmt([metric_curve(r, m)[-1] for r in seeds.values()], 3) for m in NC_METRICS)
+                if i == 0
+                else " | ".join("" for _ in NC_METRICS)
+            )
             tag = " (headline)" if i == 0 else ""
-            lines.append(f"| {label} | {classifier}{tag} | {fmt(accs)} | {','.join(map(str, seeds))} | "
-                         f"{len(epochs(any_run))} | {nc} |")
-    lines += ["", "Still moving? Relative change of each metric over the last 10 % of epochs (mean over seeds; "
-              "(v_end − v_start) / v_start):", "",
-              "| run | accuracy | " + " | ".join(NC_METRICS) + " |", "|---|---|" + "---|" * len(NC_METRICS)]
+            lines.append(
+                f"| {label} | {classifier}{tag} | {fmt(accs)} | {','.join(map(str, seeds))} | "
+                f"{len(epochs(any_run))} | {nc} |"
+            )
+    lines += [
+        "",
+        "Still moving? Relative change of each metric over the last 10 % of epochs (mean over seeds; "
+        "(v_end − v_start) / v_start):",
+        "",
+        "| run | accuracy | " + " | ".join(NC_METRICS) + " |",
+        "|---|---|" + "---|" * len(NC_METRICS),
+    ]
     curves_of = [lambda r: accuracy_curve(r, headline(r))] + [lambda r, m=m: metric_curve(r, m) for m in NC_METRICS]
     for label, seeds in data.items():
         if not seeds:
@@ -208,9 +230,14 @@ def nc_long_summary(data: dict[str, dict[int, dict]], baseline: str) -> list[str
             cells.append(f"{statistics.mean(changes):+.1f} %" if changes else "—")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if base:
-        lines += ["", f"First epoch at or below {baseline}'s final value (per seed; in brackets: share of "
-                  f"{baseline}'s epochs, mean):", "", "| run | " + " | ".join(NC_METRICS) + " |",
-                  "|---|" + "---|" * len(NC_METRICS)]
+        lines += [
+            "",
+            f"First epoch at or below {baseline}'s final value (per seed; in brackets: share of "
+            f"{baseline}'s epochs, mean):",
+            "",
+            "| run | " + " | ".join(NC_METRICS) + " |",
+            "|---|" + "---|" * len(NC_METRICS),
+        ]
         for label, seeds in data.items():
             if label == baseline or not seeds:
                 continue
@@ -229,11 +256,20 @@ def nc_long_summary(data: dict[str, dict[int, dict]], baseline: str) -> list[str
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     corruptions = corruption_rows(data, base)
     if corruptions:
-        lines += ["", "Corruptions after the last epoch (8 types × 5 severities, headline classifier; mCE = mean over "
-                  f"corruptions of 100 · Σ_s E_s / Σ_s E_s^{baseline}, paired by seed):", "", *corruptions]
-    lines += ["", "Over epochs (headline classifier; mean ± std over seeds):", "",
-              "| run | metric | " + " | ".join(f"epoch {e}" for e in CURVE_EPOCHS) + " |",
-              "|---|---|" + "---|" * len(CURVE_EPOCHS)]
+        lines += [
+            "",
+            "Corruptions after the last epoch (8 types × 5 severities, headline classifier; mCE = mean over "
+            f"corruptions of 100 · Σ_s E_s / Σ_s E_s^{baseline}, paired by seed):",
+            "",
+            *corruptions,
+        ]
+    lines += [
+        "",
+        "Over epochs (headline classifier; mean ± std over seeds):",
+        "",
+        "| run | metric | " + " | ".join(f"epoch {e}" for e in CURVE_EPOCHS) + " |",
+        "|---|---|" + "---|" * len(CURVE_EPOCHS),
+    ]
     for label, seeds in data.items():
         if not seeds:
             continue
@@ -255,8 +291,12 @@ def nc_long_summary(data: dict[str, dict[int, dict]], baseline: str) -> list[str
 # ---------------------------------------------------------------------------------------------------------------
 def grid_key(config: dict) -> tuple[float, float, int, float]:
     """(label fraction, λ, batch size, learning rate) of a CLOP run's config (as plain data)."""
-    return (float(config["method"]["label_fraction"]), float(config["method"]["lam"]),
-            int(config["train"]["batch_size"]), float(config["optimizer"]["lr"]))
+    return (
+        float(config["method"]["label_fraction"]),
+        float(config["method"]["lam"]),
+        int(config["train"]["batch_size"]),
+        float(config["optimizer"]["lr"]),
+    )
 
 
 def clop_cell(run: Path, how: str, log: Path) -> dict:
@@ -273,9 +313,14 @@ def clop_cell(run: Path, how: str, log: Path) -> dict:
     acc = {c: v["class_il"][-1][0] for c, v in r["accuracy"].items()}
     between, within = nc.get("between_class_effective_rank"), nc.get("within_class_effective_rank")
     collapsed = (between is not None and between < 2) or acc.get("linear_probe", 100) < 50
-    return {"state": "collapsed" if collapsed else "ok", "acc": acc, "between": between, "within": within,
-            "seconds": (r.get("timings") or {}).get("total_s"),
-            "init_probe": ((r.get("random_init") or {}).get("linear_probe") or {}).get("class_il", [None])[0]}
+    return {
+        "state": "collapsed" if collapsed else "ok",
+        "acc": acc,
+        "between": between,
+        "within": within,
+        "seconds": (r.get("timings") or {}).get("total_s"),
+        "init_probe": ((r.get("random_init") or {}).get("linear_probe") or {}).get("class_il", [None])[0],
+    }
 
 
 def run_config(run: Path) -> dict:
@@ -287,8 +332,11 @@ def run_config(run: Path) -> dict:
 
 def clop_grid_cells(out: str | Path) -> dict[tuple[float, float, int, float], dict]:
     """``{(fraction, λ, batch, lr): cell}`` of every run of a compare grid (finished or failed)."""
-    return {grid_key(run_config(path)): clop_cell(path, row.status[seed], row.logs.get(seed, path.parent / "none"))
-            for row in compare_rows(out) for seed, path in row.runs.items()}
+    return {
+        grid_key(run_config(path)): clop_cell(path, row.status[seed], row.logs.get(seed, path.parent / "none"))
+        for row in compare_rows(out)
+        for seed, path in row.runs.items()
+    }
 
 
 def _show(c: dict) -> str:
@@ -310,48 +358,67 @@ def clop_grid_tables(cells: dict[tuple[float, float, int, float], dict]) -> list
     for fraction in sorted({k[0] for k in cells}):
         for lam in sorted({k[1] for k in cells}, reverse=True):
             loss = "CLOP (λ = 1) + supervised NT-Xent" if lam > 0 else "supervised NT-Xent alone (λ = 0, SupCon)"
-            lines += ["", f"### {loss}, {fraction:.0%} labels", "",
-                      "| batch \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+            lines += [
+                "",
+                f"### {loss}, {fraction:.0%} labels",
+                "",
+                "| batch \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |",
+                "|---|" + "---|" * len(lrs),
+            ]
             for batch in sorted({k[2] for k in cells if k[0] == fraction and k[1] == lam}):
                 row = [_show(cells.get((fraction, lam, batch, lr), {"state": "missing"})) for lr in lrs]
                 lines.append(f"| {batch} | " + " | ".join(row) + " |")
             states = [c["state"] for k, c in cells.items() if k[0] == fraction and k[1] == lam]
             bad, unfinished = sum(s in ("collapsed", "NaN") for s in states), states.count("missing")
-            lines += ["", f"collapsed or diverged: {bad} of {len(states) - unfinished} finished cells"
-                      + (f" ({unfinished} not finished)" if unfinished else "")]
+            lines += [
+                "",
+                f"collapsed or diverged: {bad} of {len(states) - unfinished} finished cells"
+                + (f" ({unfinished} not finished)" if unfinished else ""),
+            ]
     init = {k[0]: c["init_probe"] for k, c in sorted(cells.items()) if c.get("init_probe") is not None}
     if init:
-        lines += ["", "The same linear probe on the untrained network (random initialisation, seed as above), the "
-                  "floor a cell must beat: " + ", ".join(f"{v:.1f} % with {f:.0%} labels" for f, v in init.items())
-                  + "."]
+        lines += [
+            "",
+            "The same linear probe on the untrained network (random initialisation, seed as above), the "
+            "floor a cell must beat: " + ", ".join(f"{v:.1f} % with {f:.0%} labels" for f, v in init.items()) + ".",
+        ]
     return lines
 
 
-CLOP_COLUMNS = (("linear probe (%)", lambda c: c["acc"].get("linear_probe")),
-                ("nearest prototype (%)", lambda c: c["acc"].get("nearest_prototype")),
-                ("NCM (%)", lambda c: c["acc"].get("ncm")),
-                ("between-class rank", lambda c: c["between"]),
-                ("within-class rank", lambda c: c["within"]),
-                ("untrained probe (%)", lambda c: c["init_probe"]))
+CLOP_COLUMNS = (
+    ("linear probe (%)", lambda c: c["acc"].get("linear_probe")),
+    ("nearest prototype (%)", lambda c: c["acc"].get("nearest_prototype")),
+    ("NCM (%)", lambda c: c["acc"].get("ncm")),
+    ("between-class rank", lambda c: c["between"]),
+    ("within-class rank", lambda c: c["within"]),
+    ("untrained probe (%)", lambda c: c["init_probe"]),
+)
 
 
 def clop_seed_rows(rows: Sequence[Row]) -> list[str]:
     """One Markdown row per compare row (a CLOP grid cell over seeds): each column's mean ± std over the scored
     seeds, and how many seeds collapsed or diverged (the rule of :func:`clop_cell`)."""
-    lines = ["| labels, λ | " + " | ".join(name for name, _ in CLOP_COLUMNS) + " | collapsed | seeds |",
-             "|---|" + "---|" * (len(CLOP_COLUMNS) + 2)]
+    lines = [
+        "| labels, λ | " + " | ".join(name for name, _ in CLOP_COLUMNS) + " | collapsed | seeds |",
+        "|---|" + "---|" * (len(CLOP_COLUMNS) + 2),
+    ]
     for row in rows:
         if not row.runs:
             lines.append(f"| {row.label} (no run) |" + " |" * (len(CLOP_COLUMNS) + 2))
             continue
-        cells = {seed: clop_cell(path, row.status[seed], row.logs.get(seed, path.parent / f"{path.name}.log"))
-                 for seed, path in sorted(row.runs.items())}
+        cells = {
+            seed: clop_cell(path, row.status[seed], row.logs.get(seed, path.parent / f"{path.name}.log"))
+            for seed, path in sorted(row.runs.items())
+        }
         fraction, lam, _, _ = grid_key(run_config(next(iter(row.runs.values()))))
         scored = [c for c in cells.values() if "acc" in c]
         values = [fmt([get(c) for c in scored]) for _, get in CLOP_COLUMNS]
         collapsed = sum(c["state"] != "ok" for c in cells.values())
-        lines.append(f"| {100 * fraction:g} %, λ = {lam:g} | " + " | ".join(values)
-                     + f" | {collapsed} of {len(cells)} | {','.join(map(str, cells))} |")
+        lines.append(
+            f"| {100 * fraction:g} %, λ = {lam:g} | "
+            + " | ".join(values)
+            + f" | {collapsed} of {len(cells)} | {','.join(map(str, cells))} |"
+        )
     return lines
 
 
@@ -375,8 +442,13 @@ def published_row(tables: Sequence[Path], label: str, classifier: str | None) ->
     return None
 
 
-def target_row(target: str, left: dict[int, float] | None, right: dict[int, float] | None,
-               published: tuple[float, float, str] | None = None, factor: float = 1.0) -> str:
+def target_row(
+    target: str,
+    left: dict[int, float] | None,
+    right: dict[int, float] | None,
+    published: tuple[float, float, str] | None = None,
+    factor: float = 1.0,
+) -> str:
     """One Markdown row for ``left ≥ factor × right``: on the seeds both sides finished, or against a ``published``
     right side (mean, std, where) when ``right`` has no run. The margin is mean(left) − factor · mean(right); it is
     "within the spread" when its size is at most std(left) + factor · std(right)."""
@@ -396,6 +468,7 @@ def target_row(target: str, left: dict[int, float] | None, right: dict[int, floa
         right_text = f"{y_mean:.2f} ± {y_std:.2f} ({where})"
     x_std = statistics.stdev(x) if len(x) > 1 else 0.0
     margin = statistics.mean(x) - factor * y_mean
-    verdict = ("met" if margin >= 0 else "missed") + ("" if abs(margin) > x_std + factor * y_std
-                                                     else " (within the spread)")
+    verdict = ("met" if margin >= 0 else "missed") + (
+        "" if abs(margin) > x_std + factor * y_std else " (within the spread)"
+    )
     return f"| {target} | {fmt(x)} | {right_text} | {margin:+.2f} | {verdict} | {','.join(map(str, seeds))} |"

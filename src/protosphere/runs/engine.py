@@ -58,8 +58,11 @@ def nonfinite_names(state, prefix: str = "") -> list[str]:
     if isinstance(state, torch.Tensor):
         return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
     if isinstance(state, dict):
-        return [name for key, value in state.items()
-                for name in nonfinite_names(value, f"{prefix}.{key}" if prefix else str(key))]
+        return [
+            name
+            for key, value in state.items()
+            for name in nonfinite_names(value, f"{prefix}.{key}" if prefix else str(key))
+        ]
     if isinstance(state, (list, tuple)):
         return [name for i, value in enumerate(state) for name in nonfinite_names(value, f"{prefix}.{i}")]
     return []
@@ -70,8 +73,9 @@ class MetricsLog:
 
     FIELDS = ("time", "task", "epoch", "step", "split", "name", "value")
 
-    def __init__(self, path: Path, enabled: bool = True, append: bool = False, truncate_to: int | None = None,
-                 trackers=None):
+    def __init__(
+        self, path: Path, enabled: bool = True, append: bool = False, truncate_to: int | None = None, trackers=None
+    ):
         self.enabled = enabled
         self.start = time.time()
         self.trackers = trackers  # TensorBoard / W&B (protosphere.runs.loggers.Trackers): the same rows, by global step
@@ -100,8 +104,17 @@ class MetricsLog:
             for name, value in values.items():
                 if value is None:
                     continue
-                self.writer.writerow((elapsed, task, "" if epoch is None else epoch, "" if step is None else step,
-                                      split, name, f"{float(value):.6g}"))
+                self.writer.writerow(
+                    (
+                        elapsed,
+                        task,
+                        "" if epoch is None else epoch,
+                        "" if step is None else step,
+                        split,
+                        name,
+                        f"{float(value):.6g}",
+                    )
+                )
             self.file.flush()
         except OSError as exc:  # e.g. a full disk: name the file (a failed write or flush does not)
             raise OSError(exc.errno, exc.strerror, self.file.name) from exc
@@ -138,9 +151,15 @@ def cut_partial_row(path: Path) -> None:
         f.truncate(0)
 
 
-def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, step: StepContext,
-               backward: Callable[[torch.Tensor], None] | None = None,
-               inspect: Callable[[StepOutput], None] | None = None) -> StepOutput:
+def train_step(
+    model,
+    optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    step: StepContext,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    inspect: Callable[[StepOutput], None] | None = None,
+) -> StepOutput:
     """One optimisation step as a run takes it: the method's ``training_step`` on a batch of floats in [0, 1] (its
     augmentation, replay, distillation and loss), then zero gradients, backward and the optimiser's step.
 
@@ -178,8 +197,9 @@ class LossGuard:
 
     def track(self, output: StepOutput, step: int) -> None:
         names = ("loss", *output.terms)
-        values = torch.stack([output.loss.detach().float().reshape(()),
-                              *(v.detach().float().reshape(()) for v in output.terms.values())])
+        values = torch.stack(
+            [output.loss.detach().float().reshape(()), *(v.detach().float().reshape(()) for v in output.terms.values())]
+        )
         first = self.first.get(names)
         if first is None:
             first = self.first[names] = torch.full((len(names),), -1, dtype=torch.long, device=values.device)
@@ -190,8 +210,9 @@ class LossGuard:
         for names, first in self.first.items():
             if self.fabric.world_size > 1:  # every rank stops together, at the earliest bad step of any rank
                 never = torch.iinfo(torch.long).max
-                first = self.fabric.all_reduce(torch.where(first < 0, never, first),
-                                               reduce_op=torch.distributed.ReduceOp.MIN)
+                first = self.fabric.all_reduce(
+                    torch.where(first < 0, never, first), reduce_op=torch.distributed.ReduceOp.MIN
+                )
                 first = torch.where(first == never, -1, first)
             for name, step in zip(names, first.tolist()):
                 if step >= 0:
@@ -200,8 +221,10 @@ class LossGuard:
             return
         step = min(bad.values())
         terms = [name for name, s in bad.items() if s == step and name != "loss"] or ["loss"]
-        raise RunError(f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); "
-                       f"{self.advice()}")
+        raise RunError(
+            f"The loss became NaN/inf at task {task}, step {step} (non-finite term: {', '.join(terms)}); "
+            f"{self.advice()}"
+        )
 
 
 class Checkpoints:
@@ -219,8 +242,10 @@ class Checkpoints:
         changed config cannot --resume)."""
         good = self.files.last_checkpoint
         kept = f"the last good checkpoint {good} is kept" if good.exists() else "no checkpoint was written yet"
-        return (f"{kept}; start again with a lower learning rate, e.g. --overwrite "
-                f"optimizer.lr={self.config.optimizer.lr / 10:g} (or a new name=...), or check the data.")
+        return (
+            f"{kept}; start again with a lower learning rate, e.g. --overwrite "
+            f"optimizer.lr={self.config.optimizer.lr / 10:g} (or a new name=...), or check the data."
+        )
 
     def check_state(self, method: Method, task: int) -> None:
         """Never checkpoint a model with a NaN/inf parameter or buffer (a loss can stay finite while they are not)."""
@@ -231,11 +256,13 @@ class Checkpoints:
         if float(flag) > 0:
             shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             shown = shown or "another process's state"
-            raise RunError(f"The model's state became NaN/inf during task {task} (non-finite: {shown}); "
-                           f"{self.advice()}")
+            raise RunError(
+                f"The model's state became NaN/inf during task {task} (non-finite: {shown}); {self.advice()}"
+            )
 
-    def save(self, method: Method, optimizer, evaluation: Evaluation, task: int, phase: str, step: int,
-             global_step: int) -> None:
+    def save(
+        self, method: Method, optimizer, evaluation: Evaluation, task: int, phase: str, step: int, global_step: int
+    ) -> None:
         """``last.ckpt`` at ``step`` of ``task`` (``phase`` "in_task"), or after the task ("task_done", which also
         writes the task's own checkpoint)."""
         self.check_state(method, task)
@@ -246,19 +273,26 @@ class Checkpoints:
             "method": method.state_dict(),
             "optimizer": optimizer.state_dict(),
             "rng": rng_state(device),
-            "task": task, "phase": phase, "step": step, "global_step": global_step,
+            "task": task,
+            "phase": phase,
+            "step": step,
+            "global_step": global_step,
             "results": evaluation.saved(),
             "world_size": self.fabric.world_size,
             "metrics_bytes": self.log.tell() if self.log is not None else None,
         }
         if self.fabric.world_size > 1:  # what differs between ranks: RNG streams and replay buffers
-            state["ranks"] = gather_objects(self.fabric, {
-                "rng": rng_state(device),
-                "tracked": {name: obj.state_dict() for name, obj in method.tracked_state().items()},
-            })
+            state["ranks"] = gather_objects(
+                self.fabric,
+                {
+                    "rng": rng_state(device),
+                    "tracked": {name: obj.state_dict() for name, obj in method.tracked_state().items()},
+                },
+            )
         if self.fabric.is_global_zero:
-            self.files.save_checkpoint(state, task=task if phase == "task_done" else None,
-                                       keep_earlier=self.config.train.keep_checkpoints)
+            self.files.save_checkpoint(
+                state, task=task if phase == "task_done" else None, keep_earlier=self.config.train.keep_checkpoints
+            )
         self.fabric.barrier()
 
     def restore(self, state: dict, method: Method) -> None:
@@ -307,8 +341,9 @@ class TaskMonitor:
             engine.log.log("train", {**terms, "lr": lr, "img_per_s": speed}, self.task, epoch, step)
             progress.train_step(step, epoch, self.epochs, terms["loss"], speed)
         if progress.plain and ((step + 1) % self.steps_per_epoch == 0 or last):
-            progress.epoch_end(step, epoch, self.epochs, float(self.epoch_loss) / max(1, self.epoch_steps), lr,
-                               self.speed())
+            progress.epoch_end(
+                step, epoch, self.epochs, float(self.epoch_loss) / max(1, self.epoch_steps), lr, self.speed()
+            )
             self.epoch_loss, self.epoch_steps = None, 0
 
     def global_terms(self, output: StepOutput) -> dict[str, float]:
@@ -330,8 +365,16 @@ class Engine:
     :class:`~protosphere.runs.interrupt.StopRequest`; once set, the run finishes its training step (or the evaluation of
     its task), saves ``last.ckpt`` and raises :class:`~protosphere.runs.interrupt.RunInterrupted`."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, fabric: Fabric, console=None, show_progress: bool = True,
-                 write_embeddings: Callable | None = None, stop: StopRequest | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        fabric: Fabric,
+        console=None,
+        show_progress: bool = True,
+        write_embeddings: Callable | None = None,
+        stop: StopRequest | None = None,
+    ):
         self.config = config
         self.stop = stop  # set by SIGTERM/SIGINT (runs.interrupt): checkpoint and stop at the next safe point
         self.run_dir = Path(run_dir)
@@ -356,8 +399,15 @@ class Engine:
         log = self._open_log(resume)
         progress = self._open_progress(scenario)
         checkpoints = self.checkpoints = Checkpoints(self.config, self.fabric, self.files, log)
-        protocol = Protocol(self.config, scenario, self.fabric.device, state.get("results"), log, progress,
-                            self.write_embeddings if self.fabric.is_global_zero else None)
+        protocol = Protocol(
+            self.config,
+            scenario,
+            self.fabric.device,
+            state.get("results"),
+            log,
+            progress,
+            self.write_embeddings if self.fabric.is_global_zero else None,
+        )
         if state.get("method") is not None and not in_task:
             checkpoints.restore(state, method)
         protocol.random_init_baseline(method, TaskContext.of(scenario, 0, self.fabric.device))
@@ -389,8 +439,9 @@ class Engine:
             set_validation(True)
         return protocol.run_results(method)
 
-    def _train_task(self, model, method: Method, optimizer, context: TaskContext, first: int,
-                    protocol: Protocol) -> TaskTraining:
+    def _train_task(
+        self, model, method: Method, optimizer, context: TaskContext, first: int, protocol: Protocol
+    ) -> TaskTraining:
         """Steps ``first``.. of one task: shuffled batches (a function of seed, task and epoch; each rank takes its
         slice), the learning-rate schedule, one :func:`train_step` each, per-epoch evaluations and checkpoints."""
         cfg, fabric, t = self.config, self.fabric, context.index
@@ -408,12 +459,19 @@ class Engine:
                 order = epoch_order(cfg.seed, t, epoch, len(labels)).to(fabric.device)
             rows = shard_rows(order[index * batch : (index + 1) * batch], fabric.global_rank, fabric.world_size)
             set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, steps_per_epoch))
-            where = StepContext(task=t, epoch=epoch, step=step, steps_in_task=total, global_step=self.global_step,
-                                epochs_in_task=epochs)
+            where = StepContext(
+                task=t, epoch=epoch, step=step, steps_in_task=total, global_step=self.global_step, epochs_in_task=epochs
+            )
             with shard_draws(fabric.global_rank, fabric.world_size):  # each rank augments its rows as 1 process does
-                output = train_step(model, optimizer, model_input(images[rows], cfg.model.channels_last),
-                                    labels[rows], where, fabric.backward,
-                                    inspect=lambda out, step=step: monitor.inspect(out, step))
+                output = train_step(
+                    model,
+                    optimizer,
+                    model_input(images[rows], cfg.model.channels_last),
+                    labels[rows],
+                    where,
+                    fabric.backward,
+                    inspect=lambda out, step=step: monitor.inspect(out, step),
+                )
             self.global_step += 1
             last = step == total - 1
             stopping = self._stop_requested(step)
@@ -441,8 +499,9 @@ class Engine:
         asked = self.stop is not None and self.stop.requested
         if self.fabric.world_size == 1:
             return asked
-        flag = self.fabric.all_reduce(torch.tensor(float(asked), device=self.fabric.device),
-                                      reduce_op=torch.distributed.ReduceOp.MAX)
+        flag = self.fabric.all_reduce(
+            torch.tensor(float(asked), device=self.fabric.device), reduce_op=torch.distributed.ReduceOp.MAX
+        )
         return float(flag) > 0
 
     def _interrupted(self, task: int, step: int | None) -> RunInterrupted:
@@ -475,17 +534,25 @@ class Engine:
             from .loggers import Trackers, open_trackers
 
             trackers = Trackers(open_trackers(cfg, self.run_dir, resume_step=self.global_step if resume else None))
-        self.log = MetricsLog(self.files.metrics, enabled=fabric.is_global_zero, append=resume is not None,
-                              truncate_to=state.get("metrics_bytes"), trackers=trackers)
+        self.log = MetricsLog(
+            self.files.metrics,
+            enabled=fabric.is_global_zero,
+            append=resume is not None,
+            truncate_to=state.get("metrics_bytes"),
+            trackers=trackers,
+        )
         self.log.global_step = self.global_step
         return self.log
 
     def _open_progress(self, scenario) -> RunProgress:
         batch = self.config.train.batch_size
-        planned = [max(1, len(task.train_labels) // batch) * self.config.train.epochs_for(i)
-                   for i, task in enumerate(scenario.tasks)]  # an estimate for later tasks (replay may add rows)
-        self.progress = RunProgress(self.console if self.fabric.is_global_zero else None, self.show_progress,
-                                    scenario.num_tasks, planned)
+        planned = [
+            max(1, len(task.train_labels) // batch) * self.config.train.epochs_for(i)
+            for i, task in enumerate(scenario.tasks)
+        ]  # an estimate for later tasks (replay may add rows)
+        self.progress = RunProgress(
+            self.console if self.fabric.is_global_zero else None, self.show_progress, scenario.num_tasks, planned
+        )
         return self.progress
 
     def _announce(self, context: TaskContext, training: TaskTraining, evaluation: TaskEvaluation) -> None:
@@ -496,10 +563,13 @@ class Engine:
         seen = evaluation.row[evaluation.headline]["class_il"][: t + 1]
         self.console.print(
             f"[bold]task {t + 1}/{num_tasks}[/] {evaluation.headline} class-IL accuracy on seen tasks: "
-            + " ".join(f"{a:.1f}" for a in seen) + f"  (mean {np.mean(seen):.2f}; "
+            + " ".join(f"{a:.1f}" for a in seen)
+            + f"  (mean {np.mean(seen):.2f}; "
             f"train {training.seconds:.1f}s, {training.images_per_second:,.0f} img/s; "
             f"eval {evaluation.seconds:.1f}s; elapsed {hms(time.perf_counter() - self.progress.start)}"
-            + (f", ETA run ~{hms(self.progress.eta_run())}" if t < num_tasks - 1 else "") + ")")
+            + (f", ETA run ~{hms(self.progress.eta_run())}" if t < num_tasks - 1 else "")
+            + ")"
+        )
 
 
 def epoch_order(seed: int, task: int, epoch: int, size: int) -> torch.Tensor:

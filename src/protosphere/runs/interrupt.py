@@ -81,11 +81,18 @@ class RunInterrupted(Interrupted):
         """The command that continues the run: its own resolved config.yaml (overrides included) with --resume."""
         from .rundir import RunDir
 
-        words = ["protosphere", *(w for module in imports for w in ("--import", module)), "run",
-                 str(RunDir(self.run_dir).config), "--resume"]
+        words = [
+            "protosphere",
+            *(w for module in imports for w in ("--import", module)),
+            "run",
+            str(RunDir(self.run_dir).config),
+            "--resume",
+        ]
         return shlex.join(words)
 
     def describe(self, imports: Sequence[str] = ()) -> str:
         where = f"at task {self.task}, step {self.step}" if self.step is not None else f"after task {self.task}"
-        return (f"interrupted by {signal.Signals(self.signum).name} {where}; {self.checkpoint} holds the run up to "
-                f"there; continue with: {self.resume_command(imports)}")
+        return (
+            f"interrupted by {signal.Signals(self.signum).name} {where}; {self.checkpoint} holds the run up to "
+            f"there; continue with: {self.resume_command(imports)}"
+        )

@@ -45,8 +45,17 @@ def flat_hyperparameters(config: RunConfig) -> dict[str, Any]:
 class WandbLogger(Logger):
     """A lightning-fabric ``Logger`` writing to Weights & Biases (``wandb.init`` with ``dir`` = the run folder)."""
 
-    def __init__(self, run_dir: Path, name: str, project: str, mode: str = "offline", entity: str | None = None,
-                 group: str | None = None, tags: list[str] | None = None, resume: bool = False):
+    def __init__(
+        self,
+        run_dir: Path,
+        name: str,
+        project: str,
+        mode: str = "offline",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        resume: bool = False,
+    ):
         import wandb
 
         super().__init__()
@@ -56,9 +65,19 @@ class WandbLogger(Logger):
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else secrets.token_hex(6)
         id_file.write_text(run_id)
         self._name = name
-        self._run = wandb.init(project=project, entity=entity, group=group, tags=tags or None, name=name, id=run_id,
-                               dir=str(run_dir), mode=mode, resume="allow", reinit="create_new",
-                               settings=wandb.Settings(silent=True, console="off"))
+        self._run = wandb.init(
+            project=project,
+            entity=entity,
+            group=group,
+            tags=tags or None,
+            name=name,
+            id=run_id,
+            dir=str(run_dir),
+            mode=mode,
+            resume="allow",
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
 
     @property
     def name(self) -> str:
@@ -84,8 +103,10 @@ class WandbLogger(Logger):
 
 def _require(package: str, extra: str, key: str) -> None:
     if importlib.util.find_spec(package) is None:
-        raise ConfigError(f"`{key}` needs the `{package}` package, which is not installed; "
-                          f"`pip install protosphere[{extra}]` or `pip install {package}`, or turn the setting off.")
+        raise ConfigError(
+            f"`{key}` needs the `{package}` package, which is not installed; "
+            f"`pip install protosphere[{extra}]` or `pip install {package}`, or turn the setting off."
+        )
 
 
 def check_trackers(config: RunConfig) -> None:
@@ -105,12 +126,25 @@ def open_trackers(config: RunConfig, run_dir: Path, resume_step: int | None = No
 
         kwargs = {"purge_step": resume_step} if resume_step is not None else {}
         folder = RunDir(run_dir).tensorboard
-        trackers.append(TensorBoardLogger(root_dir=str(folder.parent), name=folder.name, version="",
-                                          default_hp_metric=False, **kwargs))
+        trackers.append(
+            TensorBoardLogger(
+                root_dir=str(folder.parent), name=folder.name, version="", default_hp_metric=False, **kwargs
+            )
+        )
     if config.logging.wandb is not None:
         w = config.logging.wandb
-        trackers.append(WandbLogger(run_dir, config.name or "run", w.project, mode=w.mode, entity=w.entity,
-                                    group=w.group, tags=w.tags, resume=resume_step is not None))
+        trackers.append(
+            WandbLogger(
+                run_dir,
+                config.name or "run",
+                w.project,
+                mode=w.mode,
+                entity=w.entity,
+                group=w.group,
+                tags=w.tags,
+                resume=resume_step is not None,
+            )
+        )
     hyper = flat_hyperparameters(config)
     for tracker in trackers:
         tracker.log_hyperparams(hyper)

@@ -47,13 +47,21 @@ class RunProgress:
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                                      TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=console,
-                                      transient=False)
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[loss]}"),
+                TextColumn("{task.fields[speed]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"),
+                console=console,
+                transient=False,
+            )
             self._progress.start()
-            self._bars["run"] = self._progress.add_task("run", total=max(1, sum(self.planned)), completed=0,
-                                                        loss="", speed="", eta="")
+            self._bars["run"] = self._progress.add_task(
+                "run", total=max(1, sum(self.planned)), completed=0, loss="", speed="", eta=""
+            )
 
     @property
     def plain(self) -> bool:
@@ -71,7 +79,7 @@ class RunProgress:
         per_step = self.seconds_per_step()
         if per_step is None:
             return None
-        steps_left = (self.planned[self.task] - self.step) + sum(self.planned[self.task + 1:])
+        steps_left = (self.planned[self.task] - self.step) + sum(self.planned[self.task + 1 :])
         timed = self.eval_seconds or self.other_eval_seconds  # before the first task's: the untrained model's
         per_eval = timed[-1] if timed else 0.0  # the latest: fits on the seen data grow from task to task
         evaluations_left = self.num_tasks - self.task
@@ -98,11 +106,13 @@ class RunProgress:
             self._progress.update(self._bars["run"], total=max(1, sum(self.planned)), completed=self.done_steps())
             if "task" in self._bars:
                 self._progress.remove_task(self._bars.pop("task"))
-            self._bars["task"] = self._progress.add_task(f"task {task + 1}/{self.num_tasks}", total=total,
-                                                         completed=first, loss="", speed="", eta="")
+            self._bars["task"] = self._progress.add_task(
+                f"task {task + 1}/{self.num_tasks}", total=total, completed=first, loss="", speed="", eta=""
+            )
 
-    def train_step(self, step: int, epoch: int, epochs: int, loss: float | None = None,
-                   speed: float | None = None) -> None:
+    def train_step(
+        self, step: int, epoch: int, epochs: int, loss: float | None = None, speed: float | None = None
+    ) -> None:
         """After step ``step`` (0-based) of the current task: move the bars (only called every few steps)."""
         self.step = step + 1
         self._last_step = time.perf_counter()
@@ -110,21 +120,29 @@ class RunProgress:
             return
         per_step = self.seconds_per_step()
         task_left = (self.planned[self.task] - self.step) * per_step if per_step is not None else None
-        self._progress.update(self._bars["task"], completed=self.step,
-                              description=f"task {self.task + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs}",
-                              loss="" if loss is None else f"loss {loss:.4f}",
-                              speed="" if speed is None else f"{speed:,.0f} img/s", eta=f"ETA {hms(task_left)}")
+        self._progress.update(
+            self._bars["task"],
+            completed=self.step,
+            description=f"task {self.task + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs}",
+            loss="" if loss is None else f"loss {loss:.4f}",
+            speed="" if speed is None else f"{speed:,.0f} img/s",
+            eta=f"ETA {hms(task_left)}",
+        )
         self._progress.update(self._bars["run"], completed=self.done_steps(), eta=f"ETA run {hms(self.eta_run())}")
 
-    def epoch_end(self, step: int, epoch: int, epochs: int, loss: float | None, lr: float | None,
-                  speed: float | None) -> None:
+    def epoch_end(
+        self, step: int, epoch: int, epochs: int, loss: float | None, lr: float | None, speed: float | None
+    ) -> None:
         """The plain line of an epoch (only when there are no live bars)."""
         self.step = step + 1
         self._last_step = time.perf_counter()
         if self._progress is not None or self.console is None:
             return
-        parts = [f"task {self.task + 1}/{self.num_tasks}", f"epoch {epoch + 1}/{epochs}",
-                 f"step {self.step}/{self.planned[self.task]}"]
+        parts = [
+            f"task {self.task + 1}/{self.num_tasks}",
+            f"epoch {epoch + 1}/{epochs}",
+            f"step {self.step}/{self.planned[self.task]}",
+        ]
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         if lr is not None:
@@ -140,8 +158,9 @@ class RunProgress:
         self._eval_start = time.perf_counter()
         self._eval_counts = count
         if self._progress is not None:
-            self._bars["eval"] = self._progress.add_task(what, total=max(1, units), completed=0, loss="", speed="",
-                                                         eta="")
+            self._bars["eval"] = self._progress.add_task(
+                what, total=max(1, units), completed=0, loss="", speed="", eta=""
+            )
 
     def evaluation_step(self, description: str, advance: int = 1) -> None:
         if self._progress is not None and "eval" in self._bars:

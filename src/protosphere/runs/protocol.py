@@ -122,8 +122,16 @@ class Protocol:
             snapshot is taken.
     """
 
-    def __init__(self, config: RunConfig, scenario, device=None, evaluation: Evaluation | dict | None = None,
-                 log=None, progress=None, write_embeddings: Callable | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        scenario,
+        device=None,
+        evaluation: Evaluation | dict | None = None,
+        log=None,
+        progress=None,
+        write_embeddings: Callable | None = None,
+    ):
         self.config = config
         self.scenario = scenario
         self.test_sets = [(t.test_images.to(device), t.test_labels.to(device)) for t in scenario.tasks]
@@ -137,12 +145,14 @@ class Protocol:
         """(N, C) float logits of ``classify`` on uint8 ``images``, in evaluation batches."""
         channels_last = self.config.model.channels_last
         dtype = torch.get_default_dtype()  # float32, or float64 in a float64 run
-        return extract_features(lambda batch: classify(model_input(batch, channels_last)).to(dtype), images,
-                                self.config.eval.batch_size)
+        return extract_features(
+            lambda batch: classify(model_input(batch, channels_last)).to(dtype), images, self.config.eval.batch_size
+        )
 
     @torch.no_grad()
-    def accuracy_row(self, method: Method, up_to: int, prepare: TaskContext | None = None
-                     ) -> tuple[dict, dict[str, float]]:
+    def accuracy_row(
+        self, method: Method, up_to: int, prepare: TaskContext | None = None
+    ) -> tuple[dict, dict[str, float]]:
         """Accuracy (%) of every classifier on the test sets of tasks 0..``up_to`` — ``{classifier: {class_il:
         [..], task_il: [..]}}`` (task-IL only for class-IL scenarios) — after fitting the classifiers on ``prepare``,
         and the seconds each classifier took to predict."""
@@ -186,8 +196,9 @@ class Protocol:
         tasks = range(task + 1) if self.scenario.kind == "class_il" else [task]
         # the contiguous layout, in which the published NC metrics were measured
         encode = lambda batch: method.features(model_input(batch)).float().cpu()  # noqa: E731
-        features = torch.cat([extract_features(encode, self.test_sets[j][0], self.config.eval.batch_size)
-                              for j in tasks])
+        features = torch.cat(
+            [extract_features(encode, self.test_sets[j][0], self.config.eval.batch_size) for j in tasks]
+        )
         labels = torch.cat([self.test_sets[j][1].cpu() for j in tasks])
         remap = torch.full((self.scenario.num_classes,), -1, dtype=torch.long)
         remap[torch.tensor(seen)] = torch.arange(len(seen))
@@ -232,8 +243,9 @@ class Protocol:
         num_tasks = self.scenario.num_tasks
         last = t == num_tasks - 1
         start = time.perf_counter()
-        self.progress.start_evaluation(f"evaluating after task {t + 1}",
-                                       self.units(method, num_tasks, cfg.eval.neural_collapse, last))
+        self.progress.start_evaluation(
+            f"evaluating after task {t + 1}", self.units(method, num_tasks, cfg.eval.neural_collapse, last)
+        )
         row, predict_seconds = self.accuracy_row(method, up_to=num_tasks - 1, prepare=context)
         self.evaluation.add_row(row)
         nc = None
@@ -261,15 +273,28 @@ class Protocol:
             diagnostics = method.diagnostics(context)
         self.evaluation.diagnostics.append(None if diagnostics is None else Diagnostics.model_validate(diagnostics))
         if diagnostics:
-            self.log.log("test", {f"diag/{k}": v for k, v in diagnostics.items() if isinstance(v, (int, float))},
-                         context.index)
+            self.log.log(
+                "test", {f"diag/{k}": v for k, v in diagnostics.items() if isinstance(v, (int, float))}, context.index
+            )
 
     def _log_task(self, t: int, row: Row, nc: NeuralCollapse | None) -> None:
         """metrics.csv after task ``t``: accuracy on each seen task and their mean, per classifier and setting; NC."""
-        self.log.log("test", {f"{c}/{s}/task{j}": a for c, ss in row.items() for s, accs in ss.items()
-                              for j, a in enumerate(accs) if j <= t}, t)
-        self.log.log("test", {f"{c}/{s}/mean_seen": float(np.mean(accs[: t + 1])) for c, ss in row.items()
-                              for s, accs in ss.items()}, t)
+        self.log.log(
+            "test",
+            {
+                f"{c}/{s}/task{j}": a
+                for c, ss in row.items()
+                for s, accs in ss.items()
+                for j, a in enumerate(accs)
+                if j <= t
+            },
+            t,
+        )
+        self.log.log(
+            "test",
+            {f"{c}/{s}/mean_seen": float(np.mean(accs[: t + 1])) for c, ss in row.items() for s, accs in ss.items()},
+            t,
+        )
         if nc is not None:
             self.log.log("test", _nc_values(nc), t)
 
@@ -277,17 +302,30 @@ class Protocol:
         """After the last task: what the run was (config, scenario, which data each classifier was fitted on), its
         evaluation and the continual metrics of every classifier."""
         cfg, scenario, evaluation = self.config, self.scenario, self.evaluation
-        info = ScenarioInfo(name=scenario.name, kind=scenario.kind, num_tasks=scenario.num_tasks,
-                            num_classes=scenario.num_classes, class_order=scenario.class_order,
-                            class_names=scenario.class_names, tasks=[list(t.classes) for t in scenario.tasks],
-                            **scenario.extra)
+        info = ScenarioInfo(
+            name=scenario.name,
+            kind=scenario.kind,
+            num_tasks=scenario.num_tasks,
+            num_classes=scenario.num_classes,
+            class_order=scenario.class_order,
+            class_names=scenario.class_names,
+            tasks=[list(t.classes) for t in scenario.tasks],
+            **scenario.extra,
+        )
         return RunResults(
-            name=cfg.name, status="complete", seed=cfg.seed, method=cfg.method.name,
+            name=cfg.name,
+            status="complete",
+            seed=cfg.seed,
+            method=cfg.method.name,
             headline_classifier=next(iter(evaluation.accuracy)),
-            classifier_data={name: text for name, text in method.classifier_data().items()
-                             if name in evaluation.accuracy},
-            scenario=info, metrics=summary_metrics(evaluation.accuracy, evaluation.random_init, scenario.kind),
-            evaluation=evaluation, config=cfg.model_dump(mode="json"))
+            classifier_data={
+                name: text for name, text in method.classifier_data().items() if name in evaluation.accuracy
+            },
+            scenario=info,
+            metrics=summary_metrics(evaluation.accuracy, evaluation.random_init, scenario.kind),
+            evaluation=evaluation,
+            config=cfg.model_dump(mode="json"),
+        )
 
     @torch.no_grad()
     def final_extras(self, method: Method) -> None:
@@ -307,8 +345,9 @@ class Protocol:
             prototypes = getattr(method, "prototypes", None)
             embed = (lambda x: method(method.transforms.eval(x))) if prototypes is not None else method.features
             channels_last = cfg.model.channels_last
-            features = extract_features(lambda batch: embed(model_input(batch, channels_last)).float().cpu(), images,
-                                        cfg.eval.batch_size)
+            features = extract_features(
+                lambda batch: embed(model_input(batch, channels_last)).float().cpu(), images, cfg.eval.batch_size
+            )
             weights = prototypes if prototypes is not None else method.classifier_weights()
             self.write_embeddings(features, labels.cpu(), None if weights is None else weights.detach().float().cpu())
         method.train(was_training)
@@ -321,10 +360,18 @@ class Protocol:
         if cfg.eval.corruption_classifiers == "headline":
             classifiers = dict([next(iter(classifiers.items()))])
         channels_last = cfg.model.channels_last
-        return {name: evaluate_corruptions(lambda x, c=classify: c(model_input(x, channels_last)), images, labels,
-                                           cfg.eval.corruptions, cfg.eval.corruption_severities,
-                                           batch_size=cfg.eval.batch_size, seed=cfg.seed)
-                for name, classify in classifiers.items()}
+        return {
+            name: evaluate_corruptions(
+                lambda x, c=classify: c(model_input(x, channels_last)),
+                images,
+                labels,
+                cfg.eval.corruptions,
+                cfg.eval.corruption_severities,
+                batch_size=cfg.eval.batch_size,
+                seed=cfg.seed,
+            )
+            for name, classify in classifiers.items()
+        }
 
     def confusion(self, method: Method, images: torch.Tensor, labels: torch.Tensor) -> Confusion:
         """Confusion matrix of the headline classifier: ``matrix[a][b]`` = test images of class ``classes[a]``
@@ -338,19 +385,32 @@ class Protocol:
         rows, cols = index[labels], index[predicted]
         counts = torch.zeros(len(classes), len(classes) + 1, dtype=torch.long, device=labels.device)
         counts.index_put_((rows, cols), torch.ones_like(rows), accumulate=True)
-        return Confusion(classifier=name, classes=classes, matrix=counts[:, : len(classes)].tolist(),
-                         other=counts[:, len(classes)].tolist())
+        return Confusion(
+            classifier=name,
+            classes=classes,
+            matrix=counts[:, : len(classes)].tolist(),
+            other=counts[:, len(classes)].tolist(),
+        )
 
 
-def _timing(method: Method, task: int, training: TaskTraining, eval_seconds: float,
-            predict_seconds: dict[str, float]) -> TaskTiming:
+def _timing(
+    method: Method, task: int, training: TaskTraining, eval_seconds: float, predict_seconds: dict[str, float]
+) -> TaskTiming:
     """What a task cost: training, evaluation, and each classifier's fit and prediction."""
-    classifiers = {name: ClassifierTiming(fit_s=method.fit_seconds.get(name, 0.0), predict_s=seconds)
-                   for name, seconds in predict_seconds.items()}
+    classifiers = {
+        name: ClassifierTiming(fit_s=method.fit_seconds.get(name, 0.0), predict_s=seconds)
+        for name, seconds in predict_seconds.items()
+    }
     if "encode" in method.fit_seconds:
         classifiers["encode"] = ClassifierTiming(fit_s=method.fit_seconds["encode"], predict_s=0.0)
-    return TaskTiming(task=task, train_s=training.seconds, eval_s=eval_seconds, images=training.images,
-                      img_per_s=training.images_per_second, classifiers=classifiers)
+    return TaskTiming(
+        task=task,
+        train_s=training.seconds,
+        eval_s=eval_seconds,
+        images=training.images,
+        img_per_s=training.images_per_second,
+        classifiers=classifiers,
+    )
 
 
 def _nc_values(nc: NeuralCollapse | None) -> dict[str, float]:

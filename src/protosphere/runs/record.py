@@ -192,8 +192,14 @@ class Evaluation(_Part):
     def of(cls, saved: dict | None = None) -> Evaluation:
         """The evaluation a checkpoint saved (:meth:`saved`), or that of a run before its first task. Every key is
         set, so that :meth:`saved` keeps them all; checkpoints of earlier versions may lack the diagnostics."""
-        empty = {"accuracy": {}, "random_init": None, "neural_collapse": [], "diagnostics": [], "per_epoch": [],
-                 "timings": {"tasks": []}}
+        empty = {
+            "accuracy": {},
+            "random_init": None,
+            "neural_collapse": [],
+            "diagnostics": [],
+            "per_epoch": [],
+            "timings": {"tasks": []},
+        }
         return cls.model_validate({**empty, **(saved or {})})
 
     def saved(self) -> dict:
@@ -258,8 +264,9 @@ class RunRecord(_Part):
     config: dict[str, Any]
 
     @classmethod
-    def assemble(cls, results: RunResults, provenance: Provenance, environment: Environment,
-                 total_s: float) -> RunRecord:
+    def assemble(
+        cls, results: RunResults, provenance: Provenance, environment: Environment, total_s: float
+    ) -> RunRecord:
         """The record of a finished run: the protocol's ``results``, the runner's ``provenance`` and
         ``environment``, and the run's wall time."""
         about = {key: getattr(results, key) for key in results.model_fields_set - {"evaluation"}}
@@ -293,9 +300,13 @@ def _as_read(model: type[BaseModel]) -> type[BaseModel]:
         for name, info in model.model_fields.items():
             annotation = _read_type(info.annotation)
             fields[name] = (annotation, _absent(annotation))
-        _READ[model] = create_model(f"Stored{model.__name__}", __config__=ConfigDict(extra=model.model_config["extra"]),
-                                    __doc__=f"{model.__name__} as read from results.json (every key optional).",
-                                    __module__=__name__, **fields)
+        _READ[model] = create_model(
+            f"Stored{model.__name__}",
+            __config__=ConfigDict(extra=model.model_config["extra"]),
+            __doc__=f"{model.__name__} as read from results.json (every key optional).",
+            __module__=__name__,
+            **fields,
+        )
     return _READ[model]
 
 
@@ -348,11 +359,14 @@ class StoredRecord(_as_read(RunRecord)):
         if isinstance(data, RunRecord):
             data = data.to_data()
         if not isinstance(data, dict):
-            raise RunError(f"{source} is not a protosphere results file (a JSON object with `accuracy` was expected, "
-                           f"got {type(data).__name__}); pass a run directory such as runs/<name>.")
+            raise RunError(
+                f"{source} is not a protosphere results file (a JSON object with `accuracy` was expected, "
+                f"got {type(data).__name__}); pass a run directory such as runs/<name>."
+            )
         if "accuracy" not in data:
-            raise RunError(f"{source} is not a protosphere results file (no `accuracy`); pass a run directory such "
-                           f"as runs/<name>.")
+            raise RunError(
+                f"{source} is not a protosphere results file (no `accuracy`); pass a run directory such as runs/<name>."
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -367,8 +381,11 @@ class StoredRecord(_as_read(RunRecord)):
         schema version 1 that stored them."""
         if self.schema_version == 1 and self.nc_epochs:
             return list(self.nc_epochs)
-        return [EpochNeuralCollapse(task=e.task, epoch=e.epoch, **e.neural_collapse.model_dump(exclude_unset=True))
-                for e in self.per_epoch if e.neural_collapse is not None]
+        return [
+            EpochNeuralCollapse(task=e.task, epoch=e.epoch, **e.neural_collapse.model_dump(exclude_unset=True))
+            for e in self.per_epoch
+            if e.neural_collapse is not None
+        ]
 
     def summary(self, classifier: str | None = None, setting: Setting = "class_il"):
         """The continual metrics (a read :class:`Summary`) of ``classifier`` (default: the headline) in

@@ -102,8 +102,22 @@ class RunDir:
     LOCK = "run.lock"
     WRITE_TEST = ".write-test"
     # everything a run writes: --overwrite removes a folder only when it holds nothing else
-    FILES = frozenset({CONFIG, RESULTS, METRICS, CHECKPOINTS, PLOTS, REPORT, REPORT_LOG, EMBEDDINGS, TENSORBOARD,
-                       WANDB, LOCK, WRITE_TEST})
+    FILES = frozenset(
+        {
+            CONFIG,
+            RESULTS,
+            METRICS,
+            CHECKPOINTS,
+            PLOTS,
+            REPORT,
+            REPORT_LOG,
+            EMBEDDINGS,
+            TENSORBOARD,
+            WANDB,
+            LOCK,
+            WRITE_TEST,
+        }
+    )
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -142,8 +156,9 @@ class RunDir:
 
     def task_checkpoints(self) -> list[Path]:
         """The ``task-<t>.ckpt`` files present, latest task first."""
+
         def task(path: Path) -> int:
-            number = path.stem[len("task-"):]
+            number = path.stem[len("task-") :]
             return int(number) if number.isdigit() else -1
 
         return sorted(self.checkpoints.glob("task-*.ckpt"), key=task, reverse=True)
@@ -192,13 +207,16 @@ class RunDir:
         if not self.path.is_dir():
             raise RunError(f"{self.path} is not a directory; pass a run directory such as runs/<name>.")
         if not self.results.is_file():
-            raise RunError(f"{self.path} has no {self.RESULTS} (the run has not finished or this is not a run "
-                           f"directory); finish it with `protosphere run CONFIG --resume` or pass runs/<name>.")
+            raise RunError(
+                f"{self.path} has no {self.RESULTS} (the run has not finished or this is not a run "
+                f"directory); finish it with `protosphere run CONFIG --resume` or pass runs/<name>."
+            )
         try:
             data = json.loads(self.results.read_text())
         except (OSError, ValueError) as exc:
-            raise RunError(f"{self.results} is not readable JSON ({type(exc).__name__}); rerun the run to rewrite "
-                           f"it.") from None
+            raise RunError(
+                f"{self.results} is not readable JSON ({type(exc).__name__}); rerun the run to rewrite it."
+            ) from None
         return StoredRecord.from_data(data, source=str(self.results))
 
     def write_text(self, name: str, text: str) -> Path:
@@ -235,18 +253,26 @@ class RunDir:
             if state is None:
                 continue
             if state.get("version") != CHECKPOINT_VERSION:
-                raise RunError(f"Checkpoint {path} has format version {state.get('version')}, this protosphere reads "
-                               f"{CHECKPOINT_VERSION}; rerun with --overwrite.")
+                raise RunError(
+                    f"Checkpoint {path} has format version {state.get('version')}, this protosphere reads "
+                    f"{CHECKPOINT_VERSION}; rerun with --overwrite."
+                )
             if state.get("fingerprint") != config_fingerprint(config):
-                raise RunError(f"Checkpoint {path} was written by a different config; resume with the run's own "
-                               f"{self.config} or start a new run with --overwrite.")
+                raise RunError(
+                    f"Checkpoint {path} was written by a different config; resume with the run's own "
+                    f"{self.config} or start a new run with --overwrite."
+                )
             state["loaded_from"] = str(path)
             return state
         if unreadable:
-            raise RunError(f"Cannot resume: no checkpoint in {self.checkpoints} is readable ({', '.join(unreadable)}); "
-                           f"rerun with --overwrite.")
-        raise RunError(f"Cannot resume: {self.checkpoints} holds no checkpoint (the run stopped before its first one); "
-                       f"rerun with --overwrite.")
+            raise RunError(
+                f"Cannot resume: no checkpoint in {self.checkpoints} is readable ({', '.join(unreadable)}); "
+                f"rerun with --overwrite."
+            )
+        raise RunError(
+            f"Cannot resume: {self.checkpoints} holds no checkpoint (the run stopped before its first one); "
+            f"rerun with --overwrite."
+        )
 
     def final_checkpoint_path(self, last_task: int) -> Path:
         """The checkpoint holding the model after the last task: ``last.ckpt``, else that task's own."""
@@ -254,8 +280,10 @@ class RunDir:
         for path in candidates:
             if path.is_file():
                 return path
-        raise RunError(f"{self.path} has no checkpoint of its last task ({' or '.join(map(str, candidates))}); "
-                       f"rerun it to get a model.")
+        raise RunError(
+            f"{self.path} has no checkpoint of its last task ({' or '.join(map(str, candidates))}); "
+            f"rerun it to get a model."
+        )
 
     def load_final_checkpoint(self, last_task: int) -> dict:
         """The state after the last task (``last_task``), from ``last.ckpt`` or else that task's checkpoint; each
@@ -276,8 +304,9 @@ class RunDir:
             elif state.get("task") != last_task or state.get("phase") != "task_done":
                 problems.append(f"{path} was written before the end of the last task")
             elif not isinstance(state.get("method"), dict):
-                problems.append(f"{path} holds no `method` entry (the trained model), so it is not a whole "
-                                f"protosphere checkpoint")
+                problems.append(
+                    f"{path} holds no `method` entry (the trained model), so it is not a whole protosphere checkpoint"
+                )
             else:
                 return state
         detail = "; ".join(problems) if problems else "no checkpoint of the last task exists"
@@ -288,9 +317,11 @@ class RunDir:
         share of the replay memory); checked before config.yaml is rewritten with the new fabric settings."""
         written = state.get("world_size", 1)
         if written != world_size:
-            raise RunError(f"The checkpoint {state.get('loaded_from', self.path)} was written by {written} "
-                           f"process(es) and this run has {world_size}; resume with the fabric.devices and "
-                           f"fabric.num_nodes of {self.config}.")
+            raise RunError(
+                f"The checkpoint {state.get('loaded_from', self.path)} was written by {written} "
+                f"process(es) and this run has {world_size}; resume with the fabric.devices and "
+                f"fabric.num_nodes of {self.config}."
+            )
 
     @contextlib.contextmanager
     def errors_name_checkpoint(self) -> Iterator[None]:
@@ -303,9 +334,11 @@ class RunDir:
             yield
         except OSError as exc:
             last = self.last_checkpoint
-            kept = (f"; the last checkpoint {last} is intact, so --resume continues from it once that is fixed"
-                    if last.is_file() else "; no checkpoint was written yet, so start the run again once that is "
-                                           "fixed")
+            kept = (
+                f"; the last checkpoint {last} is intact, so --resume continues from it once that is fixed"
+                if last.is_file()
+                else "; no checkpoint was written yet, so start the run again once that is fixed"
+            )
             raise RunError(describe_os_error(exc, kept=kept)) from None
 
     # the folder -------------------------------------------------------------------------------------------------
@@ -354,25 +387,35 @@ class RunDir:
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
-            raise RunError(f"Cannot write to output directory {self.path} ({existing} is not a directory); choose a "
-                           f"writable output_dir=....")
+            raise RunError(
+                f"Cannot write to output directory {self.path} ({existing} is not a directory); choose a "
+                f"writable output_dir=...."
+            )
 
     def check_no_links(self) -> None:
         """Refuse a run folder that is a symbolic link or holds one where the run writes (any entry of the folder,
         and anything in checkpoints/ and plots/): metrics.csv is appended and cut back in place and plots are saved
         by path, so a link would send those writes out of the folder (into a file of someone else's, say)."""
         if self.path.is_symlink():
-            raise RunError(f"The run folder {self.path} is a symbolic link (to {shorten(os.readlink(self.path))}); a "
-                           f"run writes only into a real folder, so set output_dir= to where the link points instead.")
+            raise RunError(
+                f"The run folder {self.path} is a symbolic link (to {shorten(os.readlink(self.path))}); a "
+                f"run writes only into a real folder, so set output_dir= to where the link points instead."
+            )
         if not self.path.is_dir():
             return
-        inside = [path for sub in (self.checkpoints, self.plots) if sub.is_dir() and not sub.is_symlink()
-                  for path in sub.rglob("*")]
+        inside = [
+            path
+            for sub in (self.checkpoints, self.plots)
+            if sub.is_dir() and not sub.is_symlink()
+            for path in sub.rglob("*")
+        ]
         for path in [*self.path.iterdir(), *inside]:
             if path.is_symlink():
-                raise RunError(f"{path} is a symbolic link (to {shorten(os.readlink(path))}), and a run never writes "
-                               f"through a link out of its folder; replace the link by the file it points to, or "
-                               f"remove it.")
+                raise RunError(
+                    f"{path} is a symbolic link (to {shorten(os.readlink(path))}), and a run never writes "
+                    f"through a link out of its folder; replace the link by the file it points to, or "
+                    f"remove it."
+                )
 
     def check_removable(self) -> None:
         """Before --overwrite removes anything: every entry of the folder is one a run writes (a user's own file is
@@ -380,12 +423,16 @@ class RunDir:
         foreign = sorted(p.name for p in self.path.iterdir() if p.name not in self.FILES and not _temporary(p))
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise RunError(f"--overwrite would remove {self.path}, which also holds files no run writes ({shown}); "
-                           f"move them out of the folder first, or choose another name=....")
+            raise RunError(
+                f"--overwrite would remove {self.path}, which also holds files no run writes ({shown}); "
+                f"move them out of the folder first, or choose another name=...."
+            )
         for folder, subfolders, _ in os.walk(self.path):
             if not os.access(folder, os.W_OK | os.X_OK):
-                raise RunError(f"--overwrite cannot remove the old run in {self.path}: {folder} is not writable "
-                               f"(read-only file system or permissions); fix that first, or choose another name=....")
+                raise RunError(
+                    f"--overwrite cannot remove the old run in {self.path}: {folder} is not writable "
+                    f"(read-only file system or permissions); fix that first, or choose another name=...."
+                )
             subfolders[:] = [d for d in subfolders if not os.path.islink(os.path.join(folder, d))]
 
     def check_same_config(self, config) -> None:
@@ -400,8 +447,10 @@ class RunDir:
         except ConfigError:
             saved = None
         if saved is None or config_fingerprint(saved) != config_fingerprint(config):
-            raise RunError(f"The run in {self.path} was made with a different config; resume with the run's own "
-                           f"{self.config} and no changed overrides, or start a new run with --overwrite.")
+            raise RunError(
+                f"The run in {self.path} was made with a different config; resume with the run's own "
+                f"{self.config} and no changed overrides, or start a new run with --overwrite."
+            )
 
     def prepare(self, resume: bool = False, overwrite: bool = False, lock: RunLock | None = None) -> Path:
         """Check, then create or (--overwrite) empty the folder; ``lock``: the run's :class:`RunLock`, taken here
@@ -411,8 +460,10 @@ class RunDir:
             try:
                 self._remove_run_files()
             except OSError as exc:  # checked before (check_removable), so a race or a device failure
-                raise RunError(f"--overwrite could not empty {self.path} ({exc.strerror}: {exc.filename}), so part of "
-                               f"the old run may be gone; fix that and run with --overwrite again.") from None
+                raise RunError(
+                    f"--overwrite could not empty {self.path} ({exc.strerror}: {exc.filename}), so part of "
+                    f"the old run may be gone; fix that and run with --overwrite again."
+                ) from None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if lock is not None:
@@ -422,8 +473,10 @@ class RunDir:
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
-            raise RunError(f"Cannot write to output directory {self.path} ({exc.strerror}); choose a writable "
-                           f"output_dir=... or fix its permissions.") from None
+            raise RunError(
+                f"Cannot write to output directory {self.path} ({exc.strerror}); choose a writable "
+                f"output_dir=... or fix its permissions."
+            ) from None
         return self.path
 
     def _remove_run_files(self) -> None:
@@ -498,8 +551,10 @@ class RunLock:
             except BlockingIOError:
                 holder = _lock_holder(fd)
                 os.close(fd)
-                raise RunError(f"{self.path.parent} is in use by {holder} (see {self.path}); wait until it ends or "
-                               f"stop it, then try again.") from None
+                raise RunError(
+                    f"{self.path.parent} is in use by {holder} (see {self.path}); wait until it ends or "
+                    f"stop it, then try again."
+                ) from None
             if self._is_current(fd):
                 self.fd = fd
                 self._write_holder()
@@ -585,8 +640,9 @@ def _lock_holder(fd: int) -> str:
     return "another process"
 
 
-def save_embedding_snapshot(run_dir: str | Path, features, labels, prototypes=None, max_points: int = 3000,
-                            seed: int = 0) -> Path:
+def save_embedding_snapshot(
+    run_dir: str | Path, features, labels, prototypes=None, max_points: int = 3000, seed: int = 0
+) -> Path:
     """Write ``run_dir/embeddings.npz`` for the report's sphere picture and prototype–class-mean cosine matrix.
 
     Args:
@@ -614,8 +670,12 @@ def save_embedding_snapshot(run_dir: str | Path, features, labels, prototypes=No
     keep = np.arange(len(y))
     if len(y) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(len(y), size=max_points, replace=False))
-    arrays = {"features": f[keep].astype(np.float32), "labels": y[keep], "classes": classes,
-              "class_means": means.astype(np.float32)}
+    arrays = {
+        "features": f[keep].astype(np.float32),
+        "labels": y[keep],
+        "classes": classes,
+        "class_means": means.astype(np.float32),
+    }
     if prototypes is not None:
         w = _to_numpy(prototypes).astype(np.float64)
         if w.ndim != 2 or w.shape[1] != f.shape[1]:

@@ -36,7 +36,6 @@ from .rundir import LOCK_FD_VARIABLE, RunDir, RunLock, save_embedding_snapshot
 
 def build_fabric(config: RunConfig):
 
-
     fc = config.fabric
     if fc.threads is not None:
         torch.set_num_threads(fc.threads)
@@ -44,12 +43,19 @@ def build_fabric(config: RunConfig):
     if strategy == "ddp" and method_class(config.method.name).has_unused_parameters(config.method):
         strategy = "ddp_find_unused_parameters_true"  # e.g. a predictor idle in task 0, NCT experts of later tasks
     try:
-        return Fabric(accelerator=fc.accelerator, devices=fc.devices, num_nodes=fc.num_nodes, strategy=strategy,
-                      precision=fc.precision)
+        return Fabric(
+            accelerator=fc.accelerator,
+            devices=fc.devices,
+            num_nodes=fc.num_nodes,
+            strategy=strategy,
+            precision=fc.precision,
+        )
     except (ValueError, RuntimeError, TypeError) as exc:  # e.g. an unknown strategy, more devices than exist
         reason = " ".join(str(exc).split())
-        raise ConfigError(f"Invalid fabric settings (accelerator={fc.accelerator}, devices={fc.devices}, "
-                          f"strategy={fc.strategy}, precision={fc.precision}): {reason}") from None
+        raise ConfigError(
+            f"Invalid fabric settings (accelerator={fc.accelerator}, devices={fc.devices}, "
+            f"strategy={fc.strategy}, precision={fc.precision}): {reason}"
+        ) from None
 
 
 def build_scenario_from_config(config: RunConfig):
@@ -61,9 +67,18 @@ def build_scenario_from_config(config: RunConfig):
     sc = config.scenario
     if sc.imbalance_ratio is not None:
         dataset = long_tail_dataset(dataset, sc.imbalance_ratio, seed=config.seed)
-    return build_scenario(dataset, sc.kind, sc.num_tasks, classes_per_task=sc.classes_per_task,
-                          class_order=sc.class_order, shuffle_classes=sc.shuffle_classes, seed=config.seed,
-                          train_fraction=config.data.train_fraction, domain=sc.domain, max_rotation=sc.max_rotation)
+    return build_scenario(
+        dataset,
+        sc.kind,
+        sc.num_tasks,
+        classes_per_task=sc.classes_per_task,
+        class_order=sc.class_order,
+        shuffle_classes=sc.shuffle_classes,
+        seed=config.seed,
+        train_fraction=config.data.train_fraction,
+        domain=sc.domain,
+        max_rotation=sc.max_rotation,
+    )
 
 
 def usable_cores() -> int:
@@ -87,8 +102,10 @@ def check_threads(config: RunConfig) -> None:
     and a deliberate oversubscription); refused before torch is told."""
     threads, cores = config.fabric.threads, usable_cores()
     if threads is not None and threads > 4 * cores:
-        raise ConfigError(f"fabric.threads={shorten(threads)} is more than 4 x the {cores} CPU core(s) this process "
-                          f"may use; use at most {4 * cores} (or leave it unset for torch's choice).")
+        raise ConfigError(
+            f"fabric.threads={shorten(threads)} is more than 4 x the {cores} CPU core(s) this process "
+            f"may use; use at most {4 * cores} (or leave it unset for torch's choice)."
+        )
 
 
 def check_memory(config: RunConfig, image_shape) -> None:
@@ -99,17 +116,21 @@ def check_memory(config: RunConfig, image_shape) -> None:
     image_bytes = int(np.prod(image_shape))
     if memory and size * image_bytes > memory // 2:
         fits = max(1, memory // 2 // image_bytes)
-        raise ConfigError(f"method.buffer_size={shorten(size)} keeps {size * image_bytes / 1e9:,.1f} GB of "
-                          f"{'x'.join(map(str, image_shape))} uint8 images, more than half of this machine's "
-                          f"{memory / 1e9:,.1f} GB of RAM; use a buffer_size below {fits:,}.")
+        raise ConfigError(
+            f"method.buffer_size={shorten(size)} keeps {size * image_bytes / 1e9:,.1f} GB of "
+            f"{'x'.join(map(str, image_shape))} uint8 images, more than half of this machine's "
+            f"{memory / 1e9:,.1f} GB of RAM; use a buffer_size below {fits:,}."
+        )
 
 
 def scenario_notes(config: RunConfig, scenario) -> list[str]:
     """What the user should know about how the scenario was built (e.g. an uneven class split)."""
     sizes = [len(task.classes) for task in scenario.tasks]
     if scenario.kind == "class_il" and config.scenario.classes_per_task is None and len(set(sizes)) > 1:
-        return [f"{scenario.num_classes} classes do not split evenly into {scenario.num_tasks} tasks, so the tasks "
-                f"get {'/'.join(map(str, sizes))} classes; set scenario.classes_per_task to choose the sizes."]
+        return [
+            f"{scenario.num_classes} classes do not split evenly into {scenario.num_tasks} tasks, so the tasks "
+            f"get {'/'.join(map(str, sizes))} classes; set scenario.classes_per_task to choose the sizes."
+        ]
     return []
 
 
@@ -119,15 +140,21 @@ def _domainnet_scenario(config: RunConfig):
     sc = config.scenario
     domains = list(config.data.domains or DOMAINNET_DOMAINS)
     if sc.kind != "domain_il":
-        raise ConfigError(f"DomainNet is a domain-incremental benchmark (one task per domain); set "
-                          f"scenario.kind=domain_il instead of {sc.kind}.")
+        raise ConfigError(
+            f"DomainNet is a domain-incremental benchmark (one task per domain); set "
+            f"scenario.kind=domain_il instead of {sc.kind}."
+        )
     unknown = [d for d in domains if d not in DOMAINNET_DOMAINS]
     if unknown:
-        raise ConfigError(f"data.domains has {', '.join(map(repr, unknown))}, not a DomainNet domain; choose from "
-                          f"{', '.join(DOMAINNET_DOMAINS)}.")
+        raise ConfigError(
+            f"data.domains has {', '.join(map(repr, unknown))}, not a DomainNet domain; choose from "
+            f"{', '.join(DOMAINNET_DOMAINS)}."
+        )
     if len(domains) != sc.num_tasks:
-        raise ConfigError(f"DomainNet has one task per domain: data.domains lists {len(domains)} "
-                          f"({', '.join(domains)}) but scenario.num_tasks is {sc.num_tasks}; make them agree.")
+        raise ConfigError(
+            f"DomainNet has one task per domain: data.domains lists {len(domains)} "
+            f"({', '.join(domains)}) but scenario.num_tasks is {sc.num_tasks}; make them agree."
+        )
     if sc.imbalance_ratio is not None:
         raise ConfigError("scenario.imbalance_ratio is not available for DomainNet; drop it.")
     datasets = load_domainnet(config.data.root, domains, image_size=config.data.image_size or 64, seed=config.seed)
@@ -141,18 +168,33 @@ def build_method(config: RunConfig, scenario, world_size: int = 1):
     backbone = build_backbone(config.model.backbone, in_channels=channels, image_size=size, **kwargs)
     if config.model.channels_last and config.model.backbone != "mlp":
         backbone = backbone.to(memory_format=torch.channels_last)
-    augment = build_augmentation(config.train.augmentation, image_size=size, channels=channels, mean=scenario.mean,
-                                 std=scenario.std, flip=config.train.flip, normalize=config.train.normalize)
-    normalize = build_augmentation("none", image_size=size, channels=channels, mean=scenario.mean, std=scenario.std,
-                                   normalize=config.train.normalize)
+    augment = build_augmentation(
+        config.train.augmentation,
+        image_size=size,
+        channels=channels,
+        mean=scenario.mean,
+        std=scenario.std,
+        flip=config.train.flip,
+        normalize=config.train.normalize,
+    )
+    normalize = build_augmentation(
+        "none",
+        image_size=size,
+        channels=channels,
+        mean=scenario.mean,
+        std=scenario.std,
+        normalize=config.train.normalize,
+    )
     cls = method_class(config.method.name)
     try:
         method_config = cls.resolve_config(config.method, scenario)
         size = getattr(method_config, "buffer_size", 0)
         if size and config.eval.probe_buffer_size not in (None, size):
-            raise ConfigError(f"eval.probe_buffer_size={config.eval.probe_buffer_size} is for memory-free runs; with "
-                              f"a training buffer (method.buffer_size={size}) the linear probe uses that buffer, so "
-                              f"leave eval.probe_buffer_size unset.")
+            raise ConfigError(
+                f"eval.probe_buffer_size={config.eval.probe_buffer_size} is for memory-free runs; with "
+                f"a training buffer (method.buffer_size={size}) the linear probe uses that buffer, so "
+                f"leave eval.probe_buffer_size unset."
+            )
         # per-rank share of the global memory; Co2L's memory is filled from the whole previous task on every rank
         # alike (the engine shards its rows), so there each rank keeps it all
         if world_size > 1 and size and getattr(method_config, "buffer_sampling", None) != "co2l":
@@ -180,8 +222,14 @@ def precision_dtype(precision: str):
         torch.set_default_dtype(previous)
 
 
-def run(config: RunConfig, resume: bool = False, overwrite: bool = False, console=None,
-        show_progress: bool = True, command: str | None = None) -> tuple[StoredRecord, Path]:
+def run(
+    config: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    console=None,
+    show_progress: bool = True,
+    command: str | None = None,
+) -> tuple[StoredRecord, Path]:
     """Train and evaluate ``config``; returns the run's record (as a reader of its results.json gets it) and its
     folder. ``command``: how the run was started, for results.json (default: sys.argv).
 
@@ -259,8 +307,9 @@ class _Session:
             return files.read_results(), None
         state = (loaded.get("state") or files.load_checkpoint(config)) if self.resume else None
         if state is not None and Path(state["loaded_from"]) != files.last_checkpoint and self.speaks:
-            self.console.print(f"note: {files.last_checkpoint} is missing or unreadable; resuming from "
-                               f"{state['loaded_from']}")
+            self.console.print(
+                f"note: {files.last_checkpoint} is missing or unreadable; resuming from {state['loaded_from']}"
+            )
         return None, state
 
     def build(self):
@@ -280,8 +329,10 @@ class _Session:
         if self.resume and self.speaks and not self.files.metrics.exists():
             # a log, not the record (results.json and the checkpoints are): refusing would leave --overwrite as the
             # only way to finish the run, so it is started afresh and the user is told what it lacks
-            self.console.print(f"note: {self.files.metrics} is missing; it is started afresh and holds only what the "
-                               f"run logs from now on (earlier rows are lost; results.json is not affected).")
+            self.console.print(
+                f"note: {self.files.metrics} is missing; it is started afresh and holds only what the "
+                f"run logs from now on (earlier rows are lost; results.json is not affected)."
+            )
         return scenario, method
 
     def train(self, scenario, method, state: dict | None):
@@ -295,10 +346,22 @@ class _Session:
         # from the moment the folder is written until training ends, SIGTERM/SIGINT stop the run at its next
         # checkpoint (RunInterrupted after the step under way), so a signalled run never leaves a folder without one
         with files.errors_name_checkpoint(), stop_on_signals() as stop, precision_dtype(config.fabric.precision):
-            rank_zero_first(fabric, lambda: (files.prepare(resume=self.resume, overwrite=self.overwrite,
-                                                           lock=self.lock), files.write_config(config)))
-            engine = Engine(config, files.path, fabric, console=self.console, show_progress=self.show_progress,
-                            write_embeddings=write_embeddings, stop=stop)
+            rank_zero_first(
+                fabric,
+                lambda: (
+                    files.prepare(resume=self.resume, overwrite=self.overwrite, lock=self.lock),
+                    files.write_config(config),
+                ),
+            )
+            engine = Engine(
+                config,
+                files.path,
+                fabric,
+                console=self.console,
+                show_progress=self.show_progress,
+                write_embeddings=write_embeddings,
+                stop=stop,
+            )
             return engine.fit(scenario, method, resume=state)
 
     def finish(self, record) -> StoredRecord:
@@ -328,8 +391,9 @@ def _provenance(config: RunConfig, command: str | None):
 def _environment(config: RunConfig, fabric):
     """What the run ran on: software versions, the machine, and fabric's device, processes and precision."""
 
-    return Environment(**environment(), device=str(fabric.device), world_size=fabric.world_size,
-                       precision=config.fabric.precision)
+    return Environment(
+        **environment(), device=str(fabric.device), world_size=fabric.world_size, precision=config.fabric.precision
+    )
 
 
 def report_in_background(run_dir: Path, lock=None):
@@ -338,16 +402,22 @@ def report_in_background(run_dir: Path, lock=None):
     and at ``nice`` 10 they take a core only when nothing else wants it. The run's ``lock``, when held, passes to the
     report process, so the folder stays locked until the report is written. Returns the process."""
 
-
     package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds the protosphere package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     inherited = (lock.inheritable(),) if lock is not None and lock.held else ()
     if inherited:
         env[LOCK_FD_VARIABLE] = str(inherited[0])
     with open(RunDir(run_dir).report_log, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "protosphere.cli", "report", str(run_dir)], stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                   start_new_session=True, pass_fds=inherited, preexec_fn=lambda: os.nice(10))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "protosphere.cli", "report", str(run_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            pass_fds=inherited,
+            preexec_fn=lambda: os.nice(10),
+        )
     if inherited:
         lock.hand_over()
     return process

@@ -64,6 +64,7 @@ RUN_KEYS = ("seed", "name", "output_dir")  # set by compare for every run
 @dataclass(frozen=True)
 class GridAxis:
     """One ``--grid KEY=V1,V2`` option: a dotted config key and its values, as typed (parsed as YAML like overrides)."""
+
     key: str
     values: tuple[str, ...]
 
@@ -94,20 +95,26 @@ def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
         key, sep, text = spec.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--grid {spec!r} is not KEY=V1,V2; write the dotted config key, `=`, then the values "
-                              f"separated by commas, e.g. --grid method.buffer_size=200,500.")
+            raise ConfigError(
+                f"--grid {spec!r} is not KEY=V1,V2; write the dotted config key, `=`, then the values "
+                f"separated by commas, e.g. --grid method.buffer_size=200,500."
+            )
         if key in RUN_KEYS:
-            raise ConfigError(f"--grid {spec}: compare sets `{key}` for every run itself; use --seeds N for seeds "
-                              f"and --out DIR for where the runs go.")
+            raise ConfigError(
+                f"--grid {spec}: compare sets `{key}` for every run itself; use --seeds N for seeds "
+                f"and --out DIR for where the runs go."
+            )
         values = split_values(text)
         if any(not v for v in values):
-            raise ConfigError(f"--grid {spec} has an empty value; separate the values by single commas, e.g. "
-                              f"--grid {key}=1,2.")
+            raise ConfigError(
+                f"--grid {spec} has an empty value; separate the values by single commas, e.g. --grid {key}=1,2."
+            )
         if len(set(values)) != len(values):
             raise ConfigError(f"--grid {spec} lists a value twice; give each value once (--seeds repeats runs).")
         if any(a.key == key for a in axes):
-            raise ConfigError(f"--grid {key} is given twice; list all its values in one option, e.g. "
-                              f"--grid {key}={','.join(values)}.")
+            raise ConfigError(
+                f"--grid {key} is given twice; list all its values in one option, e.g. --grid {key}={','.join(values)}."
+            )
         axes.append(GridAxis(key, tuple(values)))
     return axes
 
@@ -137,6 +144,7 @@ def override_key(text: str) -> str:
 @dataclass
 class PlannedRun:
     """One run of a row: its config, the overrides that make it from the config file, and how it is obtained."""
+
     entry: Entry
     config_path: Path
     overrides: list[str]
@@ -153,22 +161,30 @@ def labels_of(paths: Sequence[Path]) -> list[str]:
     if len(set(labels)) != len(labels):
         labels = [f"{p.parent.name}-{p.stem}" if labels.count(p.stem) > 1 else p.stem for p in paths]
     if len(set(labels)) != len(labels):
-        raise ConfigError("Two configs have the same file name and folder name, so their runs would share a "
-                          "directory; rename one of them.")
+        raise ConfigError(
+            "Two configs have the same file name and folder name, so their runs would share a "
+            "directory; rename one of them."
+        )
     return labels
 
 
-def expand(paths: Sequence[Path], overrides: Sequence[str], axes: Sequence[GridAxis], seeds: int, out: Path,
-           jobs: int = 1) -> list[PlannedRun]:
+def expand(
+    paths: Sequence[Path], overrides: Sequence[str], axes: Sequence[GridAxis], seeds: int, out: Path, jobs: int = 1
+) -> list[PlannedRun]:
     """Every run of configs × grid points × seeds 0..seeds−1, row by row (config, then grid point, then seed)."""
     overrides = list(overrides)
     clash = sorted({override_key(o) for o in overrides} & {a.key for a in axes})
     if clash:
-        raise ConfigError(f"{', '.join(clash)} is both a key=value override and a --grid axis; keep one of them "
-                          f"(the grid's values are the ones the runs would use).")
+        raise ConfigError(
+            f"{', '.join(clash)} is both a key=value override and a --grid axis; keep one of them "
+            f"(the grid's values are the ones the runs would use)."
+        )
     labels, names = labels_of(paths), axis_names(axes)
-    rows = [(path, point_label(label, point, names), [f"{k}={v}" for k, v in point])
-            for path, label in zip(paths, labels) for point in grid_points(axes)]
+    rows = [
+        (path, point_label(label, point, names), [f"{k}={v}" for k, v in point])
+        for path, label in zip(paths, labels)
+        for point in grid_points(axes)
+    ]
     row_configs = [load_config(path, overrides + grid) for path, _, grid in rows]
     check_same_scenario([f"{path} ({label})" if grid else str(path) for path, label, grid in rows], row_configs)
     planned, seen = [], {}
@@ -178,8 +194,10 @@ def expand(paths: Sequence[Path], overrides: Sequence[str], axes: Sequence[GridA
         for s in range(seeds):
             name = f"{plain_name(label)}-seed{s}"  # a plain folder name, e.g. for `nct-50+5x10.yaml`
             if name in seen:
-                raise ConfigError(f"Rows {seen[name]!r} and {label!r} would share the run folder {name}; give grid "
-                                  f"values that differ in letters or digits, not only in punctuation.")
+                raise ConfigError(
+                    f"Rows {seen[name]!r} and {label!r} would share the run folder {name}; give grid "
+                    f"values that differ in letters or digits, not only in punctuation."
+                )
             seen[name] = label
             run_overrides = overrides + grid + [f"seed={s}", f"name={name}", f"output_dir={out}"] + threads
             config = load_config(path, run_overrides)
@@ -199,9 +217,11 @@ def check_same_scenario(names: Sequence, configs: Sequence) -> None:
     keys = [scenario_key(c) for c in configs]
     if len(set(keys)) > 1:
         described = "; ".join(f"{p}: dataset {k[0]}, {k[1]}, {k[2]} tasks" for p, k in zip(names, keys))
-        raise ConfigError(f"The configs do not share one scenario ({described}); compare configs with the same "
-                          f"data.dataset, scenario.kind and scenario.num_tasks (override them, e.g. "
-                          f"scenario.num_tasks={keys[0][2]}).")
+        raise ConfigError(
+            f"The configs do not share one scenario ({described}); compare configs with the same "
+            f"data.dataset, scenario.kind and scenario.num_tasks (override them, e.g. "
+            f"scenario.num_tasks={keys[0][2]})."
+        )
 
 
 def run_fingerprint(record: StoredRecord) -> str | None:
@@ -242,17 +262,23 @@ def plan(config, overwrite: bool) -> tuple[str, StoredRecord | None]:
     occupied = run_dir.is_dir() and bool(files.entries())  # a stale run.lock alone is no run
     if occupied and not overwrite:
         if files.results.is_file():
-            raise RunError(f"{run_dir} holds a finished run of a different config; pass --overwrite to rerun it "
-                           f"with this one, or choose another --out.")
+            raise RunError(
+                f"{run_dir} holds a finished run of a different config; pass --overwrite to rerun it "
+                f"with this one, or choose another --out."
+            )
         if files.last_checkpoint.is_file():
             try:
                 files.load_checkpoint(config)
             except RunError:
-                raise RunError(f"{run_dir} holds an unfinished run of a different config (or an unreadable "
-                               f"checkpoint); pass --overwrite to rerun it, or choose another --out.") from None
+                raise RunError(
+                    f"{run_dir} holds an unfinished run of a different config (or an unreadable "
+                    f"checkpoint); pass --overwrite to rerun it, or choose another --out."
+                ) from None
             return "resume", None
-        raise RunError(f"{run_dir} exists but holds no results or checkpoint; pass --overwrite to rerun it, or "
-                       f"choose another --out.")
+        raise RunError(
+            f"{run_dir} exists but holds no results or checkpoint; pass --overwrite to rerun it, or "
+            f"choose another --out."
+        )
     return ("overwrite" if occupied else "train"), None
 
 
@@ -261,8 +287,9 @@ def obtain(config, overwrite: bool, console=None, show_progress: bool = False) -
     how, results = plan(config, overwrite)
     if how == "reused":
         return results, "reused"
-    results, _ = runner.run(config, resume=how == "resume", overwrite=how == "overwrite", console=console,
-                            show_progress=show_progress)
+    results, _ = runner.run(
+        config, resume=how == "resume", overwrite=how == "overwrite", console=console, show_progress=show_progress
+    )
     return results, "resumed" if how == "resume" else "trained"
 
 
@@ -305,8 +332,13 @@ class RunProcesses:
             if self.signum is not None:
                 return None
             with open(log, "w") as handle:
-                process = subprocess.Popen(run_command(run, how), stdout=handle, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True)
+                process = subprocess.Popen(
+                    run_command(run, how),
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             self.running.add(process)
         try:
             return process.wait()
@@ -336,12 +368,17 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
         if console is None:
             return
         if results is None:
-            console.print(f"[bold][{done}/{total}][/] {run.config.name}: [bold red]failed[/] ({detail}); log: "
-                          f"{log_path(run.config)}", highlight=False)
+            console.print(
+                f"[bold][{done}/{total}][/] {run.config.name}: [bold red]failed[/] ({detail}); log: "
+                f"{log_path(run.config)}",
+                highlight=False,
+            )
             return
         fa = metric_value(results, None, "class_il", "final_average_accuracy")
-        console.print(f"[bold][{done}/{total}][/] {run.config.name}: {how}, class-IL final avg acc "
-                      f"{'n/a' if fa is None else f'{fa:.2f}'}")
+        console.print(
+            f"[bold][{done}/{total}][/] {run.config.name}: {how}, class-IL final avg acc "
+            f"{'n/a' if fa is None else f'{fa:.2f}'}"
+        )
 
     for i, (run, (how, results)) in enumerate(zip(runs, plans)):
         if how == "reused":
@@ -349,8 +386,11 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
             report(run, "reused", results)
     pending = [i for i in range(len(runs)) if i not in outcome]
     if console is not None and pending:
-        console.print(f"training {len(pending)} run(s), {min(jobs, len(pending))} at a time in separate processes; "
-                      f"each logs to {Path(runs[0].config.output_dir)}/<run>.log", highlight=False)
+        console.print(
+            f"training {len(pending)} run(s), {min(jobs, len(pending))} at a time in separate processes; "
+            f"each logs to {Path(runs[0].config.output_dir)}/<run>.log",
+            highlight=False,
+        )
     failures = []
     processes = RunProcesses()
     with handling_signals(processes.forward), ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -363,8 +403,11 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
                 continue  # stopped by the signal: the runs are resumed when the same command runs again
             results = reusable_results(Path(run.config.output_dir) / run.config.name, run.config) if code == 0 else None
             if results is None:
-                error = (f"exit status {code}: {last_error(log_path(run.config))}" if code != 0 else
-                         "the process ended without a finished results.json of this config")
+                error = (
+                    f"exit status {code}: {last_error(log_path(run.config))}"
+                    if code != 0
+                    else "the process ended without a finished results.json of this config"
+                )
                 failures.append({"run": run.config.name, "log": str(log_path(run.config)), "error": error})
                 outcome[i] = (None, "failed")
                 report(run, how, None, error)
@@ -373,10 +416,13 @@ def obtain_parallel(runs: Sequence[PlannedRun], overwrite: bool, jobs: int, cons
                 report(run, how, results)
     if processes.signum is not None:
         stopped = sum(1 for i in pending if i not in outcome)
-        raise Interrupted(processes.signum, f"compare interrupted by {signal.Signals(processes.signum).name}: "
-                          f"{stopped} run(s) stopped at their last checkpoint (see their logs in "
-                          f"{Path(runs[0].config.output_dir)}); run the same command again to continue (finished "
-                          f"runs are reused, stopped ones resumed).")
+        raise Interrupted(
+            processes.signum,
+            f"compare interrupted by {signal.Signals(processes.signum).name}: "
+            f"{stopped} run(s) stopped at their last checkpoint (see their logs in "
+            f"{Path(runs[0].config.output_dir)}); run the same command again to continue (finished "
+            f"runs are reused, stopped ones resumed).",
+        )
     for i, run in enumerate(runs):
         results, how = outcome[i]
         run.entry.results.append(results)
@@ -391,15 +437,23 @@ def finished_runs(root: str | Path, stem: str) -> dict[int, StoredRecord]:
     found = {}
     for run_dir in sorted(Path(root).glob(f"{prefix}*")):
         files = RunDir(run_dir)
-        if run_dir.name[len(prefix):].isdigit() and files.results.is_file():
+        if run_dir.name[len(prefix) :].isdigit() and files.results.is_file():
             record = files.read_results()
             if record.status == "complete":
                 found[record.seed] = record
     return found
 
 
-def command_line(paths: Sequence[Path], seeds: int, out: Path, overrides: Sequence[str], overwrite: bool,
-                 grid: Sequence[GridAxis] = (), jobs: int = 1, markdown: str | Path | None = None) -> str:
+def command_line(
+    paths: Sequence[Path],
+    seeds: int,
+    out: Path,
+    overrides: Sequence[str],
+    overwrite: bool,
+    grid: Sequence[GridAxis] = (),
+    jobs: int = 1,
+    markdown: str | Path | None = None,
+) -> str:
     parts = ["protosphere", "compare", *map(str, paths), "--seeds", str(seeds), "--out", str(out)]
     for axis in grid:
         parts += ["--grid", axis.spec]
@@ -419,9 +473,18 @@ def default_out(configs: Sequence) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
-def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path | None = None,
-            overrides: Sequence[str] = (), overwrite: bool = False, console=None, show_progress: bool = False,
-            grid: Sequence[str] = (), jobs: int = 1, markdown: str | Path | None = None) -> dict:
+def compare(
+    config_paths: Sequence[str | Path],
+    seeds: int = 3,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+    console=None,
+    show_progress: bool = False,
+    grid: Sequence[str] = (),
+    jobs: int = 1,
+    markdown: str | Path | None = None,
+) -> dict:
     """Run or reuse every config × grid point × seed, then write ``compare.{md,json,html}`` in ``out`` (and the
     Markdown table to ``markdown`` when given); returns the summary, whose ``failed`` lists runs that failed."""
     if seeds < 1:
@@ -449,8 +512,10 @@ def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path 
             run.entry.status.append(how)
             if console is not None:
                 fa = metric_value(results, None, "class_il", "final_average_accuracy")
-                console.print(f"[bold][{done}/{len(runs)}][/] {config.name}: {how}, class-IL final avg acc "
-                              f"{'n/a' if fa is None else f'{fa:.2f}'}")
+                console.print(
+                    f"[bold][{done}/{len(runs)}][/] {config.name}: {how}, class-IL final avg acc "
+                    f"{'n/a' if fa is None else f'{fa:.2f}'}"
+                )
     else:
         failed = obtain_parallel(runs, overwrite, jobs, console=console)
     columns = build_columns([e.results for e in entries])
@@ -461,8 +526,12 @@ def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path 
         "out": str(out),
         "seeds": list(range(seeds)),
         "grid": [{"key": a.key, "values": list(a.values)} for a in axes],
-        "scenario": {"dataset": dataset, "kind": kind, "num_tasks": num_tasks,
-                     "description": f"{dataset}, {kind.replace('_', '-')}, {num_tasks} tasks"},
+        "scenario": {
+            "dataset": dataset,
+            "kind": kind,
+            "num_tasks": num_tasks,
+            "description": f"{dataset}, {kind.replace('_', '-')}, {num_tasks} tasks",
+        },
         "std": "sample standard deviation over seeds (ddof=1); null for one seed",
         "columns": [c.__dict__ for c in columns],
         "rows": rows,
@@ -482,8 +551,9 @@ def compare(config_paths: Sequence[str | Path], seeds: int = 3, out: str | Path 
             markdown.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(markdown, to_markdown(summary))
         except OSError as exc:
-            raise RunError(f"Cannot write the Markdown table to {markdown} ({exc.strerror}); pass a writable "
-                           f"--markdown FILE.") from None
+            raise RunError(
+                f"Cannot write the Markdown table to {markdown} ({exc.strerror}); pass a writable --markdown FILE."
+            ) from None
         written.append(markdown)
     if console is not None:
         console.print(rich_table(summary))
