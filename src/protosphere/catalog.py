@@ -81,11 +81,21 @@ def _default(field) -> Any:
 
 
 def config_rows(method: str) -> list[tuple[str, str, str, str]]:
-    """(dotted key, default, type, description) for every key of a run config of ``method``."""
-    from .config import MethodConfig, RunConfig
+    """(dotted key, default, type, description) for every key of a run config of ``method``; the default is what a
+    config naming only the method gets (its recipe over the generic defaults)."""
+    from .config import MethodConfig, RunConfig, validate_config
     from .methods import method_config_class
 
     rows: list[tuple[str, str, str, str]] = []
+    resolved = validate_config({"method": {"name": method}}).model_dump(mode="json")  # with the method's recipe
+
+    def default_of(dotted: str, field) -> Any:
+        node: Any = resolved
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return _default(field)  # inside an optional section that is off: the section's own default
+            node = node[part]
+        return node
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         for key, field in model.model_fields.items():
@@ -102,7 +112,7 @@ def config_rows(method: str) -> list[tuple[str, str, str, str]]:
                 rows.append((f"{prefix}{key}", "null", "mapping | true | null", field.description or ""))
                 walk(optional, f"{prefix}{key}.")
                 continue
-            default = method if prefix == "method." and key == "name" else _default(field)
+            default = default_of(f"{prefix}{key}", field)
             registered = next((m.registry for m in field.metadata if hasattr(m, "registry")), None)
             kind = " | ".join(registered.names()) if registered is not None else _type_text(annotation)
             limits = _constraints(field)

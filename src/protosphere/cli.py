@@ -69,8 +69,11 @@ def cmd_run(args) -> int:
     from .runs.rundir import RunDir
     from .runs.runner import run
 
-    console = stdout_console(width=160)  # `| head` or a full disk switch the output off, never the run
     config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(_merged_config_text(args.config, args.overrides, config), end="")
+        return 0
+    console = stdout_console(width=160)  # `| head` or a full disk switch the output off, never the run
     from .provenance import command_line
 
     record, run_dir = run(
@@ -195,14 +198,47 @@ def cmd_methods(args) -> int:
 
 
 def cmd_config(args) -> int:
+    """``config METHOD``: every key of a run of that method, with the default it gets (its recipe over the generic
+    defaults); ``config FILE|RECIPE [key=value ...]``: the fully merged, validated config that ``run`` would train."""
+    from pathlib import Path
+
+    from .config import load_config
+    from .registry import METHODS
+
+    target, overrides = args.target, list(args.overrides)
+    if target in METHODS and not overrides and not Path(target).exists():
+        return _print_method_keys(target)
+    print(_merged_config_text(target, overrides, load_config(target, overrides)), end="")
+    return 0
+
+
+def _merged_config_text(target: str, overrides: list[str], config) -> str:
+    from .config import dump_config, locate_config
+
+    source = locate_config(target)
+    applied = f" with {' '.join(overrides)}" if overrides else ""
+    return (
+        f"# {source}{applied}: the fully merged, validated config (bases, the method's recipe and overrides "
+        f"applied); `protosphere run` trains exactly this\n" + dump_config(config)
+    )
+
+
+def _print_method_keys(method: str) -> int:
     from .catalog import config_rows
+    from .config import SHIPPED_CONFIGS, locate_config
     from .methods import method_class
 
-    method_class(args.method)  # an unknown name is a ConfigError that suggests the closest
-    rows = config_rows(args.method)
+    recipe = method_class(method).recipe
+    rows = config_rows(method)
     width = max(len(key) for key, *_ in rows)
     dwidth = min(40, max(len(default) for _, default, *_ in rows))
-    print(f"# every key of a `{args.method}` run config: key = default  [type]  description")
+    origin = (
+        f"its recipe ({locate_config(recipe).relative_to(SHIPPED_CONFIGS.parent).as_posix()}: optimizer, train, eval "
+        f"and method) over the generic defaults"
+        if recipe
+        else "the generic defaults (this method has no recipe)"
+    )
+    print(f"# every key of a `{method}` run config: key = default  [type]  description; the defaults are {origin}")
     section = None
     for key, default, kind, description in rows:
         top = key.split(".")[0] if "." in key else ""
@@ -211,6 +247,56 @@ def cmd_config(args) -> int:
             print(f"\n[{section}]" if section else "[run]")
         text = f"{key:<{width}} = {default:<{dwidth}}  [{kind}]"
         print(f"{text}  {description}" if description else text)
+    return 0
+
+
+def cmd_configs(args) -> int:
+    """List the shipped configs, or copy one out (bases resolved) as a starting file."""
+    from .config import SHIPPED_CONFIGS, shipped_configs
+
+    if args.copy:
+        return _copy_config(args.copy, args.dest)
+    print(f"# configs shipped with protosphere ({SHIPPED_CONFIGS}); run one by name: protosphere run NAME")
+    shipped = shipped_configs()
+    width = max(len(name) for name in shipped)
+    for name, path in shipped.items():
+        print(f"{name:<{width}}  {_first_comment(path)}")
+    return 0
+
+
+def _first_comment(path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def _copy_config(name: str, dest: str | None) -> int:
+    """Write the shipped config ``name`` to ``dest`` (default ``./<name>.yaml``) as one standalone file: its header
+    comments, then its keys with every ``base:`` merged in. Never over an existing file."""
+    from pathlib import Path
+
+    import yaml
+
+    from .config import locate_config, read_yaml
+    from .errors import ConfigError
+    from .runs.rundir import atomic_write
+
+    source = locate_config(name)
+    target = Path(dest) if dest else Path(source.name)
+    if target.is_dir():
+        target = target / source.name
+    if target.exists():
+        raise ConfigError(f"{target} already exists; pass another destination or remove it first.")
+    header = []
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    header.append(f"# Copied from protosphere's shipped config `{name}` (bases merged in); edit freely.")
+    body = yaml.safe_dump(read_yaml(source), sort_keys=False, default_flow_style=None, width=120)
+    atomic_write(target, ("\n".join(header) + "\n" + body).encode())
+    print(f"wrote {target}; run it with: protosphere run {target}")
     return 0
 
 
@@ -244,6 +330,84 @@ def _load_plugins(modules: list[str], command: str | None = None) -> None:
         ) from None
 
 
+# each subcommand: the line `protosphere --help` gives it, the description its own --help opens with, examples to copy
+COMMAND_HELP: dict[str, tuple[str, str, list[str]]] = {
+    "run": (
+        "train and evaluate one config",
+        "Train a config task after task, evaluate every classifier after each task, and write runs/<name>/ "
+        "(config.yaml, results.json, metrics.csv, checkpoints, plots/, report.html). CONFIG is a YAML file or the "
+        "name of a shipped config (`protosphere configs` lists them).",
+        [
+            "protosphere run default",
+            "protosphere run seq-fmnist/co2l seed=1 train.epochs=2",
+            "protosphere run my.yaml --dry-run      # print the merged config and stop",
+            "protosphere run runs/co2l-seed0/config.yaml --resume",
+        ],
+    ),
+    "datasets": (
+        "where each dataset is found and how to get the missing ones",
+        "Show where protosphere finds each dataset and how to get a missing one, or load, verify and if needed "
+        "download some.",
+        ["protosphere datasets", "protosphere datasets --ensure fashion_mnist"],
+    ),
+    "report": (
+        "re-render runs/<name>/report.html (and plots/) from results.json",
+        "Render report.html and plots/ of finished runs again from their results.json (a run writes its own).",
+        ["protosphere report runs/default-seed0"],
+    ),
+    "compare": (
+        "run or reuse configs × seeds on one scenario; table of mean ± std",
+        "Train (or reuse, by config fingerprint) configs × --grid values × seeds, then print and write the table of "
+        "mean ± std (compare.md, .json and .html in --out).",
+        [
+            "protosphere compare seq-fmnist/co2l seq-fmnist/fnc2 --seeds 3 --out runs/co2l-vs-fnc2",
+            "protosphere compare seq-fmnist/er-200 --grid method.buffer_size=200,500 --jobs 2 --markdown er.md",
+        ],
+    ),
+    "bench": (
+        "throughput (incl. the batch-10 Mammoth protocol) and loss benchmarks",
+        "Measure training throughput (batch 256 and the batch-10 Mammoth protocol) and the losses against "
+        "pytorch-metric-learning; exit 1 when a target is missed.",
+        ["protosphere bench", "protosphere bench --only losses --out runs/bench.txt"],
+    ),
+    "methods": (
+        "every method, one line each, with its paper",
+        "List every method with its paper.",
+        ["protosphere methods"],
+    ),
+    "config": (
+        "a method's keys and defaults, or the merged config a run would train",
+        "With a METHOD: every key of its run config, with the default it gets (the method's recipe over the generic "
+        "defaults) and a description. With a config FILE or shipped NAME (and overrides): the fully merged, "
+        "validated config that `protosphere run` would train, then exit.",
+        [
+            "protosphere config fnc2",
+            "protosphere config paper/fnc2-seq-cifar10-200",
+            "protosphere config my.yaml seed=2 train.epochs=1",
+        ],
+    ),
+    "configs": (
+        "the configs shipped with protosphere; copy one out",
+        "List the configs shipped with the package (run any by name), or copy one out as a standalone starting file "
+        "(bases merged in).",
+        ["protosphere configs", "protosphere configs --copy seq-fmnist/fnc2 my-fnc2.yaml"],
+    ),
+}
+
+
+def _command(sub, name: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` gives what it does and examples to copy (:data:`COMMAND_HELP`)."""
+    summary, description, examples = COMMAND_HELP[name]
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -262,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         "augmentation or method; the current folder is searched too",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="train and evaluate one config")
-    p.add_argument("config", help="YAML config (see configs/)")
+    p = _command(sub, "run")
+    p.add_argument("config", help="a YAML config file or a shipped config's name (see `protosphere configs`)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 seed=1")
     p.add_argument("--resume", action="store_true", help="continue the run in runs/<name> from its last checkpoint")
     p.add_argument(
@@ -272,8 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace runs/<name> if it holds a protosphere run (nothing else is ever removed)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the fully merged, validated config and exit without training"
+    )
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("datasets", help="where each dataset is found and how to get the missing ones")
+    p = _command(sub, "datasets")
     p.add_argument(
         "--ensure",
         nargs="+",
@@ -281,10 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="load and verify these datasets, downloading into the user cache when they are missing",
     )
     p.set_defaults(func=cmd_datasets)
-    p = sub.add_parser("report", help="re-render runs/<name>/report.html (and plots/) from results.json")
+    p = _command(sub, "report")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, e.g. runs/fnc2-seed0")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("compare", help="run or reuse configs × seeds on one scenario; table of mean ± std")
+    p = _command(sub, "compare")
     p.add_argument(
         "configs",
         nargs="+",
@@ -325,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("bench", help="throughput (incl. the batch-10 Mammoth protocol) and loss benchmarks")
+    p = _command(sub, "bench")
     p.add_argument("--only", nargs="+", choices=["throughput", "losses"], help="run only these")
     p.add_argument(
         "--out",
@@ -335,12 +502,31 @@ def build_parser() -> argparse.ArgumentParser:
         "file git tracks, such as the committed benchmarks/results/*.txt)",
     )
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("methods", help="every method, one line each, with its paper")
+    p = _command(sub, "methods")
     p.set_defaults(func=cmd_methods)
-    p = sub.add_parser("config", help="every config key of a method with its default and description")
-    p.add_argument("method", metavar="METHOD", help="a method name (see `protosphere methods`)")
+    p = _command(sub, "config")
+    p.add_argument(
+        "target",
+        metavar="METHOD | CONFIG",
+        help="a method name (see `protosphere methods`), a YAML file or a shipped name",
+    )
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides applied to CONFIG")
     p.set_defaults(func=cmd_config)
+    p = _command(sub, "configs")
+    p.add_argument("--copy", metavar="NAME", help="copy this shipped config out as a standalone file")
+    p.add_argument("dest", nargs="?", metavar="DEST", help="where --copy writes (default: ./<name>.yaml)")
+    p.set_defaults(func=cmd_configs)
     return parser
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe raises nothing more."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     except ProtosphereError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, even for wrapped library text
         return 2
+    except BrokenPipeError:  # `protosphere config fnc2 | head`: the reader has what it wanted
+        _silence_stdout()
+        return 0
     except OSError as exc:  # a full disk, a read-only folder, an unreadable data folder, a name too long
         from .errors import describe_os_error
 

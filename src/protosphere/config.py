@@ -11,6 +11,12 @@ that section. Methods, datasets, backbones and augmentations are accepted by nam
 A config file may start from another: ``base: fnc2.yaml`` (a path relative to the including file) is read first, then
 the file's own keys are deep-merged on top (mappings merge key by key, any other value replaces the base's). Bases may
 have bases of their own.
+
+Shipped recipes: the configs of the package (``protosphere/configs/``, the repository's ``configs/``) are found by name
+wherever protosphere is installed: ``default``, ``seq-fmnist/fnc2``, ``paper/fnc2-seq-cifar10-200`` (a file path that
+exists always wins). Each method's recipe is one of them (``Method.recipe``): its ``optimizer``, ``train``, ``eval``
+and ``method`` sections are the defaults beneath any config that names the method, so ``method: {name: fnc2}`` trains
+FNC2 as its paper's CPU setting does, not with generic defaults.
 """
 
 from __future__ import annotations
@@ -405,6 +411,7 @@ def validate_config(data: dict, source: str = "config") -> RunConfig:
         raise ConfigError(
             f"{source} must be a YAML mapping of sections (data, scenario, method, ...), got {type(data).__name__}."
         )
+    data = with_method_recipe(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -522,6 +529,61 @@ def expanded_size(node) -> int:
     return size(node) if node is not None else 0
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+RECIPE_SECTIONS = ("optimizer", "train", "eval", "method")  # what a method's recipe sets; never data, model or fabric
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Every config shipped with the package, by name (its path under ``configs/`` without ``.yaml``)."""
+    return {
+        path.relative_to(SHIPPED_CONFIGS).with_suffix("").as_posix(): path
+        for path in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))
+    }
+
+
+def locate_config(path_or_name: str | Path) -> Path:
+    """A config file: ``path_or_name`` itself when it exists, else the shipped recipe of that name (``default``,
+    ``seq-fmnist/fnc2``, ``configs/paper/fnc2-seq-cifar10-200.yaml`` from another folder)."""
+    path = Path(path_or_name)
+    if path.exists():
+        return path
+    name = path.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    shipped = shipped_configs()
+    if name in shipped:
+        return shipped[name]
+    close = difflib.get_close_matches(name, list(shipped), n=1, cutoff=0.6)
+    hint = f"did you mean the shipped `{close[0]}`? " if close else ""
+    raise ConfigError(
+        f"Config file {path} does not exist and is not a shipped recipe; {hint}pass a path to a YAML file or a "
+        f"name that `protosphere configs` lists (e.g. default, seq-fmnist/fnc2)."
+    )
+
+
+def method_recipe(name: str) -> dict:
+    """The defaults a method brings (:data:`RECIPE_SECTIONS` of its ``recipe`` config, bases resolved), or ``{}``
+    for a method without one (e.g. one registered by user code)."""
+    recipe = getattr(METHODS.get(name), "recipe", None) if name in METHODS else None
+    if recipe is None:
+        return {}
+    if recipe not in _RECIPES:
+        data = read_yaml(locate_config(recipe))
+        _RECIPES[recipe] = {key: data[key] for key in RECIPE_SECTIONS if key in data}
+    return json.loads(json.dumps(_RECIPES[recipe]))  # a copy: callers merge into it
+
+
+_RECIPES: dict[str, dict] = {}
+
+
+def with_method_recipe(data: dict) -> dict:
+    """``data`` on top of the recipe of the method it names (``method.name``, default ``er``)."""
+    method = data.get("method") if isinstance(data.get("method"), dict) else {}
+    name = method.get("name", MethodConfig.model_fields["name"].default)
+    recipe = method_recipe(name) if isinstance(name, str) else {}
+    if recipe.get("method", {}).get("name", name) != name:  # a recipe shared by a family names one of them
+        recipe["method"]["name"] = name
+    return deep_merge(recipe, data)
+
+
 def load_yaml(text: str):
     """``text`` parsed as a config's YAML (:class:`ConfigLoader`)."""
     return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
@@ -567,9 +629,10 @@ def deep_merge(base: dict, overrides: dict) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """The mapping of a YAML config file with its ``base:`` chain resolved (bases first, each file merged on top)."""
+    """The mapping of a YAML config file (or shipped recipe, :func:`locate_config`) with its ``base:`` chain resolved
+    (bases first, each file merged on top)."""
     chain: list[Path] = []
-    path = Path(path)
+    path = locate_config(path)
     layers = []
     while True:
         data = _read_mapping(path)

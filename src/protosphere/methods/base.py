@@ -100,6 +100,16 @@ class Method(nn.Module):
     """Base class. Subclasses set ``config_class`` and implement :meth:`training_step` and :meth:`logits`."""
 
     config_class: type[MethodConfig] = MethodConfig
+    # the shipped config whose optimizer/train/eval/method sections are this method's defaults (its paper's setting at
+    # CPU scale): `method: {name: fnc2}` alone then trains as configs/seq-fmnist/fnc2.yaml does; None: generic defaults
+    recipe: str | None = None
+    views_per_image = 1  # augmented views of each image a training step uses (2: a contrastive pair)
+
+    @classmethod
+    def training_views(cls, config: MethodConfig) -> int:
+        """Views of each image one training step of a method with ``config`` uses."""
+        return cls.views_per_image
+
     unused_parameters: bool = False  # some parameters get no gradient in some steps (see has_unused_parameters)
     # state_dict keys renamed since checkpoints were first written: old key (or old prefix ending in ".") -> new, so
     # that earlier checkpoints still load

@@ -51,6 +51,7 @@ class CaSSLeConfig(PastPredictorConfig):
 @METHODS.register("cassle")
 class CaSSLe(SelfSupervisedMethod):
     config_class = CaSSLeConfig
+    recipe = "ssl/cassle-class-il"
     unused_parameters = True  # the predictor is idle in task 0; DDP must not wait for its gradients
 
     def __init__(self, config, backbone, num_classes, transforms):

@@ -22,6 +22,7 @@ class CEConfig(MethodConfig):
 @METHODS.register("ce")
 class CE(SupervisedMethod):
     config_class = CEConfig
+    recipe = "nc/ce"
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)

@@ -59,6 +59,8 @@ class CLOPConfig(RepresentationConfig):
 @METHODS.register("clop")
 class CLOP(RepresentationMethod):
     config_class = CLOPConfig
+    views_per_image = 2
+    recipe = "nc/clop-10"
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)

@@ -41,6 +41,8 @@ class Co2LConfig(ReplayContrastConfig):
 @METHODS.register("co2l")
 class Co2L(RepresentationMethod):
     config_class = Co2LConfig
+    views_per_image = 2
+    recipe = "seq-fmnist/co2l"
     probe_augment_default = True  # main_linear_buffer.py loads with main_ce_buffer.set_loader: crops, flips, jitter
 
     def __init__(self, config, backbone, num_classes, transforms):

@@ -25,6 +25,7 @@ class DERppConfig(MethodConfig):
 @METHODS.register("der++")
 class DERpp(SupervisedMethod):
     config_class = DERppConfig
+    recipe = "seq-fmnist/derpp-200"
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)

@@ -22,6 +22,7 @@ class ERConfig(MethodConfig):
 @METHODS.register("er")
 class ER(SupervisedMethod):
     config_class = ERConfig
+    recipe = "seq-fmnist/er-200"
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)

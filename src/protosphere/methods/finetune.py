@@ -12,6 +12,7 @@ class FinetuneConfig(MethodConfig):
 @METHODS.register("finetune")
 class Finetune(SupervisedMethod):
     config_class = FinetuneConfig
+    recipe = "seq-fmnist/finetune"
 
     def training_step(self, images, labels, step):
         loss, _ = self.cross_entropy(images, labels)

@@ -80,6 +80,8 @@ class FNC2Config(ReplayContrastConfig):
 @METHODS.register("fnc2")
 class FNC2(RepresentationMethod):
     config_class = FNC2Config
+    views_per_image = 2
+    recipe = "seq-fmnist/fnc2"
     probe_augment_default = True  # samix src/datasets/evaluate_dataloader.py: the training transform
 
     @classmethod

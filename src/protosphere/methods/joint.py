@@ -12,6 +12,7 @@ class JointConfig(MethodConfig):
 @METHODS.register("joint")
 class Joint(SupervisedMethod):
     config_class = JointConfig
+    recipe = "seq-fmnist/joint"
 
     def training_data(self, task):
         return task.seen_data()

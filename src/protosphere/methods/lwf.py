@@ -23,6 +23,7 @@ class LwFConfig(MethodConfig):
 @METHODS.register("lwf")
 class LwF(SupervisedMethod):
     config_class = LwFConfig
+    recipe = "seq-fmnist/lwf"
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)

@@ -132,4 +132,5 @@ class MoCoBase(SelfSupervisedBase):
 @METHODS.register("moco")
 class MoCo(SelfSupervisedMethod):
     config_class = MoCoConfig
+    recipe = "ssl/moco-class-il"
     base_class = MoCoBase

@@ -78,6 +78,11 @@ class NCTConfig(ReplayContrastConfig):
 @METHODS.register("nct")
 class NCT(RepresentationMethod):
     config_class = NCTConfig
+    recipe = "seq-fmnist/nct"
+
+    @classmethod
+    def training_views(cls, config) -> int:
+        return config.views
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)

@@ -80,6 +80,7 @@ class NormFace(NormalizedMethod):
     verification", ACM MM 2017)."""
 
     config_class = NormFaceConfig
+    recipe = "nc/normface"
     loss_name = "normface"
 
     def loss(self, u, labels):
@@ -95,6 +96,7 @@ class NTCE(NormalizedMethod):
     """NTCE: the class weight as anchor, every batch feature a candidate ("Neural Collapse by Design")."""
 
     config_class = NTCEConfig
+    recipe = "nc/ntce"
     loss_name = "ntce"
 
     def loss(self, u, labels):
@@ -113,6 +115,7 @@ class NONL(NormalizedMethod):
     Design")."""
 
     config_class = NONLConfig
+    recipe = "nc/nonl"
     loss_name = "nonl"
 
     def loss(self, u, labels):

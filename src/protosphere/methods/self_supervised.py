@@ -93,6 +93,7 @@ class SelfSupervisedMethod(RepresentationMethod):
     """
 
     config_class = SelfSupervisedConfig
+    views_per_image = 2
     base_class: type[SelfSupervisedBase] | None = None
 
     def __init__(self, config, backbone, num_classes, transforms):

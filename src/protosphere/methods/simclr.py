@@ -34,4 +34,5 @@ class SimCLRBase(SelfSupervisedBase):
 @METHODS.register("simclr")
 class SimCLR(SelfSupervisedMethod):
     config_class = SelfSupervisedConfig
+    recipe = "ssl/simclr-class-il"
     base_class = SimCLRBase

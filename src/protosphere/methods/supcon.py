@@ -42,6 +42,8 @@ class SupConConfig(RepresentationConfig):
 @METHODS.register("supcon")
 class SupCon(RepresentationMethod):
     config_class = SupConConfig
+    views_per_image = 2
+    recipe = "nc/supcon"
 
     def __init__(self, config, backbone, num_classes, transforms):
         super().__init__(config, backbone, num_classes, transforms)

@@ -38,6 +38,7 @@ class SyConConfig(PastPredictorConfig):
 @METHODS.register("sycon")
 class SyCon(SelfSupervisedMethod):
     config_class = SyConConfig
+    recipe = "ssl/sycon-class-il"
     unused_parameters = True  # the predictor is idle in task 0; DDP must not wait for its gradients
 
     def __init__(self, config, backbone, num_classes, transforms):

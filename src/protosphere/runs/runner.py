@@ -123,15 +123,27 @@ def check_memory(config: RunConfig, image_shape) -> None:
         )
 
 
+ONE_VIEW_AUGMENTATIONS = ("none", "supervised")  # no colour change, at most a crop and a flip
+
+
 def scenario_notes(config: RunConfig, scenario) -> list[str]:
-    """What the user should know about how the scenario was built (e.g. an uneven class split)."""
+    """What the user should know about how the run was set up: an uneven class split, a contrastive method on an
+    augmentation too weak for two views to differ much."""
+    notes = []
     sizes = [len(task.classes) for task in scenario.tasks]
     if scenario.kind == "class_il" and config.scenario.classes_per_task is None and len(set(sizes)) > 1:
-        return [
+        notes.append(
             f"{scenario.num_classes} classes do not split evenly into {scenario.num_tasks} tasks, so the tasks "
             f"get {'/'.join(map(str, sizes))} classes; set scenario.classes_per_task to choose the sizes."
-        ]
-    return []
+        )
+    name, augmentation = config.method.name, config.train.augmentation
+    if method_class(name).training_views(config.method) > 1 and augmentation in ONE_VIEW_AUGMENTATIONS:
+        notes.append(
+            f"{name} contrasts two augmented views of each image, but train.augmentation={augmentation} makes "
+            f"them {'identical' if augmentation == 'none' else 'differ only by a crop and a flip'}; its recipe "
+            f"uses train.augmentation=contrastive."
+        )
+    return notes
 
 
 def _domainnet_scenario(config: RunConfig):
