@@ -23,11 +23,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+# Fashion-MNIST, tried in order: already here ($$PROTOSPHERE_DATA, the Debian package, the user cache), then the Debian
+# package dataset-fashion-mnist (as root with apt-get), then a checksummed download; "error:" only when all fail
 data: install
-	@$(PY) -m protosphere.cli datasets --ensure fashion_mnist \
+	@$(PY) -m protosphere.cli datasets --ensure fashion_mnist --no-download 2>/dev/null \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	       && echo "installing the Debian package dataset-fashion-mnist" \
+	       && echo "note: Fashion-MNIST is not on this machine; installing the Debian package dataset-fashion-mnist" \
 	       && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+	       && $(PY) -m protosphere.cli datasets --ensure fashion_mnist --no-download; } \
+	  || { echo "note: Fashion-MNIST is not on this machine and no Debian package could be installed; downloading it" \
 	       && $(PY) -m protosphere.cli datasets --ensure fashion_mnist; }
 
 run: data

@@ -140,7 +140,7 @@ def test_config_lists_every_key_with_default_and_description(capsys):
         assert f"\n{key} " in out, key
     keys = {key: (default, description) for key, default, _, description in rows}
     assert keys["method.gamma"][0] == "1" and "focal" in keys["method.gamma"][1]
-    assert keys["train.epochs"] == ("1", "epochs per task (≥ 1)")
+    assert keys["train.epochs"] == ("5", "epochs per task (≥ 1)")  # fnc2's recipe, configs/seq-fmnist/fnc2.yaml
     assert keys["method.name"][0] == "fnc2"
     assert "logging.tensorboard" in keys and "logging.wandb.mode" in keys
     assert cli.main(["config", "fcn2"]) == 2

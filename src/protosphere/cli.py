@@ -96,6 +96,13 @@ def cmd_run(args) -> int:
     console.print(f"results: {files.results}  ({record.timings.total_s:.1f} s)")
     if files.report.is_file():
         console.print(f"report:  {files.report}", highlight=False, soft_wrap=True)
+    elif config.eval.report == "background":
+        console.print(
+            f"report:  {files.report} (being written in the background, ready in a few seconds; its log: "
+            f"{files.report_log})",
+            highlight=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -104,7 +111,7 @@ def cmd_datasets(args) -> int:
 
     if args.ensure:
         for name in args.ensure:
-            dataset = load_dataset(name, download=True)
+            dataset = load_dataset(name, download=not args.no_download)
             print(
                 f"{dataset.name}: {len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, "
                 f"{dataset.num_classes} classes, verified, from {dataset.source}"
@@ -202,12 +209,18 @@ def cmd_config(args) -> int:
     defaults); ``config FILE|RECIPE [key=value ...]``: the fully merged, validated config that ``run`` would train."""
     from pathlib import Path
 
-    from .config import load_config
+    import difflib
+
+    from .config import load_config, shipped_configs
+    from .methods import method_class
     from .registry import METHODS
 
     target, overrides = args.target, list(args.overrides)
-    if target in METHODS and not overrides and not Path(target).exists():
-        return _print_method_keys(target)
+    if not Path(target).exists() and target not in shipped_configs():
+        if target in METHODS and not overrides:
+            return _print_method_keys(target)
+        if "/" not in target and difflib.get_close_matches(target, METHODS.names(), n=1, cutoff=0.6):
+            method_class(target)  # a misspelt method: the error names the closest one
     print(_merged_config_text(target, overrides, load_config(target, overrides)), end="")
     return 0
 
@@ -348,7 +361,11 @@ COMMAND_HELP: dict[str, tuple[str, str, list[str]]] = {
         "where each dataset is found and how to get the missing ones",
         "Show where protosphere finds each dataset and how to get a missing one, or load, verify and if needed "
         "download some.",
-        ["protosphere datasets", "protosphere datasets --ensure fashion_mnist"],
+        [
+            "protosphere datasets",
+            "protosphere datasets --ensure fashion_mnist",
+            "protosphere datasets --ensure fashion_mnist --no-download   # exit 2 when it is not here",
+        ],
     ),
     "report": (
         "re-render runs/<name>/report.html (and plots/) from results.json",
@@ -446,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME",
         help="load and verify these datasets, downloading into the user cache when they are missing",
+    )
+    p.add_argument(
+        "--no-download", action="store_true", help="with --ensure: only look for the datasets, never download"
     )
     p.set_defaults(func=cmd_datasets)
     p = _command(sub, "report")

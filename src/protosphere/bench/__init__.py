@@ -81,13 +81,21 @@ def run_benchmarks(only: Sequence[str] | None = None, out: str | Path | None = N
     """Run the benchmarks (all, or the groups in ``only``), print their reports and, with ``out``, write them there;
     returns the benchmarks that missed a target (their command lines), empty when all passed."""
     import importlib
+    import importlib.util
     import tempfile
 
+    from ..errors import ConfigError
     from ..runs.rundir import atomic_write
 
     out = Path(out) if out is not None else None
     if out is not None:
         check_out_file(out)
+    if (not only or "losses" in only) and importlib.util.find_spec("pytorch_metric_learning") is None:
+        raise ConfigError(
+            "the loss benchmarks compare with pytorch-metric-learning, which is not installed; install it with "
+            "`pip install 'protosphere[bench]'` (or `pip install pytorch-metric-learning`), or run `protosphere bench "
+            "--only throughput`."
+        )
     reports, failed = [], []
     with tempfile.TemporaryDirectory(prefix="protosphere-bench-") as scratch:
         for i, (_group, module, argv) in enumerate(job for job in BENCHMARKS if not only or job[0] in only):

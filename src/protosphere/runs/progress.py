@@ -176,6 +176,15 @@ class RunProgress:
             self._evaluated = self.task
         else:
             self.other_eval_seconds.append(seconds)
+            if not self.live and self.console is not None and self.task == 0 and self.step == 0:
+                # the line of a task's evaluation comes with its accuracies; this one would otherwise pass unseen
+                self.console.print(
+                    f"before task 1: the untrained network evaluated in {seconds:.1f}s (FWT's baseline: the "
+                    f"same classifiers on the network as initialised, before any training)",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
         if self._progress is not None and "eval" in self._bars:
             self._progress.remove_task(self._bars.pop("eval"))
         return seconds
