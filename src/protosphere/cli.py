@@ -207,9 +207,8 @@ def cmd_methods(args) -> int:
 def cmd_config(args) -> int:
     """``config METHOD``: every key of a run of that method, with the default it gets (its recipe over the generic
     defaults); ``config FILE|RECIPE [key=value ...]``: the fully merged, validated config that ``run`` would train."""
-    from pathlib import Path
-
     import difflib
+    from pathlib import Path
 
     from .config import load_config, shipped_configs
     from .methods import method_class
