@@ -206,7 +206,7 @@ def main(argv=None):
         task_il.append(row_task)
         probes.append(record)
 
-    record = {
+    identity = {
         "code": "co2l",
         "repository": "chaht01/Co2L",
         "commit": common.checkout_commit(args.co2l),
@@ -216,25 +216,23 @@ def main(argv=None):
         "method": "co2l",
         "fraction": args.fraction,
         "epochs": epochs,
-        "class_il": class_il,
-        "task_il": task_il,
-        "summary": {
-            "class_il": common.matrix_means(class_il, len(tasks) == num_tasks),
-            "task_il": common.matrix_means(task_il, len(tasks) == num_tasks),
-        },
-        "probes": probes,
-        "train_loss": losses.loss,
-        "distill_loss": losses.distill,
-        "steps_per_task": [losses.steps_per_task.get(t, 0) for t in range(num_tasks)],
-        "probed_tasks": list(tasks),
-        "wall_s": time.time() - wall_start,
-        "timings": {"train_s": train_s, "eval_s": eval_s, "total_s": time.time() - wall_start},
-        "init_checksum": start.checksum,
-        "train_argv": train_argv,
-        "command": sys.orig_argv,
-        "replacements": common.numbered_items(__doc__),
-        "environment": environment,
     }
+    record = common.run_record(
+        identity,
+        class_il=class_il,
+        task_il=task_il,
+        probes=probes,
+        losses=losses,
+        tasks=tasks,
+        num_tasks=num_tasks,
+        wall_start=wall_start,
+        train_s=train_s,
+        eval_s=eval_s,
+        start=start,
+        train_argv=train_argv,
+        doc=__doc__,
+        environment=environment,
+    )
     path = common.write_result(args.out, name, record)
     print(f"[harness] wrote {path}", flush=True)
     return path

@@ -569,3 +569,47 @@ def write_result(out_dir: Path, name: str, record: dict) -> Path:
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def run_record(
+    identity: dict,
+    *,
+    class_il: list,
+    task_il: list,
+    probes: list,
+    losses,
+    tasks: list,
+    num_tasks: int,
+    wall_start: float,
+    train_s: float,
+    eval_s: float,
+    start: Start,
+    train_argv: list,
+    doc: str,
+    environment: dict,
+) -> dict:
+    """The record a harness writes: ``identity`` (code, repository, commit, config, seed, buffer, method, fraction,
+    epochs and what else names the run) followed by the accuracy matrices, probes, losses, timings and provenance that
+    every harness records alike."""
+    total_s = time.time() - wall_start
+    return {
+        **identity,
+        "class_il": class_il,
+        "task_il": task_il,
+        "summary": {
+            "class_il": matrix_means(class_il, len(tasks) == num_tasks),
+            "task_il": matrix_means(task_il, len(tasks) == num_tasks),
+        },
+        "probes": probes,
+        "train_loss": losses.loss,
+        "distill_loss": losses.distill,
+        "steps_per_task": [losses.steps_per_task.get(t, 0) for t in range(num_tasks)],
+        "probed_tasks": list(tasks),
+        "wall_s": total_s,
+        "timings": {"train_s": train_s, "eval_s": eval_s, "total_s": total_s},
+        "init_checksum": start.checksum,
+        "train_argv": train_argv,
+        "command": sys.orig_argv,
+        "replacements": numbered_items(doc),
+        "environment": environment,
+    }
