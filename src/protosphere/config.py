@@ -238,7 +238,8 @@ class AugmentConfig(AugmentViewConfig):
     solarize_p: float = Field(0.0, ge=0, le=1, description="probability of solarization (x ≥ 0.5 → 1 − x; 0: none)")
     views: list[AugmentViewConfig] = Field(
         default_factory=list,
-        description="per-view overrides, none or one entry for each of the two views, e.g. "
+        description="per-view overrides (a key left out takes the shared value), none or one entry for each of the "
+        "two views, e.g. "
         "[{blur_p: 1.0}, {blur_p: 0.1, solarize_p: 0.2}]",
     )
 
