@@ -4,16 +4,14 @@ FNC2's Tiny-ImageNet crop scale and blur — read from the configs and built as 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from protosphere.config import load_config
+from protosphere.config import SHIPPED_CONFIGS, load_config
 from protosphere.data.augment import GaussianBlur, RandomSolarize, ViewTransforms, build_augmentation
 from protosphere.models import build_backbone
 
-PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+PAPER = SHIPPED_CONFIGS / "paper"
 SSL = [f"{m}-{d}.yaml" for m in ("cassle", "sycon") for d in ("cifar100-5t", "imagenet100-5t", "imagenet100-10t")]
 TINY = [f"{m}-seq-tinyimagenet-{b}.yaml" for m in ("co2l", "fnc2") for b in (0, 200, 500)]
 
