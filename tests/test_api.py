@@ -143,6 +143,8 @@ def test_config_lists_every_key_with_default_and_description(capsys):
     assert keys["train.epochs"] == ("5", "epochs per task (≥ 1)")  # fnc2's recipe, configs/seq-fmnist/fnc2.yaml
     assert keys["method.name"][0] == "fnc2"
     assert "logging.tensorboard" in keys and "logging.wandb.mode" in keys
+    assert keys["train.augment.views"][0] == "[]" and keys["train.augment.views[k].blur_p"][0] == "null"
+    assert keys["train.augment.scale"][0] == "[0.2, 1.0]" and keys["model.stem"][0] == "cifar"
     assert cli.main(["config", "fcn2"]) == 2
     assert "did you mean `fnc2`" in capsys.readouterr().err
 

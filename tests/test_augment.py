@@ -6,14 +6,19 @@ import torch
 
 from protosphere.data.augment import (
     ColorJitter,
+    GaussianBlur,
     RandomCrop,
     RandomGrayscale,
     RandomHorizontalFlip,
     RandomResizedCrop,
+    RandomSolarize,
     TwoViews,
+    ViewTransforms,
     _shift_hue,
+    augment_view,
     build_augmentation,
     build_eval_transform,
+    default_blur_kernel,
     views,
 )
 from protosphere.errors import ConfigError
@@ -331,3 +336,198 @@ def test_errors():
     with pytest.raises(ConfigError):
         RandomResizedCrop(scale=(0.0, 1.0))
     assert math.isclose(build_augmentation("contrastive", 32, 3, MEAN3, STD3).transforms[0].ratio[0], 0.75)
+
+
+# ------------------------------------------------------------------------------------ Gaussian blur, solarization
+def _blur_reference(x: torch.Tensor, sigmas: list[float], kernel_size: int) -> torch.Tensor:
+    """torchvision's ``gaussian_blur``, one sample at a time: 1-D kernel from ``linspace(-(k-1)/2, (k-1)/2, k)``,
+    2-D kernel as its outer product, reflect padding of k // 2, ``conv2d`` per channel."""
+    out = []
+    for image, sigma in zip(x, sigmas):
+        t = torch.linspace(-(kernel_size - 1) / 2, (kernel_size - 1) / 2, kernel_size, dtype=torch.float64)
+        pdf = torch.exp(-0.5 * (t / sigma) ** 2)
+        k1 = pdf / pdf.sum()
+        k2 = torch.outer(k1, k1).expand(image.shape[0], 1, kernel_size, kernel_size)
+        pad = kernel_size // 2
+        padded = torch.nn.functional.pad(image[None].double(), (pad, pad, pad, pad), mode="reflect")
+        out.append(torch.nn.functional.conv2d(padded, k2, groups=image.shape[0])[0].float())
+    return torch.stack(out)
+
+
+def _blur_draws(batch: int, seed: int, p: float, sigma=(0.1, 2.0)) -> tuple[list[bool], list[float]]:
+    """GaussianBlur's documented draws: two uniforms per sample, (apply if < p, σ = lo + (hi − lo)·u)."""
+    u = torch.rand((2, batch), generator=_gen(seed))
+    return (u[0] < p).tolist(), (sigma[0] + (sigma[1] - sigma[0]) * u[1]).tolist()
+
+
+@pytest.mark.parametrize("kernel,height,width", [(7, 16, 16), (23, 30, 24), (3, 5, 9)])
+def test_gaussian_blur_matches_per_sample_reference(kernel, height, width):
+    x = torch.rand(6, 3, height, width, generator=_gen(0))
+    y = GaussianBlur(kernel, (0.1, 2.0), p=1.0)(x, _gen(5))
+    _, sigmas = _blur_draws(6, 5, 1.0)
+    torch.testing.assert_close(y, _blur_reference(x, sigmas, kernel), atol=2e-6, rtol=0)
+    # the same numbers from scipy: Gaussian weights exp(-t²/2σ²) over radius k // 2, mirrored border
+    from scipy.ndimage import gaussian_filter
+
+    for b in range(6):
+        ref = gaussian_filter(x[b].double().numpy(), sigmas[b], mode="mirror", radius=kernel // 2, axes=(1, 2))
+        torch.testing.assert_close(y[b].double(), torch.from_numpy(ref), atol=2e-6, rtol=0)
+
+
+def test_gaussian_blur_probability_and_untouched_samples():
+    x = torch.rand(8, 1, 12, 12, generator=_gen(1))
+    y = GaussianBlur(5, (0.5, 1.5), p=0.5)(x, _gen(2))
+    applied, sigmas = _blur_draws(8, 2, 0.5, (0.5, 1.5))
+    assert 0 < sum(applied) < 8
+    reference = _blur_reference(x, sigmas, 5)
+    for b in range(8):
+        if applied[b]:
+            torch.testing.assert_close(y[b], reference[b], atol=2e-6, rtol=0)
+        else:
+            assert torch.equal(y[b], x[b])
+    # statistically: a fraction p of 4000 samples is blurred (σ ≥ 1, so a blurred sample always changes)
+    x = torch.rand(4000, 1, 6, 6, generator=_gen(3))
+    changed = (GaussianBlur(3, (1.0, 2.0), p=0.3)(x, _gen(4)) - x).abs().flatten(1).amax(1) > 1e-4
+    assert abs(changed.float().mean().item() - 0.3) < 0.03  # 4 standard errors
+    # a constant image is unchanged: the kernel sums to 1
+    flat = torch.full((3, 3, 10, 10), 0.3)
+    torch.testing.assert_close(GaussianBlur(7, p=1.0)(flat, _gen(0)), flat, atol=1e-6, rtol=0)
+
+
+def test_solarize_matches_elementwise_reference():
+    x = torch.rand(500, 3, 4, 4, generator=_gen(6))
+    x[0, 0, 0, :2] = torch.tensor([0.5001, 0.4999])  # just above the threshold: inverted; just below: kept
+    y = RandomSolarize(p=0.2)(x, _gen(7))
+    apply = (torch.rand((500,), generator=_gen(7)) < 0.2).tolist()
+    expected = x.clone()
+    for b in range(500):
+        if apply[b]:
+            for value in expected[b].view(-1):
+                if value >= 0.5:
+                    value.copy_(1.0 - value)
+    assert torch.equal(y, expected)
+    assert abs(sum(apply) / 500 - 0.2) < 0.08
+    solarized = RandomSolarize(p=1.0)(x, _gen(0))
+    assert solarized[0, 0, 0, 0] == 1.0 - x[0, 0, 0, 0] and solarized[0, 0, 0, 1] == x[0, 0, 0, 1]
+    assert solarized.max() <= 0.5  # every value ≥ 0.5 became 1 − x ≤ 0.5
+    # statistically: p of 4000 samples solarized
+    x = torch.rand(4000, 1, 3, 3, generator=_gen(8)) * 0.5 + 0.5
+    changed = (RandomSolarize(p=0.2)(x, _gen(9)) != x).flatten(1).any(1)
+    assert abs(changed.float().mean().item() - 0.2) < 0.03
+
+
+def test_blur_and_solarization_in_the_contrastive_recipe():
+    plain = build_augmentation("contrastive", 64, 3, MEAN3, STD3)
+    assert [type(t).__name__ for t in plain.transforms] == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale"]
+    zero = build_augmentation("contrastive", 64, 3, MEAN3, STD3, blur_p=0.0, solarize_p=0.0)
+    x = _images(8, 3, 64)
+    assert torch.equal(zero(x, _gen(1)), plain(x, _gen(1)))  # p = 0: left out, the same draws as without
+    aug = build_augmentation("contrastive", 64, 3, MEAN3, STD3, scale=(0.1, 1.0), blur_p=0.5, solarize_p=0.2)
+    kinds = [type(t).__name__ for t in aug.transforms]
+    assert kinds == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale", "GaussianBlur", "RandomSolarize"]
+    blur = aug.transforms[3]
+    assert blur.kernel_size == 7 == default_blur_kernel(64) and blur.p == 0.5 and blur.sigma == (0.1, 2.0)
+    assert aug.transforms[0].scale == (0.1, 1.0) and aug.transforms[4].p == 0.2
+    assert default_blur_kernel(224) == 23 and default_blur_kernel(32) == 3  # solo-learn's DALI window at 224 px
+    grey = build_augmentation("contrastive", 28, 1, MEAN1, STD1, blur_p=1.0, blur_kernel=5, jitter=(0.2, 0.3, 0, 0))
+    assert grey.transforms[2].kernel_size == 5 and grey.transforms[1].brightness == 0.2
+    assert grey(_images(4, 1, 28), _gen(0)).shape == (4, 1, 28, 28)
+    with pytest.raises(ConfigError, match="1 pixel wide"):
+        build_augmentation("contrastive", 16, 3, MEAN3, STD3, blur_p=0.5)
+    with pytest.raises(ConfigError, match="too large"):
+        build_augmentation("contrastive", 8, 3, MEAN3, STD3, blur_p=0.5, blur_kernel=17)
+    with pytest.raises(ConfigError, match="odd"):
+        GaussianBlur(4)
+    with pytest.raises(ValueError, match="larger than 3 pixels"):
+        GaussianBlur(7, p=1.0)(torch.rand(1, 3, 3, 8))
+    with pytest.raises(ConfigError, match="blur_p"):
+        build_augmentation("contrastive", 32, 3, MEAN3, STD3, views=[{"blurp": 1.0}, {}])
+
+
+def _identity_geometry(**extra):
+    """Contrastive options whose crop, flip, jitter and grayscale leave the image as it is (to see blur/solarize)."""
+    return dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, jitter_p=0.0, grayscale_p=0.0, **extra)
+
+
+def test_per_view_settings_reach_their_view():
+    """solo-learn's asymmetric recipe: view 1 always blurred and never solarized, view 2 solarized, not blurred."""
+    aug = build_augmentation(
+        "contrastive",
+        16,
+        3,
+        MEAN3,
+        STD3,
+        normalize=False,
+        views=[{"blur_p": 1.0, "solarize_p": 0.0}, {"blur_p": 0.0, "solarize_p": 1.0}],
+        **_identity_geometry(blur_sigma=(1.0, 2.0), blur_kernel=5),
+    )
+    assert isinstance(aug, ViewTransforms) and len(aug.pipelines) == 2
+    assert [type(t).__name__ for t in aug.pipelines[0].transforms][-1] == "GaussianBlur"
+    assert [type(t).__name__ for t in aug.pipelines[1].transforms][-1] == "RandomSolarize"
+    x = _images(5, 3, 16)
+    first, second = aug.views(x, 2, generator=_gen(3)).chunk(2)
+    torch.testing.assert_close(second, torch.where(x >= 0.5, 1.0 - x, x), atol=1e-5, rtol=0)  # solarized only
+    assert first.max() > 0.5 and not torch.allclose(first, x, atol=1e-3)  # blurred, not solarized
+    # the same draws as calling the two pipelines in turn on one generator; the same seed, the same views
+    g = _gen(3)
+    assert torch.equal(torch.cat([aug.pipelines[0](x, g), aug.pipelines[1](x, g)]), torch.cat([first, second]))
+    assert torch.equal(views(aug, x, 2, generator=_gen(3)), torch.cat([first, second]))
+    assert torch.equal(TwoViews(aug)(x, _gen(3)), torch.cat([first, second]))
+    assert not torch.equal(aug.views(x, 2, generator=_gen(4)), torch.cat([first, second]))
+    # view 0 when no view is named (single-view users); augment_view for any transform
+    assert torch.equal(aug(x, _gen(5)), aug.pipelines[0](x, _gen(5)))
+    assert torch.equal(augment_view(aug, x, 1, _gen(5)), aug.pipelines[1](x, _gen(5)))
+    assert torch.equal(augment_view(lambda t: t + 1, x, 1), x + 1)
+    with pytest.raises(ValueError, match="view 2"):
+        aug(x, view=2)
+
+
+def test_shared_options_and_view_overrides_merge():
+    aug = build_augmentation(
+        "contrastive",
+        224,
+        3,
+        MEAN3,
+        STD3,
+        scale=(0.08, 1.0),
+        jitter=(0.4, 0.4, 0.2, 0.1),
+        views=[{"blur_p": 1.0}, {"blur_p": 0.1, "solarize_p": 0.2, "scale": (0.5, 1.0)}],
+    )
+    first, second = aug.pipelines
+    assert first.transforms[0].scale == (0.08, 1.0) and second.transforms[0].scale == (0.5, 1.0)
+    assert first.transforms[1].saturation == second.transforms[1].saturation == 0.2
+    assert [t.p for t in first.transforms[3:]] == [1.0] and first.transforms[3].kernel_size == 23
+    assert [t.p for t in second.transforms[3:]] == [0.1, 0.2]
+
+
+@pytest.mark.parametrize("method", ["simclr", "cassle", "supcon", "fnc2"])
+def test_per_view_settings_reach_the_methods_views(method):
+    """Through the config and the runner: a two-view method's first view gets view 1's settings (here solarization
+    with p = 1), its second view those of view 2 (nothing), for the self-supervised (``views``) and the
+    representation methods (``two_views``); single-view users (the augmented probe) get view 1's."""
+    import types
+
+    from protosphere.config import validate_config
+    from protosphere.runs.runner import build_method
+
+    geometry = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "jitter_p": 0.0, "grayscale_p": 0.0}
+    config = validate_config(
+        {
+            "model": {"backbone": "small_cnn"},
+            "method": {"name": method, "projection_dim": 16},
+            "train": {
+                "augmentation": "contrastive",
+                "normalize": False,
+                "flip": False,
+                "augment": {**geometry, "views": [{"solarize_p": 1.0}, {}]},
+            },
+        }
+    )
+    scenario = types.SimpleNamespace(image_shape=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=4)
+    built = build_method(config, scenario)
+    x = _images(4, 3, 16)
+    solarized = torch.where(x >= 0.5, 1.0 - x, x)
+    first, second = built.views(x) if hasattr(built, "views") else built.two_views(x).chunk(2)
+    torch.testing.assert_close(first, solarized, atol=1e-5, rtol=0)
+    torch.testing.assert_close(second, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(built.transforms.train(x), solarized, atol=1e-5, rtol=0)

@@ -1,7 +1,8 @@
 """Config files that start from a base file (``base: fnc2.yaml`` + overrides deep-merged on top).
 
 ``tests/data/resolved_configs.json`` holds every shipped config as it resolved before any config used ``base:`` (its
-full RunConfig and its fingerprint); the shipped configs must still resolve to exactly that.
+full RunConfig and its fingerprint); the shipped configs must still resolve to exactly that. A config changed on
+purpose (a paper config following its source more closely) is re-recorded in the same commit.
 """
 
 from __future__ import annotations

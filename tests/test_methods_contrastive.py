@@ -502,7 +502,8 @@ def test_every_config_loads_and_builds(path):
     config = load_config(path)
     assert path.read_text().lstrip().startswith("#")  # each file says where it comes from
     data = config.data.dataset
-    scenario = types.SimpleNamespace(image_shape=SHAPES.get(data, (1, 28, 28)), num_classes=CLASSES.get(data, 10))
+    shape = (3, config.data.image_size, config.data.image_size) if data == "imagenet100" else SHAPES.get(data)
+    scenario = types.SimpleNamespace(image_shape=shape or (1, 28, 28), num_classes=CLASSES.get(data, 10))
     scenario.mean = scenario.std = (0.5,) * scenario.image_shape[0]
     method = build_method(config, scenario)
     assert method.config.name == config.method.name

@@ -105,6 +105,88 @@ def test_resnet_structure():
     assert build_backbone("resnet18", 3, 64, stem_stride=2).conv1.stride == (2, 2)
 
 
+def _reference_resnet18(net: nn.Module, x: torch.Tensor, stem: str) -> torch.Tensor:
+    """The ResNet-18 forward written out op by op with ``net``'s weights (eval-mode BatchNorm): the stem as
+    torchvision's ``resnet18`` (7×7 stride-2 pad-3 conv, BN, ReLU, 3×3 stride-2 pad-1 max-pool) or the CIFAR stems
+    (3×3 stride 1, padding 1 or 2, no max-pool), then the BasicBlocks and the global average pool."""
+
+    def bn(t, m):
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, training=False, eps=m.eps)
+
+    if stem == "imagenet":
+        y = F.max_pool2d(F.relu(bn(F.conv2d(x, net.conv1.weight, stride=2, padding=3), net.bn1)), 3, 2, 1)
+    else:
+        y = F.relu(bn(F.conv2d(x, net.conv1.weight, stride=1, padding=2 if stem == "cifar_pad2" else 1), net.bn1))
+    for stage, first_stride in ((net.layer1, 1), (net.layer2, 2), (net.layer3, 2), (net.layer4, 2)):
+        for index, block in enumerate(stage):
+            stride = first_stride if index == 0 else 1
+            out = F.relu(bn(F.conv2d(y, block.conv1.weight, stride=stride, padding=1), block.bn1))
+            out = bn(F.conv2d(out, block.conv2.weight, stride=1, padding=1), block.bn2)
+            if len(block.shortcut):
+                y = bn(F.conv2d(y, block.shortcut[0].weight, stride=stride), block.shortcut[1])
+            y = F.relu(out + y)
+    return y.mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("stem,size", [("imagenet", 64), ("imagenet", 37), ("cifar_pad2", 16), ("cifar", 16)])
+def test_resnet_stems_match_a_reference_written_out(stem, size):
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", 3, size, nf=8, stem=stem)
+    with torch.no_grad():  # running statistics away from (0, 1), so eval-mode BN is not the identity
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.rand(3, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), _reference_resnet18(net, x, stem), atol=1e-5, rtol=1e-4)
+
+
+def test_imagenet_stem_shapes_and_size():
+    net = build_backbone("resnet18", 3, 224, stem="imagenet")
+    assert net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2) and net.conv1.padding == (3, 3)
+    assert net.conv1.bias is None
+    pool = net.maxpool
+    assert isinstance(pool, nn.MaxPool2d) and (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    maps = []
+    hooks = [getattr(net, f"layer{i}").register_forward_hook(lambda m, i, o: maps.append(o.shape)) for i in (1, 4)]
+    with torch.no_grad():
+        assert net.eval()(torch.rand(1, 3, 224, 224)).shape == (1, 512)
+    for hook in hooks:
+        hook.remove()
+    assert maps == [(1, 64, 56, 56), (1, 512, 7, 7)]  # torchvision resnet18's feature maps at 224 px
+    # torchvision resnet18 has 11,689,512 parameters, of which fc holds 512·1000 + 1000
+    assert count_parameters(net) == 11_689_512 - 513_000
+    # CIFAR stems: a 3×3 conv instead of the 7×7 one; the same state_dict keys with every stem
+    cifar = build_backbone("resnet18", 3, 32)
+    assert count_parameters(cifar) == count_parameters(net) - 64 * 3 * (49 - 9)
+    assert cifar.state_dict().keys() == net.state_dict().keys()
+    with torch.no_grad():
+        assert build_backbone("resnet18", 3, 32, nf=8, stem="cifar_pad2")(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+
+
+def test_default_stem_is_the_cifar_stem():
+    """No ``stem`` is ``stem="cifar"``: the same seeded initial weights, no max-pool."""
+    torch.manual_seed(3)
+    default = build_backbone("resnet18", 3, 32, nf=8)
+    torch.manual_seed(3)
+    explicit = build_backbone("resnet18", 3, 32, nf=8, stem="cifar")
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), explicit.state_dict().values()))
+    assert not any(isinstance(m, nn.MaxPool2d) for m in default.modules())
+
+
+def test_stem_errors():
+    with pytest.raises(ConfigError, match="did you mean 'imagenet'"):
+        build_backbone("resnet18", 3, 32, stem="imagenett")
+    with pytest.raises(ConfigError, match="stem_stride"):
+        build_backbone("resnet18", 3, 32, stem="imagenet", stem_stride=2)
+    with pytest.raises(ConfigError, match="stem"):
+        build_backbone("small_cnn", 3, 32, stem="imagenet")
+
+
 @pytest.mark.parametrize(
     "name,channels,size", [("small_cnn", 1, 28), ("small_cnn", 3, 32), ("resnet18_reduced", 3, 32)]
 )

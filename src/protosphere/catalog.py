@@ -108,6 +108,10 @@ def config_rows(method: str) -> list[tuple[str, str, str, str]]:
                 walk(sub, f"{prefix}{key}.")
                 continue
             optional = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if optional is not None and get_origin(annotation) is list:  # a list of sections: its entries' keys
+                rows.append((f"{prefix}{key}", "[]", "list of mappings", field.description or ""))
+                walk(optional, f"{prefix}{key}[k].")
+                continue
             if optional is not None:  # an optional section (off when null): the switch, then its keys
                 rows.append((f"{prefix}{key}", "null", "mapping | true | null", field.description or ""))
                 walk(optional, f"{prefix}{key}.")

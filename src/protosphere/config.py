@@ -113,6 +113,21 @@ class ModelConfig(Section):
         description="weight initialisation: torch's default, or Mammoth's Xavier-uniform with zero biases "
         "on every Linear layer (backbone and heads)",
     )
+    stem: Literal["cifar", "cifar_pad2", "imagenet"] = Field(
+        "cifar",
+        description="ResNet-18 stem: cifar (3x3 stride 1, no max-pool: SupCon/Co2L/Mammoth), cifar_pad2 (the same "
+        "conv with padding 2: solo-learn/CaSSLe/PNR on CIFAR) or imagenet (7x7 stride 2, BN, ReLU, 3x3 stride-2 "
+        "max-pool: torchvision/solo-learn, for 224-px images)",
+    )
+
+    @model_validator(mode="after")
+    def _stem_for_resnets(self) -> ModelConfig:
+        if self.stem != "cifar" and self.backbone in ("mlp", "small_cnn"):
+            raise ValueError(
+                f"stem={self.stem} applies to the ResNet-18 backbones (resnet18, resnet18_reduced), not to "
+                f"{self.backbone}; drop model.stem or choose a ResNet backbone"
+            )
+        return self
 
 
 class OptimizerConfig(Section):
@@ -129,6 +144,125 @@ class OptimizerConfig(Section):
     gamma: float = Field(0.2, gt=0, le=1, description="step schedule: decay factor")
 
 
+def _pair(name: str, value, low_open: float, high: float | None):
+    """(min, max) with ``low_open < min ≤ max`` (and ``max ≤ high`` when given)."""
+    if value is None:
+        return value
+    lo, hi = value
+    if not (lo > low_open and lo <= hi and (high is None or hi <= high)):
+        bound = f"0 < min ≤ max ≤ {high:g}" if high is not None else "0 < min ≤ max"
+        raise ValueError(f"{name} must be [min, max] with {bound}")
+    return value
+
+
+class AugmentViewConfig(Section):
+    """The augmentation settings of one view; a key left out (null) takes the shared value of ``train.augment``."""
+
+    scale: tuple[float, float] | None = Field(None, description="RandomResizedCrop area fraction [min, max]")
+    ratio: tuple[float, float] | None = Field(None, description="RandomResizedCrop aspect ratio w/h [min, max]")
+    jitter: tuple[float, float, float, float] | None = Field(
+        None, description="ColorJitter strengths [brightness, contrast, saturation, hue]"
+    )
+    jitter_p: float | None = Field(None, ge=0, le=1, description="probability of the colour jitter")
+    grayscale_p: float | None = Field(None, ge=0, le=1, description="probability of grayscale (RGB data)")
+    blur_p: float | None = Field(None, ge=0, le=1, description="probability of the Gaussian blur")
+    blur_sigma: tuple[float, float] | None = Field(None, description="Gaussian blur sigma range [min, max] (pixels)")
+    blur_kernel: int | None = Field(
+        None, ge=1, description="Gaussian blur kernel side (odd; default image_size // 20 * 2 + 1: 23 at 224 px)"
+    )
+    solarize_p: float | None = Field(None, ge=0, le=1, description="probability of solarization (x ≥ 0.5 → 1 − x)")
+
+    @field_validator("scale", "ratio", "blur_sigma", "jitter", mode="before")
+    @classmethod
+    def _length(cls, value, info):
+        size = 4 if info.field_name == "jitter" else 2
+        if isinstance(value, (list, tuple)) and len(value) != size:
+            what = "[brightness, contrast, saturation, hue]" if size == 4 else "[min, max]"
+            raise ValueError(f"{info.field_name} must be {what}, {size} numbers; got {len(value)}")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, value):
+        return _pair("scale", value, 0.0, 1.0)
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, value):
+        return _pair("ratio", value, 0.0, None)
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _sigma(cls, value):
+        return _pair("blur_sigma", value, 0.0, None)
+
+    @field_validator("jitter")
+    @classmethod
+    def _jitter(cls, value):
+        if value is not None and (min(value[:3]) < 0 or not 0 <= value[3] <= 0.5):
+            raise ValueError("jitter must be [brightness, contrast, saturation, hue], each ≥ 0, hue ≤ 0.5")
+        return value
+
+    @field_validator("blur_kernel")
+    @classmethod
+    def _odd_kernel(cls, value):
+        if value is not None and value % 2 == 0:
+            raise ValueError("the blur kernel side must be odd, so that it is centred on the pixel")
+        return value
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys this view sets, as build_augmentation options."""
+        return {k: v for k, v in self.model_dump().items() if v is not None and k in AugmentViewConfig.model_fields}
+
+
+class AugmentConfig(AugmentViewConfig):
+    """Options of the contrastive augmentation (see ``protosphere.data.augment``), shared by every view, with
+    per-view overrides in ``views`` (solo-learn's asymmetric recipes: e.g. blur 1.0 / 0.1, solarization 0.0 / 0.2)."""
+
+    scale: tuple[float, float] = Field((0.2, 1.0), description="RandomResizedCrop area fraction [min, max]")
+    ratio: tuple[float, float] = Field(
+        (3.0 / 4.0, 4.0 / 3.0), description="RandomResizedCrop aspect ratio w/h [min, max]"
+    )
+    jitter: tuple[float, float, float, float] = Field(
+        (0.4, 0.4, 0.4, 0.1), description="ColorJitter strengths [brightness, contrast, saturation, hue]"
+    )
+    jitter_p: float = Field(0.8, ge=0, le=1, description="probability of the colour jitter")
+    grayscale_p: float = Field(0.2, ge=0, le=1, description="probability of grayscale (RGB data)")
+    blur_p: float = Field(0.0, ge=0, le=1, description="probability of the Gaussian blur (0: no blur)")
+    blur_sigma: tuple[float, float] = Field(
+        (0.1, 2.0), description="Gaussian blur sigma range [min, max] (pixels), drawn uniformly per image"
+    )
+    blur_kernel: int | None = Field(
+        None, ge=1, description="Gaussian blur kernel side (odd; default image_size // 20 * 2 + 1: 23 at 224 px)"
+    )
+    solarize_p: float = Field(0.0, ge=0, le=1, description="probability of solarization (x ≥ 0.5 → 1 − x; 0: none)")
+    views: list[AugmentViewConfig] = Field(
+        default_factory=list,
+        description="per-view overrides (a key left out takes the shared value), none or one entry for each of the "
+        "two views, e.g. "
+        "[{blur_p: 1.0}, {blur_p: 0.1, solarize_p: 0.2}]",
+    )
+
+    @field_validator("views")
+    @classmethod
+    def _two_views(cls, value):
+        if len(value) not in (0, 2):
+            raise ValueError(
+                f"views has {len(value)} entr{'y' if len(value) == 1 else 'ies'}; give one entry per view of "
+                "the two-view methods (2), or none for the same augmentation in both"
+            )
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The shared options that differ from the defaults (what build_augmentation needs to be told)."""
+        default = AugmentConfig().model_dump()
+        return {k: v for k, v in self.model_dump().items() if k != "views" and v != default[k]}
+
+    def view_options(self) -> list[dict[str, Any]] | None:
+        """Per view, the keys it overrides (None without per-view settings)."""
+        return [view.overrides() for view in self.views] or None
+
+
 class TrainConfig(Section):
     epochs: int = Field(1, ge=1, description="epochs per task")
     first_task_epochs: int | None = Field(None, ge=1, description="epochs of the first task (default: epochs)")
@@ -142,6 +276,11 @@ class TrainConfig(Section):
         "evaluation); false keeps pixels in [0, 1], as Mammoth's ToTensor()-only inputs",
     )
     flip: bool = Field(True, description="random horizontal flips in the augmentation")
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig,
+        description="contrastive augmentation options: crop scale and ratio, jitter strengths and probability, "
+        "grayscale, Gaussian blur and solarization probabilities, and per-view overrides",
+    )
     log_every_n_steps: int = Field(50, ge=1, description="training loss, lr and img/s logged every N steps")
     checkpoint_every_n_steps: int | None = Field(None, ge=1, description="also checkpoint within a task every N steps")
     keep_checkpoints: bool = Field(
@@ -149,6 +288,16 @@ class TrainConfig(Section):
         description="keep every task-<t>.ckpt; by default only last.ckpt and the latest task-<t>.ckpt are "
         "kept (what --resume and its fallback need)",
     )
+
+    @model_validator(mode="after")
+    def _augment_options_need_contrastive(self) -> TrainConfig:
+        if self.augmentation in ("none", "supervised") and self.augment != AugmentConfig():
+            raise ValueError(
+                f"train.augment sets options of the contrastive augmentation, but train.augmentation is "
+                f"{self.augmentation!r}, which does not use them; set train.augmentation=contrastive or drop "
+                f"train.augment"
+            )
+        return self
 
     def epochs_for(self, task: int) -> int:
         return self.first_task_epochs if task == 0 and self.first_task_epochs is not None else self.epochs
@@ -358,26 +507,23 @@ def _section_at(model: type[BaseModel], loc: tuple, data: dict) -> type[BaseMode
         field = current.model_fields.get(key)
         if field is None:
             return None
-        annotation = field.annotation
-        sub = (
-            next(
-                (
-                    a
-                    for a in getattr(annotation, "__args__", (annotation,))
-                    if isinstance(a, type) and issubclass(a, BaseModel)
-                ),
-                None,
-            )
-            if annotation is not None
-            else None
-        )
-        if sub is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            sub = annotation
+        sub = _model_in(field.annotation)
         if sub is None:
             return None
         current = sub
         node = node.get(key) if isinstance(node, dict) else None
     return current
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section class a field holds: the annotation itself, or inside ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _describe(error: dict, data: dict) -> str:
@@ -697,8 +843,11 @@ def config_fingerprint(config: RunConfig) -> str:
     data["train"]["keep_checkpoints"] = True  # changes no number; pinned to its old default so fingerprints stay
     data["eval"].pop("report", None)
     # options added later are left out at their defaults, so earlier runs keep their fingerprints
+    if data["train"].get("augment") == AugmentConfig().model_dump(mode="json"):
+        data["train"].pop("augment")
     for section, key, default in (
         ("model", "init", "default"),
+        ("model", "stem", "cifar"),
         ("train", "normalize", True),
         ("method", "classifier", "etf"),
     ):

@@ -17,7 +17,26 @@ Presets (:func:`build_augmentation`), each ending with per-channel normalisation
 - ``"contrastive"``: the SimCLR/SupCon/Co2L recipe. RandomResizedCrop(scale 0.2–1.0, ratio 3/4–4/3) and horizontal
   flip (p = 0.5), then, for colour data (C = 3), ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1)
   applied with p = 0.8 and RandomGrayscale with p = 0.2; for grayscale data (C = 1), brightness and contrast jitter
-  (0.4, 0.4) with p = 0.8 and nothing else.
+  (0.4, 0.4) with p = 0.8 and nothing else. Options (``build_augmentation``, the config's ``train.augment``) set the
+  crop scale and ratio, the jitter strengths and probability, the grayscale probability, and add GaussianBlur
+  (``blur_p``, σ ∈ ``blur_sigma`` = [0.1, 2.0], kernel ``blur_kernel``) and solarization (``solarize_p``) after the
+  grayscale step, the order of solo-learn's and Co2L's pipelines. A transform whose probability is 0 is left out of
+  the pipeline (it draws nothing), so the recipe without blur or solarization draws exactly as it always did.
+
+Asymmetric views (BYOL's recipe, used by solo-learn's ImageNet-100 runs and so by CaSSLe and PNR: blur 1.0 / 0.1,
+solarization 0.0 / 0.2): ``build_augmentation(..., views=[{...}, {...}])`` builds one pipeline per view, each from the
+shared options overridden by its entry, wrapped in :class:`ViewTransforms`; ``t(x, generator, view=k)`` is view
+``k``'s augmentation and ``t(x)`` view 0's (what single-view users, e.g. the augmented linear probe, get).
+
+Two recipes from the papers' code, written as options:
+
+- solo-learn's ImageNet-100 recipe, run by CaSSLe and PNR (``csm9493/PNR``
+  ``bash_files/continual/imagenet-100/class/mocov2plus_pnr.sh`` with ``cassle/utils/dali_dataloader.py``): 224-px
+  crops, ``scale=(0.08, 1)``, ``jitter=(0.4, 0.4, 0.2, 0.1)``, ``jitter_p=0.8``, ``grayscale_p=0.2``,
+  ``views=[{"blur_p": 1.0, "solarize_p": 0.0}, {"blur_p": 0.1, "solarize_p": 0.2}]``, blur window 23.
+- Co2L's and FNC2's Tiny-ImageNet recipe (``main.py`` of Co2L, ``src/utils/transforms_utils.py`` of
+  ``dangtrunganh/samix``): ``scale=(0.1, 1)``, ``blur_p=0.5`` with kernel ``64 // 20 * 2 + 1 = 7`` (their blur is off
+  at 32 px).
 
 Implementation notes (differences from torchvision are deliberate and listed here):
 
@@ -41,6 +60,16 @@ Implementation notes (differences from torchvision are deliberate and listed her
   in HSV space (the colour model of torchvision's ``adjust_hue``) with a vectorised closed form that leaves
   saturation and value unchanged (see ``_shift_hue``).
 - Grayscale uses the same luma, copied into the three channels.
+- GaussianBlur is torchvision's ``gaussian_blur`` (the blur of Co2L's and FNC2's code): a ``k × k`` kernel, the outer
+  product of the 1-D weights ``g_i ∝ exp(−t_i² / (2σ²))``, ``t_i = i − (k − 1)/2``, ``Σ g = 1``, over the image padded
+  by ``k // 2`` in ``"reflect"`` mode (the edge pixel is not repeated; DALI's default border, used by solo-learn's
+  ImageNet pipeline, is the same). It runs as two 1-D passes of a depthwise convolution with one kernel per sample.
+  Kernel side: ``blur_kernel``, by default ``image_size // 20 * 2 + 1`` — the formula of Co2L's and FNC2's code
+  (7 at 64 px), which gives solo-learn's DALI window of 23 at 224 px. (solo-learn's non-DALI pipeline uses PIL's
+  ``GaussianBlur(radius=σ)``, a box-filter approximation without a fixed window; its CIFAR recipes have the blur off.)
+- Solarization inverts the pixels at or above 0.5: ``x ← 1 − x`` where ``x ≥ 0.5``, per channel — PIL's
+  ``ImageOps.solarize`` and DALI's ``255 − x`` for ``x ≥ 128`` on 8-bit images, as those see a float pixel after
+  rounding (``round(255·x) ≥ 128`` ⇔ ``x ≥ 0.5``).
 """
 
 from __future__ import annotations
@@ -67,8 +96,13 @@ __all__ = [
     "RandomResizedCrop",
     "ColorJitter",
     "RandomGrayscale",
+    "GaussianBlur",
+    "RandomSolarize",
     "TwoViews",
+    "ViewTransforms",
     "views",
+    "augment_view",
+    "default_blur_kernel",
     "build_augmentation",
     "build_eval_transform",
 ]
@@ -377,6 +411,68 @@ class RandomGrayscale(BatchTransform):
         return torch.where(mask, _luma(x).expand_as(x), x)
 
 
+class GaussianBlur(BatchTransform):
+    """Gaussian blur applied to each sample with probability ``p``, its σ drawn uniformly per sample in ``sigma``.
+
+    torchvision's ``gaussian_blur`` with a per-sample σ: the ``k × k`` kernel ``g gᵀ``, ``g_i ∝ exp(−t_i² / (2σ²))``
+    with ``t_i = i − (k − 1)/2`` and ``Σ_i g_i = 1``, on the image reflect-padded by ``k // 2``; computed as a vertical
+    then a horizontal 1-D pass of a depthwise convolution (one kernel per sample and channel), which equals the 2-D
+    convolution up to float rounding. Draws: two uniforms per sample (apply?, σ), whether or not it is applied.
+
+    Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``; ``k // 2 < min(H, W)`` (reflect padding needs it).
+    """
+
+    def __init__(self, kernel_size: int, sigma: tuple[float, float] = (0.1, 2.0), p: float = 0.5) -> None:
+        super().__init__()
+        kernel_size = int(kernel_size)
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"GaussianBlur kernel_size must be a positive odd integer, got {kernel_size}")
+        sigma = (float(sigma[0]), float(sigma[1]))
+        if not 0.0 < sigma[0] <= sigma[1]:
+            raise ConfigError(f"GaussianBlur sigma must satisfy 0 < min ≤ max, got {sigma}")
+        self.kernel_size, self.sigma, self.p = kernel_size, sigma, float(p)
+
+    def kernels(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The normalised 1-D kernels ``(B, k)`` of per-sample ``sigma`` ``(B,)``."""
+        k = self.kernel_size
+        t = torch.arange(k, device=sigma.device, dtype=sigma.dtype) - (k - 1) / 2.0
+        g = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
+        return g / g.sum(dim=1, keepdim=True)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        B, C, H, W = x.shape
+        k, pad = self.kernel_size, self.kernel_size // 2
+        if pad >= min(H, W):
+            raise ValueError(
+                f"GaussianBlur with a {k}×{k} kernel needs images larger than {pad} pixels a side, got {H}×{W}"
+            )
+        u = _rand((2, B), x, generator, batch_dim=1)
+        apply = (u[0] < self.p).view(B, 1, 1, 1)
+        sigma = (self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[1]).to(x.dtype)
+        if pad == 0:
+            return x
+        g = self.kernels(sigma).repeat_interleave(C, dim=0)  # (B·C, k): one kernel per sample and channel
+        y = F.pad(x.reshape(1, B * C, H, W), (pad, pad, pad, pad), mode="reflect")
+        y = F.conv2d(y, g.view(B * C, 1, k, 1), groups=B * C)
+        y = F.conv2d(y, g.view(B * C, 1, 1, k), groups=B * C)
+        return torch.where(apply, y.view(B, C, H, W), x)
+
+
+class RandomSolarize(BatchTransform):
+    """Solarize each sample with probability ``p``: every value ``x ≥ threshold`` becomes ``1 − x`` (inputs in
+    [0, 1]); the default threshold 0.5 is PIL's and DALI's 128 on rounded 8-bit pixels (see the module docstring)."""
+
+    def __init__(self, p: float = 0.2, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.p, self.threshold = float(p), float(threshold)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _as_float(x)
+        mask = _bernoulli(self.p, x.shape[0], x, generator).view(-1, 1, 1, 1)
+        return torch.where(mask & (x >= self.threshold), 1.0 - x, x)
+
+
 class Compose(BatchTransform):
     """Apply ``transforms`` in order, passing the generator to each, then ``normalize`` (``None``: pixels stay in
     [0, 1]).
@@ -412,11 +508,46 @@ class Compose(BatchTransform):
         return f"preset={self.preset!r}, channels={self.channels}"
 
 
+class ViewTransforms(nn.Module):
+    """One augmentation pipeline per view, for asymmetric recipes (BYOL's, run by solo-learn, CaSSLe and PNR).
+
+    ``forward(x, generator=None, view=0)`` applies view ``view``'s pipeline, so a caller that knows nothing of views
+    gets view 0's; :meth:`views` stacks views ``0 … n−1``, each from its own pipeline. The pipelines draw from the same
+    generator one after the other, as a symmetric pipeline called ``n`` times does.
+    """
+
+    def __init__(self, pipelines: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not pipelines:
+            raise ConfigError("ViewTransforms needs at least one pipeline")
+        self.pipelines = nn.ModuleList(pipelines)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, view: int = 0) -> torch.Tensor:
+        if not 0 <= view < len(self.pipelines):
+            raise ValueError(f"view {view} asked of an augmentation with {len(self.pipelines)} per-view pipelines")
+        return self.pipelines[view](x, generator)
+
+    def views(self, x: torch.Tensor, n: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` views stacked as ``(n·B, C, H, W)``, view ``k`` from pipeline ``k``."""
+        return views(self, x, n, generator)
+
+
+def augment_view(transform, x: torch.Tensor, view: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """View ``view`` (0-based) of ``x``: the view's own pipeline of a :class:`ViewTransforms`; any other transform
+    (the same pipeline for every view, or a plain callable ``transform(x)``) as it is."""
+    if isinstance(transform, ViewTransforms):
+        return transform(x, generator, view=view)
+    return transform(x) if generator is None else transform(x, generator)
+
+
 def views(transform: nn.Module, x: torch.Tensor, n: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` independently augmented views of ``x`` stacked as ``(n·B, C, H, W)``, view 1's rows first:
-    ``torch.cat([transform(x, generator) for _ in range(n)])``."""
+    ``torch.cat([transform(x, generator) for _ in range(n)])`` (for a :class:`ViewTransforms`, view ``k`` by its own
+    pipeline)."""
     if n < 1:
         raise ValueError(f"views needs n ≥ 1, got {n}")
+    if isinstance(transform, ViewTransforms):
+        return torch.cat([transform(x, generator, view=k) for k in range(n)], dim=0)
     return torch.cat([transform(x, generator) for _ in range(n)], dim=0)
 
 
@@ -433,12 +564,40 @@ class TwoViews(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------- builders
-_OPTIONS = {"flip", "padding", "scale", "ratio", "jitter", "jitter_p", "grayscale_p"}
+_OPTIONS = {
+    "flip",
+    "padding",
+    "scale",
+    "ratio",
+    "jitter",
+    "jitter_p",
+    "grayscale_p",
+    "blur_p",
+    "blur_sigma",
+    "blur_kernel",
+    "solarize_p",
+}
+
+
+def default_blur_kernel(image_size: int) -> int:
+    """``image_size // 20 * 2 + 1``: Co2L's and FNC2's blur kernel (about a tenth of the side, odd): 7 at 64 px, 23 at
+    224 px (solo-learn's DALI window)."""
+    return int(image_size) // 20 * 2 + 1
 
 
 def build_eval_transform(mean: Sequence[float] | float, std: Sequence[float] | float) -> Compose:
     """Evaluation transform: ``(x − mean) / std`` only (the ``"none"`` preset)."""
     return Compose([], Normalize(mean, std), channels=None, preset="none")
+
+
+def _unknown_options(names) -> None:
+    unknown = sorted(set(names) - _OPTIONS)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(_OPTIONS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"Unknown augmentation option(s) {', '.join(unknown)}{hint}; allowed: {', '.join(sorted(_OPTIONS))}"
+        )
 
 
 def build_augmentation(
@@ -448,24 +607,30 @@ def build_augmentation(
     mean: Sequence[float] | float,
     std: Sequence[float] | float,
     normalize: bool = True,
+    views: Sequence[dict] | None = None,
     **options,
-) -> Compose:
+) -> Compose | ViewTransforms:
     """Build a batched augmentation pipeline; call it as ``aug(x, generator=None)`` on ``(B, channels, H, W)``.
 
     Args:
         preset: ``"none"``, ``"supervised"`` or ``"contrastive"`` (see the module docstring), or a recipe registered
             in ``protosphere.registry.AUGMENTATIONS``: ``recipe(image_size, channels, **options)`` returns the
             transforms applied before normalisation.
-        image_size: side of the (square) training images; sets the default crop padding.
+        image_size: side of the (square) training images; sets the default crop padding and blur kernel.
         channels: 1 (grayscale) or 3 (RGB); selects the colour operations of ``"contrastive"``.
         mean, std: per-channel normalisation statistics.
         normalize: ``False`` leaves out the final ``(x − mean) / std``: the output stays in [0, 1] (Mammoth's
             ``ToTensor()``-only inputs; with ``"none"`` the transform is then only the uint8 → float conversion).
+        views: per-view option overrides, one mapping per view (e.g. ``[{"blur_p": 1.0}, {"blur_p": 0.1,
+            "solarize_p": 0.2}]``): view ``k`` is built from ``options`` updated by ``views[k]`` and the result is a
+            :class:`ViewTransforms`. ``None`` or empty: one :class:`Compose` for every view.
         **options: ``flip`` (bool, default True; supervised and contrastive), ``padding`` (int, default
             ``image_size // 8``; supervised), ``scale`` (default (0.2, 1.0)), ``ratio`` (default (3/4, 4/3)),
             ``jitter`` ((brightness, contrast, saturation, hue), default (0.4, 0.4, 0.4, 0.1); saturation and hue
-            are ignored for 1 channel), ``jitter_p`` (default 0.8), ``grayscale_p`` (default 0.2; RGB only) — the last
-            five for contrastive. Options a preset does not use are ignored.
+            are ignored for 1 channel), ``jitter_p`` (default 0.8), ``grayscale_p`` (default 0.2; RGB only),
+            ``blur_p`` (default 0: no blur), ``blur_sigma`` (default (0.1, 2.0)), ``blur_kernel`` (odd, default
+            :func:`default_blur_kernel`), ``solarize_p`` (default 0) — all but the first two for contrastive.
+            Options a preset does not use are ignored.
 
     Raises:
         ConfigError: unknown preset or option (closest name suggested), mean/std of the wrong length, bad values.
@@ -475,13 +640,9 @@ def build_augmentation(
         recipe = AUGMENTATIONS.get(key)
     except UnknownNameError as exc:
         raise ConfigError(f"Unknown augmentation preset '{preset}': {exc}") from None
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(_OPTIONS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(
-            f"Unknown augmentation option(s) {', '.join(unknown)}{hint}; allowed: {', '.join(sorted(_OPTIONS))}"
-        )
+    _unknown_options(options)
+    for view in views or ():
+        _unknown_options(view)
     channels, image_size = int(channels), int(image_size)
     if channels not in (1, 3):
         raise ConfigError(f"Augmentation supports 1 or 3 channels, got {channels}")
@@ -492,7 +653,12 @@ def build_augmentation(
         if t.shape[1] not in (1, channels):
             raise ConfigError(f"Normalisation {name} has {t.shape[1]} values but the data has {channels} channel(s)")
 
-    return Compose(recipe(image_size, channels, **options), norm if normalize else None, channels=channels, preset=key)
+    def pipeline(opts: dict) -> Compose:
+        return Compose(recipe(image_size, channels, **opts), norm if normalize else None, channels=channels, preset=key)
+
+    if not views:
+        return pipeline(options)
+    return ViewTransforms([pipeline({**options, **view}) for view in views])
 
 
 @AUGMENTATIONS.register("none")
@@ -513,7 +679,8 @@ def _supervised(image_size: int, channels: int, **options) -> list[BatchTransfor
 
 @AUGMENTATIONS.register("contrastive")
 def _contrastive(image_size: int, channels: int, **options) -> list[BatchTransform]:
-    """SimCLR's recipe: random resized crop with flip, colour jitter, random grayscale (RGB only)."""
+    """SimCLR's recipe: random resized crop with flip, colour jitter, random grayscale (RGB only); Gaussian blur and
+    solarization when their probabilities are set."""
     transforms: list[BatchTransform] = [
         RandomResizedCrop(
             tuple(options.get("scale", (0.2, 1.0))),
@@ -530,6 +697,25 @@ def _contrastive(image_size: int, channels: int, **options) -> list[BatchTransfo
         transforms.append(RandomGrayscale(float(options.get("grayscale_p", 0.2))))
     else:
         transforms.append(ColorJitter(jitter[0], jitter[1], 0.0, 0.0, p=jitter_p))
+    blur_p = float(options.get("blur_p", 0.0))
+    if blur_p > 0:  # left out at p = 0, so that a recipe without blur draws as before
+        kernel = options.get("blur_kernel")
+        kernel = default_blur_kernel(image_size) if kernel is None else int(kernel)
+        if kernel == 1:
+            raise ConfigError(
+                f"blur_p={blur_p} asks for a Gaussian blur, but its kernel is 1 pixel wide (the default "
+                f"image_size // 20 * 2 + 1 for {image_size}-px images), which leaves images unchanged; set blur_kernel "
+                "to an odd size ≥ 3 or blur_p to 0"
+            )
+        if kernel // 2 >= image_size:
+            raise ConfigError(
+                f"blur_kernel={kernel} is too large for {image_size}×{image_size} images (reflect padding needs "
+                f"kernel // 2 < image side); use at most {2 * image_size - 1}"
+            )
+        transforms.append(GaussianBlur(kernel, tuple(options.get("blur_sigma", (0.1, 2.0))), p=blur_p))
+    solarize_p = float(options.get("solarize_p", 0.0))
+    if solarize_p > 0:
+        transforms.append(RandomSolarize(solarize_p))
     return transforms
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodConfig
+from ..data.augment import augment_view
 
 
 @dataclass
@@ -82,8 +83,13 @@ class StepOutput:
 
 @dataclass
 class Transforms:
-    train: Callable[[torch.Tensor], torch.Tensor]  # augmentation + normalisation
+    train: Callable[[torch.Tensor], torch.Tensor]  # augmentation + normalisation (view 0's, for per-view recipes)
     eval: Callable[[torch.Tensor], torch.Tensor]  # normalisation only
+
+    def train_view(self, images: torch.Tensor, view: int) -> torch.Tensor:
+        """View ``view`` (0-based) of the training augmentation: its own pipeline when the recipe is asymmetric
+        (:class:`~protosphere.data.augment.ViewTransforms`, e.g. blur 1.0 / 0.1), else ``train(images)``."""
+        return augment_view(self.train, images, view)
 
 
 def frozen_copy(module: nn.Module, train_mode_bn: bool = False) -> nn.Module:

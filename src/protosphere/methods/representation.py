@@ -89,8 +89,9 @@ class RepresentationMethod(Method):
         return self.embed(normalized_images)
 
     def two_views(self, images: torch.Tensor) -> torch.Tensor:
-        """Two independent augmentations stacked as ``cat(view1, view2)`` (2B, C, H, W)."""
-        return torch.cat([self.transforms.train(images), self.transforms.train(images)])
+        """Two independent augmentations stacked as ``cat(view1, view2)`` (2B, C, H, W); each view by its own
+        pipeline when the recipe has per-view settings."""
+        return torch.cat([self.transforms.train_view(images, 0), self.transforms.train_view(images, 1)])
 
     # stored data ------------------------------------------------------------------------------------------------
     def configure_evaluation(self, evaluation, seed: int = 0) -> None:

@@ -107,7 +107,9 @@ class SelfSupervisedMethod(RepresentationMethod):
         self.base.begin_task(task)
 
     def views(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.transforms.train(images), self.transforms.train(images)]
+        """The two augmented views, each by its own pipeline when the recipe has per-view settings (solo-learn's
+        asymmetric blur and solarization)."""
+        return [self.transforms.train_view(images, 0), self.transforms.train_view(images, 1)]
 
     def encode_views(self, views):
         """Per view: encoder features h_v, raw projections z_v and normalised projections q_v."""

@@ -1,10 +1,11 @@
-"""Backbones (MLP, small CNN, CIFAR ResNet-18 full and reduced) and heads (projection, predictor, linear, fixed
-prototypes, mixture of experts)."""
+"""Backbones (MLP, small CNN, ResNet-18 full and reduced with a CIFAR or ImageNet stem) and heads (projection,
+predictor, linear, fixed prototypes, mixture of experts)."""
 
 from protosphere.models.backbones import (
     BACKBONES,
     INIT_SCHEMES,
     MLP,
+    STEMS,
     BasicBlock,
     CifarResNet18,
     SmallCNN,
@@ -27,6 +28,7 @@ __all__ = [
     "MLP",
     "BasicBlock",
     "CifarResNet18",
+    "STEMS",
     "SmallCNN",
     "build_backbone",
     "count_parameters",

@@ -13,16 +13,26 @@ name                  out_dim    what it is
                                  MNIST MLP; with a 100→10 linear head it is Mammoth's ``MNISTMLP``)
 ``small_cnn``         256        four 3×3 stride-2 conv–BN–ReLU stages (32, 64, 128, 256 channels)
                                  → global average pool; ≈0.39 M parameters; the CPU default
-``resnet18``          512        CIFAR ResNet-18 (He et al. 2016) as in Co2L / Mammoth: 3×3 stride-1 stem,
-                                 no max-pool, BasicBlocks [2, 2, 2, 2], width 64; ≈11.2 M parameters
+``resnet18``          512        ResNet-18 (He et al. 2016), BasicBlocks [2, 2, 2, 2], width 64; CIFAR stem
+                                 by default (3×3 stride 1, no max-pool, as in Co2L / Mammoth), or
+                                 torchvision's ImageNet stem (``stem="imagenet"``); ≈11.2 M parameters
 ``resnet18_reduced``  160        the same with width ``nf = 20`` (Mammoth's reduced ResNet-18, introduced
                                  with GEM, Lopez-Paz & Ranzato 2017); ≈1.1 M parameters
 ====================  =========  ==========================================================================
 
-ResNet stem for larger images: the stem stays a 3×3 stride-1 convolution without max-pool at every image size, including
-64×64 Tiny-ImageNet and larger ImageNet-100 crops. This follows Co2L's Tiny-ImageNet setting, which trains the same
-CIFAR ResNet-18 on 64×64 images; it costs 4× the compute of a 32×32 input. Pass ``stem_stride=2`` to halve the
-resolution in the stem if that cost matters (not a paper setting).
+ResNet stem (``stem``, the config's ``model.stem``):
+
+- ``"cifar"`` (default): 3×3 stride-1 convolution (padding 1), BN, ReLU, no max-pool — SupCon/Co2L's
+  ``resnet_big.py``, Mammoth, and the FNC2 authors' code (``dangtrunganh/samix``), which keep it at every image size,
+  64×64 Tiny-ImageNet included (4× the compute of a 32×32 input). ``stem_stride=2`` halves the resolution in this
+  stem if that cost matters (not a paper setting).
+- ``"cifar_pad2"``: the same 3×3 stride-1 convolution with padding 2, as solo-learn and the CaSSLe/PNR code put on
+  torchvision's ResNet-18 for CIFAR (``nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)``,
+  ``maxpool = nn.Identity()``): the first feature map is 34×34 on 32×32 images.
+- ``"imagenet"``: torchvision's ``resnet18`` stem, 7×7 stride-2 convolution (padding 3, no bias), BN, ReLU, 3×3
+  stride-2 max-pool (padding 1), for 224-px data (solo-learn's, CaSSLe's and PNR's ImageNet-100 networks): a 224×224
+  input reaches the first stage at 56×56 and the last at 7×7. With this stem the network is torchvision's
+  ``resnet18`` without its ``fc`` layer (11,176,512 parameters at 3 input channels).
 
 Memory format: conv backbones run fastest on CPU in ``channels_last``; :func:`to_channels_last` converts a module and
 makes conv backbones convert their input as well. The result is numerically the same as the contiguous format.
@@ -46,6 +56,7 @@ __all__ = [
     "SmallCNN",
     "BasicBlock",
     "CifarResNet18",
+    "STEMS",
     "INIT_SCHEMES",
     "build_backbone",
     "count_parameters",
@@ -166,24 +177,46 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+STEMS: tuple[str, ...] = ("cifar", "cifar_pad2", "imagenet")
+"""The ResNet stems (see the module docstring)."""
+
+
 class CifarResNet18(_ConvBackbone):
-    """CIFAR-style ResNet-18 (He et al. 2016, "Deep Residual Learning for Image Recognition").
+    """ResNet-18 (He et al. 2016, "Deep Residual Learning for Image Recognition") with a CIFAR or an ImageNet stem.
 
-    The variant used by SupCon/Co2L (``resnet_big.py``) and Mammoth: 3×3 stride-1 stem conv–BN–ReLU, no max-pool, four
-    stages of two :class:`BasicBlock` with widths ``nf, 2nf, 4nf, 8nf`` and strides 1, 2, 2, 2, global average pool.
-    ``nf = 64`` gives the full network (out_dim 512, 11.17 M parameters at 3 input channels); ``nf = 20`` gives
-    Mammoth's reduced ResNet-18 from GEM (Lopez-Paz & Ranzato 2017; out_dim 160, 1.09 M parameters).
+    Default (``stem="cifar"``): the variant used by SupCon/Co2L (``resnet_big.py``) and Mammoth — 3×3 stride-1 stem
+    conv–BN–ReLU, no max-pool. ``stem="cifar_pad2"``: the same conv with padding 2 (solo-learn, CaSSLe, PNR).
+    ``stem="imagenet"``: torchvision's stem, 7×7 stride-2 conv (padding 3, no bias)–BN–ReLU, then 3×3 stride-2
+    max-pool (padding 1). Then four stages of two :class:`BasicBlock` with widths ``nf, 2nf, 4nf, 8nf`` and strides 1,
+    2, 2, 2, global average pool. ``nf = 64`` gives the full network (out_dim 512; 11.17 M parameters at 3 input
+    channels with the CIFAR stem, 11.18 M with the ImageNet stem); ``nf = 20`` gives Mammoth's reduced ResNet-18 from
+    GEM (Lopez-Paz & Ranzato 2017; out_dim 160, 1.09 M parameters).
 
-    The stem keeps stride 1 at every image size (see the module docstring); ``stem_stride=2`` is available for large
-    images.
+    ``stem_stride`` (CIFAR stems only) sets the stride of the 3×3 stem conv; 1 keeps the papers' setting.
 
-    Shapes: ``(B, in_channels, H, W)`` → ``(B, 8·nf)``.
+    Shapes: ``(B, in_channels, H, W)`` → ``(B, 8·nf)``; with the ImageNet stem the first stage sees
+    ``(B, nf, ⌈H/4⌉, ⌈W/4⌉)`` (56×56 at H = W = 224).
     """
 
-    def __init__(self, in_channels: int = 3, nf: int = 64, stem_stride: int = 1) -> None:
+    def __init__(self, in_channels: int = 3, nf: int = 64, stem_stride: int = 1, stem: str = "cifar") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, nf, 3, int(stem_stride), 1, bias=False)
+        if stem not in STEMS:
+            close = difflib.get_close_matches(str(stem), STEMS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(STEMS)}."
+            raise ConfigError(f"Unknown ResNet stem '{stem}'; {hint}")
+        if stem == "imagenet" and int(stem_stride) != 1:
+            raise ConfigError(
+                f"stem_stride={stem_stride} applies to the 3×3 CIFAR stems; the ImageNet stem is always a 7×7 "
+                "stride-2 conv and a stride-2 max-pool, so leave stem_stride at 1."
+            )
+        self.stem = stem
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, nf, 7, 2, 3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, nf, 3, int(stem_stride), 2 if stem == "cifar_pad2" else 1, bias=False)
         self.bn1 = nn.BatchNorm2d(nf)
+        # no parameters, so state_dict keys are those of the CIFAR network with either stem
+        self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
         in_planes = nf
         stages = []
         for i, stride in enumerate((1, 2, 2, 2)):
@@ -200,9 +233,12 @@ class CifarResNet18(_ConvBackbone):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(self._prepare(x))))
+        x = self.maxpool(F.relu(self.bn1(self.conv1(self._prepare(x)))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def extra_repr(self) -> str:
+        return f"stem={self.stem!r}"
 
 
 def _checked(name: str, allowed: set[str], min_size: int, make):
@@ -228,8 +264,12 @@ def _checked(name: str, allowed: set[str], min_size: int, make):
 _BUILT_IN = {  # name: (options, smallest image side, constructor)
     "mlp": ({"hidden"}, 1, lambda c, size, **kw: MLP(c * size * size, **kw)),
     "small_cnn": ({"channels", "strides"}, 8, lambda c, size, **kw: SmallCNN(c, **kw)),
-    "resnet18": ({"nf", "stem_stride"}, 8, lambda c, size, nf=64, **kw: CifarResNet18(c, nf=int(nf), **kw)),
-    "resnet18_reduced": ({"nf", "stem_stride"}, 8, lambda c, size, nf=20, **kw: CifarResNet18(c, nf=int(nf), **kw)),
+    "resnet18": ({"nf", "stem_stride", "stem"}, 8, lambda c, size, nf=64, **kw: CifarResNet18(c, nf=int(nf), **kw)),
+    "resnet18_reduced": (
+        {"nf", "stem_stride", "stem"},
+        8,
+        lambda c, size, nf=20, **kw: CifarResNet18(c, nf=int(nf), **kw),
+    ),
 }
 for _name, (_allowed, _min_size, _make) in _BUILT_IN.items():
     REGISTRY.register(_name, _checked(_name, _allowed, _min_size, _make))
@@ -277,8 +317,9 @@ def build_backbone(name: str, in_channels: int, image_size: int, **kwargs) -> nn
         in_channels: image channels (1 for (F)MNIST, 3 for colour).
         image_size: height = width of the input (≥ 8 for conv backbones); fixes the MLP's input size.
         **kwargs: ``mlp``: ``hidden`` (sequence of ints, default ``(100, 100)``); ``small_cnn``: ``channels``,
-            ``strides``; ``resnet18`` / ``resnet18_reduced``: ``nf`` (width, default 64 / 20), ``stem_stride``
-            (default 1).
+            ``strides``; ``resnet18`` / ``resnet18_reduced``: ``nf`` (width, default 64 / 20), ``stem``
+            (``"cifar"`` (default), ``"cifar_pad2"`` or ``"imagenet"``, see the module docstring), ``stem_stride``
+            (default 1; CIFAR stems only).
 
     Raises:
         ConfigError: unknown name (the closest known name is suggested), bad sizes or unknown keyword arguments.

@@ -177,6 +177,8 @@ def build_method(config: RunConfig, scenario, world_size: int = 1):
 
     channels, size = scenario.image_shape[0], scenario.image_shape[1]
     kwargs = {"hidden": tuple(config.model.mlp_hidden)} if config.model.backbone == "mlp" else {}
+    if config.model.stem != "cifar":  # only then: a registered backbone without stems keeps working
+        kwargs["stem"] = config.model.stem
     backbone = build_backbone(config.model.backbone, in_channels=channels, image_size=size, **kwargs)
     if config.model.channels_last and config.model.backbone != "mlp":
         backbone = backbone.to(memory_format=torch.channels_last)
@@ -188,6 +190,8 @@ def build_method(config: RunConfig, scenario, world_size: int = 1):
         std=scenario.std,
         flip=config.train.flip,
         normalize=config.train.normalize,
+        views=config.train.augment.view_options(),
+        **config.train.augment.options(),  # what differs from the defaults, so a registered recipe sees only that
     )
     normalize = build_augmentation(
         "none",
