@@ -1,9 +1,11 @@
-"""Matplotlib figures of a run (and of a comparison), written as PNG files.
+"""Matplotlib figures of a run (and of a comparison), written as PNG files and, beside each, the same figure as a
+vector PDF (for papers: ``\\includegraphics{plots/accuracy_matrix_ncm.pdf}``).
 
 Every function takes plain Python / NumPy data or parts of the run record (what ``results.json`` and
 ``embeddings.npz`` hold), draws one figure
 with the object-oriented API on an Agg canvas (pyplot's global state and the user's backend are never touched) and
-saves it to ``path``. Nothing here reads files or knows the HTML layout.
+saves it to ``path`` (the PNG; the PDF is ``path`` with the suffix ``.pdf``). Nothing here reads files or knows the
+HTML layout.
 """
 
 from __future__ import annotations
@@ -57,17 +59,20 @@ def _style(ax) -> None:
     ax.tick_params(labelsize=9)
 
 
+def vector_path(path: Path) -> Path:
+    """The vector (PDF) twin of a figure's PNG."""
+    return Path(path).with_suffix(".pdf")
+
+
 def _save(fig: Figure, path: Path) -> Path:
+    """``path`` (PNG) and its PDF twin (:func:`vector_path`), with no time stamp or version in either file, so the
+    same record renders the same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    common = {"facecolor": "white", "bbox_inches": "tight", "pad_inches": 0.12}
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None}, **common)
     fig.savefig(
-        path,
-        format="png",
-        dpi=DPI,
-        facecolor="white",
-        bbox_inches="tight",
-        pad_inches=0.12,
-        metadata={"Software": None},
+        vector_path(path), format="pdf", metadata={"Creator": None, "Producer": None, "CreationDate": None}, **common
     )
     return path
 
