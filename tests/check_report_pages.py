@@ -4,8 +4,9 @@
 
 For every page, at a window ``--width`` px wide (default 1,400): no console error or uncaught exception, no request
 that leaves the file (every picture and style is inline), every <img> decodes to a non-empty picture and has alt text,
-and nothing runs past the right edge (the page does not scroll sideways; wide tables and code blocks scroll inside
-their own box). Prints one line per page and exits 1 when a check fails, 2 when Chromium is missing.
+nothing runs past the right edge (the page does not scroll sideways; wide tables and code blocks scroll inside their
+own box), and a command (``pre.command``) wraps instead of scrolling, so all of it can be read and copied. Prints one
+line per page and exits 1 when a check fails, 2 when Chromium is missing.
 
 Talks to Chromium over the DevTools protocol on a pipe (``--remote-debugging-pipe``): no extra Python package and no
 network port. The tests run it on a generated report when Chromium is installed
@@ -51,6 +52,8 @@ CHECKS_JS = r"""
     images: images.map((img, i) => ({alt: img.alt, ok: decoded[i] && img.naturalWidth > 0 && img.naturalHeight > 0})),
     scrollWidth: document.documentElement.scrollWidth, clientWidth: width,
     overflowing: overflowing.slice(0, 10), title: document.title,
+    unwrapped: Array.from(document.querySelectorAll('pre.command'))
+      .filter(p => p.scrollWidth > p.clientWidth + 1).map(p => (p.textContent || '').trim().slice(0, 60)),
     headings: Array.from(document.querySelectorAll('h2')).length,
   });
 })()
@@ -223,6 +226,8 @@ def check_page(tools: DevTools, path: Path, width: int) -> list[str]:
             f"content runs past the right edge at {width} px (page {facts['scrollWidth']} px wide): "
             + "; ".join(facts["overflowing"])
         )
+    for text in facts["unwrapped"]:
+        problems.append(f"a command does not wrap (it scrolls sideways): {text}")
     tools.send("Target.closeTarget", {"targetId": target})
     check_page.last_facts = facts
     return problems

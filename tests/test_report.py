@@ -208,6 +208,15 @@ def test_report_is_self_contained_with_valid_pngs(full_report):
         assert base64.b64encode(png.read_bytes()).decode() in text  # every plot is embedded
     assert len(sources) == len(pngs)
     assert "<details>" in text and "Resolved config (YAML)" in text
+    # every plot also as a vector PDF beside its PNG, with no time stamp (the same record renders the same bytes)
+    pdfs = sorted((run_dir / "plots").glob("*.pdf"))
+    assert [p.stem for p in pdfs] == [p.stem for p in pngs]
+    for pdf in pdfs:
+        data = pdf.read_bytes()
+        assert data.startswith(b"%PDF-") and b"%%EOF" in data[-32:] and b"CreationDate" not in data, pdf
+    # and each figure links its two files, relative to the page
+    for png in pngs:
+        assert f'<a href="plots/{png.name}">PNG</a> · <a href="plots/{png.stem}.pdf">PDF</a>' in text, png.name
 
 
 def test_headline_numbers_equal_results_json(full_report):
@@ -363,6 +372,92 @@ def test_rerender_removes_stale_plots(tmp_path):
     (run_dir / "embeddings.npz").unlink()
     write_report(run_dir)
     assert not (run_dir / "plots" / "embedding_sphere.png").exists()
+    assert not (run_dir / "plots" / "embedding_sphere.pdf").exists()
+    assert (run_dir / "plots" / "accuracy_matrix_head.pdf").exists()
+
+
+def test_report_shows_the_command_and_the_commit_and_links_the_run_files(tmp_path):
+    results = fake_results(num_tasks=2, task_il=False, nc=False)
+    command = "protosphere run configs/a.yaml " + " ".join(f"train.option_{i}=<{i}>&" for i in range(30))
+    results.update(
+        command=command,
+        code={"version": "9.8.7", "git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": True},
+        fingerprint="feedbeefcafe0001",
+    )
+    run_dir = write_run(tmp_path / "run", results)
+    files = RunDir(run_dir)
+    files.config.write_text("seed: 0\n")
+    files.metrics.write_text("time,task,epoch,step,split,name,value\n")
+    files.checkpoints.mkdir()
+    for checkpoint in (files.last_checkpoint, files.task_checkpoint(1)):
+        checkpoint.write_bytes(b"x")
+    text = write_report(run_dir).read_text()
+    header = re.search(r"<header>.*?</header>", text, flags=re.S).group(0)
+    import html
+
+    assert f'<pre class="command">{html.escape(command)}</pre>' in header  # the whole command, escaped
+    assert 'title="0123456789abcdef0123456789abcdef01234567">0123456789ab</code>' in header
+    assert "protosphere 9.8.7" in header and "with uncommitted changes" in header and "feedbeefcafe0001" in header
+    links = re.findall(r'href="([^"#]+)"', text)
+    for expected in ("config.yaml", "results.json", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/task-1.ckpt"):
+        assert expected in links, expected
+    assert "plots/" in links and "tensorboard/" not in links  # only what exists
+    for link in links:  # every link is relative to the report and names a file or folder of the run
+        assert not re.match(r"[a-z]+:|/", link), link
+        assert (run_dir / link).exists(), link
+    del results["command"], results["code"], results["fingerprint"]  # an earlier version's record still renders
+    text = write_report(run_dir, results).read_text()
+    assert 'class="command"' not in text and "config.yaml" in re.findall(r'href="([^"#]+)"', text)
+
+
+def chance_record(rows: dict, num_tasks: int = 5, diagnostics=None, classifier_data=None) -> dict:
+    """A record whose classifiers have the given last rows (class-IL and task-IL; earlier rows at 90 %)."""
+    results = fake_results(num_tasks=num_tasks, classifiers=tuple(rows), nc=False)
+    for classifier, (class_il, task_il) in rows.items():
+        for setting, last in (("class_il", class_il), ("task_il", task_il)):
+            matrix = [[90.0] * num_tasks for _ in range(num_tasks - 1)] + [list(last)]
+            results["accuracy"][classifier][setting] = matrix
+            results["metrics"][classifier][setting] = summarize(matrix, None)
+    results["diagnostics"] = diagnostics or []
+    results["classifier_data"] = classifier_data or {}
+    return results
+
+
+def test_a_classifier_at_chance_is_named_with_the_reason_the_record_gives(tmp_path):
+    from protosphere.report.html import CHANCE_MARGIN, chance_notes
+
+    # 5 tasks × 2 classes: chance is 10 % in class-IL, 50 % in task-IL; the final average is the last row's mean
+    rows = {
+        "linear_probe": ([80.0] * 5, [95.0] * 5),
+        "nearest_prototype": ([50.0, 0.0, 0.0, 0.0, 0.0], [70.0] * 5),  # everything to T1's classes: exactly 10 %
+        "ncm": ([10.0 + CHANCE_MARGIN] * 5, [50.0 + CHANCE_MARGIN + 0.01] * 5),  # at the margin: in; task-IL: out
+        "knn": ([12.6] * 5, [45.0] * 5),  # 12.6: out; task-IL below chance: in
+    }
+    diagnostics = [{"prototype_alignment": 0.5}] * 4 + [{"prototype_alignment": 0.031}]
+    results = chance_record(rows, diagnostics=diagnostics, classifier_data={"knn": "the current task's data"})
+    record = StoredRecord.from_data(results)
+    notes = chance_notes(record)
+    flagged = [re.search(r'data-classifier="(\w+)" data-setting="(\w+)"', n).groups() for n in notes]
+    assert flagged == [("nearest_prototype", "class_il"), ("ncm", "class_il"), ("knn", "task_il")]
+    prototype, ncm, knn = notes
+    assert "final average accuracy 10.00 % against 10.00 % for a uniform guess over 10 classes" in prototype
+    assert "nearest fixed prototype" in prototype and "mean cosine of 0.03 to their prototypes" in prototype
+    assert "only on T1 (50.0 %): it sends nearly every image to the classes of that task" in prototype
+    assert f"{10 + CHANCE_MARGIN:.2f} % against 10.00 %" in ncm and "class means" in ncm and "only on" not in ncm
+    assert "45.00 % against 50.00 %" in knn and "(below it)" in knn and "tell apart the classes of one task" in knn
+    results["accuracy"]["knn"]["class_il"][-1] = [10.0] * 5
+    results["metrics"]["knn"]["class_il"] = summarize(results["accuracy"]["knn"]["class_il"], None)
+    knn = chance_notes(StoredRecord.from_data(results))[2]
+    assert "class-IL" in knn and "It was fitted on the current task&#x27;s data" in knn
+    # on the page: under the headline numbers, before the accuracy sections
+    text = write_report(write_run(tmp_path / "run", results)).read_text()
+    headline = section_of(text, "Headline numbers")
+    assert all(note in headline for note in notes)
+    # a record without diagnostics or task lists still gets the class-IL note
+    del results["diagnostics"], results["scenario"]["tasks"]
+    notes = chance_notes(StoredRecord.from_data(results))
+    assert [re.search(r'data-setting="(\w+)"', n).group(1) for n in notes] == ["class_il"] * 3
+    assert "mean cosine" not in notes[0]
 
 
 def test_report_on_directory_without_results(tmp_path, capsys):
@@ -548,7 +643,8 @@ def test_report_and_console_say_which_data_each_classifier_saw(tmp_path):
     }
     text = write_report(write_run(tmp_path / "run", results)).read_text()
     assert "Fitted on the current task + 200 classifier-only samples." in text
-    assert text.count("200 classifier-only samples") == 3  # its class-IL and task-IL rows, and its section
+    # its class-IL and task-IL rows, and its section (a note on a classifier at chance names the data too)
+    assert re.sub(r'<p class="chance".*?</p>', "", text).count("200 classifier-only samples") == 3
     lines = _summary_lines(StoredRecord.from_data(results))
     assert any(
         line.strip() == "linear_probe fitted on the current task + 200 classifier-only samples" for line in lines

@@ -43,7 +43,8 @@ def test_the_checker_finds_every_kind_of_problem(browser, tmp_path):
         f'<img src="data:image/png;base64,{png_data()}" alt="">'
         '<img src="data:image/png;base64,AAAA" alt="broken picture">'
         '<img src="http://example.invalid/x.png" alt="remote picture">'
-        '<div style="width: 2000px">too wide</div></body></html>'
+        '<div style="width: 2000px">too wide</div>'
+        '<pre class="command" style="overflow-x: auto">' + "protosphere run " + "x=1 " * 600 + "</pre></body></html>"
     )
     problems = module.check_page(tools, bad, 1400)
     text = "\n".join(problems)
@@ -52,6 +53,7 @@ def test_the_checker_finds_every_kind_of_problem(browser, tmp_path):
     assert "(broken picture) does not decode" in text
     assert "image 1 has no alt text" in text
     assert "past the right edge at 1400 px" in text
+    assert "a command does not wrap (it scrolls sideways): protosphere run x=1" in text
 
 
 def test_a_full_report_passes_in_chromium(browser, tmp_path):
@@ -61,6 +63,7 @@ def test_a_full_report_passes_in_chromium(browser, tmp_path):
         num_tasks=10, classifiers=("nearest_prototype", "ncm", "linear_probe", "knn"), nc_epochs=True, extras=True
     )
     results["scenario"]["class_names"] = [f"a rather long class name {i}" for i in range(classes)]
+    results["command"] = "protosphere run configs/x.yaml " + " ".join(f"method.option_{i}={i}" for i in range(200))
     rng = np.random.default_rng(0)
     results["confusion"] = {
         "classifier": "nearest_prototype",
@@ -82,7 +85,8 @@ def test_a_full_report_passes_in_chromium(browser, tmp_path):
     labels = rng.integers(0, classes, 600)
     save_embedding_snapshot(run_dir, prototypes[labels] * 2 + 0.3 * rng.normal(size=(600, 32)), labels, prototypes)
     path = write_report(run_dir)
-    assert module.check_page(tools, path, 1400) == []
+    assert module.check_page(tools, path, 1400) == []  # the long command wraps, like everything else fits
+    assert '<pre class="command">protosphere run configs/x.yaml' in path.read_text()
     facts = module.check_page.last_facts
     assert len(facts["images"]) >= 20
     # every picture is named: its alt text says what it shows

@@ -5,6 +5,7 @@ table."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,145 @@ def test_jobs_must_be_positive(tmp_path, capsys):
     er = write_config(tmp_path, "er")
     assert main(["compare", str(er), "--jobs", "0", "--out", str(tmp_path / "out")]) == 2
     assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the compare page, the LaTeX table and the W&B group
+# ---------------------------------------------------------------------------------------------------------------
+def flatten(node, prefix: str = "") -> dict:
+    """A slow reference: nested config → dotted keys."""
+    if isinstance(node, dict) and node:
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def latex_rows(text: str) -> dict[str, list[str]]:
+    """{row label: cells} of the body rows of a LaTeX tabular, spelt back as Markdown spells them."""
+    body = text.split("\\midrule\n", 1)[1].split("\\bottomrule", 1)[0]
+    rows = {}
+    for line in body.strip().splitlines():
+        cells = [c.strip() for c in line.removesuffix("\\\\").strip().split(" & ")]
+        spelt = []
+        for cell in cells:
+            cell = re.sub(r"\\textbf\{(.*)\}", r"**\1**", cell).replace(" $\\pm$ ", " ± ").replace("\\_", "_")
+            spelt.append({"--": "n/a", "---": "—"}.get(cell, cell).strip("*"))  # as table_cells reads Markdown
+        rows[spelt[0]] = spelt[1:]
+    return rows
+
+
+def test_compare_writes_a_latex_table_equal_to_the_markdown_one(tmp_path, known_runs):
+    er = write_config(tmp_path, "er")
+    latex = tmp_path / "paper" / "table.tex"
+    grid = ["optimizer.lr=0.5,0.6", "train.batch_size=64"]
+    summary = compare([er], seeds=3, out=tmp_path / "out", grid=grid, latex=latex)
+    text = latex.read_text()
+    assert text == (tmp_path / "out" / "compare.tex").read_text()
+    assert f"--latex {latex}" in summary["command"] and f"% {summary['command']}" in text
+    columns = len(summary["columns"])
+    order = [line for line in text.splitlines() if line.startswith(("\\begin{tabular}", "\\toprule", "\\midrule"))]
+    assert order == [f"\\begin{{tabular}}{{lll{'r' * columns}}}", "\\toprule", "\\midrule"]
+    assert text.index("\\midrule") < text.index("\\bottomrule") < text.index("\\caption{")
+    body = [line for line in text.splitlines() if not line.startswith("%")]
+    assert all(line.isascii() for line in body)  # ±, ≥ and dashes spelt in LaTeX: every engine reads the table
+    assert "er lr=0.5 batch\\_size=64" in text and "\\usepackage{booktabs}" in text
+    markdown = table_cells((tmp_path / "out" / "compare.md").read_text(), "|")
+    rows = latex_rows(text)
+    assert rows == {label: markdown[label] for label in rows} and len(rows) == 2
+    assert "\\textbf{61.00 $\\pm$ 1.00}" in text  # bold where Markdown bolds: the significantly best row
+
+
+def test_compare_lists_the_config_keys_that_differ_between_rows(tmp_path, known_runs):
+    er, finetune = write_config(tmp_path, "er"), write_config(tmp_path, "finetune", "finetune")
+    summary = compare([er, finetune], seeds=1, out=tmp_path / "out", grid=["optimizer.lr=0.5,0.6"])
+    differences = summary["differences"]
+    configs = {  # the reference: each row's config as its results.json holds it, flattened
+        row["label"]: flatten(json.loads((tmp_path / "out" / row["runs"][0] / "results.json").read_text())["config"])
+        for row in summary["rows"]
+    }
+    keys = {k for flat in configs.values() for k in flat} - {"name", "seed", "output_dir"}
+    missing = object()
+    differ = {k for k in keys if len({repr(flat.get(k, missing)) for flat in configs.values()}) > 1}
+    assert set(differences["keys"]) == differ and len(differences["keys"]) == len(differ)
+    assert {"method.name", "method.buffer_size", "optimizer.lr"} <= differ
+    for label, flat in configs.items():
+        assert differences["rows"][label] == {k: flat[k] for k in differ if k in flat}
+    assert differences["rows"]["er lr=0.5"]["method.buffer_size"] == 20
+    assert "method.buffer_size" not in differences["rows"]["finetune lr=0.6"]  # finetune has no buffer
+    html = (tmp_path / "out" / "compare.html").read_text()
+    assert "What differs between the rows" in html
+    assert re.search(r'data-key="er lr=0.6\|method.buffer_size">20<', html)
+    assert re.search(r'data-key="finetune lr=0.5\|optimizer.lr">0.5<', html)
+    one = compare([er], seeds=1, out=tmp_path / "one")
+    assert one["differences"]["keys"] == [] and "What differs" not in (tmp_path / "one" / "compare.html").read_text()
+
+
+def test_compare_page_keeps_one_colour_per_row_and_shows_every_seed(tmp_path, known_runs, monkeypatch):
+    from matplotlib.colors import to_rgba
+
+    from protosphere.report import plots
+
+    figures = {}
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(Path(path).stem, fig) and real(fig, path))
+    er = write_config(tmp_path, "er")
+    out = tmp_path / "out"
+    compare([er], seeds=3, out=out, grid=["optimizer.lr=0.5,0.6,0.7"])
+    seeds = {i: [100 * lr + s for s in range(3)] for i, lr in enumerate((0.5, 0.6, 0.7))}  # known_runs' values
+    # bars: both series of row i in colour i, and its three seeds as dots on each bar
+    (ax,) = figures["compare_final_accuracy"].axes
+    from matplotlib.container import BarContainer
+
+    bars = [patch for c in ax.containers if isinstance(c, BarContainer) for patch in c.patches]
+    assert len(bars) == 6  # 3 rows × class-IL, task-IL
+    assert [to_rgba(b.get_facecolor()) for b in bars] == [to_rgba(plots.color(i)) for i in (0, 1, 2)] * 2
+    from matplotlib.collections import PathCollection
+
+    dots = [sorted(c.get_offsets()[:, 1].tolist()) for c in ax.collections if isinstance(c, PathCollection)]
+    assert dots == [pytest.approx(seeds[i]) for i in (0, 1, 2)] * 2
+    # curves: row i's mean line and its seeds' thin lines in colour i
+    (ax,) = figures["compare_seen_accuracy"].axes
+    for i in range(3):
+        lines = [line for line in ax.get_lines() if to_rgba(line.get_color()) == to_rgba(plots.color(i))]
+        thin = sorted(line.get_ydata()[0] for line in lines if line.get_linewidth() < 1)
+        assert thin == pytest.approx(seeds[i]) and len(lines) == 4  # 3 seeds + the mean
+    # the table: the same colour beside each row, every seed's value, and the PDFs linked
+    html = (out / "compare.html").read_text()
+    swatches = re.findall(r'<tr><td class="l"><span class="swatch" style="[^"]*background:(#\w+)"', html)
+    assert swatches[:3] == [plots.color(i) for i in range(3)]
+    cells = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', html))
+    for i, lr in enumerate((0.5, 0.6, 0.7)):
+        for s in range(3):
+            assert float(cells[f"er-lr-{lr}-seed{s}|headline/class_il/final_average_accuracy"]) == seeds[i][s]
+    for name in ("compare_final_accuracy", "compare_seen_accuracy"):
+        assert f'<a href="plots/{name}.pdf">PDF</a>' in html and (out / "plots" / f"{name}.pdf").is_file()
+    assert '<pre class="command">' in html
+
+
+def test_compare_puts_the_runs_that_log_to_wandb_in_one_group(tmp_path, known_runs):
+    plain = write_config(tmp_path, "plain")
+    tracked = tmp_path / "tracked.yaml"
+    tracked.write_text(plain.read_text() + "logging: {wandb: true}\n")
+    own = tmp_path / "own.yaml"
+    own.write_text(plain.read_text() + "logging: {wandb: {project: p, group: mine, tags: [x]}}\n")
+    out = tmp_path / "ablation-1"
+    runs = expand([plain, tracked, own], [], [], seeds=2, out=out)
+    groups = {r.config.name: r.config.logging.wandb and r.config.logging.wandb.group for r in runs}
+    assert groups == {
+        "plain-seed0": None,  # logs nowhere: nothing set
+        "plain-seed1": None,
+        "tracked-seed0": "ablation-1",  # the name of --out
+        "tracked-seed1": "ablation-1",
+        "own-seed0": "mine",  # the config's own group wins
+        "own-seed1": "mine",
+    }
+    kept = next(r for r in runs if r.config.name == "own-seed0").config.logging.wandb
+    assert (kept.project, kept.tags) == ("p", ["x"])
+    given = expand([plain], ["logging.wandb={project: q}"], [], seeds=1, out=out, group="paper table 2")
+    wandb = given[0].config.logging.wandb
+    assert (wandb.group, wandb.project) == ("paper table 2", "q")
+    from protosphere.config import load_config
+
+    again = load_config(given[0].config_path, given[0].overrides)  # what a parallel job's process reads
+    assert again.logging.wandb.group == "paper table 2"
+    summary = compare([tracked], seeds=1, out=out, group="g")
+    assert summary["command"].endswith("--group g") and known_runs == ["tracked-seed0"]

@@ -155,6 +155,8 @@ def cmd_compare(args) -> int:
         grid=args.grid or (),
         jobs=args.jobs,
         markdown=args.markdown,
+        latex=args.latex,
+        group=args.group,
     )
     for failure in summary["failed"]:
         print(f"failed: {failure['run']} ({failure['error']}); log: {failure['log']}", file=sys.stderr)
@@ -503,6 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=None,
         help="also write the Markdown table, with the command that produced it, to FILE",
+    )
+    p.add_argument(
+        "--latex",
+        metavar="FILE",
+        default=None,
+        help="also write the LaTeX table (booktabs; compare.tex in --out holds the same), with the command, to FILE",
+    )
+    p.add_argument(
+        "--group",
+        metavar="NAME",
+        default=None,
+        help="W&B group of the runs that log to W&B without one (default: the name of the --out folder)",
     )
     p.add_argument(
         "--overwrite",

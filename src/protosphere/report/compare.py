@@ -1,5 +1,9 @@
 """The tables of ``protosphere compare``: rows of finished runs → mean ± std columns, Welch's test for the best row, and
-the same table as Markdown, a rich console table and a self-contained HTML page.
+the same table as Markdown, a rich console table, a LaTeX table (booktabs) and a self-contained HTML page.
+
+The HTML page gives each row one colour in its table and in every plot, shows each seed's value beside the mean ± std,
+lists the config keys whose values differ between rows (:func:`config_differences`), and links every plot's PNG and
+vector PDF.
 
 This module only reads results; :mod:`protosphere.runs.sweep` obtains the runs (reuse, resume or train) and calls it.
 Means and standard deviations are over seeds; the std is the sample standard deviation (n − 1 in the denominator),
@@ -172,7 +176,8 @@ def summarize_rows(entries: Sequence[Entry], columns: Sequence[Column]) -> list[
                     all_metrics.setdefault(classifier, {}).setdefault(setting, {})[metric] = mean_std(
                         [metric_value(r, classifier, setting, metric) for r in finished]
                     )
-        curves = [seen_curve(r) for r in finished]
+        per_seed = [None if r is None else seen_curve(r) for r in entry.results]
+        curves = [c for c, r in zip(per_seed, entry.results) if r is not None]
         curve = None
         if curves and all(c is not None for c in curves) and len({len(c) for c in curves}) == 1:
             array = np.asarray(curves, dtype=np.float64)
@@ -196,9 +201,46 @@ def summarize_rows(entries: Sequence[Entry], columns: Sequence[Column]) -> list[
                 "values": values,
                 "metrics": all_metrics,
                 "class_il_seen_curve": curve,
+                "class_il_seen_curves": per_seed,  # one per seed (None: a failed run or no matrix)
             }
         )
     return rows
+
+
+RUN_KEYS = ("name", "seed", "output_dir")  # differ between every two runs by construction
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """A nested config as ``{dotted key: value}`` (lists and None kept as they are), in the config's own order."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(entries: Sequence[Entry]) -> dict:
+    """The config keys whose values differ between rows: ``{"keys": [...], "rows": {label: {key: value}}}``, from
+    each row's first config (a row's seeds share every key but ``name``, ``seed`` and ``output_dir``); a key a row's
+    config lacks (another method's setting) is absent from its mapping."""
+    flats = []
+    for entry in entries:
+        if entry.configs:
+            config = entry.configs[0].model_dump(mode="json")
+        else:
+            config = next((r.config for r in entry.results if r is not None and r.config), {})
+        flats.append(flat_config(config))
+    keys: list[str] = []
+    for flat in flats:
+        keys += [k for k in flat if k not in keys and k not in RUN_KEYS]
+    missing = object()
+    differing = [k for k in keys if len({repr(flat.get(k, missing)) for flat in flats}) > 1]
+    return {
+        "keys": differing,
+        "rows": {entry.label: {k: flat[k] for k in differing if k in flat} for entry, flat in zip(entries, flats)},
+    }
 
 
 MIN_SEEDS_FOR_BEST = 3
@@ -319,6 +361,152 @@ def rich_table(summary: dict):
     return table
 
 
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "—": "---",
+    "–": "--",
+    "±": r"$\pm$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` as LaTeX text: the ten characters LaTeX treats specially escaped, and the few non-ASCII ones
+    protosphere writes (dashes, ±, ≥, ≤) spelt in ASCII LaTeX, which every engine reads."""
+    return "".join(LATEX_SPECIAL.get(char, char) for char in str(text))
+
+
+def latex_cell(stat: dict, seeds: int, bold: bool) -> str:
+    """``52.00 $\\pm$ 2.00`` (``--`` without a value; ``(n = 2)`` when fewer than ``seeds`` runs gave one, as in
+    Markdown), bold when the row is the column's significantly best."""
+    if stat.get("mean") is None:
+        return "--"
+    text = f"{stat['mean']:.2f}" if stat.get("std") is None else f"{stat['mean']:.2f} $\\pm$ {stat['std']:.2f}"
+    if bold:
+        text = rf"\textbf{{{text}}}"
+    return text if stat["n"] >= seeds else f"{text} ($n = {stat['n']}$)"
+
+
+def to_latex(summary: dict) -> str:
+    """The table of :func:`to_markdown` as a LaTeX ``table`` (booktabs rules, needs ``\\usepackage{booktabs}``):
+    the same rows, columns, mean ± std and bold cells, a caption that says what they are, and the command as a
+    comment."""
+    columns, best, seeds = summary["columns"], summary["best"], len(summary["seeds"])
+    head = ["config", "method", "classifier", *[c["title"] for c in columns]]
+    lines = [
+        f"% protosphere compare -- {summary['scenario']['description']} (needs \\usepackage{{booktabs}})",
+        *[f"% {line}" for line in summary["command"].splitlines()],
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\begin{{tabular}}{{lll{'r' * len(columns)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in head) + r" \\",
+        r"\midrule",
+    ]
+    for row in summary["rows"]:
+        cells = [latex_cell(row["values"][c["key"]], seeds, best.get(c["key"]) == row["label"]) for c in columns]
+        lines.append(
+            " & ".join([latex_escape(row["label"]), latex_escape(row["method"]), latex_escape(classifier_text(row))])
+            + "".join(f" & {cell}" for cell in cells)
+            + r" \\"
+        )
+    caption = (
+        f"{latex_escape(summary['scenario']['description'])}: mean $\\pm$ sample std over seeds "
+        f"{latex_escape(', '.join(map(str, summary['seeds'])))} ($n = {seeds}$); accuracies in \\%, forgetting in "
+        f"percentage points (lower is better). Bold: best mean, only when both it and the runner-up have "
+        f"$n \\geq {MIN_SEEDS_FOR_BEST}$ seeds and Welch's t-test (two-sided, unequal variances) between them gives "
+        f"$p < {SIGNIFICANCE}$. Columns with [classifier]: that "
+        f"classifier; the others: each row's headline classifier."
+    )
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _value_text(value) -> str:
+    """A config value as the differences table shows it (JSON spelling: null, true, [1, 2])."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _differences_part(summary: dict, colors: dict[str, str]) -> str:
+    from .html import esc
+
+    differences = summary.get("differences") or {}
+    keys, by_row = differences.get("keys") or [], differences.get("rows") or {}
+    labels = [r["label"] for r in summary["rows"] if r["label"] in by_row]
+    if not keys or len(labels) < 2:
+        return ""
+    head = "".join(f'<th class="l">{_swatch(colors.get(label))}{esc(label)}</th>' for label in labels)
+    body = "".join(
+        f'<tr><td class="l"><code>{esc(key)}</code></td>'
+        + "".join(
+            f'<td class="l" data-key="{esc(label + "|" + key)}">{esc(_value_text(by_row[label][key]))}</td>'
+            if key in by_row[label]
+            else '<td class="l na">—</td>'
+            for label in labels
+        )
+        + "</tr>"
+        for key in keys
+    )
+    return (
+        "<h3>What differs between the rows</h3>"
+        f'<table class="differences"><thead><tr><th class="l">config key</th>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+        '<p class="note">The resolved config of each row (its first seed), keys whose values differ between rows; '
+        "— : the row's method has no such key. Name, seed and output folder differ by construction and are left "
+        "out.</p>"
+    )
+
+
+def _per_seed_part(summary: dict, colors: dict[str, str]) -> str:
+    from .html import esc, number_cell
+
+    columns = summary["columns"]
+    head = "".join(f"<th>{esc(c['title'])}</th>" for c in columns)
+    body = []
+    for row in summary["rows"]:
+        status = row.get("status") or [None] * len(row["runs"])
+        for i, (name, seed, how) in enumerate(zip(row["runs"], row["seeds"], status)):
+            cells = "".join(
+                number_cell(_nth(row["values"][c["key"]].get("values"), i), f"{name}|{c['key']}") for c in columns
+            )
+            body.append(
+                f'<tr><td class="l">{_swatch(colors.get(row["label"]))}{esc(row["label"])}</td><td>{esc(seed)}</td>'
+                f'<td class="l">{esc(name)}</td><td class="l">{esc(how or "")}</td>{cells}</tr>'
+            )
+    return (
+        "<details><summary>Every seed's values</summary>"
+        f'<table class="per-seed"><thead><tr><th class="l">config</th><th>seed</th><th class="l">run</th>'
+        f'<th class="l">obtained</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></details>'
+    )
+
+
+def _nth(values, i: int):
+    return values[i] if values is not None and i < len(values) else None
+
+
+def _swatch(tint: str | None) -> str:
+    """A small square in a row's colour, tying a table row to its marks in the plots."""
+    if tint is None:
+        return ""
+    return (
+        f'<span class="swatch" style="display:inline-block;width:10px;height:10px;border-radius:2px;'
+        f'margin-right:6px;background:{tint}" aria-hidden="true"></span>'
+    )
+
+
 def to_html(summary: dict, out: Path) -> str:
     from ..runs.rundir import RunDir
     from . import plots
@@ -328,18 +516,20 @@ def to_html(summary: dict, out: Path) -> str:
     clear_pngs(plot_dir)
     columns, rows, best = summary["columns"], summary["rows"], summary["best"]
     labels = [r["label"] for r in rows]
-    series = {}
+    colors = {label: plots.color(i) for i, label in enumerate(labels)}  # one colour per row, in every plot
+    series, seed_values = {}, {}
     for key, name in (
         ("headline/class_il/final_average_accuracy", "class-IL"),
         ("headline/task_il/final_average_accuracy", "task-IL"),
     ):
         if any(c["key"] == key for c in columns):
             series[name] = ([r["values"][key]["mean"] for r in rows], [r["values"][key]["std"] for r in rows])
+            seed_values[name] = [r["values"][key].get("values") or [] for r in rows]
     parts = [
         f"<header><h1>Comparison — {esc(summary['scenario']['description'])}</h1>"
         f'<div class="meta"><span>seeds <b>{esc(", ".join(map(str, summary["seeds"])))}</b></span>'
         f"<span>output <b>{esc(summary['out'])}</b></span></div></header>",
-        f"<h3>Command</h3><pre>{esc(summary['command'])}</pre>",
+        f'<h3>Command</h3><pre class="command">{esc(summary["command"])}</pre>',
         "<h2>Results</h2>",
     ]
     head = "".join(f"<th>{esc(c['title'])}</th>" for c in columns)
@@ -370,7 +560,8 @@ def to_html(summary: dict, out: Path) -> str:
             for name, seed, how in zip(row["runs"], row["seeds"], row.get("status") or [None] * len(row["runs"]))
         )
         body.append(
-            f'<tr><td class="l"><b>{esc(row["label"])}</b></td><td class="l">{esc(row["method"])}</td>'
+            f'<tr><td class="l">{_swatch(colors[row["label"]])}<b>{esc(row["label"])}</b></td>'
+            f'<td class="l">{esc(row["method"])}</td>'
             f'<td class="l">{esc(classifier_text(row))}</td>{"".join(cells)}'
             f'<td class="l">{links}</td></tr>'
         )
@@ -381,14 +572,25 @@ def to_html(summary: dict, out: Path) -> str:
     parts.append(
         f'<p class="note">Mean ± sample std over {len(summary["seeds"])} seed(s); accuracies in %, '
         f"forgetting in percentage points (lower is better); {BEST_RULE}. Columns without [classifier] "
-        f"use each row's headline classifier.</p>"
+        f"use each row's headline classifier. The same table for LaTeX: <code>compare.tex</code>.</p>"
     )
+    parts.append(_per_seed_part(summary, colors))
+    parts.append(_differences_part(summary, colors))
     figs = ['<div class="row">']
     if series:
-        bars = plots.compare_bars(labels, series, plot_dir / "compare_final_accuracy.png")
+        bars = plots.compare_bars(
+            labels,
+            series,
+            plot_dir / "compare_final_accuracy.png",
+            colors=[colors[label] for label in labels],
+            seeds=seed_values,
+        )
         figs.append(
             figure(
-                bars, "final average accuracy", "Final average accuracy (headline classifier), mean ± std over seeds."
+                bars,
+                "final average accuracy",
+                "Final average accuracy (headline classifier), mean ± std over seeds; dots: each seed; "
+                "hatched: task-IL.",
             )
         )
     curves = {
@@ -397,19 +599,24 @@ def to_html(summary: dict, out: Path) -> str:
         if r.get("class_il_seen_curve")
     }
     if curves:
-        path = plots.compare_curves(curves, plot_dir / "compare_seen_accuracy.png")
+        path = plots.compare_curves(
+            curves,
+            plot_dir / "compare_seen_accuracy.png",
+            colors=colors,
+            seeds={r["label"]: r.get("class_il_seen_curves") for r in rows},
+        )
         figs.append(
             figure(
                 path,
                 "accuracy on seen tasks",
                 "Class-IL accuracy on the tasks seen so far after each "
-                "task (headline classifier); band = ± std over seeds.",
+                "task (headline classifier); band = ± std over seeds; thin lines: each seed.",
             )
         )
     figs.append("</div>")
     parts.append("\n".join(figs))
     return page(
         f"protosphere compare — {summary['scenario']['description']}",
-        "\n".join(parts),
-        footer="Data: <code>compare.json</code>.",
+        "\n".join(p for p in parts if p),
+        footer="Data: <code>compare.json</code>; LaTeX table: <code>compare.tex</code>.",
     )

@@ -3,8 +3,13 @@
 The report is rendered from the run record (``results.json``, read as a :class:`~protosphere.runs.record.StoredRecord`)
 alone, plus ``embeddings.npz`` when the run saved one (see :func:`~protosphere.runs.rundir.save_embedding_snapshot`);
 every part whose data is absent (task-IL, NC metrics, a second task, per-epoch
-accuracy, prototype alignment/drift, corruption errors, embeddings, timings) is left out. The PNGs are also kept
-under ``runs/<name>/plots/`` for papers and slides.
+accuracy, prototype alignment/drift, corruption errors, embeddings, timings) is left out. The plots are also kept
+under ``runs/<name>/plots/`` for papers and slides, each as a PNG and a vector PDF.
+
+The page needs nothing outside itself to display; its links to the run's files (config.yaml, results.json,
+metrics.csv, checkpoints, each plot's PNG and PDF) are relative, so they work wherever the run folder is copied. Under
+the headline numbers, a classifier whose final accuracy is within :data:`CHANCE_MARGIN` points of chance is named, with
+the reason the record points to (:func:`chance_notes`).
 """
 
 from __future__ import annotations
@@ -77,6 +82,11 @@ details { border: 1px solid var(--line); border-radius: 6px; padding: 6px 12px; 
 details > summary { cursor: pointer; font-weight: 600; }
 pre { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; overflow-x: auto;
       font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+pre.command { white-space: pre-wrap; overflow-wrap: anywhere; margin: 4px 0 8px; }
+.provenance { font-size: 13px; margin: 10px 0 4px; }
+.provenance .files a, figcaption .files a { color: var(--accent); }
+figcaption .files { white-space: nowrap; }
+.chance { border-left: 4px solid #DD8452; background: #fdf6ef; padding: 6px 12px; border-radius: 4px; margin: 6px 0; }
 .note { color: var(--muted); font-style: italic; }
 .warn { border-left: 4px solid #C44E52; background: #fdf2f2; padding: 8px 12px; border-radius: 4px; }
 code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--bg); padding: 1px 4px;
@@ -118,10 +128,22 @@ def image_tag(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
 
 
+def file_links(path: Path) -> str:
+    """Links to a plot's PNG and its vector PDF, relative to the page, which sits one folder above ``plots/``."""
+    from .plots import vector_path
+
+    links = [(path, "PNG"), (vector_path(path), "PDF")]
+    shown = " · ".join(
+        f'<a href="{esc(f"{file.parent.name}/{file.name}")}">{kind}</a>' for file, kind in links if file.is_file()
+    )
+    return f' <span class="files">[{shown}]</span>' if shown else ""
+
+
 def figure(path: Path | None, alt: str, caption: str = "") -> str:
+    """The picture inline (a data URI), its caption, and links to its PNG and PDF files."""
     if path is None:
         return ""
-    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    cap = f"<figcaption>{caption}{file_links(path)}</figcaption>"
     return f"<figure>{image_tag(path, alt)}{cap}</figure>"
 
 
@@ -146,10 +168,10 @@ def _scrolling(body: str) -> str:
 
 
 def clear_pngs(folder: Path) -> None:
-    """Remove the PNGs a previous rendering left, so a re-render never shows a stale picture."""
+    """Remove the plots (PNG and PDF) a previous rendering left, so a re-render never shows a stale picture."""
     if folder.is_dir():
-        for png in folder.glob("*.png"):
-            png.unlink()
+        for plot in [*folder.glob("*.png"), *folder.glob("*.pdf")]:
+            plot.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,6 +284,142 @@ def _meta(record: StoredRecord) -> str:
         + "".join(f"<span>{esc(k)} <b>{esc(v)}</b></span>" for k, v in items if v is not None)
         + "</div>"
     )
+
+
+def _provenance(record: StoredRecord, run_dir: Path) -> str:
+    """Where the run came from (the command and the code the record holds) and links to its files."""
+    parts = []
+    if record.command:
+        parts.append(f'<div>command</div><pre class="command">{esc(record.command)}</pre>')
+    code = record.code
+    if code.version or code.git_commit:
+        text = f"protosphere {esc(code.version or '?')}"
+        if code.git_commit:
+            text += f', git commit <code title="{esc(code.git_commit)}">{esc(code.git_commit[:12])}</code>'
+            if code.git_dirty:
+                text += " with uncommitted changes"
+        elif code.git_commit is None and code.version:
+            text += " (not a git checkout)"
+        parts.append(f"<div>code <b>{text}</b></div>")
+    if record.fingerprint:
+        parts.append(f"<div>config fingerprint <code>{esc(record.fingerprint)}</code></div>")
+    links = _file_links(run_dir)
+    if links:
+        parts.append(f'<div class="files">files {links}</div>')
+    return f'<div class="provenance meta">{"".join(parts)}</div>' if parts else ""
+
+
+def _file_links(run_dir: Path) -> str:
+    """Relative links to the files of the run folder that exist (report.html sits in it)."""
+    files = RunDir(run_dir)
+
+    def link(path: Path, label: str | None = None) -> str:
+        href = path.relative_to(files.path).as_posix() + ("/" if path.is_dir() else "")
+        return f'<a href="{esc(href)}">{esc(label or href)}</a>'
+
+    items = [link(path) for path in (files.config, files.results, files.metrics, files.embeddings) if path.is_file()]
+    checkpoints = files.checkpoint_files()
+    if checkpoints:
+        items.append(f"{link(files.checkpoints)} ({', '.join(link(c, c.name) for c in checkpoints)})")
+    for folder in (files.plots, files.tensorboard, files.wandb):
+        if folder.is_dir():
+            items.append(link(folder))
+    return " · ".join(items)
+
+
+CHANCE_MARGIN = 2.5  # percentage points: a final accuracy this close to chance (or below it) is called at chance
+
+
+def chance_levels(record: StoredRecord) -> dict[str, float]:
+    """The final average accuracy (%) of a uniform guess: 100/C over the C classes seen at the end in class-IL
+    (every class; the last row of the matrix scores each task against all of them), and the mean over tasks of
+    100/|classes of the task| in task-IL."""
+    scenario, levels = record.scenario, {}
+    if scenario.num_classes:
+        levels["class_il"] = 100.0 / scenario.num_classes
+    if scenario.tasks and all(scenario.tasks):
+        levels["task_il"] = float(np.mean([100.0 / len(classes) for classes in scenario.tasks]))
+    return levels
+
+
+def _chance_reason(record: StoredRecord, classifier: str, setting: str) -> str:
+    """Why a classifier can sit at chance, from what the record knows of it (its kind, the data it was fitted on,
+    the prototype alignment the method measured)."""
+    if setting == "task_il" and classifier != "nearest_prototype":
+        return (
+            "In task-IL it only has to tell apart the classes of one task, so at chance there the features, as it "
+            "reads them, do not separate even those."
+        )
+    if classifier == "nearest_prototype":
+        text = (
+            "It labels an image by the nearest fixed prototype in projection space, so it works only where the "
+            "method's loss pulls each class's projections onto its own prototype; when it does not (or the "
+            "prototypes only shape the features a probe or head is then trained on), the projections are not "
+            "aligned with the prototypes"
+        )
+        last = next((d for d in reversed(record.diagnostics) if d and d.prototype_alignment is not None), None)
+        if last is not None:
+            text += (
+                f": after the last task the class means sit at a mean cosine of {last.prototype_alignment:.2f} "
+                f"to their prototypes (1 would be on them)"
+            )
+        return text + ". The classifiers fitted on the features (ncm, linear probe) measure the representation itself."
+    if classifier == "ncm":
+        return (
+            "It compares features with class means, and the means of earlier classes are kept from when those "
+            "classes were learned: features that drifted since then no longer sit near them."
+        )
+    fitted = record.classifier_data.get(classifier)
+    if fitted:
+        return (
+            f"It was fitted on {esc(fitted)}: fitted on one task's classes alone, a classifier predicts "
+            f"those classes alone."
+        )
+    return (
+        "A classifier trained with the network on the latest task's data predicts the latest classes (recency "
+        "bias); replay, a larger buffer or a classifier fitted on stored data counteracts it."
+    )
+
+
+def _concentration(matrix: list) -> str:
+    """A sentence on which tasks the last row of a class-IL matrix still scores, when the others are near 0."""
+    if not matrix or len(matrix[-1]) < 2:
+        return ""
+    last = [_number(a) for a in matrix[-1]]
+    scored = [j for j, a in enumerate(last) if a is not None and a >= 1.0]
+    if not scored or len(scored) > len(last) / 2:
+        return ""
+    where = ", ".join(f"T{j + 1} ({last[j]:.1f} %)" for j in scored)
+    return (
+        f" After the last task it scores above 1 % only on {where}: it sends nearly every image to the classes "
+        f"of {'that task' if len(scored) == 1 else 'those tasks'}."
+    )
+
+
+def chance_notes(record: StoredRecord) -> list[str]:
+    """One paragraph (HTML) per classifier × setting whose final average accuracy is within :data:`CHANCE_MARGIN`
+    points of chance (:func:`chance_levels`) or below it: the numbers, and why it can happen."""
+    levels, notes = chance_levels(record), []
+    for classifier in sorted(record.metrics, key=lambda c: c != record.headline_classifier):
+        for setting, summary in record.metrics[classifier].items():
+            final, chance = _number(summary.final_average_accuracy), levels.get(setting)
+            if final is None or chance is None or final > chance + CHANCE_MARGIN:
+                continue
+            guess = (
+                f"{record.scenario.num_classes} classes"
+                if setting == "class_il"
+                else "the classes of each task (task identity given)"
+            )
+            where = f"within {CHANCE_MARGIN:g} points of it" if final >= chance - CHANCE_MARGIN else "below it"
+            text = (
+                f"<code>{esc(classifier)}</code> is at chance in {esc(plots.setting_label(setting))}: final average "
+                f"accuracy {final:.2f} % against {chance:.2f} % for a uniform guess over {guess} ({where}). "
+                + _chance_reason(record, classifier, setting)
+            )
+            if setting == "class_il":
+                text += _concentration(record.accuracy.get(classifier, {}).get(setting) or [])
+            notes.append(f'<p class="chance" data-classifier="{esc(classifier)}" data-setting="{setting}">{text}</p>')
+    return notes
 
 
 def _config_block(record: StoredRecord, run_dir: Path) -> str:
@@ -851,7 +1009,7 @@ def render_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict)
     plot_dir.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
     name = record.name or run_dir.name
-    body = [f"<header><h1>{esc(name)}</h1>{_meta(record)}</header>"]
+    body = [f"<header><h1>{esc(name)}</h1>{_meta(record)}{_provenance(record, run_dir)}</header>"]
     if record.status not in (None, "complete"):
         body.append(
             f'<p class="warn">This run is not complete (status: {esc(record.status)}); the numbers '
@@ -867,6 +1025,7 @@ def render_report(run_dir: str | Path, results: StoredRecord | RunRecord | dict)
         "not defined in class-IL (a task's classes cannot be predicted before they are learned).</p>"
     )
     body.append(_task_il_note(record))
+    body.extend(chance_notes(record))
     body.append("<h2>Accuracy</h2>")
     body.append(_classifier_sections(record, plot_dir, figures))
     body.append(_per_class_section(record, plot_dir, figures))

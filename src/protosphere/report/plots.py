@@ -1,9 +1,11 @@
-"""Matplotlib figures of a run (and of a comparison), written as PNG files.
+"""Matplotlib figures of a run (and of a comparison), written as PNG files and, beside each, the same figure as a
+vector PDF (for papers: ``\\includegraphics{plots/accuracy_matrix_ncm.pdf}``).
 
 Every function takes plain Python / NumPy data or parts of the run record (what ``results.json`` and
 ``embeddings.npz`` hold), draws one figure
 with the object-oriented API on an Agg canvas (pyplot's global state and the user's backend are never touched) and
-saves it to ``path``. Nothing here reads files or knows the HTML layout.
+saves it to ``path`` (the PNG; the PDF is ``path`` with the suffix ``.pdf``). Nothing here reads files or knows the
+HTML layout.
 """
 
 from __future__ import annotations
@@ -57,17 +59,20 @@ def _style(ax) -> None:
     ax.tick_params(labelsize=9)
 
 
+def vector_path(path: Path) -> Path:
+    """The vector (PDF) twin of a figure's PNG."""
+    return Path(path).with_suffix(".pdf")
+
+
 def _save(fig: Figure, path: Path) -> Path:
+    """``path`` (PNG) and its PDF twin (:func:`vector_path`), with no time stamp or version in either file, so the
+    same record renders the same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    common = {"facecolor": "white", "bbox_inches": "tight", "pad_inches": 0.12}
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None}, **common)
     fig.savefig(
-        path,
-        format="png",
-        dpi=DPI,
-        facecolor="white",
-        bbox_inches="tight",
-        pad_inches=0.12,
-        metadata={"Software": None},
+        vector_path(path), format="pdf", metadata={"Creator": None, "Producer": None, "CreationDate": None}, **common
     )
     return path
 
@@ -670,37 +675,83 @@ def accuracy_over_epochs(
 # ---------------------------------------------------------------------------------------------------------------
 # comparison
 # ---------------------------------------------------------------------------------------------------------------
+def _seed_offsets(count: int, width: float) -> np.ndarray:
+    """Horizontal offsets of ``count`` per-seed points inside a bar (spread, never past its edges)."""
+    if count <= 1:
+        return np.zeros(max(count, 0))
+    return np.linspace(-0.28, 0.28, count) * width
+
+
 def compare_bars(
     names: Sequence[str],
     series: dict[str, tuple[Sequence[float], Sequence[float]]],
     path: Path,
     ylabel: str = "final average accuracy (%)",
+    colors: Sequence[str] | None = None,
+    seeds: dict[str, Sequence[Sequence[float | None]]] | None = None,
 ) -> Path:
-    """Grouped bars with ±std error bars: one group per config, one bar per series (e.g. class-IL / task-IL)."""
+    """Grouped bars with ±std error bars: one group per config, one bar per series (e.g. class-IL / task-IL).
+
+    A config keeps its colour (``colors[i]``, default :func:`color`) in every bar of its group; the series differ
+    by hatching (the first is plain). ``seeds[series][i]``: the per-seed values of config ``i``, drawn as dots on its
+    bar (None: a failed run, left out)."""
     n, k = len(names), len(series)
+    colors = list(colors) if colors is not None else [color(i) for i in range(n)]
     fig = _figure(max(5.0, min(12.0, 2.5 + 0.9 * n * max(1, k) / 1.5)), 3.6)
     ax = fig.subplots()
     width = 0.8 / max(1, k)
     x = np.arange(n)
+    hatches = ["", "///", "...", "xx", "\\\\"]
     for i, (label, (means, stds)) in enumerate(series.items()):
         means = np.array([np.nan if m is None else m for m in means], dtype=float)
         stds = np.array([0.0 if s is None else s for s in stds], dtype=float)
+        centres = x + (i - (k - 1) / 2) * width
         bars = ax.bar(
-            x + (i - (k - 1) / 2) * width,
+            centres,
             means,
             width * 0.92,
             yerr=stds,
             capsize=3,
-            color=color(i),
+            color=colors,
+            edgecolor="white",
+            hatch=hatches[i % len(hatches)],
             label=label,
             error_kw={"linewidth": 1, "ecolor": "#333333"},
         )
         ax.bar_label(bars, labels=[f"{m:.1f}" if np.isfinite(m) else "" for m in means], fontsize=7, padding=2)
+        for centre, values in zip(centres, (seeds or {}).get(label, [])):
+            kept = [v for v in values if v is not None]
+            ax.scatter(
+                centre + _seed_offsets(len(kept), width),
+                kept,
+                s=12,
+                color="black",
+                edgecolors="white",
+                linewidths=0.5,
+                zorder=3,
+            )
     ax.set_xticks(x, names, rotation=15 if n > 4 else 0, ha="right" if n > 4 else "center")
+    for tick, tint in zip(ax.get_xticklabels(), colors):
+        tick.set_color(tint)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_ylim(0, 105)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    # the series by their hatching on a neutral face: a colour names a config, not a series
+    handles = [
+        Patch(facecolor="#bbbbbb", edgecolor="white", hatch=hatches[i % len(hatches)], label=label)
+        for i, label in enumerate(series)
+    ]
+    if seeds:
+        handles.append(Line2D([], [], linestyle="", marker="o", markersize=4, color="black", label="one seed"))
     ax.legend(
-        fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18 if n <= 4 else -0.3), ncol=max(1, k)
+        handles=handles,
+        fontsize=8,
+        frameon=False,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18 if n <= 4 else -0.3),
+        ncol=len(handles),
     )
     _style(ax)
     return _save(fig, path)
@@ -710,17 +761,24 @@ def compare_curves(
     curves: dict[str, tuple[Sequence[float], Sequence[float]]],
     path: Path,
     ylabel: str = "mean accuracy on seen tasks (%)",
+    colors: dict[str, str] | None = None,
+    seeds: dict[str, Sequence[Sequence[float] | None]] | None = None,
 ) -> Path:
-    """Mean (line) ± std (band) over seeds of a per-task curve, one line per config."""
+    """Mean (line) ± std (band) over seeds of a per-task curve, one line per config in its colour (``colors[name]``,
+    default :func:`color` in order); ``seeds[name]``: each seed's curve, drawn thin in the same colour."""
     fig = _figure(5.6, 3.5)
     ax = fig.subplots()
     length = 1
     for i, (name, (mean, std)) in enumerate(curves.items()):
+        tint = (colors or {}).get(name, color(i))
         mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
         x = np.arange(len(mean))
         length = max(length, len(mean))
-        ax.plot(x, mean, marker="o", markersize=3.5, linewidth=1.8, color=color(i), label=name)
-        ax.fill_between(x, mean - std, mean + std, color=color(i), alpha=0.18, linewidth=0)
+        for curve in (seeds or {}).get(name) or []:
+            if curve is not None:
+                ax.plot(np.arange(len(curve)), curve, linewidth=0.7, alpha=0.55, color=tint, marker=".", markersize=3)
+        ax.plot(x, mean, marker="o", markersize=3.5, linewidth=1.8, color=tint, label=name)
+        ax.fill_between(x, mean - std, mean + std, color=tint, alpha=0.18, linewidth=0)
     _task_ticks(ax, length, "x")
     ax.set_xlabel("after training task", fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)

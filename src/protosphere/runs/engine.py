@@ -432,12 +432,15 @@ class Engine:
                 self._announce(context, training, evaluation)
                 if t < scenario.num_tasks - 1 and self._stop_agreed():  # the last task's end is the run's end
                     raise self._interrupted(t, None)
+            results = protocol.run_results(method)
+            if log.trackers:
+                log.trackers.log_results(results, self.global_step)
             status = "success"
         finally:
             progress.stop()
             log.close(status)
             set_validation(True)
-        return protocol.run_results(method)
+        return results
 
     def _train_task(
         self, model, method: Method, optimizer, context: TaskContext, first: int, protocol: Protocol

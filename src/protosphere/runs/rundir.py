@@ -163,6 +163,10 @@ class RunDir:
 
         return sorted(self.checkpoints.glob("task-*.ckpt"), key=task, reverse=True)
 
+    def checkpoint_files(self) -> list[Path]:
+        """Every checkpoint file present (``last.ckpt`` and the ``task-<t>.ckpt``), by name."""
+        return sorted(self.checkpoints.glob("*.ckpt")) if self.checkpoints.is_dir() else []
+
     @property
     def plots(self) -> Path:
         return self.path / self.PLOTS

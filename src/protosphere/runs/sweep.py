@@ -14,12 +14,14 @@ run that fails is reported with its log while the others finish. With one job th
 progress bars, and the first failure stops compare.
 
 Where a key gets its value, lowest precedence first: the config file, the key=value overrides (every row), the row's
-grid value, then what compare sets per run (seed, name, output_dir, and the threads of parallel jobs). A key cannot be
+grid value, then what compare sets per run (seed, name, output_dir, the threads of parallel jobs, and the W&B group of
+runs that log to W&B without one: ``--group`` or the name of ``--out``). A key cannot be
 both an override and a grid axis, and seed, name and output_dir belong to compare (use --seeds and --out).
 
 The tables (rows = configs × grid values; mean ± std over seeds) are rendered by :mod:`protosphere.report.compare`:
-printed with rich and written as ``compare.md``, ``compare.json`` and ``compare.html`` (with plots) in ``<out>``, and,
-when asked, the same Markdown table, with the command that produced it, to another file.
+printed with rich and written as ``compare.md``, ``compare.json``, ``compare.tex`` (LaTeX, booktabs) and
+``compare.html`` (with plots, PNG and PDF) in ``<out>``, and, when asked, the same Markdown or LaTeX table, with the
+command that produced it, to another file (``--markdown FILE``, ``--latex FILE``).
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ from ..report.compare import (
     best_labels,
     best_test,
     build_columns,
+    config_differences,
     metric_value,
     rich_table,
     summarize_rows,
     to_html,
+    to_latex,
     to_markdown,
 )
 from . import runner
@@ -137,6 +141,15 @@ def point_label(label: str, point: Sequence[tuple[str, str]], names: Sequence[st
     return " ".join([label, *(f"{name}={value}" for name, (_, value) in zip(names, point))])
 
 
+def wandb_group(config, group: str) -> list[str]:
+    """The override that puts a run logging to W&B into ``group``; none when it logs nowhere or names a group. The
+    whole section is given (as JSON, which YAML reads), since ``logging.wandb`` may be a bare ``true``."""
+    section = config.logging.wandb
+    if section is None or section.group is not None:
+        return []
+    return ["logging.wandb=" + json.dumps({**section.model_dump(mode="json"), "group": group})]
+
+
 def override_key(text: str) -> str:
     return ".".join(parse_override(text)[0])
 
@@ -169,9 +182,17 @@ def labels_of(paths: Sequence[Path]) -> list[str]:
 
 
 def expand(
-    paths: Sequence[Path], overrides: Sequence[str], axes: Sequence[GridAxis], seeds: int, out: Path, jobs: int = 1
+    paths: Sequence[Path],
+    overrides: Sequence[str],
+    axes: Sequence[GridAxis],
+    seeds: int,
+    out: Path,
+    jobs: int = 1,
+    group: str | None = None,
 ) -> list[PlannedRun]:
-    """Every run of configs × grid points × seeds 0..seeds−1, row by row (config, then grid point, then seed)."""
+    """Every run of configs × grid points × seeds 0..seeds−1, row by row (config, then grid point, then seed). A row
+    that logs to W&B without a group of its own joins ``group`` (default: the name of the ``out`` folder), so one
+    compare's runs sit together in W&B."""
     overrides = list(overrides)
     clash = sorted({override_key(o) for o in overrides} & {a.key for a in axes})
     if clash:
@@ -191,6 +212,7 @@ def expand(
     for (path, label, grid), row_config in zip(rows, row_configs):
         entry = Entry(path, label)
         threads = ["fabric.threads=1"] if jobs > 1 and row_config.fabric.threads is None else []
+        per_row = threads + wandb_group(row_config, group or Path(out).resolve().name)
         for s in range(seeds):
             name = f"{plain_name(label)}-seed{s}"  # a plain folder name, e.g. for `nct-50+5x10.yaml`
             if name in seen:
@@ -199,7 +221,7 @@ def expand(
                     f"values that differ in letters or digits, not only in punctuation."
                 )
             seen[name] = label
-            run_overrides = overrides + grid + [f"seed={s}", f"name={name}", f"output_dir={out}"] + threads
+            run_overrides = overrides + grid + [f"seed={s}", f"name={name}", f"output_dir={out}"] + per_row
             config = load_config(path, run_overrides)
             entry.configs.append(config)
             planned.append(PlannedRun(entry, path, run_overrides, config))
@@ -453,6 +475,8 @@ def command_line(
     grid: Sequence[GridAxis] = (),
     jobs: int = 1,
     markdown: str | Path | None = None,
+    group: str | None = None,
+    latex: str | Path | None = None,
 ) -> str:
     parts = ["protosphere", "compare", *map(str, paths), "--seeds", str(seeds), "--out", str(out)]
     for axis in grid:
@@ -461,6 +485,10 @@ def command_line(
         parts += ["--jobs", str(jobs)]
     if markdown is not None:
         parts += ["--markdown", str(markdown)]
+    if latex is not None:
+        parts += ["--latex", str(latex)]
+    if group is not None:
+        parts += ["--group", group]
     if overwrite:
         parts.append("--overwrite")
     return shlex.join(parts + list(overrides))
@@ -484,9 +512,13 @@ def compare(
     grid: Sequence[str] = (),
     jobs: int = 1,
     markdown: str | Path | None = None,
+    latex: str | Path | None = None,
+    group: str | None = None,
 ) -> dict:
-    """Run or reuse every config × grid point × seed, then write ``compare.{md,json,html}`` in ``out`` (and the
-    Markdown table to ``markdown`` when given); returns the summary, whose ``failed`` lists runs that failed."""
+    """Run or reuse every config × grid point × seed, then write ``compare.{md,json,tex,html}`` in ``out`` (and the
+    Markdown table to ``markdown``, the LaTeX table to ``latex`` when given); returns the summary, whose ``failed``
+    lists runs that failed. Runs that log to W&B without a group of their own join ``group`` (default: the name of
+    ``out``)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
     if jobs < 1:
@@ -499,7 +531,7 @@ def compare(
     labels_of(paths)  # a config given twice is refused before any config is read
     base = [load_config(p, overrides) for p in paths]
     out = Path(out) if out is not None else default_out(base)
-    runs = expand(paths, overrides, axes, seeds, out, jobs)
+    runs = expand(paths, overrides, axes, seeds, out, jobs, group)
     entries = list({id(run.entry): run.entry for run in runs}.values())
     failed: list[dict] = []
     if jobs == 1:
@@ -522,7 +554,7 @@ def compare(
     rows = summarize_rows(entries, columns)
     dataset, kind, num_tasks = scenario_key(entries[0].configs[0])
     summary = {
-        "command": command_line(paths, seeds, out, overrides, overwrite, axes, jobs, markdown),
+        "command": command_line(paths, seeds, out, overrides, overwrite, axes, jobs, markdown, group, latex),
         "out": str(out),
         "seeds": list(range(seeds)),
         "grid": [{"key": a.key, "values": list(a.values)} for a in axes],
@@ -539,22 +571,29 @@ def compare(
         "best_test": best_test(rows, columns),
         "best_rule": BEST_RULE,
         "failed": failed,
+        "differences": config_differences(entries),
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", json.dumps(summary, indent=2))
     atomic_write(out / "compare.md", to_markdown(summary))
+    atomic_write(out / "compare.tex", to_latex(summary))
     atomic_write(out / "compare.html", to_html(summary, out))
-    written = [out / "compare.md", out / "compare.json", out / "compare.html"]
-    if markdown is not None:
-        markdown = Path(markdown)
+    written = [out / "compare.md", out / "compare.json", out / "compare.tex", out / "compare.html"]
+    for copy, render, option, what in (
+        (markdown, to_markdown, "--markdown", "Markdown"),
+        (latex, to_latex, "--latex", "LaTeX"),
+    ):
+        if copy is None:
+            continue
+        copy = Path(copy)
         try:
-            markdown.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(markdown, to_markdown(summary))
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(copy, render(summary))
         except OSError as exc:
             raise RunError(
-                f"Cannot write the Markdown table to {markdown} ({exc.strerror}); pass a writable --markdown FILE."
+                f"Cannot write the {what} table to {copy} ({exc.strerror}); pass a writable {option} FILE."
             ) from None
-        written.append(markdown)
+        written.append(copy)
     if console is not None:
         console.print(rich_table(summary))
         console.print(f"written: {', '.join(map(str, written))}", highlight=False)
