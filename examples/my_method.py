@@ -45,7 +45,7 @@ from protosphere.registry import METHODS
 
 class PrototypePullConfig(MethodConfig):
     name: str = "prototype_pull"
-    projection_dim: int = Field(32, ge=9, description="embedding size d (a K-class simplex ETF needs d ≥ K − 1)")
+    projection_dim: int = Field(32, ge=1, description="embedding size d (a simplex ETF of K classes needs d ≥ K − 1)")
     temperature: float = Field(0.1, gt=0, description="τ of the cosine logits")
     buffer_size: int = Field(200, ge=0, description="replayed past images (0: memory-free)")
 
