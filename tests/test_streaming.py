@@ -155,6 +155,9 @@ def test_gather_and_to_device_keep_values_and_dtype():
     x = torch.arange(24, dtype=torch.int64).reshape(6, 4)
     rows = torch.tensor([5, 0, 5])
     assert torch.equal(gather(x, rows), x[rows]) and torch.equal(gather(x.numpy(), rows), x[rows])
+    out = torch.full((3, 4), -1, dtype=torch.int64)
+    assert gather(x.numpy(), rows, out=out) is out and torch.equal(out, x[rows])
+    assert torch.equal(gather(RowsOnly(x.numpy()), rows, out=torch.zeros(3, 4, dtype=torch.int64)), x[rows])
     assert to_device(x, None) is x and to_device(x, "cpu") is x
 
 

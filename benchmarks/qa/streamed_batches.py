@@ -7,7 +7,9 @@ the same training steps (``runs.engine.train_step``: a method's step, backward, 
 step) and ``streamed-mmap`` (the task's images saved with ``np.save`` and read back with ``np.load(mmap_mode="r")``,
 so each step reads its rows from the memory-mapped file). The three run interleaved in blocks of ``--block`` steps
 so that machine load affects them alike; the table gives the median img/s over the blocks, and the cost of
-gathering one batch on the host alone.
+gathering one batch on the host alone. Then the host-side gather at ImageNet shapes: ``--batch-size`` random rows of
+``--gather-images`` random 3×224×224 uint8 images (150,528 B each), from a tensor and from a memory-mapped file (in the
+page cache), in GB/s of rows gathered (what the host must deliver per second of training, see docs/scaling.md).
 
     python benchmarks/qa/streamed_batches.py --steps 300 --out benchmarks/results/streamed_batches.txt
 """
@@ -50,6 +52,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def gather_bandwidth(folder: Path, count: int, batch: int, repeats: int = 40) -> list[str]:
+    """GB/s of rows gathered for batches of ``batch`` random 3×224×224 uint8 rows (host only, as the streamed path
+    gathers them before the copy), from a tensor and from a memory-mapped file."""
+    images = torch.randint(0, 256, (count, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    np.save(folder / "images224.npy", images.numpy())
+    mapped = np.load(folder / "images224.npy", mmap_mode="r")
+    generator = torch.Generator().manual_seed(1)
+    reused = torch.empty((batch, 3, 224, 224), dtype=torch.uint8)
+    lines = [f"host gather of {batch} random rows of {count} images 3x224x224 uint8 ({batch * 150528 / 1e6:.1f} MB):"]
+    for name, source in (("tensor", images), ("memory-mapped file (page cache)", mapped)):
+        for into, out in (("a new buffer", None), ("a reused buffer", reused)):
+            gather(source, torch.randperm(count, generator=generator)[:batch], out=out)  # first touch
+            times = []
+            for _ in range(repeats):
+                rows = torch.randperm(count, generator=generator)[:batch]
+                start = time.perf_counter()
+                gather(source, rows, out=out)
+                times.append(time.perf_counter() - start)
+            median = statistics.median(times)
+            lines.append(
+                f"  {name:<32} into {into:<16} {median * 1e3:7.2f} ms per batch (median of {repeats}), "
+                f"{batch * 150528 / median / 1e9:5.2f} GB/s, {batch / median:,.0f} img/s"
+            )
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion_mnist")
@@ -58,6 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per source")
     parser.add_argument("--block", type=int, default=25, help="steps per source before switching to the next")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gather-images", type=int, default=2000, help="224-px images for the gather measurement")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -141,6 +170,7 @@ def main(argv=None) -> int:
         f"host gather of one batch of {batch} rows (mean of {len(probe)}): task tensor {gather_ms['tensor']:.3f} ms, "
         f"memory-mapped file {gather_ms['mmap']:.3f} ms",
     ]
+    lines += ["", *gather_bandwidth(folder, args.gather_images, batch)]
     report = "\n".join(lines)
     print(report)
     if args.out is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -91,17 +92,30 @@ def pinned(device) -> bool:
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
-def gather(array, rows: torch.Tensor, pin: bool = False) -> torch.Tensor:
-    """``array[rows]`` as a host tensor, in page-locked memory when ``pin``: only those rows are read, so a
-    memory-mapped array is never read whole. ``rows``: int64 (B,) on the CPU."""
-    if isinstance(array, torch.Tensor):
-        if array.device.type != "cpu":
-            return array[rows.to(array.device)]
+def as_tensor(array):
+    """A torch view of a numpy array or memmap (no copy; a read-only memmap stays read-only: rows are only read)."""
+    if isinstance(array, torch.Tensor) or not isinstance(array, np.ndarray):
+        return array
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def gather(array, rows: torch.Tensor, pin: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``array[rows]`` as a contiguous host tensor: only those rows are read, so a memory-mapped array is never read
+    whole. ``rows``: int64 (B,) on the CPU. The rows go into ``out`` when given, else into a new tensor, page-locked
+    when ``pin`` (the caching host allocator then hands the same blocks back step after step). Torch tensors and
+    numpy arrays (memmaps included) are copied row by row with ``torch.index_select``; any other array-like is
+    indexed with the row numbers (``array[rows.numpy()]``)."""
+    array = as_tensor(array)
+    if not isinstance(array, torch.Tensor):
+        batch = torch.from_numpy(np.ascontiguousarray(array[rows.numpy()]))
+        return out.copy_(batch) if out is not None else (batch.pin_memory() if pin else batch)
+    if array.device.type != "cpu":
+        return array[rows.to(array.device)]
+    if out is None:
         out = torch.empty((len(rows), *array.shape[1:]), dtype=array.dtype, pin_memory=pin)
-        return torch.index_select(array, 0, rows, out=out)
-    picked = np.asarray(array[rows.numpy()])  # numpy fancy indexing reads only these rows of a memmap
-    batch = torch.from_numpy(np.ascontiguousarray(picked))
-    return batch.pin_memory() if pin else batch
+    return torch.index_select(array, 0, rows, out=out)
 
 
 def to_device(batch: torch.Tensor, device) -> torch.Tensor:
