@@ -415,7 +415,7 @@ class Engine:
         )
         if state.get("method") is not None and not in_task:
             checkpoints.restore(state, method)
-        protocol.random_init_baseline(method, self._context(scenario, 0))
+        protocol.random_init_baseline(method, self._context(scenario, 0, announce=False))
         # the losses check their inputs on the first step of a run (a bug shows at once); a resumed run passed that
         # check before, and a NaN/inf it meets now is a numerical failure, which the non-finite guard reports
         set_validation(resume is None)
@@ -448,7 +448,8 @@ class Engine:
         self, model, method: Method, optimizer, context: TaskContext, first: int, protocol: Protocol
     ) -> TaskTraining:
         """Steps ``first``.. of one task: shuffled batches (a function of seed, task and epoch; each rank takes its
-        slice), the learning-rate schedule, one :func:`train_step` each, per-epoch evaluations and checkpoints."""
+        slice; indexed on the device, or gathered on the host and copied per step for a task held there), the
+        learning-rate schedule, one :func:`train_step` each, per-epoch evaluations and checkpoints."""
         cfg, fabric, t = self.config, self.fabric, context.index
         images, labels = method.training_data(context)
         epochs, batch, every = cfg.train.epochs_for(t), cfg.train.batch_size, cfg.train.checkpoint_every_n_steps
@@ -488,12 +489,12 @@ class Engine:
                 raise self._interrupted(t, step + 1)
         return monitor.finish()
 
-    def _context(self, scenario, t: int) -> TaskContext:
+    def _context(self, scenario, t: int, announce: bool = True) -> TaskContext:
         """Task ``t``'s context: its training data on the device when they fit the device budget, else left on the
-        host to be copied one batch per step (:mod:`protosphere.data.streaming`)."""
+        host to be copied one batch per step (:mod:`protosphere.data.streaming`; ``announce``: say so)."""
         size = nbytes(scenario.tasks[t].train_images)
         stream = not self.budget.fits(size)
-        if stream and self.console is not None and self.fabric.is_global_zero:
+        if stream and announce and self.console is not None and self.fabric.is_global_zero:
             self.console.print(
                 f"task {t + 1}: its {size / 1e6:,.1f} MB of training images exceed what is left of the device "
                 f"budget ({max(0, self.budget.left) / 1e6:,.1f} MB, data.device_budget); its batches are copied "
