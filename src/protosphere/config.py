@@ -53,6 +53,31 @@ class Registered:
         return value
 
 
+SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    **{p + "b": 1000**i for i, p in enumerate("kmgtp", 1)},
+    **{p + "ib": 1024**i for i, p in enumerate("kmgtp", 1)},
+}
+SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as ``512MB`` (SI: kB, MB, GB, TB, PB are powers of 1000), ``2GiB``
+    (binary: KiB, MiB, GiB, TiB, PiB are powers of 1024), ``1.5GB`` or ``4096`` (units are case-insensitive; a
+    fractional byte count is rounded down). Anything else raises ValueError naming the accepted forms."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = SIZE.fullmatch(value) if isinstance(value, str) else None
+    unit = SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if unit is None:
+        raise ValueError(
+            "a size must be a number of bytes (a non-negative integer) or a number with a unit: kB, MB, GB, TB "
+            "(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 512MB or 2GiB"
+        )
+    return int(float(match.group(1)) * unit)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -76,6 +101,24 @@ class DataConfig(Section):
     )
     train_fraction: float = Field(1.0, gt=0, le=1, description="class-stratified fraction of the training set to use")
     image_size: int | None = Field(None, ge=8, description="resize for image-folder datasets")
+    device_budget: int | str | None = Field(
+        None,
+        description="bytes of dataset images kept on the training device at once, e.g. 512MB or 2GiB (default: "
+        "half of the device's free memory; on the CPU, of the available RAM); a task whose training images do not "
+        "fit is copied to the device one batch per step, with the same batches",
+    )
+
+    @field_validator("device_budget", mode="before")
+    @classmethod
+    def _size(cls, value):
+        if value is not None:
+            parse_size(value)  # refuse anything that is not a size now; the value is kept as written
+        return value.strip() if isinstance(value, str) else value
+
+    @property
+    def device_budget_bytes(self) -> int | None:
+        """``device_budget`` in bytes (None: the default, a fraction of the device's free memory)."""
+        return None if self.device_budget is None else parse_size(self.device_budget)
 
 
 class ScenarioConfig(Section):
@@ -831,6 +874,7 @@ def config_fingerprint(config: RunConfig) -> str:
     for key in ("name", "output_dir"):
         data.pop(key, None)
     data.pop("fabric", None)
+    data["data"].pop("device_budget", None)  # where the images wait for their batch, not which batches they make
     data.pop("logging", None)  # trackers only watch
     if data["data"].get("domains") is None:  # keys added later: at their defaults they keep earlier fingerprints
         data["data"].pop("domains", None)

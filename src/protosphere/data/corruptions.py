@@ -193,13 +193,16 @@ def evaluate_corruptions(
     severities: Sequence[int] = SEVERITIES,
     batch_size: int = 256,
     seed: int = 0,
+    place: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, list[float]]:
     """Top-1 error (%) of ``classify`` on each corruption and severity of the test set: ``{name: [E_s, ...]}``.
 
     ``classify`` maps a float batch in [0, 1] (B, C, H, W) on the images' device to logits (B, K), like the
     classifiers of a method (``method.classifiers()[name]``); put the model in eval mode first. Batch b of corruption
     ``name`` at severity s uses the seed ``(seed, crc32(name), s, b)``, so two models evaluated with the same seed and
-    batch size see identical corrupted images (as mCE against a baseline requires).
+    batch size see identical corrupted images (as mCE against a baseline requires). ``place(batch)``, when given,
+    moves each uint8 batch to the device it is corrupted and classified on (test images held on the host), so the
+    corrupted images are those of the same images held on that device.
     """
     names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
     for name in names:
@@ -216,7 +219,9 @@ def evaluate_corruptions(
             wrong = 0
             for b, start in enumerate(range(0, len(labels), batch_size)):
                 batch_seed = ((seed * 1_000_003 + zlib.crc32(name.encode())) * 101 + int(severity)) * 1_000_033 + b
-                x = corrupt(images[start : start + batch_size], name, severity, seed=batch_seed % (2**63))
+                batch = images[start : start + batch_size]
+                batch = place(batch) if place is not None else batch
+                x = corrupt(batch, name, severity, seed=batch_seed % (2**63))
                 predictions = classify(model_input(x)).argmax(dim=1)
                 wrong += int((predictions != labels[start : start + batch_size].to(predictions.device)).sum())
             errors[name].append(100.0 * wrong / len(labels))

@@ -41,29 +41,40 @@ class TaskContext:
     classes: tuple[int, ...]
     seen_classes: list[int]  # every class of tasks 0..index
     num_tasks: int
-    train_images: torch.Tensor  # uint8 (N, C, H, W), on the training device
-    train_labels: torch.Tensor
+    train_images: torch.Tensor  # uint8 (N, C, H, W), on the training device (on the host when ``streamed``)
+    train_labels: torch.Tensor  # on the device of train_images
     previous_classes: list[int] = field(default_factory=list)  # every class of tasks 0..index-1
     previous: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # earlier tasks' training data
+    device: torch.device | None = None  # the training device (default: that of train_images)
+    streamed: bool = False  # the task did not fit the device budget: its data stay on the host, copied per batch
+
+    def __post_init__(self):
+        if self.device is None:
+            self.device = self.train_images.device
 
     @classmethod
-    def of(cls, scenario, index: int, device=None) -> TaskContext:
+    def of(cls, scenario, index: int, device=None, stream: bool = False) -> TaskContext:
         """The context of task ``index`` of a :class:`~protosphere.data.scenarios.Scenario`: its training data on
-        ``device`` (earlier tasks' data stay where the scenario holds them, on the host)."""
+        ``device``, or left where the scenario holds them (the host) when ``stream`` (earlier tasks' data stay on
+        the host)."""
         task = scenario.tasks[index]
+        place = (lambda x: x) if stream else (lambda x: x.to(device))
         return cls(
             index=index,
             classes=tuple(task.classes),
             seen_classes=scenario.classes_up_to(index),
             num_tasks=scenario.num_tasks,
-            train_images=task.train_images.to(device),
-            train_labels=task.train_labels.to(device),
+            train_images=place(task.train_images),
+            train_labels=place(task.train_labels),
             previous_classes=scenario.classes_up_to(index - 1) if index > 0 else [],
             previous=[(p.train_images, p.train_labels) for p in scenario.tasks[:index]],
+            device=torch.device(device) if device is not None else task.train_images.device,
+            streamed=stream,
         )
 
     def seen_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images and labels of tasks 0..index (earlier tasks moved to this task's device)."""
+        """Training images and labels of tasks 0..index (earlier tasks moved to this task's data's device: the
+        training device, or the host for a streamed task)."""
         device = self.train_images.device
         images = torch.cat([x.to(device) for x, _ in self.previous] + [self.train_images])
         labels = torch.cat([y.to(device) for _, y in self.previous] + [self.train_labels])
@@ -146,23 +157,28 @@ class Method(nn.Module):
         self._snapshots: dict[str, nn.Module] = {}
         # seconds spent fitting each classifier in the last prepare_evaluation (see fit_timer)
         self.fit_seconds: dict[str, float] = {}
-        self.install_collectives(gather=lambda tensor: tensor, synchronize=lambda: None)
+        self.install_collectives(gather=lambda tensor: tensor, synchronize=lambda: None, to_device=lambda x: x)
 
     def install_collectives(
         self,
         gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
         synchronize: Callable[[], None] | None = None,
+        to_device: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """How the engine connects the method to its processes and device (the only way it does).
 
         ``gather(tensor)`` concatenates a tensor's rows across processes with gradients (the identity on one
         process; :func:`protosphere.distributed.gather_with_grad` under DDP); ``synchronize()`` waits until the
-        device has finished queued work, so that :meth:`fit_timer` times asynchronous devices to completion. An
-        argument left at None keeps what is installed."""
+        device has finished queued work, so that :meth:`fit_timer` times asynchronous devices to completion;
+        ``to_device(batch)`` brings a batch of stored rows (a slice of a task's data that may wait on the host, see
+        :attr:`TaskContext.streamed`) to the training device (the identity where it is there already;
+        :func:`protosphere.data.streaming.to_device` in a run). An argument left at None keeps what is installed."""
         if gather is not None:
             self.gather = gather
         if synchronize is not None:
             self.synchronize = synchronize
+        if to_device is not None:
+            self.to_device = to_device
 
     # state kept outside parameters -----------------------------------------------------------------------------
     def track_state(self, name: str, obj) -> None:

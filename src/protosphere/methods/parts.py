@@ -153,7 +153,7 @@ class RepresentationMemory:
             rows = (labels == c).nonzero().flatten()
             quota = free // len(new) + (i < free % len(new))
             chosen.append(rows[torch.randperm(len(rows), generator=buffer.generator)[:quota]])
-        chosen, device = torch.cat(chosen), task.train_images.device
+        chosen, device = torch.cat(chosen), task.device  # the buffer stays on the training device
         buffer.store(images[chosen].to(device), labels[chosen].to(device))
 
     def join(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,11 +411,10 @@ def class_mean_diagnostics(method: nn.Module, task, learned_means: torch.Tensor,
     was_training = method.training
     method.eval()
     pairs = [*task.previous, (task.train_images, task.train_labels)]
-    images, labels = torch.cat([p[0].cpu() for p in pairs]), torch.cat([p[1].cpu() for p in pairs])
     classes, device = list(task.seen_classes), learned_means.device
     means = []
     for c in classes:
-        x = to_float(images[labels == c][:per_class].to(device))
+        x = to_float(first_rows_of_class(pairs, c, per_class).to(device))
         means.append(F.normalize(method(method.transforms.eval(x)).mean(0), dim=0))
     means, index = torch.stack(means), {c: i for i, c in enumerate(classes)}
     out = {"classes": classes}
@@ -430,3 +429,17 @@ def class_mean_diagnostics(method: nn.Module, task, learned_means: torch.Tensor,
     learned_means[current] = means[[index[c] for c in current]].to(learned_means.dtype)
     method.train(was_training)
     return out
+
+
+def first_rows_of_class(pairs: list[tuple[torch.Tensor, torch.Tensor]], label: int, count: int) -> torch.Tensor:
+    """The first ``count`` images of class ``label`` in the (images, labels) ``pairs`` taken in order (as in their
+    concatenation), on the CPU; only those rows are read, so data held on the host or memory-mapped stay unread."""
+    found, need = [], count
+    for images, labels in pairs:
+        if need <= 0:
+            break
+        rows = (labels == label).nonzero().flatten()[:need]
+        if len(rows):
+            found.append(images[rows.to(images.device)].cpu())
+            need -= len(rows)
+    return torch.cat(found) if found else pairs[0][0][:0].cpu()

@@ -139,25 +139,31 @@ class RepresentationMethod(Method):
         return data
 
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Float encoder features (N, d) of uint8 images (or floats in [0, 1]), in batches, without gradients."""
+        """Float encoder features (N, d) of uint8 images (or floats in [0, 1]), in batches on the training device
+        (images held on the host come one batch at a time), without gradients."""
         dtype = torch.get_default_dtype()  # float32, or float64 in a float64 run
-        return extract_features(lambda batch: self.features(model_input(batch)).to(dtype), images, batch_size)
+        return extract_features(
+            lambda batch: self.features(model_input(self.to_device(batch))).to(dtype), images, batch_size
+        )
 
     def augmented_probe_features(
-        self, images: torch.Tensor, task: int, epoch: int, batch_size: int = 256
+        self, images: torch.Tensor, task: int, epoch: int, batch_size: int = 256, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Encoder features (N, d) of one freshly augmented view of each image (an image given twice gets two views) —
         the training augmentation, as the Co2L / FNC2 authors' linear stages load their training images — under
-        ``no_grad`` in eval mode, batched on the images' device. The augmentation draws from a generator seeded by
+        ``no_grad`` in eval mode, batched on the training device. ``rows``: the views are of ``images[rows]``
+        (gathered one batch at a time). The augmentation draws from a generator on the training device seeded by
         (run seed, task, epoch), so the probe is deterministic and leaves the run's RNG untouched."""
-        generator = torch.Generator(device=images.device)
+        generator = torch.Generator(device=self.class_means.device)
         generator.manual_seed(self.run_seed * 1_000_003 + task * 1009 + epoch + 7_777_777)
         dtype = torch.get_default_dtype()
 
         def encode(batch):
-            return self.backbone(self.transforms.train(model_input(batch), generator)).to(dtype)
+            return self.backbone(self.transforms.train(model_input(self.to_device(batch)), generator)).to(dtype)
 
-        return extract_features(encode, images, batch_size)
+        if rows is None:
+            return extract_features(encode, images, batch_size)
+        return extract_features(lambda r: encode(images[r.to(images.device)]), rows, batch_size)
 
     def prepare_evaluation(self, task: TaskContext) -> None:
         cfg = self.config
@@ -165,6 +171,7 @@ class RepresentationMethod(Method):
         images, labels = self.evaluation_data(task)
         with self.fit_timer("encode"):  # shared by ncm, linear_probe and knn
             features = self.encode(images)
+        labels = self.to_device(labels)  # beside the features (a streamed task's data wait on the host)
         with self.fit_timer("ncm"):
             normalized = F.normalize(features, dim=1)
             for c in labels.unique().tolist():
@@ -193,12 +200,12 @@ class RepresentationMethod(Method):
                 probe_images = torch.cat([images, extra[0].to(images.device)])
                 probe_labels = torch.cat([labels, extra[1].to(labels.device)])
                 with self.fit_timer("encode"):
-                    fixed = torch.cat([features, self.encode(extra[0].to(images.device))])
+                    fixed = torch.cat([features, self.encode(extra[0])])
         if "linear_probe" in probes and self.probe_augment:
             with self.fit_timer("linear_probe"):  # a new view at every draw (the authors' linear stage)
 
                 def views(epoch, rows):
-                    return self.augmented_probe_features(probe_images[rows.to(probe_images.device)], task.index, epoch)
+                    return self.augmented_probe_features(probe_images, task.index, epoch, rows=rows)
 
                 self._fitted["probe"] = probe(fixed, probe_labels, epoch_features=views)
         if probes and ("linear_probe_unaugmented" in probes or not self.probe_augment):

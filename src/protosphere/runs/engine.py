@@ -41,6 +41,7 @@ from lightning_fabric import Fabric
 from ..config import RunConfig, config_fingerprint
 from ..data.augment import shard_draws
 from ..data.scenarios import model_input
+from ..data.streaming import DeviceBudget, device_batches, nbytes, to_device
 from ..distributed import check_processes, gather_objects, gather_with_grad, rng_state, set_rng_state, shard_rows
 from ..errors import RunError
 from ..methods.base import Method, StepContext, StepOutput, TaskContext
@@ -386,6 +387,7 @@ class Engine:
         self.progress: RunProgress | None = None
         self.log: MetricsLog | None = None
         self.checkpoints: Checkpoints | None = None
+        self.budget: DeviceBudget | None = None
         self.global_step = 0
 
     # ----------------------------------------------------------------------------------------------------------
@@ -399,6 +401,8 @@ class Engine:
         log = self._open_log(resume)
         progress = self._open_progress(scenario)
         checkpoints = self.checkpoints = Checkpoints(self.config, self.fabric, self.files, log)
+        # measured with the network on the device; the test sets take their share first (held for the whole run)
+        self.budget = DeviceBudget(self.fabric.device, self.config.data.device_budget_bytes)
         protocol = Protocol(
             self.config,
             scenario,
@@ -407,17 +411,18 @@ class Engine:
             log,
             progress,
             self.write_embeddings if self.fabric.is_global_zero else None,
+            budget=self.budget,
         )
         if state.get("method") is not None and not in_task:
             checkpoints.restore(state, method)
-        protocol.random_init_baseline(method, TaskContext.of(scenario, 0, self.fabric.device))
+        protocol.random_init_baseline(method, self._context(scenario, 0, announce=False))
         # the losses check their inputs on the first step of a run (a bug shows at once); a resumed run passed that
         # check before, and a NaN/inf it meets now is a numerical failure, which the non-finite guard reports
         set_validation(resume is None)
         status = "failed"
         try:
             for t in range(first_task, scenario.num_tasks):
-                context = TaskContext.of(scenario, t, self.fabric.device)
+                context = self._context(scenario, t)
                 method.train()
                 method.begin_task(context)
                 optimizer = self.fabric.setup_optimizers(build_optimizer(self.config.optimizer, method.parameters()))
@@ -446,21 +451,20 @@ class Engine:
         self, model, method: Method, optimizer, context: TaskContext, first: int, protocol: Protocol
     ) -> TaskTraining:
         """Steps ``first``.. of one task: shuffled batches (a function of seed, task and epoch; each rank takes its
-        slice), the learning-rate schedule, one :func:`train_step` each, per-epoch evaluations and checkpoints."""
+        slice; indexed on the device, or gathered on the host and copied per step for a task held there), the
+        learning-rate schedule, one :func:`train_step` each, per-epoch evaluations and checkpoints."""
         cfg, fabric, t = self.config, self.fabric, context.index
         images, labels = method.training_data(context)
-        images, labels = images.to(fabric.device), labels.to(fabric.device)
         epochs, batch, every = cfg.train.epochs_for(t), cfg.train.batch_size, cfg.train.checkpoint_every_n_steps
         # an incomplete last batch is dropped unless it is the only one, so every step sees a full global batch (the
         # contrastive losses' negatives); Co2L, samix and Mammoth keep it (docs/reproduction.md lists the difference)
         steps_per_epoch = max(1, len(labels) // batch)
         total = epochs * steps_per_epoch
         monitor = TaskMonitor(self, t, epochs, steps_per_epoch, total, first)
-        for step in range(first, total):
-            epoch, index = divmod(step, steps_per_epoch)
-            if index == 0 or step == first:
-                order = epoch_order(cfg.seed, t, epoch, len(labels)).to(fabric.device)
-            rows = shard_rows(order[index * batch : (index + 1) * batch], fabric.global_rank, fabric.world_size)
+        rows = batch_rows(cfg.seed, t, len(labels), batch, steps_per_epoch, range(first, total), fabric)
+        batches = device_batches((images, labels), rows, fabric.device, stream=context.streamed)
+        for step, (x, y) in zip(range(first, total), batches):
+            epoch = step // steps_per_epoch
             set_lr(optimizer, cfg.optimizer.lr, lr_factor(cfg.optimizer, step, total, steps_per_epoch))
             where = StepContext(
                 task=t, epoch=epoch, step=step, steps_in_task=total, global_step=self.global_step, epochs_in_task=epochs
@@ -469,8 +473,8 @@ class Engine:
                 output = train_step(
                     model,
                     optimizer,
-                    model_input(images[rows], cfg.model.channels_last),
-                    labels[rows],
+                    model_input(x, cfg.model.channels_last),
+                    y,
                     where,
                     fabric.backward,
                     inspect=lambda out, step=step: monitor.inspect(out, step),
@@ -479,7 +483,7 @@ class Engine:
             last = step == total - 1
             stopping = self._stop_requested(step)
             save = stopping or (bool(every) and (step + 1) % every == 0 and not last)
-            monitor.after_step(step, epoch, output, optimizer, len(rows), save)
+            monitor.after_step(step, epoch, output, optimizer, len(y), save)
             if cfg.eval.per_epoch and (step + 1) % steps_per_epoch == 0 and not last:
                 protocol.after_epoch(method, context, epoch)
             if save:
@@ -487,6 +491,19 @@ class Engine:
             if stopping:
                 raise self._interrupted(t, step + 1)
         return monitor.finish()
+
+    def _context(self, scenario, t: int, announce: bool = True) -> TaskContext:
+        """Task ``t``'s context: its training data on the device when they fit the device budget, else left on the
+        host to be copied one batch per step (:mod:`protosphere.data.streaming`; ``announce``: say so)."""
+        size = nbytes(scenario.tasks[t].train_images)
+        stream = not self.budget.fits(size)
+        if stream and announce and self.console is not None and self.fabric.is_global_zero:
+            self.console.print(
+                f"task {t + 1}: its {size / 1e6:,.1f} MB of training images exceed what is left of the device "
+                f"budget ({max(0, self.budget.left) / 1e6:,.1f} MB, data.device_budget); its batches are copied "
+                f"to the device one step ahead"
+            )
+        return TaskContext.of(scenario, t, self.fabric.device, stream=stream)
 
     # ----------------------------------------------------------------------------------------------------------
     def _stop_requested(self, step: int) -> bool:
@@ -524,6 +541,7 @@ class Engine:
         if world_size > 1:
             method.install_collectives(gather=gather_with_grad(fabric))
         method = method.to(device)
+        method.install_collectives(to_device=lambda batch: to_device(batch, device))
         if device.type == "cuda":
             method.install_collectives(synchronize=lambda: torch.cuda.synchronize(device))
         model = fabric.setup_module(method)
@@ -578,3 +596,13 @@ class Engine:
 def epoch_order(seed: int, task: int, epoch: int, size: int) -> torch.Tensor:
     """The shuffled row order of one epoch of one task (the same on every rank; each takes its slice of a batch)."""
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + task * 1009 + epoch))
+
+
+def batch_rows(seed: int, task: int, size: int, batch: int, steps_per_epoch: int, steps: range, fabric):
+    """The row indices (CPU int64) of each step in ``steps`` of a task of ``size`` training rows: the slice of the
+    epoch's shuffled order (:func:`epoch_order`) that is the step's global batch, then this rank's part of it."""
+    for step in steps:
+        epoch, index = divmod(step, steps_per_epoch)
+        if index == 0 or step == steps.start:
+            order = epoch_order(seed, task, epoch, size)
+        yield shard_rows(order[index * batch : (index + 1) * batch], fabric.global_rank, fabric.world_size)

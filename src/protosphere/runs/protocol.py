@@ -16,8 +16,9 @@ images reach the network through :func:`~protosphere.data.scenarios.model_input`
 The protocol keeps what it measured in :attr:`Protocol.evaluation`, an :class:`~protosphere.runs.record.Evaluation`
 whose parts are typed as they are measured (so a misspelt key fails at once, not when results.json is written) and which
 every checkpoint saves, so a resumed run continues it; after the last task :meth:`Protocol.run_results` adds what
-the run was and its continual metrics. It knows nothing of devices beyond the one the test sets live on, of files,
-or of losses.
+the run was and its continual metrics. It knows nothing of devices beyond the one it evaluates on (test images kept
+there when they fit the run's device budget, else copied to it one evaluation batch at a time), of files, or of
+losses.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from ..config import RunConfig
 from ..data.corruptions import evaluate_corruptions
 from ..data.scenarios import model_input
+from ..data.streaming import DeviceBudget, nbytes, to_device
 from ..evaluation import accuracy, extract_features
 from ..methods.base import Method, TaskContext
 from ..metrics.continual import summarize
@@ -114,7 +116,9 @@ class Protocol:
 
     Args:
         config: the run's config (``eval`` section, ``model.channels_last``).
-        scenario: the run's scenario; its test sets are moved to ``device`` once.
+        scenario: the run's scenario; its test labels are moved to ``device`` once, and so are its test images when
+            they all fit ``budget`` (a :class:`~protosphere.data.streaming.DeviceBudget`, whose bytes they then take
+            for the run; none: they are moved), else each evaluation batch is copied to ``device`` as it is used.
         evaluation: the evaluation to continue (a resumed run's, as its checkpoint saved it), else a new one.
         log: where measurements go (``log(split, values, task, epoch=None)``, e.g. the engine's metrics.csv).
         progress: the run's progress display (``start_evaluation`` / ``evaluation_step`` / ``end_evaluation``).
@@ -131,22 +135,33 @@ class Protocol:
         log=None,
         progress=None,
         write_embeddings: Callable | None = None,
+        budget: DeviceBudget | None = None,
     ):
         self.config = config
         self.scenario = scenario
-        self.test_sets = [(t.test_images.to(device), t.test_labels.to(device)) for t in scenario.tasks]
+        self.device = device
+        whole = budget is None or budget.reserve(sum(nbytes(t.test_images) for t in scenario.tasks))
+        self.test_sets = [
+            (t.test_images.to(device) if whole else t.test_images, t.test_labels.to(device)) for t in scenario.tasks
+        ]
         self.evaluation = evaluation if isinstance(evaluation, Evaluation) else Evaluation.of(evaluation)
         self.log = log or _Silent()
         self.progress = progress or _Silent()
         self.write_embeddings = write_embeddings
 
     # building blocks ---------------------------------------------------------------------------------------------
+    def on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """An evaluation batch on the device it is evaluated on (a copy when the test images wait on the host)."""
+        return to_device(batch, self.device)
+
     def logits(self, classify: Callable, images: torch.Tensor) -> torch.Tensor:
         """(N, C) float logits of ``classify`` on uint8 ``images``, in evaluation batches."""
         channels_last = self.config.model.channels_last
         dtype = torch.get_default_dtype()  # float32, or float64 in a float64 run
         return extract_features(
-            lambda batch: classify(model_input(batch, channels_last)).to(dtype), images, self.config.eval.batch_size
+            lambda batch: classify(model_input(self.on_device(batch), channels_last)).to(dtype),
+            images,
+            self.config.eval.batch_size,
         )
 
     @torch.no_grad()
@@ -195,7 +210,7 @@ class Protocol:
         method.eval()
         tasks = range(task + 1) if self.scenario.kind == "class_il" else [task]
         # the contiguous layout, in which the published NC metrics were measured
-        encode = lambda batch: method.features(model_input(batch)).float().cpu()  # noqa: E731
+        encode = lambda batch: method.features(model_input(self.on_device(batch))).float().cpu()  # noqa: E731
         features = torch.cat(
             [extract_features(encode, self.test_sets[j][0], self.config.eval.batch_size) for j in tasks]
         )
@@ -346,7 +361,9 @@ class Protocol:
             embed = (lambda x: method(method.transforms.eval(x))) if prototypes is not None else method.features
             channels_last = cfg.model.channels_last
             features = extract_features(
-                lambda batch: embed(model_input(batch, channels_last)).float().cpu(), images, cfg.eval.batch_size
+                lambda batch: embed(model_input(self.on_device(batch), channels_last)).float().cpu(),
+                images,
+                cfg.eval.batch_size,
             )
             weights = prototypes if prototypes is not None else method.classifier_weights()
             self.write_embeddings(features, labels.cpu(), None if weights is None else weights.detach().float().cpu())
@@ -369,6 +386,7 @@ class Protocol:
                 cfg.eval.corruption_severities,
                 batch_size=cfg.eval.batch_size,
                 seed=cfg.seed,
+                place=self.on_device,
             )
             for name, classify in classifiers.items()
         }

@@ -58,12 +58,14 @@ def build_fabric(config: RunConfig):
         ) from None
 
 
-def build_scenario_from_config(config: RunConfig):
-
-    if config.data.dataset == "domainnet":
+def build_scenario_from_config(config: RunConfig, dataset=None):
+    """The config's scenario over ``data.dataset``, or over ``dataset`` (an ImageDataset, e.g. synthetic images of
+    the dataset's shape) when given."""
+    if dataset is None and config.data.dataset == "domainnet":
         return _domainnet_scenario(config)
-    kwargs = {"image_size": config.data.image_size} if config.data.image_size else {}
-    dataset = load_dataset(config.data.dataset, root=config.data.root, download=config.data.download, **kwargs)
+    if dataset is None:
+        kwargs = {"image_size": config.data.image_size} if config.data.image_size else {}
+        dataset = load_dataset(config.data.dataset, root=config.data.root, download=config.data.download, **kwargs)
     sc = config.scenario
     if sc.imbalance_ratio is not None:
         dataset = long_tail_dataset(dataset, sc.imbalance_ratio, seed=config.seed)
