@@ -14,6 +14,8 @@ from protosphere import cli
 from protosphere.config import (
     RECIPE_SECTIONS,
     SHIPPED_CONFIGS,
+    OptimizerConfig,
+    TrainConfig,
     load_config,
     locate_config,
     read_yaml,
@@ -77,9 +79,8 @@ def test_a_config_still_overrides_its_methods_recipe():
 
 def test_a_method_without_a_recipe_keeps_the_generic_defaults(monkeypatch):
     monkeypatch.setattr(method_class("er"), "recipe", None)
-    assert (
-        validate_config({"method": {"name": "er"}}).train == validate_config({}).model_fields["train"].default_factory()
-    )
+    config = validate_config({"method": {"name": "er"}})
+    assert config.train == TrainConfig() and config.optimizer == OptimizerConfig()
 
 
 def test_a_two_view_method_on_a_one_view_augmentation_is_told():
