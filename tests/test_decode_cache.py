@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -412,3 +413,32 @@ def test_too_little_disk_space_is_refused_before_decoding(tmp_path, decode_cache
     ):
         load_imagenet100(root, image_size=24, workers=1)  # 15 × 3 × 24 × 24 = 25,920 bytes
     assert decodes == [] and [list(e.iterdir()) for e in entries(decode_cache)] == [[]]
+
+
+def test_a_run_config_decodes_with_data_workers(tmp_path, decode_cache, capfd):
+    """`data.workers` reaches the loaders through the runner, for whole datasets and for DomainNet's domains."""
+    from protosphere.runs.runner import build_scenario_from_config
+
+    root = write_imagenet_folder(tmp_path / "in100")
+    rng = np.random.default_rng(1)
+    for domain in ("clipart", "sketch"):
+        for i in range(5):
+            write_image(tmp_path / "dn" / domain / "apple" / f"{i}.jpg", rng)
+            write_image(tmp_path / "dn" / domain / "bus" / f"{i}.jpg", rng)
+    configs = [
+        {"data": {"dataset": "imagenet100", "root": str(root), "image_size": 16}, "scenario": {"num_tasks": 3}},
+        {
+            "data": {"dataset": "domainnet", "root": str(tmp_path / "dn"), "domains": ["clipart", "sketch"]},
+            "scenario": {"kind": "domain_il", "num_tasks": 2},
+        },
+    ]
+    for data in configs:
+        for workers in (1, 2):
+            data["data"]["workers"] = workers
+            first = build_scenario_from_config(validate_config(data))
+            assert f"with {workers} process(es)" in capfd.readouterr().err
+            again = build_scenario_from_config(validate_config(data))
+            assert "decoding" not in capfd.readouterr().err
+            for a, b in zip(first.tasks, again.tasks):
+                assert a.train_images.equal(b.train_images) and a.test_labels.equal(b.test_labels)
+            shutil.rmtree(decode_cache)

@@ -17,7 +17,9 @@ and decode. Each measurement runs in a fresh child process (``resource.getrusage
   arrays (the memory the loaders held before the cache: the whole decoded dataset), each with the anonymous and the
   file-backed part of the RSS at the end (``/proc/self/status``: RssAnon, RssFile).
 
-The 1- and 2-worker caches are compared byte for byte.
+The 1- and 2-worker caches are compared byte for byte. A control (a pure-Python loop run twice, one after the other
+and in two processes at once) says how many cores two busy processes got at the time, since the 2-worker figure can
+only be as parallel as the machine lets it be.
 """
 
 from __future__ import annotations
@@ -70,6 +72,28 @@ def write_folder(root: Path, args) -> tuple[int, int]:
                 (folder / f"n{c:08d}_{i}.JPEG").write_bytes(blob)
                 count, total = count + 1, total + len(blob)
     return count, total
+
+
+def burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def free_cores(n: int = 20_000_000) -> tuple[float, float]:
+    """Seconds for two runs of a pure-Python loop one after the other, and in two processes at once: their ratio is
+    how many cores this machine gave two busy processes just then."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    start = time.perf_counter()
+    burn(n), burn(n)
+    serial = time.perf_counter() - start
+    with ProcessPoolExecutor(2) as pool:
+        start = time.perf_counter()
+        list(pool.map(burn, [n, n]))
+        parallel = time.perf_counter() - start
+    return serial, parallel
 
 
 def memory_status() -> dict:
@@ -189,6 +213,11 @@ def main(argv=None) -> int:
             f"of {args.width}×{args.height} ({args.distinct} distinct synthetic images, {encoded / count / 1e3:.1f} "
             f"KB each, {gb(encoded)} in all; written in {time.perf_counter() - start:.0f} s), decoded to "
             f"{args.size}×{args.size}"
+        )
+        serial, parallel = free_cores()
+        lines.append(
+            f"control: a pure-Python loop twice, one after the other {serial:.2f} s, in 2 processes at once "
+            f"{parallel:.2f} s (so about {serial / parallel:.1f} cores were free for 2 busy processes)"
         )
         first = {}
         for workers in (1, 2):

@@ -125,8 +125,8 @@ IMAGENET100_HOW = (
 def load_imagenet100(
     root: str | os.PathLike | None = None, image_size: int = 64, workers: int | None = None
 ) -> ImageDataset:
-    """ImageNet-100 from image folders, resized to ``image_size``² (130k images: 1.6 GB at 64 px, 19.6 GB at 224 px,
-    decoded once by ``workers`` processes and memory-mapped from the decoded cache)."""
+    """ImageNet-100 from image folders, resized to ``image_size``² (131,689 images: 1.6 GB at 64 px, 19.8 GB at 224
+    px), decoded once by ``workers`` processes and memory-mapped from the decoded cache."""
     size = check_image_size(image_size)
     workers = check_workers(workers)
     folder = find_imagenet100(root)
