@@ -12,7 +12,7 @@ contiguous range is a view of the file too.
 **Where.** ``$PROTOSPHERE_DECODE_CACHE`` or ``<user cache>/protosphere/decoded`` (:func:`decode_cache_home`), one
 folder per entry: ``<name>-<S>px-<id>/`` with ``<split>_images.npy`` (uint8 (N, 3, S, S)), ``<split>_labels.npy``
 (int64 (N,)) and ``manifest.json``. ``id`` hashes what the arrays are: the source folder or archive, every image's
-path (and archive member) in order with its label, and S. Another ``data.seed`` of DomainNet's seeded split lists
+path (and archive member) in order with its label, and S. Another ``seed`` of DomainNet's seeded 80/20 split lists
 the files in another order and so gets its own entry.
 
 **Key.** The manifest holds a digest of that identity plus every source file's size and modification time (an
@@ -320,7 +320,8 @@ def _build(folder: Path, key: str, name: str, origin: str, splits, size: int, wo
         tmp.write_text(json.dumps({**record, "arrays": arrays}, indent=1), encoding="utf-8")
         _fsync(tmp)
         os.replace(tmp, manifest)
-        _fsync(folder)
+        if os.name == "posix":  # the renames themselves reach the disk (a folder cannot be opened on Windows)
+            _fsync(folder)
     except OSError as exc:
         raise DatasetError(
             f"cannot write the decoded cache of {name} in {folder} ({exc.strerror or exc}), so nothing usable was "
