@@ -7,6 +7,15 @@ import torch
 torch.set_num_threads(int(os.environ.get("PROTOSPHERE_TEST_THREADS", "2")))
 
 
+@pytest.fixture(autouse=True)
+def decode_cache(tmp_path_factory, monkeypatch):
+    """Each test decodes image-file datasets into its own empty cache (never the user's ~/.cache), also for the
+    processes it starts."""
+    folder = tmp_path_factory.mktemp("decoded")
+    monkeypatch.setenv("PROTOSPHERE_DECODE_CACHE", str(folder))
+    return folder
+
+
 def make_dataset(num_classes=4, per_class_train=12, per_class_test=5, size=8, channels=1, seed=0, name="toy"):
     """A tiny ImageDataset whose pixel values encode the label, so it is learnable in a few steps."""
     from protosphere.data.base import ImageDataset

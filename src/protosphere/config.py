@@ -101,6 +101,12 @@ class DataConfig(Section):
     )
     train_fraction: float = Field(1.0, gt=0, le=1, description="class-stratified fraction of the training set to use")
     image_size: int | None = Field(None, ge=8, description="resize for image-folder datasets")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="processes that decode an image-folder or zip dataset on its first load, into the decoded "
+        "cache later loads memory-map (default: the usable CPU cores)",
+    )
     device_budget: int | str | None = Field(
         None,
         description="bytes of dataset images kept on the training device at once, e.g. 512MB or 2GiB (default: "
@@ -878,6 +884,7 @@ def config_fingerprint(config: RunConfig) -> str:
     data.pop("logging", None)  # trackers only watch
     if data["data"].get("domains") is None:  # keys added later: at their defaults they keep earlier fingerprints
         data["data"].pop("domains", None)
+    data["data"].pop("workers", None)  # how many processes decode changes no byte of the images
     if data["eval"].get("probe_buffer_size") is None:
         data["eval"].pop("probe_buffer_size", None)
     if not data["eval"].get("probe_augment"):  # the probe as it always was (un-augmented features)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from protosphere.errors import DatasetError
 
-__all__ = ["data_home", "cache_dir", "md5_file", "fetch_url", "download_file", "fetch_hint"]
+__all__ = ["data_home", "cache_dir", "decode_cache_home", "md5_file", "fetch_url", "download_file", "fetch_hint"]
 
 _CHUNK = 1 << 20
 
@@ -28,11 +28,21 @@ def data_home() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def _user_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "protosphere"
+
+
 def cache_dir(name: str) -> Path:
     """The per-user download cache of one dataset: ``$XDG_CACHE_HOME/protosphere/<name>`` (default ``~/.cache``)."""
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    root = Path(base).expanduser() if base else Path.home() / ".cache"
-    return root / "protosphere" / name
+    return _user_cache() / name
+
+
+def decode_cache_home() -> Path:
+    """Where datasets stored as image files keep their decoded arrays: ``$PROTOSPHERE_DECODE_CACHE``, else
+    ``$XDG_CACHE_HOME/protosphere/decoded`` (default ``~/.cache``); see :mod:`protosphere.data._decode_cache`."""
+    value = os.environ.get("PROTOSPHERE_DECODE_CACHE", "").strip()
+    return Path(value).expanduser() if value else _user_cache() / "decoded"
 
 
 def fetch_hint(name: str, what: str = "it", again: bool = False) -> str:

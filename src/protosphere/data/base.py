@@ -18,7 +18,8 @@ __all__ = ["ImageDataset", "DatasetStatus"]
 
 @dataclass(frozen=True, eq=False)
 class ImageDataset:
-    """A labelled image dataset held in memory.
+    """A labelled image dataset held in memory, or memory-mapped from the decoded cache of datasets stored as image
+    files (:mod:`protosphere.data._decode_cache`: the images are then (N, H, W, C) views of (N, C, H, W) files).
 
     ``train_images``/``test_images`` are uint8 arrays (N, H, W, C); labels are int64 (N,) in ``[0, num_classes)``.
     ``source`` says where the data was read from, so that results can be traced back to the files that produced
@@ -103,10 +104,16 @@ class ImageDataset:
 
         levels = np.arange(256, dtype=np.float64) / 255.0
         means, stds = [], []
-        c = self.train_images.shape[-1]
+        images = self.train_images
+        c = images.shape[-1]
+        # counted a block of rows at a time (about 64 MB), so a memory-mapped dataset is streamed, never copied whole
+        step = max(1, (64 << 20) // max(1, images[0].size if len(images) else 1))
         for ch in range(c):
-            pixels = torch.from_numpy(np.ascontiguousarray(self.train_images[..., ch]).reshape(-1))
-            counts = torch.bincount(pixels, minlength=256).numpy().astype(np.float64)
+            counts = np.zeros(256, dtype=np.int64)
+            for start in range(0, len(images), step):
+                pixels = torch.from_numpy(np.ascontiguousarray(images[start : start + step, ..., ch]).reshape(-1))
+                counts += torch.bincount(pixels, minlength=256).numpy()
+            counts = counts.astype(np.float64)
             total = counts.sum()
             mean = float((counts * levels).sum() / total)
             var = float((counts * (levels - mean) ** 2).sum() / total)

@@ -8,6 +8,7 @@ import os
 from typing import Callable, Iterable
 
 from protosphere.data import cifar, image_folder, mnist, tiny_imagenet
+from protosphere.data._decode_cache import check_workers
 from protosphere.data.base import DatasetStatus, ImageDataset
 from protosphere.data.digits import load_digits
 from protosphere.errors import DatasetError
@@ -32,10 +33,15 @@ def _native_size(name: str, size: int, load: Callable[[str | os.PathLike | None,
     return loader
 
 
-def _imagenet100(root, download, *, image_size=None):
+def _imagenet100(root, download, *, image_size=None, workers=None):
     if download:
         raise DatasetError(f"ImageNet-100 cannot be downloaded automatically; {image_folder.IMAGENET100_HOW}.")
-    return image_folder.load_imagenet100(root, image_size=64 if image_size is None else image_size)
+    return image_folder.load_imagenet100(root, image_size=64 if image_size is None else image_size, workers=workers)
+
+
+def _tiny_imagenet(root, download, *, image_size=None, workers=None):
+    size = 64 if image_size is None else image_size
+    return tiny_imagenet.load_tiny_imagenet(root, download, image_size=size, workers=workers)
 
 
 def _domainnet(root, download, *, image_size=None):
@@ -51,14 +57,15 @@ _BUILT_IN: dict[str, Loader] = {
     "digits": _native_size("digits", 8, lambda root, download: load_digits()),
     "cifar10": _native_size("cifar10", 32, cifar.load_cifar10),
     "cifar100": _native_size("cifar100", 32, cifar.load_cifar100),
-    "tiny_imagenet": lambda root, download, *, image_size=None: tiny_imagenet.load_tiny_imagenet(
-        root, download, image_size=64 if image_size is None else image_size
-    ),
+    "tiny_imagenet": _tiny_imagenet,
     "imagenet100": _imagenet100,
 }
 for _name, _loader in _BUILT_IN.items():
     DATASETS.register(_name, _loader)
 DATASETS.register("domainnet", _domainnet)  # a valid data.dataset; the runner builds its per-domain scenario
+
+DECODED: frozenset[str] = frozenset({"tiny_imagenet", "imagenet100"})
+"""The built-in datasets stored as image files: decoded once (by ``workers`` processes) into the decoded cache."""
 
 DATASET_NAMES: tuple[str, ...] = tuple(_BUILT_IN)
 """The built-in datasets :func:`load_dataset` loads whole (user datasets join them in
@@ -78,7 +85,12 @@ def _normalise(name: str) -> str:
 
 
 def load_dataset(
-    name: str, root: str | os.PathLike | None = None, download: bool = False, *, image_size: int | None = None
+    name: str,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    *,
+    image_size: int | None = None,
+    workers: int | None = None,
 ) -> ImageDataset:
     """Load dataset ``name`` (one of :data:`DATASET_NAMES`, or any loader registered in
     ``protosphere.registry.DATASETS``) into memory.
@@ -87,9 +99,15 @@ def load_dataset(
     ``$PROTOSPHERE_DATA/<name>/``, system packages and the user cache. ``download=True`` fetches missing
     downloadable datasets (Fashion-MNIST, MNIST, CIFAR-10/100, Tiny-ImageNet) from their official sources and
     verifies them. ``image_size`` resizes datasets stored as image files (Tiny-ImageNet, ImageNet-100; default 64);
-    datasets stored as arrays keep their native size.
+    datasets stored as arrays keep their native size. Datasets stored as image files are decoded by ``workers``
+    processes (default: the usable cores) on their first load only; later loads memory-map the decoded cache
+    (:mod:`protosphere.data._decode_cache`). ``workers`` goes to the built-in loaders of :data:`DECODED` only.
     """
     key = _normalise(name)
+    if key in DECODED and DATASETS.get(key) is _BUILT_IN[key]:
+        return DATASETS.get(key)(root, download, image_size=image_size, workers=workers)
+    if workers is not None:
+        check_workers(workers)  # a bad value is refused whichever dataset it would have gone to
     return DATASETS.get(key)(root, download, image_size=image_size)
 
 

@@ -9,7 +9,10 @@
   :func:`scenario_from_domains`).
 
 Images are kept as uint8 tensors (N, C, H, W) on the host; the engine moves one task at a time to the device, and
-:func:`model_input` turns a batch of them into what a network takes.
+:func:`model_input` turns a batch of them into what a network takes. A dataset memory-mapped from the decoded cache
+(:mod:`protosphere.data._decode_cache`, stored (N, C, H, W)) is not read whole here: the training set is indexed only
+when ``train_fraction`` < 1, and a task whose rows form one contiguous range (class-IL in the natural class order of
+a class-sorted dataset) is a view of the file; other tasks copy their own rows only.
 """
 
 from __future__ import annotations
@@ -77,7 +80,21 @@ def model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tens
 
 
 def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) → a (N, C, H, W) tensor: a copy of an in-memory array, a view of a memory-mapped cache file
+    (whose rows are already (C, H, W), so the transpose is contiguous)."""
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def _rows(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``array[keep]``, or ``array`` itself (no copy) when ``keep`` is every row in order."""
+    return array if len(keep) == len(array) else array[keep]
+
+
+def _take(images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``images[rows]`` for sorted ``rows``; a view (no copy) when they are one contiguous range."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        return images[int(rows[0]) : int(rows[-1]) + 1]
+    return images[rows]
 
 
 def _subset(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -152,7 +169,7 @@ def build_scenario(
     rng = np.random.default_rng(seed)
     num_classes = dataset.num_classes
     train_keep = _subset(dataset.train_labels, train_fraction, rng)
-    train_x, train_y = _to_nchw(dataset.train_images[train_keep]), dataset.train_labels[train_keep]
+    train_x, train_y = _to_nchw(_rows(dataset.train_images, train_keep)), dataset.train_labels[train_keep]
     test_x, test_y = _to_nchw(dataset.test_images), dataset.test_labels
     mean, std = dataset.channel_stats()
     names = list(dataset.class_names)
@@ -189,9 +206,9 @@ def build_scenario(
                 Task(
                     index,
                     tuple(block),
-                    train_x[train_rows],
+                    _take(train_x, train_rows),
                     train_new[train_rows],
-                    test_x[test_rows],
+                    _take(test_x, test_rows),
                     test_new[test_rows],
                 )
             )
@@ -265,7 +282,7 @@ def scenario_from_domains(datasets, train_fraction: float = 1.0, seed: int = 0) 
             Task(
                 t,
                 all_classes,
-                _to_nchw(dataset.train_images[keep]),
+                _to_nchw(_rows(dataset.train_images, keep)),
                 torch.from_numpy(dataset.train_labels[keep]),
                 _to_nchw(dataset.test_images),
                 torch.from_numpy(dataset.test_labels),

@@ -5,7 +5,9 @@ Layout of ``tiny-imagenet-200.zip`` (and of the folder ``tiny-imagenet-200/``): 
 ``val/val_annotations.txt`` (tab-separated: file, wnid, box). The labelled validation set serves as the test split
 (the official test images carry no labels). Labels index the **sorted** wnids, as a folder-per-class loader would
 number them; ``class_names`` holds the first name of each wnid in ``words.txt`` (the wnid when absent or ambiguous).
-Images are 64×64 and are converted to RGB (a few are grayscale); ``image_size`` other than 64 resizes them.
+Images are 64×64 and are converted to RGB (a few are grayscale); ``image_size`` other than 64 resizes them. The first
+load decodes them (in ``workers`` processes, each reading the archive itself) into an on-disk array cache keyed by the
+archive's size and modification time; later loads memory-map it (:mod:`protosphere.data._decode_cache`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import numpy as np
-
+from protosphere.data._decode_cache import Encoded, check_workers, load_decoded
 from protosphere.data._files import download_file, fetch_hint, md5_file
-from protosphere.data._images import check_image_size, decode_images
+from protosphere.data._images import check_image_size
 from protosphere.data._locate import download_target, search_dirs
 from protosphere.data.base import ImageDataset
 from protosphere.errors import DatasetError
@@ -63,6 +64,12 @@ class _Tree:
 
     def exists(self, rel: str) -> bool:
         return (self.prefix + rel) in self.names if self.zip else (self.path / rel).is_file()
+
+    def encoded(self, rel: str) -> Encoded:
+        """``rel`` as a decode job: the member of the archive, or the file of the folder."""
+        if self.zip is None:
+            return Encoded(self.where(rel), str(self.path / rel))
+        return Encoded(self.where(rel), str(self.path), self.prefix + rel)
 
     def read(self, rel: str) -> bytes:
         if self.zip is None:
@@ -145,10 +152,11 @@ def _class_names(tree: _Tree, wnids: list[str]) -> tuple[str, ...]:
 
 
 def load_tiny_imagenet(
-    root: str | os.PathLike | None = None, download: bool = False, image_size: int = 64
+    root: str | os.PathLike | None = None, download: bool = False, image_size: int = 64, workers: int | None = None
 ) -> ImageDataset:
     """Load Tiny-ImageNet-200 (100,000 train / 10,000 labelled val images, 200 classes); see the module docstring."""
     size = check_image_size(image_size)
+    workers = check_workers(workers)
     found = find_tiny_imagenet(root)
     if found is None:
         if not download:
@@ -184,7 +192,7 @@ def load_tiny_imagenet(
                 )
             for f in files:
                 rel = f"train/{wnid}/images/{f}"
-                train_items.append((tree.where(rel), (lambda r=rel: tree.read(r))))
+                train_items.append(tree.encoded(rel))
                 train_labels.append(index[wnid])
 
         val_items, val_labels = [], []
@@ -203,20 +211,21 @@ def load_tiny_imagenet(
                     f"{tree.where(rel)}, listed in val_annotations.txt, is missing; the release is incomplete, replace "
                     f"it with the official {TINY_ARCHIVE}."
                 )
-            val_items.append((tree.where(rel), (lambda r=rel: tree.read(r))))
+            val_items.append(tree.encoded(rel))
             val_labels.append(index[fields[1].strip()])
 
-        train_images = decode_images(train_items, size)
-        test_images = decode_images(val_items, size) if val_items else np.empty((0, size, size, 3), np.uint8)
         class_names = _class_names(tree, wnids)
     finally:
         tree.close()
+    splits = {"train": (train_items, train_labels), "test": (val_items, val_labels)}
+    arrays = load_decoded(NAME, str(path), splits, size, workers=workers)
+    (train_images, train_labels), (test_images, test_labels) = arrays["train"], arrays["test"]
     return ImageDataset(
         name=NAME,
         train_images=train_images,
-        train_labels=np.asarray(train_labels, dtype=np.int64),
+        train_labels=train_labels,
         test_images=test_images,
-        test_labels=np.asarray(val_labels, dtype=np.int64),
+        test_labels=test_labels,
         class_names=class_names,
         source=str(path),
     )

@@ -65,6 +65,8 @@ def build_scenario_from_config(config: RunConfig, dataset=None):
         return _domainnet_scenario(config)
     if dataset is None:
         kwargs = {"image_size": config.data.image_size} if config.data.image_size else {}
+        if config.data.workers is not None:
+            kwargs["workers"] = config.data.workers
         dataset = load_dataset(config.data.dataset, root=config.data.root, download=config.data.download, **kwargs)
     sc = config.scenario
     if sc.imbalance_ratio is not None:
@@ -171,7 +173,13 @@ def _domainnet_scenario(config: RunConfig):
         )
     if sc.imbalance_ratio is not None:
         raise ConfigError("scenario.imbalance_ratio is not available for DomainNet; drop it.")
-    datasets = load_domainnet(config.data.root, domains, image_size=config.data.image_size or 64, seed=config.seed)
+    datasets = load_domainnet(
+        config.data.root,
+        domains,
+        image_size=config.data.image_size or 64,
+        seed=config.seed,
+        workers=config.data.workers,
+    )
     return scenario_from_domains(datasets, train_fraction=config.data.train_fraction, seed=config.seed)
 
 
