@@ -239,3 +239,23 @@ def test_a_streamed_run_gives_the_results_of_the_in_memory_run(tmp_path, monkeyp
     assert whole_streamed == [False] * 3 and tiny_streamed == [True] * 3  # each path was taken
     assert tiny == whole
     assert whole["status"] == "complete" and len(whole["accuracy"][whole["headline_classifier"]]["class_il"]) == 3
+
+
+def test_an_image_folder_dataset_trains_through_the_memory_mapped_cache_and_streamed_batches(
+    tmp_path, monkeypatch, decode_cache, capfd
+):
+    """A dataset larger than the budget: the first run decodes the ImageNet-format folder and trains each task whole
+    on the device; the second reads the memory-mapped cache (decoding nothing) and streams every batch from it under
+    a 1 kB budget. Same seed, same results."""
+    from test_decode_cache import write_imagenet_folder
+
+    root = write_imagenet_folder(tmp_path / "imagenet100", per_class=6)
+    folder = {"dataset": "imagenet100", "root": str(root), "image_size": 16, "workers": 1}
+    method = {"name": "er", "buffer_size": 12}
+    data = {"data": folder, "train": {"augmentation": "supervised"}, "eval": {"embeddings": False}}
+    whole, whole_streamed = digits_run(tmp_path, "decoded", method, "1GB", monkeypatch, **data)
+    assert "decoding" in capfd.readouterr().err  # the first load built the cache
+    cached, cached_streamed = digits_run(tmp_path, "cached", method, "1kB", monkeypatch, **data)
+    assert "decoding" not in capfd.readouterr().err  # the second memory-mapped it
+    assert whole_streamed == [False] * 3 and cached_streamed == [True] * 3
+    assert cached == whole and whole["status"] == "complete"
