@@ -2,7 +2,9 @@
 
 Runs each config below briefly (5 % of Fashion-MNIST, one epoch per task, one thread, seed 0) in a temporary folder,
 drops what legitimately changes between two runs of the same code (``timings``, ``environment``, ``code``, ``command``,
-wall-clock ``time`` columns), and prints one SHA-256 per run of the rest, canonical JSON with sorted keys. Run it
+wall-clock ``time`` columns), and prints one SHA-256 per run of the rest, canonical JSON with sorted keys. The config
+counts through its recorded ``fingerprint`` (every key that changes a number; a key added later at its default keeps
+earlier fingerprints), not through the written-out ``config``, which gains every new key. Run it
 before a change with ``--save FILE``, after it with ``--check FILE``: every digest must be equal (same machine — floats
 are not bit-equal across CPUs — and same torch). ``--keep DIR`` keeps the runs for a diff.
 
@@ -35,14 +37,13 @@ CONFIGS = [
     "configs/nc/clop-1.yaml",
 ]
 SHORT = ["data.train_fraction=0.05", "train.epochs=1", "train.first_task_epochs=null", "fabric.threads=1", "seed=0"]
-VOLATILE = ("timings", "environment", "code", "command")
+VOLATILE = ("timings", "environment", "code", "command", "config")
 
 
 def canonical(run: Path) -> dict:
     record = json.loads((run / "results.json").read_text())
     for key in VOLATILE:
         record.pop(key, None)
-    record.get("config", {}).pop("output_dir", None)  # where the runs were written, not what they computed
     rows = list(csv.reader((run / "metrics.csv").open()))
     header = rows[0]
     keep = [i for i, name in enumerate(header) if name != "time"]
@@ -62,12 +63,17 @@ def main(argv=None) -> int:
     mode.add_argument("--check", type=Path, help="compare with the digests in this JSON file (exit 1 on a difference)")
     p.add_argument("--keep", type=Path, help="keep the runs in this folder (default: a temporary one)")
     p.add_argument("--only", nargs="*", help="config stems to run (default: all)")
+    p.add_argument("--runs", type=Path, help="digest the runs already in this folder (a --keep of an earlier call)")
     args = p.parse_args(argv)
     configs = [c for c in CONFIGS if not args.only or Path(c).stem in args.only]
     out = args.keep or Path(tempfile.mkdtemp(prefix="results-digest-"))
     digests = {}
     for config in configs:
         name = f"{Path(config).parent.name}-{Path(config).stem}"
+        if args.runs is not None:
+            digests[name] = digest(canonical(args.runs / name))
+            print(f"{name:28s} {digests[name][:16]}", flush=True)
+            continue
         cmd = [
             sys.executable,
             "-m",
