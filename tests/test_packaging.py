@@ -38,11 +38,13 @@ def wheel(tmp_path_factory) -> Path:
 def fresh(tmp_path_factory, wheel) -> dict:
     root = tmp_path_factory.mktemp("fresh")
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of this tree on the path
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, env=env)
     python = venv / "bin" / "python"
     site = Path(
         subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            env=env,
             check=True,
             capture_output=True,
             text=True,
@@ -50,13 +52,14 @@ def fresh(tmp_path_factory, wheel) -> dict:
     )
     (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        # --ignore-installed: the test environment's own protosphere (an editable install) must not count as installed
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
         check=True,
         capture_output=True,
+        env=env,
     )
     empty = root / "empty"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return {"python": python, "protosphere": venv / "bin" / "protosphere", "cwd": empty, "env": env}
 
 

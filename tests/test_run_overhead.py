@@ -57,12 +57,17 @@ def test_report_mode_and_new_defaults_leave_the_fingerprint_alone():
         data["train"].pop(key)
     data["train"]["keep_checkpoints"] = True  # the old default
     data["model"].pop("init")
-    data["data"].pop("domains")
+    data["model"].pop("stem")
+    data["train"].pop("augment")
+    for key in ("domains", "workers", "device_budget"):
+        data["data"].pop(key)
     for key in ("report", "probe_buffer_size", "probe_augment"):
         data["eval"].pop(key)
     before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]  # the fingerprint's old form
     assert config_fingerprint(config) == before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "eval": {"report": "off"}})) == before
+    for where in ({"data": {"workers": 1}}, {"data": {"device_budget": "1kB"}}):  # they change no number
+        assert config_fingerprint(validate_config({"method": {"name": "er"}, **where})) == before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "model": {"init": "xavier"}})) != before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "train": {"normalize": False}})) != before
     assert config_fingerprint(validate_config({"method": {"name": "er"}, "eval": {"probe_buffer_size": 0}})) != before
