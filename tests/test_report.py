@@ -424,14 +424,20 @@ def chance_record(rows: dict, num_tasks: int = 5, diagnostics=None, classifier_d
 
 
 def test_a_classifier_at_chance_is_named_with_the_reason_the_record_gives(tmp_path):
-    from protosphere.report.html import CHANCE_MARGIN, chance_notes
+    from protosphere.report.html import CHANCE_MARGIN, chance_notes, near_chance
+
+    # at, near or below: within 2.5 points or 6 % of the way from chance to 100 %, whichever is more
+    assert near_chance(15.39, 10.0) and not near_chance(15.41, 10.0)  # 10 classes: 10 + 0.06 × 90
+    assert near_chance(52.99, 50.0) and not near_chance(53.01, 50.0)  # 2 classes: 50 + 0.06 × 50
+    assert near_chance(3.5, 1.0) and near_chance(6.93, 1.0) and not near_chance(6.95, 1.0)  # 100 classes
+    assert near_chance(0.0, 10.0)  # below chance counts
 
     # 5 tasks × 2 classes: chance is 10 % in class-IL, 50 % in task-IL; the final average is the last row's mean
     rows = {
         "linear_probe": ([80.0] * 5, [95.0] * 5),
         "nearest_prototype": ([50.0, 0.0, 0.0, 0.0, 0.0], [70.0] * 5),  # everything to T1's classes: exactly 10 %
-        "ncm": ([10.0 + CHANCE_MARGIN] * 5, [50.0 + CHANCE_MARGIN + 0.01] * 5),  # at the margin: in; task-IL: out
-        "knn": ([12.6] * 5, [45.0] * 5),  # 12.6: out; task-IL below chance: in
+        "ncm": ([10.0 + CHANCE_MARGIN] * 5, [53.01] * 5),  # at the margin: in; task-IL just past 53: out
+        "knn": ([15.5] * 5, [45.0] * 5),  # 15.5: out; task-IL below chance: in
     }
     diagnostics = [{"prototype_alignment": 0.5}] * 4 + [{"prototype_alignment": 0.031}]
     results = chance_record(rows, diagnostics=diagnostics, classifier_data={"knn": "the current task's data"})
@@ -444,6 +450,7 @@ def test_a_classifier_at_chance_is_named_with_the_reason_the_record_gives(tmp_pa
     assert "nearest fixed prototype" in prototype and "mean cosine of 0.03 to their prototypes" in prototype
     assert "only on T1 (50.0 %): it sends nearly every image to the classes of that task" in prototype
     assert f"{10 + CHANCE_MARGIN:.2f} % against 10.00 %" in ncm and "class means" in ncm and "only on" not in ncm
+    assert "is at chance" in prototype and "is at chance" in ncm and "(+2.50 points)" in ncm
     assert "45.00 % against 50.00 %" in knn and "(below it)" in knn and "tell apart the classes of one task" in knn
     results["accuracy"]["knn"]["class_il"][-1] = [10.0] * 5
     results["metrics"]["knn"]["class_il"] = summarize(results["accuracy"]["knn"]["class_il"], None)
