@@ -19,6 +19,8 @@ Measurements behind the threshold: ``benchmarks/qa/throughput_loaded.py``
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
@@ -49,6 +51,14 @@ def forward_flops_per_image(backbone: nn.Module, image_shape) -> float:
         return counter.get_total_flops() / 2
     finally:
         backbone.train(was_training)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (a SLURM job or a container may get fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def default_threads(flops_per_batch: float, cores: int | None = None) -> int:

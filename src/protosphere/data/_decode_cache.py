@@ -53,6 +53,7 @@ import numpy as np
 from protosphere.data._files import decode_cache_home
 from protosphere.data._images import decode_image
 from protosphere.errors import ConfigError, DatasetError
+from protosphere.threads import usable_cores
 
 __all__ = ["Encoded", "load_decoded", "check_workers", "usable_cores", "CACHE_FORMAT"]
 
@@ -69,14 +70,6 @@ class Encoded:
     where: str
     path: str
     member: str | None = None
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (a SLURM job or a container may get fewer than the machine has)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def check_workers(workers: object) -> int:

@@ -26,7 +26,7 @@ from ..methods import method_class
 from ..methods.base import Transforms
 from ..models import build_backbone, init_weights
 from ..provenance import command_line, environment, source_revision
-from ..threads import apply_threads
+from ..threads import apply_threads, usable_cores
 from .engine import Engine
 from .interrupt import stop_on_signals
 from .loggers import check_trackers
@@ -83,14 +83,6 @@ def build_scenario_from_config(config: RunConfig, dataset=None):
         domain=sc.domain,
         max_rotation=sc.max_rotation,
     )
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (a SLURM job or a container may get fewer than the machine has)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def physical_memory() -> int | None:
